@@ -1,0 +1,255 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+
+	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
+)
+
+// ErrNotFound is what a Resolver returns for an unknown object.
+var ErrNotFound = errors.New("not found")
+
+// ErrUnauthenticated is what a TokenLookup returns for an unknown, expired or revoked token.
+var ErrUnauthenticated = errors.New("invalid token")
+
+// Owner says to whom an object belongs.
+type Owner struct {
+	ProjectID string
+	TenantID  string
+	// Shared objects without an owner (super and external networks) are
+	// readable by every authenticated caller; changing them needs admin.
+	Shared bool
+}
+
+// Resolver maps an object named in a request to its owner.
+type Resolver interface {
+	Resolve(ctx context.Context, resource, id string) (Owner, error)
+}
+
+// TokenLookup finds the principal of a bearer secret.
+type TokenLookup interface {
+	Principal(ctx context.Context, secret string) (*Principal, error)
+}
+
+// Authorizer is the one place where access rules are enforced.
+type Authorizer struct {
+	rules    map[string]*apiv1.Access
+	tokens   TokenLookup
+	resolver Resolver
+	log      *slog.Logger
+	// public methods need no token (health checks, reflection).
+	public []string
+}
+
+// New builds the rule table from every registered method's access option.
+func New(tokens TokenLookup, resolver Resolver, log *slog.Logger) *Authorizer {
+	a := &Authorizer{
+		rules:    map[string]*apiv1.Access{},
+		tokens:   tokens,
+		resolver: resolver,
+		log:      log,
+		public:   []string{"/grpc.health.v1.Health/", "/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.ServerReflection/"},
+	}
+	protoregistry.GlobalFiles.RangeFilesByPackage("metalfleet.api.v1", func(fd protoreflect.FileDescriptor) bool {
+		for i := 0; i < fd.Services().Len(); i++ {
+			sd := fd.Services().Get(i)
+			for j := 0; j < sd.Methods().Len(); j++ {
+				md := sd.Methods().Get(j)
+				if acc, ok := proto.GetExtension(md.Options(), apiv1.E_Access).(*apiv1.Access); ok && acc != nil && acc.GetScope() != apiv1.Scope_SCOPE_UNSPECIFIED {
+					a.rules[fmt.Sprintf("/%s/%s", sd.FullName(), md.Name())] = acc
+				}
+			}
+		}
+		return true
+	})
+	return a
+}
+
+// Rule returns the access rule of a full method name.
+func (a *Authorizer) Rule(fullMethod string) (*apiv1.Access, bool) {
+	r, ok := a.rules[fullMethod]
+	return r, ok
+}
+
+// Unary is the unary server interceptor.
+func (a *Authorizer) Unary() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if a.isPublic(info.FullMethod) {
+			return handler(ctx, req)
+		}
+		msg, _ := req.(proto.Message)
+		ctx, err := a.Authorize(ctx, info.FullMethod, msg)
+		if err != nil {
+			return nil, err
+		}
+		return handler(ctx, req)
+	}
+}
+
+// Stream is the stream server interceptor; streams are authorised on open
+// (their rule may not name a request field).
+func (a *Authorizer) Stream() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if a.isPublic(info.FullMethod) {
+			return handler(srv, ss)
+		}
+		ctx, err := a.Authorize(ss.Context(), info.FullMethod, nil)
+		if err != nil {
+			return err
+		}
+		return handler(srv, &wrappedStream{ServerStream: ss, ctx: ctx})
+	}
+}
+
+type wrappedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (w *wrappedStream) Context() context.Context { return w.ctx }
+
+func (a *Authorizer) isPublic(method string) bool {
+	for _, p := range a.public {
+		if strings.HasPrefix(method, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// Authorize authenticates the caller and checks the method's rule against req.
+func (a *Authorizer) Authorize(ctx context.Context, method string, req proto.Message) (context.Context, error) {
+	rule, ok := a.rules[method]
+	if !ok {
+		// Fail closed: a method someone forgot to annotate is unreachable.
+		return nil, status.Errorf(codes.PermissionDenied, "method %s has no access rule", method)
+	}
+	secret, err := bearer(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p, err := a.tokens.Principal(ctx, secret)
+	if errors.Is(err, ErrUnauthenticated) {
+		return nil, status.Error(codes.Unauthenticated, "invalid, expired or revoked token")
+	}
+	if err != nil {
+		a.log.Error("token lookup", "err", err)
+		return nil, status.Error(codes.Unavailable, "cannot check token now")
+	}
+	call := &Call{Principal: p, Method: method, RequestID: requestID(ctx)}
+	ctx = WithCall(ctx, call)
+	if err := a.check(ctx, p, rule, req); err != nil {
+		return nil, err
+	}
+	return ctx, nil
+}
+
+func (a *Authorizer) check(ctx context.Context, p *Principal, rule *apiv1.Access, req proto.Message) error {
+	need := rule.GetLevel()
+	switch rule.GetScope() {
+	case apiv1.Scope_SCOPE_AUTHENTICATED:
+		return nil
+	case apiv1.Scope_SCOPE_ADMIN:
+		if p.AdminLevel() >= need {
+			return nil
+		}
+		return status.Errorf(codes.PermissionDenied, "needs admin %s", levelName(need))
+	}
+	id, err := fieldValue(req, rule.GetField())
+	if err != nil {
+		return err
+	}
+	owner, err := a.resolver.Resolve(ctx, rule.GetResource(), id)
+	if errors.Is(err, ErrNotFound) {
+		return status.Errorf(codes.NotFound, "%s %q not found", rule.GetResource(), id)
+	}
+	if err != nil {
+		return status.Errorf(codes.Internal, "resolve %s %q: %v", rule.GetResource(), id, err)
+	}
+	var have apiv1.Level
+	switch {
+	case owner.ProjectID == "" && owner.TenantID == "":
+		have = p.AdminLevel()
+		if owner.Shared {
+			have = max(have, apiv1.Level_LEVEL_VIEWER)
+		}
+	case rule.GetScope() == apiv1.Scope_SCOPE_TENANT:
+		have = p.TenantLevel(owner.TenantID)
+	default:
+		have = p.ProjectLevel(owner.ProjectID, owner.TenantID)
+	}
+	if have < apiv1.Level_LEVEL_VIEWER {
+		// Indistinguishable from a missing object: no probing of other projects.
+		return status.Errorf(codes.NotFound, "%s %q not found", rule.GetResource(), id)
+	}
+	if have < need {
+		return status.Errorf(codes.PermissionDenied, "needs %s on %s %q", levelName(need), rule.GetResource(), id)
+	}
+	return nil
+}
+
+// fieldValue reads a string field by dotted path, e.g. "project.tenant_id".
+func fieldValue(req proto.Message, path string) (string, error) {
+	if req == nil || path == "" {
+		return "", status.Error(codes.Internal, "access rule names no request field")
+	}
+	m := req.ProtoReflect()
+	parts := strings.Split(path, ".")
+	for i, name := range parts {
+		fd := m.Descriptor().Fields().ByName(protoreflect.Name(name))
+		if fd == nil {
+			return "", status.Errorf(codes.Internal, "access rule field %q missing in %s", path, m.Descriptor().FullName())
+		}
+		if i < len(parts)-1 {
+			if !m.Has(fd) {
+				return "", status.Errorf(codes.InvalidArgument, "%s: required", path)
+			}
+			m = m.Get(fd).Message()
+			continue
+		}
+		v := strings.TrimSpace(m.Get(fd).String())
+		if v == "" {
+			return "", status.Errorf(codes.InvalidArgument, "%s: required", path)
+		}
+		return v, nil
+	}
+	return "", status.Errorf(codes.Internal, "bad access field %q", path)
+}
+
+func bearer(ctx context.Context) (string, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	vals := md.Get("authorization")
+	if len(vals) == 0 {
+		return "", status.Error(codes.Unauthenticated, "missing authorization: Bearer token")
+	}
+	scheme, tok, ok := strings.Cut(vals[0], " ")
+	if !ok || !strings.EqualFold(scheme, "bearer") || strings.TrimSpace(tok) == "" {
+		return "", status.Error(codes.Unauthenticated, "authorization must be: Bearer <token>")
+	}
+	return strings.TrimSpace(tok), nil
+}
+
+func requestID(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get("x-request-id"); len(v) > 0 && v[0] != "" && len(v[0]) <= 128 {
+		return v[0]
+	}
+	return uuid.NewString()
+}
+
+func levelName(l apiv1.Level) string {
+	return strings.ToLower(strings.TrimPrefix(l.String(), "LEVEL_"))
+}

@@ -1,0 +1,297 @@
+// Package ipam hands out units of integer pools inside SQL transactions:
+// addresses of a prefix, child-prefix slots of a super prefix, VRF ids.
+//
+// A pool's free space is a set of disjoint ranges in pool_free. Taking the
+// next free unit locks one range row with SKIP LOCKED and shrinks it, in one
+// statement, so concurrent writers work on different ranges (a new pool is cut
+// into up to Shards ranges for that reason) and nobody scans used units.
+// Exhaustion is "no range rows left": one index probe. The tables that hold
+// what was handed out (ips, prefixes, networks.vrf) carry unique constraints,
+// so even a corrupted free list cannot hand out a unit twice.
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/big"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Shards is how many ranges a new pool is cut into: enough that 64 writers
+// rarely meet on one row, few enough that a tiny pool stays tiny.
+const Shards = 64
+
+// Errors callers map to API codes.
+var (
+	ErrExhausted  = errors.New("pool exhausted")
+	ErrTaken      = errors.New("already allocated")
+	ErrOutOfRange = errors.New("outside the pool")
+	ErrNoPool     = errors.New("no such pool")
+)
+
+// Kind of a pool.
+type Kind string
+
+// Pool kinds.
+const (
+	KindIP    Kind = "ip"
+	KindChild Kind = "child"
+	KindVRF   Kind = "vrf"
+)
+
+// DB is what the pool functions need: a transaction, usually.
+type DB interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// CreatePool records a pool over [first, last] with its free ranges.
+func CreatePool(ctx context.Context, db DB, id string, kind Kind, first, last *big.Int) error {
+	if first.Cmp(last) > 0 {
+		return fmt.Errorf("create pool %s: empty range %s..%s", id, first, last)
+	}
+	if _, err := db.Exec(ctx, `INSERT INTO pools (id, kind, first_unit, last_unit) VALUES ($1, $2, $3::NUMERIC, $4::NUMERIC)`,
+		id, string(kind), first.String(), last.String()); err != nil {
+		return fmt.Errorf("create pool %s: %w", id, err)
+	}
+	starts, stops := split(first, last, Shards)
+	if _, err := db.Exec(ctx, `INSERT INTO pool_free (pool_id, start_unit, stop_unit)
+		SELECT $1, s::NUMERIC, e::NUMERIC FROM unnest($2::TEXT[], $3::TEXT[]) AS r (s, e)`, id, starts, stops); err != nil {
+		return fmt.Errorf("create pool %s ranges: %w", id, err)
+	}
+	return nil
+}
+
+// EnsurePool creates the pool unless it exists (for pools made at start-up).
+func EnsurePool(ctx context.Context, db DB, id string, kind Kind, first, last *big.Int) error {
+	var exists bool
+	if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pools WHERE id = $1)`, id).Scan(&exists); err != nil {
+		return fmt.Errorf("look up pool %s: %w", id, err)
+	}
+	if exists {
+		return nil
+	}
+	return CreatePool(ctx, db, id, kind, first, last)
+}
+
+// DeletePool drops a pool and its free ranges. Callers make sure nothing
+// allocated from it remains (the consumers' foreign keys or checks do).
+func DeletePool(ctx context.Context, db DB, id string) error {
+	if _, err := db.Exec(ctx, `DELETE FROM pool_free WHERE pool_id = $1`, id); err != nil {
+		return fmt.Errorf("delete pool %s ranges: %w", id, err)
+	}
+	if _, err := db.Exec(ctx, `DELETE FROM pools WHERE id = $1`, id); err != nil {
+		return fmt.Errorf("delete pool %s: %w", id, err)
+	}
+	return nil
+}
+
+// takeFirst shrinks the lowest free range it can lock and returns the unit it
+// took. The CTE does it in one round trip: lock, then delete a one-unit range
+// or move a longer range's start up by one.
+const takeFirst = `
+WITH b AS (
+	SELECT start_unit, stop_unit FROM pool_free WHERE pool_id = $1
+	ORDER BY start_unit LIMIT 1 FOR UPDATE %s
+), d AS (
+	DELETE FROM pool_free f USING b
+	WHERE f.pool_id = $1 AND f.start_unit = b.start_unit AND b.start_unit = b.stop_unit
+	RETURNING f.start_unit
+), u AS (
+	UPDATE pool_free f SET start_unit = b.start_unit + 1 FROM b
+	WHERE f.pool_id = $1 AND f.start_unit = b.start_unit AND b.start_unit < b.stop_unit
+	RETURNING b.start_unit
+)
+SELECT start_unit::TEXT FROM d UNION ALL SELECT start_unit::TEXT FROM u`
+
+// Acquire takes the next free unit. Ranges other transactions hold are
+// skipped; only when every remaining range is held does it wait, and it
+// reports ErrExhausted only when no range is left at all.
+func Acquire(ctx context.Context, db DB, poolID string) (*big.Int, error) {
+	skip := fmt.Sprintf(takeFirst, "SKIP LOCKED")
+	wait := fmt.Sprintf(takeFirst, "")
+	for attempt := 0; ; attempt++ {
+		u, found, err := queryUnit(ctx, db, skip, poolID)
+		if err != nil || found {
+			return u, err
+		}
+		var left bool
+		if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pool_free WHERE pool_id = $1)`, poolID).Scan(&left); err != nil {
+			return nil, fmt.Errorf("pool %s: %w", poolID, err)
+		}
+		if !left {
+			if err := poolExists(ctx, db, poolID); err != nil {
+				return nil, err
+			}
+			return nil, fmt.Errorf("pool %s: %w", poolID, ErrExhausted)
+		}
+		// Every range is locked by someone: queue behind the first. After the
+		// holder commits, PostgreSQL rechecks that row; if it was consumed we
+		// get nothing and loop.
+		u, found, err = queryUnit(ctx, db, wait, poolID)
+		if err != nil || found {
+			return u, err
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
+}
+
+func queryUnit(ctx context.Context, db DB, sql, poolID string) (*big.Int, bool, error) {
+	var s string
+	err := db.QueryRow(ctx, sql, poolID).Scan(&s)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("pool %s: take unit: %w", poolID, err)
+	}
+	u, ok := new(big.Int).SetString(s, 10)
+	if !ok {
+		return nil, false, fmt.Errorf("pool %s: bad unit %q", poolID, s)
+	}
+	return u, true, nil
+}
+
+// AcquireSpecific takes exactly unit u.
+func AcquireSpecific(ctx context.Context, db DB, poolID string, u *big.Int) error {
+	var first, last string
+	err := db.QueryRow(ctx, `SELECT first_unit::TEXT, last_unit::TEXT FROM pools WHERE id = $1`, poolID).Scan(&first, &last)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("pool %s: %w", poolID, ErrNoPool)
+	}
+	if err != nil {
+		return fmt.Errorf("pool %s: %w", poolID, err)
+	}
+	if u.Cmp(mustInt(first)) < 0 || u.Cmp(mustInt(last)) > 0 {
+		return fmt.Errorf("unit %s of pool %s: %w", u, poolID, ErrOutOfRange)
+	}
+	for attempt := 0; attempt < 3; attempt++ {
+		var start, stop string
+		err := db.QueryRow(ctx, `SELECT start_unit::TEXT, stop_unit::TEXT FROM pool_free
+			WHERE pool_id = $1 AND start_unit <= $2::NUMERIC ORDER BY start_unit DESC LIMIT 1 FOR UPDATE`,
+			poolID, u.String()).Scan(&start, &stop)
+		if errors.Is(err, pgx.ErrNoRows) || (err == nil && mustInt(stop).Cmp(u) < 0) {
+			// A concurrent split can hide the range that now holds u from the
+			// locked re-read; look again without the lock before saying taken.
+			var free bool
+			if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pool_free
+				WHERE pool_id = $1 AND start_unit <= $2::NUMERIC AND stop_unit >= $2::NUMERIC)`, poolID, u.String()).Scan(&free); err != nil {
+				return fmt.Errorf("pool %s: %w", poolID, err)
+			}
+			if !free {
+				return fmt.Errorf("unit %s of pool %s: %w", u, poolID, ErrTaken)
+			}
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("pool %s: %w", poolID, err)
+		}
+		return carve(ctx, db, poolID, mustInt(start), mustInt(stop), u)
+	}
+	return fmt.Errorf("unit %s of pool %s: %w (contended)", u, poolID, ErrTaken)
+}
+
+// carve removes u from the locked range [start, stop].
+func carve(ctx context.Context, db DB, poolID string, start, stop, u *big.Int) error {
+	one := big.NewInt(1)
+	var err error
+	switch {
+	case start.Cmp(stop) == 0:
+		_, err = db.Exec(ctx, `DELETE FROM pool_free WHERE pool_id = $1 AND start_unit = $2::NUMERIC`, poolID, start.String())
+	case start.Cmp(u) == 0:
+		_, err = db.Exec(ctx, `UPDATE pool_free SET start_unit = $3::NUMERIC WHERE pool_id = $1 AND start_unit = $2::NUMERIC`,
+			poolID, start.String(), new(big.Int).Add(u, one).String())
+	default:
+		if _, err = db.Exec(ctx, `UPDATE pool_free SET stop_unit = $3::NUMERIC WHERE pool_id = $1 AND start_unit = $2::NUMERIC`,
+			poolID, start.String(), new(big.Int).Sub(u, one).String()); err != nil {
+			break
+		}
+		if u.Cmp(stop) < 0 {
+			_, err = db.Exec(ctx, `INSERT INTO pool_free (pool_id, start_unit, stop_unit) VALUES ($1, $2::NUMERIC, $3::NUMERIC)`,
+				poolID, new(big.Int).Add(u, one).String(), stop.String())
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("pool %s: carve %s: %w", poolID, u, err)
+	}
+	return nil
+}
+
+// Release gives u back. It becomes a one-unit range; ranges are not merged
+// (merging would lock neighbours and invite deadlocks), so the free list
+// grows at most by the number of released units, and Acquire reuses them first.
+func Release(ctx context.Context, db DB, poolID string, u *big.Int) error {
+	if _, err := db.Exec(ctx, `INSERT INTO pool_free (pool_id, start_unit, stop_unit) VALUES ($1, $2::NUMERIC, $2::NUMERIC)`,
+		poolID, u.String()); err != nil {
+		return fmt.Errorf("pool %s: release %s: %w", poolID, u, err)
+	}
+	return nil
+}
+
+// Usage returns the pool's size and how many units are free.
+func Usage(ctx context.Context, db DB, poolID string) (size, free *big.Int, err error) {
+	var first, last, freeS string
+	err = db.QueryRow(ctx, `SELECT p.first_unit::TEXT, p.last_unit::TEXT,
+		COALESCE((SELECT sum(stop_unit - start_unit + 1) FROM pool_free WHERE pool_id = p.id), 0)::TEXT
+		FROM pools p WHERE p.id = $1`, poolID).Scan(&first, &last, &freeS)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil, fmt.Errorf("pool %s: %w", poolID, ErrNoPool)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("pool %s usage: %w", poolID, err)
+	}
+	size = new(big.Int).Sub(mustInt(last), mustInt(first))
+	size.Add(size, big.NewInt(1))
+	return size, mustInt(freeS), nil
+}
+
+func poolExists(ctx context.Context, db DB, poolID string) error {
+	var ok bool
+	if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pools WHERE id = $1)`, poolID).Scan(&ok); err != nil {
+		return fmt.Errorf("pool %s: %w", poolID, err)
+	}
+	if !ok {
+		return fmt.Errorf("pool %s: %w", poolID, ErrNoPool)
+	}
+	return nil
+}
+
+// split cuts [first, last] into at most n contiguous ranges of near-equal size.
+func split(first, last *big.Int, n int) (starts, stops []string) {
+	size := new(big.Int).Sub(last, first)
+	size.Add(size, big.NewInt(1))
+	parts := big.NewInt(int64(n))
+	if size.Cmp(parts) < 0 {
+		parts.Set(size)
+	}
+	step := new(big.Int).Div(size, parts)
+	rem := new(big.Int).Mod(size, parts)
+	cur := new(big.Int).Set(first)
+	for i := int64(0); i < parts.Int64(); i++ {
+		l := new(big.Int).Set(step)
+		if big.NewInt(i).Cmp(rem) < 0 {
+			l.Add(l, big.NewInt(1))
+		}
+		end := new(big.Int).Add(cur, l)
+		end.Sub(end, big.NewInt(1))
+		starts = append(starts, cur.String())
+		stops = append(stops, end.String())
+		cur = end.Add(end, big.NewInt(1))
+	}
+	return starts, stops
+}
+
+func mustInt(s string) *big.Int {
+	v, ok := new(big.Int).SetString(s, 10)
+	if !ok {
+		// Values come from NUMERIC columns we wrote as integers.
+		panic(fmt.Sprintf("ipam: not an integer: %q", s))
+	}
+	return v
+}

@@ -1,0 +1,307 @@
+// Package server assembles metal-central: database (embedded or given),
+// migrations, the people API with its auth interceptor, TLS, health,
+// reflection and the Prometheus listener.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/pgembed"
+	"github.com/metalfleet/metalfleet/central/internal/pki"
+	"github.com/metalfleet/metalfleet/central/internal/service"
+	"github.com/metalfleet/metalfleet/central/internal/store"
+	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
+)
+
+// Config is metal-central's command line, parsed by main.
+type Config struct {
+	// Listen is the gRPC address, e.g. ":8443" or "[::]:8443".
+	Listen string
+	// MetricsListen serves /metrics and /healthz; empty disables it.
+	MetricsListen string
+	// DataDir holds the embedded database, CA, certificates and admin.token.
+	DataDir string
+	// DBURL selects an external PostgreSQL/CockroachDB; empty runs the embedded one.
+	DBURL string
+	// TLSCert and TLSKey replace the self-made serving certificate.
+	TLSCert, TLSKey string
+	// TLSHosts are extra names/addresses for the self-made certificate.
+	TLSHosts []string
+	// InsecurePlaintext serves gRPC without TLS (local experiments only).
+	InsecurePlaintext bool
+	// AdminTokenLifetime of the admin token written on first start.
+	AdminTokenLifetime time.Duration
+	// Service settings (VRF range).
+	Service service.Config
+	// DurableEmbedded turns fsync on in the embedded PostgreSQL (default true in main).
+	DurableEmbedded bool
+}
+
+// AdminTokenFile is where the first admin token is written.
+const AdminTokenFile = "admin.token"
+
+// Server is a running metal-central.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	pg       *pgembed.Server
+	store    *store.Store
+	grpc     *grpc.Server
+	health   *health.Server
+	lis      net.Listener
+	metrics  *http.Server
+	mlis     net.Listener
+	caFile   string
+	serveErr chan error
+}
+
+// Start brings everything up and begins serving. Stop undoes it.
+func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("--data-dir is required")
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	s := &Server{cfg: cfg, log: log, serveErr: make(chan error, 2)}
+	defer func() {
+		if err != nil {
+			s.Stop(context.WithoutCancel(ctx))
+		}
+	}()
+	dbURL := cfg.DBURL
+	if dbURL == "" {
+		if dbURL, err = s.startEmbedded(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if s.store, err = store.Open(ctx, dbURL, log); err != nil {
+		return nil, err
+	}
+	if err = s.store.Migrate(ctx); err != nil {
+		return nil, fmt.Errorf("migrate: %w", err)
+	}
+	api, err := service.New(ctx, s.store, log, cfg.Service)
+	if err != nil {
+		return nil, err
+	}
+	tokenPath, err := s.ensureAdminToken(ctx, api)
+	if err != nil {
+		return nil, err
+	}
+	metrics := newMetrics()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), metrics)
+	authz := auth.New(api, api, log)
+	opts := []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(metrics.unary(log), recoverUnary(log), authz.Unary()),
+		grpc.ChainStreamInterceptor(authz.Stream()),
+	}
+	if !cfg.InsecurePlaintext {
+		tlsCfg, err := s.tlsConfig(ctx)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)))
+	}
+	s.grpc = grpc.NewServer(opts...)
+	api.Register(s.grpc)
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+	if s.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	go func() { s.serveErr <- s.grpc.Serve(s.lis) }()
+	if cfg.MetricsListen != "" {
+		if s.mlis, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
+			return nil, fmt.Errorf("listen metrics %s: %w", cfg.MetricsListen, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+			if err := s.store.Pool().Ping(r.Context()); err != nil {
+				http.Error(w, "database unreachable", http.StatusServiceUnavailable)
+				return
+			}
+			_, _ = w.Write([]byte("ok\n"))
+		})
+		s.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { s.serveErr <- s.metrics.Serve(s.mlis) }()
+	}
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	for _, svc := range serviceNames() {
+		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
+	}
+	log.Info("metal-central serving", "grpc", s.lis.Addr().String(), "tls", !cfg.InsecurePlaintext,
+		"ca", s.caFile, "metrics", s.MetricsAddr(), "admin_token_file", tokenPath)
+	return s, nil
+}
+
+func serviceNames() []string {
+	var out []string
+	for _, sd := range []grpc.ServiceDesc{apiv1.PartitionService_ServiceDesc, apiv1.NetworkService_ServiceDesc, apiv1.IPService_ServiceDesc} {
+		out = append(out, sd.ServiceName)
+	}
+	return out
+}
+
+// Addr is the gRPC listen address.
+func (s *Server) Addr() string { return s.lis.Addr().String() }
+
+// MetricsAddr is the metrics listen address, or "".
+func (s *Server) MetricsAddr() string {
+	if s.mlis == nil {
+		return ""
+	}
+	return s.mlis.Addr().String()
+}
+
+// CAFile is the CA clients must trust ("" with given certificates or plaintext).
+func (s *Server) CAFile() string { return s.caFile }
+
+// AdminTokenPath is where the admin token is.
+func (s *Server) AdminTokenPath() string { return filepath.Join(s.cfg.DataDir, AdminTokenFile) }
+
+// Done reports a serve failure or the embedded database dying.
+func (s *Server) Done() <-chan error { return s.serveErr }
+
+// Stop drains RPCs (up to ctx's deadline), then stops the database.
+func (s *Server) Stop(ctx context.Context) {
+	if s.health != nil {
+		s.health.Shutdown()
+	}
+	if s.grpc != nil {
+		done := make(chan struct{})
+		go func() { s.grpc.GracefulStop(); close(done) }()
+		t := time.NewTimer(10 * time.Second)
+		select {
+		case <-done:
+		case <-t.C:
+			s.grpc.Stop()
+		case <-ctx.Done():
+			s.grpc.Stop()
+		}
+		t.Stop()
+	}
+	if s.metrics != nil {
+		_ = s.metrics.Shutdown(ctx)
+	}
+	if s.store != nil {
+		s.store.Close()
+	}
+	if s.pg != nil {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if err := s.pg.Stop(sctx); err != nil {
+			s.log.Error("stop embedded postgres", "err", err)
+		}
+	}
+}
+
+func (s *Server) startEmbedded(ctx context.Context) (string, error) {
+	if os.Geteuid() == 0 {
+		// PostgreSQL runs as its own user and must traverse the data dir to
+		// reach its cluster; 0711 lets it pass without listing. Secrets in
+		// the dir (keys, admin.token) are 0600 themselves.
+		if err := os.Chmod(s.cfg.DataDir, 0o711); err != nil {
+			return "", fmt.Errorf("data dir: %w", err)
+		}
+	}
+	pg, err := pgembed.Start(ctx, pgembed.Options{
+		DataDir: filepath.Join(s.cfg.DataDir, "postgres"),
+		Durable: s.cfg.DurableEmbedded,
+		Logger:  s.log,
+	})
+	if err != nil {
+		return "", fmt.Errorf("embedded postgres: %w", err)
+	}
+	s.pg = pg
+	go func() {
+		<-pg.Done()
+		s.serveErr <- errors.New("embedded postgres exited")
+	}()
+	if err := pg.CreateDatabase(ctx, "metalfleet"); err != nil {
+		return "", fmt.Errorf("embedded postgres: %w", err)
+	}
+	s.log.Info("embedded postgres running", "dir", filepath.Join(s.cfg.DataDir, "postgres"))
+	return pg.ConnString("metalfleet"), nil
+}
+
+// ensureAdminToken writes an admin token on first start, and again when the
+// stored one no longer works (expired, revoked, or the database was replaced).
+func (s *Server) ensureAdminToken(ctx context.Context, api *service.API) (string, error) {
+	path := s.AdminTokenPath()
+	if b, err := os.ReadFile(path); err == nil {
+		if _, err := api.Principal(ctx, strings.TrimSpace(string(b))); err == nil {
+			return path, nil
+		} else if !errors.Is(err, auth.ErrUnauthenticated) {
+			return "", err
+		}
+		s.log.Warn("admin token no longer valid: writing a new one", "file", path)
+	}
+	life := s.cfg.AdminTokenLifetime
+	if life == 0 {
+		life = 365 * 24 * time.Hour
+	}
+	var secret string
+	err := s.store.Tx(ctx, func(tx pgx.Tx) error {
+		var err error
+		secret, err = api.MintToken(ctx, tx, &apiv1.Token{Description: "admin token written on first start", AdminRole: apiv1.Level_LEVEL_EDITOR}, life)
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("mint admin token: %w", err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(secret+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write admin token: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return "", fmt.Errorf("write admin token: %w", err)
+	}
+	return path, nil
+}
+
+func (s *Server) tlsConfig(ctx context.Context) (*tls.Config, error) {
+	if s.cfg.TLSCert != "" || s.cfg.TLSKey != "" {
+		if s.cfg.TLSCert == "" || s.cfg.TLSKey == "" {
+			return nil, errors.New("--tls-cert and --tls-key go together")
+		}
+		return pki.LoadGiven(s.cfg.TLSCert, s.cfg.TLSKey)
+	}
+	hosts, err := pki.HostsFromListen(s.cfg.Listen)
+	if err != nil {
+		return nil, err
+	}
+	b, err := pki.Ensure(ctx, s.cfg.DataDir, append(hosts, s.cfg.TLSHosts...), time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	if b.IssueReason != "" {
+		s.log.Info("serving certificate issued", "reason", b.IssueReason, "cert", b.CertFile)
+	}
+	s.caFile = b.CAFile
+	return b.ServerTLSConfig()
+}

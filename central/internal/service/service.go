@@ -1,0 +1,98 @@
+// Package service implements the people API (metalfleet.api.v1) on the store.
+// One file per service; every mutating call changes its rows and writes its
+// audit row in one transaction. Authorisation already happened in the auth
+// interceptor; handlers only filter lists by what the caller may see.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc"
+
+	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/ipam"
+	"github.com/metalfleet/metalfleet/central/internal/store"
+	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
+)
+
+// Config holds the service settings that are not per request.
+type Config struct {
+	// VRFFirst and VRFLast bound the VRF ids / VNIs handed to child networks.
+	VRFFirst, VRFLast uint32
+}
+
+// DefaultConfig is used for zero fields.
+func DefaultConfig() Config {
+	return Config{VRFFirst: 10000, VRFLast: 16777215}
+}
+
+// API implements every service of the people API.
+type API struct {
+	store *store.Store
+	log   *slog.Logger
+	cfg   Config
+}
+
+// New builds the API and makes the start-up pools (VRF ids) exist.
+func New(ctx context.Context, st *store.Store, log *slog.Logger, cfg Config) (*API, error) {
+	def := DefaultConfig()
+	if cfg.VRFFirst == 0 {
+		cfg.VRFFirst = def.VRFFirst
+	}
+	if cfg.VRFLast == 0 {
+		cfg.VRFLast = def.VRFLast
+	}
+	if cfg.VRFFirst > cfg.VRFLast {
+		return nil, fmt.Errorf("vrf range %d-%d is empty", cfg.VRFFirst, cfg.VRFLast)
+	}
+	a := &API{store: st, log: log, cfg: cfg}
+	err := st.Tx(ctx, func(tx pgx.Tx) error {
+		return ipam.EnsurePool(ctx, tx, ipam.VRFPoolID, ipam.KindVRF,
+			big.NewInt(int64(cfg.VRFFirst)), big.NewInt(int64(cfg.VRFLast)))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("vrf pool: %w", err)
+	}
+	return a, nil
+}
+
+// Register adds every service to s.
+func (a *API) Register(s grpc.ServiceRegistrar) {
+	apiv1.RegisterPartitionServiceServer(s, &partitionService{API: a})
+	apiv1.RegisterSizeServiceServer(s, &sizeService{API: a})
+	apiv1.RegisterSizeReservationServiceServer(s, &sizeReservationService{API: a})
+	apiv1.RegisterImageServiceServer(s, &imageService{API: a})
+	apiv1.RegisterFilesystemLayoutServiceServer(s, &filesystemLayoutService{API: a})
+	apiv1.RegisterTenantServiceServer(s, &tenantService{API: a})
+	apiv1.RegisterProjectServiceServer(s, &projectService{API: a})
+	apiv1.RegisterNetworkServiceServer(s, &networkService{API: a})
+	apiv1.RegisterIPServiceServer(s, &ipService{API: a})
+	apiv1.RegisterTokenServiceServer(s, &tokenService{API: a})
+	apiv1.RegisterMachineServiceServer(s, &machineService{API: a})
+	apiv1.RegisterSwitchServiceServer(s, &switchService{API: a})
+	apiv1.RegisterAuditServiceServer(s, &auditService{API: a})
+}
+
+// audit writes the audit row of the current call inside tx.
+func (a *API) audit(ctx context.Context, tx pgx.Tx, target, projectID string) error {
+	c := auth.CallFrom(ctx)
+	if c == nil {
+		return errors.New("audit: no authenticated call in context")
+	}
+	var project *string
+	if projectID != "" {
+		project = &projectID
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO audit (id, subject, method, request_id, target, project_id) VALUES ($1, $2, $3, $4, $5, $6)`,
+		uuid.NewString(), c.Principal.TokenID, c.Method, c.RequestID, target, project)
+	if err != nil {
+		return fmt.Errorf("write audit row: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,152 @@
+package service
+
+import (
+	"context"
+
+	"github.com/google/uuid"
+
+	"github.com/metalfleet/metalfleet/central/internal/auth"
+	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
+)
+
+type sizeReservationService struct {
+	*API
+	apiv1.UnimplementedSizeReservationServiceServer
+}
+
+var sizeReservations = table[*apiv1.SizeReservation]{name: "size_reservations", newFn: func() *apiv1.SizeReservation { return &apiv1.SizeReservation{} }}
+
+func validateSizeReservation(r *apiv1.SizeReservation, create bool) error {
+	var v violations
+	if r == nil {
+		v.add("size_reservation", "required")
+		return v.err()
+	}
+	if create {
+		if r.GetId() != "" {
+			v.id("size_reservation.id", r.GetId())
+		}
+	} else {
+		v.uuid("size_reservation.id", r.GetId())
+	}
+	v.id("size_reservation.size_id", r.GetSizeId())
+	v.id("size_reservation.partition_id", r.GetPartitionId())
+	v.uuid("size_reservation.project_id", r.GetProjectId())
+	if r.GetAmount() == 0 {
+		v.add("size_reservation.amount", "must be at least 1")
+	}
+	v.text("size_reservation.description", r.GetDescription(), 1024)
+	v.labels("size_reservation.labels", r.GetLabels())
+	return v.err()
+}
+
+func reservationCols(r *apiv1.SizeReservation) []col {
+	return []col{{"size_id", r.GetSizeId()}, {"partition_id", r.GetPartitionId()}, {"project_id", r.GetProjectId()}, {"amount", int64(r.GetAmount())}}
+}
+
+func (s *sizeReservationService) Create(ctx context.Context, req *apiv1.SizeReservationServiceCreateRequest) (*apiv1.SizeReservationServiceCreateResponse, error) {
+	r := req.GetSizeReservation()
+	if err := validateSizeReservation(r, true); err != nil {
+		return nil, err
+	}
+	if r.GetId() == "" {
+		r.Id = uuid.NewString()
+	}
+	out, err := create(ctx, s.API, sizeReservations, r.GetId(), r.GetProjectId(), r, reservationCols(r)...)
+	if err != nil {
+		return nil, err
+	}
+	return &apiv1.SizeReservationServiceCreateResponse{SizeReservation: out}, nil
+}
+
+func (s *sizeReservationService) Get(ctx context.Context, req *apiv1.SizeReservationServiceGetRequest) (*apiv1.SizeReservationServiceGetResponse, error) {
+	out, err := fetch(ctx, s.API, sizeReservations, req.GetId())
+	if err != nil {
+		return nil, err
+	}
+	return &apiv1.SizeReservationServiceGetResponse{SizeReservation: out}, nil
+}
+
+func (s *sizeReservationService) List(ctx context.Context, req *apiv1.SizeReservationServiceListRequest) (*apiv1.SizeReservationServiceListResponse, error) {
+	all, err := sizeReservations.list(ctx, s.store.Pool(), "($1 = '' OR project_id = $1)", req.GetProjectId())
+	if err != nil {
+		return nil, toStatus(err, "size reservations")
+	}
+	vis, err := s.visibleProjects(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []*apiv1.SizeReservation
+	for _, r := range all {
+		if vis.sees(r.GetProjectId()) {
+			out = append(out, r)
+		}
+	}
+	return &apiv1.SizeReservationServiceListResponse{SizeReservations: out}, nil
+}
+
+func (s *sizeReservationService) Update(ctx context.Context, req *apiv1.SizeReservationServiceUpdateRequest) (*apiv1.SizeReservationServiceUpdateResponse, error) {
+	r := req.GetSizeReservation()
+	if err := validateSizeReservation(r, true); err != nil {
+		return nil, err
+	}
+	out, err := replace(ctx, s.API, sizeReservations, r.GetId(), r.GetProjectId(), r, reservationCols(r)...)
+	if err != nil {
+		return nil, err
+	}
+	return &apiv1.SizeReservationServiceUpdateResponse{SizeReservation: out}, nil
+}
+
+func (s *sizeReservationService) Delete(ctx context.Context, req *apiv1.SizeReservationServiceDeleteRequest) (*apiv1.SizeReservationServiceDeleteResponse, error) {
+	out, err := remove(ctx, s.API, sizeReservations, req.GetId(), "")
+	if err != nil {
+		return nil, err
+	}
+	return &apiv1.SizeReservationServiceDeleteResponse{SizeReservation: out}, nil
+}
+
+// visibility answers which projects the caller may list objects of.
+type visibility struct {
+	all      bool
+	projects map[string]bool
+}
+
+func (v visibility) sees(projectID string) bool { return v.all || v.projects[projectID] }
+
+// visibleProjects resolves the caller's tenant roles to project ids once per list call.
+func (a *API) visibleProjects(ctx context.Context) (visibility, error) {
+	p := auth.PrincipalFrom(ctx)
+	if p.SeesAll() {
+		return visibility{all: true}, nil
+	}
+	vis := visibility{projects: map[string]bool{}}
+	for id, l := range p.Projects {
+		if l >= apiv1.Level_LEVEL_VIEWER {
+			vis.projects[id] = true
+		}
+	}
+	var tenants []string
+	for id, l := range p.Tenants {
+		if l >= apiv1.Level_LEVEL_VIEWER {
+			tenants = append(tenants, id)
+		}
+	}
+	if len(tenants) > 0 {
+		rows, err := a.store.Pool().Query(ctx, `SELECT id FROM projects WHERE tenant_id = ANY($1)`, tenants)
+		if err != nil {
+			return vis, toStatus(err, "projects")
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				return vis, toStatus(err, "projects")
+			}
+			vis.projects[id] = true
+		}
+		if err := rows.Err(); err != nil {
+			return vis, toStatus(err, "projects")
+		}
+	}
+	return vis, nil
+}

@@ -1,0 +1,240 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/metalfleet/metalfleet/central/internal/auth"
+	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
+)
+
+const (
+	defaultTokenLifetime = 8 * time.Hour
+	maxTokenLifetime     = 366 * 24 * time.Hour
+)
+
+type tokenService struct {
+	*API
+	apiv1.UnimplementedTokenServiceServer
+}
+
+// Principal implements auth.TokenLookup: one indexed read per call, so a
+// revocation takes effect on the very next request.
+func (a *API) Principal(ctx context.Context, secret string) (*auth.Principal, error) {
+	var (
+		spec    []byte
+		expires time.Time
+		revoked *time.Time
+	)
+	err := a.store.Pool().QueryRow(ctx, `SELECT spec, expires_at, revoked_at FROM tokens WHERE secret_hash = $1`, auth.Hash(secret)).
+		Scan(&spec, &expires, &revoked)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, auth.ErrUnauthenticated
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up token: %w", err)
+	}
+	if revoked != nil || time.Now().After(expires) {
+		return nil, auth.ErrUnauthenticated
+	}
+	t := &apiv1.Token{}
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(spec, t); err != nil {
+		return nil, fmt.Errorf("decode token: %w", err)
+	}
+	return principalOf(t), nil
+}
+
+func principalOf(t *apiv1.Token) *auth.Principal {
+	return &auth.Principal{TokenID: t.GetId(), Admin: t.GetAdminRole(), Projects: t.GetProjectRoles(), Tenants: t.GetTenantRoles()}
+}
+
+// MintToken stores a new token and returns its secret. It bypasses the
+// caller checks: start-up uses it for the first admin token.
+func (a *API) MintToken(ctx context.Context, tx pgx.Tx, t *apiv1.Token, lifetime time.Duration) (string, error) {
+	secret, hash := auth.NewSecret()
+	now := time.Now()
+	t.Id = uuid.NewString()
+	t.ExpiresAt = timestamppb.New(now.Add(lifetime))
+	t.Meta = &apiv1.Meta{CreatedAt: timestamppb.New(now), UpdatedAt: timestamppb.New(now)}
+	spec, err := protojson.Marshal(t)
+	if err != nil {
+		return "", fmt.Errorf("encode token: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO tokens (id, secret_hash, spec, expires_at, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6)`,
+		t.GetId(), hash, spec, t.GetExpiresAt().AsTime(), nullable(t.GetCreatedBy()), now); err != nil {
+		return "", fmt.Errorf("store token: %w", err)
+	}
+	return secret, nil
+}
+
+func (s *tokenService) Create(ctx context.Context, req *apiv1.TokenServiceCreateRequest) (*apiv1.TokenServiceCreateResponse, error) {
+	var v violations
+	v.text("description", req.GetDescription(), 1024)
+	life := req.GetExpiresIn().AsDuration()
+	switch {
+	case req.GetExpiresIn() == nil || life == 0:
+		life = defaultTokenLifetime
+	case life < time.Minute || life > maxTokenLifetime:
+		v.add("expires_in", "must be between 1m and %s", maxTokenLifetime)
+	}
+	for id, l := range req.GetProjectRoles() {
+		v.uuid("project_roles."+id, id)
+		if l == apiv1.Level_LEVEL_UNSPECIFIED {
+			v.add("project_roles."+id, "role required")
+		}
+	}
+	for id, l := range req.GetTenantRoles() {
+		v.id("tenant_roles."+id, id)
+		if l == apiv1.Level_LEVEL_UNSPECIFIED {
+			v.add("tenant_roles."+id, "role required")
+		}
+	}
+	if req.GetAdminRole() == apiv1.Level_LEVEL_UNSPECIFIED && len(req.GetProjectRoles()) == 0 && len(req.GetTenantRoles()) == 0 {
+		v.add("project_roles", "a token needs at least one role")
+	}
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	caller := auth.PrincipalFrom(ctx)
+	t := &apiv1.Token{
+		Description:  req.GetDescription(),
+		AdminRole:    req.GetAdminRole(),
+		ProjectRoles: req.GetProjectRoles(),
+		TenantRoles:  req.GetTenantRoles(),
+		CreatedBy:    caller.TokenID,
+	}
+	var secret string
+	err := s.store.Tx(ctx, func(tx pgx.Tx) error {
+		if err := s.checkCovers(ctx, tx, caller, principalOf(t)); err != nil {
+			return err
+		}
+		var err error
+		if secret, err = s.MintToken(ctx, tx, t, life); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, "token/"+t.GetId(), "")
+	})
+	if err != nil {
+		return nil, toStatus(err, "token")
+	}
+	return &apiv1.TokenServiceCreateResponse{Token: t, Secret: secret}, nil
+}
+
+// checkCovers refuses to mint a token with a role the caller lacks; project
+// roles the caller holds through the project's tenant count too.
+func (s *tokenService) checkCovers(ctx context.Context, tx pgx.Tx, caller, want *auth.Principal) error {
+	if caller.AdminLevel() >= apiv1.Level_LEVEL_EDITOR {
+		return nil
+	}
+	if want.AdminLevel() > caller.AdminLevel() {
+		return status.Error(codes.PermissionDenied, "cannot grant an admin role you do not hold")
+	}
+	for t, l := range want.Tenants {
+		if l > caller.TenantLevel(t) {
+			return status.Errorf(codes.PermissionDenied, "cannot grant tenant %q role you do not hold", t)
+		}
+	}
+	for p, l := range want.Projects {
+		var tenant string
+		err := tx.QueryRow(ctx, `SELECT tenant_id FROM projects WHERE id = $1`, p).Scan(&tenant)
+		if errors.Is(err, pgx.ErrNoRows) || (err == nil && caller.ProjectLevel(p, tenant) < apiv1.Level_LEVEL_VIEWER) {
+			return status.Errorf(codes.NotFound, "project %q not found", p)
+		}
+		if err != nil {
+			return err
+		}
+		if l > caller.ProjectLevel(p, tenant) {
+			return status.Errorf(codes.PermissionDenied, "cannot grant project %q role you do not hold", p)
+		}
+	}
+	return nil
+}
+
+
+// List shows admins every token and others the tokens they created.
+func (s *tokenService) List(ctx context.Context, _ *apiv1.TokenServiceListRequest) (*apiv1.TokenServiceListResponse, error) {
+	caller := auth.PrincipalFrom(ctx)
+	rows, err := s.store.Pool().Query(ctx, `SELECT spec, revoked_at FROM tokens
+		WHERE $1 OR created_by = $2 OR id = $2 ORDER BY created_at`, caller.SeesAll(), caller.TokenID)
+	if err != nil {
+		return nil, toStatus(err, "tokens")
+	}
+	defer rows.Close()
+	var out []*apiv1.Token
+	for rows.Next() {
+		var spec []byte
+		var revoked *time.Time
+		if err := rows.Scan(&spec, &revoked); err != nil {
+			return nil, toStatus(err, "tokens")
+		}
+		t := &apiv1.Token{}
+		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(spec, t); err != nil {
+			return nil, toStatus(err, "tokens")
+		}
+		if revoked != nil {
+			t.RevokedAt = timestamppb.New(*revoked)
+		}
+		out = append(out, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, toStatus(err, "tokens")
+	}
+	return &apiv1.TokenServiceListResponse{Tokens: out}, nil
+}
+
+// Revoke: admin editors revoke any token, others their own and those they created.
+func (s *tokenService) Revoke(ctx context.Context, req *apiv1.TokenServiceRevokeRequest) (*apiv1.TokenServiceRevokeResponse, error) {
+	caller := auth.PrincipalFrom(ctx)
+	var out *apiv1.Token
+	err := s.store.Tx(ctx, func(tx pgx.Tx) error {
+		var spec []byte
+		var createdBy *string
+		err := tx.QueryRow(ctx, `SELECT spec, created_by FROM tokens WHERE id = $1 FOR UPDATE`, req.GetId()).Scan(&spec, &createdBy)
+		mine := err == nil && (req.GetId() == caller.TokenID || (createdBy != nil && *createdBy == caller.TokenID))
+		if errors.Is(err, pgx.ErrNoRows) || (err == nil && !mine && !caller.SeesAll()) {
+			return status.Errorf(codes.NotFound, "token %q not found", req.GetId())
+		}
+		if err != nil {
+			return err
+		}
+		if !mine && caller.AdminLevel() < apiv1.Level_LEVEL_EDITOR {
+			return status.Error(codes.PermissionDenied, "needs admin editor to revoke others' tokens")
+		}
+		out = &apiv1.Token{}
+		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(spec, out); err != nil {
+			return err
+		}
+		now := time.Now()
+		if _, err := tx.Exec(ctx, `UPDATE tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1`, req.GetId(), now); err != nil {
+			return err
+		}
+		out.RevokedAt = timestamppb.New(now)
+		return s.audit(ctx, tx, "token/"+req.GetId(), "")
+	})
+	if err != nil {
+		return nil, toStatus(err, "token "+quote(req.GetId()))
+	}
+	return &apiv1.TokenServiceRevokeResponse{Token: out}, nil
+}
+
+func (s *tokenService) Whoami(ctx context.Context, _ *apiv1.TokenServiceWhoamiRequest) (*apiv1.TokenServiceWhoamiResponse, error) {
+	caller := auth.PrincipalFrom(ctx)
+	var spec []byte
+	if err := s.store.Pool().QueryRow(ctx, `SELECT spec FROM tokens WHERE id = $1`, caller.TokenID).Scan(&spec); err != nil {
+		return nil, toStatus(err, "token")
+	}
+	t := &apiv1.Token{}
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(spec, t); err != nil {
+		return nil, toStatus(err, "token")
+	}
+	return &apiv1.TokenServiceWhoamiResponse{Token: t}, nil
+}
