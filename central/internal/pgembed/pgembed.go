@@ -103,7 +103,7 @@ type Server struct {
 	sockDir    string
 	tempSock   bool
 	logPath    string
-	logStart   int64 // offset in the log where this server's output begins
+	logStart   int64 // offset in the log where the current startup step began
 
 	cmd      *exec.Cmd
 	done     chan struct{}
@@ -180,7 +180,9 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 
 	begin := time.Now()
 	log.Info("starting postgres", "bin_dir", binDir, "socket_dir", s.sockDir, "durable", opts.Durable)
-	if err := s.spawn(binDir, s.serverArgs(opts), ra, logFile); err != nil {
+	args := s.serverArgs(opts)
+	s.markLog(logFile, "postgres "+strings.Join(args, " "))
+	if err := s.spawn(binDir, args, ra, logFile); err != nil {
 		s.removeTempSocketDir()
 		return nil, fmt.Errorf("pgembed: start postgres: %w%s", err, s.logTail())
 	}
@@ -261,10 +263,16 @@ func (s *Server) openLog(ra *runAs) (*os.File, error) {
 	if ra != nil {
 		_ = f.Chown(int(ra.cred.Uid), int(ra.cred.Gid)) // cosmetic; postgres writes via our descriptor
 	}
+	return f, nil
+}
+
+// markLog starts a new section in the log, both for operators reading it and
+// so that logTail reports only the current step's output.
+func (s *Server) markLog(f *os.File, what string) {
 	if fi, err := f.Stat(); err == nil {
 		s.logStart = fi.Size()
 	}
-	return f, nil
+	fmt.Fprintf(f, "=== pgembed %s: %s\n", time.Now().UTC().Format(time.RFC3339), what)
 }
 
 func (s *Server) initdbIfNeeded(ctx context.Context, binDir string, durable bool, ra *runAs, logFile *os.File) error {
@@ -289,6 +297,7 @@ func (s *Server) initdbIfNeeded(ctx context.Context, binDir string, durable bool
 	}
 	s.log.Info("initializing new cluster", "cluster_dir", s.clusterDir)
 	begin := time.Now()
+	s.markLog(logFile, "initdb "+strings.Join(args, " "))
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "initdb"), args...)
 	cmd.Dir = s.dataDir
 	cmd.Env = childEnv()

@@ -1,6 +1,7 @@
 package pgembed
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -478,5 +480,128 @@ func TestIsPostmasterForRejectsOthers(t *testing.T) {
 		if ours, err := isPostmasterFor(pid, dir); err != nil || ours {
 			t.Errorf("isPostmasterFor(%d) = %v, %v; want false, nil", pid, ours, err)
 		}
+	}
+}
+
+func TestRootPreconditions(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("only root switches to an unprivileged user")
+	}
+	locked := t.TempDir() // 0700 parent, owned by root: postgres cannot enter
+	if err := os.Chmod(locked, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		opts Options
+		want string
+	}{
+		{"missing user", Options{DataDir: newDataDir(t), User: "no-such-pgembed-user"}, `"no-such-pgembed-user", which does not exist`},
+		{"root user", Options{DataDir: newDataDir(t), User: "root"}, "is root"},
+		{"unsearchable parent", Options{DataDir: filepath.Join(locked, "data")}, "cannot enter " + locked},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Start(t.Context(), tc.opts)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Start = %v, want error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestStartupFailureReportsLog(t *testing.T) {
+	dataDir := newDataDir(t)
+	_, err := Start(t.Context(), Options{DataDir: dataDir, Settings: map[string]string{"shared_buffers": "lots"}})
+	if err == nil {
+		t.Fatal("Start with an invalid setting succeeded")
+	}
+	for _, want := range []string{"exited during startup", `invalid value for parameter "shared_buffers"`, logFileName} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not contain %q:\n%v", want, err)
+		}
+	}
+	// The failed attempt must not leave anything that blocks a good one.
+	startServer(t, dataDir)
+}
+
+func TestDurable(t *testing.T) {
+	dataDir := newDataDir(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	s, err := Start(ctx, Options{DataDir: dataDir, Durable: true, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stopServer(t, s)
+	conn := connect(t, s, "postgres")
+	for _, name := range []string{"fsync", "synchronous_commit", "full_page_writes"} {
+		if got := queryString(t, conn, "SHOW "+name); got != "on" {
+			t.Errorf("durable server: %s = %q, want on", name, got)
+		}
+	}
+}
+
+// TestParentDeathStopsPostgres kills a process owning a Server with SIGKILL
+// and expects postgres to follow, which is what Pdeathsig on a locked OS
+// thread is for. The owner is this test binary re-executed in helper mode.
+func TestParentDeathStopsPostgres(t *testing.T) {
+	if dir := os.Getenv("PGEMBED_TEST_HELPER_DATADIR"); dir != "" {
+		s, err := Start(context.Background(), Options{DataDir: dir})
+		if err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		// Churn OS threads: locked goroutines that exit take their thread
+		// with them, which must not be the thread that forked postgres.
+		var wg sync.WaitGroup
+		for range 20 {
+			wg.Go(func() { runtime.LockOSThread() })
+		}
+		wg.Wait()
+		fmt.Printf("ready %d\n", s.cmd.Process.Pid)
+		select {}
+	}
+
+	dataDir := newDataDir(t)
+	helper := exec.Command(os.Args[0], "-test.run=^TestParentDeathStopsPostgres$")
+	helper.Env = append(os.Environ(), "PGEMBED_TEST_HELPER_DATADIR="+dataDir)
+	helper.Stderr = os.Stderr
+	stdout, err := helper.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := helper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		helper.Process.Kill()
+		helper.Wait()
+	})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatalf("helper: %v (output %q)", err, line)
+	}
+	var pid int
+	if _, err := fmt.Sscanf(line, "ready %d", &pid); err != nil {
+		t.Fatalf("helper said %q", line)
+	}
+	if err := helper.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	helper.Wait()
+
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
+	defer cancel()
+	if err := waitGone(ctx, []int{pid}); err != nil {
+		syscall.Kill(pid, syscall.SIGKILL)
+		t.Fatalf("postgres (PID %d) outlived its killed parent: %v", pid, err)
+	}
+	// SIGINT means a clean shutdown: no stale lock file left behind.
+	if Running(dataDir) {
+		t.Error("Running reports a server after it exited")
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, clusterSubdir, "postmaster.pid")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("postmaster.pid left behind: %v", err)
 	}
 }

@@ -71,7 +71,10 @@ func TestParallelTestsGetSeparateDatabases(t *testing.T) {
 			conn := connect(t, pg.NewDatabase(t))
 			// The same table name in every database: a shared database
 			// would make all but one of these fail.
-			if _, err := conn.Exec(t.Context(), "CREATE TABLE items (id int); INSERT INTO items VALUES ($1)", i); err != nil {
+			if _, err := conn.Exec(t.Context(), "CREATE TABLE items (id int)"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := conn.Exec(t.Context(), "INSERT INTO items VALUES ($1)", i); err != nil {
 				t.Fatal(err)
 			}
 			var n int

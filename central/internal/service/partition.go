@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"net/url"
 
-
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 

@@ -159,7 +159,6 @@ func (s *tokenService) checkCovers(ctx context.Context, tx pgx.Tx, caller, want 
 	return nil
 }
 
-
 // List shows admins every token and others the tokens they created.
 func (s *tokenService) List(ctx context.Context, _ *apiv1.TokenServiceListRequest) (*apiv1.TokenServiceListResponse, error) {
 	caller := auth.PrincipalFrom(ctx)

@@ -73,13 +73,30 @@ func (s *Store) Cockroach() bool { return s.cockroach }
 
 // Tx runs fn in a transaction, retried on serialization failures.
 func (s *Store) Tx(ctx context.Context, fn func(pgx.Tx) error) error {
-	return crdbpgx.ExecuteTx(ctx, s.pool, pgx.TxOptions{}, fn)
+	return s.execute(ctx, pgx.TxOptions{}, fn)
 }
 
 // SerializableTx runs fn at SERIALIZABLE isolation (CockroachDB's default, and
 // on PostgreSQL what checks that read-then-write, such as prefix overlap, need).
 func (s *Store) SerializableTx(ctx context.Context, fn func(pgx.Tx) error) error {
-	return crdbpgx.ExecuteTx(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.Serializable}, fn)
+	return s.execute(ctx, pgx.TxOptions{IsoLevel: pgx.Serializable}, fn)
+}
+
+// maxDeadlockRetries bounds how often a deadlock victim is rerun.
+const maxDeadlockRetries = 10
+
+// execute wraps crdbpgx.ExecuteTx, which retries 40001, and also reruns
+// PostgreSQL's deadlock victims (40P01): row locks taken in data-dependent
+// order (IPAM ranges being split while others are taken) can form rare
+// cycles, and the victim's transaction was rolled back entirely.
+func (s *Store) execute(ctx context.Context, opts pgx.TxOptions, fn func(pgx.Tx) error) error {
+	for attempt := 0; ; attempt++ {
+		err := crdbpgx.ExecuteTx(ctx, s.pool, opts, fn)
+		if err == nil || !IsCode(err, CodeDeadlock) || attempt >= maxDeadlockRetries {
+			return err
+		}
+		s.log.Debug("deadlock victim, retrying transaction", "attempt", attempt+1)
+	}
 }
 
 // SQLSTATE codes the services map to gRPC codes.
@@ -87,6 +104,7 @@ const (
 	CodeUniqueViolation     = "23505"
 	CodeForeignKeyViolation = "23503"
 	CodeCheckViolation      = "23514"
+	CodeDeadlock            = "40P01"
 )
 
 // IsCode reports whether err is a PostgreSQL error with the given SQLSTATE.
