@@ -44,6 +44,12 @@ func (s *Store) Migrate(ctx context.Context) error {
 		}
 		steps = append(steps, crdb...)
 	}
+	return s.Apply(ctx, steps)
+}
+
+// Apply applies the given migrations that are not applied yet, in order,
+// under the migration lock.
+func (s *Store) Apply(ctx context.Context, steps []Migration) error {
 	if err := s.bootstrapMigrationTables(ctx); err != nil {
 		return err
 	}
