@@ -1,0 +1,105 @@
+# Metalfleet — run `make help` for the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+GO        ?= go
+TOOLS     := $(CURDIR)/.tools/bin
+BIN       := $(CURDIR)/bin
+export PATH := $(TOOLS):/usr/local/go/bin:$(PATH)
+
+BUF_VERSION                := v1.75.0
+PROTOC_GEN_GO_VERSION      := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+
+# Debian packages the build, the tests and `make run` need.
+APT_PKGS := postgresql ca-certificates git
+
+# As root the embedded PostgreSQL runs as user postgres, which must be able to
+# reach the data directory; a checkout under /root is not reachable for it.
+ROOT      := $(filter 0,$(shell id -u))
+DATA_DIR  ?= $(if $(ROOT),/var/lib/metalfleet/central,$(CURDIR)/.data/central)
+LISTEN    ?= :8443
+METRICS   ?= 127.0.0.1:9090
+
+BINARIES := metal-central metalctl
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: deps
+deps: apt-deps tools ## Install what is missing: Debian packages and pinned Go tools (idempotent).
+
+.PHONY: apt-deps
+apt-deps:
+	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		if [ "$$(id -u)" != 0 ]; then echo "run as root (or install: $$missing)"; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+.PHONY: tools
+tools: $(TOOLS)/buf $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc ## Install pinned Go tools into .tools/bin.
+
+# Each tool is rebuilt only when the pinned version in this Makefile changes.
+$(TOOLS)/buf: Makefile
+	@mkdir -p $(TOOLS)
+	@$(TOOLS)/buf --version 2>/dev/null | grep -qx '$(BUF_VERSION:v%=%)' || GOBIN=$(TOOLS) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+	@touch $@
+$(TOOLS)/protoc-gen-go: Makefile
+	@mkdir -p $(TOOLS)
+	@$(TOOLS)/protoc-gen-go --version 2>/dev/null | grep -q '$(PROTOC_GEN_GO_VERSION)' || GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	@touch $@
+$(TOOLS)/protoc-gen-go-grpc: Makefile
+	@mkdir -p $(TOOLS)
+	@$(TOOLS)/protoc-gen-go-grpc --version 2>/dev/null | grep -q '$(PROTOC_GEN_GO_GRPC_VERSION:v%=%)' || GOBIN=$(TOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	@touch $@
+
+.PHONY: generate
+generate: tools ## Generate Go from proto/ with buf (the output is committed).
+	cd proto && buf generate
+
+.PHONY: check-generated
+check-generated: generate ## Fail if `make generate` changes committed files.
+	@if [ -n "$$(git status --porcelain -- proto)" ]; then \
+		echo "generated code is stale: run 'make generate' and commit"; git status --porcelain -- proto; git diff --stat -- proto; exit 1; fi
+
+.PHONY: lint
+lint: tools ## go vet, gofmt check, buf lint, go mod tidy check.
+	$(GO) vet ./...
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	cd proto && buf lint
+	@cp go.mod /tmp/metalfleet.go.mod.bak && cp go.sum /tmp/metalfleet.go.sum.bak; \
+	$(GO) mod tidy; \
+	if ! git diff --quiet -- go.mod go.sum; then echo "go.mod/go.sum not tidy"; git diff -- go.mod go.sum; \
+		cp /tmp/metalfleet.go.mod.bak go.mod; cp /tmp/metalfleet.go.sum.bak go.sum; exit 1; fi
+
+.PHONY: build
+build: ## Build every binary into bin/.
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/metal-central ./central/cmd/metal-central
+	$(GO) build -o $(BIN)/metalctl ./metalctl/cmd/metalctl
+
+.PHONY: test
+test: deps ## Run all tests (race detector on for central/) against a real embedded PostgreSQL.
+	$(GO) test -race -count=1 -timeout 20m ./central/...
+	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v '/central/')
+
+.PHONY: run
+run: deps build ## Run metal-central with its embedded PostgreSQL (TLS; prints address, CA and admin token).
+	@echo "data directory: $(DATA_DIR)"
+	@echo "in another shell:"
+	@echo "  export METALCTL_API_URL=localhost$(LISTEN) METALCTL_CA_FILE=$(DATA_DIR)/ca.crt"
+	@echo "  export METALCTL_API_TOKEN=\$$(cat $(DATA_DIR)/admin.token)"
+	@echo "  $(BIN)/metalctl partition list"
+	$(BIN)/metal-central --data-dir $(DATA_DIR) --listen $(LISTEN) --metrics-listen $(METRICS)
+
+.PHONY: bench-ipam
+bench-ipam: deps ## IPAM benchmark against go-ipam and pgbench on one PostgreSQL (see BENCHMARKS.md).
+	bash bench/ipam.sh
+
+.PHONY: clean
+clean: ## Remove build output (not the data directory).
+	rm -rf $(BIN)
