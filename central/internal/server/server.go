@@ -81,7 +81,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if cfg.DataDir == "" {
 		return nil, errors.New("--data-dir is required")
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+	// Parents we create are 0755 like any /var/lib path, so that the
+	// embedded PostgreSQL's own user can walk to its cluster; the data
+	// dir itself stays private.
+	if err := os.MkdirAll(filepath.Dir(filepath.Clean(cfg.DataDir)), 0o755); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	if err := os.Mkdir(cfg.DataDir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
 	s := &Server{cfg: cfg, log: log, serveErr: make(chan error, 2)}
