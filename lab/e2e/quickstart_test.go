@@ -159,6 +159,10 @@ func TestQuickstart(t *testing.T) {
 	run("size", "create", "--id", "s1", "--cores", "1-64", "--memory", "1GiB-1TiB", "--storage", "1GiB-100TiB")
 	sum := "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
 	run("image", "create", "--id", "debian-12", "--os", "debian", "--version", "12.0.0", "--url", "http://images.example/debian-12.tar.zst", "--sha256", sum)
+	run("image", "create", "--id", "debian-12.10", "--os", "debian", "--version", "12.10.0", "--url", "http://images.example/debian-12.10.tar.zst", "--sha256", sum)
+	if out := run("image", "latest", "--os", "debian", "-o", "template", "--template", "{{.id}}"); out != "debian-12.10" {
+		t.Fatalf("image latest = %q, want debian-12.10 (semver, not string order)", out)
+	}
 	run("tenant", "create", "--id", "t1")
 	project := run("project", "create", "--tenant", "t1", "--name", "p1")
 	if !regexp.MustCompile(`^[0-9a-f-]{36}$`).MatchString(project) {

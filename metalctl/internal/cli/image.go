@@ -71,7 +71,38 @@ func (a *app) newImageCommand() *cobra.Command {
 		return resp.GetImages(), err
 	})
 	list.Flags().StringVar(&osName, "os", "", "only images of this operating system")
-	cmd.AddCommand(list, describeCommand(a, r), a.imageCreateCommand(r), applyCommand(a, r), deleteCommand(a, r, "delete", "rm"))
+	cmd.AddCommand(list, describeCommand(a, r), a.imageCreateCommand(r), applyCommand(a, r), deleteCommand(a, r, "delete", "rm"), a.imageLatestCommand(r))
+	return cmd
+}
+
+// imageLatestCommand asks central for the newest usable image of an OS, the
+// one a machine create with just "--image debian" would get.
+func (a *app) imageLatestCommand(r resource[*apiv1.Image]) *cobra.Command {
+	var osName string
+	var deprecated bool
+	cmd := &cobra.Command{
+		Use:   "latest --os OS",
+		Short: "Show the newest usable image of an operating system",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if osName == "" {
+				return errors.New("--os is required")
+			}
+			p, err := a.printer(formatTable)
+			if err != nil {
+				return err
+			}
+			return a.withConn(cmd, func(ctx context.Context, cc grpc.ClientConnInterface) error {
+				resp, err := apiv1.NewImageServiceClient(cc).Latest(ctx, &apiv1.ImageServiceLatestRequest{Os: osName, IncludeDeprecated: deprecated})
+				if err != nil {
+					return err
+				}
+				return printOne(p, r.cols, resp.GetImage())
+			})
+		},
+	}
+	cmd.Flags().StringVar(&osName, "os", "", "operating system, e.g. debian")
+	cmd.Flags().BoolVar(&deprecated, "include-deprecated", false, "consider deprecated images too")
 	return cmd
 }
 
