@@ -179,21 +179,31 @@ func (a *Authorizer) check(ctx context.Context, p *Principal, rule *apiv1.Access
 	if err != nil {
 		return status.Errorf(codes.Internal, "resolve %s %q: %v", rule.GetResource(), id, err)
 	}
-	var have apiv1.Level
+	// sees is the caller's role on the object itself and decides whether it
+	// exists for the caller; have is the role in the rule's scope.
+	var have, sees apiv1.Level
 	switch {
 	case owner.ProjectID == "" && owner.TenantID == "":
 		have = p.AdminLevel()
 		if owner.Shared {
 			have = max(have, apiv1.Level_LEVEL_VIEWER)
 		}
+		sees = have
 	case rule.GetScope() == apiv1.Scope_SCOPE_TENANT:
 		have = p.TenantLevel(owner.TenantID)
+		// A project's own members see it even where its tenant's role is needed.
+		sees = p.ProjectLevel(owner.ProjectID, owner.TenantID)
 	default:
 		have = p.ProjectLevel(owner.ProjectID, owner.TenantID)
+		sees = have
 	}
-	if have < apiv1.Level_LEVEL_VIEWER {
+	if sees < apiv1.Level_LEVEL_VIEWER {
 		// Indistinguishable from a missing object: no probing of other projects.
 		return status.Errorf(codes.NotFound, "%s %q not found", rule.GetResource(), id)
+	}
+	if p.AdminLevel() >= apiv1.Level_LEVEL_EDITOR {
+		// Admin editors may do everything, owner-level changes included.
+		return nil
 	}
 	if have < need {
 		return status.Errorf(codes.PermissionDenied, "needs %s on %s %q", levelName(need), rule.GetResource(), id)

@@ -157,20 +157,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		go func() { s.serveErr <- s.metrics.Serve(s.mlis) }()
 	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	for _, svc := range serviceNames() {
+	for svc := range s.grpc.GetServiceInfo() {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
 	}
 	log.Info("metal-central serving", "grpc", s.lis.Addr().String(), "tls", !cfg.InsecurePlaintext,
 		"ca", s.caFile, "metrics", s.MetricsAddr(), "admin_token_file", tokenPath)
 	return s, nil
-}
-
-func serviceNames() []string {
-	var out []string
-	for _, sd := range []grpc.ServiceDesc{apiv1.PartitionService_ServiceDesc, apiv1.NetworkService_ServiceDesc, apiv1.IPService_ServiceDesc} {
-		out = append(out, sd.ServiceName)
-	}
-	return out
 }
 
 // Addr is the gRPC listen address.

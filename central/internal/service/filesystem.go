@@ -113,7 +113,8 @@ func validateFilesystemLayout(l *apiv1.FilesystemLayout) error {
 // (/dev/sda1, /dev/nvme0n1p1).
 func partitionDevice(disk string, n uint32) string {
 	sep := ""
-	if last := disk[len(disk)-1]; last >= '0' && last <= '9' {
+	// disk may be empty (already reported as a violation): it must not panic.
+	if l := len(disk); l > 0 && disk[l-1] >= '0' && disk[l-1] <= '9' {
 		sep = "p"
 	}
 	return disk + sep + itoa(n)

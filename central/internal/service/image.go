@@ -147,8 +147,9 @@ type semver struct {
 
 func parseSemver(s string) (semver, bool) {
 	s = strings.TrimPrefix(s, "v")
+	// Build metadata goes first: it may contain '-' and is not a pre-release.
+	s, _, _ = strings.Cut(s, "+")
 	core, pre, _ := strings.Cut(s, "-")
-	core, _, _ = strings.Cut(core, "+")
 	parts := strings.Split(core, ".")
 	if len(parts) < 1 || len(parts) > 3 {
 		return semver{}, false
@@ -182,5 +183,26 @@ func (a semver) less(b semver) bool {
 	case b.pre == "":
 		return true
 	}
-	return a.pre < b.pre
+	return preLess(a.pre, b.pre)
+}
+
+// preLess orders pre-releases as semver does: identifier by identifier,
+// numeric ones as numbers and below alphanumeric ones, a prefix first.
+func preLess(a, b string) bool {
+	as, bs := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; i < len(as) && i < len(bs); i++ {
+		if as[i] == bs[i] {
+			continue
+		}
+		an, aErr := strconv.ParseUint(as[i], 10, 64)
+		bn, bErr := strconv.ParseUint(bs[i], 10, 64)
+		switch {
+		case aErr == nil && bErr == nil:
+			return an < bn
+		case aErr == nil || bErr == nil:
+			return aErr == nil
+		}
+		return as[i] < bs[i]
+	}
+	return len(as) < len(bs)
 }

@@ -23,11 +23,10 @@ func validateSizeReservation(r *apiv1.SizeReservation, create bool) error {
 		return v.err()
 	}
 	if create {
-		if r.GetId() != "" {
-			v.id("size_reservation.id", r.GetId())
-		}
+		v.optionalID("size_reservation.id", r.GetId())
 	} else {
-		v.uuid("size_reservation.id", r.GetId())
+		// Ids are client-chosen or server-made UUIDs; both match the id pattern.
+		v.id("size_reservation.id", r.GetId())
 	}
 	v.id("size_reservation.size_id", r.GetSizeId())
 	v.id("size_reservation.partition_id", r.GetPartitionId())
@@ -87,7 +86,7 @@ func (s *sizeReservationService) List(ctx context.Context, req *apiv1.SizeReserv
 
 func (s *sizeReservationService) Update(ctx context.Context, req *apiv1.SizeReservationServiceUpdateRequest) (*apiv1.SizeReservationServiceUpdateResponse, error) {
 	r := req.GetSizeReservation()
-	if err := validateSizeReservation(r, true); err != nil {
+	if err := validateSizeReservation(r, false); err != nil {
 		return nil, err
 	}
 	out, err := replace(ctx, s.API, sizeReservations, r.GetId(), r.GetProjectId(), r, reservationCols(r)...)
@@ -98,7 +97,12 @@ func (s *sizeReservationService) Update(ctx context.Context, req *apiv1.SizeRese
 }
 
 func (s *sizeReservationService) Delete(ctx context.Context, req *apiv1.SizeReservationServiceDeleteRequest) (*apiv1.SizeReservationServiceDeleteResponse, error) {
-	out, err := remove(ctx, s.API, sizeReservations, req.GetId(), "")
+	// The audit row names the project the reservation belonged to.
+	cur, err := fetch(ctx, s.API, sizeReservations, req.GetId())
+	if err != nil {
+		return nil, err
+	}
+	out, err := remove(ctx, s.API, sizeReservations, req.GetId(), cur.GetProjectId())
 	if err != nil {
 		return nil, err
 	}
