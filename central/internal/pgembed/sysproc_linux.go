@@ -16,5 +16,5 @@ import "syscall"
 // backends with it; if even that fails, the next Start's stale recovery
 // cleans up.
 func serverSysProcAttr(cred *syscall.Credential) *syscall.SysProcAttr {
-	return &syscall.SysProcAttr{Credential: cred, Setpgid: true}
+	return &syscall.SysProcAttr{Credential: cred, Setpgid: true, Pdeathsig: syscall.SIGINT}
 }
