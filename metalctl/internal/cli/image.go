@@ -88,16 +88,9 @@ func (a *app) imageLatestCommand(r resource[*apiv1.Image]) *cobra.Command {
 			if osName == "" {
 				return errors.New("--os is required")
 			}
-			p, err := a.printer(formatTable)
-			if err != nil {
-				return err
-			}
-			return a.withConn(cmd, func(ctx context.Context, cc grpc.ClientConnInterface) error {
+			return printCall(a, cmd, r.cols, func(ctx context.Context, cc grpc.ClientConnInterface) (*apiv1.Image, error) {
 				resp, err := apiv1.NewImageServiceClient(cc).Latest(ctx, &apiv1.ImageServiceLatestRequest{Os: osName, IncludeDeprecated: deprecated})
-				if err != nil {
-					return err
-				}
-				return printOne(p, r.cols, resp.GetImage())
+				return resp.GetImage(), err
 			})
 		},
 	}

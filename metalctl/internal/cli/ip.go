@@ -124,16 +124,9 @@ func (a *app) ipAllocateCommand(r resource[*apiv1.IP]) *cobra.Command {
 			if req.Labels, err = parseLabels(labels); err != nil {
 				return err
 			}
-			p, err := a.printer("")
-			if err != nil {
-				return err
-			}
-			return a.withConn(cmd, func(ctx context.Context, cc grpc.ClientConnInterface) error {
+			return printCall(a, cmd, r.cols, func(ctx context.Context, cc grpc.ClientConnInterface) (*apiv1.IP, error) {
 				resp, err := apiv1.NewIPServiceClient(cc).Allocate(ctx, req)
-				if err != nil {
-					return err
-				}
-				return printOne(p, r.cols, resp.GetIp())
+				return resp.GetIp(), err
 			})
 		},
 	}

@@ -280,16 +280,9 @@ func (a *app) networkAllocateCommand(r resource[*apiv1.Network]) *cobra.Command 
 			if req.Labels, err = parseLabels(labels); err != nil {
 				return err
 			}
-			p, err := a.printer("")
-			if err != nil {
-				return err
-			}
-			return a.withConn(cmd, func(ctx context.Context, cc grpc.ClientConnInterface) error {
+			return printCall(a, cmd, r.cols, func(ctx context.Context, cc grpc.ClientConnInterface) (*apiv1.Network, error) {
 				resp, err := apiv1.NewNetworkServiceClient(cc).Allocate(ctx, req)
-				if err != nil {
-					return err
-				}
-				return printOne(p, r.cols, resp.GetNetwork())
+				return resp.GetNetwork(), err
 			})
 		},
 	}

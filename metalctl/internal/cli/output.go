@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,6 +14,8 @@ import (
 	"text/template"
 	"time"
 
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -317,4 +320,20 @@ func parseLabels(values []string) (map[string]string, error) {
 		m[k] = v
 	}
 	return m, nil
+}
+
+// printCall connects, makes one call and prints the object it returns in the
+// format the flags ask for.
+func printCall[T proto.Message](a *app, cmd *cobra.Command, cols []column[T], call func(context.Context, grpc.ClientConnInterface) (T, error)) error {
+	p, err := a.printer("")
+	if err != nil {
+		return err
+	}
+	return a.withConn(cmd, func(ctx context.Context, cc grpc.ClientConnInterface) error {
+		obj, err := call(ctx, cc)
+		if err != nil {
+			return err
+		}
+		return printOne(p, cols, obj)
+	})
 }

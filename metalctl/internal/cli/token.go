@@ -198,16 +198,9 @@ func (a *app) newTokenCommand() *cobra.Command {
 		Short: "Revoke a token",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := a.printer("")
-			if err != nil {
-				return err
-			}
-			return a.withConn(cmd, func(ctx context.Context, cc grpc.ClientConnInterface) error {
+			return printCall(a, cmd, cols, func(ctx context.Context, cc grpc.ClientConnInterface) (*apiv1.Token, error) {
 				resp, err := apiv1.NewTokenServiceClient(cc).Revoke(ctx, &apiv1.TokenServiceRevokeRequest{Id: args[0]})
-				if err != nil {
-					return err
-				}
-				return printOne(p, cols, resp.GetToken())
+				return resp.GetToken(), err
 			})
 		},
 	}
@@ -217,16 +210,9 @@ func (a *app) newTokenCommand() *cobra.Command {
 		Short: "Show the token in use",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			p, err := a.printer("")
-			if err != nil {
-				return err
-			}
-			return a.withConn(cmd, func(ctx context.Context, cc grpc.ClientConnInterface) error {
+			return printCall(a, cmd, cols, func(ctx context.Context, cc grpc.ClientConnInterface) (*apiv1.Token, error) {
 				resp, err := apiv1.NewTokenServiceClient(cc).Whoami(ctx, &apiv1.TokenServiceWhoamiRequest{})
-				if err != nil {
-					return err
-				}
-				return printOne(p, cols, resp.GetToken())
+				return resp.GetToken(), err
 			})
 		},
 	}
