@@ -281,3 +281,58 @@ func TestAcquireSpecificRacesNextFree(t *testing.T) {
 		t.Fatalf("%d taken + %d free != 200: free list lost or duplicated units", len(got), free.Int64())
 	}
 }
+
+// Releasing a unit from the used head of a range keeps spans disjoint: the
+// unit comes back first, the range's free part next, and a double release
+// is refused.
+func TestReleaseInsideRangeHead(t *testing.T) {
+	st := newStore(t)
+	ctx := context.Background()
+	if err := st.Tx(ctx, func(tx pgx.Tx) error {
+		return ipam.CreatePool(ctx, tx, "p", ipam.KindVRF, big.NewInt(1), big.NewInt(640))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	take := func() int64 {
+		t.Helper()
+		var u *big.Int
+		if err := st.Tx(ctx, func(tx pgx.Tx) error {
+			var err error
+			u, err = ipam.Acquire(ctx, tx, "p")
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return u.Int64()
+	}
+	release := func(u int64) error {
+		return st.Tx(ctx, func(tx pgx.Tx) error { return ipam.Release(ctx, tx, "p", big.NewInt(u)) })
+	}
+	for want := int64(1); want <= 4; want++ {
+		if got := take(); got != want {
+			t.Fatalf("take = %d, want %d", got, want)
+		}
+	}
+	if err := release(2); err != nil {
+		t.Fatal(err)
+	}
+	if err := release(5); !errors.Is(err, ipam.ErrNotAllocated) {
+		t.Fatalf("release of a free unit = %v, want ErrNotAllocated", err)
+	}
+	if err := release(2); !errors.Is(err, ipam.ErrNotAllocated) {
+		t.Fatalf("double release = %v, want ErrNotAllocated", err)
+	}
+	// A specific unit inside the freed head and one in the range's free part.
+	if err := st.Tx(ctx, func(tx pgx.Tx) error { return ipam.AcquireSpecific(ctx, tx, "p", big.NewInt(3)) }); !errors.Is(err, ipam.ErrTaken) {
+		t.Fatalf("specific 3 = %v, want ErrTaken", err)
+	}
+	for _, want := range []int64{2, 5, 6} {
+		if got := take(); got != want {
+			t.Fatalf("take = %d, want %d", got, want)
+		}
+	}
+	_, free, err := ipam.Usage(ctx, st.Pool(), "p")
+	if err != nil || free.Int64() != 640-6 {
+		t.Fatalf("free = %v, %v; want %d", free, err, 640-6)
+	}
+}

@@ -1,10 +1,13 @@
 // Package ipam hands out units of integer pools inside SQL transactions:
 // addresses of a prefix, child-prefix slots of a super prefix, VRF ids.
 //
-// A pool's free space is a set of disjoint ranges in pool_free. Taking the
-// next free unit locks one range row with SKIP LOCKED and shrinks it, in one
-// statement, so concurrent writers work on different ranges (a new pool is cut
-// into up to Shards ranges for that reason) and nobody scans used units.
+// A pool's free space is a set of ranges in pool_free: a row spans
+// [start_unit, stop_unit] and [next_unit, stop_unit] of it is free; spans never
+// overlap and start_unit never changes, so taking the next free unit (lock one
+// row with SKIP LOCKED, bump next_unit, one statement) is a heap-only update
+// that leaves the index alone. Concurrent writers work on different ranges (a
+// new pool is cut into up to Shards ranges for that reason) and nobody scans
+// used units.
 // Exhaustion is "no range rows left": one index probe. The tables that hold
 // what was handed out (ips, prefixes, networks.vrf) carry unique constraints,
 // so even a corrupted free list cannot hand out a unit twice.
@@ -30,6 +33,8 @@ var (
 	ErrTaken      = errors.New("already allocated")
 	ErrOutOfRange = errors.New("outside the pool")
 	ErrNoPool     = errors.New("no such pool")
+	// ErrNotAllocated means a release of a unit that is free: a bookkeeping bug.
+	ErrNotAllocated = errors.New("not allocated")
 )
 
 // Kind of a pool.
@@ -59,8 +64,8 @@ func CreatePool(ctx context.Context, db DB, id string, kind Kind, first, last *b
 		return fmt.Errorf("create pool %s: %w", id, err)
 	}
 	starts, stops := split(first, last, Shards)
-	if _, err := db.Exec(ctx, `INSERT INTO pool_free (pool_id, start_unit, stop_unit)
-		SELECT $1, s::NUMERIC, e::NUMERIC FROM unnest($2::TEXT[], $3::TEXT[]) AS r (s, e)`, id, starts, stops); err != nil {
+	if _, err := db.Exec(ctx, `INSERT INTO pool_free (pool_id, start_unit, next_unit, stop_unit)
+		SELECT $1, s::NUMERIC, s::NUMERIC, e::NUMERIC FROM unnest($2::TEXT[], $3::TEXT[]) AS r (s, e)`, id, starts, stops); err != nil {
 		return fmt.Errorf("create pool %s ranges: %w", id, err)
 	}
 	return nil
@@ -90,23 +95,23 @@ func DeletePool(ctx context.Context, db DB, id string) error {
 	return nil
 }
 
-// takeFirst shrinks the lowest free range it can lock and returns the unit it
-// took. The CTE does it in one round trip: lock, then delete a one-unit range
-// or move a longer range's start up by one.
+// takeFirst takes the next unit of the lowest range it can lock and returns
+// it. One round trip: lock, then delete a range whose last unit this is, or
+// move its next_unit up by one.
 const takeFirst = `
 WITH b AS (
-	SELECT start_unit, stop_unit FROM pool_free WHERE pool_id = $1
+	SELECT start_unit, next_unit, stop_unit FROM pool_free WHERE pool_id = $1
 	ORDER BY start_unit LIMIT 1 FOR UPDATE %s
 ), d AS (
 	DELETE FROM pool_free f USING b
-	WHERE f.pool_id = $1 AND f.start_unit = b.start_unit AND b.start_unit = b.stop_unit
-	RETURNING f.start_unit
+	WHERE f.pool_id = $1 AND f.start_unit = b.start_unit AND b.next_unit = b.stop_unit
+	RETURNING b.next_unit
 ), u AS (
-	UPDATE pool_free f SET start_unit = b.start_unit + 1 FROM b
-	WHERE f.pool_id = $1 AND f.start_unit = b.start_unit AND b.start_unit < b.stop_unit
-	RETURNING b.start_unit
+	UPDATE pool_free f SET next_unit = b.next_unit + 1 FROM b
+	WHERE f.pool_id = $1 AND f.start_unit = b.start_unit AND b.next_unit < b.stop_unit
+	RETURNING b.next_unit
 )
-SELECT start_unit::TEXT FROM d UNION ALL SELECT start_unit::TEXT FROM u`
+SELECT next_unit::TEXT FROM d UNION ALL SELECT next_unit::TEXT FROM u`
 
 // Acquire takes the next free unit. Ranges other transactions hold are
 // skipped; only when every remaining range is held does it wait, and it
@@ -172,50 +177,72 @@ func AcquireSpecific(ctx context.Context, db DB, poolID string, u *big.Int) erro
 		return fmt.Errorf("unit %s of pool %s: %w", u, poolID, ErrOutOfRange)
 	}
 	for attempt := 0; attempt < 3; attempt++ {
-		var start, stop string
-		err := db.QueryRow(ctx, `SELECT start_unit::TEXT, stop_unit::TEXT FROM pool_free
-			WHERE pool_id = $1 AND start_unit <= $2::NUMERIC ORDER BY start_unit DESC LIMIT 1 FOR UPDATE`,
-			poolID, u.String()).Scan(&start, &stop)
-		if errors.Is(err, pgx.ErrNoRows) || (err == nil && mustInt(stop).Cmp(u) < 0) {
+		r, found, err := rangeAt(ctx, db, poolID, u, true)
+		if err != nil {
+			return err
+		}
+		if !found || !r.frees(u) {
 			// A concurrent split can hide the range that now holds u from the
 			// locked re-read; look again without the lock before saying taken.
-			var free bool
-			if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pool_free
-				WHERE pool_id = $1 AND start_unit <= $2::NUMERIC AND stop_unit >= $2::NUMERIC)`, poolID, u.String()).Scan(&free); err != nil {
-				return fmt.Errorf("pool %s: %w", poolID, err)
+			r, found, err = rangeAt(ctx, db, poolID, u, false)
+			if err != nil {
+				return err
 			}
-			if !free {
+			if !found || !r.frees(u) {
 				return fmt.Errorf("unit %s of pool %s: %w", u, poolID, ErrTaken)
 			}
 			continue
 		}
-		if err != nil {
-			return fmt.Errorf("pool %s: %w", poolID, err)
-		}
-		return carve(ctx, db, poolID, mustInt(start), mustInt(stop), u)
+		return carve(ctx, db, poolID, r, u)
 	}
 	return fmt.Errorf("unit %s of pool %s: %w (contended)", u, poolID, ErrTaken)
 }
 
-// carve removes u from the locked range [start, stop].
-func carve(ctx context.Context, db DB, poolID string, start, stop, u *big.Int) error {
+// span is one pool_free row.
+type span struct{ start, next, stop *big.Int }
+
+func (r span) frees(u *big.Int) bool { return r.next.Cmp(u) <= 0 && u.Cmp(r.stop) <= 0 }
+
+// rangeAt finds the row whose span may hold u: the one with the greatest
+// start at or below u.
+func rangeAt(ctx context.Context, db DB, poolID string, u *big.Int, lock bool) (span, bool, error) {
+	q := `SELECT start_unit::TEXT, next_unit::TEXT, stop_unit::TEXT FROM pool_free
+		WHERE pool_id = $1 AND start_unit <= $2::NUMERIC ORDER BY start_unit DESC LIMIT 1`
+	if lock {
+		q += ` FOR UPDATE`
+	}
+	var a, b, c string
+	err := db.QueryRow(ctx, q, poolID, u.String()).Scan(&a, &b, &c)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return span{}, false, nil
+	}
+	if err != nil {
+		return span{}, false, fmt.Errorf("pool %s: %w", poolID, err)
+	}
+	return span{mustInt(a), mustInt(b), mustInt(c)}, true, nil
+}
+
+// carve removes free unit u from the locked row r.
+func carve(ctx context.Context, db DB, poolID string, r span, u *big.Int) error {
 	one := big.NewInt(1)
 	var err error
 	switch {
-	case start.Cmp(stop) == 0:
-		_, err = db.Exec(ctx, `DELETE FROM pool_free WHERE pool_id = $1 AND start_unit = $2::NUMERIC`, poolID, start.String())
-	case start.Cmp(u) == 0:
-		_, err = db.Exec(ctx, `UPDATE pool_free SET start_unit = $3::NUMERIC WHERE pool_id = $1 AND start_unit = $2::NUMERIC`,
-			poolID, start.String(), new(big.Int).Add(u, one).String())
+	case r.next.Cmp(r.stop) == 0:
+		_, err = db.Exec(ctx, `DELETE FROM pool_free WHERE pool_id = $1 AND start_unit = $2::NUMERIC`, poolID, r.start.String())
+	case r.next.Cmp(u) == 0:
+		_, err = db.Exec(ctx, `UPDATE pool_free SET next_unit = $3::NUMERIC WHERE pool_id = $1 AND start_unit = $2::NUMERIC`,
+			poolID, r.start.String(), new(big.Int).Add(u, one).String())
+	case u.Cmp(r.stop) == 0:
+		_, err = db.Exec(ctx, `UPDATE pool_free SET stop_unit = $3::NUMERIC WHERE pool_id = $1 AND start_unit = $2::NUMERIC`,
+			poolID, r.start.String(), new(big.Int).Sub(u, one).String())
 	default:
 		if _, err = db.Exec(ctx, `UPDATE pool_free SET stop_unit = $3::NUMERIC WHERE pool_id = $1 AND start_unit = $2::NUMERIC`,
-			poolID, start.String(), new(big.Int).Sub(u, one).String()); err != nil {
+			poolID, r.start.String(), new(big.Int).Sub(u, one).String()); err != nil {
 			break
 		}
-		if u.Cmp(stop) < 0 {
-			_, err = db.Exec(ctx, `INSERT INTO pool_free (pool_id, start_unit, stop_unit) VALUES ($1, $2::NUMERIC, $3::NUMERIC)`,
-				poolID, new(big.Int).Add(u, one).String(), stop.String())
-		}
+		next := new(big.Int).Add(u, one).String()
+		_, err = db.Exec(ctx, `INSERT INTO pool_free (pool_id, start_unit, next_unit, stop_unit) VALUES ($1, $2::NUMERIC, $2::NUMERIC, $3::NUMERIC)`,
+			poolID, next, r.stop.String())
 	}
 	if err != nil {
 		return fmt.Errorf("pool %s: carve %s: %w", poolID, u, err)
@@ -223,11 +250,26 @@ func carve(ctx context.Context, db DB, poolID string, start, stop, u *big.Int) e
 	return nil
 }
 
-// Release gives u back. It becomes a one-unit range; ranges are not merged
-// (merging would lock neighbours and invite deadlocks), so the free list
-// grows at most by the number of released units, and Acquire reuses them first.
+// Release gives u back as a one-unit range, reused first. Ranges are not
+// merged (that would lock neighbours and invite lock cycles), so the free
+// list grows at most by the number of released units. If u lies in the used
+// head of a range, that range's span is first shrunk to its free part so
+// that spans stay disjoint.
 func Release(ctx context.Context, db DB, poolID string, u *big.Int) error {
-	if _, err := db.Exec(ctx, `INSERT INTO pool_free (pool_id, start_unit, stop_unit) VALUES ($1, $2::NUMERIC, $2::NUMERIC)`,
+	r, found, err := rangeAt(ctx, db, poolID, u, true)
+	if err != nil {
+		return err
+	}
+	if found && r.frees(u) {
+		return fmt.Errorf("pool %s: release %s: %w", poolID, u, ErrNotAllocated)
+	}
+	if found && u.Cmp(r.next) < 0 {
+		if _, err := db.Exec(ctx, `UPDATE pool_free SET start_unit = next_unit WHERE pool_id = $1 AND start_unit = $2::NUMERIC`,
+			poolID, r.start.String()); err != nil {
+			return fmt.Errorf("pool %s: release %s: %w", poolID, u, err)
+		}
+	}
+	if _, err := db.Exec(ctx, `INSERT INTO pool_free (pool_id, start_unit, next_unit, stop_unit) VALUES ($1, $2::NUMERIC, $2::NUMERIC, $2::NUMERIC)`,
 		poolID, u.String()); err != nil {
 		return fmt.Errorf("pool %s: release %s: %w", poolID, u, err)
 	}
@@ -238,7 +280,7 @@ func Release(ctx context.Context, db DB, poolID string, u *big.Int) error {
 func Usage(ctx context.Context, db DB, poolID string) (size, free *big.Int, err error) {
 	var first, last, freeS string
 	err = db.QueryRow(ctx, `SELECT p.first_unit::TEXT, p.last_unit::TEXT,
-		COALESCE((SELECT sum(stop_unit - start_unit + 1) FROM pool_free WHERE pool_id = p.id), 0)::TEXT
+		COALESCE((SELECT sum(stop_unit - next_unit + 1) FROM pool_free WHERE pool_id = p.id), 0)::TEXT
 		FROM pools p WHERE p.id = $1`, poolID).Scan(&first, &last, &freeS)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil, fmt.Errorf("pool %s: %w", poolID, ErrNoPool)

@@ -72,10 +72,13 @@ CREATE INDEX size_reservations_project ON size_reservations (project_id);
 
 -- IPAM. A pool is a range of integer units [first, last]: addresses of a prefix,
 -- child-prefix slots of a super prefix, or VRF ids. Free space is a set of
--- disjoint ranges; taking a unit edits one range row, and writers spread across
--- ranges (SKIP LOCKED), so no single row serialises them. The consumers (ips,
--- prefixes, networks.vrf) carry the unique constraints that make a double
--- hand-out impossible even if the free list were wrong.
+-- ranges, each covering [start_unit, stop_unit] of which [next_unit, stop_unit]
+-- is still free; the spans of different rows never overlap. Taking a unit
+-- bumps next_unit of one range row; next_unit is not indexed, so that update is
+-- a heap-only (HOT) update that leaves the index untouched. Writers spread
+-- across ranges (SKIP LOCKED), so no single row serialises them. The consumers
+-- (ips, prefixes, networks.vrf) carry the unique constraints that make a
+-- double hand-out impossible even if the free list were wrong.
 CREATE TABLE pools (
     id          TEXT PRIMARY KEY,
     kind        TEXT NOT NULL CHECK (kind IN ('ip', 'child', 'vrf')),
@@ -88,9 +91,10 @@ CREATE TABLE pools (
 CREATE TABLE pool_free (
     pool_id     TEXT NOT NULL REFERENCES pools (id) ON DELETE CASCADE,
     start_unit  NUMERIC NOT NULL,
+    next_unit   NUMERIC NOT NULL,
     stop_unit   NUMERIC NOT NULL,
     PRIMARY KEY (pool_id, start_unit),
-    CHECK (start_unit <= stop_unit)
+    CHECK (start_unit <= next_unit AND next_unit <= stop_unit)
 );
 
 CREATE TABLE networks (
