@@ -95,11 +95,11 @@ func DeletePool(ctx context.Context, db DB, id string) error {
 	return nil
 }
 
-// takeFirst takes the next unit of the lowest range it can lock and returns
-// it. One round trip: lock, then delete a range whose last unit this is, or
-// move its next_unit up by one.
-const takeFirst = `
-WITH b AS (
+// takeCTE takes the next unit of the lowest range it can lock, as the CTE
+// "taken (unit)": lock, then delete a range whose last unit this is, or move
+// its next_unit up by one. $1 is the pool id.
+const takeCTE = `
+b AS (
 	SELECT start_unit, next_unit, stop_unit FROM pool_free WHERE pool_id = $1
 	ORDER BY start_unit LIMIT 1 FOR UPDATE %s
 ), d AS (
@@ -110,8 +110,26 @@ WITH b AS (
 	UPDATE pool_free f SET next_unit = b.next_unit + 1 FROM b
 	WHERE f.pool_id = $1 AND f.start_unit = b.start_unit AND b.next_unit < b.stop_unit
 	RETURNING b.next_unit
-)
-SELECT next_unit::TEXT FROM d UNION ALL SELECT next_unit::TEXT FROM u`
+), taken AS (
+	SELECT next_unit AS unit FROM d UNION ALL SELECT next_unit FROM u
+)`
+
+// takeFirst returns the taken unit as text.
+const takeFirst = `WITH ` + takeCTE + ` SELECT unit::TEXT FROM taken`
+
+// TakeInto takes the next free unit of a range no one else holds and, in the
+// same statement, lets consume use it: consume is the rest of a WITH query
+// that reads the CTE "taken (unit NUMERIC)", e.g.
+// ", ins AS (INSERT ... SELECT ... FROM taken RETURNING ...) SELECT ... FROM ins";
+// its parameters start at $2. One statement is atomic on its own (and
+// CockroachDB retries it server-side), so a caller may run it outside an
+// explicit transaction: the hand-out then costs one round trip. When every
+// range is locked or the pool is empty it returns pgx.ErrNoRows from Scan
+// and changes nothing; callers then fall back to Acquire, which waits and
+// tells exhaustion apart.
+func TakeInto(ctx context.Context, db DB, poolID, consume string, args ...any) pgx.Row {
+	return db.QueryRow(ctx, `WITH `+fmt.Sprintf(takeCTE, "SKIP LOCKED")+consume, append([]any{poolID}, args...)...)
+}
 
 // Acquire takes the next free unit. Ranges other transactions hold are
 // skipped; only when every remaining range is held does it wait, and it
@@ -304,8 +322,12 @@ func poolExists(ctx context.Context, db DB, poolID string) error {
 	return nil
 }
 
-// split cuts [first, last] into at most n contiguous ranges of near-equal size.
+// split cuts [first, last] into at most n contiguous ranges of near-equal
+// size, each at most 2^32 units but the last, which takes what remains: the
+// offsets handed out from the front of a huge (IPv6) pool then stay small
+// enough for SQL's BIGINT arithmetic.
 func split(first, last *big.Int, n int) (starts, stops []string) {
+	maxShard := new(big.Int).Lsh(big.NewInt(1), 32)
 	size := new(big.Int).Sub(last, first)
 	size.Add(size, big.NewInt(1))
 	parts := big.NewInt(int64(n))
@@ -314,6 +336,10 @@ func split(first, last *big.Int, n int) (starts, stops []string) {
 	}
 	step := new(big.Int).Div(size, parts)
 	rem := new(big.Int).Mod(size, parts)
+	if step.Cmp(maxShard) > 0 {
+		step.Set(maxShard)
+		rem.SetInt64(0)
+	}
 	cur := new(big.Int).Set(first)
 	for i := int64(0); i < parts.Int64(); i++ {
 		l := new(big.Int).Set(step)
@@ -322,6 +348,9 @@ func split(first, last *big.Int, n int) (starts, stops []string) {
 		}
 		end := new(big.Int).Add(cur, l)
 		end.Sub(end, big.NewInt(1))
+		if i == parts.Int64()-1 {
+			end.Set(last)
+		}
 		starts = append(starts, cur.String())
 		stops = append(stops, end.String())
 		cur = end.Add(end, big.NewInt(1))

@@ -6,11 +6,14 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/ipam"
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -82,6 +85,15 @@ func (s *ipService) Allocate(ctx context.Context, req *apiv1.IPServiceAllocateRe
 		Type:        typ,
 		Labels:      req.GetLabels(),
 	}
+	if !want.IsValid() {
+		out, ok, err := s.allocateNext(ctx, n, ip, fam)
+		if err != nil {
+			return nil, toStatus(err, "ip in network "+quote(n.GetId()))
+		}
+		if ok {
+			return &apiv1.IPServiceAllocateResponse{Ip: out}, nil
+		}
+	}
 	var out *apiv1.IP
 	err = s.store.Tx(ctx, func(tx pgx.Tx) error {
 		prefixes, err := networkPrefixes(ctx, tx, n)
@@ -105,6 +117,71 @@ func (s *ipService) Allocate(ctx context.Context, req *apiv1.IPServiceAllocateRe
 		return nil, toStatus(err, "ip in network "+quote(n.GetId()))
 	}
 	return &apiv1.IPServiceAllocateResponse{Ip: out}, nil
+}
+
+// allocateNextSQL inserts the IP for the unit ipam.TakeInto took, computing
+// its address from the prefix base ($3, $4) and its audit row, all in the
+// same statement. The address text comes from PostgreSQL's host(), which
+// formats IPv6 the RFC 5952 way, as net/netip does.
+const allocateNextSQL = `,
+addr AS (
+	SELECT host($3::INET + (unit - $4::NUMERIC)::BIGINT) AS ip, unit FROM taken
+), ins AS (
+	INSERT INTO ips (ip, spec, pool_id, unit, network_id, project_id, type)
+	SELECT ip, jsonb_set($2::JSONB, '{ip}', to_jsonb(ip)), $1, unit, $5, $6, $7 FROM addr
+	RETURNING ip, spec, generation, created_at, updated_at
+), aud AS (
+	INSERT INTO audit (id, subject, method, request_id, target, project_id)
+	SELECT $8, $9, $10, $11, 'ip/' || ip, $6 FROM ins
+)
+SELECT spec, generation, created_at, updated_at FROM ins`
+
+// allocateNext is the common case in one round trip: the next free address
+// of the family's first prefix, taken, recorded and audited by a single
+// statement, atomic on its own. ok is false when that prefix has no range
+// free of other writers' locks (or is exhausted, or its next offset is too
+// large for BIGINT); the caller then runs the full transaction, which waits
+// for locks, tries the other prefixes and reports exhaustion.
+func (s *ipService) allocateNext(ctx context.Context, n *apiv1.Network, ip *apiv1.IP, fam int) (*apiv1.IP, bool, error) {
+	prefixes, err := networkPrefixes(ctx, s.store.Pool(), n)
+	if err != nil {
+		return nil, false, err
+	}
+	if fam == 0 {
+		fam = 6
+		for _, p := range prefixes {
+			if p.prefix.Addr().Is4() {
+				fam = 4
+				break
+			}
+		}
+	}
+	var pr *prefixRow
+	for i := range prefixes {
+		if ipam.Family(prefixes[i].prefix) == fam {
+			pr = &prefixes[i]
+			break
+		}
+	}
+	call := auth.CallFrom(ctx)
+	if pr == nil || call == nil {
+		return nil, false, nil
+	}
+	spec, err := encodeSpec(ip)
+	if err != nil {
+		return nil, false, err
+	}
+	base := pr.prefix.Masked().Addr()
+	out, err := ips.scan(ipam.TakeInto(ctx, s.store.Pool(), pr.ipPool, allocateNextSQL,
+		spec, base.String(), ipam.AddrUnit(base).String(), n.GetId(), ip.GetProjectId(), ipTypeNames[ip.GetType()],
+		uuid.NewString(), call.Principal.TokenID, call.Method, call.RequestID))
+	switch {
+	case errors.Is(err, pgx.ErrNoRows), store.IsCode(err, store.CodeNumericOutOfRange):
+		return nil, false, nil
+	case err != nil:
+		return nil, false, err
+	}
+	return out, true, nil
 }
 
 // takeAddress takes want, or the next free address of family fam (IPv4 first

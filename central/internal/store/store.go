@@ -105,6 +105,7 @@ const (
 	CodeForeignKeyViolation = "23503"
 	CodeCheckViolation      = "23514"
 	CodeDeadlock            = "40P01"
+	CodeNumericOutOfRange   = "22003"
 )
 
 // IsCode reports whether err is a PostgreSQL error with the given SQLSTATE.
