@@ -1,9 +1,10 @@
 // Package store is central's only door to SQL: a pgx pool, transactions with
 // retries, schema migrations and the row helpers the API services share.
 //
-// Every transaction goes through crdbpgx.ExecuteTx so that serialization
-// failures (40001) are retried on PostgreSQL and CockroachDB alike; the
-// function given to Tx must therefore be safe to run more than once.
+// Every transaction is retried when it loses a serialization conflict
+// (40001) or a deadlock (40P01): through crdbpgx.ExecuteTx on CockroachDB and
+// a plain, commit-checked loop on PostgreSQL (see execute). The function
+// given to Tx must therefore be safe to run more than once.
 package store
 
 import (
@@ -11,6 +12,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"time"
 
 	"github.com/cockroachdb/cockroach-go/v2/crdb/crdbpgxv5"
 	"github.com/jackc/pgx/v5"
@@ -82,30 +85,47 @@ func (s *Store) SerializableTx(ctx context.Context, fn func(pgx.Tx) error) error
 	return s.execute(ctx, pgx.TxOptions{IsoLevel: pgx.Serializable}, fn)
 }
 
-// maxDeadlockRetries bounds how often a deadlock victim is rerun.
-const maxDeadlockRetries = 10
+// maxRetries bounds how often a transaction that lost a serialization
+// conflict or a deadlock is rerun.
+const maxRetries = 20
 
-// execute wraps crdbpgx.ExecuteTx, which retries 40001, and also reruns
-// PostgreSQL's deadlock victims (40P01): row locks taken in data-dependent
-// order (IPAM ranges being split while others are taken) can form rare
-// cycles, and the victim's transaction was rolled back entirely.
+// execute runs fn in a transaction and reruns it when the database says the
+// transaction lost a conflict. On CockroachDB that is crdbpgx.ExecuteTx and
+// its savepoint protocol, which CockroachDB needs. On PostgreSQL that
+// protocol is wrong: the library treats RELEASE SAVEPOINT as the commit and
+// ignores COMMIT's error, but PostgreSQL reports SERIALIZABLE conflicts at
+// COMMIT, so a lost write skew would be reported as success (reproduced in
+// TestSerializableWriteSkewIsRetried). There we run a plain transaction, check
+// the commit, and rerun on 40001 (serialization failure) and 40P01 (deadlock
+// victim); it also saves the SAVEPOINT and RELEASE round trips.
 func (s *Store) execute(ctx context.Context, opts pgx.TxOptions, fn func(pgx.Tx) error) error {
+	if s.cockroach {
+		return crdbpgx.ExecuteTx(ctx, s.pool, opts, fn)
+	}
 	for attempt := 0; ; attempt++ {
-		err := crdbpgx.ExecuteTx(ctx, s.pool, opts, fn)
-		if err == nil || !IsCode(err, CodeDeadlock) || attempt >= maxDeadlockRetries {
+		err := pgx.BeginTxFunc(ctx, s.pool, opts, fn)
+		if err == nil || attempt >= maxRetries || !(IsCode(err, CodeSerializationFailure) || IsCode(err, CodeDeadlock)) {
 			return err
 		}
-		s.log.Debug("deadlock victim, retrying transaction", "attempt", attempt+1)
+		s.log.Debug("transaction lost a conflict, retrying", "attempt", attempt+1, "err", err)
+		// Full jitter keeps the losers of one conflict from meeting again.
+		backoff := time.Duration(rand.Int64N(int64(time.Millisecond) << min(attempt, 6)))
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (after %d attempts: %w)", ctx.Err(), attempt+1, err)
+		case <-time.After(backoff):
+		}
 	}
 }
 
 // SQLSTATE codes the services map to gRPC codes.
 const (
-	CodeUniqueViolation     = "23505"
-	CodeForeignKeyViolation = "23503"
-	CodeCheckViolation      = "23514"
-	CodeDeadlock            = "40P01"
-	CodeNumericOutOfRange   = "22003"
+	CodeUniqueViolation      = "23505"
+	CodeForeignKeyViolation  = "23503"
+	CodeCheckViolation       = "23514"
+	CodeDeadlock             = "40P01"
+	CodeSerializationFailure = "40001"
+	CodeNumericOutOfRange    = "22003"
 )
 
 // IsCode reports whether err is a PostgreSQL error with the given SQLSTATE.

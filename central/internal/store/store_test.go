@@ -7,6 +7,8 @@ import (
 	"testing"
 	"testing/fstest"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/metalfleet/metalfleet/central/internal/pgtest"
 	"github.com/metalfleet/metalfleet/central/internal/store"
 	schema "github.com/metalfleet/metalfleet/sql"
@@ -133,5 +135,65 @@ func TestMigrationIsAtomic(t *testing.T) {
 	}
 	if v, _ := st.SchemaVersion(ctx); v == 9999 {
 		t.Fatal("failed migration recorded")
+	}
+}
+
+// Two doctors on call, each going off call only if the other stays: under
+// SERIALIZABLE one of the two transactions must lose (PostgreSQL says so at
+// COMMIT), be rerun, and then see it must stay. A store that took the lost
+// commit for success would leave nobody on call.
+func TestSerializableWriteSkewIsRetried(t *testing.T) {
+	ctx := context.Background()
+	st := open(t, pg.NewDatabase(t))
+	if _, err := st.Pool().Exec(ctx, `CREATE TABLE oncall (id INT PRIMARY KEY, on_call BOOL NOT NULL);
+		INSERT INTO oncall VALUES (1, TRUE), (2, TRUE)`); err != nil {
+		t.Fatal(err)
+	}
+	for round := 0; round < 5; round++ {
+		if _, err := st.Pool().Exec(ctx, `UPDATE oncall SET on_call = TRUE`); err != nil {
+			t.Fatal(err)
+		}
+		var read sync.WaitGroup
+		read.Add(2)
+		var wg sync.WaitGroup
+		errs := make(chan error, 2)
+		for id := 1; id <= 2; id++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				first := true
+				errs <- st.SerializableTx(ctx, func(tx pgx.Tx) error {
+					var n int
+					if err := tx.QueryRow(ctx, `SELECT count(*) FROM oncall WHERE on_call`).Scan(&n); err != nil {
+						return err
+					}
+					if first {
+						// Both read before either writes: the skew.
+						first = false
+						read.Done()
+						read.Wait()
+					}
+					if n < 2 {
+						return nil
+					}
+					_, err := tx.Exec(ctx, `UPDATE oncall SET on_call = FALSE WHERE id = $1`, id)
+					return err
+				})
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+		var onCall int
+		if err := st.Pool().QueryRow(ctx, `SELECT count(*) FROM oncall WHERE on_call`).Scan(&onCall); err != nil {
+			t.Fatal(err)
+		}
+		if onCall != 1 {
+			t.Fatalf("round %d: %d on call, want exactly 1 (a lost serialization conflict was reported as success)", round, onCall)
+		}
 	}
 }
