@@ -1,11 +1,12 @@
 package ipam_test
 
-// Throughput benchmarks of the IPAM hand-out paths as the API drives them:
-// one store.Tx per hand-out, writing the consumer row the product writes, so
-// the numbers include the round trips and commits a real request pays.
-// bench/ipam.sh runs them against one durable PostgreSQL together with
-// pgbench (raw INSERT ceiling) and go-ipam (bench/goipam); BENCHMARKS.md
-// records the results.
+// Throughput benchmarks of the transactional IPAM hand-out paths: one
+// store.Tx per hand-out, writing the consumer row the product writes, so the
+// numbers include the round trips and commits a real request pays. The
+// one-statement fast path of IPService.Allocate is measured by the service
+// package's BenchmarkAllocateIP. bench/ipam.sh runs both against one durable
+// PostgreSQL together with pgbench (raw INSERT ceiling) and go-ipam
+// (bench/goipam); BENCHMARKS.md records the results.
 
 import (
 	"context"
@@ -50,8 +51,10 @@ func BenchmarkAcquireIP(b *testing.B) {
 					if err != nil {
 						return err
 					}
-					// As ipService.Allocate: the spec is the API object as
-					// protojson, the unit goes in as text.
+					// As ipService.Allocate's transactional path (specific
+					// addresses, and the fallback when the one-statement path
+					// finds every range locked): the spec is the API object
+					// as protojson, the unit goes in as text.
 					addr := ipam.UnitAddr(u, true)
 					ip := &apiv1.IP{
 						Ip:        addr.String(),
@@ -99,7 +102,7 @@ func BenchmarkAcquireChildPrefix(b *testing.B) {
 					p := ipam.ChildPrefix(benchSuperPrefix, benchChildBits, slot)
 					first, last := ipam.HostRange(p)
 					ipPool := ipam.IPPoolID(p)
-					if err := ipam.CreatePool(ctx, tx, ipPool, ipam.KindIP, first, last); err != nil {
+					if err := ipam.CreatePoolRanges(ctx, tx, ipPool, ipam.KindIP, first, last, ipam.FewShards); err != nil {
 						return err
 					}
 					_, err = tx.Exec(ctx, `INSERT INTO prefixes (cidr, network_id, family, ip_pool, child_pool, parent_pool, parent_unit)

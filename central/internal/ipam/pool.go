@@ -27,6 +27,10 @@ import (
 // rarely meet on one row, few enough that a tiny pool stays tiny.
 const Shards = 64
 
+// FewShards suits pools only a few writers share at a time, such as one
+// project's child network.
+const FewShards = 4
+
 // Errors callers map to API codes.
 var (
 	ErrExhausted  = errors.New("pool exhausted")
@@ -54,8 +58,15 @@ type DB interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// CreatePool records a pool over [first, last] with its free ranges.
+// CreatePool records a pool over [first, last] cut into Shards free ranges.
 func CreatePool(ctx context.Context, db DB, id string, kind Kind, first, last *big.Int) error {
+	return CreatePoolRanges(ctx, db, id, kind, first, last, Shards)
+}
+
+// CreatePoolRanges is CreatePool with the number of ranges chosen by the
+// caller: pools few writers share (a project's child network) need few, and
+// each range is a row to write when the pool is made.
+func CreatePoolRanges(ctx context.Context, db DB, id string, kind Kind, first, last *big.Int, ranges int) error {
 	if first.Cmp(last) > 0 {
 		return fmt.Errorf("create pool %s: empty range %s..%s", id, first, last)
 	}
@@ -63,7 +74,7 @@ func CreatePool(ctx context.Context, db DB, id string, kind Kind, first, last *b
 		id, string(kind), first.String(), last.String()); err != nil {
 		return fmt.Errorf("create pool %s: %w", id, err)
 	}
-	starts, stops := split(first, last, Shards)
+	starts, stops := split(first, last, max(ranges, 1))
 	if _, err := db.Exec(ctx, `INSERT INTO pool_free (pool_id, start_unit, next_unit, stop_unit)
 		SELECT $1, s::NUMERIC, s::NUMERIC, e::NUMERIC FROM unnest($2::TEXT[], $3::TEXT[]) AS r (s, e)`, id, starts, stops); err != nil {
 		return fmt.Errorf("create pool %s ranges: %w", id, err)

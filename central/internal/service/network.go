@@ -217,7 +217,14 @@ func insertPrefix(ctx context.Context, tx pgx.Tx, n *apiv1.Network, p netip.Pref
 	} else {
 		first, last := ipam.HostRange(p)
 		id := ipam.IPPoolID(p)
-		if err := ipam.CreatePool(ctx, tx, id, ipam.KindIP, first, last); err != nil {
+		ranges := ipam.Shards
+		if parentPool != "" {
+			// A child network's addresses are taken by its own project's
+			// machines, rarely many at once; few ranges make allocating the
+			// network itself cheap.
+			ranges = ipam.FewShards
+		}
+		if err := ipam.CreatePoolRanges(ctx, tx, id, ipam.KindIP, first, last, ranges); err != nil {
 			return err
 		}
 		ipPool = id
