@@ -147,7 +147,8 @@ type Access struct {
 	// field is the request field that names the object the call is about
 	// (empty for SCOPE_ADMIN and SCOPE_AUTHENTICATED).
 	Field string `protobuf:"bytes,3,opt,name=field,proto3" json:"field,omitempty"`
-	// resource is what field names: "project", "tenant", "network", "ip", "token".
+	// resource is what field names: "project", "tenant", "network", "ip",
+	// "size_reservation" or "machine".
 	// The interceptor resolves it to the owning project/tenant; an object the
 	// caller may not see answers NotFound, exactly like one that does not exist.
 	Resource      string `protobuf:"bytes,4,opt,name=resource,proto3" json:"resource,omitempty"`

@@ -565,11 +565,11 @@ const file_metalfleet_api_v1_token_proto_rawDesc = "" +
 	"\x05token\x18\x01 \x01(\v2\x18.metalfleet.api.v1.TokenR\x05token\"\x1b\n" +
 	"\x19TokenServiceWhoamiRequest\"L\n" +
 	"\x1aTokenServiceWhoamiResponse\x12.\n" +
-	"\x05token\x18\x01 \x01(\v2\x18.metalfleet.api.v1.TokenR\x05token2\xcf\x03\n" +
+	"\x05token\x18\x01 \x01(\v2\x18.metalfleet.api.v1.TokenR\x05token2\xc4\x03\n" +
 	"\fTokenService\x12m\n" +
 	"\x06Create\x12,.metalfleet.api.v1.TokenServiceCreateRequest\x1a-.metalfleet.api.v1.TokenServiceCreateResponse\"\x06\xca\xf3\x18\x02\b\x01\x12g\n" +
-	"\x04List\x12*.metalfleet.api.v1.TokenServiceListRequest\x1a+.metalfleet.api.v1.TokenServiceListResponse\"\x06\xca\xf3\x18\x02\b\x01\x12x\n" +
-	"\x06Revoke\x12,.metalfleet.api.v1.TokenServiceRevokeRequest\x1a-.metalfleet.api.v1.TokenServiceRevokeResponse\"\x11\xca\xf3\x18\r\b\x01\x1a\x02id\"\x05token\x12m\n" +
+	"\x04List\x12*.metalfleet.api.v1.TokenServiceListRequest\x1a+.metalfleet.api.v1.TokenServiceListResponse\"\x06\xca\xf3\x18\x02\b\x01\x12m\n" +
+	"\x06Revoke\x12,.metalfleet.api.v1.TokenServiceRevokeRequest\x1a-.metalfleet.api.v1.TokenServiceRevokeResponse\"\x06\xca\xf3\x18\x02\b\x01\x12m\n" +
 	"\x06Whoami\x12,.metalfleet.api.v1.TokenServiceWhoamiRequest\x1a-.metalfleet.api.v1.TokenServiceWhoamiResponse\"\x06\xca\xf3\x18\x02\b\x01B@Z>github.com/metalfleet/metalfleet/proto/metalfleet/api/v1;apiv1b\x06proto3"
 
 var (
