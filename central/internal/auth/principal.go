@@ -51,27 +51,6 @@ func (p *Principal) Visible(projectID, tenantID string) bool {
 	return p.ProjectLevel(projectID, tenantID) >= apiv1.Level_LEVEL_VIEWER
 }
 
-// Covers reports whether p holds at least every role of q, so that p may mint q.
-func (p *Principal) Covers(q *Principal) bool {
-	if q.AdminLevel() > p.AdminLevel() {
-		return false
-	}
-	for t, l := range q.Tenants {
-		if l > p.TenantLevel(t) {
-			return false
-		}
-	}
-	for pr, l := range q.Projects {
-		// A project role is covered by the same role on the project directly,
-		// or by admin; tenant roles of p are checked by the caller who knows
-		// the project's tenant (see ProjectLevel).
-		if l > max(p.AdminLevel(), p.Projects[pr]) {
-			return false
-		}
-	}
-	return true
-}
-
 // Call is what one request carries for the audit log.
 type Call struct {
 	Principal *Principal

@@ -148,13 +148,7 @@ func (s *ipService) allocateNext(ctx context.Context, n *apiv1.Network, ip *apiv
 		return nil, false, err
 	}
 	if fam == 0 {
-		fam = 6
-		for _, p := range prefixes {
-			if p.prefix.Addr().Is4() {
-				fam = 4
-				break
-			}
-		}
+		fam = defaultFamily(prefixes)
 	}
 	var pr *prefixRow
 	for i := range prefixes {
@@ -203,13 +197,7 @@ func takeAddress(ctx context.Context, tx pgx.Tx, prefixes []prefixRow, want neti
 		return want, "", status.Errorf(codes.InvalidArgument, "ip %s is not inside the network's prefixes", want)
 	}
 	if fam == 0 {
-		fam = 6
-		for _, p := range prefixes {
-			if p.prefix.Addr().Is4() {
-				fam = 4
-				break
-			}
-		}
+		fam = defaultFamily(prefixes)
 	}
 	has := false
 	for _, p := range prefixes {
@@ -269,23 +257,15 @@ func (s *ipService) Update(ctx context.Context, req *apiv1.IPServiceUpdateReques
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	var out *apiv1.IP
-	err := s.store.Tx(ctx, func(tx pgx.Tx) error {
-		ip, err := ips.getForUpdate(ctx, tx, canonicalIP(req.GetIp()))
-		if err != nil {
-			return err
-		}
+	out, err := modify(ctx, s.API, ips, canonicalIP(req.GetIp()), func(ip *apiv1.IP) ([]col, string) {
 		ip.Name, ip.Description, ip.Labels = req.GetName(), req.GetDescription(), req.GetLabels()
 		if req.GetType() != apiv1.IPType_IP_TYPE_UNSPECIFIED {
 			ip.Type = req.GetType()
 		}
-		if out, err = ips.update(ctx, tx, ip.GetIp(), ip, col{"type", ipTypeNames[ip.GetType()]}); err != nil {
-			return err
-		}
-		return s.audit(ctx, tx, "ip/"+ip.GetIp(), ip.GetProjectId())
+		return []col{{"type", ipTypeNames[ip.GetType()]}}, ip.GetProjectId()
 	})
 	if err != nil {
-		return nil, toStatus(err, "ip "+quote(req.GetIp()))
+		return nil, err
 	}
 	return &apiv1.IPServiceUpdateResponse{Ip: out}, nil
 }
@@ -314,6 +294,16 @@ func (s *ipService) Release(ctx context.Context, req *apiv1.IPServiceReleaseRequ
 		return nil, toStatus(err, "ip "+quote(req.GetIp()))
 	}
 	return &apiv1.IPServiceReleaseResponse{Ip: out}, nil
+}
+
+// defaultFamily is IPv4 when the network has an IPv4 prefix, else IPv6.
+func defaultFamily(prefixes []prefixRow) int {
+	for _, p := range prefixes {
+		if p.prefix.Addr().Is4() {
+			return 4
+		}
+	}
+	return 6
 }
 
 // canonicalIP normalises an address so that "fd00::0001" finds "fd00::1".

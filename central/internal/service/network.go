@@ -470,20 +470,12 @@ func (s *networkService) Update(ctx context.Context, req *apiv1.NetworkServiceUp
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	var out *apiv1.Network
-	err := s.store.Tx(ctx, func(tx pgx.Tx) error {
-		n, err := networks.getForUpdate(ctx, tx, req.GetId())
-		if err != nil {
-			return err
-		}
+	out, err := modify(ctx, s.API, networks, req.GetId(), func(n *apiv1.Network) ([]col, string) {
 		n.Name, n.Description, n.Labels = req.GetName(), req.GetDescription(), req.GetLabels()
-		if out, err = networks.update(ctx, tx, n.GetId(), n); err != nil {
-			return err
-		}
-		return s.audit(ctx, tx, "network/"+n.GetId(), n.GetProjectId())
+		return nil, n.GetProjectId()
 	})
 	if err != nil {
-		return nil, toStatus(err, "network "+quote(req.GetId()))
+		return nil, err
 	}
 	return &apiv1.NetworkServiceUpdateResponse{Network: out}, nil
 }

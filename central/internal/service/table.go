@@ -178,6 +178,24 @@ func replace[T proto.Message](ctx context.Context, a *API, t table[T], id, proje
 	return out, toStatus(err, t.kindName()+" "+quote(id))
 }
 
+// modify locks the object, lets edit change it (edit returns the extra
+// columns to write and the audit's project) and stores it with its audit row.
+func modify[T proto.Message](ctx context.Context, a *API, t table[T], id string, edit func(T) ([]col, string)) (T, error) {
+	var out T
+	err := a.store.Tx(ctx, func(tx pgx.Tx) error {
+		m, err := t.getForUpdate(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		extra, project := edit(m)
+		if out, err = t.update(ctx, tx, id, m, extra...); err != nil {
+			return err
+		}
+		return a.audit(ctx, tx, t.kindName()+"/"+id, project)
+	})
+	return out, toStatus(err, t.kindName()+" "+quote(id))
+}
+
 // remove deletes the object with its audit row.
 func remove[T proto.Message](ctx context.Context, a *API, t table[T], id, project string) (T, error) {
 	var out T
