@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 
@@ -143,9 +144,15 @@ SELECT spec, generation, created_at, updated_at FROM ins`
 // large for BIGINT); the caller then runs the full transaction, which waits
 // for locks, tries the other prefixes and reports exhaustion.
 func (s *ipService) allocateNext(ctx context.Context, n *apiv1.Network, ip *apiv1.IP, fam int) (*apiv1.IP, bool, error) {
-	prefixes, err := networkPrefixes(ctx, s.store.Pool(), n)
-	if err != nil {
-		return nil, false, err
+	// The pool of a prefix is named after it, so the network's own prefix
+	// list tells the pool without another round trip.
+	var prefixes []prefixRow
+	for _, c := range n.GetPrefixes() {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return nil, false, fmt.Errorf("network %s has a bad prefix %q: %w", n.GetId(), c, err)
+		}
+		prefixes = append(prefixes, prefixRow{prefix: p, ipPool: ipam.IPPoolID(p)})
 	}
 	if fam == 0 {
 		fam = defaultFamily(prefixes)
