@@ -240,15 +240,9 @@ func (s *ipService) List(ctx context.Context, req *apiv1.IPServiceListRequest) (
 	if err != nil {
 		return nil, toStatus(err, "ips")
 	}
-	vis, err := s.visibleProjects(ctx)
+	out, err := visible(ctx, s.API, all, (*apiv1.IP).GetProjectId, false)
 	if err != nil {
 		return nil, err
-	}
-	var out []*apiv1.IP
-	for _, ip := range all {
-		if vis.sees(ip.GetProjectId()) {
-			out = append(out, ip)
-		}
 	}
 	return &apiv1.IPServiceListResponse{Ips: out}, nil
 }

@@ -27,15 +27,9 @@ func (s *machineService) List(ctx context.Context, req *apiv1.MachineServiceList
 	if err != nil {
 		return nil, toStatus(err, "machines")
 	}
-	vis, err := s.visibleProjects(ctx)
+	out, err := visible(ctx, s.API, all, func(m *apiv1.Machine) string { return m.GetAllocation().GetProjectId() }, false)
 	if err != nil {
 		return nil, err
-	}
-	var out []*apiv1.Machine
-	for _, m := range all {
-		if vis.all || (m.GetAllocation().GetProjectId() != "" && vis.sees(m.GetAllocation().GetProjectId())) {
-			out = append(out, m)
-		}
 	}
 	return &apiv1.MachineServiceListResponse{Machines: out}, nil
 }

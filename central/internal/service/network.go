@@ -449,15 +449,9 @@ func (s *networkService) List(ctx context.Context, req *apiv1.NetworkServiceList
 	if err != nil {
 		return nil, toStatus(err, "networks")
 	}
-	vis, err := s.visibleProjects(ctx)
+	out, err := visible(ctx, s.API, all, (*apiv1.Network).GetProjectId, true)
 	if err != nil {
 		return nil, err
-	}
-	var out []*apiv1.Network
-	for _, n := range all {
-		if n.GetProjectId() == "" || vis.sees(n.GetProjectId()) {
-			out = append(out, n)
-		}
 	}
 	return &apiv1.NetworkServiceListResponse{Networks: out}, nil
 }

@@ -71,15 +71,9 @@ func (s *sizeReservationService) List(ctx context.Context, req *apiv1.SizeReserv
 	if err != nil {
 		return nil, toStatus(err, "size reservations")
 	}
-	vis, err := s.visibleProjects(ctx)
+	out, err := visible(ctx, s.API, all, (*apiv1.SizeReservation).GetProjectId, false)
 	if err != nil {
 		return nil, err
-	}
-	var out []*apiv1.SizeReservation
-	for _, r := range all {
-		if vis.sees(r.GetProjectId()) {
-			out = append(out, r)
-		}
 	}
 	return &apiv1.SizeReservationServiceListResponse{SizeReservations: out}, nil
 }
@@ -107,6 +101,24 @@ func (s *sizeReservationService) Delete(ctx context.Context, req *apiv1.SizeRese
 		return nil, err
 	}
 	return &apiv1.SizeReservationServiceDeleteResponse{SizeReservation: out}, nil
+}
+
+// visible keeps the items whose project the caller may see. Items without a
+// project are kept when unowned is true (shared networks) and otherwise only
+// for callers who see everything (unallocated machines).
+func visible[T any](ctx context.Context, a *API, items []T, project func(T) string, unowned bool) ([]T, error) {
+	vis, err := a.visibleProjects(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []T
+	for _, it := range items {
+		p := project(it)
+		if vis.all || (p == "" && unowned) || (p != "" && vis.sees(p)) {
+			out = append(out, it)
+		}
+	}
+	return out, nil
 }
 
 // visibility answers which projects the caller may list objects of.
