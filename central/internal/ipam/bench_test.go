@@ -13,8 +13,6 @@ import (
 	"fmt"
 	"math/big"
 	"net/netip"
-	"runtime"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +21,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/metalfleet/metalfleet/central/internal/ipam"
+	"github.com/metalfleet/metalfleet/central/internal/pgtest"
 	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
@@ -45,7 +44,7 @@ func BenchmarkAcquireIP(b *testing.B) {
 			st := benchOpenStore(b, clients)
 			fx := benchSetup(b, st)
 			pool := ipam.IPPoolID(benchIPPrefix)
-			benchRun(b, clients, func() error {
+			pgtest.RunClients(b, clients, func() error {
 				return st.Tx(ctx, func(tx pgx.Tx) error {
 					u, err := ipam.Acquire(ctx, tx, pool)
 					if err != nil {
@@ -88,7 +87,7 @@ func BenchmarkAcquireChildPrefix(b *testing.B) {
 			st := benchOpenStore(b, clients)
 			fx := benchSetup(b, st)
 			parentPool := ipam.ChildPoolID(benchSuperPrefix)
-			benchRun(b, clients, func() error {
+			pgtest.RunClients(b, clients, func() error {
 				return st.Tx(ctx, func(tx pgx.Tx) error {
 					slot, err := ipam.Acquire(ctx, tx, parentPool)
 					if err != nil {
@@ -115,39 +114,6 @@ func BenchmarkAcquireChildPrefix(b *testing.B) {
 	}
 }
 
-// benchRun times op run by exactly clients goroutines and reports ops/s,
-// the unit the comparison in BENCHMARKS.md is written in.
-func benchRun(b *testing.B, clients int, op func() error) {
-	b.Helper()
-	if clients == 1 {
-		b.ResetTimer()
-		for range b.N {
-			if err := op(); err != nil {
-				b.Fatal(err)
-			}
-		}
-	} else {
-		// RunParallel starts parallelism×GOMAXPROCS goroutines.
-		procs := runtime.GOMAXPROCS(0)
-		par := (clients + procs - 1) / procs
-		if par*procs != clients {
-			b.Logf("GOMAXPROCS=%d does not divide %d: running %d clients", procs, clients, par*procs)
-		}
-		b.SetParallelism(par)
-		b.ResetTimer()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				if err := op(); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		})
-	}
-	b.StopTimer()
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
-}
-
 // benchOpenStore opens a migrated store on a fresh database with a
 // connection per client already established, so connection set-up is not
 // timed.
@@ -162,28 +128,7 @@ func benchOpenStore(b *testing.B, clients int) *store.Store {
 	if err := st.Migrate(ctx); err != nil {
 		b.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	errs := make(chan error, clients)
-	for range clients {
-		wg.Go(func() {
-			c, err := st.Pool().Acquire(ctx)
-			if err != nil {
-				errs <- err
-				return
-			}
-			// Hold it until all are open, or the pool would hand the same
-			// connection out again.
-			defer c.Release()
-			errs <- c.Ping(ctx)
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			b.Fatal(err)
-		}
-	}
+	pgtest.Warm(b, st.Pool(), clients)
 	return st
 }
 

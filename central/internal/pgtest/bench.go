@@ -6,9 +6,12 @@ import (
 	"encoding/hex"
 	"net/url"
 	"os"
+	"runtime"
+	"sync"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // BenchDBEnv names a server for benchmarks to run on instead of the embedded
@@ -51,4 +54,64 @@ func (c *Cluster) BenchDatabase(b testing.TB) string {
 	})
 	u.Path = "/" + name
 	return u.String()
+}
+
+// RunClients times op run back to back by exactly clients goroutines (1 runs
+// in the benchmark's own goroutine) and reports ops/s, the unit
+// BENCHMARKS.md compares in.
+func RunClients(b *testing.B, clients int, op func() error) {
+	b.Helper()
+	b.ResetTimer()
+	if clients == 1 {
+		for range b.N {
+			if err := op(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	} else {
+		// RunParallel starts parallelism × GOMAXPROCS goroutines.
+		procs := runtime.GOMAXPROCS(0)
+		par := (clients + procs - 1) / procs
+		if par*procs != clients {
+			b.Logf("GOMAXPROCS=%d does not divide %d: running %d clients", procs, clients, par*procs)
+		}
+		b.SetParallelism(par)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if err := op(); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+}
+
+// Warm opens n connections of pool before timing starts, so that connection
+// set-up is not measured.
+func Warm(b testing.TB, pool *pgxpool.Pool, n int) {
+	b.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		wg.Go(func() {
+			c, err := pool.Acquire(context.Background())
+			if err != nil {
+				errs <- err
+				return
+			}
+			// Held until all are open, or the pool would hand the same one out again.
+			defer c.Release()
+			errs <- c.Ping(context.Background())
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -9,11 +9,10 @@ package service
 import (
 	"context"
 	"fmt"
-	"runtime"
-	"sync"
 	"testing"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/pgtest"
 	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
@@ -51,46 +50,8 @@ func BenchmarkAllocateIP(b *testing.B) {
 			}
 			svc := &ipService{API: a}
 			req := &apiv1.IPServiceAllocateRequest{ProjectId: p.GetProject().GetId(), NetworkId: "internet"}
-			warm(b, st, clients)
-			op := func() error { _, err := svc.Allocate(ctx, req); return err }
-			b.ResetTimer()
-			if clients == 1 {
-				for range b.N {
-					if err := op(); err != nil {
-						b.Fatal(err)
-					}
-				}
-			} else {
-				// RunParallel starts parallelism × GOMAXPROCS goroutines.
-				b.SetParallelism((clients + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
-				b.RunParallel(func(pb *testing.PB) {
-					for pb.Next() {
-						if err := op(); err != nil {
-							b.Error(err)
-							return
-						}
-					}
-				})
-			}
-			b.StopTimer()
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+			pgtest.Warm(b, st.Pool(), clients)
+			pgtest.RunClients(b, clients, func() error { _, err := svc.Allocate(ctx, req); return err })
 		})
 	}
-}
-
-// warm opens a connection per client so connection set-up is not timed.
-func warm(b *testing.B, st *store.Store, clients int) {
-	var wg sync.WaitGroup
-	for range clients {
-		wg.Go(func() {
-			c, err := st.Pool().Acquire(context.Background())
-			if err != nil {
-				b.Error(err)
-				return
-			}
-			defer c.Release() // held until all are open, so each is distinct
-			_ = c.Ping(context.Background())
-		})
-	}
-	wg.Wait()
 }

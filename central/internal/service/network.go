@@ -522,8 +522,7 @@ func (s *networkService) Delete(ctx context.Context, req *apiv1.NetworkServiceDe
 				}
 			}
 			if f.parent != "" {
-				u, _ := new(big.Int).SetString(f.unit, 10)
-				if err := ipam.Release(ctx, tx, f.parent, u); err != nil {
+				if err := ipam.Release(ctx, tx, f.parent, mustUnit(f.unit)); err != nil {
 					return err
 				}
 			}
