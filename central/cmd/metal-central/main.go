@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/metalfleet/metalfleet/central/internal/fleet"
 	"github.com/metalfleet/metalfleet/central/internal/server"
 )
 
@@ -40,6 +41,11 @@ func run() error {
 	fs.DurationVar(&cfg.AdminTokenLifetime, "admin-token-lifetime", 365*24*time.Hour, "lifetime of the admin token written on first start")
 	fs.UintVar(&vrfFirst, "vrf-first", 10000, "first VRF id / VNI handed to child networks")
 	fs.UintVar(&vrfLast, "vrf-last", 16777215, "last VRF id / VNI handed to child networks")
+	def := fleet.DefaultConfig()
+	fs.StringVar(&cfg.Replica, "replica", "", "name of this replica, shown to agents and operators (default <hostname>:<port>)")
+	fs.DurationVar(&cfg.Fleet.Heartbeat, "agent-heartbeat", def.Heartbeat, "how often agents are asked to send a heartbeat")
+	fs.DurationVar(&cfg.Fleet.Resync, "agent-resync", def.Resync, "how often all connected agents' revisions are compared with the database")
+	fs.IntVar(&cfg.Fleet.MaxHandshakes, "agent-max-handshakes", def.MaxHandshakes, "concurrent agent handshakes before new ones are told to retry later")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
 	_ = fs.Parse(os.Args[1:])

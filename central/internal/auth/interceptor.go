@@ -61,7 +61,10 @@ func New(tokens TokenLookup, resolver Resolver, log *slog.Logger) *Authorizer {
 		tokens:   tokens,
 		resolver: resolver,
 		log:      log,
-		public:   []string{"/grpc.health.v1.Health/", "/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.ServerReflection/"},
+		public: []string{"/grpc.health.v1.Health/", "/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.ServerReflection/",
+			// Agents authenticate in their Hello message, with agent
+			// credentials that the people API does not know (central/internal/fleet).
+			"/metalfleet.agent.v1.AgentService/"},
 	}
 	protoregistry.GlobalFiles.RangeFilesByPackage("metalfleet.api.v1", func(fd protoreflect.FileDescriptor) bool {
 		for i := 0; i < fd.Services().Len(); i++ {

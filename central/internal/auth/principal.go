@@ -80,15 +80,26 @@ func PrincipalFrom(ctx context.Context) *Principal {
 	return &Principal{}
 }
 
-// secretPrefix marks Metalfleet tokens so secret scanners can find leaked ones.
-const secretPrefix = "mft_"
+// Secret prefixes mark Metalfleet secrets so that secret scanners can find
+// leaked ones and people can tell them apart.
+const (
+	// TokenPrefix starts a people API token.
+	TokenPrefix = "mft_"
+	// AgentTokenPrefix starts an agent credential.
+	AgentTokenPrefix = "mfa_"
+	// BootTokenPrefix starts a one-time boot token.
+	BootTokenPrefix = "mfb_"
+)
 
 // NewSecret returns a new bearer secret and the hash that is stored. 256 random
 // bits make a fast hash safe here: there is nothing to brute-force.
-func NewSecret() (secret string, hash []byte) {
+func NewSecret() (secret string, hash []byte) { return NewPrefixedSecret(TokenPrefix) }
+
+// NewPrefixedSecret is NewSecret for another kind of secret.
+func NewPrefixedSecret(prefix string) (secret string, hash []byte) {
 	b := make([]byte, 32)
 	_, _ = rand.Read(b) // crypto/rand.Read never fails on Linux
-	secret = secretPrefix + base64.RawURLEncoding.EncodeToString(b)
+	secret = prefix + base64.RawURLEncoding.EncodeToString(b)
 	return secret, Hash(secret)
 }
 

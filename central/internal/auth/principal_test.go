@@ -48,8 +48,8 @@ func TestNewSecret(t *testing.T) {
 	if a == b || string(ha) == string(hb) {
 		t.Fatal("two secrets alike")
 	}
-	if !strings.HasPrefix(a, secretPrefix) || len(a) != len(secretPrefix)+43 {
-		t.Fatalf("secret %q: want %s + 43 base64url chars", a, secretPrefix)
+	if !strings.HasPrefix(a, TokenPrefix) || len(a) != len(TokenPrefix)+43 {
+		t.Fatalf("secret %q: want %s + 43 base64url chars", a, TokenPrefix)
 	}
 	if string(Hash(a+"\n")) != string(ha) {
 		t.Fatal("a trailing newline (as in admin.token) must not change the hash")

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -101,6 +102,7 @@ func newMatrixEnv(t *testing.T) *matrixEnv {
 		e.insertMachine(t, p.machine, p.project)
 	}
 	e.insertSwitch(t, "leaf1", "fra1")
+	ok(e.api.Agent.Enroll(ctx, &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_SWITCH, Identity: "leaf1", PartitionId: "fra1"}))(t)
 	return e
 }
 
@@ -329,6 +331,26 @@ func (e *matrixEnv) rows() map[string]struct {
 		}},
 		"/metalfleet.api.v1.SwitchService/List": {adminOnly, func(t *testing.T, c *caller) error {
 			return discard(e.api.Switch.List(ctx(t, c), &apiv1.SwitchServiceListRequest{}))
+		}},
+		"/metalfleet.api.v1.AgentService/List": {adminOnly, func(t *testing.T, c *caller) error {
+			return discard(e.api.Agent.List(ctx(t, c), &apiv1.AgentServiceListRequest{}))
+		}},
+		"/metalfleet.api.v1.AgentService/Get": {adminOnly, func(t *testing.T, c *caller) error {
+			return discard(e.api.Agent.Get(ctx(t, c), &apiv1.AgentServiceGetRequest{Id: "switch/leaf1"}))
+		}},
+		"/metalfleet.api.v1.AgentService/Enroll": {adminOnly, func(t *testing.T, c *caller) error {
+			return discard(e.api.Agent.Enroll(ctx(t, c), &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_BMC, Identity: fresh("bmc", n()), PartitionId: "fra1"}))
+		}},
+		"/metalfleet.api.v1.AgentService/Configure": {adminOnly, func(t *testing.T, c *caller) error {
+			return discard(e.api.Agent.Configure(ctx(t, c), &apiv1.AgentServiceConfigureRequest{Id: "switch/leaf1", ReportFacts: true}))
+		}},
+		"/metalfleet.api.v1.AgentService/Delete": {adminOnly, func(t *testing.T, c *caller) error {
+			id := fresh("pixie", n())
+			ok(e.api.Agent.Enroll(admin(t), &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_PIXIE, Identity: id, PartitionId: "fra1"}))(t)
+			return discard(e.api.Agent.Delete(ctx(t, c), &apiv1.AgentServiceDeleteRequest{Id: "pixie/" + id}))
+		}},
+		"/metalfleet.api.v1.BootTokenService/Create": {adminOnly, func(t *testing.T, c *caller) error {
+			return discard(e.api.BootToken.Create(ctx(t, c), &apiv1.BootTokenServiceCreateRequest{PartitionId: "fra1"}))
 		}},
 		"/metalfleet.api.v1.AuditService/List": {adminOnly, func(t *testing.T, c *caller) error {
 			return discard(e.api.Audit.List(ctx(t, c), &apiv1.AuditServiceListRequest{}))

@@ -53,6 +53,8 @@ type clients struct {
 	Machine          apiv1.MachineServiceClient
 	Switch           apiv1.SwitchServiceClient
 	Audit            apiv1.AuditServiceClient
+	Agent            apiv1.AgentServiceClient
+	BootToken        apiv1.BootTokenServiceClient
 	Health           healthpb.HealthClient
 }
 
@@ -71,6 +73,8 @@ func newClients(cc grpc.ClientConnInterface) *clients {
 		Machine:          apiv1.NewMachineServiceClient(cc),
 		Switch:           apiv1.NewSwitchServiceClient(cc),
 		Audit:            apiv1.NewAuditServiceClient(cc),
+		Agent:            apiv1.NewAgentServiceClient(cc),
+		BootToken:        apiv1.NewBootTokenServiceClient(cc),
 		Health:           healthpb.NewHealthClient(cc),
 	}
 }
@@ -279,7 +283,7 @@ func withRequestID(ctx context.Context, id string) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, "x-request-id", id)
 }
 
-var mutatingVerbs = []string{"Create", "Update", "Delete", "Allocate", "Release", "Revoke"}
+var mutatingVerbs = []string{"Create", "Update", "Delete", "Allocate", "Release", "Revoke", "Enroll", "Configure"}
 
 func isMutating(fullMethod string) bool {
 	return slices.Contains(mutatingVerbs, fullMethod[strings.LastIndex(fullMethod, "/")+1:])

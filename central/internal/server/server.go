@@ -23,10 +23,12 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
+	"google.golang.org/grpc/keepalive"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/fleet"
 	"github.com/metalfleet/metalfleet/central/internal/pgembed"
 	"github.com/metalfleet/metalfleet/central/internal/pki"
 	"github.com/metalfleet/metalfleet/central/internal/service"
@@ -56,6 +58,14 @@ type Config struct {
 	Service service.Config
 	// DurableEmbedded turns fsync on in the embedded PostgreSQL (default true in main).
 	DurableEmbedded bool
+	// Replica names this replica to agents and in the agents table;
+	// empty means "<hostname>:<port>".
+	Replica string
+	// Fleet tunes the agent hub (zero values: fleet.DefaultConfig).
+	Fleet fleet.Config
+	// Hints replaces the agent hub's change hints (tests); nil picks the
+	// engine's default.
+	Hints fleet.Hints
 }
 
 // AdminTokenFile is where the first admin token is written.
@@ -67,6 +77,7 @@ type Server struct {
 	log      *slog.Logger
 	pg       *pgembed.Server
 	store    *store.Store
+	hub      *fleet.Hub
 	grpc     *grpc.Server
 	health   *health.Server
 	lis      net.Listener
@@ -108,7 +119,15 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if err = s.store.Migrate(ctx); err != nil {
 		return nil, fmt.Errorf("migrate: %w", err)
 	}
-	api, err := service.New(ctx, s.store, log, cfg.Service)
+	if s.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	fcfg := cfg.Fleet
+	fcfg.Replica = replicaName(cfg.Replica, s.lis.Addr())
+	if s.hub, err = fleet.New(s.store, log, fcfg, cfg.Hints); err != nil {
+		return nil, err
+	}
+	api, err := service.New(ctx, s.store, log, cfg.Service, service.WithFleet(s.hub))
 	if err != nil {
 		return nil, err
 	}
@@ -118,12 +137,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	}
 	metrics := newMetrics()
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), metrics)
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), metrics, s.hub.Collector())
 	authz := auth.New(api, api, log)
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(metrics.unary(log), recoverUnary(log), authz.Unary()),
 		grpc.ChainStreamInterceptor(authz.Stream()),
 	}
+	opts = append(opts, agentStreamOptions()...)
 	if !cfg.InsecurePlaintext {
 		tlsCfg, err := s.tlsConfig(ctx)
 		if err != nil {
@@ -133,12 +153,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	}
 	s.grpc = grpc.NewServer(opts...)
 	api.Register(s.grpc)
+	s.hub.Register(s.grpc)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
-	if s.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
-		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
-	}
+	s.hub.Start(ctx)
 	go func() { s.serveErr <- s.grpc.Serve(s.lis) }()
 	if cfg.MetricsListen != "" {
 		if s.mlis, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
@@ -160,7 +179,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	for svc := range s.grpc.GetServiceInfo() {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
 	}
-	log.Info("metal-central serving", "grpc", s.lis.Addr().String(), "tls", !cfg.InsecurePlaintext,
+	log.Info("metal-central serving", "grpc", s.lis.Addr().String(), "replica", fcfg.Replica, "tls", !cfg.InsecurePlaintext,
 		"ca", s.caFile, "metrics", s.MetricsAddr(), "admin_token_file", tokenPath)
 	return s, nil
 }
@@ -190,6 +209,11 @@ func (s *Server) Stop(ctx context.Context) {
 	if s.health != nil {
 		s.health.Shutdown()
 	}
+	if s.hub != nil {
+		// Agent streams never end by themselves; close them first so that
+		// the graceful stop below only waits for people's calls.
+		s.hub.Shutdown(ctx)
+	}
 	if s.grpc != nil {
 		done := make(chan struct{})
 		go func() { s.grpc.GracefulStop(); close(done) }()
@@ -205,6 +229,9 @@ func (s *Server) Stop(ctx context.Context) {
 	}
 	if s.metrics != nil {
 		_ = s.metrics.Shutdown(ctx)
+	}
+	if s.lis != nil && s.grpc == nil {
+		_ = s.lis.Close()
 	}
 	if s.store != nil {
 		s.store.Close()
@@ -302,4 +329,34 @@ func (s *Server) tlsConfig(ctx context.Context) (*tls.Config, error) {
 	}
 	s.caFile = b.CAFile
 	return b.ServerTLSConfig()
+}
+
+// replicaName defaults to "<hostname>:<port>": unique per process on a host
+// and recognisable for an operator.
+func replicaName(given string, addr net.Addr) string {
+	if given != "" {
+		return given
+	}
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "central"
+	}
+	if ta, ok := addr.(*net.TCPAddr); ok {
+		return fmt.Sprintf("%s:%d", host, ta.Port)
+	}
+	return host
+}
+
+// agentStreamOptions suit thousands of mostly idle, long-lived agent
+// streams: small per-connection buffers (the defaults are 32 KiB each way
+// per connection), write buffers shared between connections, and keepalives
+// that find dead peers without punishing agents that ping.
+func agentStreamOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.ReadBufferSize(8 << 10),
+		grpc.WriteBufferSize(8 << 10),
+		grpc.SharedWriteBuffer(true),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	}
 }

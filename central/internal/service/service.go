@@ -37,10 +37,17 @@ type API struct {
 	store *store.Store
 	log   *slog.Logger
 	cfg   Config
+	fleet Fleet
 }
 
+// Option configures the API.
+type Option func(*API)
+
+// WithFleet serves the agent and boot token services on the fleet f.
+func WithFleet(f Fleet) Option { return func(a *API) { a.fleet = f } }
+
 // New builds the API and makes the start-up pools (VRF ids) exist.
-func New(ctx context.Context, st *store.Store, log *slog.Logger, cfg Config) (*API, error) {
+func New(ctx context.Context, st *store.Store, log *slog.Logger, cfg Config, opts ...Option) (*API, error) {
 	def := DefaultConfig()
 	if cfg.VRFFirst == 0 {
 		cfg.VRFFirst = def.VRFFirst
@@ -52,6 +59,9 @@ func New(ctx context.Context, st *store.Store, log *slog.Logger, cfg Config) (*A
 		return nil, fmt.Errorf("vrf range %d-%d is empty", cfg.VRFFirst, cfg.VRFLast)
 	}
 	a := &API{store: st, log: log, cfg: cfg}
+	for _, o := range opts {
+		o(a)
+	}
 	err := st.Tx(ctx, func(tx pgx.Tx) error {
 		return ipam.EnsurePool(ctx, tx, ipam.VRFPoolID, ipam.KindVRF,
 			big.NewInt(int64(cfg.VRFFirst)), big.NewInt(int64(cfg.VRFLast)))
@@ -77,6 +87,8 @@ func (a *API) Register(s grpc.ServiceRegistrar) {
 	apiv1.RegisterMachineServiceServer(s, &machineService{API: a})
 	apiv1.RegisterSwitchServiceServer(s, &switchService{API: a})
 	apiv1.RegisterAuditServiceServer(s, &auditService{API: a})
+	apiv1.RegisterAgentServiceServer(s, &agentService{API: a})
+	apiv1.RegisterBootTokenServiceServer(s, &bootTokenService{API: a})
 }
 
 // audit writes the audit row of the current call inside tx.

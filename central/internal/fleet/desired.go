@@ -1,0 +1,197 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/metalfleet/metalfleet/central/internal/auth"
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
+)
+
+// ErrNoAgent is returned for an agent id that does not exist.
+var ErrNoAgent = errors.New("agent not found")
+
+// decode reads a stored document; fields a newer replica added are skipped.
+func decode(b []byte) (*agentv1.Desired, error) {
+	d := &agentv1.Desired{}
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(b, d); err != nil {
+		return nil, fmt.Errorf("decode desired document: %w", err)
+	}
+	return d, nil
+}
+
+// Enrolment is a new or re-enrolled agent and its credential.
+type Enrolment struct {
+	ID string
+	// Secret is the agent's credential, shown once.
+	Secret string
+}
+
+// Enroll creates the agent kind/identity with a new credential inside tx,
+// or gives an existing one a new credential (closing its stream).
+func (h *Hub) Enroll(ctx context.Context, tx pgx.Tx, kind agentv1.Kind, identity, partition, enrolledBy string) (Enrolment, error) {
+	secret, hash := auth.NewPrefixedSecret(auth.AgentTokenPrefix)
+	now := time.Now()
+	doc, err := protojson.Marshal(&agentv1.Desired{Revision: 1, ChangedAt: timestamppb.New(now), Settings: &agentv1.Settings{}})
+	if err != nil {
+		return Enrolment{}, fmt.Errorf("encode desired document: %w", err)
+	}
+	var p *string
+	if partition != "" {
+		p = &partition
+	}
+	var id string
+	err = tx.QueryRow(ctx, `INSERT INTO agents (id, kind, identity, partition_id, token_hash, enrolled_by, desired_revision, desired, desired_at)
+		VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8)
+		ON CONFLICT (kind, identity) DO UPDATE SET token_hash = excluded.token_hash, partition_id = excluded.partition_id,
+			enrolled_by = excluded.enrolled_by, updated_at = excluded.desired_at
+		RETURNING id`, uuid.NewString(), KindName(kind), identity, p, hash, enrolledBy, doc, now).Scan(&id)
+	if err != nil {
+		return Enrolment{}, fmt.Errorf("enroll agent: %w", err)
+	}
+	if err := h.hints.Notify(ctx, tx, id); err != nil {
+		return Enrolment{}, err
+	}
+	return Enrolment{ID: id, Secret: secret}, nil
+}
+
+// Delete removes agent id inside tx; its stream is closed on commit.
+func (h *Hub) Delete(ctx context.Context, tx pgx.Tx, id string) error {
+	tag, err := tx.Exec(ctx, `DELETE FROM agents WHERE id = $1`, id)
+	if err != nil {
+		return fmt.Errorf("delete agent: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrNoAgent
+	}
+	return h.hints.Notify(ctx, tx, id)
+}
+
+// Change edits agent id's desired document inside tx. change gets a copy
+// and reports whether it changed anything; if so the revision grows by one
+// and the agent's replica is hinted on commit. It returns the document now
+// in effect.
+func (h *Hub) Change(ctx context.Context, tx pgx.Tx, id string, change func(*agentv1.Desired) (bool, error)) (*agentv1.Desired, error) {
+	var raw []byte
+	var rev uint64
+	err := tx.QueryRow(ctx, `SELECT desired, desired_revision FROM agents WHERE id = $1 FOR UPDATE`, id).Scan(&raw, &rev)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrNoAgent
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read desired document: %w", err)
+	}
+	cur, err := decode(raw)
+	if err != nil {
+		return nil, err
+	}
+	next := proto.Clone(cur).(*agentv1.Desired)
+	if next.Settings == nil {
+		next.Settings = &agentv1.Settings{}
+	}
+	changed, err := change(next)
+	if err != nil || !changed {
+		return cur, err
+	}
+	now := time.Now()
+	next.Revision = rev + 1
+	next.ChangedAt = timestamppb.New(now)
+	doc, err := protojson.Marshal(next)
+	if err != nil {
+		return nil, fmt.Errorf("encode desired document: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE agents SET desired = $2, desired_revision = $3, desired_at = $4, updated_at = $4 WHERE id = $1`,
+		id, doc, next.Revision, now); err != nil {
+		return nil, fmt.Errorf("write desired document: %w", err)
+	}
+	if err := h.hints.Notify(ctx, tx, id); err != nil {
+		return nil, err
+	}
+	return next, nil
+}
+
+// fetchLoop serves hints: it collects agent ids for a moment, reads their
+// documents in one query and offers them to the local streams.
+func (h *Hub) fetchLoop(ctx context.Context) {
+	batch := map[string]struct{}{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case id := <-h.wanted:
+			batch[id] = struct{}{}
+		}
+		deadline := time.NewTimer(h.cfg.HintBatch)
+	collect:
+		for len(batch) < 1000 {
+			select {
+			case id := <-h.wanted:
+				batch[id] = struct{}{}
+			case <-deadline.C:
+				break collect
+			case <-ctx.Done():
+				deadline.Stop()
+				return
+			}
+		}
+		deadline.Stop()
+		ids := make([]string, 0, len(batch))
+		for id := range batch {
+			ids = append(ids, id)
+		}
+		clear(batch)
+		if err := h.fetch(ctx, ids); err != nil && ctx.Err() == nil {
+			h.log.Warn("read desired documents; resync will retry", "agents", len(ids), "err", err)
+		}
+	}
+}
+
+func (h *Hub) fetch(ctx context.Context, ids []string) error {
+	rows, err := h.store.Pool().Query(ctx, `SELECT id, desired, token_hash FROM agents WHERE id = ANY($1)`, ids)
+	if err != nil {
+		return fmt.Errorf("read desired documents: %w", err)
+	}
+	defer rows.Close()
+	seen := make(map[string]bool, len(ids))
+	for rows.Next() {
+		var id string
+		var raw, hash []byte
+		if err := rows.Scan(&id, &raw, &hash); err != nil {
+			return fmt.Errorf("read desired documents: %w", err)
+		}
+		seen[id] = true
+		c := h.conns.get(id)
+		if c == nil {
+			continue
+		}
+		if !c.holds(hash) {
+			c.close(errCredentialGone)
+			continue
+		}
+		d, err := decode(raw)
+		if err != nil {
+			h.log.Error("stored desired document unreadable", "agent", id, "err", err)
+			continue
+		}
+		c.offer(d)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read desired documents: %w", err)
+	}
+	for _, id := range ids {
+		if !seen[id] {
+			if c := h.conns.get(id); c != nil {
+				c.close(errCredentialGone)
+			}
+		}
+	}
+	return nil
+}

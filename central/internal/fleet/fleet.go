@@ -1,0 +1,261 @@
+// Package fleet is central's side of the agent protocol (docs/agent-protocol.md):
+// the Sync stream endpoint, the registry of agents connected to this replica,
+// the hub that pushes an agent's desired document when it changes, and the
+// store of observed state.
+//
+// Desired state is committed in SQL first; a hint (PostgreSQL NOTIFY, or a
+// poll on CockroachDB) wakes the replica that holds the agent's stream, which
+// re-reads the document and pushes it. Hints may be lost: a periodic resync
+// compares revisions and heals. Only the newest document matters, so a slow
+// agent's pending documents coalesce and never block others.
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+
+	"github.com/metalfleet/metalfleet/central/internal/store"
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
+)
+
+// Config tunes the hub; zero fields take the defaults of DefaultConfig.
+type Config struct {
+	// Replica names this central replica in the agents table and in Welcome.
+	Replica string
+	// Heartbeat is the interval agents are told to send heartbeats at.
+	Heartbeat time.Duration
+	// Flush is how often batched contact and observed state are written.
+	Flush time.Duration
+	// Resync is how often the revisions of all local agents are compared
+	// with the database, healing lost hints.
+	Resync time.Duration
+	// HelloTimeout bounds the wait for the first message of a stream.
+	HelloTimeout time.Duration
+	// MaxHandshakes bounds concurrent handshakes; more are refused with
+	// Unavailable and a retry delay so a reconnect storm sheds load
+	// instead of queueing until everything times out.
+	MaxHandshakes int
+	// HintBatch is how long hints are collected before one read serves them.
+	HintBatch time.Duration
+	// Liveliness thresholds, see Liveliness.
+	Liveliness Thresholds
+}
+
+// DefaultConfig is what metal-central runs with.
+func DefaultConfig() Config {
+	return Config{
+		Heartbeat:     20 * time.Second,
+		Flush:         time.Second,
+		Resync:        30 * time.Second,
+		HelloTimeout:  15 * time.Second,
+		MaxHandshakes: 64,
+		HintBatch:     2 * time.Millisecond,
+		Liveliness:    DefaultThresholds(),
+	}
+}
+
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = d.Heartbeat
+	}
+	if c.Flush <= 0 {
+		c.Flush = d.Flush
+	}
+	if c.Resync <= 0 {
+		c.Resync = d.Resync
+	}
+	if c.HelloTimeout <= 0 {
+		c.HelloTimeout = d.HelloTimeout
+	}
+	if c.MaxHandshakes <= 0 {
+		c.MaxHandshakes = d.MaxHandshakes
+	}
+	if c.HintBatch <= 0 {
+		c.HintBatch = d.HintBatch
+	}
+	if c.Liveliness == (Thresholds{}) {
+		c.Liveliness = d.Liveliness
+	}
+	return c
+}
+
+// Hub serves agent streams of one central replica.
+type Hub struct {
+	agentv1.UnimplementedAgentServiceServer
+
+	cfg        Config
+	store      *store.Store
+	log        *slog.Logger
+	hints      Hints
+	metrics    *metrics
+	conns      *registry
+	observed   *observer
+	handshakes chan struct{}
+	wanted     chan string
+
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
+	stopped chan struct{}
+}
+
+// New builds a hub on st. hints nil picks NOTIFY on PostgreSQL and polling
+// on CockroachDB.
+func New(st *store.Store, log *slog.Logger, cfg Config, hints Hints) (*Hub, error) {
+	cfg = cfg.withDefaults()
+	if cfg.Replica == "" {
+		return nil, errors.New("fleet: replica name required")
+	}
+	if hints == nil {
+		if st.Cockroach() {
+			hints = NewPollHints(st, time.Second)
+		} else {
+			hints = NewNotifyHints(st, log)
+		}
+	}
+	h := &Hub{
+		cfg:        cfg,
+		store:      st,
+		log:        log.With("part", "fleet"),
+		hints:      hints,
+		metrics:    newMetrics(),
+		conns:      newRegistry(),
+		handshakes: make(chan struct{}, cfg.MaxHandshakes),
+		wanted:     make(chan string, 4096),
+		stopped:    make(chan struct{}),
+	}
+	h.observed = newObserver(st, h.log, cfg.Replica, h.metrics)
+	return h, nil
+}
+
+// Collector exports the hub's metrics.
+func (h *Hub) Collector() prometheus.Collector { return h.metrics }
+
+// Register adds the agent service to s.
+func (h *Hub) Register(s grpc.ServiceRegistrar) { agentv1.RegisterAgentServiceServer(s, h) }
+
+// Start runs the hint listener, the fetcher, the flusher and the resync
+// loop until Shutdown.
+func (h *Hub) Start(ctx context.Context) {
+	ctx, h.stop = context.WithCancel(context.WithoutCancel(ctx))
+	h.wg.Add(4)
+	go func() {
+		defer h.wg.Done()
+		h.hints.Listen(ctx, h.want, h.resyncAll)
+	}()
+	go func() { defer h.wg.Done(); h.fetchLoop(ctx) }()
+	go func() { defer h.wg.Done(); h.observed.run(ctx, h.cfg.Flush) }()
+	go func() { defer h.wg.Done(); h.resyncLoop(ctx) }()
+}
+
+// Shutdown closes every stream with Unavailable, so that agents move to
+// another replica at once, writes pending observed state and stops the loops.
+func (h *Hub) Shutdown(ctx context.Context) {
+	select {
+	case <-h.stopped:
+		return
+	default:
+		close(h.stopped)
+	}
+	h.conns.closeAll(errShuttingDown)
+	if h.stop != nil {
+		h.stop()
+		h.wg.Wait()
+	}
+	if err := h.observed.flush(ctx); err != nil {
+		h.log.Error("flush observed state on shutdown", "err", err)
+	}
+}
+
+// Connected is the number of agents with a stream on this replica.
+func (h *Hub) Connected() int { return h.conns.len() }
+
+// want asks the fetcher to re-read agent id's document if it is local.
+func (h *Hub) want(id string) {
+	if h.conns.get(id) == nil {
+		return
+	}
+	select {
+	case h.wanted <- id:
+	default:
+		// The queue is full of work already; resync picks this one up.
+		h.metrics.hintsDropped.Inc()
+	}
+}
+
+func (h *Hub) resyncAll() {
+	go func() {
+		if err := h.resync(context.Background()); err != nil {
+			h.log.Warn("resync", "err", err)
+		}
+	}()
+}
+
+func (h *Hub) resyncLoop(ctx context.Context) {
+	t := time.NewTicker(h.cfg.Resync)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := h.resync(ctx); err != nil && ctx.Err() == nil {
+				h.log.Warn("resync", "err", err)
+			}
+		}
+	}
+}
+
+// resync compares every local agent's sent revision and credential with
+// the database and re-reads those that differ.
+func (h *Hub) resync(ctx context.Context) error {
+	snap := h.conns.snapshot()
+	const chunk = 5000
+	for i := 0; i < len(snap); i += chunk {
+		part := snap[i:min(i+chunk, len(snap))]
+		ids := make([]string, len(part))
+		for j, c := range part {
+			ids[j] = c.id
+		}
+		rows, err := h.store.Pool().Query(ctx, `SELECT id, desired_revision, token_hash FROM agents WHERE id = ANY($1)`, ids)
+		if err != nil {
+			return fmt.Errorf("read revisions: %w", err)
+		}
+		type rev struct {
+			rev  uint64
+			hash []byte
+		}
+		found := make(map[string]rev, len(part))
+		for rows.Next() {
+			var id string
+			var r rev
+			if err := rows.Scan(&id, &r.rev, &r.hash); err != nil {
+				rows.Close()
+				return fmt.Errorf("read revisions: %w", err)
+			}
+			found[id] = r
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("read revisions: %w", err)
+		}
+		for _, c := range part {
+			r, ok := found[c.id]
+			switch {
+			case !ok || !c.holds(r.hash):
+				c.close(errCredentialGone)
+			case r.rev > c.latestRevision():
+				h.metrics.resyncHealed.Inc()
+				h.want(c.id)
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,194 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/metalfleet/metalfleet/central/internal/store"
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
+)
+
+// observation is what an agent reported since the last flush; later
+// reports overwrite earlier ones, so heartbeats of thousands of agents
+// become one UPDATE per flush interval instead of one per heartbeat.
+type observation struct {
+	at      time.Time
+	applied int64 // -1: not reported
+	health  string
+	message string
+	healthy bool // health and message were reported
+	facts   *string
+}
+
+// observer batches contact and observed state of this replica's agents.
+type observer struct {
+	st      *store.Store
+	log     *slog.Logger
+	replica string
+	metrics *metrics
+
+	mu      sync.Mutex
+	pending map[string]*observation
+}
+
+func newObserver(st *store.Store, log *slog.Logger, replica string, m *metrics) *observer {
+	return &observer{st: st, log: log, replica: replica, metrics: m, pending: map[string]*observation{}}
+}
+
+func (o *observer) entry(id string) *observation {
+	e := o.pending[id]
+	if e == nil {
+		e = &observation{applied: -1}
+		o.pending[id] = e
+	}
+	e.at = time.Now()
+	return e
+}
+
+func (o *observer) contact(id string, applied uint64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.entry(id).applied = int64(applied)
+}
+
+func (o *observer) report(id string, r *agentv1.Report) error {
+	var facts *string
+	if r.GetFacts() != nil {
+		b, err := protojson.Marshal(r.GetFacts())
+		if err != nil {
+			return fmt.Errorf("encode facts: %w", err)
+		}
+		s := string(b)
+		facts = &s
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	e := o.entry(id)
+	e.applied = int64(r.GetAppliedRevision())
+	if r.GetHealth() != agentv1.Health_HEALTH_UNSPECIFIED {
+		e.healthy = true
+		e.health = healthName(r.GetHealth())
+		e.message = r.GetMessage()
+	}
+	if facts != nil {
+		e.facts = facts
+	}
+	return nil
+}
+
+func healthName(h agentv1.Health) string {
+	if h == agentv1.Health_HEALTH_UNSPECIFIED {
+		return ""
+	}
+	return agentv1.Health_name[int32(h)][len("HEALTH_"):]
+}
+
+func (o *observer) run(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := o.flush(ctx); err != nil && ctx.Err() == nil {
+				o.metrics.flushErrors.Inc()
+				o.log.Warn("write observed state; retrying next flush", "err", err)
+			}
+		}
+	}
+}
+
+// flush writes everything pending; what fails to be written is kept for
+// the next flush unless a newer observation replaced it meanwhile.
+func (o *observer) flush(ctx context.Context) error {
+	o.mu.Lock()
+	batch := o.pending
+	o.pending = make(map[string]*observation, len(batch))
+	o.mu.Unlock()
+	if len(batch) == 0 {
+		return nil
+	}
+	const chunk = 5000
+	var (
+		ids                []string
+		at                 []time.Time
+		applied            []int64
+		healthy            []bool
+		health, msgs, fact []*string
+		firstErr           error
+	)
+	write := func() {
+		if len(ids) == 0 {
+			return
+		}
+		_, err := o.st.Pool().Exec(ctx, `UPDATE agents AS a SET
+				last_contact = v.at,
+				applied_revision = CASE WHEN v.applied >= 0 THEN LEAST(v.applied, a.desired_revision) ELSE a.applied_revision END,
+				health = CASE WHEN v.healthy THEN v.health ELSE a.health END,
+				message = CASE WHEN v.healthy THEN v.message ELSE a.message END,
+				facts = COALESCE(v.facts::JSONB, a.facts),
+				replica = $8
+			FROM (SELECT * FROM unnest($1::TEXT[], $2::TIMESTAMPTZ[], $3::INT8[], $4::BOOL[], $5::TEXT[], $6::TEXT[], $7::TEXT[]))
+				AS v (id, at, applied, healthy, health, message, facts)
+			WHERE a.id = v.id`, ids, at, applied, healthy, health, msgs, fact, o.replica)
+		if err != nil {
+			if firstErr == nil {
+				firstErr = fmt.Errorf("write observed state of %d agents: %w", len(ids), err)
+			}
+			o.requeue(batch, ids)
+		}
+		ids, at, applied, healthy, health, msgs, fact = ids[:0], at[:0], applied[:0], healthy[:0], health[:0], msgs[:0], fact[:0]
+	}
+	for id, e := range batch {
+		h, m := e.health, e.message
+		ids = append(ids, id)
+		at = append(at, e.at)
+		applied = append(applied, e.applied)
+		healthy = append(healthy, e.healthy)
+		health = append(health, &h)
+		msgs = append(msgs, &m)
+		fact = append(fact, e.facts)
+		if len(ids) == chunk {
+			write()
+		}
+	}
+	write()
+	return firstErr
+}
+
+func (o *observer) requeue(batch map[string]*observation, ids []string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, id := range ids {
+		if _, newer := o.pending[id]; !newer {
+			o.pending[id] = batch[id]
+		}
+	}
+}
+
+// writeEvents stores events right away: unlike contact they must not be
+// lost in a crash.
+func writeEvents(ctx context.Context, st *store.Store, agentID string, events []*agentv1.Event) error {
+	now := time.Now()
+	batch := &pgx.Batch{}
+	for _, e := range events {
+		at := now
+		if e.GetTime() != nil {
+			at = e.GetTime().AsTime()
+		}
+		batch.Queue(`INSERT INTO agent_events (id, agent_id, at, type, message) VALUES ($1, $2, $3, $4, $5)`,
+			uuid.NewString(), agentID, at, e.GetType(), e.GetMessage())
+	}
+	if err := st.Pool().SendBatch(ctx, batch).Close(); err != nil {
+		return fmt.Errorf("store events: %w", err)
+	}
+	return nil
+}
