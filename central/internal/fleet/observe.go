@@ -52,6 +52,13 @@ func (o *observer) entry(id string) *observation {
 	return e
 }
 
+// touch records contact without news (a stream that ended).
+func (o *observer) touch(id string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.entry(id)
+}
+
 func (o *observer) contact(id string, applied uint64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()

@@ -105,7 +105,7 @@ func (h *Hub) Sync(stream agentv1.AgentService_SyncServer) error {
 	recvErr := make(chan error, 1)
 	go func() { recvErr <- h.recvLoop(ctx, c, stream) }()
 	err = h.sendLoop(ctx, c, stream, recvErr)
-	h.observed.contact(c.id, c.sent.Load())
+	h.observed.touch(c.id)
 	return err
 }
 

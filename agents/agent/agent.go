@@ -1,0 +1,246 @@
+// Package agent is the runtime every Metalfleet agent shares
+// (docs/agent-protocol.md): it dials central, says hello, applies desired
+// documents through a per-kind Reconciler, reports, sends heartbeats,
+// reconnects with exponential backoff and full jitter, and keeps the last
+// desired document on disk so that the agent converges from it while
+// central is unreachable.
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
+)
+
+// Reconciler makes a desired document the local state. Apply is called with
+// every new document (the cached one too, at start) and must be idempotent:
+// documents are whole, and the same one may come again after a reconnect.
+type Reconciler interface {
+	Apply(ctx context.Context, d *agentv1.Desired) error
+}
+
+// ReconcilerFunc adapts a function to Reconciler.
+type ReconcilerFunc func(ctx context.Context, d *agentv1.Desired) error
+
+// Apply implements Reconciler.
+func (f ReconcilerFunc) Apply(ctx context.Context, d *agentv1.Desired) error { return f(ctx, d) }
+
+// Config describes one agent.
+type Config struct {
+	Kind     agentv1.Kind
+	Identity string
+	// Centrals are central's addresses, host:port, IPv4 or [IPv6]; the agent
+	// starts at a random one and moves on when one fails.
+	Centrals []string
+	// TLS pins central's CA (see PinnedTLS). Nil means plaintext, which
+	// only a central started with --insecure-plaintext accepts.
+	TLS *tls.Config
+	// Token is the agent's credential. Empty: the one stored in StateDir,
+	// else BootToken is exchanged for one.
+	Token     string
+	BootToken string
+	// StateDir keeps the credential and the last desired document; empty
+	// keeps nothing (no offline start).
+	StateDir   string
+	Reconciler Reconciler
+	// Facts are collected for hello and when a document asks for them.
+	Facts func(ctx context.Context) (*agentv1.Facts, error)
+	Log   *slog.Logger
+	// LogLevel, when set, follows the document's settings.log_level.
+	LogLevel *slog.LevelVar
+	// Metrics may be shared by many agents of one process; nil records nothing.
+	Metrics *Metrics
+	// MinBackoff and MaxBackoff bound the reconnect delay (defaults 500ms, 30s).
+	MinBackoff, MaxBackoff time.Duration
+	// DialOptions are added to the agent's own.
+	DialOptions []grpc.DialOption
+}
+
+// Agent is a running agent; see Run.
+type Agent struct {
+	cfg   Config
+	log   *slog.Logger
+	state *state
+	next  int
+	// applied is the revision in effect locally; received the newest
+	// revision central sent; lag this agent's share of the lag gauge.
+	applied  atomic.Uint64
+	received atomic.Uint64
+	lag      atomic.Int64
+	// factsDone is the report_facts_generation last executed.
+	factsDone uint64
+	connected atomic.Bool
+}
+
+// New checks cfg and loads the agent's local state.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Kind == agentv1.Kind_KIND_UNSPECIFIED {
+		return nil, errors.New("agent: kind required")
+	}
+	if cfg.Identity == "" {
+		return nil, errors.New("agent: identity required")
+	}
+	if len(cfg.Centrals) == 0 {
+		return nil, errors.New("agent: at least one central address required")
+	}
+	if cfg.Reconciler == nil {
+		return nil, errors.New("agent: reconciler required")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 500 * time.Millisecond
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 30 * time.Second
+	}
+	st, err := openState(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Token == "" {
+		cfg.Token = st.credential
+	}
+	if cfg.Token == "" && cfg.BootToken == "" {
+		return nil, errors.New("agent: no credential: give a token or a boot token")
+	}
+	a := &Agent{cfg: cfg, log: cfg.Log, state: st, next: rand.N(len(cfg.Centrals)), factsDone: st.factsDone}
+	return a, nil
+}
+
+// Applied is the revision in effect locally (0: none yet).
+func (a *Agent) Applied() uint64 { return a.applied.Load() }
+
+// Connected reports whether the agent holds a stream now.
+func (a *Agent) Connected() bool { return a.connected.Load() }
+
+// ErrRefused wraps the final answer of a central that will not accept this
+// agent (bad credential, wrong identity, malformed hello): retrying with the
+// same configuration cannot help.
+var ErrRefused = errors.New("refused by central")
+
+// Run applies the cached document, if any, then holds a stream to central
+// until ctx ends, reconnecting after every failure. It returns nil when ctx
+// ends and an error wrapping ErrRefused when central refuses the agent.
+func (a *Agent) Run(ctx context.Context) error {
+	if d := a.state.desired; d != nil {
+		// Offline start: converge on what central wanted last, before and
+		// regardless of reaching it.
+		a.log.Info("applying cached desired document", "revision", d.GetRevision())
+		a.apply(ctx, d)
+	}
+	b := backoff{min: a.cfg.MinBackoff, max: a.cfg.MaxBackoff}
+	for {
+		established, err := a.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if refused(err) {
+			return fmt.Errorf("%w: %v", ErrRefused, err)
+		}
+		if established {
+			b.reset()
+		}
+		delay := b.next()
+		if hint := retryDelay(err); hint > 0 {
+			// Central asked for at least this much; jitter on top keeps
+			// the agents it shed from coming back together.
+			delay = hint + rand.N(hint/2+1)
+		}
+		a.log.Debug("stream ended; reconnecting", "err", err, "in", delay)
+		a.cfg.Metrics.reconnect()
+		if !sleep(ctx, delay) {
+			return nil
+		}
+	}
+}
+
+// refused tells final answers from transient ones.
+func refused(err error) bool {
+	switch status.Code(err) {
+	case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument:
+		return true
+	}
+	return false
+}
+
+func retryDelay(err error) time.Duration {
+	st, ok := status.FromError(err)
+	if !ok {
+		return 0
+	}
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			return ri.GetRetryDelay().AsDuration()
+		}
+	}
+	return 0
+}
+
+// dial makes a fresh connection per session: the reconnect backoff is
+// ours alone, not stacked on gRPC's own (which grows to two minutes).
+func (a *Agent) dial() (*grpc.ClientConn, string, error) {
+	addr := a.cfg.Centrals[a.next%len(a.cfg.Centrals)]
+	a.next++
+	creds := insecure.NewCredentials()
+	if a.cfg.TLS != nil {
+		creds = credentials.NewTLS(a.cfg.TLS)
+	}
+	opts := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		// Finds a dead central (or path) within about a minute even
+		// while the agent has nothing to send.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 45 * time.Second, Timeout: 15 * time.Second, PermitWithoutStream: true}),
+	}, a.cfg.DialOptions...)
+	cc, err := grpc.NewClient(addr, opts...)
+	if err != nil {
+		return nil, addr, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	return cc, addr, nil
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// backoff is exponential with full jitter: a random delay up to a ceiling
+// that doubles per failure, so that a fleet cut off together does not
+// return together.
+type backoff struct {
+	min, max time.Duration
+	n        int
+}
+
+func (b *backoff) next() time.Duration {
+	ceil := b.min << min(b.n, 30)
+	if ceil <= 0 || ceil > b.max {
+		ceil = b.max
+	}
+	b.n++
+	return rand.N(ceil) + 1
+}
+
+func (b *backoff) reset() { b.n = 0 }

@@ -1,0 +1,205 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
+)
+
+// session holds one stream until it fails. established reports whether
+// central welcomed the agent (which resets the backoff).
+func (a *Agent) session(ctx context.Context) (established bool, err error) {
+	cc, addr, err := a.dial()
+	if err != nil {
+		return false, err
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := agentv1.NewAgentServiceClient(cc).Sync(ctx)
+	if err != nil {
+		return false, err
+	}
+	hello := &agentv1.Hello{Kind: a.cfg.Kind, Identity: a.cfg.Identity, LastAppliedRevision: a.applied.Load()}
+	if a.cfg.Token != "" {
+		hello.Credential = &agentv1.Credential{Secret: &agentv1.Credential_Token{Token: a.cfg.Token}}
+	} else {
+		hello.Credential = &agentv1.Credential{Secret: &agentv1.Credential_BootToken{BootToken: a.cfg.BootToken}}
+	}
+	if a.cfg.Facts != nil {
+		if hello.Facts, err = a.cfg.Facts(ctx); err != nil {
+			a.log.Warn("collect facts", "err", err)
+		}
+	}
+	if err := stream.Send(&agentv1.SyncRequest{Msg: &agentv1.SyncRequest_Hello{Hello: hello}}); err != nil {
+		return false, recvErr(stream, err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return false, err
+	}
+	w := first.GetWelcome()
+	if w == nil {
+		return false, status.Error(codes.Internal, "central did not answer hello with welcome")
+	}
+	if tok := w.GetIssuedToken(); tok != "" {
+		// The boot token is spent: without this credential the agent
+		// could never come back, so it is stored before anything else.
+		a.cfg.Token = tok
+		if err := a.state.saveCredential(tok); err != nil {
+			a.log.Error("store issued credential", "err", err)
+		}
+	}
+	hb := w.GetHeartbeatInterval().AsDuration()
+	if hb <= 0 {
+		hb = 20 * time.Second
+	}
+	a.log.Info("connected to central", "central", addr, "replica", w.GetReplica(), "agent_id", w.GetAgentId())
+	a.connected.Store(true)
+	a.cfg.Metrics.connect(1)
+	defer func() {
+		a.connected.Store(false)
+		a.cfg.Metrics.connect(-1)
+	}()
+
+	var latest atomic.Pointer[agentv1.Desired]
+	wake := make(chan struct{}, 1)
+	recvDone := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				recvDone <- err
+				return
+			}
+			if d := m.GetDesired(); d != nil {
+				a.cfg.Metrics.document()
+				a.received.Store(d.GetRevision())
+				a.updateLag()
+				// Only the newest document matters; one still waiting to be
+				// applied is replaced.
+				latest.Store(d)
+				select {
+				case wake <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+
+	tick := time.NewTicker(hb)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return true, ctx.Err()
+		case err := <-recvDone:
+			return true, err
+		case <-tick.C:
+			if err := stream.Send(&agentv1.SyncRequest{Msg: &agentv1.SyncRequest_Heartbeat{Heartbeat: &agentv1.Heartbeat{AppliedRevision: a.applied.Load()}}}); err != nil {
+				return true, recvErr(stream, err)
+			}
+		case <-wake:
+			d := latest.Swap(nil)
+			if d == nil {
+				continue
+			}
+			report := a.converge(ctx, d)
+			if err := stream.Send(&agentv1.SyncRequest{Msg: &agentv1.SyncRequest_Report{Report: report}}); err != nil {
+				return true, recvErr(stream, err)
+			}
+		}
+	}
+}
+
+// recvErr turns a failed Send into the stream's real status: gRPC reports
+// io.EOF on Send and the reason on Recv.
+func recvErr(stream agentv1.AgentService_SyncClient, sendErr error) error {
+	if _, err := stream.Recv(); err != nil {
+		return err
+	}
+	return sendErr
+}
+
+// converge persists and applies d and says what happened.
+func (a *Agent) converge(ctx context.Context, d *agentv1.Desired) *agentv1.Report {
+	if err := a.state.saveDesired(d); err != nil {
+		// Still apply: being current matters more than the offline cache.
+		a.log.Error("store desired document", "err", err)
+	}
+	r := &agentv1.Report{}
+	if err := a.apply(ctx, d); err != nil {
+		r.AppliedRevision = a.applied.Load()
+		r.Health = agentv1.Health_HEALTH_ERROR
+		r.Message = truncate(err.Error(), 4096)
+		r.Events = []*agentv1.Event{{Time: timestamppb.Now(), Type: "ApplyFailed", Message: truncate(fmt.Sprintf("revision %d: %v", d.GetRevision(), err), 4096)}}
+		return r
+	}
+	r.AppliedRevision = d.GetRevision()
+	r.Health = agentv1.Health_HEALTH_OK
+	if gen := d.GetSettings().GetReportFactsGeneration(); gen > a.factsDone && a.cfg.Facts != nil {
+		facts, err := a.cfg.Facts(ctx)
+		if err != nil {
+			r.Health, r.Message = agentv1.Health_HEALTH_DEGRADED, truncate("collect facts: "+err.Error(), 4096)
+		} else {
+			r.Facts = facts
+			a.factsDone = gen
+			if err := a.state.saveFactsDone(gen); err != nil {
+				a.log.Warn("store intent generation", "err", err)
+			}
+		}
+	}
+	return r
+}
+
+// apply runs the reconciler and follows the shared settings.
+func (a *Agent) apply(ctx context.Context, d *agentv1.Desired) error {
+	if lv := a.cfg.LogLevel; lv != nil {
+		if l, ok := parseLevel(d.GetSettings().GetLogLevel()); ok {
+			lv.Set(l)
+		}
+	}
+	if err := a.cfg.Reconciler.Apply(ctx, d); err != nil {
+		a.cfg.Metrics.applyError()
+		a.log.Error("apply desired document", "revision", d.GetRevision(), "err", err)
+		return err
+	}
+	a.applied.Store(d.GetRevision())
+	a.updateLag()
+	a.log.Debug("applied desired document", "revision", d.GetRevision())
+	return nil
+}
+
+func parseLevel(s string) (slog.Level, bool) {
+	var l slog.Level
+	if s == "" {
+		return l, false
+	}
+	if err := l.UnmarshalText([]byte(strings.ToUpper(s))); err != nil {
+		return l, false
+	}
+	return l, true
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// updateLag keeps this agent's share of the process's revision lag gauge.
+func (a *Agent) updateLag() {
+	lag := int64(a.received.Load()) - int64(a.applied.Load())
+	lag = max(lag, 0)
+	a.cfg.Metrics.addLag(lag - a.lag.Swap(lag))
+}
