@@ -82,7 +82,7 @@ func TestCoalescesToNewestDocument(t *testing.T) {
 // dropHints loses every hint, as a broken LISTEN connection would.
 type dropHints struct{}
 
-func (dropHints) Notify(context.Context, pgx.Tx, string) error       { return nil }
+func (dropHints) Notify(context.Context, pgx.Tx, string) error         { return nil }
 func (dropHints) Listen(ctx context.Context, _ func(string), _ func()) { <-ctx.Done() }
 
 func TestResyncHealsLostHint(t *testing.T) {

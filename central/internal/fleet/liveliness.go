@@ -18,7 +18,9 @@ type Thresholds struct {
 }
 
 // DefaultThresholds match DefaultConfig's heartbeat.
-func DefaultThresholds() Thresholds { return Thresholds{Alive: 70 * time.Second, Dead: 5 * time.Minute} }
+func DefaultThresholds() Thresholds {
+	return Thresholds{Alive: 70 * time.Second, Dead: 5 * time.Minute}
+}
 
 // Liveliness of an agent last heard from at last (nil: never).
 func (t Thresholds) Liveliness(last *time.Time, now time.Time) apiv1.Liveliness {
