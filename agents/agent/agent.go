@@ -114,8 +114,14 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cfg.Token == "" {
+	switch {
+	case cfg.Token == "":
 		cfg.Token = st.credential
+	case cfg.Token != st.credential:
+		// Kept so that the agent restarts from its state dir alone.
+		if err := st.saveCredential(cfg.Token); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.Token == "" && cfg.BootToken == "" {
 		return nil, errors.New("agent: no credential: give a token or a boot token")

@@ -203,6 +203,29 @@ func TestQuickstart(t *testing.T) {
 		t.Fatalf("ips = %v", ips)
 	}
 
+	// The agent fleet: enroll shows the credential once, agents are named
+	// by kind/identity, and configure changes the desired document.
+	var enrolled struct {
+		Agent  map[string]any `json:"agent"`
+		Secret string         `json:"secret"`
+	}
+	if err := json.Unmarshal([]byte(run("agent", "enroll", "--kind", "switch", "--identity", "leaf01", "--partition", "lab", "-o", "json")), &enrolled); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(enrolled.Secret, "mfa_") || enrolled.Agent["kind"] != "KIND_SWITCH" {
+		t.Fatalf("agent enroll printed %+v", enrolled)
+	}
+	run("agent", "configure", "switch/leaf01", "--log-level", "debug", "--label", "rack=r01")
+	if out := run("agent", "describe", "switch/leaf01", "--template", "{{.agent.desired_revision}} {{.agent.desired.settings.log_level}} {{.agent.desired.settings.labels.rack}}"); out != "2 debug r01" {
+		t.Fatalf("agent describe after configure = %q, want revision 2 with the new settings", out)
+	}
+	if out := run("agent", "list", "--kind", "switch", "--no-headers"); !strings.Contains(out, "leaf01") || !strings.Contains(out, "never") {
+		t.Fatalf("agent list = %q", out)
+	}
+	if out := run("boot-token", "create", "--partition", "lab", "--template", "{{.secret}}"); !strings.HasPrefix(out, "mfb_") || strings.Contains(out, "\n") {
+		t.Fatalf("boot-token create printed %q, want just the secret", out)
+	}
+
 	viewer := run("token", "create", "--project", project, "--role", "viewer")
 	if !strings.HasPrefix(viewer, "mft_") || strings.Contains(viewer, "\n") {
 		t.Fatalf("token create printed %q, want just the secret", viewer)

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -158,6 +159,14 @@ func TestGoldenOutput(t *testing.T) {
 		{"machine_describe", []string{"machine", "describe", "m2"}},
 		{"switch_list_table", []string{"switch", "list"}},
 		{"switch_list_wide", []string{"switch", "list", "-o", "wide"}},
+		{"agent_list_table", []string{"agent", "list"}},
+		{"agent_list_wide", []string{"agent", "list", "-o", "wide"}},
+		{"agent_list_yaml", []string{"agent", "list", "-o", "yaml"}},
+		{"agent_list_json", []string{"agent", "list", "-o", "json"}},
+		{"agent_describe", []string{"agent", "describe", "switch/leaf01"}},
+		{"agent_describe_table", []string{"agent", "describe", leafAgentID, "-o", "table"}},
+		{"agent_describe_wide", []string{"agent", "describe", "bmc/bmc-lab", "-o", "wide"}},
+		{"agent_describe_json", []string{"agent", "describe", "switch/leaf01", "-o", "json"}},
 		{"audit_list_table", []string{"audit", "list"}},
 		{"audit_list_json", []string{"audit", "list", "-o", "json"}},
 	} {
@@ -356,6 +365,92 @@ func TestCreateCommands(t *testing.T) {
 			method: "TokenService/Revoke",
 			want:   &apiv1.TokenServiceRevokeRequest{Id: "tok-ci"},
 			golden: "token_revoke",
+		},
+		{
+			name:   "agent enroll prints the agent and the labelled secret",
+			args:   []string{"agent", "enroll", "--kind", "switch", "--identity", "leaf02", "--partition", "lab"},
+			method: "AgentService/Enroll",
+			want:   &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_SWITCH, Identity: "leaf02", PartitionId: "lab"},
+			golden: "agent_enroll",
+		},
+		{
+			name:   "agent enroll json has the secret as a field",
+			args:   []string{"agent", "enroll", "--kind", "PIXIE", "--identity", "pixie-lab", "--partition", "lab", "-o", "json"},
+			method: "AgentService/Enroll",
+			want:   &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_PIXIE, Identity: "pixie-lab", PartitionId: "lab"},
+			golden: "agent_enroll_json",
+		},
+		{
+			name:   "agent enroll yaml",
+			args:   []string{"agent", "enroll", "--kind", "bmc", "--identity", "bmc-lab", "--partition", "lab", "-o", "yaml"},
+			method: "AgentService/Enroll",
+			want:   &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_BMC, Identity: "bmc-lab", PartitionId: "lab"},
+			golden: "agent_enroll_yaml",
+		},
+		{
+			name:   "agent enroll template prints just the secret",
+			args:   []string{"agent", "enroll", "--kind", "switch", "--identity", "leaf02", "--partition", "lab", "--template", "{{.secret}}"},
+			method: "AgentService/Enroll",
+			want:   &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_SWITCH, Identity: "leaf02", PartitionId: "lab"},
+			golden: "agent_enroll_template",
+		},
+		{
+			name:   "agent list filters",
+			args:   []string{"agent", "list", "--kind", "switch", "--partition", "lab"},
+			method: "AgentService/List",
+			want:   &apiv1.AgentServiceListRequest{Kind: agentv1.Kind_KIND_SWITCH, PartitionId: "lab"},
+		},
+		{
+			name:   "agent describe events",
+			args:   []string{"agent", "describe", "switch/leaf01", "--events", "2"},
+			method: "AgentService/Get",
+			want:   &apiv1.AgentServiceGetRequest{Id: "switch/leaf01", Events: 2},
+		},
+		{
+			name:   "agent configure log level only",
+			args:   []string{"agent", "configure", "switch/leaf01", "--log-level", "debug"},
+			method: "AgentService/Configure",
+			want:   &apiv1.AgentServiceConfigureRequest{Id: "switch/leaf01", LogLevel: proto.String("debug")},
+			golden: "agent_configure",
+		},
+		{
+			name:   "agent configure empty log level is sent",
+			args:   []string{"agent", "configure", leafAgentID, "--log-level", ""},
+			method: "AgentService/Configure",
+			want:   &apiv1.AgentServiceConfigureRequest{Id: leafAgentID, LogLevel: proto.String("")},
+		},
+		{
+			name:   "agent configure labels replace",
+			args:   []string{"agent", "configure", "switch/leaf01", "--label", "rack=r01", "--label", "role=leaf", "--replace-labels"},
+			method: "AgentService/Configure",
+			want:   &apiv1.AgentServiceConfigureRequest{Id: "switch/leaf01", ReplaceLabels: true, Labels: map[string]string{"rack": "r01", "role": "leaf"}},
+		},
+		{
+			name:   "agent configure clear labels and report facts",
+			args:   []string{"agent", "configure", "switch/leaf01", "--clear-labels", "--report-facts"},
+			method: "AgentService/Configure",
+			want:   &apiv1.AgentServiceConfigureRequest{Id: "switch/leaf01", ReplaceLabels: true, ReportFacts: true},
+		},
+		{
+			name:   "agent delete",
+			args:   []string{"agent", "delete", "bmc/bmc-lab"},
+			method: "AgentService/Delete",
+			want:   &apiv1.AgentServiceDeleteRequest{Id: "bmc/bmc-lab"},
+			golden: "agent_delete",
+		},
+		{
+			name:   "boot token",
+			args:   []string{"boot-token", "create", "--partition", "lab"},
+			method: "BootTokenService/Create",
+			want:   &apiv1.BootTokenServiceCreateRequest{PartitionId: "lab"},
+			golden: "boot_token_create",
+		},
+		{
+			name:   "boot token json",
+			args:   []string{"boot-token", "create", "--partition", "lab", "--expires-in", "2h", "-o", "json"},
+			method: "BootTokenService/Create",
+			want:   &apiv1.BootTokenServiceCreateRequest{PartitionId: "lab", ExpiresIn: durationpb.New(2 * time.Hour)},
+			golden: "boot_token_create_json",
 		},
 		{
 			name:   "ip release",
@@ -609,6 +704,44 @@ func TestUsageErrors(t *testing.T) {
 				t.Errorf("exit %d, stderr %q; want exit 1 and %q", r.code, r.stderr, tc.want)
 			}
 		})
+	}
+}
+
+// TestAgentUsageErrors checks that bad agent and boot-token flags fail
+// before any call reaches central.
+func TestAgentUsageErrors(t *testing.T) {
+	t.Parallel()
+	f, addr := startFake(t)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown kind", []string{"agent", "list", "--kind", "router"}, "--kind \"router\": want one of installer, switch, bmc, pixie, phonehome"},
+		{"unspecified kind", []string{"agent", "list", "--kind", "unspecified"}, "--kind \"unspecified\": want one of"},
+		{"enroll unknown kind", []string{"agent", "enroll", "--kind", "router", "--identity", "r1", "--partition", "lab"}, "--kind \"router\": want one of"},
+		{"enroll installer", []string{"agent", "enroll", "--kind", "installer", "--identity", "m1", "--partition", "lab"}, "boot-token create"},
+		{"enroll without identity", []string{"agent", "enroll", "--kind", "switch", "--partition", "lab"}, "--kind, --identity and --partition are required"},
+		{"describe too many events", []string{"agent", "describe", "switch/leaf01", "--events", "1001"}, "--events 1001: at most 1000"},
+		{"describe without id", []string{"agent", "describe"}, "accepts 1 arg(s)"},
+		{"configure nothing", []string{"agent", "configure", "switch/leaf01"}, "nothing to configure"},
+		{"configure bad log level", []string{"agent", "configure", "switch/leaf01", "--log-level", "loud"}, "--log-level \"loud\": want debug, info, warn, error or \"\""},
+		{"configure clear and set labels", []string{"agent", "configure", "switch/leaf01", "--clear-labels", "--label", "a=b"}, "exclude each other"},
+		{"configure replace without labels", []string{"agent", "configure", "switch/leaf01", "--replace-labels"}, "--clear-labels"},
+		{"configure bad label", []string{"agent", "configure", "switch/leaf01", "--label", "novalue"}, "--label \"novalue\": want key=value"},
+		{"boot token without partition", []string{"boot-token", "create"}, "--partition is required"},
+		{"boot token negative lifetime", []string{"boot-token", "create", "--partition", "lab", "--expires-in", "-5m"}, "must be positive"},
+		{"bad output", []string{"agent", "enroll", "--kind", "switch", "--identity", "x", "--partition", "lab", "-o", "xml"}, "unknown output format"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := runAt(t, addr, tc.args...)
+			if r.code != 1 || !strings.HasPrefix(r.stderr, "Error: ") || !strings.Contains(r.stderr, tc.want) {
+				t.Errorf("exit %d, stderr %q; want exit 1 and %q", r.code, r.stderr, tc.want)
+			}
+		})
+	}
+	if calls := methods(f); len(calls) != 0 {
+		t.Errorf("calls made despite bad flags: %v", calls)
 	}
 }
 

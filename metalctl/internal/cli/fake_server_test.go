@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -118,6 +119,8 @@ func startFake(t *testing.T, opts ...grpc.ServerOption) (*fake, string) {
 	apiv1.RegisterMachineServiceServer(s, machineSrv{})
 	apiv1.RegisterSwitchServiceServer(s, switchSrv{})
 	apiv1.RegisterAuditServiceServer(s, auditSrv{})
+	apiv1.RegisterAgentServiceServer(s, agentSrv{})
+	apiv1.RegisterBootTokenServiceServer(s, bootTokenSrv{})
 	go func() { _ = s.Serve(lis) }()
 	t.Cleanup(s.Stop)
 	return f, lis.Addr().String()
@@ -291,6 +294,62 @@ func auditEntries() []*apiv1.AuditEntry {
 		{Id: "a1", At: ts(0), Subject: "tok-admin", Method: "/metalfleet.api.v1.PartitionService/Create", Target: "partition/lab", RequestId: "req-1"},
 		{Id: "a2", At: ts(time.Minute), Subject: "tok-ci", Method: "/metalfleet.api.v1.IPService/Allocate", Target: "ip/10.128.0.5", ProjectId: testProjectID, RequestId: "req-2"},
 	}
+}
+
+const (
+	leafAgentID      = "7c1e9a40-5f2b-4c8e-9d3a-0b6f1e2d3c4a"
+	bmcAgentID       = "7c1e9a40-5f2b-4c8e-9d3a-0b6f1e2d3c4b"
+	installerAgentID = "7c1e9a40-5f2b-4c8e-9d3a-0b6f1e2d3c4c"
+	newAgentID       = "7c1e9a40-5f2b-4c8e-9d3a-0b6f1e2d3cff"
+)
+
+// agents covers the columns' cases: alive and healthy, dead with a message
+// and lagging, and never heard from.
+func agents() []*apiv1.Agent {
+	return []*apiv1.Agent{
+		{
+			Id: leafAgentID, Kind: agentv1.Kind_KIND_SWITCH, Identity: "leaf01", PartitionId: "lab", Replica: "central-0",
+			DesiredRevision: 3, AppliedRevision: 3, LastContact: tsAt(testNow.Add(-12 * time.Second)),
+			Liveliness: apiv1.Liveliness_LIVELINESS_ALIVE, Health: agentv1.Health_HEALTH_OK,
+			Facts: &agentv1.Facts{AgentVersion: "v0.3.1", Hostname: "leaf01.lab", Addresses: []string{"10.0.0.11", "fd00::11"}},
+			Desired: &agentv1.Desired{Revision: 3, ChangedAt: ts(time.Hour), Settings: &agentv1.Settings{
+				LogLevel: "info", Labels: map[string]string{"rack": "r01"}, ReportFactsGeneration: 1,
+			}},
+			EnrolledBy: "tok-admin", Meta: meta(),
+		},
+		{
+			Id: bmcAgentID, Kind: agentv1.Kind_KIND_BMC, Identity: "bmc-lab", PartitionId: "lab", Replica: "central-1",
+			DesiredRevision: 2, AppliedRevision: 1, LastContact: tsAt(testNow.Add(-10 * time.Minute)),
+			Liveliness: apiv1.Liveliness_LIVELINESS_DEAD, Health: agentv1.Health_HEALTH_DEGRADED, Message: "2 of 8 BMCs unreachable",
+			Facts:      &agentv1.Facts{AgentVersion: "v0.3.0", Hostname: "mgmt-lab"},
+			Desired:    &agentv1.Desired{Revision: 2, ChangedAt: ts(time.Hour)},
+			EnrolledBy: "tok-admin", Meta: meta(),
+		},
+		{
+			Id: installerAgentID, Kind: agentv1.Kind_KIND_INSTALLER, Identity: "4c4c4544-0042-3510-8052-b4c04f4d3232", PartitionId: "lab",
+			DesiredRevision: 1, Liveliness: apiv1.Liveliness_LIVELINESS_UNKNOWN,
+			Desired:    &agentv1.Desired{Revision: 1, ChangedAt: ts(0)},
+			EnrolledBy: "boot-token/0b5d6e2a-0000-4000-8000-000000000001", Meta: meta(),
+		},
+	}
+}
+
+func agentEvents() []*apiv1.AgentEvent {
+	return []*apiv1.AgentEvent{
+		{Time: ts(time.Hour), Type: "Connected", Message: "stream to central-0"},
+		{Time: ts(time.Hour + time.Second), Type: "Applied", Message: "revision 3"},
+		{Time: ts(2 * time.Hour), Type: "FactsReported", Message: "generation 1"},
+	}
+}
+
+// findAgent resolves an id or "<kind>/<identity>" like central does.
+func findAgent(ref string) (*apiv1.Agent, error) {
+	for _, ag := range agents() {
+		if ag.GetId() == ref || enumShort(ag.GetKind(), prefixKind)+"/"+ag.GetIdentity() == ref {
+			return ag, nil
+		}
+	}
+	return nil, status.Errorf(codes.NotFound, "agent %q not found", ref)
 }
 
 // Services.
@@ -613,6 +672,73 @@ type auditSrv struct {
 
 func (auditSrv) List(context.Context, *apiv1.AuditServiceListRequest) (*apiv1.AuditServiceListResponse, error) {
 	return &apiv1.AuditServiceListResponse{Entries: auditEntries()}, nil
+}
+
+type agentSrv struct {
+	apiv1.UnimplementedAgentServiceServer
+}
+
+func (agentSrv) List(_ context.Context, r *apiv1.AgentServiceListRequest) (*apiv1.AgentServiceListResponse, error) {
+	var out []*apiv1.Agent
+	for _, ag := range agents() {
+		if (r.GetKind() == agentv1.Kind_KIND_UNSPECIFIED || r.GetKind() == ag.GetKind()) && (r.GetPartitionId() == "" || r.GetPartitionId() == ag.GetPartitionId()) {
+			out = append(out, ag)
+		}
+	}
+	return &apiv1.AgentServiceListResponse{Agents: out}, nil
+}
+
+func (agentSrv) Get(_ context.Context, r *apiv1.AgentServiceGetRequest) (*apiv1.AgentServiceGetResponse, error) {
+	ag, err := findAgent(r.GetId())
+	if err != nil {
+		return nil, err
+	}
+	events := agentEvents()
+	if n := int(r.GetEvents()); n > 0 && n < len(events) {
+		events = events[len(events)-n:]
+	}
+	return &apiv1.AgentServiceGetResponse{Agent: ag, Events: events}, nil
+}
+
+func (agentSrv) Enroll(_ context.Context, r *apiv1.AgentServiceEnrollRequest) (*apiv1.AgentServiceEnrollResponse, error) {
+	return &apiv1.AgentServiceEnrollResponse{
+		Agent: &apiv1.Agent{
+			Id: newAgentID, Kind: r.GetKind(), Identity: r.GetIdentity(), PartitionId: r.GetPartitionId(),
+			DesiredRevision: 1, Liveliness: apiv1.Liveliness_LIVELINESS_UNKNOWN,
+			Desired:    &agentv1.Desired{Revision: 1, ChangedAt: ts(0)},
+			EnrolledBy: "tok-admin", Meta: meta(),
+		},
+		Secret: "mfa_c2VjcmV0LWFnZW50LWNyZWRlbnRpYWw",
+	}, nil
+}
+
+func (agentSrv) Configure(_ context.Context, r *apiv1.AgentServiceConfigureRequest) (*apiv1.AgentServiceConfigureResponse, error) {
+	ag, err := findAgent(r.GetId())
+	if err != nil {
+		return nil, err
+	}
+	ag.DesiredRevision++
+	return &apiv1.AgentServiceConfigureResponse{Agent: ag}, nil
+}
+
+func (agentSrv) Delete(_ context.Context, r *apiv1.AgentServiceDeleteRequest) (*apiv1.AgentServiceDeleteResponse, error) {
+	ag, err := findAgent(r.GetId())
+	return &apiv1.AgentServiceDeleteResponse{Agent: ag}, err
+}
+
+type bootTokenSrv struct {
+	apiv1.UnimplementedBootTokenServiceServer
+}
+
+func (bootTokenSrv) Create(_ context.Context, r *apiv1.BootTokenServiceCreateRequest) (*apiv1.BootTokenServiceCreateResponse, error) {
+	life := 30 * time.Minute
+	if r.GetExpiresIn() != nil {
+		life = r.GetExpiresIn().AsDuration()
+	}
+	return &apiv1.BootTokenServiceCreateResponse{
+		BootToken: &apiv1.BootToken{Id: "0b5d6e2a-0000-4000-8000-000000000002", PartitionId: r.GetPartitionId(), ExpiresAt: ts(life), Meta: meta()},
+		Secret:    "mfb_c2VjcmV0LWJvb3QtdG9rZW4",
+	}, nil
 }
 
 func tsAt(t time.Time) *timestamppb.Timestamp { return timestamppb.New(t) }

@@ -123,6 +123,8 @@ func NewRootCommand(streams Streams) *cobra.Command {
 		a.newTokenCommand(),
 		a.newMachineCommand(),
 		a.newSwitchCommand(),
+		a.newAgentCommand(),
+		a.newBootTokenCommand(),
 		a.newAuditCommand(),
 	)
 	return root
