@@ -21,7 +21,7 @@ DATA_DIR  ?= $(if $(ROOT),/var/lib/metalfleet/central,$(CURDIR)/.data/central)
 LISTEN    ?= :8443
 METRICS   ?= 127.0.0.1:9090
 
-BINARIES := metal-central metalctl
+BINARIES := metal-central metalctl metal-lab
 
 .PHONY: help
 help: ## Show this help.
@@ -81,6 +81,7 @@ build: ## Build every binary into bin/.
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/metal-central ./central/cmd/metal-central
 	$(GO) build -o $(BIN)/metalctl ./metalctl/cmd/metalctl
+	$(GO) build -o $(BIN)/metal-lab ./lab/cmd/metal-lab
 
 .PHONY: test
 test: deps ## Run all tests (race detector on for central/) against a real embedded PostgreSQL.

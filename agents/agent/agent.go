@@ -85,6 +85,8 @@ type Agent struct {
 	// factsDone is the report_facts_generation last executed.
 	factsDone uint64
 	connected atomic.Bool
+	// lastDoc is when the last document arrived (unix nanoseconds).
+	lastDoc atomic.Int64
 }
 
 // New checks cfg and loads the agent's local state.
@@ -132,6 +134,14 @@ func New(cfg Config) (*Agent, error) {
 
 // Applied is the revision in effect locally (0: none yet).
 func (a *Agent) Applied() uint64 { return a.applied.Load() }
+
+// LastDocument is when central last sent a document (zero: never).
+func (a *Agent) LastDocument() time.Time {
+	if n := a.lastDoc.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
 
 // Connected reports whether the agent holds a stream now.
 func (a *Agent) Connected() bool { return a.connected.Load() }

@@ -83,6 +83,7 @@ func (a *Agent) session(ctx context.Context) (established bool, err error) {
 			}
 			if d := m.GetDesired(); d != nil {
 				a.cfg.Metrics.document()
+				a.lastDoc.Store(time.Now().UnixNano())
 				a.received.Store(d.GetRevision())
 				a.updateLag()
 				// Only the newest document matters; one still waiting to be
