@@ -46,6 +46,7 @@ func run() error {
 	fs.DurationVar(&cfg.Fleet.Heartbeat, "agent-heartbeat", def.Heartbeat, "how often agents are asked to send a heartbeat")
 	fs.DurationVar(&cfg.Fleet.Resync, "agent-resync", def.Resync, "how often all connected agents' revisions are compared with the database")
 	fs.IntVar(&cfg.Fleet.MaxHandshakes, "agent-max-handshakes", def.MaxHandshakes, "concurrent agent handshakes before new ones are told to retry later")
+	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve Go's /debug/pprof/ on the metrics listener (profiling; keep that listener private)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
 	_ = fs.Parse(os.Args[1:])

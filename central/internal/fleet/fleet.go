@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,10 +39,12 @@ type Config struct {
 	Resync time.Duration
 	// HelloTimeout bounds the wait for the first message of a stream.
 	HelloTimeout time.Duration
-	// MaxHandshakes bounds concurrent handshakes; more are refused with
-	// Unavailable and a retry delay so a reconnect storm sheds load
-	// instead of queueing until everything times out.
+	// MaxHandshakes bounds concurrent handshakes; a handshake waits up to
+	// HandshakeWait for a slot and is then refused with Unavailable and a
+	// retry delay, so a reconnect storm sheds load instead of queueing
+	// until everything times out.
 	MaxHandshakes int
+	HandshakeWait time.Duration
 	// HintBatch is how long hints are collected before one read serves them.
 	HintBatch time.Duration
 	// Liveliness thresholds, see Liveliness.
@@ -56,6 +59,7 @@ func DefaultConfig() Config {
 		Resync:        30 * time.Second,
 		HelloTimeout:  15 * time.Second,
 		MaxHandshakes: 64,
+		HandshakeWait: time.Second,
 		HintBatch:     2 * time.Millisecond,
 		Liveliness:    DefaultThresholds(),
 	}
@@ -77,6 +81,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxHandshakes <= 0 {
 		c.MaxHandshakes = d.MaxHandshakes
+	}
+	if c.HandshakeWait <= 0 {
+		c.HandshakeWait = d.HandshakeWait
 	}
 	if c.HintBatch <= 0 {
 		c.HintBatch = d.HintBatch
@@ -100,6 +107,9 @@ type Hub struct {
 	observed   *observer
 	handshakes chan struct{}
 	wanted     chan string
+	// hintEpoch counts hints, so that a handshake can tell whether one
+	// arrived while it was registering its stream.
+	hintEpoch atomic.Uint64
 
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
@@ -179,6 +189,7 @@ func (h *Hub) Connected() int { return h.conns.len() }
 
 // want asks the fetcher to re-read agent id's document if it is local.
 func (h *Hub) want(id string) {
+	h.hintEpoch.Add(1)
 	if h.conns.get(id) == nil {
 		return
 	}
@@ -258,4 +269,23 @@ func (h *Hub) resync(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// admit takes a handshake slot, waiting at most HandshakeWait.
+func (h *Hub) admit(ctx context.Context) bool {
+	select {
+	case h.handshakes <- struct{}{}:
+		return true
+	default:
+	}
+	t := time.NewTimer(h.cfg.HandshakeWait)
+	defer t.Stop()
+	select {
+	case h.handshakes <- struct{}{}:
+		return true
+	case <-t.C:
+		return false
+	case <-ctx.Done():
+		return false
+	}
 }

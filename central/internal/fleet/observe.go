@@ -65,16 +65,35 @@ func (o *observer) contact(id string, applied uint64) {
 	o.entry(id).applied = int64(applied)
 }
 
-func (o *observer) report(id string, r *agentv1.Report) error {
-	var facts *string
-	if r.GetFacts() != nil {
-		b, err := protojson.Marshal(r.GetFacts())
-		if err != nil {
-			return fmt.Errorf("encode facts: %w", err)
-		}
-		s := string(b)
-		facts = &s
+// hello records a new stream: its contact, the revision the agent runs
+// and its facts.
+func (o *observer) hello(id string, h *agentv1.Hello) {
+	facts := encodeFacts(h.GetFacts())
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	e := o.entry(id)
+	e.applied = int64(h.GetLastAppliedRevision())
+	if facts != nil {
+		e.facts = facts
 	}
+}
+
+// encodeFacts returns nil for no facts; facts were validated, so they
+// always encode.
+func encodeFacts(f *agentv1.Facts) *string {
+	if f == nil {
+		return nil
+	}
+	b, err := protojson.Marshal(f)
+	if err != nil {
+		return nil
+	}
+	s := string(b)
+	return &s
+}
+
+func (o *observer) report(id string, r *agentv1.Report) error {
+	facts := encodeFacts(r.GetFacts())
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	e := o.entry(id)

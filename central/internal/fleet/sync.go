@@ -12,7 +12,6 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
@@ -52,10 +51,9 @@ func (h *Hub) Sync(stream agentv1.AgentService_SyncServer) error {
 		return err
 	}
 	// Waiting for a hello costs little; the database work after it is what
-	// a storm must not overrun, so only that is bounded.
-	select {
-	case h.handshakes <- struct{}{}:
-	default:
+	// a storm must not overrun, so only that is bounded: a short wait in
+	// line, then a polite refusal.
+	if !h.admit(ctx) {
 		h.metrics.handshakes.WithLabelValues("shed").Inc()
 		return shed()
 	}
@@ -71,7 +69,8 @@ func (h *Hub) Sync(stream agentv1.AgentService_SyncServer) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	c := &conn{kind: hello.GetKind(), identity: hello.GetIdentity(), wake: make(chan struct{}, 1), cancel: cancel}
-	welcome, err := h.authenticate(ctx, hello, c)
+	epoch := h.hintEpoch.Load()
+	welcome, d, err := h.authenticate(ctx, hello, c)
 	if err != nil {
 		h.metrics.handshakes.WithLabelValues(resultOf(err)).Inc()
 		if status.Code(err) == codes.Internal {
@@ -81,15 +80,17 @@ func (h *Hub) Sync(stream agentv1.AgentService_SyncServer) error {
 		h.log.Info("agent refused", "kind", KindName(c.kind), "identity", c.identity, "err", err)
 		return err
 	}
-	// Registered before the document is read: a change committed from now
-	// on finds the stream, one committed before is in what we read.
 	h.conns.put(c)
 	defer h.conns.remove(c)
-	d, err := h.readDesired(ctx, c.id)
-	if err != nil {
-		h.metrics.handshakes.WithLabelValues("error").Inc()
-		h.log.Error("read desired document", "agent", c.id, "err", err)
-		return status.Error(codes.Unavailable, "central cannot read the desired state now; retry")
+	if h.hintEpoch.Load() != epoch {
+		// A hint arrived between reading the document and registering the
+		// stream; it may have been for this agent and found no stream.
+		// Read again rather than wait for the resync.
+		if d, err = h.readDesired(ctx, c.id); err != nil {
+			h.metrics.handshakes.WithLabelValues("error").Inc()
+			h.log.Error("read desired document", "agent", c.id, "err", err)
+			return status.Error(codes.Unavailable, "central cannot read the desired state now; retry")
+		}
 	}
 	if err := stream.Send(&agentv1.SyncResponse{Msg: &agentv1.SyncResponse_Welcome{Welcome: welcome}}); err != nil {
 		return err
@@ -154,61 +155,52 @@ func (h *Hub) recvHello(ctx context.Context, stream agentv1.AgentService_SyncSer
 	return hello, nil
 }
 
-// authenticate checks the hello's credential, records the contact and
-// fills c's identity; for a boot token it issues the agent's credential.
-// Nothing is written when it fails.
-func (h *Hub) authenticate(ctx context.Context, hello *agentv1.Hello, c *conn) (*agentv1.Welcome, error) {
-	var facts *string
-	if hello.GetFacts() != nil {
-		b, err := protojson.Marshal(hello.GetFacts())
-		if err != nil {
-			return nil, status.Errorf(codes.Internal, "encode facts: %v", err)
-		}
-		s := string(b)
-		facts = &s
-	}
+// authenticate checks the hello's credential and returns the welcome and
+// the agent's document; for a boot token it issues the agent's credential.
+// A token handshake writes nothing synchronously: contact, facts and the
+// applied revision go to the batched observer, so a reconnect storm costs
+// one indexed read per agent, not a commit. Nothing is recorded when it fails.
+func (h *Hub) authenticate(ctx context.Context, hello *agentv1.Hello, c *conn) (*agentv1.Welcome, *agentv1.Desired, error) {
 	welcome := &agentv1.Welcome{HeartbeatInterval: durationpb.New(h.cfg.Heartbeat), Replica: h.cfg.Replica}
 	kind := KindName(hello.GetKind())
+	var raw []byte
 	if bt := hello.GetCredential().GetBootToken(); bt != "" {
 		var issued Enrolment
 		err := h.store.Tx(ctx, func(tx pgx.Tx) error {
 			var err error
-			issued, err = h.exchangeBootToken(ctx, tx, bt, hello)
-			if err != nil {
+			if issued, err = h.exchangeBootToken(ctx, tx, bt, hello); err != nil {
 				return err
 			}
-			return h.touch(ctx, tx, issued.ID, hello, facts)
+			return tx.QueryRow(ctx, `SELECT desired FROM agents WHERE id = $1`, issued.ID).Scan(&raw)
 		})
 		if err != nil {
-			return nil, asStatus(err)
+			return nil, nil, asStatus(err)
 		}
 		c.id, c.tokenHash = issued.ID, auth.Hash(issued.Secret)
 		welcome.AgentId, welcome.IssuedToken = issued.ID, issued.Secret
-		return welcome, nil
-	}
-	tok := hello.GetCredential().GetToken()
-	hash := auth.Hash(tok)
-	err := h.store.Pool().QueryRow(ctx, `UPDATE agents SET replica = $4, last_contact = now(),
-			applied_revision = LEAST($5, desired_revision), facts = COALESCE($6::JSONB, facts)
-		WHERE token_hash = $1 AND kind = $2 AND identity = $3 RETURNING id`,
-		hash, kind, hello.GetIdentity(), h.cfg.Replica, int64(hello.GetLastAppliedRevision()), facts).Scan(&c.id)
-	if errors.Is(err, pgx.ErrNoRows) {
-		var k, id string
-		err := h.store.Pool().QueryRow(ctx, `SELECT kind, identity FROM agents WHERE token_hash = $1`, hash).Scan(&k, &id)
+	} else {
+		hash := auth.Hash(hello.GetCredential().GetToken())
+		var k, identity string
+		err := h.store.Pool().QueryRow(ctx, `SELECT id, kind, identity, desired FROM agents WHERE token_hash = $1`, hash).
+			Scan(&c.id, &k, &identity, &raw)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return nil, errBadToken
+			return nil, nil, errBadToken
 		}
 		if err != nil {
-			return nil, status.Errorf(codes.Internal, "look up credential: %v", err)
+			return nil, nil, status.Errorf(codes.Internal, "authenticate agent: %v", err)
 		}
-		return nil, status.Errorf(codes.PermissionDenied, "this credential belongs to another agent, not %s/%s", kind, hello.GetIdentity())
+		if k != kind || identity != hello.GetIdentity() {
+			return nil, nil, status.Errorf(codes.PermissionDenied, "this credential belongs to another agent, not %s/%s", kind, hello.GetIdentity())
+		}
+		c.tokenHash = hash
+		welcome.AgentId = c.id
 	}
+	d, err := decode(raw)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "authenticate agent: %v", err)
+		return nil, nil, status.Errorf(codes.Internal, "%v", err)
 	}
-	c.tokenHash = hash
-	welcome.AgentId = c.id
-	return welcome, nil
+	h.observed.hello(c.id, hello)
+	return welcome, d, nil
 }
 
 func asStatus(err error) error {
@@ -251,16 +243,6 @@ func (h *Hub) exchangeBootToken(ctx context.Context, tx pgx.Tx, secret string, h
 	return e, nil
 }
 
-func (h *Hub) touch(ctx context.Context, tx pgx.Tx, id string, hello *agentv1.Hello, facts *string) error {
-	_, err := tx.Exec(ctx, `UPDATE agents SET replica = $2, last_contact = now(),
-			applied_revision = LEAST($3, desired_revision), facts = COALESCE($4::JSONB, facts)
-		WHERE id = $1`, id, h.cfg.Replica, int64(hello.GetLastAppliedRevision()), facts)
-	if err != nil {
-		return fmt.Errorf("record contact: %w", err)
-	}
-	return nil
-}
-
 func (h *Hub) readDesired(ctx context.Context, id string) (*agentv1.Desired, error) {
 	var raw []byte
 	if err := h.store.Pool().QueryRow(ctx, `SELECT desired FROM agents WHERE id = $1`, id).Scan(&raw); err != nil {
@@ -289,9 +271,11 @@ func (h *Hub) sendLoop(ctx context.Context, c *conn, stream agentv1.AgentService
 		if err := stream.Send(&agentv1.SyncResponse{Msg: &agentv1.SyncResponse_Desired{Desired: d}}); err != nil {
 			return err
 		}
-		c.sent.Store(d.GetRevision())
+		first := c.sent.Swap(d.GetRevision()) == 0
 		h.metrics.sent.Inc()
-		if at := d.GetChangedAt(); at != nil {
+		if at := d.GetChangedAt(); at != nil && !first {
+			// The first document of a stream may be old; only changes
+			// pushed to a connected agent measure propagation.
 			h.metrics.propagation.Observe(time.Since(at.AsTime()).Seconds())
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -63,6 +64,8 @@ type Config struct {
 	Replica string
 	// Fleet tunes the agent hub (zero values: fleet.DefaultConfig).
 	Fleet fleet.Config
+	// Pprof serves /debug/pprof/ on the metrics listener.
+	Pprof bool
 	// Hints replaces the agent hub's change hints (tests); nil picks the
 	// engine's default.
 	Hints fleet.Hints
@@ -165,6 +168,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		if cfg.Pprof {
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		}
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 			if err := s.store.Pool().Ping(r.Context()); err != nil {
 				http.Error(w, "database unreachable", http.StatusServiceUnavailable)
@@ -353,7 +362,7 @@ func replicaName(given string, addr net.Addr) string {
 // that find dead peers without punishing agents that ping.
 func agentStreamOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
-		grpc.ReadBufferSize(8 << 10),
+		grpc.ReadBufferSize(0), // TLS buffers already; a second buffer per connection is waste
 		grpc.WriteBufferSize(8 << 10),
 		grpc.SharedWriteBuffer(true),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),

@@ -26,7 +26,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	"github.com/metalfleet/metalfleet/agents/agent"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
@@ -250,7 +252,7 @@ func (s *sim) identity(i int) string { return fmt.Sprintf("sim-%06d", i) }
 // enroll creates the partition and the agents through the public API.
 func (s *sim) enroll(ctx context.Context, cc *grpc.ClientConn, api apiv1.AgentServiceClient) ([]string, error) {
 	_, err := apiv1.NewPartitionServiceClient(cc).Create(ctx, &apiv1.PartitionServiceCreateRequest{Partition: &apiv1.Partition{Id: "sim"}})
-	if err != nil {
+	if err != nil && status.Code(err) != codes.AlreadyExists {
 		return nil, fmt.Errorf("create partition: %w", err)
 	}
 	n := s.cfg.Agents
