@@ -50,6 +50,11 @@ type Config struct {
 	Duration time.Duration
 	// Restart central after the change phase and time the fleet's return.
 	Restart bool
+	// Settle, when set, waits this long after the change phase and
+	// measures central's RSS again: the Go runtime gives back memory and
+	// shrinks goroutine stacks over a few garbage collections (it forces
+	// one every two minutes), so this is the steady state.
+	Settle time.Duration
 	// Progress gets a line every couple of seconds; nil is quiet.
 	Progress io.Writer
 	Log      *slog.Logger
@@ -61,8 +66,9 @@ type Result struct {
 	// Connect is the time from starting all agents until all hold a stream
 	// and applied their first document.
 	Connect time.Duration
-	// RSS of central before the agents came and with all connected.
-	RSSIdle, RSSConnected int64
+	// RSS of central before the agents came, with all connected, and
+	// after Settle.
+	RSSIdle, RSSConnected, RSSSettled int64
 	// Changes made and delivered during the change phase, with the
 	// latency from central's commit time to the agent having the document.
 	Changes, Delivered int
@@ -75,12 +81,23 @@ type Result struct {
 	GaveUp int
 }
 
-// PerStream is central's RSS growth per connected agent, in bytes.
-func (r Result) PerStream() float64 {
+// PerStream is central's RSS growth per connected agent right after all
+// connected, in bytes.
+func (r Result) PerStream() float64 { return r.perStream(r.RSSConnected) }
+
+// PerStreamSettled is PerStream after Settle (0 without).
+func (r Result) PerStreamSettled() float64 {
+	if r.RSSSettled == 0 {
+		return 0
+	}
+	return r.perStream(r.RSSSettled)
+}
+
+func (r Result) perStream(rss int64) float64 {
 	if r.Agents == 0 {
 		return 0
 	}
-	return float64(r.RSSConnected-r.RSSIdle) / float64(r.Agents)
+	return float64(rss-r.RSSIdle) / float64(r.Agents)
 }
 
 type sim struct {
@@ -145,6 +162,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 			err = serr
 		}
 	}()
+	res.Agents = cfg.Agents
 	s := &sim{cfg: cfg, log: cfg.Log, want: make([]atomic.Uint64, cfg.Agents), applied: make([]atomic.Uint64, cfg.Agents)}
 	tlsCfg, err := agent.PinnedTLS(filepath.Join(c.dataDir, "ca.crt"))
 	if err != nil {
@@ -214,6 +232,18 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		fmt.Fprintf(cfg.Progress, "%d changes, %d delivered: p50 %s p99 %s max %s\n", res.Changes, res.Delivered, res.P50, res.P99, res.Max)
 	}
 
+	if cfg.Settle > 0 {
+		fmt.Fprintf(cfg.Progress, "settling for %s\n", cfg.Settle)
+		select {
+		case <-time.After(cfg.Settle):
+		case <-ctx.Done():
+			return res, ctx.Err()
+		}
+		if res.RSSSettled, err = c.rss(); err != nil {
+			return res, err
+		}
+	}
+
 	if cfg.Restart {
 		fmt.Fprintln(cfg.Progress, "restarting metal-central")
 		t0 := time.Now()
@@ -235,7 +265,6 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		}
 		fmt.Fprintf(cfg.Progress, "restart: serving again after %s, all agents back after %s\n", res.Down.Round(time.Millisecond), res.Converge.Round(time.Millisecond))
 	}
-	res.Agents = cfg.Agents
 	res.GaveUp = int(s.gaveUp.Load())
 	return res, nil
 }

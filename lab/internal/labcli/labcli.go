@@ -84,6 +84,7 @@ second for --duration through the public API, and reports:
 	f.Float64Var(&cfg.Rate, "rate", 50, "desired state changes per second")
 	f.DurationVar(&cfg.Duration, "duration", 20*time.Second, "how long to change desired state")
 	f.BoolVar(&cfg.Restart, "restart", true, "restart central afterwards and time the fleet's return")
+	f.DurationVar(&cfg.Settle, "settle", 0, "after the changes, wait this long and measure central's RSS again (steady state; the Go runtime forces a GC every 2m)")
 	f.StringVar(&cfg.CentralBin, "central", "", "metal-central binary (default: bin/metal-central, then PATH)")
 	f.StringVar(&cfg.WorkDir, "work-dir", "", "directory for central's data and log (default: a temporary one, removed)")
 	f.StringArrayVar(&extraArg, "central-arg", nil, "extra metal-central flag, repeatable (e.g. --central-arg=--agent-heartbeat=30s)")
@@ -119,6 +120,9 @@ func printResult(w io.Writer, cfg fleetsim.Config, r fleetsim.Result, took time.
 	fmt.Fprintf(tw, "connect all\t%s\n", r.Connect.Round(time.Millisecond))
 	fmt.Fprintf(tw, "central RSS idle / connected\t%.1f MiB / %.1f MiB\n", float64(r.RSSIdle)/(1<<20), float64(r.RSSConnected)/(1<<20))
 	fmt.Fprintf(tw, "RSS per stream\t%.1f KiB\n", r.PerStream()/1024)
+	if r.RSSSettled > 0 {
+		fmt.Fprintf(tw, "RSS settled (after %s) / per stream\t%.1f MiB / %.1f KiB\n", cfg.Settle, float64(r.RSSSettled)/(1<<20), r.PerStreamSettled()/1024)
+	}
 	if r.Changes > 0 {
 		fmt.Fprintf(tw, "changes (rate)\t%d (%.0f/s)\n", r.Changes, cfg.Rate)
 		fmt.Fprintf(tw, "propagation p50 / p99 / max\t%s / %s / %s\n", ms(r.P50), ms(r.P99), ms(r.Max))
