@@ -250,3 +250,41 @@ func TestBootTokenExchange(t *testing.T) {
 		t.Fatal("replayed boot token was not refused")
 	}
 }
+
+// TestAgentOverIPv6: central listens on IPv6 loopback only and the agent,
+// given an unreachable IPv4 address first, reaches it there.
+func TestAgentOverIPv6(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binaries")
+	}
+	central, _ := build(t, t.TempDir())
+	dir := dataDir(t)
+	_, port, _ := strings.Cut(freePort(t), ":")
+	listen := "[::1]:" + port
+	cmd := startCentral(t, central, dir, listen)
+	defer stopCentral(t, cmd)
+	ctx := t.Context()
+	cc := adminConn(t, dir, listen)
+	if _, err := apiv1.NewPartitionServiceClient(cc).Create(ctx, &apiv1.PartitionServiceCreateRequest{Partition: &apiv1.Partition{Id: "p1"}}); err != nil {
+		t.Fatal(err)
+	}
+	enr, err := apiv1.NewAgentServiceClient(cc).Enroll(ctx, &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_PIXIE, Identity: "pixie1", PartitionId: "p1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsCfg, err := agent.PinnedTLS(filepath.Join(dir, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := agent.New(agent.Config{
+		Kind: agentv1.Kind_KIND_PIXIE, Identity: "pixie1", Centrals: []string{freePort(t), listen}, TLS: tlsCfg,
+		Token: enr.GetSecret(), Reconciler: &recorder{}, MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { _ = a.Run(actx) }()
+	waitFor(t, "agent over IPv6 applies its document", func() bool { return a.Applied() == 1 })
+}
