@@ -101,6 +101,10 @@ run: deps build ## Run metal-central with its embedded PostgreSQL (TLS; prints a
 bench-ipam: deps ## IPAM benchmark against go-ipam and pgbench on one PostgreSQL (see BENCHMARKS.md).
 	bash bench/ipam.sh
 
+.PHONY: bench-fleet
+bench-fleet: ## Agent fleet scale (P1-P3 of docs/agent-protocol.md) with metal-lab fleet; about 15 minutes.
+	bash bench/fleet.sh
+
 .PHONY: clean
 clean: ## Remove build output (not the data directory).
 	rm -rf $(BIN)
