@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -45,6 +47,44 @@ func adminConn(t *testing.T, dir, addr string) *grpc.ClientConn {
 	return cc
 }
 
+// fleetCentral is a running metal-central with partition p1 and what an
+// agent and an admin need to talk to it.
+type fleetCentral struct {
+	bin, dir, listen string
+	cmd              *exec.Cmd
+	cc               *grpc.ClientConn
+	tls              *tls.Config
+}
+
+// startFleetCentral builds and starts central on listen ("" picks a free
+// IPv4 loopback port) and creates partition p1.
+func startFleetCentral(t *testing.T, listen string) *fleetCentral {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds and runs the binaries")
+	}
+	bin, _ := build(t, t.TempDir())
+	if listen == "" {
+		listen = freePort(t)
+	}
+	f := &fleetCentral{bin: bin, dir: dataDir(t), listen: listen}
+	f.cmd = startCentral(t, bin, f.dir, listen)
+	t.Cleanup(func() {
+		if f.cmd != nil {
+			stopCentral(t, f.cmd)
+		}
+	})
+	f.cc = adminConn(t, f.dir, listen)
+	if _, err := apiv1.NewPartitionServiceClient(f.cc).Create(t.Context(), &apiv1.PartitionServiceCreateRequest{Partition: &apiv1.Partition{Id: "p1"}}); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	if f.tls, err = agent.PinnedTLS(filepath.Join(f.dir, "ca.crt")); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
 // recorder is a reconciler that remembers what it applied.
 type recorder struct {
 	mu   sync.Mutex
@@ -83,29 +123,11 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // real metal-central binary: enrolment, changes through the public API,
 // central restarts, agent restarts, offline start and boot tokens.
 func TestAgentRuntimeAgainstCentral(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the binaries")
-	}
-	central, _ := build(t, t.TempDir())
-	dir := dataDir(t)
-	listen := freePort(t)
-	cmd := startCentral(t, central, dir, listen)
-	defer func() {
-		if cmd != nil {
-			stopCentral(t, cmd)
-		}
-	}()
+	f := startFleetCentral(t, "")
+	central, dir, listen, tlsCfg := f.bin, f.dir, f.listen, f.tls
 	ctx := t.Context()
-	cc := adminConn(t, dir, listen)
-	agents := apiv1.NewAgentServiceClient(cc)
-	if _, err := apiv1.NewPartitionServiceClient(cc).Create(ctx, &apiv1.PartitionServiceCreateRequest{Partition: &apiv1.Partition{Id: "p1"}}); err != nil {
-		t.Fatal(err)
-	}
+	agents := apiv1.NewAgentServiceClient(f.cc)
 	enr, err := agents.Enroll(ctx, &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_SWITCH, Identity: "leaf01", PartitionId: "p1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsCfg, err := agent.PinnedTLS(filepath.Join(dir, "ca.crt"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,8 +171,8 @@ func TestAgentRuntimeAgainstCentral(t *testing.T) {
 	converged(configure("one"), "one")
 
 	// Central restarts; the agent reconnects and follows a change made after.
-	stopCentral(t, cmd)
-	cmd = startCentral(t, central, dir, listen)
+	stopCentral(t, f.cmd)
+	f.cmd = startCentral(t, central, dir, listen)
 	converged(configure("two"), "two")
 
 	// The agent restarts from its state dir alone (credential and cache).
@@ -162,8 +184,8 @@ func TestAgentRuntimeAgainstCentral(t *testing.T) {
 	<-done
 
 	// Offline from the start: central is down, the cached document applies.
-	stopCentral(t, cmd)
-	cmd = nil
+	stopCentral(t, f.cmd)
+	f.cmd = nil
 	offline := &recorder{}
 	stop, done, a := start("", "", state, offline)
 	waitFor(t, "cached document applied offline", func() bool { _, l := offline.label(); return l == "three" })
@@ -174,7 +196,7 @@ func TestAgentRuntimeAgainstCentral(t *testing.T) {
 	<-done
 
 	// A wrong credential is final, not retried forever.
-	cmd = startCentral(t, central, dir, listen)
+	f.cmd = startCentral(t, central, dir, listen)
 	_, done, _ = start("mfa_wrong", "", t.TempDir(), rec)
 	select {
 	case err := <-done:
@@ -189,27 +211,13 @@ func TestAgentRuntimeAgainstCentral(t *testing.T) {
 // TestBootTokenExchange: an installer joins with a boot token, stores the
 // credential it is issued, and comes back with it; the token works once.
 func TestBootTokenExchange(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the binaries")
-	}
-	central, _ := build(t, t.TempDir())
-	dir := dataDir(t)
-	listen := freePort(t)
-	cmd := startCentral(t, central, dir, listen)
-	defer stopCentral(t, cmd)
+	f := startFleetCentral(t, "")
 	ctx := t.Context()
-	cc := adminConn(t, dir, listen)
-	if _, err := apiv1.NewPartitionServiceClient(cc).Create(ctx, &apiv1.PartitionServiceCreateRequest{Partition: &apiv1.Partition{Id: "p1"}}); err != nil {
-		t.Fatal(err)
-	}
-	bt, err := apiv1.NewBootTokenServiceClient(cc).Create(ctx, &apiv1.BootTokenServiceCreateRequest{PartitionId: "p1"})
+	bt, err := apiv1.NewBootTokenServiceClient(f.cc).Create(ctx, &apiv1.BootTokenServiceCreateRequest{PartitionId: "p1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tlsCfg, err := agent.PinnedTLS(filepath.Join(dir, "ca.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	listen, tlsCfg := f.listen, f.tls
 	run := func(identity, stateDir string) (*agent.Agent, context.CancelFunc, chan error) {
 		a, err := agent.New(agent.Config{
 			Kind: agentv1.Kind_KIND_INSTALLER, Identity: identity, Centrals: []string{listen}, TLS: tlsCfg,
@@ -254,28 +262,15 @@ func TestBootTokenExchange(t *testing.T) {
 // TestAgentOverIPv6: central listens on IPv6 loopback only and the agent,
 // given an unreachable IPv4 address first, reaches it there.
 func TestAgentOverIPv6(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the binaries")
-	}
-	central, _ := build(t, t.TempDir())
-	dir := dataDir(t)
 	_, port, _ := strings.Cut(freePort(t), ":")
 	listen := "[::1]:" + port
-	cmd := startCentral(t, central, dir, listen)
-	defer stopCentral(t, cmd)
+	f := startFleetCentral(t, listen)
 	ctx := t.Context()
-	cc := adminConn(t, dir, listen)
-	if _, err := apiv1.NewPartitionServiceClient(cc).Create(ctx, &apiv1.PartitionServiceCreateRequest{Partition: &apiv1.Partition{Id: "p1"}}); err != nil {
-		t.Fatal(err)
-	}
-	enr, err := apiv1.NewAgentServiceClient(cc).Enroll(ctx, &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_PIXIE, Identity: "pixie1", PartitionId: "p1"})
+	enr, err := apiv1.NewAgentServiceClient(f.cc).Enroll(ctx, &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_PIXIE, Identity: "pixie1", PartitionId: "p1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tlsCfg, err := agent.PinnedTLS(filepath.Join(dir, "ca.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	tlsCfg := f.tls
 	a, err := agent.New(agent.Config{
 		Kind: agentv1.Kind_KIND_PIXIE, Identity: "pixie1", Centrals: []string{freePort(t), listen}, TLS: tlsCfg,
 		Token: enr.GetSecret(), Reconciler: &recorder{}, MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,

@@ -210,15 +210,20 @@ func (h *Hub) resyncAll() {
 }
 
 func (h *Hub) resyncLoop(ctx context.Context) {
-	t := time.NewTicker(h.cfg.Resync)
+	every(ctx, h.cfg.Resync, h.resync, func(err error) { h.log.Warn("resync", "err", err) })
+}
+
+// every runs fn each interval until ctx ends, handing its errors to onErr.
+func every(ctx context.Context, interval time.Duration, fn func(context.Context) error, onErr func(error)) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := h.resync(ctx); err != nil && ctx.Err() == nil {
-				h.log.Warn("resync", "err", err)
+			if err := fn(ctx); err != nil && ctx.Err() == nil {
+				onErr(err)
 			}
 		}
 	}

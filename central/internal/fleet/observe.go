@@ -116,20 +116,11 @@ func healthName(h agentv1.Health) string {
 	return agentv1.Health_name[int32(h)][len("HEALTH_"):]
 }
 
-func (o *observer) run(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := o.flush(ctx); err != nil && ctx.Err() == nil {
-				o.metrics.flushErrors.Inc()
-				o.log.Warn("write observed state; retrying next flush", "err", err)
-			}
-		}
-	}
+func (o *observer) run(ctx context.Context, interval time.Duration) {
+	every(ctx, interval, o.flush, func(err error) {
+		o.metrics.flushErrors.Inc()
+		o.log.Warn("write observed state; retrying next flush", "err", err)
+	})
 }
 
 // flush writes everything pending; what fails to be written is kept for
