@@ -128,18 +128,45 @@ b AS (
 // takeFirst returns the taken unit as text.
 const takeFirst = `WITH ` + takeCTE + ` SELECT unit::TEXT FROM taken`
 
-// TakeInto takes the next free unit of a range no one else holds and, in the
-// same statement, lets consume use it: consume is the rest of a WITH query
-// that reads the CTE "taken (unit NUMERIC)", e.g.
+// takeManyCTE takes up to $2 consecutive units from the front of the lowest
+// range it can lock, as the CTE "taken (unit NUMERIC, ord INT)", ord
+// numbering them from 1: one row lock and one row update (or delete, when
+// they are the range's last units) for all of them. $1 is the pool id.
+const takeManyCTE = `
+b AS (
+	SELECT start_unit, next_unit, stop_unit, LEAST(stop_unit - next_unit + 1, $2::INT)::INT AS k
+	FROM pool_free WHERE pool_id = $1 AND (%s)
+	ORDER BY start_unit LIMIT 1 FOR UPDATE SKIP LOCKED
+), d AS (
+	DELETE FROM pool_free f USING b
+	WHERE f.pool_id = $1 AND f.start_unit = b.start_unit AND b.next_unit + b.k > b.stop_unit
+	RETURNING b.next_unit, b.k
+), u AS (
+	UPDATE pool_free f SET next_unit = b.next_unit + b.k FROM b
+	WHERE f.pool_id = $1 AND f.start_unit = b.start_unit AND b.next_unit + b.k <= b.stop_unit
+	RETURNING b.next_unit, b.k
+), taken AS (
+	SELECT t.next_unit + g.ord - 1 AS unit, g.ord::INT AS ord
+	FROM (SELECT * FROM d UNION ALL SELECT * FROM u) t CROSS JOIN LATERAL generate_series(1, t.k) AS g (ord)
+)`
+
+// TakeInto takes up to n free units, consecutive, from the front of one
+// range no one else holds, if guard (an SQL condition, "" for none) holds,
+// and, in the same statement, lets consume use them: consume is the rest of a WITH query that reads the CTE
+// "taken (unit NUMERIC, ord INT)" (ord = 1, 2, ... in unit order), e.g.
 // ", ins AS (INSERT ... SELECT ... FROM taken RETURNING ...) SELECT ... FROM ins";
-// its parameters start at $2. One statement is atomic on its own (and
-// CockroachDB retries it server-side), so a caller may run it outside an
-// explicit transaction: the hand-out then costs one round trip. When every
-// range is locked or the pool is empty it returns pgx.ErrNoRows from Scan
-// and changes nothing; callers then fall back to Acquire, which waits and
-// tells exhaustion apart.
-func TakeInto(ctx context.Context, db DB, poolID, consume string, args ...any) pgx.Row {
-	return db.QueryRow(ctx, `WITH `+fmt.Sprintf(takeCTE, "SKIP LOCKED")+consume, append([]any{poolID}, args...)...)
+// its parameters start at $3. Fewer than n units come back when the range
+// has fewer left. One statement is atomic on its own (and CockroachDB
+// retries it server-side), so a caller may run it outside an explicit
+// transaction: the hand-out then costs one round trip, however many units
+// it takes. When every range is locked or the pool is empty, taken is
+// empty and nothing changes (so too when guard is false); callers then fall back to Acquire, which waits
+// and tells exhaustion apart.
+func TakeInto(ctx context.Context, db DB, poolID string, n int, guard, consume string, args ...any) (pgx.Rows, error) {
+	if guard == "" {
+		guard = "TRUE"
+	}
+	return db.Query(ctx, `WITH `+fmt.Sprintf(takeManyCTE, guard)+consume, append([]any{poolID, n}, args...)...)
 }
 
 // Acquire takes the next free unit. Ranges other transactions hold are
@@ -376,4 +403,107 @@ func mustInt(s string) *big.Int {
 		panic(fmt.Sprintf("ipam: not an integer: %q", s))
 	}
 	return v
+}
+
+// TakeManySQL is the statement (and its arguments) that takes up to n free
+// units of one range, as TakeInto, returning them as text in ascending
+// order; for callers that send it in a pipeline (pgx.Batch) with other
+// statements. Read its rows with Units.
+func TakeManySQL(poolID string, n int) (string, []any) {
+	return `WITH ` + fmt.Sprintf(takeManyCTE, "TRUE") + ` SELECT unit::TEXT FROM taken ORDER BY ord`, []any{poolID, n}
+}
+
+// Units reads the rows of a TakeManySQL statement.
+func Units(rows pgx.Rows, poolID string) ([]*big.Int, error) {
+	units, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("pool %s: take units: %w", poolID, err)
+	}
+	out := make([]*big.Int, len(units))
+	for i, s := range units {
+		out[i] = mustInt(s)
+	}
+	return out, nil
+}
+
+// AcquireMany takes n free units in one transaction: as many as one range
+// holds in one statement, more statements only when that range runs out
+// (then Acquire, which waits for locked ranges). Fewer than n come back only
+// when the pool is exhausted.
+func AcquireMany(ctx context.Context, db DB, poolID string, n int) ([]*big.Int, error) {
+	var out []*big.Int
+	for len(out) < n {
+		q, args := TakeManySQL(poolID, n-len(out))
+		rows, err := db.Query(ctx, q, args...)
+		if err != nil {
+			return nil, fmt.Errorf("pool %s: take units: %w", poolID, err)
+		}
+		units, err := Units(rows, poolID)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, units...)
+		if len(units) > 0 {
+			continue
+		}
+		u, err := Acquire(ctx, db, poolID)
+		if errors.Is(err, ErrExhausted) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, u)
+	}
+	return out, nil
+}
+
+// PoolDef describes a pool for CreatePools.
+type PoolDef struct {
+	ID          string
+	Kind        Kind
+	First, Last *big.Int
+	Ranges      int
+}
+
+// CreatePools records many pools, each cut into its number of ranges, in
+// one statement whatever their number.
+func CreatePools(ctx context.Context, db DB, defs []PoolDef) error {
+	cte, args, err := CreatePoolsCTE(defs, 1)
+	if err != nil {
+		return err
+	}
+	if _, err := db.Exec(ctx, `WITH `+cte+` SELECT 1`, args...); err != nil {
+		return fmt.Errorf("create pools: %w", err)
+	}
+	return nil
+}
+
+// CreatePoolsCTE is CreatePools as two CTEs of a bigger statement
+// ("pools_new AS (...), pool_free_new AS (...)", no leading comma or WITH),
+// for callers that write a pool together with what uses it; its
+// parameters are numbered from first on and are the returned args.
+func CreatePoolsCTE(defs []PoolDef, first int) (string, []any, error) {
+	var ids, kinds, firsts, lasts, rIDs, rStarts, rStops []string
+	for _, d := range defs {
+		if d.First.Cmp(d.Last) > 0 {
+			return "", nil, fmt.Errorf("create pool %s: empty range %s..%s", d.ID, d.First, d.Last)
+		}
+		ids, kinds = append(ids, d.ID), append(kinds, string(d.Kind))
+		firsts, lasts = append(firsts, d.First.String()), append(lasts, d.Last.String())
+		starts, stops := split(d.First, d.Last, max(d.Ranges, 1))
+		for range starts {
+			rIDs = append(rIDs, d.ID)
+		}
+		rStarts, rStops = append(rStarts, starts...), append(rStops, stops...)
+	}
+	p := func(i int) int { return first + i }
+	cte := fmt.Sprintf(`pools_new AS (
+	INSERT INTO pools (id, kind, first_unit, last_unit)
+	SELECT id, kind, f::NUMERIC, l::NUMERIC FROM unnest($%d::TEXT[], $%d::TEXT[], $%d::TEXT[], $%d::TEXT[]) AS p (id, kind, f, l)
+), pool_free_new AS (
+	INSERT INTO pool_free (pool_id, start_unit, next_unit, stop_unit)
+	SELECT id, s::NUMERIC, s::NUMERIC, e::NUMERIC FROM unnest($%d::TEXT[], $%d::TEXT[], $%d::TEXT[]) AS r (id, s, e)
+)`, p(0), p(1), p(2), p(3), p(4), p(5), p(6))
+	return cte, []any{ids, kinds, firsts, lasts, rIDs, rStarts, rStops}, nil
 }
