@@ -6,11 +6,15 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/ipam"
@@ -67,19 +71,7 @@ func (s *ipService) Allocate(ctx context.Context, req *apiv1.IPServiceAllocateRe
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	n, err := fetch(ctx, s.API, networks, req.GetNetworkId())
-	if err != nil {
-		return nil, err
-	}
-	switch {
-	case n.GetType() == apiv1.NetworkType_NETWORK_TYPE_CHILD && n.GetProjectId() != req.GetProjectId():
-		// Another project's network: answer as if it did not exist.
-		return nil, status.Errorf(codes.NotFound, "network %q not found", req.GetNetworkId())
-	case n.GetType() == apiv1.NetworkType_NETWORK_TYPE_SUPER || n.GetType() == apiv1.NetworkType_NETWORK_TYPE_UNDERLAY:
-		return nil, status.Errorf(codes.FailedPrecondition, "network %q is a %s network: IPs come from child or external networks", n.GetId(), networkTypeNames[n.GetType()])
-	}
 	ip := &apiv1.IP{
-		NetworkId:   n.GetId(),
 		ProjectId:   req.GetProjectId(),
 		Name:        req.GetName(),
 		Description: req.GetDescription(),
@@ -87,6 +79,33 @@ func (s *ipService) Allocate(ctx context.Context, req *apiv1.IPServiceAllocateRe
 		Labels:      req.GetLabels(),
 	}
 	if !want.IsValid() {
+		// The common case: a cached network, one shared statement.
+		if n, cached := cachedNetwork(s.store, req.GetNetworkId()); cached {
+			if err := checkIPNetwork(n, req); err != nil {
+				return nil, err
+			}
+			ip.NetworkId = n.GetId()
+			out, ok, err := s.allocateNext(ctx, n, ip, fam)
+			if err != nil {
+				return nil, toStatus(err, "ip in network "+quote(n.GetId()))
+			}
+			if ok {
+				return &apiv1.IPServiceAllocateResponse{Ip: out}, nil
+			}
+			// Not served: the transactional path below, on a fresh read.
+			forgetNetwork(s.store, req.GetNetworkId())
+		}
+	}
+	n, err := fetch(ctx, s.API, networks, req.GetNetworkId())
+	if err != nil {
+		return nil, err
+	}
+	if err := checkIPNetwork(n, req); err != nil {
+		return nil, err
+	}
+	ip.NetworkId = n.GetId()
+	if !want.IsValid() {
+		rememberNetwork(s.store, n)
 		out, ok, err := s.allocateNext(ctx, n, ip, fam)
 		if err != nil {
 			return nil, toStatus(err, "ip in network "+quote(n.GetId()))
@@ -120,29 +139,137 @@ func (s *ipService) Allocate(ctx context.Context, req *apiv1.IPServiceAllocateRe
 	return &apiv1.IPServiceAllocateResponse{Ip: out}, nil
 }
 
-// allocateNextSQL inserts the IP for the unit ipam.TakeInto took, computing
-// its address from the prefix base ($3, $4) and its audit row, all in the
-// same statement. The address text comes from PostgreSQL's host(), which
-// formats IPv6 the RFC 5952 way, as net/netip does.
-const allocateNextSQL = `,
-addr AS (
-	SELECT host($3::INET + (unit - $4::NUMERIC)::BIGINT) AS ip, unit FROM taken
+// ipBatchSize caps how many next-free calls for one pool share a statement;
+// ipBatchesPerPool caps how many such statements run at once per pool. A
+// child network's pool has ipam.FewShards ranges, so at most that many
+// statements can each lock a range of their own.
+const (
+	ipBatchSize      = 64
+	ipBatchesPerPool = ipam.FewShards
+)
+
+// ipBatchKey names what a batch's calls share: the database, the network
+// (id and created_at: the row it was read from) and the prefix whose pool
+// they take from.
+type ipBatchKey struct {
+	st      *store.Store
+	network string
+	created time.Time
+	prefix  netip.Prefix
+}
+
+// ipBatchReq is one next-free call: the IP to record (without its address)
+// and its audit row.
+type ipBatchReq struct {
+	ip      *apiv1.IP
+	spec    []byte
+	call    *auth.Call
+	auditID string
+}
+
+// ipBatchRes is a call's IP, or nil when the batch could not serve it: the
+// caller then runs the transactional path on its own.
+type ipBatchRes struct{ ip *apiv1.IP }
+
+// ipBatches combines concurrent next-free calls of one pool (see
+// ipam.Combiner): each batch is one statement that takes as many addresses
+// as it has calls, from one range, and writes every call's IP row and audit
+// row. Calls it cannot serve fall back to the transactional path one by one.
+var ipBatches = ipam.NewCombiner(ipBatchSize, ipBatchesPerPool, runIPBatch)
+
+// allocateBatchSQL follows ipam.TakeInto's "taken (unit, ord)": the ord-th
+// call of the batch ($3..$9, arrays in call order) gets the ord-th unit. The
+// address text comes from PostgreSQL's host(), computed from the prefix base
+// ($10, $11), which formats IPv6 the RFC 5952 way, as net/netip does. Every
+// call's IP row and audit row are written by this one statement, so either
+// all of them are or none.
+const allocateBatchSQL = `, req AS (
+	SELECT * FROM unnest($3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[])
+		WITH ORDINALITY AS r (spec, project_id, type, audit_id, subject, method, request_id, ord)
+), addr AS (
+	SELECT host($10::INET + (t.unit - $11::NUMERIC)::BIGINT) AS ip, t.unit, r.*
+	FROM taken t JOIN req r ON r.ord = t.ord
 ), ins AS (
 	INSERT INTO ips (ip, spec, pool_id, unit, network_id, project_id, type)
-	SELECT ip, jsonb_set($2::JSONB, '{ip}', to_jsonb(ip)), $1, unit, $5, $6, $7 FROM addr
-	RETURNING ip, spec, generation, created_at, updated_at
+	SELECT ip, jsonb_set(spec::JSONB, '{ip}', to_jsonb(ip)), $1, unit, $12, project_id, type FROM addr
+	RETURNING ip, generation, created_at, updated_at
 ), aud AS (
 	INSERT INTO audit (id, subject, method, request_id, target, project_id)
-	SELECT $8, $9, $10, $11, 'ip/' || ip, $6 FROM ins
+	SELECT audit_id, subject, method, request_id, 'ip/' || ip, project_id FROM addr
 )
-SELECT spec, generation, created_at, updated_at FROM ins`
+SELECT a.ord, i.ip, i.generation, i.created_at, i.updated_at FROM ins i JOIN addr a ON a.ip = i.ip`
 
-// allocateNext is the common case in one round trip: the next free address
-// of the family's first prefix, taken, recorded and audited by a single
-// statement, atomic on its own. ok is false when that prefix has no range
-// free of other writers' locks (or is exhausted, or its next offset is too
-// large for BIGINT); the caller then runs the full transaction, which waits
-// for locks, tries the other prefixes and reports exhaustion.
+// allocateBatchGuard lets the statement take addresses only while the
+// network row the caller read ($12, $13) still exists: the network may have
+// come from networkCache.
+const allocateBatchGuard = `EXISTS (SELECT 1 FROM networks WHERE id = $12 AND created_at = $13)`
+
+// runIPBatch hands out the next free addresses of key's prefix to reqs in
+// one statement. Calls it leaves without an IP (the range it locked had
+// fewer units left, every range is locked, the pool is exhausted, the
+// offset does not fit BIGINT, or the statement failed, e.g. because one
+// call's project is gone) take the transactional path on their own, which
+// waits for locks, tries the network's other prefixes and reports each
+// call's own error.
+func runIPBatch(ctx context.Context, key ipBatchKey, reqs []ipBatchReq) []ipam.Outcome[ipBatchRes] {
+	outs := make([]ipam.Outcome[ipBatchRes], len(reqs))
+	cols := make([][]string, 7)
+	for i := range cols {
+		cols[i] = make([]string, len(reqs))
+	}
+	for i, r := range reqs {
+		cols[0][i] = string(r.spec)
+		cols[1][i] = r.ip.GetProjectId()
+		cols[2][i] = ipTypeNames[r.ip.GetType()]
+		cols[3][i] = r.auditID
+		cols[4][i] = r.call.Principal.TokenID
+		cols[5][i] = r.call.Method
+		cols[6][i] = r.call.RequestID
+	}
+	base := key.prefix.Masked().Addr()
+	rows, err := ipam.TakeInto(ctx, key.st.Pool(), ipam.IPPoolID(key.prefix), len(reqs), allocateBatchGuard, allocateBatchSQL,
+		cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6],
+		base.String(), ipam.AddrUnit(base).String(), key.network, key.created)
+	if err != nil {
+		return outs
+	}
+	defer rows.Close()
+	type served struct {
+		ord              int64
+		ip               string
+		gen              int64
+		created, updated time.Time
+	}
+	var got []served
+	for rows.Next() {
+		var s served
+		if err := rows.Scan(&s.ord, &s.ip, &s.gen, &s.created, &s.updated); err != nil {
+			return outs
+		}
+		got = append(got, s)
+	}
+	if rows.Err() != nil {
+		// Nothing was committed: a statement that fails changes nothing.
+		return outs
+	}
+	for _, s := range got {
+		if s.ord < 1 || int(s.ord) > len(reqs) {
+			continue
+		}
+		out := proto.Clone(reqs[s.ord-1].ip).(*apiv1.IP)
+		out.Ip = s.ip
+		setMeta(out, &apiv1.Meta{CreatedAt: timestamppb.New(s.created), UpdatedAt: timestamppb.New(s.updated), Generation: uint64(s.gen)})
+		outs[s.ord-1].Val.ip = out
+	}
+	return outs
+}
+
+// allocateNext is the common case: the next free address of the family's
+// first prefix, taken, recorded and audited by one statement, atomic on its
+// own, which it shares with the other calls for the same prefix that are
+// waiting at the same time (ipBatches). ok is false when that statement did
+// not serve this call; the caller then runs the full transaction, which
+// waits for locks, tries the other prefixes and reports exhaustion.
 func (s *ipService) allocateNext(ctx context.Context, n *apiv1.Network, ip *apiv1.IP, fam int) (*apiv1.IP, bool, error) {
 	// The pool of a prefix is named after it, so the network's own prefix
 	// list tells the pool without another round trip.
@@ -172,17 +299,87 @@ func (s *ipService) allocateNext(ctx context.Context, n *apiv1.Network, ip *apiv
 	if err != nil {
 		return nil, false, err
 	}
-	base := pr.prefix.Masked().Addr()
-	out, err := ips.scan(ipam.TakeInto(ctx, s.store.Pool(), pr.ipPool, allocateNextSQL,
-		spec, base.String(), ipam.AddrUnit(base).String(), n.GetId(), ip.GetProjectId(), ipTypeNames[ip.GetType()],
-		uuid.NewString(), call.Principal.TokenID, call.Method, call.RequestID))
-	switch {
-	case errors.Is(err, pgx.ErrNoRows), store.IsCode(err, store.CodeNumericOutOfRange):
-		return nil, false, nil
-	case err != nil:
+	key := ipBatchKey{st: s.store, network: n.GetId(), created: n.GetMeta().GetCreatedAt().AsTime(), prefix: pr.prefix.Masked()}
+	res, err := ipBatches.Do(ctx, key,
+		ipBatchReq{ip: ip, spec: spec, call: call, auditID: uuid.NewString()})
+	if err != nil || res.ip == nil {
 		return nil, false, err
 	}
-	return out, true, nil
+	return res.ip, true, nil
+}
+
+// checkIPNetwork refuses networks IPs do not come from.
+func checkIPNetwork(n *apiv1.Network, req *apiv1.IPServiceAllocateRequest) error {
+	switch {
+	case n.GetType() == apiv1.NetworkType_NETWORK_TYPE_CHILD && n.GetProjectId() != req.GetProjectId():
+		// Another project's network: answer as if it did not exist.
+		return status.Errorf(codes.NotFound, "network %q not found", req.GetNetworkId())
+	case n.GetType() == apiv1.NetworkType_NETWORK_TYPE_SUPER || n.GetType() == apiv1.NetworkType_NETWORK_TYPE_UNDERLAY:
+		return status.Errorf(codes.FailedPrecondition, "network %q is a %s network: IPs come from child or external networks", n.GetId(), networkTypeNames[n.GetType()])
+	}
+	return nil
+}
+
+// The next-free path reads only what never changes in a network (its
+// type, project and prefixes: Update changes name, description and labels
+// only), so it keeps networks it has read in memory for a while instead of
+// reading the row on every call. A network deleted and created again under
+// the same id is a different row: the shared statement takes nothing unless
+// the row with the cached id and created_at still exists (guard in
+// allocateBatchSQL), and a call it does not serve forgets the entry and
+// starts over on a fresh read. So a stale entry can cost a retry, never a
+// wrong answer.
+const (
+	networkCacheTTL  = 30 * time.Second
+	networkCacheSize = 4096
+)
+
+type networkCacheKey struct {
+	st *store.Store
+	id string
+}
+
+type networkCacheEntry struct {
+	n       *apiv1.Network
+	expires time.Time
+}
+
+var networkCache = struct {
+	sync.RWMutex
+	m map[networkCacheKey]networkCacheEntry
+}{m: map[networkCacheKey]networkCacheEntry{}}
+
+func cachedNetwork(st *store.Store, id string) (*apiv1.Network, bool) {
+	networkCache.RLock()
+	e, ok := networkCache.m[networkCacheKey{st, id}]
+	networkCache.RUnlock()
+	if !ok || time.Now().After(e.expires) {
+		return nil, false
+	}
+	return e.n, true
+}
+
+func rememberNetwork(st *store.Store, n *apiv1.Network) {
+	networkCache.Lock()
+	defer networkCache.Unlock()
+	if len(networkCache.m) >= networkCacheSize {
+		now := time.Now()
+		for k, e := range networkCache.m {
+			if now.After(e.expires) {
+				delete(networkCache.m, k)
+			}
+		}
+		if len(networkCache.m) >= networkCacheSize {
+			clear(networkCache.m)
+		}
+	}
+	networkCache.m[networkCacheKey{st, n.GetId()}] = networkCacheEntry{n: n, expires: time.Now().Add(networkCacheTTL)}
+}
+
+func forgetNetwork(st *store.Store, id string) {
+	networkCache.Lock()
+	delete(networkCache.m, networkCacheKey{st, id})
+	networkCache.Unlock()
 }
 
 // takeAddress takes want, or the next free address of family fam (IPv4 first

@@ -7,12 +7,16 @@ import (
 	"math/big"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/ipam"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
@@ -290,6 +294,17 @@ func (s *networkService) Allocate(ctx context.Context, req *apiv1.NetworkService
 	if err := v.err(); err != nil {
 		return nil, err
 	}
+	if call := auth.CallFrom(ctx); call != nil {
+		key := childBatchKey{api: s.API, partition: req.GetPartitionId(), parent: req.GetParentId(), v4: want[4], v6: want[6]}
+		out, err := childBatches.Do(ctx, key, childBatchReq{req: req, call: call, id: uuid.NewString()})
+		if err != nil {
+			return nil, err
+		}
+		if out != nil {
+			return &apiv1.NetworkServiceAllocateResponse{Network: out}, nil
+		}
+		// The batch failed: this call on its own, which reports its own error.
+	}
 	parent, err := s.findParent(ctx, req.GetPartitionId(), req.GetParentId())
 	if err != nil {
 		return nil, err
@@ -370,6 +385,273 @@ func (s *networkService) Allocate(ctx context.Context, req *apiv1.NetworkService
 		return nil, toStatus(err, "child network of "+quote(parent.GetId()))
 	}
 	return &apiv1.NetworkServiceAllocateResponse{Network: out}, nil
+}
+
+// childBatchSize and childBatchesPerParent bound the batches of
+// concurrent Allocate calls (see ipam.Combiner): calls for the same
+// partition, parent and families share one transaction.
+const (
+	childBatchSize        = 64
+	childBatchesPerParent = 4
+)
+
+type childBatchKey struct {
+	api       *API
+	partition string
+	parent    string
+	v4, v6    bool // requested families; none: every family of the parent
+}
+
+type childBatchReq struct {
+	req  *apiv1.NetworkServiceAllocateRequest
+	call *auth.Call
+	id   string // the new network's id
+}
+
+// childBatches combines concurrent child network allocations: one batch
+// finds the parent once and, in one transaction, takes its calls' VRF ids
+// and child prefixes with one statement per pool (ipam.AcquireMany) and
+// writes all their network, pool, prefix and audit rows with one statement
+// per table. A batch that fails (a pool ran out, a project vanished, a
+// conflict) leaves no trace, and its calls go the single-call way, each
+// getting its own answer.
+var childBatches = ipam.NewCombiner(childBatchSize, childBatchesPerParent, runChildBatch)
+
+// runChildBatch returns each call's network, or nil when the call must run
+// on its own; an error only when findParent refuses, which every call of
+// the key would hear alike.
+func runChildBatch(ctx context.Context, key childBatchKey, reqs []childBatchReq) []ipam.Outcome[*apiv1.Network] {
+	outs := make([]ipam.Outcome[*apiv1.Network], len(reqs))
+	s := &networkService{API: key.api}
+	parent, err := s.findParent(ctx, key.partition, key.parent)
+	if err != nil {
+		for i := range outs {
+			outs[i].Err = err
+		}
+		return outs
+	}
+	nets, err := s.allocateChildren(ctx, parent, key.v4, key.v6, reqs)
+	if err != nil {
+		if s.log != nil {
+			s.log.Debug("child network batch failed, allocating one by one", "calls", len(reqs), "err", err)
+		}
+		return outs
+	}
+	for i := range outs {
+		outs[i].Val = nets[i]
+	}
+	return outs
+}
+
+// allocateChildrenSQL writes a batch's child networks, their address pools
+// (ipam.CreatePoolsCTE, parameters from $20 on), their prefixes (each
+// pinning its parent slot) and their audit rows in one statement.
+const allocateChildrenSQL = `WITH net AS (
+	INSERT INTO networks (id, type, partition_id, project_id, parent_id, vrf, spec)
+	SELECT id, 'child', NULLIF($1, ''), project_id, $2, vrf::BIGINT, spec::JSONB
+	FROM unnest($3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[]) AS r (id, project_id, vrf, spec)
+	RETURNING id, generation, created_at, updated_at
+), pfx AS (
+	INSERT INTO prefixes (cidr, network_id, family, ip_pool, parent_pool, parent_unit)
+	SELECT cidr, network_id, family::INT, ip_pool, parent_pool, parent_unit::NUMERIC
+	FROM unnest($7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[], $12::TEXT[])
+		AS r (cidr, network_id, family, ip_pool, parent_pool, parent_unit)
+), aud AS (
+	INSERT INTO audit (id, subject, method, request_id, target, project_id)
+	SELECT * FROM unnest($13::TEXT[], $14::TEXT[], $15::TEXT[], $16::TEXT[], $17::TEXT[], $18::TEXT[])
+), %s
+SELECT id, generation, created_at, updated_at FROM net`
+
+// allocateChildren does what Allocate does for one call, for all of reqs
+// in one transaction: one round trip takes every call's VRF id and the
+// child slots of each family's first super prefix (more only when a range
+// or prefix runs short), one statement writes all rows.
+func (s *networkService) allocateChildren(ctx context.Context, parent *apiv1.Network, v4, v6 bool, reqs []childBatchReq) ([]*apiv1.Network, error) {
+	n := len(reqs)
+	want := map[int]bool{4: v4, 6: v6}
+	anyFam := !v4 && !v6
+	// A super prefix's child pool is named after it: the parent's own
+	// prefix list tells the pools.
+	type family struct {
+		fam      int
+		bits     int
+		prefixes []netip.Prefix
+	}
+	var fams []family
+	for _, fam := range []int{4, 6} {
+		if !anyFam && !want[fam] {
+			continue
+		}
+		f := family{fam: fam, bits: int(parent.GetChildPrefixLengthIpv4())}
+		if fam == 6 {
+			f.bits = int(parent.GetChildPrefixLengthIpv6())
+		}
+		for _, c := range parent.GetPrefixes() {
+			p, err := netip.ParsePrefix(c)
+			if err != nil {
+				return nil, fmt.Errorf("network %s has a bad prefix %q: %w", parent.GetId(), c, err)
+			}
+			if ipam.Family(p) == fam {
+				f.prefixes = append(f.prefixes, p.Masked())
+			}
+		}
+		switch {
+		case len(f.prefixes) == 0 && want[fam]:
+			return nil, status.Errorf(codes.FailedPrecondition, "super network %q has no IPv%d prefix", parent.GetId(), fam)
+		case len(f.prefixes) > 0:
+			fams = append(fams, f)
+		}
+	}
+	var outs []*apiv1.Network
+	err := s.store.Tx(ctx, func(tx pgx.Tx) error {
+		outs = make([]*apiv1.Network, n)
+		b := &pgx.Batch{}
+		q, args := ipam.TakeManySQL(ipam.VRFPoolID, n)
+		b.Queue(q, args...)
+		for _, f := range fams {
+			q, args := ipam.TakeManySQL(ipam.ChildPoolID(f.prefixes[0]), n)
+			b.Queue(q, args...)
+		}
+		br := tx.SendBatch(ctx, b)
+		take := func(pool string) ([]*big.Int, error) {
+			rows, err := br.Query()
+			if err != nil {
+				return nil, fmt.Errorf("pool %s: take units: %w", pool, err)
+			}
+			return ipam.Units(rows, pool)
+		}
+		vrfs, err := take(ipam.VRFPoolID)
+		if err != nil {
+			br.Close()
+			return err
+		}
+		firstSlots := make([][]*big.Int, len(fams))
+		for i, f := range fams {
+			if firstSlots[i], err = take(ipam.ChildPoolID(f.prefixes[0])); err != nil {
+				br.Close()
+				return err
+			}
+		}
+		if err := br.Close(); err != nil {
+			return err
+		}
+		if len(vrfs) < n {
+			more, err := ipam.AcquireMany(ctx, tx, ipam.VRFPoolID, n-len(vrfs))
+			if err != nil {
+				return fmt.Errorf("vrf: %w", err)
+			}
+			if vrfs = append(vrfs, more...); len(vrfs) < n {
+				return fmt.Errorf("vrf: %w", ipam.ErrExhausted)
+			}
+		}
+		children := make([]*apiv1.Network, n)
+		for i, r := range reqs {
+			children[i] = &apiv1.Network{
+				Id:          r.id,
+				Name:        r.req.GetName(),
+				Description: r.req.GetDescription(),
+				Type:        apiv1.NetworkType_NETWORK_TYPE_CHILD,
+				PartitionId: parent.GetPartitionId(),
+				ProjectId:   r.req.GetProjectId(),
+				ParentId:    parent.GetId(),
+				Labels:      r.req.GetLabels(),
+				Vrf:         uint32(vrfs[i].Uint64()),
+			}
+		}
+		var pools []ipam.PoolDef
+		var cidrs, netIDs, famCol, ipPools, parentPools, parentUnits []string
+		for i, f := range fams {
+			got := 0
+			for j, pp := range f.prefixes {
+				if got == n {
+					break
+				}
+				pool := ipam.ChildPoolID(pp)
+				var slots []*big.Int
+				if j == 0 {
+					slots = firstSlots[i]
+				}
+				if len(slots) < n-got {
+					more, err := ipam.AcquireMany(ctx, tx, pool, n-got-len(slots))
+					if err != nil {
+						return err
+					}
+					slots = append(slots, more...)
+				}
+				for _, slot := range slots {
+					p := ipam.ChildPrefix(pp, f.bits, slot)
+					c := children[got]
+					c.Prefixes = append(c.Prefixes, p.String())
+					first, last := ipam.HostRange(p)
+					pools = append(pools, ipam.PoolDef{ID: ipam.IPPoolID(p), Kind: ipam.KindIP, First: first, Last: last, Ranges: ipam.FewShards})
+					cidrs, netIDs = append(cidrs, p.String()), append(netIDs, c.GetId())
+					famCol, ipPools = append(famCol, fmt.Sprint(f.fam)), append(ipPools, ipam.IPPoolID(p))
+					parentPools, parentUnits = append(parentPools, pool), append(parentUnits, slot.String())
+					got++
+				}
+			}
+			if got < n {
+				return status.Errorf(codes.ResourceExhausted, "super network %q has no free IPv%d child prefix", parent.GetId(), f.fam)
+			}
+		}
+		var ids, projects, vrfCol, specs []string
+		var aIDs, subjects, methods, requestIDs, targets []string
+		for i, c := range children {
+			spec, err := encodeSpec(c)
+			if err != nil {
+				return err
+			}
+			ids, projects = append(ids, c.GetId()), append(projects, c.GetProjectId())
+			vrfCol, specs = append(vrfCol, fmt.Sprint(c.GetVrf())), append(specs, string(spec))
+			call := reqs[i].call
+			aIDs, subjects = append(aIDs, uuid.NewString()), append(subjects, call.Principal.TokenID)
+			methods, requestIDs = append(methods, call.Method), append(requestIDs, call.RequestID)
+			targets = append(targets, "network/"+c.GetId())
+		}
+		poolsCTE, poolArgs, err := ipam.CreatePoolsCTE(pools, 19)
+		if err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, fmt.Sprintf(allocateChildrenSQL, poolsCTE), append([]any{
+			parent.GetPartitionId(), parent.GetId(), ids, projects, vrfCol, specs,
+			cidrs, netIDs, famCol, ipPools, parentPools, parentUnits,
+			aIDs, subjects, methods, requestIDs, targets, projects,
+		}, poolArgs...)...)
+		if err != nil {
+			return err
+		}
+		meta := map[string]*apiv1.Meta{}
+		for rows.Next() {
+			var (
+				id               string
+				gen              int64
+				created, updated time.Time
+			)
+			if err := rows.Scan(&id, &gen, &created, &updated); err != nil {
+				rows.Close()
+				return err
+			}
+			meta[id] = &apiv1.Meta{CreatedAt: timestamppb.New(created), UpdatedAt: timestamppb.New(updated), Generation: uint64(gen)}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for i, c := range children {
+			m, ok := meta[c.GetId()]
+			if !ok {
+				return fmt.Errorf("network %s: not returned by its insert", c.GetId())
+			}
+			out := proto.Clone(c).(*apiv1.Network)
+			setMeta(out, m)
+			outs[i] = out
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return outs, nil
 }
 
 // findParent picks the super network children are cut from.
