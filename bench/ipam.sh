@@ -77,7 +77,7 @@ psql=("$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres
 	echo "date:       $(date -u +%FT%TZ)"
 	echo "commit:     $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- 2>/dev/null || echo ' (dirty tree)')"
 	# The tree may have uncommitted changes: fingerprint the code measured.
-	echo "ipam code:  sha256 $(cat central/internal/ipam/pool.go central/internal/service/ip.go central/internal/store/store.go sql/migrations/common/*.sql | sha256sum | cut -c1-12) (ipam/pool.go, service/ip.go, store.go, schema)"
+	echo "ipam code:  sha256 $(cat central/internal/ipam/*.go central/internal/service/ip.go central/internal/service/network.go central/internal/store/store.go sql/migrations/common/*.sql | sha256sum | cut -c1-12) (ipam/, service/ip.go, service/network.go, store.go, schema)"
 	echo "nproc:      $(nproc)"
 	echo "cpu:        $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 	echo "memory:     $(free -g | awk '/^Mem:/ {print $2 " GiB"}')"
@@ -107,9 +107,10 @@ pgbench -c 64 -j 2 2>&1 | tee -a "$out/pgbench.txt"
 gobench=(go test -run '^$' -bench '^BenchmarkAcquire' -count 1 -timeout 30m)
 echo "== metalfleet" | tee "$out/metalfleet.txt"
 METALFLEET_BENCH_DB_URL=$url "${gobench[@]}" -benchtime "${secs}s" ./central/internal/ipam 2>&1 | tee -a "$out/metalfleet.txt"
-# The API's own IP allocation (one-statement fast path, fallback to the
-# transactional path), without gRPC: what a client of metalfleet gets.
-METALFLEET_BENCH_DB_URL=$url go test -run '^$' -bench '^BenchmarkAllocateIP$' -count 1 -timeout 30m \
+# The API's own IP and child network allocation (concurrent calls combined
+# into shared statements, fallback to the single-call transaction), without
+# gRPC: what a client of metalfleet gets.
+METALFLEET_BENCH_DB_URL=$url go test -run '^$' -bench '^BenchmarkAllocate(IP|ChildNetwork)$' -count 1 -timeout 30m \
 	-benchtime "${secs}s" ./central/internal/service 2>&1 | tee -a "$out/metalfleet.txt"
 echo "== go-ipam" | tee "$out/goipam.txt"
 (cd bench/goipam && METALFLEET_BENCH_DB_URL=$url GOWORK=off "${gobench[@]}" -benchtime "${goipam_ops}x" . 2>&1) | tee -a "$out/goipam.txt"
@@ -131,7 +132,7 @@ val() {
 		echo "MISSING"
 	fi
 }
-row() { printf '%-30s %14s %14s\n' "$@"; }
+row() { printf '%-36s %14s %14s\n' "$@"; }
 {
 	echo
 	echo "IPAM throughput, ops/s (pgbench and metalfleet ${secs}s each, go-ipam ${goipam_ops} ops each; one PostgreSQL, $(nproc) cores)"
@@ -142,11 +143,13 @@ row() { printf '%-30s %14s %14s\n' "$@"; }
 	row "metalfleet AcquireIP (API)" "$(mf BenchmarkAllocateIP/clients=1)" "$(mf BenchmarkAllocateIP/clients=64)"
 	row "metalfleet AcquireIP (tx)" "$(mf BenchmarkAcquireIP/clients=1)" "$(mf BenchmarkAcquireIP/clients=64)"
 	row "go-ipam AcquireIP" "$(gi BenchmarkAcquireIP/clients=1)" "$(gi BenchmarkAcquireIP/clients=64)"
-	row "metalfleet AcquireChildPrefix" "$(mf BenchmarkAcquireChildPrefix/clients=1)" "$(mf BenchmarkAcquireChildPrefix/clients=64)"
+	row "metalfleet AcquireChildPrefix (API)" "$(mf BenchmarkAllocateChildNetwork/clients=1)" "$(mf BenchmarkAllocateChildNetwork/clients=64)"
+	row "metalfleet AcquireChildPrefix (tx)" "$(mf BenchmarkAcquireChildPrefix/clients=1)" "$(mf BenchmarkAcquireChildPrefix/clients=64)"
 	row "go-ipam AcquireChildPrefix" "$(gi BenchmarkAcquireChildPrefix/clients=1)" "$(gi BenchmarkAcquireChildPrefix/clients=64)"
 	echo
-	echo "(API) = IPService.Allocate without gRPC, one-statement fast path; (tx) = ipam.Acquire + ips INSERT in store.Tx"
-	for b in "AcquireIP (API):AllocateIP:AcquireIP" "AcquireIP (tx):AcquireIP:AcquireIP" "AcquireChildPrefix:AcquireChildPrefix:AcquireChildPrefix"; do
+	echo "(API) = IPService.Allocate / NetworkService.Allocate without gRPC, concurrent calls combined into shared statements;"
+	echo "(tx) = one store.Tx per operation: ipam.Acquire + ips INSERT / ipam.Acquire + pool + prefixes row"
+	for b in "AcquireIP (API):AllocateIP:AcquireIP" "AcquireIP (tx):AcquireIP:AcquireIP" "AcquireChildPrefix (API):AllocateChildNetwork:AcquireChildPrefix" "AcquireChildPrefix (tx):AcquireChildPrefix:AcquireChildPrefix"; do
 		IFS=: read -r name mb gb <<<"$b"
 		m=$(val "$(opss "$out/metalfleet.txt" "Benchmark$mb/clients=64")")
 		g=$(val "$(opss "$out/goipam.txt" "Benchmark$gb/clients=64")")
