@@ -87,6 +87,7 @@ type Agent struct {
 	connected atomic.Bool
 	// lastDoc is when the last document arrived (unix nanoseconds).
 	lastDoc atomic.Int64
+	phase   atomic.Value // Phase
 }
 
 // New checks cfg and loads the agent's local state.
@@ -135,6 +136,27 @@ func New(cfg Config) (*Agent, error) {
 // Applied is the revision in effect locally (0: none yet).
 func (a *Agent) Applied() uint64 { return a.applied.Load() }
 
+// Phase is what the agent is doing with its connection to central.
+type Phase string
+
+// Phases of an agent.
+const (
+	PhaseStarting  Phase = "starting"
+	PhaseDialing   Phase = "dialing"
+	PhaseHello     Phase = "hello"
+	PhaseConnected Phase = "connected"
+	PhaseBackoff   Phase = "backoff"
+	PhaseStopped   Phase = "stopped"
+)
+
+// Phase reports what the agent is doing now.
+func (a *Agent) Phase() Phase {
+	if p, ok := a.phase.Load().(Phase); ok {
+		return p
+	}
+	return PhaseStarting
+}
+
 // LastDocument is when central last sent a document (zero: never).
 func (a *Agent) LastDocument() time.Time {
 	if n := a.lastDoc.Load(); n != 0 {
@@ -162,6 +184,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.apply(ctx, d)
 	}
 	b := backoff{min: a.cfg.MinBackoff, max: a.cfg.MaxBackoff}
+	defer a.phase.Store(PhaseStopped)
 	for {
 		established, err := a.session(ctx)
 		if ctx.Err() != nil {
@@ -181,6 +204,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		a.log.Debug("stream ended; reconnecting", "err", err, "in", delay)
 		a.cfg.Metrics.reconnect()
+		a.phase.Store(PhaseBackoff)
 		if !sleep(ctx, delay) {
 			return nil
 		}

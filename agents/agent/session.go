@@ -18,6 +18,7 @@ import (
 // session holds one stream until it fails. established reports whether
 // central welcomed the agent (which resets the backoff).
 func (a *Agent) session(ctx context.Context) (established bool, err error) {
+	a.phase.Store(PhaseDialing)
 	cc, addr, err := a.dial()
 	if err != nil {
 		return false, err
@@ -40,6 +41,7 @@ func (a *Agent) session(ctx context.Context) (established bool, err error) {
 			a.log.Warn("collect facts", "err", err)
 		}
 	}
+	a.phase.Store(PhaseHello)
 	if err := stream.Send(&agentv1.SyncRequest{Msg: &agentv1.SyncRequest_Hello{Hello: hello}}); err != nil {
 		return false, recvErr(stream, err)
 	}
@@ -65,6 +67,7 @@ func (a *Agent) session(ctx context.Context) (established bool, err error) {
 	}
 	a.log.Info("connected to central", "central", addr, "replica", w.GetReplica(), "agent_id", w.GetAgentId())
 	a.connected.Store(true)
+	a.phase.Store(PhaseConnected)
 	a.cfg.Metrics.connect(1)
 	defer func() {
 		a.connected.Store(false)
@@ -107,7 +110,7 @@ func (a *Agent) session(ctx context.Context) (established bool, err error) {
 			return true, err
 		case <-tick.C:
 			if err := stream.Send(&agentv1.SyncRequest{Msg: &agentv1.SyncRequest_Heartbeat{Heartbeat: &agentv1.Heartbeat{AppliedRevision: a.applied.Load()}}}); err != nil {
-				return true, recvErr(stream, err)
+				return true, streamErr(recvDone, err)
 			}
 		case <-wake:
 			d := latest.Swap(nil)
@@ -116,19 +119,33 @@ func (a *Agent) session(ctx context.Context) (established bool, err error) {
 			}
 			report := a.converge(ctx, d)
 			if err := stream.Send(&agentv1.SyncRequest{Msg: &agentv1.SyncRequest_Report{Report: report}}); err != nil {
-				return true, recvErr(stream, err)
+				return true, streamErr(recvDone, err)
 			}
 		}
 	}
 }
 
 // recvErr turns a failed Send into the stream's real status: gRPC reports
-// io.EOF on Send and the reason on Recv.
+// io.EOF on Send and the reason on Recv. Only for before the receiving
+// goroutine runs: two concurrent Recv calls on one stream can hang.
 func recvErr(stream agentv1.AgentService_SyncClient, sendErr error) error {
 	if _, err := stream.Recv(); err != nil {
 		return err
 	}
 	return sendErr
+}
+
+// streamErr is recvErr once the receiving goroutine owns Recv: it reports
+// the stream's end on recvDone.
+func streamErr(recvDone <-chan error, sendErr error) error {
+	t := time.NewTimer(5 * time.Second)
+	defer t.Stop()
+	select {
+	case err := <-recvDone:
+		return err
+	case <-t.C:
+		return sendErr
+	}
 }
 
 // converge persists and applies d and says what happened.

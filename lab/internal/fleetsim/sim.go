@@ -128,7 +128,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	if cfg.Progress == nil {
 		cfg.Progress = io.Discard
 	}
-	if err := raiseFileLimit(cfg.Agents*2 + 4096); err != nil {
+	if err := raiseFileLimit(cfg.Agents + 1024); err != nil {
 		return res, err
 	}
 	work := cfg.WorkDir
@@ -444,7 +444,14 @@ func (s *sim) wait(ctx context.Context, what string, ok func(int) bool) error {
 			return nil
 		}
 		if time.Since(last) > 2*time.Second {
-			fmt.Fprintf(s.cfg.Progress, "  %s: %d/%d (gave up: %d)\n", what, n, s.cfg.Agents, s.gaveUp.Load())
+			// Where the agents still missing are, to see what holds them.
+			phases := map[agent.Phase]int{}
+			for i := range s.cfg.Agents {
+				if !ok(i) {
+					phases[s.agents[i].Phase()]++
+				}
+			}
+			fmt.Fprintf(s.cfg.Progress, "  %s: %d/%d (gave up: %d; missing by phase: %v)\n", what, n, s.cfg.Agents, s.gaveUp.Load(), phases)
 			last = time.Now()
 		}
 		if time.Now().After(deadline) {
@@ -468,7 +475,7 @@ func freeAddr() (string, error) {
 }
 
 // raiseFileLimit makes room for one socket per agent here and in central
-// (which inherits the limit).
+// (which inherits the limit, and needs a few more for its database).
 func raiseFileLimit(need int) error {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
@@ -480,10 +487,11 @@ func raiseFileLimit(need int) error {
 	want := lim
 	want.Cur = uint64(need)
 	if want.Max < want.Cur {
-		want.Max = want.Cur // needs root (CAP_SYS_RESOURCE)
+		want.Max = want.Cur // needs CAP_SYS_RESOURCE
 	}
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil {
-		return fmt.Errorf("raise open file limit to %d (have %d, hard %d): %w", need, lim.Cur, lim.Max, err)
+		return fmt.Errorf("%d agents need %d open files per process; the limit is %d (hard %d) and cannot be raised here (%w): use fewer agents or raise the hard limit (ulimit -Hn, LimitNOFILE)",
+			need-1024, need, lim.Cur, lim.Max, err)
 	}
 	return nil
 }
