@@ -218,17 +218,27 @@ func (s *Server) Stop(ctx context.Context) {
 	if s.health != nil {
 		s.health.Shutdown()
 	}
-	if s.hub != nil {
-		// Agent streams never end by themselves; close them first so that
-		// the graceful stop below only waits for people's calls.
-		s.hub.Shutdown(ctx)
-	}
+	// Stop accepting first: agents whose streams are closed below reconnect
+	// at once, and must find another replica, not this one again.
+	var drained chan struct{}
 	if s.grpc != nil {
-		done := make(chan struct{})
-		go func() { s.grpc.GracefulStop(); close(done) }()
-		t := time.NewTimer(10 * time.Second)
+		drained = make(chan struct{})
+		go func() { s.grpc.GracefulStop(); close(drained) }()
+	}
+	if s.hub != nil {
+		// Agent streams never end by themselves; close them so that the
+		// graceful stop only waits for people's calls.
+		start := time.Now()
+		s.hub.Shutdown(ctx)
+		s.log.Info("agent streams closed", "took", time.Since(start))
+	}
+	if drained != nil {
+		// People's calls had the time the streams took to close; what is
+		// left after a short grace are agent connections waiting for their
+		// peers to acknowledge the GOAWAY, which only delays the restart.
+		t := time.NewTimer(time.Second)
 		select {
-		case <-done:
+		case <-drained:
 		case <-t.C:
 			s.grpc.Stop()
 		case <-ctx.Done():

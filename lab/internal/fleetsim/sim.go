@@ -70,9 +70,16 @@ type Result struct {
 	// after Settle.
 	RSSIdle, RSSConnected, RSSSettled int64
 	// Changes made and delivered during the change phase, with the
-	// latency from central's commit time to the agent having the document.
+	// latency until the agent has the document, measured two ways that
+	// bracket "from commit": from the document's changed_at, taken inside
+	// the transaction before its commit (so it includes the commit and
+	// overstates), and from the moment the API call that made the change
+	// returned, after the commit (so it understates by the response's way
+	// back; an agent that had the document before the caller counts 0).
 	Changes, Delivered int
 	P50, P99, Max      time.Duration
+	// After* are the latencies from the API call's return.
+	AfterP50, AfterP99, AfterMax time.Duration
 	// Restart: SIGTERM to central until it serves again (Down), and until
 	// every agent holds a stream and is at its newest revision (Converge).
 	Down, Converge time.Duration
@@ -112,6 +119,9 @@ type sim struct {
 	measuring atomic.Bool
 	mu        sync.Mutex
 	latencies []time.Duration
+	// received and returned map a change's seq to when its agent had it
+	// and when its API call returned.
+	received, returned map[int]time.Time
 }
 
 // Run performs one simulation.
@@ -163,7 +173,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		}
 	}()
 	res.Agents = cfg.Agents
-	s := &sim{cfg: cfg, log: cfg.Log, want: make([]atomic.Uint64, cfg.Agents), applied: make([]atomic.Uint64, cfg.Agents)}
+	s := &sim{cfg: cfg, received: map[int]time.Time{}, returned: map[int]time.Time{}, log: cfg.Log, want: make([]atomic.Uint64, cfg.Agents), applied: make([]atomic.Uint64, cfg.Agents)}
 	tlsCfg, err := agent.PinnedTLS(filepath.Join(c.dataDir, "ca.crt"))
 	if err != nil {
 		return res, err
@@ -223,13 +233,18 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		s.measuring.Store(false)
 		s.mu.Lock()
 		lat := slices.Clone(s.latencies)
-		s.mu.Unlock()
-		slices.Sort(lat)
-		res.Delivered = len(lat)
-		if len(lat) > 0 {
-			res.P50, res.P99, res.Max = lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)], lat[len(lat)-1]
+		var after []time.Duration
+		for seq, got := range s.received {
+			if ret, ok := s.returned[seq]; ok {
+				after = append(after, max(got.Sub(ret), 0))
+			}
 		}
-		fmt.Fprintf(cfg.Progress, "%d changes, %d delivered: p50 %s p99 %s max %s\n", res.Changes, res.Delivered, res.P50, res.P99, res.Max)
+		s.mu.Unlock()
+		res.Delivered = len(lat)
+		res.P50, res.P99, res.Max = percentiles(lat)
+		res.AfterP50, res.AfterP99, res.AfterMax = percentiles(after)
+		fmt.Fprintf(cfg.Progress, "%d changes, %d delivered: from changed_at p50 %s p99 %s max %s; from API return p50 %s p99 %s max %s\n",
+			res.Changes, res.Delivered, res.P50, res.P99, res.Max, res.AfterP50, res.AfterP99, res.AfterMax)
 	}
 
 	if cfg.Settle > 0 {
@@ -351,9 +366,11 @@ func (s *sim) apply(i int, d *agentv1.Desired) {
 	if !s.measuring.Load() || d.GetRevision() <= prev || d.GetSettings().GetLabels()["seq"] == "" || d.GetChangedAt() == nil {
 		return
 	}
-	lat := time.Since(d.GetChangedAt().AsTime())
+	now := time.Now()
+	seq, _ := strconv.Atoi(d.GetSettings().GetLabels()["seq"])
 	s.mu.Lock()
-	s.latencies = append(s.latencies, lat)
+	s.latencies = append(s.latencies, now.Sub(d.GetChangedAt().AsTime()))
+	s.received[seq] = now
 	s.mu.Unlock()
 }
 
@@ -381,6 +398,9 @@ func (s *sim) change(ctx context.Context, api apiv1.AgentServiceClient) (int, er
 					once.Do(func() { firstErr = err })
 					continue
 				}
+				s.mu.Lock()
+				s.returned[seq] = time.Now()
+				s.mu.Unlock()
 				rev := out.GetAgent().GetDesiredRevision()
 				for {
 					cur := s.want[i].Load()
@@ -494,4 +514,13 @@ func raiseFileLimit(need int) error {
 			need-1024, need, lim.Cur, lim.Max, err)
 	}
 	return nil
+}
+
+// percentiles returns p50, p99 and max of ds (sorting it).
+func percentiles(ds []time.Duration) (p50, p99, maxd time.Duration) {
+	if len(ds) == 0 {
+		return 0, 0, 0
+	}
+	slices.Sort(ds)
+	return ds[len(ds)/2], ds[min(len(ds)-1, len(ds)*99/100)], ds[len(ds)-1]
 }

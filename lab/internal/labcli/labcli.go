@@ -125,7 +125,8 @@ func printResult(w io.Writer, cfg fleetsim.Config, r fleetsim.Result, took time.
 	}
 	if r.Changes > 0 {
 		fmt.Fprintf(tw, "changes (rate)\t%d (%.0f/s)\n", r.Changes, cfg.Rate)
-		fmt.Fprintf(tw, "propagation p50 / p99 / max\t%s / %s / %s\n", ms(r.P50), ms(r.P99), ms(r.Max))
+		fmt.Fprintf(tw, "propagation from changed_at (before commit) p50 / p99 / max\t%s / %s / %s\n", ms(r.P50), ms(r.P99), ms(r.Max))
+		fmt.Fprintf(tw, "propagation from API return (after commit) p50 / p99 / max\t%s / %s / %s\n", ms(r.AfterP50), ms(r.AfterP99), ms(r.AfterMax))
 		fmt.Fprintf(tw, "delivered\t%d\n", r.Delivered)
 	}
 	if cfg.Restart {
