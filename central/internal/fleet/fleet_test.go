@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -412,4 +413,59 @@ func TestLiveliness(t *testing.T) {
 			t.Errorf("%s: %s, want %s", name, got, tc.want)
 		}
 	}
+}
+
+// TestReconnectStormIsShed: with one handshake slot and no wait, hellos that
+// find the slot taken get Unavailable with a retry delay, and every agent
+// gets in on retry.
+func TestReconnectStormIsShed(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig("r1")
+	cfg.MaxHandshakes = 1
+	cfg.HandshakeWait = time.Microsecond
+	r := startReplica(t, newDB(t), cfg, nil)
+	const n = 30
+	secrets := make([]string, n)
+	for i := range n {
+		_, secrets[i] = r.enroll(t, kSwitch, fmt.Sprintf("sw%d", i), "p1")
+	}
+	var shed, in atomic.Int32
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			for attempt := 0; ; attempt++ {
+				s := dial(t, r.addr)
+				_ = s.Send(hello(kSwitch, fmt.Sprintf("sw%d", i), secrets[i], 0))
+				m, err := s.Recv()
+				if err == nil && m.GetWelcome() != nil {
+					in.Add(1)
+					return
+				}
+				st := status.Convert(err)
+				if st.Code() != codes.Unavailable || retryDelayOf(st) <= 0 {
+					t.Errorf("refused with %v, want Unavailable with a retry delay", err)
+					return
+				}
+				shed.Add(1)
+				s.close()
+				time.Sleep(time.Duration(attempt+1) * 10 * time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
+	if in.Load() != n {
+		t.Fatalf("%d of %d agents got in", in.Load(), n)
+	}
+	if shed.Load() == 0 {
+		t.Fatal("no handshake was shed with one slot and 30 agents at once")
+	}
+}
+
+func retryDelayOf(st *status.Status) time.Duration {
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			return ri.GetRetryDelay().AsDuration()
+		}
+	}
+	return 0
 }
