@@ -118,38 +118,26 @@ func (h *Hub) Change(ctx context.Context, tx pgx.Tx, id string, change func(*age
 	return next, nil
 }
 
-// fetchLoop serves hints: it collects agent ids for a moment, reads their
-// documents in one query and offers them to the local streams.
+// fetchLoop serves hints: woken by the first, it lets more arrive for a
+// moment, then reads all their documents in few queries and offers them to
+// the local streams.
 func (h *Hub) fetchLoop(ctx context.Context) {
-	batch := map[string]struct{}{}
+	const chunk = 1000
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case id := <-h.wanted:
-			batch[id] = struct{}{}
+		case <-h.wantWake:
 		}
-		deadline := time.NewTimer(h.cfg.HintBatch)
-	collect:
-		for len(batch) < 1000 {
-			select {
-			case id := <-h.wanted:
-				batch[id] = struct{}{}
-			case <-deadline.C:
-				break collect
-			case <-ctx.Done():
-				deadline.Stop()
-				return
+		if !sleep(ctx, h.cfg.HintBatch) {
+			return
+		}
+		ids := h.takeWanted()
+		for i := 0; i < len(ids); i += chunk {
+			part := ids[i:min(i+chunk, len(ids))]
+			if err := h.fetch(ctx, part); err != nil && ctx.Err() == nil {
+				h.log.Warn("read desired documents; resync will retry", "agents", len(part), "err", err)
 			}
-		}
-		deadline.Stop()
-		ids := make([]string, 0, len(batch))
-		for id := range batch {
-			ids = append(ids, id)
-		}
-		clear(batch)
-		if err := h.fetch(ctx, ids); err != nil && ctx.Err() == nil {
-			h.log.Warn("read desired documents; resync will retry", "agents", len(ids), "err", err)
 		}
 	}
 }

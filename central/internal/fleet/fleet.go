@@ -106,7 +106,11 @@ type Hub struct {
 	conns      *registry
 	observed   *observer
 	handshakes chan struct{}
-	wanted     chan string
+	// wanted holds the local agents whose documents must be read again;
+	// a set, so a burst of changes can neither overflow nor duplicate work.
+	wantMu   sync.Mutex
+	wanted   map[string]struct{}
+	wantWake chan struct{}
 	// hintEpoch counts hints, so that a handshake can tell whether one
 	// arrived while it was registering its stream.
 	hintEpoch atomic.Uint64
@@ -138,7 +142,8 @@ func New(st *store.Store, log *slog.Logger, cfg Config, hints Hints) (*Hub, erro
 		metrics:    newMetrics(),
 		conns:      newRegistry(),
 		handshakes: make(chan struct{}, cfg.MaxHandshakes),
-		wanted:     make(chan string, 4096),
+		wanted:     map[string]struct{}{},
+		wantWake:   make(chan struct{}, 1),
 		stopped:    make(chan struct{}),
 	}
 	h.observed = newObserver(st, h.log, cfg.Replica, h.metrics)
@@ -193,12 +198,25 @@ func (h *Hub) want(id string) {
 	if h.conns.get(id) == nil {
 		return
 	}
+	h.wantMu.Lock()
+	h.wanted[id] = struct{}{}
+	h.wantMu.Unlock()
 	select {
-	case h.wanted <- id:
+	case h.wantWake <- struct{}{}:
 	default:
-		// The queue is full of work already; resync picks this one up.
-		h.metrics.hintsDropped.Inc()
 	}
+}
+
+// takeWanted returns and clears the pending set.
+func (h *Hub) takeWanted() []string {
+	h.wantMu.Lock()
+	defer h.wantMu.Unlock()
+	ids := make([]string, 0, len(h.wanted))
+	for id := range h.wanted {
+		ids = append(ids, id)
+	}
+	clear(h.wanted)
+	return ids
 }
 
 func (h *Hub) resyncAll() {

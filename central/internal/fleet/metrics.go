@@ -8,7 +8,6 @@ type metrics struct {
 	handshakes   *prometheus.CounterVec
 	sent         prometheus.Counter
 	propagation  prometheus.Histogram
-	hintsDropped prometheus.Counter
 	resyncHealed prometheus.Counter
 	flushErrors  prometheus.Counter
 	events       prometheus.Counter
@@ -26,8 +25,6 @@ func newMetrics() *metrics {
 		propagation: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "propagation_seconds",
 			Help:    "Time from a document's change to its send on the agent's stream.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
-		hintsDropped: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "hints_dropped_total",
-			Help: "Hints dropped because the fetch queue was full (healed by resync)."}),
 		resyncHealed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "resync_healed_total",
 			Help: "Agents found behind by the periodic resync (a hint was lost)."}),
 		flushErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "observed_flush_errors_total",
@@ -38,7 +35,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.streams, m.handshakes, m.sent, m.propagation, m.hintsDropped, m.resyncHealed, m.flushErrors, m.events}
+	return []prometheus.Collector{m.streams, m.handshakes, m.sent, m.propagation, m.resyncHealed, m.flushErrors, m.events}
 }
 
 // Describe implements prometheus.Collector.
