@@ -198,13 +198,19 @@ func TestAgentRuntimeAgainstCentral(t *testing.T) {
 	// A wrong credential is final, not retried forever.
 	f.cmd = startCentral(t, central, dir, listen)
 	_, done, _ = start("mfa_wrong", "", t.TempDir(), rec)
+	wantRefused(t, done, "wrong credential")
+}
+
+// wantRefused waits for an agent's Run to end with ErrRefused.
+func wantRefused(t *testing.T, done <-chan error, what string) {
+	t.Helper()
 	select {
 	case err := <-done:
 		if !errors.Is(err, agent.ErrRefused) {
-			t.Fatalf("wrong credential: %v, want ErrRefused", err)
+			t.Fatalf("%s: %v, want ErrRefused", what, err)
 		}
 	case <-time.After(60 * time.Second):
-		t.Fatal("agent with a wrong credential kept retrying")
+		t.Fatalf("%s: the agent kept retrying", what)
 	}
 }
 
@@ -249,14 +255,7 @@ func TestBootTokenExchange(t *testing.T) {
 	// Another machine with the spent token is refused.
 	_, stop, done = run("00000000-0000-0000-0000-0000000000a2", t.TempDir())
 	defer stop()
-	select {
-	case err := <-done:
-		if !errors.Is(err, agent.ErrRefused) {
-			t.Fatalf("replayed boot token: %v, want ErrRefused", err)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("replayed boot token was not refused")
-	}
+	wantRefused(t, done, "replayed boot token")
 }
 
 // TestAgentOverIPv6: central listens on IPv6 loopback only and the agent,

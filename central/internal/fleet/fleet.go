@@ -67,26 +67,16 @@ func DefaultConfig() Config {
 
 func (c Config) withDefaults() Config {
 	d := DefaultConfig()
-	if c.Heartbeat <= 0 {
-		c.Heartbeat = d.Heartbeat
-	}
-	if c.Flush <= 0 {
-		c.Flush = d.Flush
-	}
-	if c.Resync <= 0 {
-		c.Resync = d.Resync
-	}
-	if c.HelloTimeout <= 0 {
-		c.HelloTimeout = d.HelloTimeout
+	for _, f := range []struct{ v, def *time.Duration }{
+		{&c.Heartbeat, &d.Heartbeat}, {&c.Flush, &d.Flush}, {&c.Resync, &d.Resync},
+		{&c.HelloTimeout, &d.HelloTimeout}, {&c.HandshakeWait, &d.HandshakeWait}, {&c.HintBatch, &d.HintBatch},
+	} {
+		if *f.v <= 0 {
+			*f.v = *f.def
+		}
 	}
 	if c.MaxHandshakes <= 0 {
 		c.MaxHandshakes = d.MaxHandshakes
-	}
-	if c.HandshakeWait <= 0 {
-		c.HandshakeWait = d.HandshakeWait
-	}
-	if c.HintBatch <= 0 {
-		c.HintBatch = d.HintBatch
 	}
 	if c.Liveliness == (Thresholds{}) {
 		c.Liveliness = d.Liveliness
