@@ -40,7 +40,7 @@ func TestAllocateIPCombinedCallsEachAudited(t *testing.T) {
 		got = map[string]bool{}
 		wg  sync.WaitGroup
 	)
-	b0, c0 := ipBatches.Stats()
+	b0, c0 := a.ipBatches.Stats()
 	for range 32 {
 		wg.Go(func() {
 			for range 20 {
@@ -63,7 +63,7 @@ func TestAllocateIPCombinedCallsEachAudited(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	b1, c1 := ipBatches.Stats()
+	b1, c1 := a.ipBatches.Stats()
 	t.Logf("%d calls in %d statements", c1-c0, b1-b0)
 	if n := count(t, a, `SELECT count(*) FROM ips`); n != 640 || len(got) != 640 {
 		t.Fatalf("%d IP rows, %d addresses returned; want 640", n, len(got))
@@ -151,8 +151,8 @@ func TestAllocateIPBatchFailureFallsBack(t *testing.T) {
 		}
 		return ipBatchReq{ip: ip, spec: spec, call: call, auditID: "audit-" + p}
 	}
-	key := ipBatchKey{st: a.store, network: "ext", created: n.GetMeta().GetCreatedAt().AsTime(), prefix: netip.MustParsePrefix("10.8.0.0/24")}
-	outs := runIPBatch(ctx, key, []ipBatchReq{mk(project), mk("00000000-0000-4000-8000-000000000000"), mk(project)})
+	key := ipBatchKey{network: "ext", created: n.GetMeta().GetCreatedAt().AsTime(), prefix: netip.MustParsePrefix("10.8.0.0/24")}
+	outs := a.runIPBatch(ctx, key, []ipBatchReq{mk(project), mk("00000000-0000-4000-8000-000000000000"), mk(project)})
 	for i, o := range outs {
 		if o.Err != nil || o.Val.ip != nil {
 			t.Fatalf("call %d of a failed batch = %v, %v; want no IP and no error", i, o.Val.ip, o.Err)

@@ -80,7 +80,7 @@ func BenchmarkAllocateIP(b *testing.B) {
 			}
 			svc := &ipService{API: a}
 			req := &apiv1.IPServiceAllocateRequest{ProjectId: project, NetworkId: "internet"}
-			runCombined(b, clients, ipBatches, func() error { _, err := svc.Allocate(ctx, req); return err })
+			runCombined(b, clients, a.ipBatches, func() error { _, err := svc.Allocate(ctx, req); return err })
 		})
 	}
 }
@@ -105,7 +105,7 @@ func BenchmarkAllocateChildNetwork(b *testing.B) {
 				b.Fatal(err)
 			}
 			req := &apiv1.NetworkServiceAllocateRequest{ProjectId: project, PartitionId: "bench"}
-			runCombined(b, clients, childBatches, func() error { _, err := svc.Allocate(ctx, req); return err })
+			runCombined(b, clients, a.childBatches, func() error { _, err := svc.Allocate(ctx, req); return err })
 		})
 	}
 }

@@ -18,7 +18,6 @@ import (
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/ipam"
-	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -80,7 +79,7 @@ func (s *ipService) Allocate(ctx context.Context, req *apiv1.IPServiceAllocateRe
 	}
 	if !want.IsValid() {
 		// The common case: a cached network, one shared statement.
-		if n, cached := cachedNetwork(s.store, req.GetNetworkId()); cached {
+		if n, cached := s.networkCache.get(req.GetNetworkId()); cached {
 			if err := checkIPNetwork(n, req); err != nil {
 				return nil, err
 			}
@@ -93,7 +92,7 @@ func (s *ipService) Allocate(ctx context.Context, req *apiv1.IPServiceAllocateRe
 				return &apiv1.IPServiceAllocateResponse{Ip: out}, nil
 			}
 			// Not served: the transactional path below, on a fresh read.
-			forgetNetwork(s.store, req.GetNetworkId())
+			s.networkCache.forget(req.GetNetworkId())
 		}
 	}
 	n, err := fetch(ctx, s.API, networks, req.GetNetworkId())
@@ -105,7 +104,7 @@ func (s *ipService) Allocate(ctx context.Context, req *apiv1.IPServiceAllocateRe
 	}
 	ip.NetworkId = n.GetId()
 	if !want.IsValid() {
-		rememberNetwork(s.store, n)
+		s.networkCache.remember(n)
 		out, ok, err := s.allocateNext(ctx, n, ip, fam)
 		if err != nil {
 			return nil, toStatus(err, "ip in network "+quote(n.GetId()))
@@ -152,7 +151,6 @@ const (
 // (id and created_at: the row it was read from) and the prefix whose pool
 // they take from.
 type ipBatchKey struct {
-	st      *store.Store
 	network string
 	created time.Time
 	prefix  netip.Prefix
@@ -171,11 +169,12 @@ type ipBatchReq struct {
 // caller then runs the transactional path on its own.
 type ipBatchRes struct{ ip *apiv1.IP }
 
-// ipBatches combines concurrent next-free calls of one pool (see
-// ipam.Combiner): each batch is one statement that takes as many addresses
-// as it has calls, from one range, and writes every call's IP row and audit
-// row. Calls it cannot serve fall back to the transactional path one by one.
-var ipBatches = ipam.NewCombiner(ipBatchSize, ipBatchesPerPool, runIPBatch)
+// ipBatches (a field of API) combines concurrent next-free calls of one
+// pool (see ipam.Combiner): each batch is one statement that takes as many
+// addresses as it has calls, from one range, and writes every call's IP row
+// and audit row. Calls it cannot serve fall back to the transactional path
+// one by one.
+type ipBatches = ipam.Combiner[ipBatchKey, ipBatchReq, ipBatchRes]
 
 // allocateBatchSQL follows ipam.TakeInto's "taken (unit, ord)": the ord-th
 // call of the batch ($3..$9, arrays in call order) gets the ord-th unit. The
@@ -211,7 +210,7 @@ const allocateBatchGuard = `EXISTS (SELECT 1 FROM networks WHERE id = $12 AND cr
 // call's project is gone) take the transactional path on their own, which
 // waits for locks, tries the network's other prefixes and reports each
 // call's own error.
-func runIPBatch(ctx context.Context, key ipBatchKey, reqs []ipBatchReq) []ipam.Outcome[ipBatchRes] {
+func (a *API) runIPBatch(ctx context.Context, key ipBatchKey, reqs []ipBatchReq) []ipam.Outcome[ipBatchRes] {
 	outs := make([]ipam.Outcome[ipBatchRes], len(reqs))
 	cols := make([][]string, 7)
 	for i := range cols {
@@ -227,7 +226,7 @@ func runIPBatch(ctx context.Context, key ipBatchKey, reqs []ipBatchReq) []ipam.O
 		cols[6][i] = r.call.RequestID
 	}
 	base := key.prefix.Masked().Addr()
-	rows, err := ipam.TakeInto(ctx, key.st.Pool(), ipam.IPPoolID(key.prefix), len(reqs), allocateBatchGuard, allocateBatchSQL,
+	rows, err := ipam.TakeInto(ctx, a.store.Pool(), ipam.IPPoolID(key.prefix), len(reqs), allocateBatchGuard, allocateBatchSQL,
 		cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6],
 		base.String(), ipam.AddrUnit(base).String(), key.network, key.created)
 	if err != nil {
@@ -299,8 +298,8 @@ func (s *ipService) allocateNext(ctx context.Context, n *apiv1.Network, ip *apiv
 	if err != nil {
 		return nil, false, err
 	}
-	key := ipBatchKey{st: s.store, network: n.GetId(), created: n.GetMeta().GetCreatedAt().AsTime(), prefix: pr.prefix.Masked()}
-	res, err := ipBatches.Do(ctx, key,
+	key := ipBatchKey{network: n.GetId(), created: n.GetMeta().GetCreatedAt().AsTime(), prefix: pr.prefix.Masked()}
+	res, err := s.ipBatches.Do(ctx, key,
 		ipBatchReq{ip: ip, spec: spec, call: call, auditID: uuid.NewString()})
 	if err != nil || res.ip == nil {
 		return nil, false, err
@@ -334,52 +333,50 @@ const (
 	networkCacheSize = 4096
 )
 
-type networkCacheKey struct {
-	st *store.Store
-	id string
-}
-
 type networkCacheEntry struct {
 	n       *apiv1.Network
 	expires time.Time
 }
 
-var networkCache = struct {
-	sync.RWMutex
-	m map[networkCacheKey]networkCacheEntry
-}{m: map[networkCacheKey]networkCacheEntry{}}
+// networkCache is one API's cache of networks by id.
+type networkCache struct {
+	mu sync.RWMutex
+	m  map[string]networkCacheEntry
+}
 
-func cachedNetwork(st *store.Store, id string) (*apiv1.Network, bool) {
-	networkCache.RLock()
-	e, ok := networkCache.m[networkCacheKey{st, id}]
-	networkCache.RUnlock()
+func newNetworkCache() *networkCache { return &networkCache{m: map[string]networkCacheEntry{}} }
+
+func (c *networkCache) get(id string) (*apiv1.Network, bool) {
+	c.mu.RLock()
+	e, ok := c.m[id]
+	c.mu.RUnlock()
 	if !ok || time.Now().After(e.expires) {
 		return nil, false
 	}
 	return e.n, true
 }
 
-func rememberNetwork(st *store.Store, n *apiv1.Network) {
-	networkCache.Lock()
-	defer networkCache.Unlock()
-	if len(networkCache.m) >= networkCacheSize {
+func (c *networkCache) remember(n *apiv1.Network) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= networkCacheSize {
 		now := time.Now()
-		for k, e := range networkCache.m {
+		for k, e := range c.m {
 			if now.After(e.expires) {
-				delete(networkCache.m, k)
+				delete(c.m, k)
 			}
 		}
-		if len(networkCache.m) >= networkCacheSize {
-			clear(networkCache.m)
+		if len(c.m) >= networkCacheSize {
+			clear(c.m)
 		}
 	}
-	networkCache.m[networkCacheKey{st, n.GetId()}] = networkCacheEntry{n: n, expires: time.Now().Add(networkCacheTTL)}
+	c.m[n.GetId()] = networkCacheEntry{n: n, expires: time.Now().Add(networkCacheTTL)}
 }
 
-func forgetNetwork(st *store.Store, id string) {
-	networkCache.Lock()
-	delete(networkCache.m, networkCacheKey{st, id})
-	networkCache.Unlock()
+func (c *networkCache) forget(id string) {
+	c.mu.Lock()
+	delete(c.m, id)
+	c.mu.Unlock()
 }
 
 // takeAddress takes want, or the next free address of family fam (IPv4 first

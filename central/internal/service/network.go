@@ -295,8 +295,8 @@ func (s *networkService) Allocate(ctx context.Context, req *apiv1.NetworkService
 		return nil, err
 	}
 	if call := auth.CallFrom(ctx); call != nil {
-		key := childBatchKey{api: s.API, partition: req.GetPartitionId(), parent: req.GetParentId(), v4: want[4], v6: want[6]}
-		out, err := childBatches.Do(ctx, key, childBatchReq{req: req, call: call, id: uuid.NewString()})
+		key := childBatchKey{partition: req.GetPartitionId(), parent: req.GetParentId(), v4: want[4], v6: want[6]}
+		out, err := s.childBatches.Do(ctx, key, childBatchReq{req: req, call: call, id: uuid.NewString()})
 		if err != nil {
 			return nil, err
 		}
@@ -396,7 +396,6 @@ const (
 )
 
 type childBatchKey struct {
-	api       *API
 	partition string
 	parent    string
 	v4, v6    bool // requested families; none: every family of the parent
@@ -415,14 +414,14 @@ type childBatchReq struct {
 // per table. A batch that fails (a pool ran out, a project vanished, a
 // conflict) leaves no trace, and its calls go the single-call way, each
 // getting its own answer.
-var childBatches = ipam.NewCombiner(childBatchSize, childBatchesPerParent, runChildBatch)
+type childBatches = ipam.Combiner[childBatchKey, childBatchReq, *apiv1.Network]
 
 // runChildBatch returns each call's network, or nil when the call must run
 // on its own; an error only when findParent refuses, which every call of
 // the key would hear alike.
-func runChildBatch(ctx context.Context, key childBatchKey, reqs []childBatchReq) []ipam.Outcome[*apiv1.Network] {
+func (a *API) runChildBatch(ctx context.Context, key childBatchKey, reqs []childBatchReq) []ipam.Outcome[*apiv1.Network] {
 	outs := make([]ipam.Outcome[*apiv1.Network], len(reqs))
-	s := &networkService{API: key.api}
+	s := &networkService{API: a}
 	parent, err := s.findParent(ctx, key.partition, key.parent)
 	if err != nil {
 		for i := range outs {

@@ -38,6 +38,10 @@ type API struct {
 	log   *slog.Logger
 	cfg   Config
 	fleet Fleet
+	// Concurrent allocations sharing a pool run as shared statements.
+	ipBatches    *ipBatches
+	childBatches *childBatches
+	networkCache *networkCache
 }
 
 // Option configures the API.
@@ -58,7 +62,9 @@ func New(ctx context.Context, st *store.Store, log *slog.Logger, cfg Config, opt
 	if cfg.VRFFirst > cfg.VRFLast {
 		return nil, fmt.Errorf("vrf range %d-%d is empty", cfg.VRFFirst, cfg.VRFLast)
 	}
-	a := &API{store: st, log: log, cfg: cfg}
+	a := &API{store: st, log: log, cfg: cfg, networkCache: newNetworkCache()}
+	a.ipBatches = ipam.NewCombiner(ipBatchSize, ipBatchesPerPool, a.runIPBatch)
+	a.childBatches = ipam.NewCombiner(childBatchSize, childBatchesPerParent, a.runChildBatch)
 	for _, o := range opts {
 		o(a)
 	}
