@@ -169,7 +169,7 @@ func (h *Hub) fetch(ctx context.Context, ids []string) error {
 			h.log.Error("stored desired document unreadable", "agent", id, "err", err)
 			continue
 		}
-		c.offer(d)
+		h.offer(c, d)
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("read desired documents: %w", err)

@@ -47,6 +47,11 @@ type Config struct {
 	HandshakeWait time.Duration
 	// HintBatch is how long hints are collected before one read serves them.
 	HintBatch time.Duration
+	// Senders is how many goroutines send documents to all streams.
+	Senders int
+	// SendTimeout closes a stream whose send blocks longer (a peer that
+	// stopped reading), so that it cannot hold a sender.
+	SendTimeout time.Duration
 	// Liveliness thresholds, see Liveliness.
 	Liveliness Thresholds
 }
@@ -61,6 +66,8 @@ func DefaultConfig() Config {
 		MaxHandshakes: 64,
 		HandshakeWait: time.Second,
 		HintBatch:     2 * time.Millisecond,
+		Senders:       4,
+		SendTimeout:   10 * time.Second,
 		Liveliness:    DefaultThresholds(),
 	}
 }
@@ -70,6 +77,7 @@ func (c Config) withDefaults() Config {
 	for _, f := range []struct{ v, def *time.Duration }{
 		{&c.Heartbeat, &d.Heartbeat}, {&c.Flush, &d.Flush}, {&c.Resync, &d.Resync},
 		{&c.HelloTimeout, &d.HelloTimeout}, {&c.HandshakeWait, &d.HandshakeWait}, {&c.HintBatch, &d.HintBatch},
+		{&c.SendTimeout, &d.SendTimeout},
 	} {
 		if *f.v <= 0 {
 			*f.v = *f.def
@@ -77,6 +85,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxHandshakes <= 0 {
 		c.MaxHandshakes = d.MaxHandshakes
+	}
+	if c.Senders <= 0 {
+		c.Senders = d.Senders
 	}
 	if c.Liveliness == (Thresholds{}) {
 		c.Liveliness = d.Liveliness
@@ -101,6 +112,8 @@ type Hub struct {
 	wantMu   sync.Mutex
 	wanted   map[string]struct{}
 	wantWake chan struct{}
+	// sendq holds streams with a newer document to send.
+	sendq chan *conn
 	// hintEpoch counts hints, so that a handshake can tell whether one
 	// arrived while it was registering its stream.
 	hintEpoch atomic.Uint64
@@ -134,6 +147,7 @@ func New(st *store.Store, log *slog.Logger, cfg Config, hints Hints) (*Hub, erro
 		handshakes: make(chan struct{}, cfg.MaxHandshakes),
 		wanted:     map[string]struct{}{},
 		wantWake:   make(chan struct{}, 1),
+		sendq:      make(chan *conn, 1<<16),
 		stopped:    make(chan struct{}),
 	}
 	h.observed = newObserver(st, h.log, cfg.Replica, h.metrics)
@@ -155,6 +169,9 @@ func (h *Hub) Start(ctx context.Context) {
 		defer h.wg.Done()
 		h.hints.Listen(ctx, h.want, h.resyncAll)
 	}()
+	for range h.cfg.Senders {
+		h.wg.Go(func() { h.sendLoop(ctx) })
+	}
 	go func() { defer h.wg.Done(); h.fetchLoop(ctx) }()
 	go func() { defer h.wg.Done(); h.observed.run(ctx, h.cfg.Flush) }()
 	go func() { defer h.wg.Done(); h.resyncLoop(ctx) }()

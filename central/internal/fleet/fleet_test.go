@@ -319,16 +319,22 @@ func TestMalformedMessagesChangeNothing(t *testing.T) {
 	}
 }
 
+// Streams ended from outside lose their connection (fleet.Creds), so the
+// agent sees Unavailable and reconnects; what it then meets tells why.
+
 func TestNewStreamSupersedesOld(t *testing.T) {
 	t.Parallel()
 	r := startReplica(t, newDB(t), testConfig("r1"), nil)
 	id, secret := r.enroll(t, kSwitch, "leaf01", "p1")
 	old, _, _ := connect(t, r.addr, hello(kSwitch, "leaf01", secret, 0))
 	cur, _, _ := connect(t, r.addr, hello(kSwitch, "leaf01", secret, 1))
-	if err := old.end(t); status.Code(err) != codes.Aborted {
-		t.Fatalf("old stream ended with %v, want Aborted", err)
+	if err := old.end(t); status.Code(err) != codes.Unavailable {
+		t.Fatalf("old stream ended with %v, want Unavailable", err)
 	}
 	cur.until(t, r.label(t, id, "x"))
+	if n := r.hub.Connected(); n != 1 {
+		t.Fatalf("%d streams on the replica, want 1", n)
+	}
 }
 
 func TestReEnrolAndDeleteCloseTheStream(t *testing.T) {
@@ -337,17 +343,28 @@ func TestReEnrolAndDeleteCloseTheStream(t *testing.T) {
 	_, secret := r.enroll(t, kSwitch, "leaf01", "p1")
 	s, _, _ := connect(t, r.addr, hello(kSwitch, "leaf01", secret, 0))
 	_, fresh := r.enroll(t, kSwitch, "leaf01", "p1")
-	if err := s.end(t); status.Code(err) != codes.Unauthenticated {
-		t.Fatalf("re-enrolment: old stream ended with %v, want Unauthenticated", err)
+	if err := s.end(t); status.Code(err) != codes.Unavailable {
+		t.Fatalf("re-enrolment: old stream ended with %v, want Unavailable", err)
 	}
+	refused := func(token string) {
+		t.Helper()
+		x := dial(t, r.addr)
+		_ = x.Send(hello(kSwitch, "leaf01", token, 0))
+		if err := x.end(t); status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("reconnect with a replaced credential: %v, want Unauthenticated", err)
+		}
+	}
+	refused(secret)
 	s2, w, _ := connect(t, r.addr, hello(kSwitch, "leaf01", fresh, 0))
 	err := r.st.Tx(t.Context(), func(tx pgx.Tx) error { return r.hub.Delete(t.Context(), tx, w.GetAgentId()) })
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s2.end(t); status.Code(err) != codes.Unauthenticated {
-		t.Fatalf("delete: stream ended with %v, want Unauthenticated", err)
+	if err := s2.end(t); status.Code(err) != codes.Unavailable {
+		t.Fatalf("delete: stream ended with %v, want Unavailable", err)
 	}
+	refused(fresh)
+	eventually(t, "no streams left", func() bool { return r.hub.Connected() == 0 })
 }
 
 // TestManyAgentsRacingChanges connects agents and changes their documents
@@ -468,4 +485,47 @@ func retryDelayOf(st *status.Status) time.Duration {
 		}
 	}
 	return 0
+}
+
+// TestAgentThatStopsReadingIsDropped: an agent that stops reading its
+// stream cannot hold a sender: its send times out, its stream is closed,
+// and another agent keeps getting its documents meanwhile.
+func TestAgentThatStopsReadingIsDropped(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig("r1")
+	cfg.Senders = 1 // the one sender must not stay stuck
+	cfg.SendTimeout = 300 * time.Millisecond
+	r := startReplica(t, newDB(t), cfg, nil)
+	slowID, slowSecret := r.enroll(t, kSwitch, "slow", "p1")
+	fastID, fastSecret := r.enroll(t, kSwitch, "fast", "p1")
+	connect(t, r.addr, hello(kSwitch, "slow", slowSecret, 0)) // never read again
+	fast, _, _ := connect(t, r.addr, hello(kSwitch, "fast", fastSecret, 0))
+
+	big := map[string]string{}
+	for i := range 60 {
+		big[fmt.Sprintf("k%02d", i)] = strings.Repeat("x", 250)
+	}
+	setLabels := func(id string, labels map[string]string) uint64 {
+		var d *agentv1.Desired
+		err := r.st.Tx(t.Context(), func(tx pgx.Tx) error {
+			var err error
+			d, err = r.hub.Change(t.Context(), tx, id, func(d *agentv1.Desired) (bool, error) {
+				d.Settings.Labels = labels
+				return true, nil
+			})
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d.GetRevision()
+	}
+	// ~16 KiB per document: a few fill the stream's flow-control window.
+	for i := range 40 {
+		big["n"] = fmt.Sprint(i)
+		setLabels(slowID, big)
+		fast.until(t, setLabels(fastID, map[string]string{"n": fmt.Sprint(i)}))
+	}
+	eventually(t, "the slow agent's stream closed", func() bool { return r.hub.Connected() == 1 })
+	fast.until(t, r.label(t, fastID, "still served"))
 }

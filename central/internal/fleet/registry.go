@@ -2,27 +2,39 @@ package fleet
 
 import (
 	"bytes"
-	"context"
+	"net"
 	"sync"
 	"sync/atomic"
 
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 )
 
-// conn is one agent's stream on this replica.
+// conn is one agent's stream on this replica. Its handler goroutine
+// receives; documents are sent by the hub's few sender goroutines, so a
+// stream costs one goroutine of ours, not two.
 type conn struct {
 	id        string
 	kind      agentv1.Kind
 	identity  string
 	tokenHash []byte
-	// latest is the newest document read for the agent; the stream's
-	// sender sends it when woken. Older pending documents are simply
-	// replaced: only the newest matters.
+	stream    agentv1.AgentService_SyncServer
+	// raw is the stream's connection; closing it is how a stream is ended
+	// from outside its handler (see Creds).
+	raw net.Conn
+	// latest is the newest document read for the agent; a sender sends it
+	// when the conn is scheduled. Older pending documents are replaced:
+	// only the newest matters.
 	latest atomic.Pointer[agentv1.Desired]
+	queued atomic.Bool
 	// sent is the revision last sent on the stream.
-	sent   atomic.Uint64
-	wake   chan struct{}
-	cancel context.CancelCauseFunc
+	sent atomic.Uint64
+	// cause is why the stream was closed from outside.
+	cause atomic.Pointer[error]
+
+	// mu serialises sends on the stream with the handler's start and end.
+	mu    sync.Mutex
+	ready bool // the welcome is sent; documents may follow
+	done  bool // the handler is returning; nothing may be sent
 }
 
 func (c *conn) holds(hash []byte) bool { return bytes.Equal(c.tokenHash, hash) }
@@ -34,24 +46,21 @@ func (c *conn) latestRevision() uint64 {
 	return 0
 }
 
-// offer makes d the document to send unless a newer one is already there.
-func (c *conn) offer(d *agentv1.Desired) bool {
-	for {
-		cur := c.latest.Load()
-		if cur != nil && cur.GetRevision() >= d.GetRevision() {
-			return false
-		}
-		if c.latest.CompareAndSwap(cur, d) {
-			select {
-			case c.wake <- struct{}{}:
-			default:
-			}
-			return true
-		}
+// close ends the stream from outside: the first cause wins and the
+// handler returns it.
+func (c *conn) close(cause error) {
+	c.cause.CompareAndSwap(nil, &cause)
+	if c.raw != nil {
+		_ = c.raw.Close()
 	}
 }
 
-func (c *conn) close(cause error) { c.cancel(cause) }
+func (c *conn) closedBy() error {
+	if p := c.cause.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
 
 // registry holds the streams of this replica, one per agent.
 type registry struct {

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -24,6 +25,7 @@ var (
 	errCredentialGone = status.Error(codes.Unauthenticated, "agent deleted or its credential replaced")
 	errBadToken       = status.Error(codes.Unauthenticated, "invalid agent credential")
 	errBadBootToken   = status.Error(codes.Unauthenticated, "boot token invalid, expired or already used")
+	errSlowAgent      = status.Error(codes.DeadlineExceeded, "the agent stopped reading its stream")
 )
 
 // shed refuses a handshake during overload with a randomised retry delay,
@@ -66,9 +68,14 @@ func (h *Hub) Sync(stream agentv1.AgentService_SyncServer) error {
 	}
 	defer release()
 
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	c := &conn{kind: hello.GetKind(), identity: hello.GetIdentity(), wake: make(chan struct{}, 1), cancel: cancel}
+	info, _ := peer.FromContext(ctx)
+	closable, ok := info.AuthInfo.(closableInfo)
+	if !ok {
+		// A server set up without fleet.Creds: streams could not be ended.
+		h.log.Error("agent stream without fleet.Creds transport credentials")
+		return status.Error(codes.Internal, "central is misconfigured for agent streams")
+	}
+	c := &conn{kind: hello.GetKind(), identity: hello.GetIdentity(), stream: stream, raw: closable.raw}
 	epoch := h.hintEpoch.Load()
 	welcome, d, err := h.authenticate(ctx, hello, c)
 	if err != nil {
@@ -95,7 +102,10 @@ func (h *Hub) Sync(stream agentv1.AgentService_SyncServer) error {
 	if err := stream.Send(&agentv1.SyncResponse{Msg: &agentv1.SyncResponse_Welcome{Welcome: welcome}}); err != nil {
 		return err
 	}
-	c.offer(d)
+	c.mu.Lock()
+	c.ready = true
+	c.mu.Unlock()
+	h.offer(c, d)
 	release()
 	h.metrics.handshakes.WithLabelValues("ok").Inc()
 	kind := KindName(c.kind)
@@ -103,10 +113,16 @@ func (h *Hub) Sync(stream agentv1.AgentService_SyncServer) error {
 	defer h.metrics.streams.WithLabelValues(kind).Dec()
 	h.log.Debug("agent connected", "agent", c.id, "kind", kind, "identity", c.identity)
 
-	recvErr := make(chan error, 1)
-	go func() { recvErr <- h.recvLoop(ctx, c, stream) }()
-	err = h.sendLoop(ctx, c, stream, recvErr)
+	err = h.recvLoop(ctx, c, stream)
+	// No send may run once the handler returns; one in flight finishes
+	// first (bounded by SendTimeout).
+	c.mu.Lock()
+	c.done = true
+	c.mu.Unlock()
 	h.observed.touch(c.id)
+	if cause := c.closedBy(); cause != nil {
+		return cause
+	}
 	return err
 }
 
@@ -251,33 +267,63 @@ func (h *Hub) readDesired(ctx context.Context, id string) (*agentv1.Desired, err
 	return decode(raw)
 }
 
-// sendLoop sends the newest document whenever it changes.
-func (h *Hub) sendLoop(ctx context.Context, c *conn, stream agentv1.AgentService_SyncServer, recvErr <-chan error) error {
+// offer makes d the document to send to c unless a newer one is there,
+// and schedules c with a sender.
+func (h *Hub) offer(c *conn, d *agentv1.Desired) {
+	for {
+		cur := c.latest.Load()
+		if cur != nil && cur.GetRevision() >= d.GetRevision() {
+			return
+		}
+		if c.latest.CompareAndSwap(cur, d) {
+			break
+		}
+	}
+	if c.queued.CompareAndSwap(false, true) {
+		select {
+		case h.sendq <- c:
+		case <-h.stopped:
+		}
+	}
+}
+
+// sendLoop is one of the hub's senders.
+func (h *Hub) sendLoop(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
-				return cause
-			}
-			return status.FromContextError(ctx.Err()).Err()
-		case err := <-recvErr:
-			return err
-		case <-c.wake:
+			return
+		case c := <-h.sendq:
+			c.queued.Store(false)
+			h.push(c)
 		}
-		d := c.latest.Load()
-		if d == nil || d.GetRevision() <= c.sent.Load() {
-			continue
-		}
-		if err := stream.Send(&agentv1.SyncResponse{Msg: &agentv1.SyncResponse_Desired{Desired: d}}); err != nil {
-			return err
-		}
-		first := c.sent.Swap(d.GetRevision()) == 0
-		h.metrics.sent.Inc()
-		if at := d.GetChangedAt(); at != nil && !first {
-			// The first document of a stream may be old; only changes
-			// pushed to a connected agent measure propagation.
-			h.metrics.propagation.Observe(time.Since(at.AsTime()).Seconds())
-		}
+	}
+}
+
+// push sends c's newest document if it has not been sent.
+func (h *Hub) push(c *conn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.ready || c.done {
+		return
+	}
+	d := c.latest.Load()
+	if d == nil || d.GetRevision() <= c.sent.Load() {
+		return
+	}
+	watchdog := time.AfterFunc(h.cfg.SendTimeout, func() { c.close(errSlowAgent) })
+	err := c.stream.Send(&agentv1.SyncResponse{Msg: &agentv1.SyncResponse_Desired{Desired: d}})
+	watchdog.Stop()
+	if err != nil {
+		c.close(err)
+		return
+	}
+	first := c.sent.Swap(d.GetRevision()) == 0
+	h.metrics.sent.Inc()
+	if at := d.GetChangedAt(); at != nil && !first {
+		// The first document of a stream may be old; only changes
+		// pushed to a connected agent measure propagation.
+		h.metrics.propagation.Observe(time.Since(at.AsTime()).Seconds())
 	}
 }
 

@@ -13,7 +13,7 @@ func TestWantedNeverOverflows(t *testing.T) {
 	h := &Hub{conns: newRegistry(), wanted: map[string]struct{}{}, wantWake: make(chan struct{}, 1)}
 	const local = 20000
 	for i := range local {
-		h.conns.put(&conn{id: fmt.Sprint(i), cancel: func(error) {}})
+		h.conns.put(&conn{id: fmt.Sprint(i)})
 	}
 	var wg sync.WaitGroup
 	for g := range 8 {

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -147,13 +148,15 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		grpc.ChainStreamInterceptor(authz.Stream()),
 	}
 	opts = append(opts, agentStreamOptions()...)
+	creds := insecure.NewCredentials()
 	if !cfg.InsecurePlaintext {
 		tlsCfg, err := s.tlsConfig(ctx)
 		if err != nil {
 			return nil, err
 		}
-		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)))
+		creds = credentials.NewTLS(tlsCfg)
 	}
+	opts = append(opts, grpc.Creds(fleet.Creds(creds)))
 	s.grpc = grpc.NewServer(opts...)
 	api.Register(s.grpc)
 	s.hub.Register(s.grpc)
