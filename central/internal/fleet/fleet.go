@@ -177,8 +177,8 @@ func (h *Hub) Start(ctx context.Context) {
 	go func() { defer h.wg.Done(); h.resyncLoop(ctx) }()
 }
 
-// Shutdown closes every stream with Unavailable, so that agents move to
-// another replica at once, writes pending observed state and stops the loops.
+// Shutdown writes pending observed state, closes every stream, so that
+// agents move to another replica at once, and stops the loops.
 func (h *Hub) Shutdown(ctx context.Context) {
 	select {
 	case <-h.stopped:
@@ -186,13 +186,16 @@ func (h *Hub) Shutdown(ctx context.Context) {
 	default:
 		close(h.stopped)
 	}
+	// What agents reported is written first, while their streams are up;
+	// the contact times of the disconnects that follow are not worth a
+	// write of every agent's row in the middle of a restart.
+	if err := h.observed.flush(ctx); err != nil {
+		h.log.Error("flush observed state on shutdown", "err", err)
+	}
 	h.conns.closeAll(errShuttingDown)
 	if h.stop != nil {
 		h.stop()
 		h.wg.Wait()
-	}
-	if err := h.observed.flush(ctx); err != nil {
-		h.log.Error("flush observed state on shutdown", "err", err)
 	}
 }
 
