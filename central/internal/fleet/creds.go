@@ -22,7 +22,7 @@ import (
 // connection waits at most handshakeTimeout for its slot and handshake, so
 // idle connections cannot hold the slots.
 func Creds(inner credentials.TransportCredentials, maxHandshakes int) credentials.TransportCredentials {
-	return closableCreds{TransportCredentials: inner, slots: make(chan struct{}, max(maxHandshakes, 1))}
+	return closableCreds{TransportCredentials: inner, slots: make(chan struct{}, max(maxHandshakes, 1)), timeout: handshakeTimeout}
 }
 
 // handshakeTimeout bounds the wait for a slot plus the TLS handshake.
@@ -30,18 +30,19 @@ const handshakeTimeout = 10 * time.Second
 
 type closableCreds struct {
 	credentials.TransportCredentials
-	slots chan struct{}
+	slots   chan struct{}
+	timeout time.Duration
 }
 
 // ServerHandshake implements credentials.TransportCredentials.
 func (c closableCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	deadline := time.Now().Add(handshakeTimeout)
-	t := time.NewTimer(handshakeTimeout)
+	deadline := time.Now().Add(c.timeout)
+	t := time.NewTimer(c.timeout)
 	select {
 	case c.slots <- struct{}{}:
 		t.Stop()
 	case <-t.C:
-		return nil, nil, errors.New("no TLS handshake slot within " + handshakeTimeout.String())
+		return nil, nil, errors.New("no TLS handshake slot within " + c.timeout.String())
 	}
 	defer func() { <-c.slots }()
 	_ = raw.SetDeadline(deadline)
@@ -55,7 +56,7 @@ func (c closableCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.Auth
 
 // Clone implements credentials.TransportCredentials.
 func (c closableCreds) Clone() credentials.TransportCredentials {
-	return closableCreds{TransportCredentials: c.TransportCredentials.Clone(), slots: c.slots}
+	return closableCreds{TransportCredentials: c.TransportCredentials.Clone(), slots: c.slots, timeout: c.timeout}
 }
 
 // closableInfo carries the raw connection to the stream handler. Closing
