@@ -14,7 +14,6 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"time"
 
@@ -157,7 +156,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		}
 		creds = credentials.NewTLS(tlsCfg)
 	}
-	opts = append(opts, grpc.Creds(fleet.Creds(creds, 8*runtime.GOMAXPROCS(0))))
+	opts = append(opts, grpc.Creds(fleet.Creds(creds)))
 	s.grpc = grpc.NewServer(opts...)
 	api.Register(s.grpc)
 	s.hub.Register(s.grpc)
