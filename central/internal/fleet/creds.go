@@ -16,7 +16,9 @@ func Creds(inner credentials.TransportCredentials) credentials.TransportCredenti
 	return closableCreds{inner}
 }
 
-type closableCreds struct{ credentials.TransportCredentials }
+type closableCreds struct {
+	credentials.TransportCredentials
+}
 
 // ServerHandshake implements credentials.TransportCredentials.
 func (c closableCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
