@@ -68,8 +68,11 @@ func (h *Hub) Sync(stream agentv1.AgentService_SyncServer) error {
 	}
 	defer release()
 
-	info, _ := peer.FromContext(ctx)
-	closable, ok := info.AuthInfo.(closableInfo)
+	var closable closableInfo
+	ok := false
+	if p, has := peer.FromContext(ctx); has {
+		closable, ok = p.AuthInfo.(closableInfo)
+	}
 	if !ok {
 		// A server set up without fleet.Creds: streams could not be ended.
 		h.log.Error("agent stream without fleet.Creds transport credentials")
