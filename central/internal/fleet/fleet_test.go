@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -528,4 +530,26 @@ func TestAgentThatStopsReadingIsDropped(t *testing.T) {
 	}
 	eventually(t, "the slow agent's stream closed", func() bool { return r.hub.Connected() == 1 })
 	fast.until(t, r.label(t, fastID, "still served"))
+}
+
+// TestServerWithoutFleetCredsRefusesStreams: a server set up without
+// fleet.Creds could not end streams, so it refuses them clearly.
+func TestServerWithoutFleetCredsRefusesStreams(t *testing.T) {
+	t.Parallel()
+	url := newDB(t)
+	r := startReplica(t, url, testConfig("r1"), nil)
+	_, secret := r.enroll(t, kSwitch, "leaf01", "p1")
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := grpc.NewServer()
+	r.hub.Register(plain)
+	go func() { _ = plain.Serve(lis) }()
+	defer plain.Stop()
+	s := dial(t, lis.Addr().String())
+	_ = s.Send(hello(kSwitch, "leaf01", secret, 0))
+	if err := s.end(t); status.Code(err) != codes.Internal {
+		t.Fatalf("got %v, want Internal", err)
+	}
 }
