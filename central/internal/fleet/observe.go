@@ -92,7 +92,7 @@ func encodeFacts(f *agentv1.Facts) *string {
 	return &s
 }
 
-func (o *observer) report(id string, r *agentv1.Report) error {
+func (o *observer) report(id string, r *agentv1.Report) {
 	facts := encodeFacts(r.GetFacts())
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -106,7 +106,6 @@ func (o *observer) report(id string, r *agentv1.Report) error {
 	if facts != nil {
 		e.facts = facts
 	}
-	return nil
 }
 
 func healthName(h agentv1.Health) string {

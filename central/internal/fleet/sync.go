@@ -360,9 +360,7 @@ func (h *Hub) recvLoop(ctx context.Context, c *conn, stream agentv1.AgentService
 				}
 				h.metrics.events.Add(float64(len(r.GetEvents())))
 			}
-			if err := h.observed.report(c.id, r); err != nil {
-				return status.Errorf(codes.Internal, "%v", err)
-			}
+			h.observed.report(c.id, r)
 		case *agentv1.SyncRequest_Hello:
 			return status.Error(codes.InvalidArgument, "malformed stream: hello sent twice")
 		default:

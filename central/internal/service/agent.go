@@ -16,6 +16,7 @@ import (
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/fleet"
+	"github.com/metalfleet/metalfleet/central/internal/ipam"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
@@ -105,9 +106,7 @@ func agentWhere(field, ref string) (string, []any, error) {
 	return `id = $1`, []any{ref}, nil
 }
 
-func (a *API) getAgent(ctx context.Context, db interface {
-	QueryRow(context.Context, string, ...any) pgx.Row
-}, field, ref string, lock bool) (*apiv1.Agent, error) {
+func (a *API) getAgent(ctx context.Context, db ipam.DB, field, ref string, lock bool) (*apiv1.Agent, error) {
 	where, args, err := agentWhere(field, ref)
 	if err != nil {
 		return nil, err

@@ -384,8 +384,9 @@ func (s *sim) change(ctx context.Context, api apiv1.AgentServiceClient) (int, er
 	var failed atomic.Int64
 	var firstErr error
 	var once sync.Once
-	// Agents are chosen so that no two changes of one run hit the same
-	// agent: every change is one delivered document to measure.
+	// Agents are changed in a random order, each again only after all had
+	// a change, so that changes do not coalesce: every change is one
+	// delivered document to measure.
 	perm := rand.Perm(s.cfg.Agents)
 	for range 16 {
 		wg.Go(func() {
