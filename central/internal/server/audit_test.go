@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -16,7 +17,7 @@ import (
 // machine allocated to project (or free when project is "").
 func (e *env) insertMachine(t testing.TB, id, project string) {
 	t.Helper()
-	m := &apiv1.Machine{Id: id, Rack: "r1", State: apiv1.MachineState_MACHINE_STATE_AVAILABLE, Hardware: &apiv1.MachineFacts{Cores: 8}}
+	m := &apiv1.Machine{Id: id, Rack: "r1", State: apiv1.MachineState_MACHINE_STATE_AVAILABLE, Hardware: &agentv1.MachineFacts{Cores: 8}}
 	var proj any
 	if project != "" {
 		m.State = apiv1.MachineState_MACHINE_STATE_RESERVED

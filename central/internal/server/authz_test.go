@@ -160,7 +160,7 @@ func (e *matrixEnv) rows() map[string]struct {
 			return discard(e.api.Size.Delete(ctx(t, c), &apiv1.SizeServiceDeleteRequest{Id: fresh("size", i)}))
 		}},
 		"/metalfleet.api.v1.SizeService/Match": {anyone, func(t *testing.T, c *caller) error {
-			return discard(e.api.Size.Match(ctx(t, c), &apiv1.SizeServiceMatchRequest{Facts: &apiv1.MachineFacts{Cores: 8}}))
+			return discard(e.api.Size.Match(ctx(t, c), &apiv1.SizeServiceMatchRequest{Facts: &agentv1.MachineFacts{Cores: 8}}))
 		}},
 
 		"/metalfleet.api.v1.SizeReservationService/Create": {adminOnly, func(t *testing.T, c *caller) error {

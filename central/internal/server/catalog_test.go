@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -110,24 +111,24 @@ func TestSizes(t *testing.T) {
 		t.Fatalf("List = %v", got)
 	}
 
-	disks := func(sizes ...uint64) []*apiv1.DiskFact {
-		var out []*apiv1.DiskFact
+	disks := func(sizes ...uint64) []*agentv1.DiskFact {
+		var out []*agentv1.DiskFact
 		for i, s := range sizes {
-			out = append(out, &apiv1.DiskFact{Name: "sd" + string(rune('a'+i)), SizeBytes: s})
+			out = append(out, &agentv1.DiskFact{Name: "sd" + string(rune('a'+i)), SizeBytes: s})
 		}
 		return out
 	}
 	matches := []struct {
 		name  string
-		facts *apiv1.MachineFacts
+		facts *agentv1.MachineFacts
 		want  string // size id, or "" for NotFound
 	}{
-		{"small", &apiv1.MachineFacts{Cores: 4, MemoryBytes: 16 * gib}, "c1-small"},
-		{"small at the edges", &apiv1.MachineFacts{Cores: 8, MemoryBytes: 64 * gib}, "c1-small"},
-		{"big by summed disks", &apiv1.MachineFacts{Cores: 32, Disks: disks(600*gib, 600*gib)}, "c1-big"},
-		{"big lacks storage", &apiv1.MachineFacts{Cores: 32, Disks: disks(600 * gib)}, ""},
-		{"too much memory", &apiv1.MachineFacts{Cores: 4, MemoryBytes: 65 * gib}, ""},
-		{"zero facts", &apiv1.MachineFacts{}, ""},
+		{"small", &agentv1.MachineFacts{Cores: 4, MemoryBytes: 16 * gib}, "c1-small"},
+		{"small at the edges", &agentv1.MachineFacts{Cores: 8, MemoryBytes: 64 * gib}, "c1-small"},
+		{"big by summed disks", &agentv1.MachineFacts{Cores: 32, Disks: disks(600*gib, 600*gib)}, "c1-big"},
+		{"big lacks storage", &agentv1.MachineFacts{Cores: 32, Disks: disks(600 * gib)}, ""},
+		{"too much memory", &agentv1.MachineFacts{Cores: 4, MemoryBytes: 65 * gib}, ""},
+		{"zero facts", &agentv1.MachineFacts{}, ""},
 	}
 	for _, m := range matches {
 		t.Run("match "+m.name, func(t *testing.T) {
@@ -143,7 +144,7 @@ func TestSizes(t *testing.T) {
 	}
 	// A GPU size overlapping c1-big makes GPU machines ambiguous.
 	ok(api.Create(ctx, &apiv1.SizeServiceCreateRequest{Size: gpu}))(t)
-	h100 := &apiv1.MachineFacts{Cores: 32, Disks: disks(2000 * gib), Gpus: []*apiv1.GPUFact{{Vendor: "nvidia", Model: "H100 SXM"}}}
+	h100 := &agentv1.MachineFacts{Cores: 32, Disks: disks(2000 * gib), Gpus: []*agentv1.GPUFact{{Vendor: "nvidia", Model: "H100 SXM"}}}
 	_, err := api.Match(ctx, &apiv1.SizeServiceMatchRequest{Facts: h100})
 	wantCode(t, err, codes.FailedPrecondition)
 	// Without the disks only the GPU size fits.
@@ -308,8 +309,8 @@ func TestImages(t *testing.T) {
 // raidLVM is a mirrored-boot-disk layout: EFI on both disks, a RAID1 of the
 // second partitions, LVM on the array, root and var as logical volumes.
 func raidLVM(id string) *apiv1.FilesystemLayout {
-	disk := func(dev string) *apiv1.Disk {
-		return &apiv1.Disk{Device: dev, WipeOnReinstall: true, Partitions: []*apiv1.DiskPartition{
+	disk := func(dev string) *agentv1.Disk {
+		return &agentv1.Disk{Device: dev, WipeOnReinstall: true, Partitions: []*agentv1.DiskPartition{
 			{Number: 1, Label: "efi", SizeBytes: 512 << 20, GptType: "ef00"},
 			{Number: 2, Label: "raid", GptType: "fd00"},
 		}}
@@ -317,11 +318,11 @@ func raidLVM(id string) *apiv1.FilesystemLayout {
 	return &apiv1.FilesystemLayout{
 		Id: id, Name: "raid1 lvm", Description: "mirrored",
 		Constraints:    &apiv1.FilesystemLayoutConstraints{Sizes: []string{"c1-small"}, Images: map[string]string{"debian": ">= 12.0"}},
-		Disks:          []*apiv1.Disk{disk("/dev/sda"), disk("/dev/nvme0n1")},
-		Raids:          []*apiv1.Raid{{Name: "md0", Level: "1", Devices: []string{"/dev/sda2", "/dev/nvme0n1p2"}}},
-		VolumeGroups:   []*apiv1.VolumeGroup{{Name: "vg0", Devices: []string{"/dev/md/md0"}}},
-		LogicalVolumes: []*apiv1.LogicalVolume{{Name: "root", VolumeGroup: "vg0", SizeBytes: 50 * gib, LvmType: "linear"}, {Name: "var", VolumeGroup: "vg0"}},
-		Filesystems: []*apiv1.Filesystem{
+		Disks:          []*agentv1.Disk{disk("/dev/sda"), disk("/dev/nvme0n1")},
+		Raids:          []*agentv1.Raid{{Name: "md0", Level: "1", Devices: []string{"/dev/sda2", "/dev/nvme0n1p2"}}},
+		VolumeGroups:   []*agentv1.VolumeGroup{{Name: "vg0", Devices: []string{"/dev/md/md0"}}},
+		LogicalVolumes: []*agentv1.LogicalVolume{{Name: "root", VolumeGroup: "vg0", SizeBytes: 50 * gib, LvmType: "linear"}, {Name: "var", VolumeGroup: "vg0"}},
+		Filesystems: []*agentv1.Filesystem{
 			{Path: "/", Device: "/dev/vg0/root", Format: "ext4", Label: "root", MountOptions: []string{"noatime"}},
 			{Path: "/var", Device: "/dev/vg0/var", Format: "xfs"},
 			{Path: "/boot/efi", Device: "/dev/sda1", Format: "vfat"},
@@ -342,8 +343,8 @@ func TestFilesystemLayouts(t *testing.T) {
 		t.Fatalf("Get = %v", got)
 	}
 	ok(api.Create(ctx, &apiv1.FilesystemLayoutServiceCreateRequest{FilesystemLayout: &apiv1.FilesystemLayout{
-		Id: "simple", Disks: []*apiv1.Disk{{Device: "/dev/vda", Partitions: []*apiv1.DiskPartition{{Number: 1}}}},
-		Filesystems: []*apiv1.Filesystem{{Path: "/", Device: "/dev/vda1", Format: "ext4"}},
+		Id: "simple", Disks: []*agentv1.Disk{{Device: "/dev/vda", Partitions: []*agentv1.DiskPartition{{Number: 1}}}},
+		Filesystems: []*agentv1.Filesystem{{Path: "/", Device: "/dev/vda1", Format: "ext4"}},
 	}}))(t)
 	if list := ok(api.List(ctx, &apiv1.FilesystemLayoutServiceListRequest{}))(t).GetFilesystemLayouts(); len(list) != 2 {
 		t.Fatalf("List = %v", list)

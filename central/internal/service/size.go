@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -56,7 +57,7 @@ func validateSize(s *apiv1.Size) error {
 }
 
 // sizeMatches reports whether facts satisfy every constraint of s.
-func sizeMatches(s *apiv1.Size, f *apiv1.MachineFacts) bool {
+func sizeMatches(s *apiv1.Size, f *agentv1.MachineFacts) bool {
 	for _, c := range s.GetConstraints() {
 		var val uint64
 		switch c.GetType() {

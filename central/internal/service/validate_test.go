@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -53,19 +54,19 @@ func TestSizeMatches(t *testing.T) {
 		{Type: apiv1.SizeConstraintType_SIZE_CONSTRAINT_TYPE_STORAGE, Min: 100 * gib, Max: 1000 * gib},
 		{Type: apiv1.SizeConstraintType_SIZE_CONSTRAINT_TYPE_GPU, Min: 1, Max: 2, Identifier: "H100*"},
 	}}
-	facts := func(cores uint32, mem uint64, disks []uint64, gpus ...string) *apiv1.MachineFacts {
-		f := &apiv1.MachineFacts{Cores: cores, MemoryBytes: mem}
+	facts := func(cores uint32, mem uint64, disks []uint64, gpus ...string) *agentv1.MachineFacts {
+		f := &agentv1.MachineFacts{Cores: cores, MemoryBytes: mem}
 		for _, d := range disks {
-			f.Disks = append(f.Disks, &apiv1.DiskFact{SizeBytes: d})
+			f.Disks = append(f.Disks, &agentv1.DiskFact{SizeBytes: d})
 		}
 		for _, g := range gpus {
-			f.Gpus = append(f.Gpus, &apiv1.GPUFact{Model: g})
+			f.Gpus = append(f.Gpus, &agentv1.GPUFact{Model: g})
 		}
 		return f
 	}
 	tests := []struct {
 		name string
-		f    *apiv1.MachineFacts
+		f    *agentv1.MachineFacts
 		want bool
 	}{
 		{"fits", facts(8, 16*gib, []uint64{60 * gib, 60 * gib}, "H100 SXM"), true},
@@ -88,14 +89,14 @@ func TestValidateFilesystemLayout(t *testing.T) {
 	good := func() *apiv1.FilesystemLayout {
 		return &apiv1.FilesystemLayout{
 			Id: "raid-lvm",
-			Disks: []*apiv1.Disk{
-				{Device: "/dev/sda", Partitions: []*apiv1.DiskPartition{{Number: 1, SizeBytes: 512 << 20, GptType: "ef00"}, {Number: 2, GptType: "fd00"}}},
-				{Device: "/dev/nvme0n1", Partitions: []*apiv1.DiskPartition{{Number: 1, SizeBytes: 512 << 20}, {Number: 2}}},
+			Disks: []*agentv1.Disk{
+				{Device: "/dev/sda", Partitions: []*agentv1.DiskPartition{{Number: 1, SizeBytes: 512 << 20, GptType: "ef00"}, {Number: 2, GptType: "fd00"}}},
+				{Device: "/dev/nvme0n1", Partitions: []*agentv1.DiskPartition{{Number: 1, SizeBytes: 512 << 20}, {Number: 2}}},
 			},
-			Raids:          []*apiv1.Raid{{Name: "root", Level: "1", Devices: []string{"/dev/sda2", "/dev/nvme0n1p2"}}},
-			VolumeGroups:   []*apiv1.VolumeGroup{{Name: "vg0", Devices: []string{"/dev/md/root"}}},
-			LogicalVolumes: []*apiv1.LogicalVolume{{Name: "root", VolumeGroup: "vg0", LvmType: "linear"}},
-			Filesystems: []*apiv1.Filesystem{
+			Raids:          []*agentv1.Raid{{Name: "root", Level: "1", Devices: []string{"/dev/sda2", "/dev/nvme0n1p2"}}},
+			VolumeGroups:   []*agentv1.VolumeGroup{{Name: "vg0", Devices: []string{"/dev/md/root"}}},
+			LogicalVolumes: []*agentv1.LogicalVolume{{Name: "root", VolumeGroup: "vg0", LvmType: "linear"}},
+			Filesystems: []*agentv1.Filesystem{
 				{Path: "/boot/efi", Device: "/dev/sda1", Format: "vfat"},
 				{Path: "/", Device: "/dev/vg0/root", Format: "ext4"},
 			},

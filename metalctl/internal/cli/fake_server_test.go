@@ -199,11 +199,11 @@ func layouts() []*apiv1.FilesystemLayout {
 	return []*apiv1.FilesystemLayout{{
 		Id: "default", Name: "Default", Description: "one disk",
 		Constraints: &apiv1.FilesystemLayoutConstraints{Sizes: []string{"s1", "gpu-l"}, Images: map[string]string{"debian": ">= 12.0", "ubuntu": "*"}},
-		Disks: []*apiv1.Disk{{Device: "/dev/sda", Partitions: []*apiv1.DiskPartition{
+		Disks: []*agentv1.Disk{{Device: "/dev/sda", Partitions: []*agentv1.DiskPartition{
 			{Number: 1, Label: "efi", SizeBytes: 512 << 20, GptType: "ef00"},
 			{Number: 2, Label: "root", GptType: "8300"},
 		}}},
-		Filesystems: []*apiv1.Filesystem{
+		Filesystems: []*agentv1.Filesystem{
 			{Path: "/boot/efi", Device: "/dev/sda1", Format: "vfat"},
 			{Path: "/", Device: "/dev/sda2", Format: "ext4"},
 		},
@@ -267,7 +267,7 @@ func machines() []*apiv1.Machine {
 		{
 			Id: "m1", PartitionId: "lab", SizeId: "s1", Rack: "r01", State: apiv1.MachineState_MACHINE_STATE_AVAILABLE,
 			Liveliness: apiv1.Liveliness_LIVELINESS_ALIVE, LastEvent: "Waiting", LastEventAt: ts(-20 * time.Minute),
-			Hardware: &apiv1.MachineFacts{Cores: 16, MemoryBytes: 64 << 30, Disks: []*apiv1.DiskFact{{Name: "/dev/sda", SizeBytes: 960e9}}},
+			Hardware: &agentv1.MachineFacts{Cores: 16, MemoryBytes: 64 << 30, Disks: []*agentv1.DiskFact{{Name: "/dev/sda", SizeBytes: 960e9}}},
 			Meta:     meta(),
 		},
 		{

@@ -87,6 +87,58 @@ func (Kind) EnumDescriptor() ([]byte, []int) {
 	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{0}
 }
 
+// BootAction is what a PXE-booting machine does next.
+type BootAction int32
+
+const (
+	BootAction_BOOT_ACTION_UNSPECIFIED BootAction = 0
+	// BOOT_ACTION_INSTALLER: boot the in-RAM installer.
+	BootAction_BOOT_ACTION_INSTALLER BootAction = 1
+	// BOOT_ACTION_DISK: leave PXE and boot the installed system from disk.
+	BootAction_BOOT_ACTION_DISK BootAction = 2
+)
+
+// Enum value maps for BootAction.
+var (
+	BootAction_name = map[int32]string{
+		0: "BOOT_ACTION_UNSPECIFIED",
+		1: "BOOT_ACTION_INSTALLER",
+		2: "BOOT_ACTION_DISK",
+	}
+	BootAction_value = map[string]int32{
+		"BOOT_ACTION_UNSPECIFIED": 0,
+		"BOOT_ACTION_INSTALLER":   1,
+		"BOOT_ACTION_DISK":        2,
+	}
+)
+
+func (x BootAction) Enum() *BootAction {
+	p := new(BootAction)
+	*p = x
+	return p
+}
+
+func (x BootAction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BootAction) Descriptor() protoreflect.EnumDescriptor {
+	return file_metalfleet_agent_v1_agent_proto_enumTypes[1].Descriptor()
+}
+
+func (BootAction) Type() protoreflect.EnumType {
+	return &file_metalfleet_agent_v1_agent_proto_enumTypes[1]
+}
+
+func (x BootAction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BootAction.Descriptor instead.
+func (BootAction) EnumDescriptor() ([]byte, []int) {
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{1}
+}
+
 // Health of an agent's convergence.
 type Health int32
 
@@ -127,11 +179,11 @@ func (x Health) String() string {
 }
 
 func (Health) Descriptor() protoreflect.EnumDescriptor {
-	return file_metalfleet_agent_v1_agent_proto_enumTypes[1].Descriptor()
+	return file_metalfleet_agent_v1_agent_proto_enumTypes[2].Descriptor()
 }
 
 func (Health) Type() protoreflect.EnumType {
-	return &file_metalfleet_agent_v1_agent_proto_enumTypes[1]
+	return &file_metalfleet_agent_v1_agent_proto_enumTypes[2]
 }
 
 func (x Health) Number() protoreflect.EnumNumber {
@@ -140,7 +192,7 @@ func (x Health) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Health.Descriptor instead.
 func (Health) EnumDescriptor() ([]byte, []int) {
-	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{1}
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{2}
 }
 
 // SyncRequest is what an agent sends. The first message must be a hello.
@@ -504,7 +556,9 @@ type Facts struct {
 	// addresses are the agent's IP addresses (IPv4 and IPv6).
 	Addresses []string `protobuf:"bytes,3,rep,name=addresses,proto3" json:"addresses,omitempty"`
 	// labels are free-form key/values, at most 64.
-	Labels        map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Labels map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// machine is the server's hardware, reported by installers.
+	Machine       *MachineFacts `protobuf:"bytes,16,opt,name=machine,proto3" json:"machine,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -563,6 +617,13 @@ func (x *Facts) GetAddresses() []string {
 func (x *Facts) GetLabels() map[string]string {
 	if x != nil {
 		return x.Labels
+	}
+	return nil
+}
+
+func (x *Facts) GetMachine() *MachineFacts {
+	if x != nil {
+		return x.Machine
 	}
 	return nil
 }
@@ -651,7 +712,12 @@ type Desired struct {
 	// changed_at is when central committed this revision.
 	ChangedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=changed_at,json=changedAt,proto3" json:"changed_at,omitempty"`
 	// settings apply to every kind of agent.
-	Settings      *Settings `protobuf:"bytes,3,opt,name=settings,proto3" json:"settings,omitempty"` // Kind-specific documents take fields from 16 on.
+	Settings *Settings `protobuf:"bytes,3,opt,name=settings,proto3" json:"settings,omitempty"`
+	// Kind-specific documents take fields from 16 on.
+	// machine is the document of a server's installer and phonehome.
+	Machine *MachineDocument `protobuf:"bytes,16,opt,name=machine,proto3" json:"machine,omitempty"`
+	// pixie is the document of a partition's PXE service.
+	Pixie         *PixieDocument `protobuf:"bytes,17,opt,name=pixie,proto3" json:"pixie,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -707,6 +773,657 @@ func (x *Desired) GetSettings() *Settings {
 	return nil
 }
 
+func (x *Desired) GetMachine() *MachineDocument {
+	if x != nil {
+		return x.Machine
+	}
+	return nil
+}
+
+func (x *Desired) GetPixie() *PixieDocument {
+	if x != nil {
+		return x.Pixie
+	}
+	return nil
+}
+
+// MachineDocument is what a server should be: waiting, or installed with an
+// allocation. The installer and metal-phonehome of the machine share it.
+type MachineDocument struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	MachineId string                 `protobuf:"bytes,1,opt,name=machine_id,json=machineId,proto3" json:"machine_id,omitempty"`
+	// allocation is unset while the machine waits in the pool.
+	Allocation *MachineAllocation `protobuf:"bytes,2,opt,name=allocation,proto3" json:"allocation,omitempty"`
+	// reboot_generation is an intent: when it grows, metal-phonehome reboots
+	// the installed machine into PXE (free, reinstall), once per generation.
+	RebootGeneration uint64 `protobuf:"varint,3,opt,name=reboot_generation,json=rebootGeneration,proto3" json:"reboot_generation,omitempty"`
+	// wipe_generation is an intent: when it grows, a waiting installer wipes
+	// every disk again, once per generation.
+	WipeGeneration uint64 `protobuf:"varint,4,opt,name=wipe_generation,json=wipeGeneration,proto3" json:"wipe_generation,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *MachineDocument) Reset() {
+	*x = MachineDocument{}
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineDocument) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineDocument) ProtoMessage() {}
+
+func (x *MachineDocument) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineDocument.ProtoReflect.Descriptor instead.
+func (*MachineDocument) Descriptor() ([]byte, []int) {
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *MachineDocument) GetMachineId() string {
+	if x != nil {
+		return x.MachineId
+	}
+	return ""
+}
+
+func (x *MachineDocument) GetAllocation() *MachineAllocation {
+	if x != nil {
+		return x.Allocation
+	}
+	return nil
+}
+
+func (x *MachineDocument) GetRebootGeneration() uint64 {
+	if x != nil {
+		return x.RebootGeneration
+	}
+	return 0
+}
+
+func (x *MachineDocument) GetWipeGeneration() uint64 {
+	if x != nil {
+		return x.WipeGeneration
+	}
+	return 0
+}
+
+// MachineAllocation is everything the installer writes onto a machine.
+type MachineAllocation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is new for every allocation and every reinstall.
+	Id            string            `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	ProjectId     string            `protobuf:"bytes,2,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
+	Hostname      string            `protobuf:"bytes,3,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Image         *ImageRef         `protobuf:"bytes,4,opt,name=image,proto3" json:"image,omitempty"`
+	Layout        *Layout           `protobuf:"bytes,5,opt,name=layout,proto3" json:"layout,omitempty"`
+	Networks      []*MachineNetwork `protobuf:"bytes,6,rep,name=networks,proto3" json:"networks,omitempty"`
+	SshPublicKeys []string          `protobuf:"bytes,7,rep,name=ssh_public_keys,json=sshPublicKeys,proto3" json:"ssh_public_keys,omitempty"`
+	UserData      string            `protobuf:"bytes,8,opt,name=user_data,json=userData,proto3" json:"user_data,omitempty"`
+	DnsServers    []string          `protobuf:"bytes,9,rep,name=dns_servers,json=dnsServers,proto3" json:"dns_servers,omitempty"`
+	NtpServers    []string          `protobuf:"bytes,10,rep,name=ntp_servers,json=ntpServers,proto3" json:"ntp_servers,omitempty"`
+	// reinstall: keep every disk but the primary one (the layout's disks
+	// without wipe_on_reinstall keep their data).
+	Reinstall     bool                   `protobuf:"varint,11,opt,name=reinstall,proto3" json:"reinstall,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineAllocation) Reset() {
+	*x = MachineAllocation{}
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineAllocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineAllocation) ProtoMessage() {}
+
+func (x *MachineAllocation) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineAllocation.ProtoReflect.Descriptor instead.
+func (*MachineAllocation) Descriptor() ([]byte, []int) {
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *MachineAllocation) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *MachineAllocation) GetProjectId() string {
+	if x != nil {
+		return x.ProjectId
+	}
+	return ""
+}
+
+func (x *MachineAllocation) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *MachineAllocation) GetImage() *ImageRef {
+	if x != nil {
+		return x.Image
+	}
+	return nil
+}
+
+func (x *MachineAllocation) GetLayout() *Layout {
+	if x != nil {
+		return x.Layout
+	}
+	return nil
+}
+
+func (x *MachineAllocation) GetNetworks() []*MachineNetwork {
+	if x != nil {
+		return x.Networks
+	}
+	return nil
+}
+
+func (x *MachineAllocation) GetSshPublicKeys() []string {
+	if x != nil {
+		return x.SshPublicKeys
+	}
+	return nil
+}
+
+func (x *MachineAllocation) GetUserData() string {
+	if x != nil {
+		return x.UserData
+	}
+	return ""
+}
+
+func (x *MachineAllocation) GetDnsServers() []string {
+	if x != nil {
+		return x.DnsServers
+	}
+	return nil
+}
+
+func (x *MachineAllocation) GetNtpServers() []string {
+	if x != nil {
+		return x.NtpServers
+	}
+	return nil
+}
+
+func (x *MachineAllocation) GetReinstall() bool {
+	if x != nil {
+		return x.Reinstall
+	}
+	return false
+}
+
+func (x *MachineAllocation) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+// ImageRef is an image to stream onto the machine.
+type ImageRef struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Os      string                 `protobuf:"bytes,2,opt,name=os,proto3" json:"os,omitempty"`
+	Version string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	// url of a tar archive, gzip, zstd or lz4 compressed (or plain).
+	Url string `protobuf:"bytes,4,opt,name=url,proto3" json:"url,omitempty"`
+	// sha256 of the bytes at url, lower-case hex.
+	Sha256        string `protobuf:"bytes,5,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageRef) Reset() {
+	*x = ImageRef{}
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageRef) ProtoMessage() {}
+
+func (x *ImageRef) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageRef.ProtoReflect.Descriptor instead.
+func (*ImageRef) Descriptor() ([]byte, []int) {
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ImageRef) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ImageRef) GetOs() string {
+	if x != nil {
+		return x.Os
+	}
+	return ""
+}
+
+func (x *ImageRef) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *ImageRef) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *ImageRef) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+// MachineNetwork is one network the machine is in.
+type MachineNetwork struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	NetworkId string                 `protobuf:"bytes,1,opt,name=network_id,json=networkId,proto3" json:"network_id,omitempty"`
+	// prefixes of the network in CIDR notation.
+	Prefixes []string `protobuf:"bytes,2,rep,name=prefixes,proto3" json:"prefixes,omitempty"`
+	// ips of the machine in this network.
+	Ips []string `protobuf:"bytes,3,rep,name=ips,proto3" json:"ips,omitempty"`
+	Vrf uint32   `protobuf:"varint,4,opt,name=vrf,proto3" json:"vrf,omitempty"`
+	// private: the project's own network; underlay: the fabric's.
+	Private  bool `protobuf:"varint,5,opt,name=private,proto3" json:"private,omitempty"`
+	Underlay bool `protobuf:"varint,6,opt,name=underlay,proto3" json:"underlay,omitempty"`
+	// asn the machine announces its addresses with (routing to the host).
+	Asn           uint32 `protobuf:"varint,7,opt,name=asn,proto3" json:"asn,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineNetwork) Reset() {
+	*x = MachineNetwork{}
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineNetwork) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineNetwork) ProtoMessage() {}
+
+func (x *MachineNetwork) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineNetwork.ProtoReflect.Descriptor instead.
+func (*MachineNetwork) Descriptor() ([]byte, []int) {
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *MachineNetwork) GetNetworkId() string {
+	if x != nil {
+		return x.NetworkId
+	}
+	return ""
+}
+
+func (x *MachineNetwork) GetPrefixes() []string {
+	if x != nil {
+		return x.Prefixes
+	}
+	return nil
+}
+
+func (x *MachineNetwork) GetIps() []string {
+	if x != nil {
+		return x.Ips
+	}
+	return nil
+}
+
+func (x *MachineNetwork) GetVrf() uint32 {
+	if x != nil {
+		return x.Vrf
+	}
+	return 0
+}
+
+func (x *MachineNetwork) GetPrivate() bool {
+	if x != nil {
+		return x.Private
+	}
+	return false
+}
+
+func (x *MachineNetwork) GetUnderlay() bool {
+	if x != nil {
+		return x.Underlay
+	}
+	return false
+}
+
+func (x *MachineNetwork) GetAsn() uint32 {
+	if x != nil {
+		return x.Asn
+	}
+	return 0
+}
+
+// PixieDocument is how a partition's PXE service serves boots.
+type PixieDocument struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	PartitionId string                 `protobuf:"bytes,1,opt,name=partition_id,json=partitionId,proto3" json:"partition_id,omitempty"`
+	// the installer every unknown or waiting machine boots.
+	KernelUrl    string `protobuf:"bytes,2,opt,name=kernel_url,json=kernelUrl,proto3" json:"kernel_url,omitempty"`
+	InitramfsUrl string `protobuf:"bytes,3,opt,name=initramfs_url,json=initramfsUrl,proto3" json:"initramfs_url,omitempty"`
+	// cmdline for the installer (central addresses, partition, CA pin); the
+	// boot token is added per boot.
+	Cmdline string `protobuf:"bytes,4,opt,name=cmdline,proto3" json:"cmdline,omitempty"`
+	// centrals are the agent endpoints (host:port) installers dial.
+	Centrals []string `protobuf:"bytes,5,rep,name=centrals,proto3" json:"centrals,omitempty"`
+	// ca_sha256 pins central's CA certificate (lower-case hex of its DER).
+	CaSha256      string `protobuf:"bytes,6,opt,name=ca_sha256,json=caSha256,proto3" json:"ca_sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PixieDocument) Reset() {
+	*x = PixieDocument{}
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PixieDocument) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PixieDocument) ProtoMessage() {}
+
+func (x *PixieDocument) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PixieDocument.ProtoReflect.Descriptor instead.
+func (*PixieDocument) Descriptor() ([]byte, []int) {
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *PixieDocument) GetPartitionId() string {
+	if x != nil {
+		return x.PartitionId
+	}
+	return ""
+}
+
+func (x *PixieDocument) GetKernelUrl() string {
+	if x != nil {
+		return x.KernelUrl
+	}
+	return ""
+}
+
+func (x *PixieDocument) GetInitramfsUrl() string {
+	if x != nil {
+		return x.InitramfsUrl
+	}
+	return ""
+}
+
+func (x *PixieDocument) GetCmdline() string {
+	if x != nil {
+		return x.Cmdline
+	}
+	return ""
+}
+
+func (x *PixieDocument) GetCentrals() []string {
+	if x != nil {
+		return x.Centrals
+	}
+	return nil
+}
+
+func (x *PixieDocument) GetCaSha256() string {
+	if x != nil {
+		return x.CaSha256
+	}
+	return ""
+}
+
+// BootRequest asks what a MAC address should boot.
+type BootRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// mac of the booting interface, lower-case colon notation.
+	Mac string `protobuf:"bytes,1,opt,name=mac,proto3" json:"mac,omitempty"`
+	// arch: "bios", "efi" or "efi-http" (from DHCP option 93 / the iPXE script).
+	Arch string `protobuf:"bytes,2,opt,name=arch,proto3" json:"arch,omitempty"`
+	// address the PXE service leased to the machine, for the event log.
+	Address       string `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BootRequest) Reset() {
+	*x = BootRequest{}
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BootRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BootRequest) ProtoMessage() {}
+
+func (x *BootRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BootRequest.ProtoReflect.Descriptor instead.
+func (*BootRequest) Descriptor() ([]byte, []int) {
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *BootRequest) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
+func (x *BootRequest) GetArch() string {
+	if x != nil {
+		return x.Arch
+	}
+	return ""
+}
+
+func (x *BootRequest) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+// BootResponse says what the machine boots.
+type BootResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Action BootAction             `protobuf:"varint,1,opt,name=action,proto3,enum=metalfleet.agent.v1.BootAction" json:"action,omitempty"`
+	// machine_id when the MAC belongs to a registered machine.
+	MachineId    string `protobuf:"bytes,2,opt,name=machine_id,json=machineId,proto3" json:"machine_id,omitempty"`
+	KernelUrl    string `protobuf:"bytes,3,opt,name=kernel_url,json=kernelUrl,proto3" json:"kernel_url,omitempty"`
+	InitramfsUrl string `protobuf:"bytes,4,opt,name=initramfs_url,json=initramfsUrl,proto3" json:"initramfs_url,omitempty"`
+	// cmdline for the kernel, without the boot token.
+	Cmdline string `protobuf:"bytes,5,opt,name=cmdline,proto3" json:"cmdline,omitempty"`
+	// boot_token for an installer boot: one-time, for this partition.
+	BootToken          string                 `protobuf:"bytes,6,opt,name=boot_token,json=bootToken,proto3" json:"boot_token,omitempty"`
+	BootTokenExpiresAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=boot_token_expires_at,json=bootTokenExpiresAt,proto3" json:"boot_token_expires_at,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *BootResponse) Reset() {
+	*x = BootResponse{}
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BootResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BootResponse) ProtoMessage() {}
+
+func (x *BootResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BootResponse.ProtoReflect.Descriptor instead.
+func (*BootResponse) Descriptor() ([]byte, []int) {
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *BootResponse) GetAction() BootAction {
+	if x != nil {
+		return x.Action
+	}
+	return BootAction_BOOT_ACTION_UNSPECIFIED
+}
+
+func (x *BootResponse) GetMachineId() string {
+	if x != nil {
+		return x.MachineId
+	}
+	return ""
+}
+
+func (x *BootResponse) GetKernelUrl() string {
+	if x != nil {
+		return x.KernelUrl
+	}
+	return ""
+}
+
+func (x *BootResponse) GetInitramfsUrl() string {
+	if x != nil {
+		return x.InitramfsUrl
+	}
+	return ""
+}
+
+func (x *BootResponse) GetCmdline() string {
+	if x != nil {
+		return x.Cmdline
+	}
+	return ""
+}
+
+func (x *BootResponse) GetBootToken() string {
+	if x != nil {
+		return x.BootToken
+	}
+	return ""
+}
+
+func (x *BootResponse) GetBootTokenExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BootTokenExpiresAt
+	}
+	return nil
+}
+
 // Settings are the desired state every kind shares.
 type Settings struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -723,7 +1440,7 @@ type Settings struct {
 
 func (x *Settings) Reset() {
 	*x = Settings{}
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -735,7 +1452,7 @@ func (x *Settings) String() string {
 func (*Settings) ProtoMessage() {}
 
 func (x *Settings) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -748,7 +1465,7 @@ func (x *Settings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Settings.ProtoReflect.Descriptor instead.
 func (*Settings) Descriptor() ([]byte, []int) {
-	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Settings) GetLogLevel() string {
@@ -792,7 +1509,7 @@ type Report struct {
 
 func (x *Report) Reset() {
 	*x = Report{}
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -804,7 +1521,7 @@ func (x *Report) String() string {
 func (*Report) ProtoMessage() {}
 
 func (x *Report) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -817,7 +1534,7 @@ func (x *Report) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Report.ProtoReflect.Descriptor instead.
 func (*Report) Descriptor() ([]byte, []int) {
-	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Report) GetAppliedRevision() uint64 {
@@ -860,15 +1577,18 @@ type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Time  *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
 	// type is a short machine-readable word, e.g. "Applied", "Crashed".
-	Type          string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
-	Message       string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	Type    string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// subject names what the event is about when it is not the reporting
+	// agent itself: a PXE service reports "PXE Booting" with the MAC here.
+	Subject       string `protobuf:"bytes,4,opt,name=subject,proto3" json:"subject,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -880,7 +1600,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -893,7 +1613,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Event) GetTime() *timestamppb.Timestamp {
@@ -917,6 +1637,13 @@ func (x *Event) GetMessage() string {
 	return ""
 }
 
+func (x *Event) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
 // Heartbeat keeps the agent alive in central's eyes between reports.
 type Heartbeat struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -927,7 +1654,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -939,7 +1666,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -952,7 +1679,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Heartbeat) GetAppliedRevision() uint64 {
@@ -966,7 +1693,7 @@ var File_metalfleet_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_metalfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1fmetalfleet/agent/v1/agent.proto\x12\x13metalfleet.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x01\n" +
+	"\x1fmetalfleet/agent/v1/agent.proto\x12\x13metalfleet.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!metalfleet/agent/v1/machine.proto\"\xbf\x01\n" +
 	"\vSyncRequest\x122\n" +
 	"\x05hello\x18\x01 \x01(\v2\x1a.metalfleet.agent.v1.HelloH\x00R\x05hello\x125\n" +
 	"\x06report\x18\x02 \x01(\v2\x1b.metalfleet.agent.v1.ReportH\x00R\x06report\x12>\n" +
@@ -989,12 +1716,13 @@ const file_metalfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\x05token\x18\x01 \x01(\tH\x00R\x05token\x12\x1f\n" +
 	"\n" +
 	"boot_token\x18\x02 \x01(\tH\x00R\tbootTokenB\b\n" +
-	"\x06secret\"\xe1\x01\n" +
+	"\x06secret\"\x9e\x02\n" +
 	"\x05Facts\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x1c\n" +
 	"\taddresses\x18\x03 \x03(\tR\taddresses\x12>\n" +
-	"\x06labels\x18\x04 \x03(\v2&.metalfleet.agent.v1.Facts.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\x04 \x03(\v2&.metalfleet.agent.v1.Facts.LabelsEntryR\x06labels\x12;\n" +
+	"\amachine\x18\x10 \x01(\v2!.metalfleet.agent.v1.MachineFactsR\amachine\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xab\x01\n" +
@@ -1002,12 +1730,78 @@ const file_metalfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12!\n" +
 	"\fissued_token\x18\x02 \x01(\tR\vissuedToken\x12H\n" +
 	"\x12heartbeat_interval\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12\x18\n" +
-	"\areplica\x18\x04 \x01(\tR\areplica\"\x9b\x01\n" +
+	"\areplica\x18\x04 \x01(\tR\areplica\"\x95\x02\n" +
 	"\aDesired\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x129\n" +
 	"\n" +
 	"changed_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tchangedAt\x129\n" +
-	"\bsettings\x18\x03 \x01(\v2\x1d.metalfleet.agent.v1.SettingsR\bsettings\"\xdd\x01\n" +
+	"\bsettings\x18\x03 \x01(\v2\x1d.metalfleet.agent.v1.SettingsR\bsettings\x12>\n" +
+	"\amachine\x18\x10 \x01(\v2$.metalfleet.agent.v1.MachineDocumentR\amachine\x128\n" +
+	"\x05pixie\x18\x11 \x01(\v2\".metalfleet.agent.v1.PixieDocumentR\x05pixie\"\xce\x01\n" +
+	"\x0fMachineDocument\x12\x1d\n" +
+	"\n" +
+	"machine_id\x18\x01 \x01(\tR\tmachineId\x12F\n" +
+	"\n" +
+	"allocation\x18\x02 \x01(\v2&.metalfleet.agent.v1.MachineAllocationR\n" +
+	"allocation\x12+\n" +
+	"\x11reboot_generation\x18\x03 \x01(\x04R\x10rebootGeneration\x12'\n" +
+	"\x0fwipe_generation\x18\x04 \x01(\x04R\x0ewipeGeneration\"\xe9\x03\n" +
+	"\x11MachineAllocation\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
+	"\n" +
+	"project_id\x18\x02 \x01(\tR\tprojectId\x12\x1a\n" +
+	"\bhostname\x18\x03 \x01(\tR\bhostname\x123\n" +
+	"\x05image\x18\x04 \x01(\v2\x1d.metalfleet.agent.v1.ImageRefR\x05image\x123\n" +
+	"\x06layout\x18\x05 \x01(\v2\x1b.metalfleet.agent.v1.LayoutR\x06layout\x12?\n" +
+	"\bnetworks\x18\x06 \x03(\v2#.metalfleet.agent.v1.MachineNetworkR\bnetworks\x12&\n" +
+	"\x0fssh_public_keys\x18\a \x03(\tR\rsshPublicKeys\x12\x1b\n" +
+	"\tuser_data\x18\b \x01(\tR\buserData\x12\x1f\n" +
+	"\vdns_servers\x18\t \x03(\tR\n" +
+	"dnsServers\x12\x1f\n" +
+	"\vntp_servers\x18\n" +
+	" \x03(\tR\n" +
+	"ntpServers\x12\x1c\n" +
+	"\treinstall\x18\v \x01(\bR\treinstall\x129\n" +
+	"\n" +
+	"created_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"n\n" +
+	"\bImageRef\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x0e\n" +
+	"\x02os\x18\x02 \x01(\tR\x02os\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\x12\x10\n" +
+	"\x03url\x18\x04 \x01(\tR\x03url\x12\x16\n" +
+	"\x06sha256\x18\x05 \x01(\tR\x06sha256\"\xb7\x01\n" +
+	"\x0eMachineNetwork\x12\x1d\n" +
+	"\n" +
+	"network_id\x18\x01 \x01(\tR\tnetworkId\x12\x1a\n" +
+	"\bprefixes\x18\x02 \x03(\tR\bprefixes\x12\x10\n" +
+	"\x03ips\x18\x03 \x03(\tR\x03ips\x12\x10\n" +
+	"\x03vrf\x18\x04 \x01(\rR\x03vrf\x12\x18\n" +
+	"\aprivate\x18\x05 \x01(\bR\aprivate\x12\x1a\n" +
+	"\bunderlay\x18\x06 \x01(\bR\bunderlay\x12\x10\n" +
+	"\x03asn\x18\a \x01(\rR\x03asn\"\xc9\x01\n" +
+	"\rPixieDocument\x12!\n" +
+	"\fpartition_id\x18\x01 \x01(\tR\vpartitionId\x12\x1d\n" +
+	"\n" +
+	"kernel_url\x18\x02 \x01(\tR\tkernelUrl\x12#\n" +
+	"\rinitramfs_url\x18\x03 \x01(\tR\finitramfsUrl\x12\x18\n" +
+	"\acmdline\x18\x04 \x01(\tR\acmdline\x12\x1a\n" +
+	"\bcentrals\x18\x05 \x03(\tR\bcentrals\x12\x1b\n" +
+	"\tca_sha256\x18\x06 \x01(\tR\bcaSha256\"M\n" +
+	"\vBootRequest\x12\x10\n" +
+	"\x03mac\x18\x01 \x01(\tR\x03mac\x12\x12\n" +
+	"\x04arch\x18\x02 \x01(\tR\x04arch\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\"\xb2\x02\n" +
+	"\fBootResponse\x127\n" +
+	"\x06action\x18\x01 \x01(\x0e2\x1f.metalfleet.agent.v1.BootActionR\x06action\x12\x1d\n" +
+	"\n" +
+	"machine_id\x18\x02 \x01(\tR\tmachineId\x12\x1d\n" +
+	"\n" +
+	"kernel_url\x18\x03 \x01(\tR\tkernelUrl\x12#\n" +
+	"\rinitramfs_url\x18\x04 \x01(\tR\finitramfsUrl\x12\x18\n" +
+	"\acmdline\x18\x05 \x01(\tR\acmdline\x12\x1d\n" +
+	"\n" +
+	"boot_token\x18\x06 \x01(\tR\tbootToken\x12M\n" +
+	"\x15boot_token_expires_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x12bootTokenExpiresAt\"\xdd\x01\n" +
 	"\bSettings\x12\x1b\n" +
 	"\tlog_level\x18\x01 \x01(\tR\blogLevel\x12A\n" +
 	"\x06labels\x18\x02 \x03(\v2).metalfleet.agent.v1.Settings.LabelsEntryR\x06labels\x126\n" +
@@ -1020,11 +1814,12 @@ const file_metalfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\x06health\x18\x02 \x01(\x0e2\x1b.metalfleet.agent.v1.HealthR\x06health\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x120\n" +
 	"\x05facts\x18\x04 \x01(\v2\x1a.metalfleet.agent.v1.FactsR\x05facts\x122\n" +
-	"\x06events\x18\x05 \x03(\v2\x1a.metalfleet.agent.v1.EventR\x06events\"e\n" +
+	"\x06events\x18\x05 \x03(\v2\x1a.metalfleet.agent.v1.EventR\x06events\"\x7f\n" +
 	"\x05Event\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"6\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12\x18\n" +
+	"\asubject\x18\x04 \x01(\tR\asubject\"6\n" +
 	"\tHeartbeat\x12)\n" +
 	"\x10applied_revision\x18\x01 \x01(\x04R\x0fappliedRevision*s\n" +
 	"\x04Kind\x12\x14\n" +
@@ -1034,14 +1829,20 @@ const file_metalfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\bKIND_BMC\x10\x03\x12\x0e\n" +
 	"\n" +
 	"KIND_PIXIE\x10\x04\x12\x12\n" +
-	"\x0eKIND_PHONEHOME\x10\x05*V\n" +
+	"\x0eKIND_PHONEHOME\x10\x05*Z\n" +
+	"\n" +
+	"BootAction\x12\x1b\n" +
+	"\x17BOOT_ACTION_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15BOOT_ACTION_INSTALLER\x10\x01\x12\x14\n" +
+	"\x10BOOT_ACTION_DISK\x10\x02*V\n" +
 	"\x06Health\x12\x16\n" +
 	"\x12HEALTH_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tHEALTH_OK\x10\x01\x12\x13\n" +
 	"\x0fHEALTH_DEGRADED\x10\x02\x12\x10\n" +
-	"\fHEALTH_ERROR\x10\x032_\n" +
+	"\fHEALTH_ERROR\x10\x032\xac\x01\n" +
 	"\fAgentService\x12O\n" +
-	"\x04Sync\x12 .metalfleet.agent.v1.SyncRequest\x1a!.metalfleet.agent.v1.SyncResponse(\x010\x01BDZBgithub.com/metalfleet/metalfleet/proto/metalfleet/agent/v1;agentv1b\x06proto3"
+	"\x04Sync\x12 .metalfleet.agent.v1.SyncRequest\x1a!.metalfleet.agent.v1.SyncResponse(\x010\x01\x12K\n" +
+	"\x04Boot\x12 .metalfleet.agent.v1.BootRequest\x1a!.metalfleet.agent.v1.BootResponseBDZBgithub.com/metalfleet/metalfleet/proto/metalfleet/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_metalfleet_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -1055,52 +1856,74 @@ func file_metalfleet_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_metalfleet_agent_v1_agent_proto_rawDescData
 }
 
-var file_metalfleet_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_metalfleet_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_metalfleet_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_metalfleet_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_metalfleet_agent_v1_agent_proto_goTypes = []any{
 	(Kind)(0),                     // 0: metalfleet.agent.v1.Kind
-	(Health)(0),                   // 1: metalfleet.agent.v1.Health
-	(*SyncRequest)(nil),           // 2: metalfleet.agent.v1.SyncRequest
-	(*SyncResponse)(nil),          // 3: metalfleet.agent.v1.SyncResponse
-	(*Hello)(nil),                 // 4: metalfleet.agent.v1.Hello
-	(*Credential)(nil),            // 5: metalfleet.agent.v1.Credential
-	(*Facts)(nil),                 // 6: metalfleet.agent.v1.Facts
-	(*Welcome)(nil),               // 7: metalfleet.agent.v1.Welcome
-	(*Desired)(nil),               // 8: metalfleet.agent.v1.Desired
-	(*Settings)(nil),              // 9: metalfleet.agent.v1.Settings
-	(*Report)(nil),                // 10: metalfleet.agent.v1.Report
-	(*Event)(nil),                 // 11: metalfleet.agent.v1.Event
-	(*Heartbeat)(nil),             // 12: metalfleet.agent.v1.Heartbeat
-	nil,                           // 13: metalfleet.agent.v1.Facts.LabelsEntry
-	nil,                           // 14: metalfleet.agent.v1.Settings.LabelsEntry
-	(*durationpb.Duration)(nil),   // 15: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(BootAction)(0),               // 1: metalfleet.agent.v1.BootAction
+	(Health)(0),                   // 2: metalfleet.agent.v1.Health
+	(*SyncRequest)(nil),           // 3: metalfleet.agent.v1.SyncRequest
+	(*SyncResponse)(nil),          // 4: metalfleet.agent.v1.SyncResponse
+	(*Hello)(nil),                 // 5: metalfleet.agent.v1.Hello
+	(*Credential)(nil),            // 6: metalfleet.agent.v1.Credential
+	(*Facts)(nil),                 // 7: metalfleet.agent.v1.Facts
+	(*Welcome)(nil),               // 8: metalfleet.agent.v1.Welcome
+	(*Desired)(nil),               // 9: metalfleet.agent.v1.Desired
+	(*MachineDocument)(nil),       // 10: metalfleet.agent.v1.MachineDocument
+	(*MachineAllocation)(nil),     // 11: metalfleet.agent.v1.MachineAllocation
+	(*ImageRef)(nil),              // 12: metalfleet.agent.v1.ImageRef
+	(*MachineNetwork)(nil),        // 13: metalfleet.agent.v1.MachineNetwork
+	(*PixieDocument)(nil),         // 14: metalfleet.agent.v1.PixieDocument
+	(*BootRequest)(nil),           // 15: metalfleet.agent.v1.BootRequest
+	(*BootResponse)(nil),          // 16: metalfleet.agent.v1.BootResponse
+	(*Settings)(nil),              // 17: metalfleet.agent.v1.Settings
+	(*Report)(nil),                // 18: metalfleet.agent.v1.Report
+	(*Event)(nil),                 // 19: metalfleet.agent.v1.Event
+	(*Heartbeat)(nil),             // 20: metalfleet.agent.v1.Heartbeat
+	nil,                           // 21: metalfleet.agent.v1.Facts.LabelsEntry
+	nil,                           // 22: metalfleet.agent.v1.Settings.LabelsEntry
+	(*MachineFacts)(nil),          // 23: metalfleet.agent.v1.MachineFacts
+	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
+	(*Layout)(nil),                // 26: metalfleet.agent.v1.Layout
 }
 var file_metalfleet_agent_v1_agent_proto_depIdxs = []int32{
-	4,  // 0: metalfleet.agent.v1.SyncRequest.hello:type_name -> metalfleet.agent.v1.Hello
-	10, // 1: metalfleet.agent.v1.SyncRequest.report:type_name -> metalfleet.agent.v1.Report
-	12, // 2: metalfleet.agent.v1.SyncRequest.heartbeat:type_name -> metalfleet.agent.v1.Heartbeat
-	7,  // 3: metalfleet.agent.v1.SyncResponse.welcome:type_name -> metalfleet.agent.v1.Welcome
-	8,  // 4: metalfleet.agent.v1.SyncResponse.desired:type_name -> metalfleet.agent.v1.Desired
+	5,  // 0: metalfleet.agent.v1.SyncRequest.hello:type_name -> metalfleet.agent.v1.Hello
+	18, // 1: metalfleet.agent.v1.SyncRequest.report:type_name -> metalfleet.agent.v1.Report
+	20, // 2: metalfleet.agent.v1.SyncRequest.heartbeat:type_name -> metalfleet.agent.v1.Heartbeat
+	8,  // 3: metalfleet.agent.v1.SyncResponse.welcome:type_name -> metalfleet.agent.v1.Welcome
+	9,  // 4: metalfleet.agent.v1.SyncResponse.desired:type_name -> metalfleet.agent.v1.Desired
 	0,  // 5: metalfleet.agent.v1.Hello.kind:type_name -> metalfleet.agent.v1.Kind
-	5,  // 6: metalfleet.agent.v1.Hello.credential:type_name -> metalfleet.agent.v1.Credential
-	6,  // 7: metalfleet.agent.v1.Hello.facts:type_name -> metalfleet.agent.v1.Facts
-	13, // 8: metalfleet.agent.v1.Facts.labels:type_name -> metalfleet.agent.v1.Facts.LabelsEntry
-	15, // 9: metalfleet.agent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	16, // 10: metalfleet.agent.v1.Desired.changed_at:type_name -> google.protobuf.Timestamp
-	9,  // 11: metalfleet.agent.v1.Desired.settings:type_name -> metalfleet.agent.v1.Settings
-	14, // 12: metalfleet.agent.v1.Settings.labels:type_name -> metalfleet.agent.v1.Settings.LabelsEntry
-	1,  // 13: metalfleet.agent.v1.Report.health:type_name -> metalfleet.agent.v1.Health
-	6,  // 14: metalfleet.agent.v1.Report.facts:type_name -> metalfleet.agent.v1.Facts
-	11, // 15: metalfleet.agent.v1.Report.events:type_name -> metalfleet.agent.v1.Event
-	16, // 16: metalfleet.agent.v1.Event.time:type_name -> google.protobuf.Timestamp
-	2,  // 17: metalfleet.agent.v1.AgentService.Sync:input_type -> metalfleet.agent.v1.SyncRequest
-	3,  // 18: metalfleet.agent.v1.AgentService.Sync:output_type -> metalfleet.agent.v1.SyncResponse
-	18, // [18:19] is the sub-list for method output_type
-	17, // [17:18] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	6,  // 6: metalfleet.agent.v1.Hello.credential:type_name -> metalfleet.agent.v1.Credential
+	7,  // 7: metalfleet.agent.v1.Hello.facts:type_name -> metalfleet.agent.v1.Facts
+	21, // 8: metalfleet.agent.v1.Facts.labels:type_name -> metalfleet.agent.v1.Facts.LabelsEntry
+	23, // 9: metalfleet.agent.v1.Facts.machine:type_name -> metalfleet.agent.v1.MachineFacts
+	24, // 10: metalfleet.agent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	25, // 11: metalfleet.agent.v1.Desired.changed_at:type_name -> google.protobuf.Timestamp
+	17, // 12: metalfleet.agent.v1.Desired.settings:type_name -> metalfleet.agent.v1.Settings
+	10, // 13: metalfleet.agent.v1.Desired.machine:type_name -> metalfleet.agent.v1.MachineDocument
+	14, // 14: metalfleet.agent.v1.Desired.pixie:type_name -> metalfleet.agent.v1.PixieDocument
+	11, // 15: metalfleet.agent.v1.MachineDocument.allocation:type_name -> metalfleet.agent.v1.MachineAllocation
+	12, // 16: metalfleet.agent.v1.MachineAllocation.image:type_name -> metalfleet.agent.v1.ImageRef
+	26, // 17: metalfleet.agent.v1.MachineAllocation.layout:type_name -> metalfleet.agent.v1.Layout
+	13, // 18: metalfleet.agent.v1.MachineAllocation.networks:type_name -> metalfleet.agent.v1.MachineNetwork
+	25, // 19: metalfleet.agent.v1.MachineAllocation.created_at:type_name -> google.protobuf.Timestamp
+	1,  // 20: metalfleet.agent.v1.BootResponse.action:type_name -> metalfleet.agent.v1.BootAction
+	25, // 21: metalfleet.agent.v1.BootResponse.boot_token_expires_at:type_name -> google.protobuf.Timestamp
+	22, // 22: metalfleet.agent.v1.Settings.labels:type_name -> metalfleet.agent.v1.Settings.LabelsEntry
+	2,  // 23: metalfleet.agent.v1.Report.health:type_name -> metalfleet.agent.v1.Health
+	7,  // 24: metalfleet.agent.v1.Report.facts:type_name -> metalfleet.agent.v1.Facts
+	19, // 25: metalfleet.agent.v1.Report.events:type_name -> metalfleet.agent.v1.Event
+	25, // 26: metalfleet.agent.v1.Event.time:type_name -> google.protobuf.Timestamp
+	3,  // 27: metalfleet.agent.v1.AgentService.Sync:input_type -> metalfleet.agent.v1.SyncRequest
+	15, // 28: metalfleet.agent.v1.AgentService.Boot:input_type -> metalfleet.agent.v1.BootRequest
+	4,  // 29: metalfleet.agent.v1.AgentService.Sync:output_type -> metalfleet.agent.v1.SyncResponse
+	16, // 30: metalfleet.agent.v1.AgentService.Boot:output_type -> metalfleet.agent.v1.BootResponse
+	29, // [29:31] is the sub-list for method output_type
+	27, // [27:29] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_metalfleet_agent_v1_agent_proto_init() }
@@ -1108,6 +1931,7 @@ func file_metalfleet_agent_v1_agent_proto_init() {
 	if File_metalfleet_agent_v1_agent_proto != nil {
 		return
 	}
+	file_metalfleet_agent_v1_machine_proto_init()
 	file_metalfleet_agent_v1_agent_proto_msgTypes[0].OneofWrappers = []any{
 		(*SyncRequest_Hello)(nil),
 		(*SyncRequest_Report)(nil),
@@ -1126,8 +1950,8 @@ func file_metalfleet_agent_v1_agent_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metalfleet_agent_v1_agent_proto_rawDesc), len(file_metalfleet_agent_v1_agent_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   13,
+			NumEnums:      3,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

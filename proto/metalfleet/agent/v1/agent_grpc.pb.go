@@ -20,6 +20,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	AgentService_Sync_FullMethodName = "/metalfleet.agent.v1.AgentService/Sync"
+	AgentService_Boot_FullMethodName = "/metalfleet.agent.v1.AgentService/Boot"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -34,6 +35,11 @@ const (
 // one-time boot token), not in the people API's bearer metadata.
 type AgentServiceClient interface {
 	Sync(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SyncRequest, SyncResponse], error)
+	// Boot answers a partition's PXE service what a MAC address should boot.
+	// Only a KIND_PIXIE agent may call it, with its own credential as
+	// "authorization: Bearer <token>" metadata, and only for its partition.
+	// An installer answer carries a fresh one-time boot token.
+	Boot(ctx context.Context, in *BootRequest, opts ...grpc.CallOption) (*BootResponse, error)
 }
 
 type agentServiceClient struct {
@@ -57,6 +63,16 @@ func (c *agentServiceClient) Sync(ctx context.Context, opts ...grpc.CallOption) 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AgentService_SyncClient = grpc.BidiStreamingClient[SyncRequest, SyncResponse]
 
+func (c *agentServiceClient) Boot(ctx context.Context, in *BootRequest, opts ...grpc.CallOption) (*BootResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BootResponse)
+	err := c.cc.Invoke(ctx, AgentService_Boot_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
@@ -69,6 +85,11 @@ type AgentService_SyncClient = grpc.BidiStreamingClient[SyncRequest, SyncRespons
 // one-time boot token), not in the people API's bearer metadata.
 type AgentServiceServer interface {
 	Sync(grpc.BidiStreamingServer[SyncRequest, SyncResponse]) error
+	// Boot answers a partition's PXE service what a MAC address should boot.
+	// Only a KIND_PIXIE agent may call it, with its own credential as
+	// "authorization: Bearer <token>" metadata, and only for its partition.
+	// An installer answer carries a fresh one-time boot token.
+	Boot(context.Context, *BootRequest) (*BootResponse, error)
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -81,6 +102,9 @@ type UnimplementedAgentServiceServer struct{}
 
 func (UnimplementedAgentServiceServer) Sync(grpc.BidiStreamingServer[SyncRequest, SyncResponse]) error {
 	return status.Error(codes.Unimplemented, "method Sync not implemented")
+}
+func (UnimplementedAgentServiceServer) Boot(context.Context, *BootRequest) (*BootResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Boot not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -110,13 +134,36 @@ func _AgentService_Sync_Handler(srv interface{}, stream grpc.ServerStream) error
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AgentService_SyncServer = grpc.BidiStreamingServer[SyncRequest, SyncResponse]
 
+func _AgentService_Boot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BootRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).Boot(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_Boot_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).Boot(ctx, req.(*BootRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
 var AgentService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "metalfleet.agent.v1.AgentService",
 	HandlerType: (*AgentServiceServer)(nil),
-	Methods:     []grpc.MethodDesc{},
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Boot",
+			Handler:    _AgentService_Boot_Handler,
+		},
+	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "Sync",

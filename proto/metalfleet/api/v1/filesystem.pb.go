@@ -7,6 +7,7 @@
 package apiv1
 
 import (
+	v1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -28,11 +29,11 @@ type FilesystemLayout struct {
 	Name           string                       `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	Description    string                       `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
 	Constraints    *FilesystemLayoutConstraints `protobuf:"bytes,4,opt,name=constraints,proto3" json:"constraints,omitempty"`
-	Disks          []*Disk                      `protobuf:"bytes,5,rep,name=disks,proto3" json:"disks,omitempty"`
-	Raids          []*Raid                      `protobuf:"bytes,6,rep,name=raids,proto3" json:"raids,omitempty"`
-	VolumeGroups   []*VolumeGroup               `protobuf:"bytes,7,rep,name=volume_groups,json=volumeGroups,proto3" json:"volume_groups,omitempty"`
-	LogicalVolumes []*LogicalVolume             `protobuf:"bytes,8,rep,name=logical_volumes,json=logicalVolumes,proto3" json:"logical_volumes,omitempty"`
-	Filesystems    []*Filesystem                `protobuf:"bytes,9,rep,name=filesystems,proto3" json:"filesystems,omitempty"`
+	Disks          []*v1.Disk                   `protobuf:"bytes,5,rep,name=disks,proto3" json:"disks,omitempty"`
+	Raids          []*v1.Raid                   `protobuf:"bytes,6,rep,name=raids,proto3" json:"raids,omitempty"`
+	VolumeGroups   []*v1.VolumeGroup            `protobuf:"bytes,7,rep,name=volume_groups,json=volumeGroups,proto3" json:"volume_groups,omitempty"`
+	LogicalVolumes []*v1.LogicalVolume          `protobuf:"bytes,8,rep,name=logical_volumes,json=logicalVolumes,proto3" json:"logical_volumes,omitempty"`
+	Filesystems    []*v1.Filesystem             `protobuf:"bytes,9,rep,name=filesystems,proto3" json:"filesystems,omitempty"`
 	Labels         map[string]string            `protobuf:"bytes,10,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Meta           *Meta                        `protobuf:"bytes,15,opt,name=meta,proto3" json:"meta,omitempty"`
 	unknownFields  protoimpl.UnknownFields
@@ -97,35 +98,35 @@ func (x *FilesystemLayout) GetConstraints() *FilesystemLayoutConstraints {
 	return nil
 }
 
-func (x *FilesystemLayout) GetDisks() []*Disk {
+func (x *FilesystemLayout) GetDisks() []*v1.Disk {
 	if x != nil {
 		return x.Disks
 	}
 	return nil
 }
 
-func (x *FilesystemLayout) GetRaids() []*Raid {
+func (x *FilesystemLayout) GetRaids() []*v1.Raid {
 	if x != nil {
 		return x.Raids
 	}
 	return nil
 }
 
-func (x *FilesystemLayout) GetVolumeGroups() []*VolumeGroup {
+func (x *FilesystemLayout) GetVolumeGroups() []*v1.VolumeGroup {
 	if x != nil {
 		return x.VolumeGroups
 	}
 	return nil
 }
 
-func (x *FilesystemLayout) GetLogicalVolumes() []*LogicalVolume {
+func (x *FilesystemLayout) GetLogicalVolumes() []*v1.LogicalVolume {
 	if x != nil {
 		return x.LogicalVolumes
 	}
 	return nil
 }
 
-func (x *FilesystemLayout) GetFilesystems() []*Filesystem {
+func (x *FilesystemLayout) GetFilesystems() []*v1.Filesystem {
 	if x != nil {
 		return x.Filesystems
 	}
@@ -201,413 +202,6 @@ func (x *FilesystemLayoutConstraints) GetImages() map[string]string {
 	return nil
 }
 
-// Disk is a device with a GPT partition table.
-type Disk struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// device path, e.g. "/dev/sda".
-	Device     string           `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
-	Partitions []*DiskPartition `protobuf:"bytes,2,rep,name=partitions,proto3" json:"partitions,omitempty"`
-	// wipe_on_reinstall: wipe this disk when the machine is reinstalled.
-	WipeOnReinstall bool `protobuf:"varint,3,opt,name=wipe_on_reinstall,json=wipeOnReinstall,proto3" json:"wipe_on_reinstall,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
-}
-
-func (x *Disk) Reset() {
-	*x = Disk{}
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[2]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Disk) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Disk) ProtoMessage() {}
-
-func (x *Disk) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[2]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Disk.ProtoReflect.Descriptor instead.
-func (*Disk) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{2}
-}
-
-func (x *Disk) GetDevice() string {
-	if x != nil {
-		return x.Device
-	}
-	return ""
-}
-
-func (x *Disk) GetPartitions() []*DiskPartition {
-	if x != nil {
-		return x.Partitions
-	}
-	return nil
-}
-
-func (x *Disk) GetWipeOnReinstall() bool {
-	if x != nil {
-		return x.WipeOnReinstall
-	}
-	return false
-}
-
-// DiskPartition is one GPT partition.
-type DiskPartition struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	Number uint32                 `protobuf:"varint,1,opt,name=number,proto3" json:"number,omitempty"`
-	Label  string                 `protobuf:"bytes,2,opt,name=label,proto3" json:"label,omitempty"`
-	// size_bytes; 0 takes the rest of the disk (only for the last partition).
-	SizeBytes uint64 `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
-	// gpt_type: "ef00" (EFI), "8300" (Linux), "fd00" (RAID), "8e00" (LVM).
-	GptType       string `protobuf:"bytes,4,opt,name=gpt_type,json=gptType,proto3" json:"gpt_type,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *DiskPartition) Reset() {
-	*x = DiskPartition{}
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[3]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *DiskPartition) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*DiskPartition) ProtoMessage() {}
-
-func (x *DiskPartition) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[3]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use DiskPartition.ProtoReflect.Descriptor instead.
-func (*DiskPartition) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{3}
-}
-
-func (x *DiskPartition) GetNumber() uint32 {
-	if x != nil {
-		return x.Number
-	}
-	return 0
-}
-
-func (x *DiskPartition) GetLabel() string {
-	if x != nil {
-		return x.Label
-	}
-	return ""
-}
-
-func (x *DiskPartition) GetSizeBytes() uint64 {
-	if x != nil {
-		return x.SizeBytes
-	}
-	return 0
-}
-
-func (x *DiskPartition) GetGptType() string {
-	if x != nil {
-		return x.GptType
-	}
-	return ""
-}
-
-// Raid is a Linux software RAID array.
-type Raid struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// level: "0", "1", "5", "6", "10".
-	Level         string   `protobuf:"bytes,2,opt,name=level,proto3" json:"level,omitempty"`
-	Devices       []string `protobuf:"bytes,3,rep,name=devices,proto3" json:"devices,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Raid) Reset() {
-	*x = Raid{}
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[4]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Raid) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Raid) ProtoMessage() {}
-
-func (x *Raid) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[4]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Raid.ProtoReflect.Descriptor instead.
-func (*Raid) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{4}
-}
-
-func (x *Raid) GetName() string {
-	if x != nil {
-		return x.Name
-	}
-	return ""
-}
-
-func (x *Raid) GetLevel() string {
-	if x != nil {
-		return x.Level
-	}
-	return ""
-}
-
-func (x *Raid) GetDevices() []string {
-	if x != nil {
-		return x.Devices
-	}
-	return nil
-}
-
-// VolumeGroup is an LVM volume group.
-type VolumeGroup struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Devices       []string               `protobuf:"bytes,2,rep,name=devices,proto3" json:"devices,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *VolumeGroup) Reset() {
-	*x = VolumeGroup{}
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[5]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *VolumeGroup) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*VolumeGroup) ProtoMessage() {}
-
-func (x *VolumeGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[5]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use VolumeGroup.ProtoReflect.Descriptor instead.
-func (*VolumeGroup) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{5}
-}
-
-func (x *VolumeGroup) GetName() string {
-	if x != nil {
-		return x.Name
-	}
-	return ""
-}
-
-func (x *VolumeGroup) GetDevices() []string {
-	if x != nil {
-		return x.Devices
-	}
-	return nil
-}
-
-// LogicalVolume is an LVM logical volume.
-type LogicalVolume struct {
-	state       protoimpl.MessageState `protogen:"open.v1"`
-	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	VolumeGroup string                 `protobuf:"bytes,2,opt,name=volume_group,json=volumeGroup,proto3" json:"volume_group,omitempty"`
-	// size_bytes; 0 takes the rest of the volume group.
-	SizeBytes uint64 `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
-	// lvm_type: "linear", "striped", "raid1".
-	LvmType       string `protobuf:"bytes,4,opt,name=lvm_type,json=lvmType,proto3" json:"lvm_type,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *LogicalVolume) Reset() {
-	*x = LogicalVolume{}
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[6]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *LogicalVolume) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*LogicalVolume) ProtoMessage() {}
-
-func (x *LogicalVolume) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[6]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use LogicalVolume.ProtoReflect.Descriptor instead.
-func (*LogicalVolume) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{6}
-}
-
-func (x *LogicalVolume) GetName() string {
-	if x != nil {
-		return x.Name
-	}
-	return ""
-}
-
-func (x *LogicalVolume) GetVolumeGroup() string {
-	if x != nil {
-		return x.VolumeGroup
-	}
-	return ""
-}
-
-func (x *LogicalVolume) GetSizeBytes() uint64 {
-	if x != nil {
-		return x.SizeBytes
-	}
-	return 0
-}
-
-func (x *LogicalVolume) GetLvmType() string {
-	if x != nil {
-		return x.LvmType
-	}
-	return ""
-}
-
-// Filesystem is created on a device and mounted at path.
-type Filesystem struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// path is the mount point; empty for swap or unmounted filesystems.
-	Path   string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
-	Device string `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
-	// format: "ext4", "ext3", "xfs", "vfat", "swap", "tmpfs", "none".
-	Format        string   `protobuf:"bytes,3,opt,name=format,proto3" json:"format,omitempty"`
-	Label         string   `protobuf:"bytes,4,opt,name=label,proto3" json:"label,omitempty"`
-	MountOptions  []string `protobuf:"bytes,5,rep,name=mount_options,json=mountOptions,proto3" json:"mount_options,omitempty"`
-	CreateOptions []string `protobuf:"bytes,6,rep,name=create_options,json=createOptions,proto3" json:"create_options,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Filesystem) Reset() {
-	*x = Filesystem{}
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[7]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Filesystem) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Filesystem) ProtoMessage() {}
-
-func (x *Filesystem) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[7]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Filesystem.ProtoReflect.Descriptor instead.
-func (*Filesystem) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{7}
-}
-
-func (x *Filesystem) GetPath() string {
-	if x != nil {
-		return x.Path
-	}
-	return ""
-}
-
-func (x *Filesystem) GetDevice() string {
-	if x != nil {
-		return x.Device
-	}
-	return ""
-}
-
-func (x *Filesystem) GetFormat() string {
-	if x != nil {
-		return x.Format
-	}
-	return ""
-}
-
-func (x *Filesystem) GetLabel() string {
-	if x != nil {
-		return x.Label
-	}
-	return ""
-}
-
-func (x *Filesystem) GetMountOptions() []string {
-	if x != nil {
-		return x.MountOptions
-	}
-	return nil
-}
-
-func (x *Filesystem) GetCreateOptions() []string {
-	if x != nil {
-		return x.CreateOptions
-	}
-	return nil
-}
-
 type FilesystemLayoutServiceCreateRequest struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	FilesystemLayout *FilesystemLayout      `protobuf:"bytes,1,opt,name=filesystem_layout,json=filesystemLayout,proto3" json:"filesystem_layout,omitempty"`
@@ -617,7 +211,7 @@ type FilesystemLayoutServiceCreateRequest struct {
 
 func (x *FilesystemLayoutServiceCreateRequest) Reset() {
 	*x = FilesystemLayoutServiceCreateRequest{}
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[8]
+	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -629,7 +223,7 @@ func (x *FilesystemLayoutServiceCreateRequest) String() string {
 func (*FilesystemLayoutServiceCreateRequest) ProtoMessage() {}
 
 func (x *FilesystemLayoutServiceCreateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[8]
+	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -642,7 +236,7 @@ func (x *FilesystemLayoutServiceCreateRequest) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use FilesystemLayoutServiceCreateRequest.ProtoReflect.Descriptor instead.
 func (*FilesystemLayoutServiceCreateRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{8}
+	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *FilesystemLayoutServiceCreateRequest) GetFilesystemLayout() *FilesystemLayout {
@@ -661,7 +255,7 @@ type FilesystemLayoutServiceCreateResponse struct {
 
 func (x *FilesystemLayoutServiceCreateResponse) Reset() {
 	*x = FilesystemLayoutServiceCreateResponse{}
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[9]
+	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -673,7 +267,7 @@ func (x *FilesystemLayoutServiceCreateResponse) String() string {
 func (*FilesystemLayoutServiceCreateResponse) ProtoMessage() {}
 
 func (x *FilesystemLayoutServiceCreateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[9]
+	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -686,7 +280,7 @@ func (x *FilesystemLayoutServiceCreateResponse) ProtoReflect() protoreflect.Mess
 
 // Deprecated: Use FilesystemLayoutServiceCreateResponse.ProtoReflect.Descriptor instead.
 func (*FilesystemLayoutServiceCreateResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{9}
+	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *FilesystemLayoutServiceCreateResponse) GetFilesystemLayout() *FilesystemLayout {
@@ -705,7 +299,7 @@ type FilesystemLayoutServiceGetRequest struct {
 
 func (x *FilesystemLayoutServiceGetRequest) Reset() {
 	*x = FilesystemLayoutServiceGetRequest{}
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[10]
+	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -717,7 +311,7 @@ func (x *FilesystemLayoutServiceGetRequest) String() string {
 func (*FilesystemLayoutServiceGetRequest) ProtoMessage() {}
 
 func (x *FilesystemLayoutServiceGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[10]
+	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -730,7 +324,7 @@ func (x *FilesystemLayoutServiceGetRequest) ProtoReflect() protoreflect.Message 
 
 // Deprecated: Use FilesystemLayoutServiceGetRequest.ProtoReflect.Descriptor instead.
 func (*FilesystemLayoutServiceGetRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{10}
+	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *FilesystemLayoutServiceGetRequest) GetId() string {
@@ -749,7 +343,7 @@ type FilesystemLayoutServiceGetResponse struct {
 
 func (x *FilesystemLayoutServiceGetResponse) Reset() {
 	*x = FilesystemLayoutServiceGetResponse{}
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[11]
+	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -761,7 +355,7 @@ func (x *FilesystemLayoutServiceGetResponse) String() string {
 func (*FilesystemLayoutServiceGetResponse) ProtoMessage() {}
 
 func (x *FilesystemLayoutServiceGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[11]
+	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -774,7 +368,7 @@ func (x *FilesystemLayoutServiceGetResponse) ProtoReflect() protoreflect.Message
 
 // Deprecated: Use FilesystemLayoutServiceGetResponse.ProtoReflect.Descriptor instead.
 func (*FilesystemLayoutServiceGetResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{11}
+	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *FilesystemLayoutServiceGetResponse) GetFilesystemLayout() *FilesystemLayout {
@@ -792,7 +386,7 @@ type FilesystemLayoutServiceListRequest struct {
 
 func (x *FilesystemLayoutServiceListRequest) Reset() {
 	*x = FilesystemLayoutServiceListRequest{}
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[12]
+	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -804,7 +398,7 @@ func (x *FilesystemLayoutServiceListRequest) String() string {
 func (*FilesystemLayoutServiceListRequest) ProtoMessage() {}
 
 func (x *FilesystemLayoutServiceListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[12]
+	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -817,7 +411,7 @@ func (x *FilesystemLayoutServiceListRequest) ProtoReflect() protoreflect.Message
 
 // Deprecated: Use FilesystemLayoutServiceListRequest.ProtoReflect.Descriptor instead.
 func (*FilesystemLayoutServiceListRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{12}
+	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{6}
 }
 
 type FilesystemLayoutServiceListResponse struct {
@@ -829,7 +423,7 @@ type FilesystemLayoutServiceListResponse struct {
 
 func (x *FilesystemLayoutServiceListResponse) Reset() {
 	*x = FilesystemLayoutServiceListResponse{}
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[13]
+	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -841,7 +435,7 @@ func (x *FilesystemLayoutServiceListResponse) String() string {
 func (*FilesystemLayoutServiceListResponse) ProtoMessage() {}
 
 func (x *FilesystemLayoutServiceListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[13]
+	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -854,7 +448,7 @@ func (x *FilesystemLayoutServiceListResponse) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use FilesystemLayoutServiceListResponse.ProtoReflect.Descriptor instead.
 func (*FilesystemLayoutServiceListResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{13}
+	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *FilesystemLayoutServiceListResponse) GetFilesystemLayouts() []*FilesystemLayout {
@@ -873,7 +467,7 @@ type FilesystemLayoutServiceUpdateRequest struct {
 
 func (x *FilesystemLayoutServiceUpdateRequest) Reset() {
 	*x = FilesystemLayoutServiceUpdateRequest{}
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[14]
+	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -885,7 +479,7 @@ func (x *FilesystemLayoutServiceUpdateRequest) String() string {
 func (*FilesystemLayoutServiceUpdateRequest) ProtoMessage() {}
 
 func (x *FilesystemLayoutServiceUpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[14]
+	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -898,7 +492,7 @@ func (x *FilesystemLayoutServiceUpdateRequest) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use FilesystemLayoutServiceUpdateRequest.ProtoReflect.Descriptor instead.
 func (*FilesystemLayoutServiceUpdateRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{14}
+	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *FilesystemLayoutServiceUpdateRequest) GetFilesystemLayout() *FilesystemLayout {
@@ -917,7 +511,7 @@ type FilesystemLayoutServiceUpdateResponse struct {
 
 func (x *FilesystemLayoutServiceUpdateResponse) Reset() {
 	*x = FilesystemLayoutServiceUpdateResponse{}
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[15]
+	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -929,7 +523,7 @@ func (x *FilesystemLayoutServiceUpdateResponse) String() string {
 func (*FilesystemLayoutServiceUpdateResponse) ProtoMessage() {}
 
 func (x *FilesystemLayoutServiceUpdateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[15]
+	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -942,7 +536,7 @@ func (x *FilesystemLayoutServiceUpdateResponse) ProtoReflect() protoreflect.Mess
 
 // Deprecated: Use FilesystemLayoutServiceUpdateResponse.ProtoReflect.Descriptor instead.
 func (*FilesystemLayoutServiceUpdateResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{15}
+	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *FilesystemLayoutServiceUpdateResponse) GetFilesystemLayout() *FilesystemLayout {
@@ -961,7 +555,7 @@ type FilesystemLayoutServiceDeleteRequest struct {
 
 func (x *FilesystemLayoutServiceDeleteRequest) Reset() {
 	*x = FilesystemLayoutServiceDeleteRequest{}
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[16]
+	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -973,7 +567,7 @@ func (x *FilesystemLayoutServiceDeleteRequest) String() string {
 func (*FilesystemLayoutServiceDeleteRequest) ProtoMessage() {}
 
 func (x *FilesystemLayoutServiceDeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[16]
+	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -986,7 +580,7 @@ func (x *FilesystemLayoutServiceDeleteRequest) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use FilesystemLayoutServiceDeleteRequest.ProtoReflect.Descriptor instead.
 func (*FilesystemLayoutServiceDeleteRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{16}
+	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *FilesystemLayoutServiceDeleteRequest) GetId() string {
@@ -1005,7 +599,7 @@ type FilesystemLayoutServiceDeleteResponse struct {
 
 func (x *FilesystemLayoutServiceDeleteResponse) Reset() {
 	*x = FilesystemLayoutServiceDeleteResponse{}
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[17]
+	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +611,7 @@ func (x *FilesystemLayoutServiceDeleteResponse) String() string {
 func (*FilesystemLayoutServiceDeleteResponse) ProtoMessage() {}
 
 func (x *FilesystemLayoutServiceDeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[17]
+	mi := &file_metalfleet_api_v1_filesystem_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +624,7 @@ func (x *FilesystemLayoutServiceDeleteResponse) ProtoReflect() protoreflect.Mess
 
 // Deprecated: Use FilesystemLayoutServiceDeleteResponse.ProtoReflect.Descriptor instead.
 func (*FilesystemLayoutServiceDeleteResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{17}
+	return file_metalfleet_api_v1_filesystem_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *FilesystemLayoutServiceDeleteResponse) GetFilesystemLayout() *FilesystemLayout {
@@ -1044,17 +638,17 @@ var File_metalfleet_api_v1_filesystem_proto protoreflect.FileDescriptor
 
 const file_metalfleet_api_v1_filesystem_proto_rawDesc = "" +
 	"\n" +
-	"\"metalfleet/api/v1/filesystem.proto\x12\x11metalfleet.api.v1\x1a\x1emetalfleet/api/v1/common.proto\"\x8a\x05\n" +
+	"\"metalfleet/api/v1/filesystem.proto\x12\x11metalfleet.api.v1\x1a!metalfleet/agent/v1/machine.proto\x1a\x1emetalfleet/api/v1/common.proto\"\x94\x05\n" +
 	"\x10FilesystemLayout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x03 \x01(\tR\vdescription\x12P\n" +
-	"\vconstraints\x18\x04 \x01(\v2..metalfleet.api.v1.FilesystemLayoutConstraintsR\vconstraints\x12-\n" +
-	"\x05disks\x18\x05 \x03(\v2\x17.metalfleet.api.v1.DiskR\x05disks\x12-\n" +
-	"\x05raids\x18\x06 \x03(\v2\x17.metalfleet.api.v1.RaidR\x05raids\x12C\n" +
-	"\rvolume_groups\x18\a \x03(\v2\x1e.metalfleet.api.v1.VolumeGroupR\fvolumeGroups\x12I\n" +
-	"\x0flogical_volumes\x18\b \x03(\v2 .metalfleet.api.v1.LogicalVolumeR\x0elogicalVolumes\x12?\n" +
-	"\vfilesystems\x18\t \x03(\v2\x1d.metalfleet.api.v1.FilesystemR\vfilesystems\x12G\n" +
+	"\vconstraints\x18\x04 \x01(\v2..metalfleet.api.v1.FilesystemLayoutConstraintsR\vconstraints\x12/\n" +
+	"\x05disks\x18\x05 \x03(\v2\x19.metalfleet.agent.v1.DiskR\x05disks\x12/\n" +
+	"\x05raids\x18\x06 \x03(\v2\x19.metalfleet.agent.v1.RaidR\x05raids\x12E\n" +
+	"\rvolume_groups\x18\a \x03(\v2 .metalfleet.agent.v1.VolumeGroupR\fvolumeGroups\x12K\n" +
+	"\x0flogical_volumes\x18\b \x03(\v2\".metalfleet.agent.v1.LogicalVolumeR\x0elogicalVolumes\x12A\n" +
+	"\vfilesystems\x18\t \x03(\v2\x1f.metalfleet.agent.v1.FilesystemR\vfilesystems\x12G\n" +
 	"\x06labels\x18\n" +
 	" \x03(\v2/.metalfleet.api.v1.FilesystemLayout.LabelsEntryR\x06labels\x12+\n" +
 	"\x04meta\x18\x0f \x01(\v2\x17.metalfleet.api.v1.MetaR\x04meta\x1a9\n" +
@@ -1066,40 +660,7 @@ const file_metalfleet_api_v1_filesystem_proto_rawDesc = "" +
 	"\x06images\x18\x02 \x03(\v2:.metalfleet.api.v1.FilesystemLayoutConstraints.ImagesEntryR\x06images\x1a9\n" +
 	"\vImagesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8c\x01\n" +
-	"\x04Disk\x12\x16\n" +
-	"\x06device\x18\x01 \x01(\tR\x06device\x12@\n" +
-	"\n" +
-	"partitions\x18\x02 \x03(\v2 .metalfleet.api.v1.DiskPartitionR\n" +
-	"partitions\x12*\n" +
-	"\x11wipe_on_reinstall\x18\x03 \x01(\bR\x0fwipeOnReinstall\"w\n" +
-	"\rDiskPartition\x12\x16\n" +
-	"\x06number\x18\x01 \x01(\rR\x06number\x12\x14\n" +
-	"\x05label\x18\x02 \x01(\tR\x05label\x12\x1d\n" +
-	"\n" +
-	"size_bytes\x18\x03 \x01(\x04R\tsizeBytes\x12\x19\n" +
-	"\bgpt_type\x18\x04 \x01(\tR\agptType\"J\n" +
-	"\x04Raid\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05level\x18\x02 \x01(\tR\x05level\x12\x18\n" +
-	"\adevices\x18\x03 \x03(\tR\adevices\";\n" +
-	"\vVolumeGroup\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\adevices\x18\x02 \x03(\tR\adevices\"\x80\x01\n" +
-	"\rLogicalVolume\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
-	"\fvolume_group\x18\x02 \x01(\tR\vvolumeGroup\x12\x1d\n" +
-	"\n" +
-	"size_bytes\x18\x03 \x01(\x04R\tsizeBytes\x12\x19\n" +
-	"\blvm_type\x18\x04 \x01(\tR\alvmType\"\xb2\x01\n" +
-	"\n" +
-	"Filesystem\x12\x12\n" +
-	"\x04path\x18\x01 \x01(\tR\x04path\x12\x16\n" +
-	"\x06device\x18\x02 \x01(\tR\x06device\x12\x16\n" +
-	"\x06format\x18\x03 \x01(\tR\x06format\x12\x14\n" +
-	"\x05label\x18\x04 \x01(\tR\x05label\x12#\n" +
-	"\rmount_options\x18\x05 \x03(\tR\fmountOptions\x12%\n" +
-	"\x0ecreate_options\x18\x06 \x03(\tR\rcreateOptions\"x\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"x\n" +
 	"$FilesystemLayoutServiceCreateRequest\x12P\n" +
 	"\x11filesystem_layout\x18\x01 \x01(\v2#.metalfleet.api.v1.FilesystemLayoutR\x10filesystemLayout\"y\n" +
 	"%FilesystemLayoutServiceCreateResponse\x12P\n" +
@@ -1138,63 +699,61 @@ func file_metalfleet_api_v1_filesystem_proto_rawDescGZIP() []byte {
 	return file_metalfleet_api_v1_filesystem_proto_rawDescData
 }
 
-var file_metalfleet_api_v1_filesystem_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_metalfleet_api_v1_filesystem_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_metalfleet_api_v1_filesystem_proto_goTypes = []any{
 	(*FilesystemLayout)(nil),                      // 0: metalfleet.api.v1.FilesystemLayout
 	(*FilesystemLayoutConstraints)(nil),           // 1: metalfleet.api.v1.FilesystemLayoutConstraints
-	(*Disk)(nil),                                  // 2: metalfleet.api.v1.Disk
-	(*DiskPartition)(nil),                         // 3: metalfleet.api.v1.DiskPartition
-	(*Raid)(nil),                                  // 4: metalfleet.api.v1.Raid
-	(*VolumeGroup)(nil),                           // 5: metalfleet.api.v1.VolumeGroup
-	(*LogicalVolume)(nil),                         // 6: metalfleet.api.v1.LogicalVolume
-	(*Filesystem)(nil),                            // 7: metalfleet.api.v1.Filesystem
-	(*FilesystemLayoutServiceCreateRequest)(nil),  // 8: metalfleet.api.v1.FilesystemLayoutServiceCreateRequest
-	(*FilesystemLayoutServiceCreateResponse)(nil), // 9: metalfleet.api.v1.FilesystemLayoutServiceCreateResponse
-	(*FilesystemLayoutServiceGetRequest)(nil),     // 10: metalfleet.api.v1.FilesystemLayoutServiceGetRequest
-	(*FilesystemLayoutServiceGetResponse)(nil),    // 11: metalfleet.api.v1.FilesystemLayoutServiceGetResponse
-	(*FilesystemLayoutServiceListRequest)(nil),    // 12: metalfleet.api.v1.FilesystemLayoutServiceListRequest
-	(*FilesystemLayoutServiceListResponse)(nil),   // 13: metalfleet.api.v1.FilesystemLayoutServiceListResponse
-	(*FilesystemLayoutServiceUpdateRequest)(nil),  // 14: metalfleet.api.v1.FilesystemLayoutServiceUpdateRequest
-	(*FilesystemLayoutServiceUpdateResponse)(nil), // 15: metalfleet.api.v1.FilesystemLayoutServiceUpdateResponse
-	(*FilesystemLayoutServiceDeleteRequest)(nil),  // 16: metalfleet.api.v1.FilesystemLayoutServiceDeleteRequest
-	(*FilesystemLayoutServiceDeleteResponse)(nil), // 17: metalfleet.api.v1.FilesystemLayoutServiceDeleteResponse
-	nil,          // 18: metalfleet.api.v1.FilesystemLayout.LabelsEntry
-	nil,          // 19: metalfleet.api.v1.FilesystemLayoutConstraints.ImagesEntry
-	(*Meta)(nil), // 20: metalfleet.api.v1.Meta
+	(*FilesystemLayoutServiceCreateRequest)(nil),  // 2: metalfleet.api.v1.FilesystemLayoutServiceCreateRequest
+	(*FilesystemLayoutServiceCreateResponse)(nil), // 3: metalfleet.api.v1.FilesystemLayoutServiceCreateResponse
+	(*FilesystemLayoutServiceGetRequest)(nil),     // 4: metalfleet.api.v1.FilesystemLayoutServiceGetRequest
+	(*FilesystemLayoutServiceGetResponse)(nil),    // 5: metalfleet.api.v1.FilesystemLayoutServiceGetResponse
+	(*FilesystemLayoutServiceListRequest)(nil),    // 6: metalfleet.api.v1.FilesystemLayoutServiceListRequest
+	(*FilesystemLayoutServiceListResponse)(nil),   // 7: metalfleet.api.v1.FilesystemLayoutServiceListResponse
+	(*FilesystemLayoutServiceUpdateRequest)(nil),  // 8: metalfleet.api.v1.FilesystemLayoutServiceUpdateRequest
+	(*FilesystemLayoutServiceUpdateResponse)(nil), // 9: metalfleet.api.v1.FilesystemLayoutServiceUpdateResponse
+	(*FilesystemLayoutServiceDeleteRequest)(nil),  // 10: metalfleet.api.v1.FilesystemLayoutServiceDeleteRequest
+	(*FilesystemLayoutServiceDeleteResponse)(nil), // 11: metalfleet.api.v1.FilesystemLayoutServiceDeleteResponse
+	nil,                      // 12: metalfleet.api.v1.FilesystemLayout.LabelsEntry
+	nil,                      // 13: metalfleet.api.v1.FilesystemLayoutConstraints.ImagesEntry
+	(*v1.Disk)(nil),          // 14: metalfleet.agent.v1.Disk
+	(*v1.Raid)(nil),          // 15: metalfleet.agent.v1.Raid
+	(*v1.VolumeGroup)(nil),   // 16: metalfleet.agent.v1.VolumeGroup
+	(*v1.LogicalVolume)(nil), // 17: metalfleet.agent.v1.LogicalVolume
+	(*v1.Filesystem)(nil),    // 18: metalfleet.agent.v1.Filesystem
+	(*Meta)(nil),             // 19: metalfleet.api.v1.Meta
 }
 var file_metalfleet_api_v1_filesystem_proto_depIdxs = []int32{
 	1,  // 0: metalfleet.api.v1.FilesystemLayout.constraints:type_name -> metalfleet.api.v1.FilesystemLayoutConstraints
-	2,  // 1: metalfleet.api.v1.FilesystemLayout.disks:type_name -> metalfleet.api.v1.Disk
-	4,  // 2: metalfleet.api.v1.FilesystemLayout.raids:type_name -> metalfleet.api.v1.Raid
-	5,  // 3: metalfleet.api.v1.FilesystemLayout.volume_groups:type_name -> metalfleet.api.v1.VolumeGroup
-	6,  // 4: metalfleet.api.v1.FilesystemLayout.logical_volumes:type_name -> metalfleet.api.v1.LogicalVolume
-	7,  // 5: metalfleet.api.v1.FilesystemLayout.filesystems:type_name -> metalfleet.api.v1.Filesystem
-	18, // 6: metalfleet.api.v1.FilesystemLayout.labels:type_name -> metalfleet.api.v1.FilesystemLayout.LabelsEntry
-	20, // 7: metalfleet.api.v1.FilesystemLayout.meta:type_name -> metalfleet.api.v1.Meta
-	19, // 8: metalfleet.api.v1.FilesystemLayoutConstraints.images:type_name -> metalfleet.api.v1.FilesystemLayoutConstraints.ImagesEntry
-	3,  // 9: metalfleet.api.v1.Disk.partitions:type_name -> metalfleet.api.v1.DiskPartition
-	0,  // 10: metalfleet.api.v1.FilesystemLayoutServiceCreateRequest.filesystem_layout:type_name -> metalfleet.api.v1.FilesystemLayout
-	0,  // 11: metalfleet.api.v1.FilesystemLayoutServiceCreateResponse.filesystem_layout:type_name -> metalfleet.api.v1.FilesystemLayout
-	0,  // 12: metalfleet.api.v1.FilesystemLayoutServiceGetResponse.filesystem_layout:type_name -> metalfleet.api.v1.FilesystemLayout
-	0,  // 13: metalfleet.api.v1.FilesystemLayoutServiceListResponse.filesystem_layouts:type_name -> metalfleet.api.v1.FilesystemLayout
-	0,  // 14: metalfleet.api.v1.FilesystemLayoutServiceUpdateRequest.filesystem_layout:type_name -> metalfleet.api.v1.FilesystemLayout
-	0,  // 15: metalfleet.api.v1.FilesystemLayoutServiceUpdateResponse.filesystem_layout:type_name -> metalfleet.api.v1.FilesystemLayout
-	0,  // 16: metalfleet.api.v1.FilesystemLayoutServiceDeleteResponse.filesystem_layout:type_name -> metalfleet.api.v1.FilesystemLayout
-	8,  // 17: metalfleet.api.v1.FilesystemLayoutService.Create:input_type -> metalfleet.api.v1.FilesystemLayoutServiceCreateRequest
-	10, // 18: metalfleet.api.v1.FilesystemLayoutService.Get:input_type -> metalfleet.api.v1.FilesystemLayoutServiceGetRequest
-	12, // 19: metalfleet.api.v1.FilesystemLayoutService.List:input_type -> metalfleet.api.v1.FilesystemLayoutServiceListRequest
-	14, // 20: metalfleet.api.v1.FilesystemLayoutService.Update:input_type -> metalfleet.api.v1.FilesystemLayoutServiceUpdateRequest
-	16, // 21: metalfleet.api.v1.FilesystemLayoutService.Delete:input_type -> metalfleet.api.v1.FilesystemLayoutServiceDeleteRequest
-	9,  // 22: metalfleet.api.v1.FilesystemLayoutService.Create:output_type -> metalfleet.api.v1.FilesystemLayoutServiceCreateResponse
-	11, // 23: metalfleet.api.v1.FilesystemLayoutService.Get:output_type -> metalfleet.api.v1.FilesystemLayoutServiceGetResponse
-	13, // 24: metalfleet.api.v1.FilesystemLayoutService.List:output_type -> metalfleet.api.v1.FilesystemLayoutServiceListResponse
-	15, // 25: metalfleet.api.v1.FilesystemLayoutService.Update:output_type -> metalfleet.api.v1.FilesystemLayoutServiceUpdateResponse
-	17, // 26: metalfleet.api.v1.FilesystemLayoutService.Delete:output_type -> metalfleet.api.v1.FilesystemLayoutServiceDeleteResponse
-	22, // [22:27] is the sub-list for method output_type
-	17, // [17:22] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	14, // 1: metalfleet.api.v1.FilesystemLayout.disks:type_name -> metalfleet.agent.v1.Disk
+	15, // 2: metalfleet.api.v1.FilesystemLayout.raids:type_name -> metalfleet.agent.v1.Raid
+	16, // 3: metalfleet.api.v1.FilesystemLayout.volume_groups:type_name -> metalfleet.agent.v1.VolumeGroup
+	17, // 4: metalfleet.api.v1.FilesystemLayout.logical_volumes:type_name -> metalfleet.agent.v1.LogicalVolume
+	18, // 5: metalfleet.api.v1.FilesystemLayout.filesystems:type_name -> metalfleet.agent.v1.Filesystem
+	12, // 6: metalfleet.api.v1.FilesystemLayout.labels:type_name -> metalfleet.api.v1.FilesystemLayout.LabelsEntry
+	19, // 7: metalfleet.api.v1.FilesystemLayout.meta:type_name -> metalfleet.api.v1.Meta
+	13, // 8: metalfleet.api.v1.FilesystemLayoutConstraints.images:type_name -> metalfleet.api.v1.FilesystemLayoutConstraints.ImagesEntry
+	0,  // 9: metalfleet.api.v1.FilesystemLayoutServiceCreateRequest.filesystem_layout:type_name -> metalfleet.api.v1.FilesystemLayout
+	0,  // 10: metalfleet.api.v1.FilesystemLayoutServiceCreateResponse.filesystem_layout:type_name -> metalfleet.api.v1.FilesystemLayout
+	0,  // 11: metalfleet.api.v1.FilesystemLayoutServiceGetResponse.filesystem_layout:type_name -> metalfleet.api.v1.FilesystemLayout
+	0,  // 12: metalfleet.api.v1.FilesystemLayoutServiceListResponse.filesystem_layouts:type_name -> metalfleet.api.v1.FilesystemLayout
+	0,  // 13: metalfleet.api.v1.FilesystemLayoutServiceUpdateRequest.filesystem_layout:type_name -> metalfleet.api.v1.FilesystemLayout
+	0,  // 14: metalfleet.api.v1.FilesystemLayoutServiceUpdateResponse.filesystem_layout:type_name -> metalfleet.api.v1.FilesystemLayout
+	0,  // 15: metalfleet.api.v1.FilesystemLayoutServiceDeleteResponse.filesystem_layout:type_name -> metalfleet.api.v1.FilesystemLayout
+	2,  // 16: metalfleet.api.v1.FilesystemLayoutService.Create:input_type -> metalfleet.api.v1.FilesystemLayoutServiceCreateRequest
+	4,  // 17: metalfleet.api.v1.FilesystemLayoutService.Get:input_type -> metalfleet.api.v1.FilesystemLayoutServiceGetRequest
+	6,  // 18: metalfleet.api.v1.FilesystemLayoutService.List:input_type -> metalfleet.api.v1.FilesystemLayoutServiceListRequest
+	8,  // 19: metalfleet.api.v1.FilesystemLayoutService.Update:input_type -> metalfleet.api.v1.FilesystemLayoutServiceUpdateRequest
+	10, // 20: metalfleet.api.v1.FilesystemLayoutService.Delete:input_type -> metalfleet.api.v1.FilesystemLayoutServiceDeleteRequest
+	3,  // 21: metalfleet.api.v1.FilesystemLayoutService.Create:output_type -> metalfleet.api.v1.FilesystemLayoutServiceCreateResponse
+	5,  // 22: metalfleet.api.v1.FilesystemLayoutService.Get:output_type -> metalfleet.api.v1.FilesystemLayoutServiceGetResponse
+	7,  // 23: metalfleet.api.v1.FilesystemLayoutService.List:output_type -> metalfleet.api.v1.FilesystemLayoutServiceListResponse
+	9,  // 24: metalfleet.api.v1.FilesystemLayoutService.Update:output_type -> metalfleet.api.v1.FilesystemLayoutServiceUpdateResponse
+	11, // 25: metalfleet.api.v1.FilesystemLayoutService.Delete:output_type -> metalfleet.api.v1.FilesystemLayoutServiceDeleteResponse
+	21, // [21:26] is the sub-list for method output_type
+	16, // [16:21] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_metalfleet_api_v1_filesystem_proto_init() }
@@ -1209,7 +768,7 @@ func file_metalfleet_api_v1_filesystem_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metalfleet_api_v1_filesystem_proto_rawDesc), len(file_metalfleet_api_v1_filesystem_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -7,6 +7,7 @@
 package apiv1
 
 import (
+	v1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -128,22 +129,105 @@ func (Liveliness) EnumDescriptor() ([]byte, []int) {
 	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{1}
 }
 
-// Machine is a server of the fleet (read-only here; provisioning fills it).
+// ProvisioningState is the state of the machine lifecycle.
+type ProvisioningState int32
+
+const (
+	ProvisioningState_PROVISIONING_STATE_UNSPECIFIED        ProvisioningState = 0
+	ProvisioningState_PROVISIONING_STATE_PXE_BOOTING        ProvisioningState = 1
+	ProvisioningState_PROVISIONING_STATE_PREPARING          ProvisioningState = 2
+	ProvisioningState_PROVISIONING_STATE_REGISTERING        ProvisioningState = 3
+	ProvisioningState_PROVISIONING_STATE_WAITING            ProvisioningState = 4
+	ProvisioningState_PROVISIONING_STATE_INSTALLING         ProvisioningState = 5
+	ProvisioningState_PROVISIONING_STATE_BOOTING_NEW_KERNEL ProvisioningState = 6
+	ProvisioningState_PROVISIONING_STATE_PHONED_HOME        ProvisioningState = 7
+	ProvisioningState_PROVISIONING_STATE_PLANNED_REBOOT     ProvisioningState = 8
+	ProvisioningState_PROVISIONING_STATE_MACHINE_RECLAIM    ProvisioningState = 9
+	ProvisioningState_PROVISIONING_STATE_CRASHED            ProvisioningState = 10
+)
+
+// Enum value maps for ProvisioningState.
+var (
+	ProvisioningState_name = map[int32]string{
+		0:  "PROVISIONING_STATE_UNSPECIFIED",
+		1:  "PROVISIONING_STATE_PXE_BOOTING",
+		2:  "PROVISIONING_STATE_PREPARING",
+		3:  "PROVISIONING_STATE_REGISTERING",
+		4:  "PROVISIONING_STATE_WAITING",
+		5:  "PROVISIONING_STATE_INSTALLING",
+		6:  "PROVISIONING_STATE_BOOTING_NEW_KERNEL",
+		7:  "PROVISIONING_STATE_PHONED_HOME",
+		8:  "PROVISIONING_STATE_PLANNED_REBOOT",
+		9:  "PROVISIONING_STATE_MACHINE_RECLAIM",
+		10: "PROVISIONING_STATE_CRASHED",
+	}
+	ProvisioningState_value = map[string]int32{
+		"PROVISIONING_STATE_UNSPECIFIED":        0,
+		"PROVISIONING_STATE_PXE_BOOTING":        1,
+		"PROVISIONING_STATE_PREPARING":          2,
+		"PROVISIONING_STATE_REGISTERING":        3,
+		"PROVISIONING_STATE_WAITING":            4,
+		"PROVISIONING_STATE_INSTALLING":         5,
+		"PROVISIONING_STATE_BOOTING_NEW_KERNEL": 6,
+		"PROVISIONING_STATE_PHONED_HOME":        7,
+		"PROVISIONING_STATE_PLANNED_REBOOT":     8,
+		"PROVISIONING_STATE_MACHINE_RECLAIM":    9,
+		"PROVISIONING_STATE_CRASHED":            10,
+	}
+)
+
+func (x ProvisioningState) Enum() *ProvisioningState {
+	p := new(ProvisioningState)
+	*p = x
+	return p
+}
+
+func (x ProvisioningState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ProvisioningState) Descriptor() protoreflect.EnumDescriptor {
+	return file_metalfleet_api_v1_machine_proto_enumTypes[2].Descriptor()
+}
+
+func (ProvisioningState) Type() protoreflect.EnumType {
+	return &file_metalfleet_api_v1_machine_proto_enumTypes[2]
+}
+
+func (x ProvisioningState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ProvisioningState.Descriptor instead.
+func (ProvisioningState) EnumDescriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{2}
+}
+
+// Machine is a server of the fleet. It registers itself when it PXE-boots
+// into the installer; allocation gives it to a project.
 type Machine struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	PartitionId string                 `protobuf:"bytes,2,opt,name=partition_id,json=partitionId,proto3" json:"partition_id,omitempty"`
-	SizeId      string                 `protobuf:"bytes,3,opt,name=size_id,json=sizeId,proto3" json:"size_id,omitempty"`
-	Rack        string                 `protobuf:"bytes,4,opt,name=rack,proto3" json:"rack,omitempty"`
-	State       MachineState           `protobuf:"varint,5,opt,name=state,proto3,enum=metalfleet.api.v1.MachineState" json:"state,omitempty"`
-	Liveliness  Liveliness             `protobuf:"varint,6,opt,name=liveliness,proto3,enum=metalfleet.api.v1.Liveliness" json:"liveliness,omitempty"`
-	Allocation  *MachineAllocation     `protobuf:"bytes,7,opt,name=allocation,proto3" json:"allocation,omitempty"`
-	Hardware    *MachineFacts          `protobuf:"bytes,8,opt,name=hardware,proto3" json:"hardware,omitempty"`
+	// size_id is empty while the hardware matches no size: such a machine is
+	// visible but cannot be allocated.
+	SizeId     string             `protobuf:"bytes,3,opt,name=size_id,json=sizeId,proto3" json:"size_id,omitempty"`
+	Rack       string             `protobuf:"bytes,4,opt,name=rack,proto3" json:"rack,omitempty"`
+	State      MachineState       `protobuf:"varint,5,opt,name=state,proto3,enum=metalfleet.api.v1.MachineState" json:"state,omitempty"`
+	Liveliness Liveliness         `protobuf:"varint,6,opt,name=liveliness,proto3,enum=metalfleet.api.v1.Liveliness" json:"liveliness,omitempty"`
+	Allocation *MachineAllocation `protobuf:"bytes,7,opt,name=allocation,proto3" json:"allocation,omitempty"`
+	Hardware   *v1.MachineFacts   `protobuf:"bytes,8,opt,name=hardware,proto3" json:"hardware,omitempty"`
 	// last_event is the newest provisioning event, e.g. "Waiting".
-	LastEvent     string                 `protobuf:"bytes,9,opt,name=last_event,json=lastEvent,proto3" json:"last_event,omitempty"`
-	LastEventAt   *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_event_at,json=lastEventAt,proto3" json:"last_event_at,omitempty"`
-	Labels        map[string]string      `protobuf:"bytes,11,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Meta          *Meta                  `protobuf:"bytes,15,opt,name=meta,proto3" json:"meta,omitempty"`
+	LastEvent   string                 `protobuf:"bytes,9,opt,name=last_event,json=lastEvent,proto3" json:"last_event,omitempty"`
+	LastEventAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_event_at,json=lastEventAt,proto3" json:"last_event_at,omitempty"`
+	Labels      map[string]string      `protobuf:"bytes,11,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// provisioning is the lifecycle state (docs/machine-lifecycle.md).
+	Provisioning ProvisioningState `protobuf:"varint,12,opt,name=provisioning,proto3,enum=metalfleet.api.v1.ProvisioningState" json:"provisioning,omitempty"`
+	// issues found with the machine: crash loop, stuck in a state, ...
+	Issues []*MachineIssue `protobuf:"bytes,13,rep,name=issues,proto3" json:"issues,omitempty"`
+	// state_reason says why an operator locked or reserved the machine.
+	StateReason   string `protobuf:"bytes,14,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
+	Meta          *Meta  `protobuf:"bytes,15,opt,name=meta,proto3" json:"meta,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -227,7 +311,7 @@ func (x *Machine) GetAllocation() *MachineAllocation {
 	return nil
 }
 
-func (x *Machine) GetHardware() *MachineFacts {
+func (x *Machine) GetHardware() *v1.MachineFacts {
 	if x != nil {
 		return x.Hardware
 	}
@@ -255,6 +339,27 @@ func (x *Machine) GetLabels() map[string]string {
 	return nil
 }
 
+func (x *Machine) GetProvisioning() ProvisioningState {
+	if x != nil {
+		return x.Provisioning
+	}
+	return ProvisioningState_PROVISIONING_STATE_UNSPECIFIED
+}
+
+func (x *Machine) GetIssues() []*MachineIssue {
+	if x != nil {
+		return x.Issues
+	}
+	return nil
+}
+
+func (x *Machine) GetStateReason() string {
+	if x != nil {
+		return x.StateReason
+	}
+	return ""
+}
+
 func (x *Machine) GetMeta() *Meta {
 	if x != nil {
 		return x.Meta
@@ -262,21 +367,92 @@ func (x *Machine) GetMeta() *Meta {
 	return nil
 }
 
+// MachineIssue is something an operator should look at.
+type MachineIssue struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is a short word: "crash-loop", "stuck", "no-size", "dead",
+	// "liveliness-unknown", "failed-event".
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Description   string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	MachineId     string `protobuf:"bytes,3,opt,name=machine_id,json=machineId,proto3" json:"machine_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineIssue) Reset() {
+	*x = MachineIssue{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineIssue) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineIssue) ProtoMessage() {}
+
+func (x *MachineIssue) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineIssue.ProtoReflect.Descriptor instead.
+func (*MachineIssue) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *MachineIssue) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *MachineIssue) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *MachineIssue) GetMachineId() string {
+	if x != nil {
+		return x.MachineId
+	}
+	return ""
+}
+
 // MachineAllocation is set while a project owns the machine.
 type MachineAllocation struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ProjectId     string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
-	Hostname      string                 `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	ImageId       string                 `protobuf:"bytes,3,opt,name=image_id,json=imageId,proto3" json:"image_id,omitempty"`
-	Networks      []string               `protobuf:"bytes,4,rep,name=networks,proto3" json:"networks,omitempty"`
-	Ips           []string               `protobuf:"bytes,5,rep,name=ips,proto3" json:"ips,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ProjectId string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
+	Hostname  string                 `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	ImageId   string                 `protobuf:"bytes,3,opt,name=image_id,json=imageId,proto3" json:"image_id,omitempty"`
+	Networks  []string               `protobuf:"bytes,4,rep,name=networks,proto3" json:"networks,omitempty"`
+	Ips       []string               `protobuf:"bytes,5,rep,name=ips,proto3" json:"ips,omitempty"`
+	// id changes with every allocation and reinstall.
+	Id                 string                 `protobuf:"bytes,6,opt,name=id,proto3" json:"id,omitempty"`
+	SshPublicKeys      []string               `protobuf:"bytes,7,rep,name=ssh_public_keys,json=sshPublicKeys,proto3" json:"ssh_public_keys,omitempty"`
+	UserData           string                 `protobuf:"bytes,8,opt,name=user_data,json=userData,proto3" json:"user_data,omitempty"`
+	FilesystemLayoutId string                 `protobuf:"bytes,9,opt,name=filesystem_layout_id,json=filesystemLayoutId,proto3" json:"filesystem_layout_id,omitempty"`
+	CreatedAt          *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// phoned_home_at is when the installed system first reported.
+	PhonedHomeAt  *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=phoned_home_at,json=phonedHomeAt,proto3" json:"phoned_home_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MachineAllocation) Reset() {
 	*x = MachineAllocation{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[1]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -288,7 +464,7 @@ func (x *MachineAllocation) String() string {
 func (*MachineAllocation) ProtoMessage() {}
 
 func (x *MachineAllocation) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[1]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -301,7 +477,7 @@ func (x *MachineAllocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MachineAllocation.ProtoReflect.Descriptor instead.
 func (*MachineAllocation) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{1}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *MachineAllocation) GetProjectId() string {
@@ -339,6 +515,137 @@ func (x *MachineAllocation) GetIps() []string {
 	return nil
 }
 
+func (x *MachineAllocation) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *MachineAllocation) GetSshPublicKeys() []string {
+	if x != nil {
+		return x.SshPublicKeys
+	}
+	return nil
+}
+
+func (x *MachineAllocation) GetUserData() string {
+	if x != nil {
+		return x.UserData
+	}
+	return ""
+}
+
+func (x *MachineAllocation) GetFilesystemLayoutId() string {
+	if x != nil {
+		return x.FilesystemLayoutId
+	}
+	return ""
+}
+
+func (x *MachineAllocation) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *MachineAllocation) GetPhonedHomeAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PhonedHomeAt
+	}
+	return nil
+}
+
+// MachineEvent is one entry of a machine's provisioning event log.
+type MachineEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Time  *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
+	// event is the lifecycle event, e.g. "Installing", or "Allocated",
+	// "Freed", "Reinstall" for what people did.
+	Event   string `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// state after the event.
+	State ProvisioningState `protobuf:"varint,4,opt,name=state,proto3,enum=metalfleet.api.v1.ProvisioningState" json:"state,omitempty"`
+	// error tells why an event was not a valid transition; the event is kept.
+	Error         string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	MachineId     string `protobuf:"bytes,6,opt,name=machine_id,json=machineId,proto3" json:"machine_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineEvent) Reset() {
+	*x = MachineEvent{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineEvent) ProtoMessage() {}
+
+func (x *MachineEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineEvent.ProtoReflect.Descriptor instead.
+func (*MachineEvent) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *MachineEvent) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *MachineEvent) GetEvent() string {
+	if x != nil {
+		return x.Event
+	}
+	return ""
+}
+
+func (x *MachineEvent) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *MachineEvent) GetState() ProvisioningState {
+	if x != nil {
+		return x.State
+	}
+	return ProvisioningState_PROVISIONING_STATE_UNSPECIFIED
+}
+
+func (x *MachineEvent) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *MachineEvent) GetMachineId() string {
+	if x != nil {
+		return x.MachineId
+	}
+	return ""
+}
+
 type MachineServiceGetRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -348,7 +655,7 @@ type MachineServiceGetRequest struct {
 
 func (x *MachineServiceGetRequest) Reset() {
 	*x = MachineServiceGetRequest{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[2]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -360,7 +667,7 @@ func (x *MachineServiceGetRequest) String() string {
 func (*MachineServiceGetRequest) ProtoMessage() {}
 
 func (x *MachineServiceGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[2]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -373,7 +680,7 @@ func (x *MachineServiceGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MachineServiceGetRequest.ProtoReflect.Descriptor instead.
 func (*MachineServiceGetRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{2}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *MachineServiceGetRequest) GetId() string {
@@ -392,7 +699,7 @@ type MachineServiceGetResponse struct {
 
 func (x *MachineServiceGetResponse) Reset() {
 	*x = MachineServiceGetResponse{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[3]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -404,7 +711,7 @@ func (x *MachineServiceGetResponse) String() string {
 func (*MachineServiceGetResponse) ProtoMessage() {}
 
 func (x *MachineServiceGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[3]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -417,7 +724,7 @@ func (x *MachineServiceGetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MachineServiceGetResponse.ProtoReflect.Descriptor instead.
 func (*MachineServiceGetResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{3}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *MachineServiceGetResponse) GetMachine() *Machine {
@@ -431,13 +738,14 @@ type MachineServiceListRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	PartitionId   string                 `protobuf:"bytes,1,opt,name=partition_id,json=partitionId,proto3" json:"partition_id,omitempty"`
 	ProjectId     string                 `protobuf:"bytes,2,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
+	SizeId        string                 `protobuf:"bytes,3,opt,name=size_id,json=sizeId,proto3" json:"size_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MachineServiceListRequest) Reset() {
 	*x = MachineServiceListRequest{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[4]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -449,7 +757,7 @@ func (x *MachineServiceListRequest) String() string {
 func (*MachineServiceListRequest) ProtoMessage() {}
 
 func (x *MachineServiceListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[4]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -462,7 +770,7 @@ func (x *MachineServiceListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MachineServiceListRequest.ProtoReflect.Descriptor instead.
 func (*MachineServiceListRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{4}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *MachineServiceListRequest) GetPartitionId() string {
@@ -479,6 +787,13 @@ func (x *MachineServiceListRequest) GetProjectId() string {
 	return ""
 }
 
+func (x *MachineServiceListRequest) GetSizeId() string {
+	if x != nil {
+		return x.SizeId
+	}
+	return ""
+}
+
 type MachineServiceListResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Machines      []*Machine             `protobuf:"bytes,1,rep,name=machines,proto3" json:"machines,omitempty"`
@@ -488,7 +803,7 @@ type MachineServiceListResponse struct {
 
 func (x *MachineServiceListResponse) Reset() {
 	*x = MachineServiceListResponse{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[5]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -500,7 +815,7 @@ func (x *MachineServiceListResponse) String() string {
 func (*MachineServiceListResponse) ProtoMessage() {}
 
 func (x *MachineServiceListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[5]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -513,12 +828,677 @@ func (x *MachineServiceListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MachineServiceListResponse.ProtoReflect.Descriptor instead.
 func (*MachineServiceListResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{5}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *MachineServiceListResponse) GetMachines() []*Machine {
 	if x != nil {
 		return x.Machines
+	}
+	return nil
+}
+
+type MachineServiceCreateRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ProjectId   string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
+	PartitionId string                 `protobuf:"bytes,2,opt,name=partition_id,json=partitionId,proto3" json:"partition_id,omitempty"`
+	SizeId      string                 `protobuf:"bytes,3,opt,name=size_id,json=sizeId,proto3" json:"size_id,omitempty"`
+	ImageId     string                 `protobuf:"bytes,4,opt,name=image_id,json=imageId,proto3" json:"image_id,omitempty"`
+	// networks the machine joins (network ids); a project's private network
+	// gives the machine an IP in it.
+	Networks      []string `protobuf:"bytes,5,rep,name=networks,proto3" json:"networks,omitempty"`
+	Hostname      string   `protobuf:"bytes,6,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	SshPublicKeys []string `protobuf:"bytes,7,rep,name=ssh_public_keys,json=sshPublicKeys,proto3" json:"ssh_public_keys,omitempty"`
+	UserData      string   `protobuf:"bytes,8,opt,name=user_data,json=userData,proto3" json:"user_data,omitempty"`
+	// id allocates this machine instead of any waiting one.
+	Id string `protobuf:"bytes,9,opt,name=id,proto3" json:"id,omitempty"`
+	// filesystem_layout_id; empty picks the layout that matches size and image.
+	FilesystemLayoutId string            `protobuf:"bytes,10,opt,name=filesystem_layout_id,json=filesystemLayoutId,proto3" json:"filesystem_layout_id,omitempty"`
+	Labels             map[string]string `protobuf:"bytes,11,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *MachineServiceCreateRequest) Reset() {
+	*x = MachineServiceCreateRequest{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServiceCreateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServiceCreateRequest) ProtoMessage() {}
+
+func (x *MachineServiceCreateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServiceCreateRequest.ProtoReflect.Descriptor instead.
+func (*MachineServiceCreateRequest) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *MachineServiceCreateRequest) GetProjectId() string {
+	if x != nil {
+		return x.ProjectId
+	}
+	return ""
+}
+
+func (x *MachineServiceCreateRequest) GetPartitionId() string {
+	if x != nil {
+		return x.PartitionId
+	}
+	return ""
+}
+
+func (x *MachineServiceCreateRequest) GetSizeId() string {
+	if x != nil {
+		return x.SizeId
+	}
+	return ""
+}
+
+func (x *MachineServiceCreateRequest) GetImageId() string {
+	if x != nil {
+		return x.ImageId
+	}
+	return ""
+}
+
+func (x *MachineServiceCreateRequest) GetNetworks() []string {
+	if x != nil {
+		return x.Networks
+	}
+	return nil
+}
+
+func (x *MachineServiceCreateRequest) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *MachineServiceCreateRequest) GetSshPublicKeys() []string {
+	if x != nil {
+		return x.SshPublicKeys
+	}
+	return nil
+}
+
+func (x *MachineServiceCreateRequest) GetUserData() string {
+	if x != nil {
+		return x.UserData
+	}
+	return ""
+}
+
+func (x *MachineServiceCreateRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *MachineServiceCreateRequest) GetFilesystemLayoutId() string {
+	if x != nil {
+		return x.FilesystemLayoutId
+	}
+	return ""
+}
+
+func (x *MachineServiceCreateRequest) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+type MachineServiceCreateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Machine       *Machine               `protobuf:"bytes,1,opt,name=machine,proto3" json:"machine,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineServiceCreateResponse) Reset() {
+	*x = MachineServiceCreateResponse{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServiceCreateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServiceCreateResponse) ProtoMessage() {}
+
+func (x *MachineServiceCreateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServiceCreateResponse.ProtoReflect.Descriptor instead.
+func (*MachineServiceCreateResponse) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *MachineServiceCreateResponse) GetMachine() *Machine {
+	if x != nil {
+		return x.Machine
+	}
+	return nil
+}
+
+type MachineServiceDeleteRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineServiceDeleteRequest) Reset() {
+	*x = MachineServiceDeleteRequest{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServiceDeleteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServiceDeleteRequest) ProtoMessage() {}
+
+func (x *MachineServiceDeleteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServiceDeleteRequest.ProtoReflect.Descriptor instead.
+func (*MachineServiceDeleteRequest) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *MachineServiceDeleteRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type MachineServiceDeleteResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Machine       *Machine               `protobuf:"bytes,1,opt,name=machine,proto3" json:"machine,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineServiceDeleteResponse) Reset() {
+	*x = MachineServiceDeleteResponse{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServiceDeleteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServiceDeleteResponse) ProtoMessage() {}
+
+func (x *MachineServiceDeleteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServiceDeleteResponse.ProtoReflect.Descriptor instead.
+func (*MachineServiceDeleteResponse) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *MachineServiceDeleteResponse) GetMachine() *Machine {
+	if x != nil {
+		return x.Machine
+	}
+	return nil
+}
+
+type MachineServiceReinstallRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// image_id; empty reinstalls the current image.
+	ImageId       string `protobuf:"bytes,2,opt,name=image_id,json=imageId,proto3" json:"image_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineServiceReinstallRequest) Reset() {
+	*x = MachineServiceReinstallRequest{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServiceReinstallRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServiceReinstallRequest) ProtoMessage() {}
+
+func (x *MachineServiceReinstallRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServiceReinstallRequest.ProtoReflect.Descriptor instead.
+func (*MachineServiceReinstallRequest) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *MachineServiceReinstallRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *MachineServiceReinstallRequest) GetImageId() string {
+	if x != nil {
+		return x.ImageId
+	}
+	return ""
+}
+
+type MachineServiceReinstallResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Machine       *Machine               `protobuf:"bytes,1,opt,name=machine,proto3" json:"machine,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineServiceReinstallResponse) Reset() {
+	*x = MachineServiceReinstallResponse{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServiceReinstallResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServiceReinstallResponse) ProtoMessage() {}
+
+func (x *MachineServiceReinstallResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServiceReinstallResponse.ProtoReflect.Descriptor instead.
+func (*MachineServiceReinstallResponse) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *MachineServiceReinstallResponse) GetMachine() *Machine {
+	if x != nil {
+		return x.Machine
+	}
+	return nil
+}
+
+type MachineServiceSetStateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	State MachineState           `protobuf:"varint,2,opt,name=state,proto3,enum=metalfleet.api.v1.MachineState" json:"state,omitempty"`
+	// reason is required for locked and reserved.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineServiceSetStateRequest) Reset() {
+	*x = MachineServiceSetStateRequest{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServiceSetStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServiceSetStateRequest) ProtoMessage() {}
+
+func (x *MachineServiceSetStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServiceSetStateRequest.ProtoReflect.Descriptor instead.
+func (*MachineServiceSetStateRequest) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *MachineServiceSetStateRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *MachineServiceSetStateRequest) GetState() MachineState {
+	if x != nil {
+		return x.State
+	}
+	return MachineState_MACHINE_STATE_UNSPECIFIED
+}
+
+func (x *MachineServiceSetStateRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type MachineServiceSetStateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Machine       *Machine               `protobuf:"bytes,1,opt,name=machine,proto3" json:"machine,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineServiceSetStateResponse) Reset() {
+	*x = MachineServiceSetStateResponse{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServiceSetStateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServiceSetStateResponse) ProtoMessage() {}
+
+func (x *MachineServiceSetStateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServiceSetStateResponse.ProtoReflect.Descriptor instead.
+func (*MachineServiceSetStateResponse) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *MachineServiceSetStateResponse) GetMachine() *Machine {
+	if x != nil {
+		return x.Machine
+	}
+	return nil
+}
+
+type MachineServiceEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// follow keeps the stream open and sends new events as they happen.
+	Follow bool `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`
+	// limit of past events sent first (newest ones); 0 sends all.
+	Limit         uint32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineServiceEventsRequest) Reset() {
+	*x = MachineServiceEventsRequest{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServiceEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServiceEventsRequest) ProtoMessage() {}
+
+func (x *MachineServiceEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServiceEventsRequest.ProtoReflect.Descriptor instead.
+func (*MachineServiceEventsRequest) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *MachineServiceEventsRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *MachineServiceEventsRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+func (x *MachineServiceEventsRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type MachineServiceEventsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Event *MachineEvent          `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	// machine is sent with every event so a client can show state and issues.
+	Machine       *Machine `protobuf:"bytes,2,opt,name=machine,proto3" json:"machine,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineServiceEventsResponse) Reset() {
+	*x = MachineServiceEventsResponse{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServiceEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServiceEventsResponse) ProtoMessage() {}
+
+func (x *MachineServiceEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServiceEventsResponse.ProtoReflect.Descriptor instead.
+func (*MachineServiceEventsResponse) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *MachineServiceEventsResponse) GetEvent() *MachineEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *MachineServiceEventsResponse) GetMachine() *Machine {
+	if x != nil {
+		return x.Machine
+	}
+	return nil
+}
+
+type MachineServiceIssuesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PartitionId   string                 `protobuf:"bytes,1,opt,name=partition_id,json=partitionId,proto3" json:"partition_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineServiceIssuesRequest) Reset() {
+	*x = MachineServiceIssuesRequest{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServiceIssuesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServiceIssuesRequest) ProtoMessage() {}
+
+func (x *MachineServiceIssuesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServiceIssuesRequest.ProtoReflect.Descriptor instead.
+func (*MachineServiceIssuesRequest) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *MachineServiceIssuesRequest) GetPartitionId() string {
+	if x != nil {
+		return x.PartitionId
+	}
+	return ""
+}
+
+type MachineServiceIssuesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Issues        []*MachineIssue        `protobuf:"bytes,1,rep,name=issues,proto3" json:"issues,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineServiceIssuesResponse) Reset() {
+	*x = MachineServiceIssuesResponse{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServiceIssuesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServiceIssuesResponse) ProtoMessage() {}
+
+func (x *MachineServiceIssuesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServiceIssuesResponse.ProtoReflect.Descriptor instead.
+func (*MachineServiceIssuesResponse) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *MachineServiceIssuesResponse) GetIssues() []*MachineIssue {
+	if x != nil {
+		return x.Issues
 	}
 	return nil
 }
@@ -538,7 +1518,7 @@ type Switch struct {
 
 func (x *Switch) Reset() {
 	*x = Switch{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[6]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -550,7 +1530,7 @@ func (x *Switch) String() string {
 func (*Switch) ProtoMessage() {}
 
 func (x *Switch) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[6]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -563,7 +1543,7 @@ func (x *Switch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Switch.ProtoReflect.Descriptor instead.
 func (*Switch) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{6}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Switch) GetId() string {
@@ -621,7 +1601,7 @@ type SwitchPort struct {
 
 func (x *SwitchPort) Reset() {
 	*x = SwitchPort{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[7]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -633,7 +1613,7 @@ func (x *SwitchPort) String() string {
 func (*SwitchPort) ProtoMessage() {}
 
 func (x *SwitchPort) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[7]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -646,7 +1626,7 @@ func (x *SwitchPort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchPort.ProtoReflect.Descriptor instead.
 func (*SwitchPort) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{7}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SwitchPort) GetName() string {
@@ -679,7 +1659,7 @@ type SwitchServiceGetRequest struct {
 
 func (x *SwitchServiceGetRequest) Reset() {
 	*x = SwitchServiceGetRequest{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[8]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -691,7 +1671,7 @@ func (x *SwitchServiceGetRequest) String() string {
 func (*SwitchServiceGetRequest) ProtoMessage() {}
 
 func (x *SwitchServiceGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[8]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -704,7 +1684,7 @@ func (x *SwitchServiceGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchServiceGetRequest.ProtoReflect.Descriptor instead.
 func (*SwitchServiceGetRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{8}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SwitchServiceGetRequest) GetId() string {
@@ -723,7 +1703,7 @@ type SwitchServiceGetResponse struct {
 
 func (x *SwitchServiceGetResponse) Reset() {
 	*x = SwitchServiceGetResponse{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[9]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -735,7 +1715,7 @@ func (x *SwitchServiceGetResponse) String() string {
 func (*SwitchServiceGetResponse) ProtoMessage() {}
 
 func (x *SwitchServiceGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[9]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -748,7 +1728,7 @@ func (x *SwitchServiceGetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchServiceGetResponse.ProtoReflect.Descriptor instead.
 func (*SwitchServiceGetResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{9}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SwitchServiceGetResponse) GetSwitch() *Switch {
@@ -767,7 +1747,7 @@ type SwitchServiceListRequest struct {
 
 func (x *SwitchServiceListRequest) Reset() {
 	*x = SwitchServiceListRequest{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[10]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -779,7 +1759,7 @@ func (x *SwitchServiceListRequest) String() string {
 func (*SwitchServiceListRequest) ProtoMessage() {}
 
 func (x *SwitchServiceListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[10]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -792,7 +1772,7 @@ func (x *SwitchServiceListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchServiceListRequest.ProtoReflect.Descriptor instead.
 func (*SwitchServiceListRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{10}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SwitchServiceListRequest) GetPartitionId() string {
@@ -811,7 +1791,7 @@ type SwitchServiceListResponse struct {
 
 func (x *SwitchServiceListResponse) Reset() {
 	*x = SwitchServiceListResponse{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[11]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -823,7 +1803,7 @@ func (x *SwitchServiceListResponse) String() string {
 func (*SwitchServiceListResponse) ProtoMessage() {}
 
 func (x *SwitchServiceListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[11]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -836,7 +1816,7 @@ func (x *SwitchServiceListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchServiceListResponse.ProtoReflect.Descriptor instead.
 func (*SwitchServiceListResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{11}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SwitchServiceListResponse) GetSwitches() []*Switch {
@@ -850,7 +1830,7 @@ var File_metalfleet_api_v1_machine_proto protoreflect.FileDescriptor
 
 const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"\n" +
-	"\x1fmetalfleet/api/v1/machine.proto\x12\x11metalfleet.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emetalfleet/api/v1/common.proto\x1a\x1cmetalfleet/api/v1/size.proto\"\xe9\x04\n" +
+	"\x1fmetalfleet/api/v1/machine.proto\x12\x11metalfleet.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emetalfleet/api/v1/common.proto\x1a!metalfleet/agent/v1/machine.proto\"\x91\x06\n" +
 	"\aMachine\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fpartition_id\x18\x02 \x01(\tR\vpartitionId\x12\x17\n" +
@@ -862,34 +1842,104 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"liveliness\x12D\n" +
 	"\n" +
 	"allocation\x18\a \x01(\v2$.metalfleet.api.v1.MachineAllocationR\n" +
-	"allocation\x12;\n" +
-	"\bhardware\x18\b \x01(\v2\x1f.metalfleet.api.v1.MachineFactsR\bhardware\x12\x1d\n" +
+	"allocation\x12=\n" +
+	"\bhardware\x18\b \x01(\v2!.metalfleet.agent.v1.MachineFactsR\bhardware\x12\x1d\n" +
 	"\n" +
 	"last_event\x18\t \x01(\tR\tlastEvent\x12>\n" +
 	"\rlast_event_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\vlastEventAt\x12>\n" +
-	"\x06labels\x18\v \x03(\v2&.metalfleet.api.v1.Machine.LabelsEntryR\x06labels\x12+\n" +
+	"\x06labels\x18\v \x03(\v2&.metalfleet.api.v1.Machine.LabelsEntryR\x06labels\x12H\n" +
+	"\fprovisioning\x18\f \x01(\x0e2$.metalfleet.api.v1.ProvisioningStateR\fprovisioning\x127\n" +
+	"\x06issues\x18\r \x03(\v2\x1f.metalfleet.api.v1.MachineIssueR\x06issues\x12!\n" +
+	"\fstate_reason\x18\x0e \x01(\tR\vstateReason\x12+\n" +
 	"\x04meta\x18\x0f \x01(\v2\x17.metalfleet.api.v1.MetaR\x04meta\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x97\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"_\n" +
+	"\fMachineIssue\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x1d\n" +
+	"\n" +
+	"machine_id\x18\x03 \x01(\tR\tmachineId\"\x9b\x03\n" +
 	"\x11MachineAllocation\x12\x1d\n" +
 	"\n" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x19\n" +
 	"\bimage_id\x18\x03 \x01(\tR\aimageId\x12\x1a\n" +
 	"\bnetworks\x18\x04 \x03(\tR\bnetworks\x12\x10\n" +
-	"\x03ips\x18\x05 \x03(\tR\x03ips\"*\n" +
+	"\x03ips\x18\x05 \x03(\tR\x03ips\x12\x0e\n" +
+	"\x02id\x18\x06 \x01(\tR\x02id\x12&\n" +
+	"\x0fssh_public_keys\x18\a \x03(\tR\rsshPublicKeys\x12\x1b\n" +
+	"\tuser_data\x18\b \x01(\tR\buserData\x120\n" +
+	"\x14filesystem_layout_id\x18\t \x01(\tR\x12filesystemLayoutId\x129\n" +
+	"\n" +
+	"created_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12@\n" +
+	"\x0ephoned_home_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\fphonedHomeAt\"\xdf\x01\n" +
+	"\fMachineEvent\x12.\n" +
+	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
+	"\x05event\x18\x02 \x01(\tR\x05event\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12:\n" +
+	"\x05state\x18\x04 \x01(\x0e2$.metalfleet.api.v1.ProvisioningStateR\x05state\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\x12\x1d\n" +
+	"\n" +
+	"machine_id\x18\x06 \x01(\tR\tmachineId\"*\n" +
 	"\x18MachineServiceGetRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"Q\n" +
 	"\x19MachineServiceGetResponse\x124\n" +
-	"\amachine\x18\x01 \x01(\v2\x1a.metalfleet.api.v1.MachineR\amachine\"]\n" +
+	"\amachine\x18\x01 \x01(\v2\x1a.metalfleet.api.v1.MachineR\amachine\"v\n" +
 	"\x19MachineServiceListRequest\x12!\n" +
 	"\fpartition_id\x18\x01 \x01(\tR\vpartitionId\x12\x1d\n" +
 	"\n" +
-	"project_id\x18\x02 \x01(\tR\tprojectId\"T\n" +
+	"project_id\x18\x02 \x01(\tR\tprojectId\x12\x17\n" +
+	"\asize_id\x18\x03 \x01(\tR\x06sizeId\"T\n" +
 	"\x1aMachineServiceListResponse\x126\n" +
-	"\bmachines\x18\x01 \x03(\v2\x1a.metalfleet.api.v1.MachineR\bmachines\"\xea\x01\n" +
+	"\bmachines\x18\x01 \x03(\v2\x1a.metalfleet.api.v1.MachineR\bmachines\"\xe1\x03\n" +
+	"\x1bMachineServiceCreateRequest\x12\x1d\n" +
+	"\n" +
+	"project_id\x18\x01 \x01(\tR\tprojectId\x12!\n" +
+	"\fpartition_id\x18\x02 \x01(\tR\vpartitionId\x12\x17\n" +
+	"\asize_id\x18\x03 \x01(\tR\x06sizeId\x12\x19\n" +
+	"\bimage_id\x18\x04 \x01(\tR\aimageId\x12\x1a\n" +
+	"\bnetworks\x18\x05 \x03(\tR\bnetworks\x12\x1a\n" +
+	"\bhostname\x18\x06 \x01(\tR\bhostname\x12&\n" +
+	"\x0fssh_public_keys\x18\a \x03(\tR\rsshPublicKeys\x12\x1b\n" +
+	"\tuser_data\x18\b \x01(\tR\buserData\x12\x0e\n" +
+	"\x02id\x18\t \x01(\tR\x02id\x120\n" +
+	"\x14filesystem_layout_id\x18\n" +
+	" \x01(\tR\x12filesystemLayoutId\x12R\n" +
+	"\x06labels\x18\v \x03(\v2:.metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"T\n" +
+	"\x1cMachineServiceCreateResponse\x124\n" +
+	"\amachine\x18\x01 \x01(\v2\x1a.metalfleet.api.v1.MachineR\amachine\"-\n" +
+	"\x1bMachineServiceDeleteRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"T\n" +
+	"\x1cMachineServiceDeleteResponse\x124\n" +
+	"\amachine\x18\x01 \x01(\v2\x1a.metalfleet.api.v1.MachineR\amachine\"K\n" +
+	"\x1eMachineServiceReinstallRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
+	"\bimage_id\x18\x02 \x01(\tR\aimageId\"W\n" +
+	"\x1fMachineServiceReinstallResponse\x124\n" +
+	"\amachine\x18\x01 \x01(\v2\x1a.metalfleet.api.v1.MachineR\amachine\"~\n" +
+	"\x1dMachineServiceSetStateRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x125\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x1f.metalfleet.api.v1.MachineStateR\x05state\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"V\n" +
+	"\x1eMachineServiceSetStateResponse\x124\n" +
+	"\amachine\x18\x01 \x01(\v2\x1a.metalfleet.api.v1.MachineR\amachine\"[\n" +
+	"\x1bMachineServiceEventsRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\rR\x05limit\"\x8b\x01\n" +
+	"\x1cMachineServiceEventsResponse\x125\n" +
+	"\x05event\x18\x01 \x01(\v2\x1f.metalfleet.api.v1.MachineEventR\x05event\x124\n" +
+	"\amachine\x18\x02 \x01(\v2\x1a.metalfleet.api.v1.MachineR\amachine\"@\n" +
+	"\x1bMachineServiceIssuesRequest\x12!\n" +
+	"\fpartition_id\x18\x01 \x01(\tR\vpartitionId\"W\n" +
+	"\x1cMachineServiceIssuesResponse\x127\n" +
+	"\x06issues\x18\x01 \x03(\v2\x1f.metalfleet.api.v1.MachineIssueR\x06issues\"\xea\x01\n" +
 	"\x06Switch\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fpartition_id\x18\x02 \x01(\tR\vpartitionId\x12\x12\n" +
@@ -921,10 +1971,30 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"\x16LIVELINESS_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10LIVELINESS_ALIVE\x10\x01\x12\x13\n" +
 	"\x0fLIVELINESS_DEAD\x10\x02\x12\x16\n" +
-	"\x12LIVELINESS_UNKNOWN\x10\x032\xf6\x01\n" +
+	"\x12LIVELINESS_UNKNOWN\x10\x03*\xa2\x03\n" +
+	"\x11ProvisioningState\x12\"\n" +
+	"\x1ePROVISIONING_STATE_UNSPECIFIED\x10\x00\x12\"\n" +
+	"\x1ePROVISIONING_STATE_PXE_BOOTING\x10\x01\x12 \n" +
+	"\x1cPROVISIONING_STATE_PREPARING\x10\x02\x12\"\n" +
+	"\x1ePROVISIONING_STATE_REGISTERING\x10\x03\x12\x1e\n" +
+	"\x1aPROVISIONING_STATE_WAITING\x10\x04\x12!\n" +
+	"\x1dPROVISIONING_STATE_INSTALLING\x10\x05\x12)\n" +
+	"%PROVISIONING_STATE_BOOTING_NEW_KERNEL\x10\x06\x12\"\n" +
+	"\x1ePROVISIONING_STATE_PHONED_HOME\x10\a\x12%\n" +
+	"!PROVISIONING_STATE_PLANNED_REBOOT\x10\b\x12&\n" +
+	"\"PROVISIONING_STATE_MACHINE_RECLAIM\x10\t\x12\x1e\n" +
+	"\x1aPROVISIONING_STATE_CRASHED\x10\n" +
+	"2\xfb\a\n" +
 	"\x0eMachineService\x12w\n" +
 	"\x03Get\x12+.metalfleet.api.v1.MachineServiceGetRequest\x1a,.metalfleet.api.v1.MachineServiceGetResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x01\x1a\x02id\"\amachine\x12k\n" +
-	"\x04List\x12,.metalfleet.api.v1.MachineServiceListRequest\x1a-.metalfleet.api.v1.MachineServiceListResponse\"\x06\xca\xf3\x18\x02\b\x012\xe6\x01\n" +
+	"\x04List\x12,.metalfleet.api.v1.MachineServiceListRequest\x1a-.metalfleet.api.v1.MachineServiceListResponse\"\x06\xca\xf3\x18\x02\b\x01\x12\x7f\n" +
+	"\x06Create\x12..metalfleet.api.v1.MachineServiceCreateRequest\x1a/.metalfleet.api.v1.MachineServiceCreateResponse\"\x14\xca\xf3\x18\x10\b\x03\x10\x02\x1a\n" +
+	"project_id\x12\x80\x01\n" +
+	"\x06Delete\x12..metalfleet.api.v1.MachineServiceDeleteRequest\x1a/.metalfleet.api.v1.MachineServiceDeleteResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x02\x1a\x02id\"\amachine\x12\x89\x01\n" +
+	"\tReinstall\x121.metalfleet.api.v1.MachineServiceReinstallRequest\x1a2.metalfleet.api.v1.MachineServiceReinstallResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x02\x1a\x02id\"\amachine\x12y\n" +
+	"\bSetState\x120.metalfleet.api.v1.MachineServiceSetStateRequest\x1a1.metalfleet.api.v1.MachineServiceSetStateResponse\"\b\xca\xf3\x18\x04\b\x02\x10\x02\x12\x82\x01\n" +
+	"\x06Events\x12..metalfleet.api.v1.MachineServiceEventsRequest\x1a/.metalfleet.api.v1.MachineServiceEventsResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x01\x1a\x02id\"\amachine0\x01\x12s\n" +
+	"\x06Issues\x12..metalfleet.api.v1.MachineServiceIssuesRequest\x1a/.metalfleet.api.v1.MachineServiceIssuesResponse\"\b\xca\xf3\x18\x04\b\x02\x10\x012\xe6\x01\n" +
 	"\rSwitchService\x12h\n" +
 	"\x03Get\x12*.metalfleet.api.v1.SwitchServiceGetRequest\x1a+.metalfleet.api.v1.SwitchServiceGetResponse\"\b\xca\xf3\x18\x04\b\x02\x10\x01\x12k\n" +
 	"\x04List\x12+.metalfleet.api.v1.SwitchServiceListRequest\x1a,.metalfleet.api.v1.SwitchServiceListResponse\"\b\xca\xf3\x18\x04\b\x02\x10\x01B@Z>github.com/metalfleet/metalfleet/proto/metalfleet/api/v1;apiv1b\x06proto3"
@@ -941,56 +2011,99 @@ func file_metalfleet_api_v1_machine_proto_rawDescGZIP() []byte {
 	return file_metalfleet_api_v1_machine_proto_rawDescData
 }
 
-var file_metalfleet_api_v1_machine_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_metalfleet_api_v1_machine_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_metalfleet_api_v1_machine_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_metalfleet_api_v1_machine_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_metalfleet_api_v1_machine_proto_goTypes = []any{
-	(MachineState)(0),                  // 0: metalfleet.api.v1.MachineState
-	(Liveliness)(0),                    // 1: metalfleet.api.v1.Liveliness
-	(*Machine)(nil),                    // 2: metalfleet.api.v1.Machine
-	(*MachineAllocation)(nil),          // 3: metalfleet.api.v1.MachineAllocation
-	(*MachineServiceGetRequest)(nil),   // 4: metalfleet.api.v1.MachineServiceGetRequest
-	(*MachineServiceGetResponse)(nil),  // 5: metalfleet.api.v1.MachineServiceGetResponse
-	(*MachineServiceListRequest)(nil),  // 6: metalfleet.api.v1.MachineServiceListRequest
-	(*MachineServiceListResponse)(nil), // 7: metalfleet.api.v1.MachineServiceListResponse
-	(*Switch)(nil),                     // 8: metalfleet.api.v1.Switch
-	(*SwitchPort)(nil),                 // 9: metalfleet.api.v1.SwitchPort
-	(*SwitchServiceGetRequest)(nil),    // 10: metalfleet.api.v1.SwitchServiceGetRequest
-	(*SwitchServiceGetResponse)(nil),   // 11: metalfleet.api.v1.SwitchServiceGetResponse
-	(*SwitchServiceListRequest)(nil),   // 12: metalfleet.api.v1.SwitchServiceListRequest
-	(*SwitchServiceListResponse)(nil),  // 13: metalfleet.api.v1.SwitchServiceListResponse
-	nil,                                // 14: metalfleet.api.v1.Machine.LabelsEntry
-	(*MachineFacts)(nil),               // 15: metalfleet.api.v1.MachineFacts
-	(*timestamppb.Timestamp)(nil),      // 16: google.protobuf.Timestamp
-	(*Meta)(nil),                       // 17: metalfleet.api.v1.Meta
+	(MachineState)(0),                       // 0: metalfleet.api.v1.MachineState
+	(Liveliness)(0),                         // 1: metalfleet.api.v1.Liveliness
+	(ProvisioningState)(0),                  // 2: metalfleet.api.v1.ProvisioningState
+	(*Machine)(nil),                         // 3: metalfleet.api.v1.Machine
+	(*MachineIssue)(nil),                    // 4: metalfleet.api.v1.MachineIssue
+	(*MachineAllocation)(nil),               // 5: metalfleet.api.v1.MachineAllocation
+	(*MachineEvent)(nil),                    // 6: metalfleet.api.v1.MachineEvent
+	(*MachineServiceGetRequest)(nil),        // 7: metalfleet.api.v1.MachineServiceGetRequest
+	(*MachineServiceGetResponse)(nil),       // 8: metalfleet.api.v1.MachineServiceGetResponse
+	(*MachineServiceListRequest)(nil),       // 9: metalfleet.api.v1.MachineServiceListRequest
+	(*MachineServiceListResponse)(nil),      // 10: metalfleet.api.v1.MachineServiceListResponse
+	(*MachineServiceCreateRequest)(nil),     // 11: metalfleet.api.v1.MachineServiceCreateRequest
+	(*MachineServiceCreateResponse)(nil),    // 12: metalfleet.api.v1.MachineServiceCreateResponse
+	(*MachineServiceDeleteRequest)(nil),     // 13: metalfleet.api.v1.MachineServiceDeleteRequest
+	(*MachineServiceDeleteResponse)(nil),    // 14: metalfleet.api.v1.MachineServiceDeleteResponse
+	(*MachineServiceReinstallRequest)(nil),  // 15: metalfleet.api.v1.MachineServiceReinstallRequest
+	(*MachineServiceReinstallResponse)(nil), // 16: metalfleet.api.v1.MachineServiceReinstallResponse
+	(*MachineServiceSetStateRequest)(nil),   // 17: metalfleet.api.v1.MachineServiceSetStateRequest
+	(*MachineServiceSetStateResponse)(nil),  // 18: metalfleet.api.v1.MachineServiceSetStateResponse
+	(*MachineServiceEventsRequest)(nil),     // 19: metalfleet.api.v1.MachineServiceEventsRequest
+	(*MachineServiceEventsResponse)(nil),    // 20: metalfleet.api.v1.MachineServiceEventsResponse
+	(*MachineServiceIssuesRequest)(nil),     // 21: metalfleet.api.v1.MachineServiceIssuesRequest
+	(*MachineServiceIssuesResponse)(nil),    // 22: metalfleet.api.v1.MachineServiceIssuesResponse
+	(*Switch)(nil),                          // 23: metalfleet.api.v1.Switch
+	(*SwitchPort)(nil),                      // 24: metalfleet.api.v1.SwitchPort
+	(*SwitchServiceGetRequest)(nil),         // 25: metalfleet.api.v1.SwitchServiceGetRequest
+	(*SwitchServiceGetResponse)(nil),        // 26: metalfleet.api.v1.SwitchServiceGetResponse
+	(*SwitchServiceListRequest)(nil),        // 27: metalfleet.api.v1.SwitchServiceListRequest
+	(*SwitchServiceListResponse)(nil),       // 28: metalfleet.api.v1.SwitchServiceListResponse
+	nil,                                     // 29: metalfleet.api.v1.Machine.LabelsEntry
+	nil,                                     // 30: metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
+	(*v1.MachineFacts)(nil),                 // 31: metalfleet.agent.v1.MachineFacts
+	(*timestamppb.Timestamp)(nil),           // 32: google.protobuf.Timestamp
+	(*Meta)(nil),                            // 33: metalfleet.api.v1.Meta
 }
 var file_metalfleet_api_v1_machine_proto_depIdxs = []int32{
 	0,  // 0: metalfleet.api.v1.Machine.state:type_name -> metalfleet.api.v1.MachineState
 	1,  // 1: metalfleet.api.v1.Machine.liveliness:type_name -> metalfleet.api.v1.Liveliness
-	3,  // 2: metalfleet.api.v1.Machine.allocation:type_name -> metalfleet.api.v1.MachineAllocation
-	15, // 3: metalfleet.api.v1.Machine.hardware:type_name -> metalfleet.api.v1.MachineFacts
-	16, // 4: metalfleet.api.v1.Machine.last_event_at:type_name -> google.protobuf.Timestamp
-	14, // 5: metalfleet.api.v1.Machine.labels:type_name -> metalfleet.api.v1.Machine.LabelsEntry
-	17, // 6: metalfleet.api.v1.Machine.meta:type_name -> metalfleet.api.v1.Meta
-	2,  // 7: metalfleet.api.v1.MachineServiceGetResponse.machine:type_name -> metalfleet.api.v1.Machine
-	2,  // 8: metalfleet.api.v1.MachineServiceListResponse.machines:type_name -> metalfleet.api.v1.Machine
-	9,  // 9: metalfleet.api.v1.Switch.ports:type_name -> metalfleet.api.v1.SwitchPort
-	16, // 10: metalfleet.api.v1.Switch.last_sync:type_name -> google.protobuf.Timestamp
-	17, // 11: metalfleet.api.v1.Switch.meta:type_name -> metalfleet.api.v1.Meta
-	8,  // 12: metalfleet.api.v1.SwitchServiceGetResponse.switch:type_name -> metalfleet.api.v1.Switch
-	8,  // 13: metalfleet.api.v1.SwitchServiceListResponse.switches:type_name -> metalfleet.api.v1.Switch
-	4,  // 14: metalfleet.api.v1.MachineService.Get:input_type -> metalfleet.api.v1.MachineServiceGetRequest
-	6,  // 15: metalfleet.api.v1.MachineService.List:input_type -> metalfleet.api.v1.MachineServiceListRequest
-	10, // 16: metalfleet.api.v1.SwitchService.Get:input_type -> metalfleet.api.v1.SwitchServiceGetRequest
-	12, // 17: metalfleet.api.v1.SwitchService.List:input_type -> metalfleet.api.v1.SwitchServiceListRequest
-	5,  // 18: metalfleet.api.v1.MachineService.Get:output_type -> metalfleet.api.v1.MachineServiceGetResponse
-	7,  // 19: metalfleet.api.v1.MachineService.List:output_type -> metalfleet.api.v1.MachineServiceListResponse
-	11, // 20: metalfleet.api.v1.SwitchService.Get:output_type -> metalfleet.api.v1.SwitchServiceGetResponse
-	13, // 21: metalfleet.api.v1.SwitchService.List:output_type -> metalfleet.api.v1.SwitchServiceListResponse
-	18, // [18:22] is the sub-list for method output_type
-	14, // [14:18] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	5,  // 2: metalfleet.api.v1.Machine.allocation:type_name -> metalfleet.api.v1.MachineAllocation
+	31, // 3: metalfleet.api.v1.Machine.hardware:type_name -> metalfleet.agent.v1.MachineFacts
+	32, // 4: metalfleet.api.v1.Machine.last_event_at:type_name -> google.protobuf.Timestamp
+	29, // 5: metalfleet.api.v1.Machine.labels:type_name -> metalfleet.api.v1.Machine.LabelsEntry
+	2,  // 6: metalfleet.api.v1.Machine.provisioning:type_name -> metalfleet.api.v1.ProvisioningState
+	4,  // 7: metalfleet.api.v1.Machine.issues:type_name -> metalfleet.api.v1.MachineIssue
+	33, // 8: metalfleet.api.v1.Machine.meta:type_name -> metalfleet.api.v1.Meta
+	32, // 9: metalfleet.api.v1.MachineAllocation.created_at:type_name -> google.protobuf.Timestamp
+	32, // 10: metalfleet.api.v1.MachineAllocation.phoned_home_at:type_name -> google.protobuf.Timestamp
+	32, // 11: metalfleet.api.v1.MachineEvent.time:type_name -> google.protobuf.Timestamp
+	2,  // 12: metalfleet.api.v1.MachineEvent.state:type_name -> metalfleet.api.v1.ProvisioningState
+	3,  // 13: metalfleet.api.v1.MachineServiceGetResponse.machine:type_name -> metalfleet.api.v1.Machine
+	3,  // 14: metalfleet.api.v1.MachineServiceListResponse.machines:type_name -> metalfleet.api.v1.Machine
+	30, // 15: metalfleet.api.v1.MachineServiceCreateRequest.labels:type_name -> metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
+	3,  // 16: metalfleet.api.v1.MachineServiceCreateResponse.machine:type_name -> metalfleet.api.v1.Machine
+	3,  // 17: metalfleet.api.v1.MachineServiceDeleteResponse.machine:type_name -> metalfleet.api.v1.Machine
+	3,  // 18: metalfleet.api.v1.MachineServiceReinstallResponse.machine:type_name -> metalfleet.api.v1.Machine
+	0,  // 19: metalfleet.api.v1.MachineServiceSetStateRequest.state:type_name -> metalfleet.api.v1.MachineState
+	3,  // 20: metalfleet.api.v1.MachineServiceSetStateResponse.machine:type_name -> metalfleet.api.v1.Machine
+	6,  // 21: metalfleet.api.v1.MachineServiceEventsResponse.event:type_name -> metalfleet.api.v1.MachineEvent
+	3,  // 22: metalfleet.api.v1.MachineServiceEventsResponse.machine:type_name -> metalfleet.api.v1.Machine
+	4,  // 23: metalfleet.api.v1.MachineServiceIssuesResponse.issues:type_name -> metalfleet.api.v1.MachineIssue
+	24, // 24: metalfleet.api.v1.Switch.ports:type_name -> metalfleet.api.v1.SwitchPort
+	32, // 25: metalfleet.api.v1.Switch.last_sync:type_name -> google.protobuf.Timestamp
+	33, // 26: metalfleet.api.v1.Switch.meta:type_name -> metalfleet.api.v1.Meta
+	23, // 27: metalfleet.api.v1.SwitchServiceGetResponse.switch:type_name -> metalfleet.api.v1.Switch
+	23, // 28: metalfleet.api.v1.SwitchServiceListResponse.switches:type_name -> metalfleet.api.v1.Switch
+	7,  // 29: metalfleet.api.v1.MachineService.Get:input_type -> metalfleet.api.v1.MachineServiceGetRequest
+	9,  // 30: metalfleet.api.v1.MachineService.List:input_type -> metalfleet.api.v1.MachineServiceListRequest
+	11, // 31: metalfleet.api.v1.MachineService.Create:input_type -> metalfleet.api.v1.MachineServiceCreateRequest
+	13, // 32: metalfleet.api.v1.MachineService.Delete:input_type -> metalfleet.api.v1.MachineServiceDeleteRequest
+	15, // 33: metalfleet.api.v1.MachineService.Reinstall:input_type -> metalfleet.api.v1.MachineServiceReinstallRequest
+	17, // 34: metalfleet.api.v1.MachineService.SetState:input_type -> metalfleet.api.v1.MachineServiceSetStateRequest
+	19, // 35: metalfleet.api.v1.MachineService.Events:input_type -> metalfleet.api.v1.MachineServiceEventsRequest
+	21, // 36: metalfleet.api.v1.MachineService.Issues:input_type -> metalfleet.api.v1.MachineServiceIssuesRequest
+	25, // 37: metalfleet.api.v1.SwitchService.Get:input_type -> metalfleet.api.v1.SwitchServiceGetRequest
+	27, // 38: metalfleet.api.v1.SwitchService.List:input_type -> metalfleet.api.v1.SwitchServiceListRequest
+	8,  // 39: metalfleet.api.v1.MachineService.Get:output_type -> metalfleet.api.v1.MachineServiceGetResponse
+	10, // 40: metalfleet.api.v1.MachineService.List:output_type -> metalfleet.api.v1.MachineServiceListResponse
+	12, // 41: metalfleet.api.v1.MachineService.Create:output_type -> metalfleet.api.v1.MachineServiceCreateResponse
+	14, // 42: metalfleet.api.v1.MachineService.Delete:output_type -> metalfleet.api.v1.MachineServiceDeleteResponse
+	16, // 43: metalfleet.api.v1.MachineService.Reinstall:output_type -> metalfleet.api.v1.MachineServiceReinstallResponse
+	18, // 44: metalfleet.api.v1.MachineService.SetState:output_type -> metalfleet.api.v1.MachineServiceSetStateResponse
+	20, // 45: metalfleet.api.v1.MachineService.Events:output_type -> metalfleet.api.v1.MachineServiceEventsResponse
+	22, // 46: metalfleet.api.v1.MachineService.Issues:output_type -> metalfleet.api.v1.MachineServiceIssuesResponse
+	26, // 47: metalfleet.api.v1.SwitchService.Get:output_type -> metalfleet.api.v1.SwitchServiceGetResponse
+	28, // 48: metalfleet.api.v1.SwitchService.List:output_type -> metalfleet.api.v1.SwitchServiceListResponse
+	39, // [39:49] is the sub-list for method output_type
+	29, // [29:39] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_metalfleet_api_v1_machine_proto_init() }
@@ -999,14 +2112,13 @@ func file_metalfleet_api_v1_machine_proto_init() {
 		return
 	}
 	file_metalfleet_api_v1_common_proto_init()
-	file_metalfleet_api_v1_size_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metalfleet_api_v1_machine_proto_rawDesc), len(file_metalfleet_api_v1_machine_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   13,
+			NumEnums:      3,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

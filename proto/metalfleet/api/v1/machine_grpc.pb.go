@@ -19,18 +19,40 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	MachineService_Get_FullMethodName  = "/metalfleet.api.v1.MachineService/Get"
-	MachineService_List_FullMethodName = "/metalfleet.api.v1.MachineService/List"
+	MachineService_Get_FullMethodName       = "/metalfleet.api.v1.MachineService/Get"
+	MachineService_List_FullMethodName      = "/metalfleet.api.v1.MachineService/List"
+	MachineService_Create_FullMethodName    = "/metalfleet.api.v1.MachineService/Create"
+	MachineService_Delete_FullMethodName    = "/metalfleet.api.v1.MachineService/Delete"
+	MachineService_Reinstall_FullMethodName = "/metalfleet.api.v1.MachineService/Reinstall"
+	MachineService_SetState_FullMethodName  = "/metalfleet.api.v1.MachineService/SetState"
+	MachineService_Events_FullMethodName    = "/metalfleet.api.v1.MachineService/Events"
+	MachineService_Issues_FullMethodName    = "/metalfleet.api.v1.MachineService/Issues"
 )
 
 // MachineServiceClient is the client API for MachineService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// MachineService reads machines.
+// MachineService reads, allocates and frees machines.
 type MachineServiceClient interface {
 	Get(ctx context.Context, in *MachineServiceGetRequest, opts ...grpc.CallOption) (*MachineServiceGetResponse, error)
 	List(ctx context.Context, in *MachineServiceListRequest, opts ...grpc.CallOption) (*MachineServiceListResponse, error)
+	// Create allocates a waiting machine of the size in the partition (or the
+	// one given by id) for the project, with its IPs, in one transaction.
+	Create(ctx context.Context, in *MachineServiceCreateRequest, opts ...grpc.CallOption) (*MachineServiceCreateResponse, error)
+	// Delete frees the machine: ephemeral IPs released, the machine reboots
+	// into the installer, wipes its disks and waits again.
+	Delete(ctx context.Context, in *MachineServiceDeleteRequest, opts ...grpc.CallOption) (*MachineServiceDeleteResponse, error)
+	// Reinstall installs an image again, keeping the allocation; only the
+	// primary disk is wiped.
+	Reinstall(ctx context.Context, in *MachineServiceReinstallRequest, opts ...grpc.CallOption) (*MachineServiceReinstallResponse, error)
+	// SetState locks, reserves or releases a machine (admin).
+	SetState(ctx context.Context, in *MachineServiceSetStateRequest, opts ...grpc.CallOption) (*MachineServiceSetStateResponse, error)
+	// Events lists the provisioning event log; with follow it streams new
+	// events as they are committed until the caller ends the call.
+	Events(ctx context.Context, in *MachineServiceEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[MachineServiceEventsResponse], error)
+	// Issues lists the machines that need an operator (admin).
+	Issues(ctx context.Context, in *MachineServiceIssuesRequest, opts ...grpc.CallOption) (*MachineServiceIssuesResponse, error)
 }
 
 type machineServiceClient struct {
@@ -61,14 +83,99 @@ func (c *machineServiceClient) List(ctx context.Context, in *MachineServiceListR
 	return out, nil
 }
 
+func (c *machineServiceClient) Create(ctx context.Context, in *MachineServiceCreateRequest, opts ...grpc.CallOption) (*MachineServiceCreateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MachineServiceCreateResponse)
+	err := c.cc.Invoke(ctx, MachineService_Create_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *machineServiceClient) Delete(ctx context.Context, in *MachineServiceDeleteRequest, opts ...grpc.CallOption) (*MachineServiceDeleteResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MachineServiceDeleteResponse)
+	err := c.cc.Invoke(ctx, MachineService_Delete_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *machineServiceClient) Reinstall(ctx context.Context, in *MachineServiceReinstallRequest, opts ...grpc.CallOption) (*MachineServiceReinstallResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MachineServiceReinstallResponse)
+	err := c.cc.Invoke(ctx, MachineService_Reinstall_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *machineServiceClient) SetState(ctx context.Context, in *MachineServiceSetStateRequest, opts ...grpc.CallOption) (*MachineServiceSetStateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MachineServiceSetStateResponse)
+	err := c.cc.Invoke(ctx, MachineService_SetState_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *machineServiceClient) Events(ctx context.Context, in *MachineServiceEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[MachineServiceEventsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &MachineService_ServiceDesc.Streams[0], MachineService_Events_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[MachineServiceEventsRequest, MachineServiceEventsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type MachineService_EventsClient = grpc.ServerStreamingClient[MachineServiceEventsResponse]
+
+func (c *machineServiceClient) Issues(ctx context.Context, in *MachineServiceIssuesRequest, opts ...grpc.CallOption) (*MachineServiceIssuesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MachineServiceIssuesResponse)
+	err := c.cc.Invoke(ctx, MachineService_Issues_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MachineServiceServer is the server API for MachineService service.
 // All implementations must embed UnimplementedMachineServiceServer
 // for forward compatibility.
 //
-// MachineService reads machines.
+// MachineService reads, allocates and frees machines.
 type MachineServiceServer interface {
 	Get(context.Context, *MachineServiceGetRequest) (*MachineServiceGetResponse, error)
 	List(context.Context, *MachineServiceListRequest) (*MachineServiceListResponse, error)
+	// Create allocates a waiting machine of the size in the partition (or the
+	// one given by id) for the project, with its IPs, in one transaction.
+	Create(context.Context, *MachineServiceCreateRequest) (*MachineServiceCreateResponse, error)
+	// Delete frees the machine: ephemeral IPs released, the machine reboots
+	// into the installer, wipes its disks and waits again.
+	Delete(context.Context, *MachineServiceDeleteRequest) (*MachineServiceDeleteResponse, error)
+	// Reinstall installs an image again, keeping the allocation; only the
+	// primary disk is wiped.
+	Reinstall(context.Context, *MachineServiceReinstallRequest) (*MachineServiceReinstallResponse, error)
+	// SetState locks, reserves or releases a machine (admin).
+	SetState(context.Context, *MachineServiceSetStateRequest) (*MachineServiceSetStateResponse, error)
+	// Events lists the provisioning event log; with follow it streams new
+	// events as they are committed until the caller ends the call.
+	Events(*MachineServiceEventsRequest, grpc.ServerStreamingServer[MachineServiceEventsResponse]) error
+	// Issues lists the machines that need an operator (admin).
+	Issues(context.Context, *MachineServiceIssuesRequest) (*MachineServiceIssuesResponse, error)
 	mustEmbedUnimplementedMachineServiceServer()
 }
 
@@ -84,6 +191,24 @@ func (UnimplementedMachineServiceServer) Get(context.Context, *MachineServiceGet
 }
 func (UnimplementedMachineServiceServer) List(context.Context, *MachineServiceListRequest) (*MachineServiceListResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method List not implemented")
+}
+func (UnimplementedMachineServiceServer) Create(context.Context, *MachineServiceCreateRequest) (*MachineServiceCreateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Create not implemented")
+}
+func (UnimplementedMachineServiceServer) Delete(context.Context, *MachineServiceDeleteRequest) (*MachineServiceDeleteResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Delete not implemented")
+}
+func (UnimplementedMachineServiceServer) Reinstall(context.Context, *MachineServiceReinstallRequest) (*MachineServiceReinstallResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Reinstall not implemented")
+}
+func (UnimplementedMachineServiceServer) SetState(context.Context, *MachineServiceSetStateRequest) (*MachineServiceSetStateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetState not implemented")
+}
+func (UnimplementedMachineServiceServer) Events(*MachineServiceEventsRequest, grpc.ServerStreamingServer[MachineServiceEventsResponse]) error {
+	return status.Error(codes.Unimplemented, "method Events not implemented")
+}
+func (UnimplementedMachineServiceServer) Issues(context.Context, *MachineServiceIssuesRequest) (*MachineServiceIssuesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Issues not implemented")
 }
 func (UnimplementedMachineServiceServer) mustEmbedUnimplementedMachineServiceServer() {}
 func (UnimplementedMachineServiceServer) testEmbeddedByValue()                        {}
@@ -142,6 +267,107 @@ func _MachineService_List_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MachineService_Create_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MachineServiceCreateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MachineServiceServer).Create(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MachineService_Create_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MachineServiceServer).Create(ctx, req.(*MachineServiceCreateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MachineService_Delete_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MachineServiceDeleteRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MachineServiceServer).Delete(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MachineService_Delete_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MachineServiceServer).Delete(ctx, req.(*MachineServiceDeleteRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MachineService_Reinstall_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MachineServiceReinstallRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MachineServiceServer).Reinstall(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MachineService_Reinstall_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MachineServiceServer).Reinstall(ctx, req.(*MachineServiceReinstallRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MachineService_SetState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MachineServiceSetStateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MachineServiceServer).SetState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MachineService_SetState_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MachineServiceServer).SetState(ctx, req.(*MachineServiceSetStateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MachineService_Events_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(MachineServiceEventsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(MachineServiceServer).Events(m, &grpc.GenericServerStream[MachineServiceEventsRequest, MachineServiceEventsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type MachineService_EventsServer = grpc.ServerStreamingServer[MachineServiceEventsResponse]
+
+func _MachineService_Issues_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MachineServiceIssuesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MachineServiceServer).Issues(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MachineService_Issues_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MachineServiceServer).Issues(ctx, req.(*MachineServiceIssuesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MachineService_ServiceDesc is the grpc.ServiceDesc for MachineService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -157,8 +383,34 @@ var MachineService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "List",
 			Handler:    _MachineService_List_Handler,
 		},
+		{
+			MethodName: "Create",
+			Handler:    _MachineService_Create_Handler,
+		},
+		{
+			MethodName: "Delete",
+			Handler:    _MachineService_Delete_Handler,
+		},
+		{
+			MethodName: "Reinstall",
+			Handler:    _MachineService_Reinstall_Handler,
+		},
+		{
+			MethodName: "SetState",
+			Handler:    _MachineService_SetState_Handler,
+		},
+		{
+			MethodName: "Issues",
+			Handler:    _MachineService_Issues_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Events",
+			Handler:       _MachineService_Events_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "metalfleet/api/v1/machine.proto",
 }
 

@@ -7,6 +7,7 @@
 package apiv1
 
 import (
+	v1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -237,181 +238,6 @@ func (x *SizeConstraint) GetIdentifier() string {
 	return ""
 }
 
-// MachineFacts is the hardware a machine reports.
-type MachineFacts struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Cores         uint32                 `protobuf:"varint,1,opt,name=cores,proto3" json:"cores,omitempty"`
-	MemoryBytes   uint64                 `protobuf:"varint,2,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
-	Disks         []*DiskFact            `protobuf:"bytes,3,rep,name=disks,proto3" json:"disks,omitempty"`
-	Gpus          []*GPUFact             `protobuf:"bytes,4,rep,name=gpus,proto3" json:"gpus,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *MachineFacts) Reset() {
-	*x = MachineFacts{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[2]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *MachineFacts) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*MachineFacts) ProtoMessage() {}
-
-func (x *MachineFacts) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[2]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use MachineFacts.ProtoReflect.Descriptor instead.
-func (*MachineFacts) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{2}
-}
-
-func (x *MachineFacts) GetCores() uint32 {
-	if x != nil {
-		return x.Cores
-	}
-	return 0
-}
-
-func (x *MachineFacts) GetMemoryBytes() uint64 {
-	if x != nil {
-		return x.MemoryBytes
-	}
-	return 0
-}
-
-func (x *MachineFacts) GetDisks() []*DiskFact {
-	if x != nil {
-		return x.Disks
-	}
-	return nil
-}
-
-func (x *MachineFacts) GetGpus() []*GPUFact {
-	if x != nil {
-		return x.Gpus
-	}
-	return nil
-}
-
-// DiskFact is one block device.
-type DiskFact struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	SizeBytes     uint64                 `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *DiskFact) Reset() {
-	*x = DiskFact{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[3]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *DiskFact) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*DiskFact) ProtoMessage() {}
-
-func (x *DiskFact) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[3]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use DiskFact.ProtoReflect.Descriptor instead.
-func (*DiskFact) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{3}
-}
-
-func (x *DiskFact) GetName() string {
-	if x != nil {
-		return x.Name
-	}
-	return ""
-}
-
-func (x *DiskFact) GetSizeBytes() uint64 {
-	if x != nil {
-		return x.SizeBytes
-	}
-	return 0
-}
-
-// GPUFact is one GPU.
-type GPUFact struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Vendor        string                 `protobuf:"bytes,1,opt,name=vendor,proto3" json:"vendor,omitempty"`
-	Model         string                 `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *GPUFact) Reset() {
-	*x = GPUFact{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[4]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *GPUFact) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*GPUFact) ProtoMessage() {}
-
-func (x *GPUFact) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[4]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use GPUFact.ProtoReflect.Descriptor instead.
-func (*GPUFact) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{4}
-}
-
-func (x *GPUFact) GetVendor() string {
-	if x != nil {
-		return x.Vendor
-	}
-	return ""
-}
-
-func (x *GPUFact) GetModel() string {
-	if x != nil {
-		return x.Model
-	}
-	return ""
-}
-
 type SizeServiceCreateRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Size          *Size                  `protobuf:"bytes,1,opt,name=size,proto3" json:"size,omitempty"`
@@ -421,7 +247,7 @@ type SizeServiceCreateRequest struct {
 
 func (x *SizeServiceCreateRequest) Reset() {
 	*x = SizeServiceCreateRequest{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[5]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -433,7 +259,7 @@ func (x *SizeServiceCreateRequest) String() string {
 func (*SizeServiceCreateRequest) ProtoMessage() {}
 
 func (x *SizeServiceCreateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[5]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -446,7 +272,7 @@ func (x *SizeServiceCreateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SizeServiceCreateRequest.ProtoReflect.Descriptor instead.
 func (*SizeServiceCreateRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{5}
+	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *SizeServiceCreateRequest) GetSize() *Size {
@@ -465,7 +291,7 @@ type SizeServiceCreateResponse struct {
 
 func (x *SizeServiceCreateResponse) Reset() {
 	*x = SizeServiceCreateResponse{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[6]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -477,7 +303,7 @@ func (x *SizeServiceCreateResponse) String() string {
 func (*SizeServiceCreateResponse) ProtoMessage() {}
 
 func (x *SizeServiceCreateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[6]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -490,7 +316,7 @@ func (x *SizeServiceCreateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SizeServiceCreateResponse.ProtoReflect.Descriptor instead.
 func (*SizeServiceCreateResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{6}
+	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SizeServiceCreateResponse) GetSize() *Size {
@@ -509,7 +335,7 @@ type SizeServiceGetRequest struct {
 
 func (x *SizeServiceGetRequest) Reset() {
 	*x = SizeServiceGetRequest{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[7]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -521,7 +347,7 @@ func (x *SizeServiceGetRequest) String() string {
 func (*SizeServiceGetRequest) ProtoMessage() {}
 
 func (x *SizeServiceGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[7]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -534,7 +360,7 @@ func (x *SizeServiceGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SizeServiceGetRequest.ProtoReflect.Descriptor instead.
 func (*SizeServiceGetRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{7}
+	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SizeServiceGetRequest) GetId() string {
@@ -553,7 +379,7 @@ type SizeServiceGetResponse struct {
 
 func (x *SizeServiceGetResponse) Reset() {
 	*x = SizeServiceGetResponse{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[8]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -565,7 +391,7 @@ func (x *SizeServiceGetResponse) String() string {
 func (*SizeServiceGetResponse) ProtoMessage() {}
 
 func (x *SizeServiceGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[8]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -578,7 +404,7 @@ func (x *SizeServiceGetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SizeServiceGetResponse.ProtoReflect.Descriptor instead.
 func (*SizeServiceGetResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{8}
+	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SizeServiceGetResponse) GetSize() *Size {
@@ -596,7 +422,7 @@ type SizeServiceListRequest struct {
 
 func (x *SizeServiceListRequest) Reset() {
 	*x = SizeServiceListRequest{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[9]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -608,7 +434,7 @@ func (x *SizeServiceListRequest) String() string {
 func (*SizeServiceListRequest) ProtoMessage() {}
 
 func (x *SizeServiceListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[9]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -621,7 +447,7 @@ func (x *SizeServiceListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SizeServiceListRequest.ProtoReflect.Descriptor instead.
 func (*SizeServiceListRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{9}
+	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{6}
 }
 
 type SizeServiceListResponse struct {
@@ -633,7 +459,7 @@ type SizeServiceListResponse struct {
 
 func (x *SizeServiceListResponse) Reset() {
 	*x = SizeServiceListResponse{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[10]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -645,7 +471,7 @@ func (x *SizeServiceListResponse) String() string {
 func (*SizeServiceListResponse) ProtoMessage() {}
 
 func (x *SizeServiceListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[10]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -658,7 +484,7 @@ func (x *SizeServiceListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SizeServiceListResponse.ProtoReflect.Descriptor instead.
 func (*SizeServiceListResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{10}
+	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SizeServiceListResponse) GetSizes() []*Size {
@@ -677,7 +503,7 @@ type SizeServiceUpdateRequest struct {
 
 func (x *SizeServiceUpdateRequest) Reset() {
 	*x = SizeServiceUpdateRequest{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[11]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -689,7 +515,7 @@ func (x *SizeServiceUpdateRequest) String() string {
 func (*SizeServiceUpdateRequest) ProtoMessage() {}
 
 func (x *SizeServiceUpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[11]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -702,7 +528,7 @@ func (x *SizeServiceUpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SizeServiceUpdateRequest.ProtoReflect.Descriptor instead.
 func (*SizeServiceUpdateRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{11}
+	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SizeServiceUpdateRequest) GetSize() *Size {
@@ -721,7 +547,7 @@ type SizeServiceUpdateResponse struct {
 
 func (x *SizeServiceUpdateResponse) Reset() {
 	*x = SizeServiceUpdateResponse{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[12]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -733,7 +559,7 @@ func (x *SizeServiceUpdateResponse) String() string {
 func (*SizeServiceUpdateResponse) ProtoMessage() {}
 
 func (x *SizeServiceUpdateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[12]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -746,7 +572,7 @@ func (x *SizeServiceUpdateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SizeServiceUpdateResponse.ProtoReflect.Descriptor instead.
 func (*SizeServiceUpdateResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{12}
+	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SizeServiceUpdateResponse) GetSize() *Size {
@@ -765,7 +591,7 @@ type SizeServiceDeleteRequest struct {
 
 func (x *SizeServiceDeleteRequest) Reset() {
 	*x = SizeServiceDeleteRequest{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[13]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -777,7 +603,7 @@ func (x *SizeServiceDeleteRequest) String() string {
 func (*SizeServiceDeleteRequest) ProtoMessage() {}
 
 func (x *SizeServiceDeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[13]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -790,7 +616,7 @@ func (x *SizeServiceDeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SizeServiceDeleteRequest.ProtoReflect.Descriptor instead.
 func (*SizeServiceDeleteRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{13}
+	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SizeServiceDeleteRequest) GetId() string {
@@ -809,7 +635,7 @@ type SizeServiceDeleteResponse struct {
 
 func (x *SizeServiceDeleteResponse) Reset() {
 	*x = SizeServiceDeleteResponse{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[14]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -821,7 +647,7 @@ func (x *SizeServiceDeleteResponse) String() string {
 func (*SizeServiceDeleteResponse) ProtoMessage() {}
 
 func (x *SizeServiceDeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[14]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -834,7 +660,7 @@ func (x *SizeServiceDeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SizeServiceDeleteResponse.ProtoReflect.Descriptor instead.
 func (*SizeServiceDeleteResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{14}
+	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SizeServiceDeleteResponse) GetSize() *Size {
@@ -846,14 +672,14 @@ func (x *SizeServiceDeleteResponse) GetSize() *Size {
 
 type SizeServiceMatchRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Facts         *MachineFacts          `protobuf:"bytes,1,opt,name=facts,proto3" json:"facts,omitempty"`
+	Facts         *v1.MachineFacts       `protobuf:"bytes,1,opt,name=facts,proto3" json:"facts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SizeServiceMatchRequest) Reset() {
 	*x = SizeServiceMatchRequest{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[15]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -865,7 +691,7 @@ func (x *SizeServiceMatchRequest) String() string {
 func (*SizeServiceMatchRequest) ProtoMessage() {}
 
 func (x *SizeServiceMatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[15]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -878,10 +704,10 @@ func (x *SizeServiceMatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SizeServiceMatchRequest.ProtoReflect.Descriptor instead.
 func (*SizeServiceMatchRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{15}
+	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{12}
 }
 
-func (x *SizeServiceMatchRequest) GetFacts() *MachineFacts {
+func (x *SizeServiceMatchRequest) GetFacts() *v1.MachineFacts {
 	if x != nil {
 		return x.Facts
 	}
@@ -897,7 +723,7 @@ type SizeServiceMatchResponse struct {
 
 func (x *SizeServiceMatchResponse) Reset() {
 	*x = SizeServiceMatchResponse{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[16]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -909,7 +735,7 @@ func (x *SizeServiceMatchResponse) String() string {
 func (*SizeServiceMatchResponse) ProtoMessage() {}
 
 func (x *SizeServiceMatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[16]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -922,7 +748,7 @@ func (x *SizeServiceMatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SizeServiceMatchResponse.ProtoReflect.Descriptor instead.
 func (*SizeServiceMatchResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{16}
+	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SizeServiceMatchResponse) GetSize() *Size {
@@ -950,7 +776,7 @@ type SizeReservation struct {
 
 func (x *SizeReservation) Reset() {
 	*x = SizeReservation{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[17]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -962,7 +788,7 @@ func (x *SizeReservation) String() string {
 func (*SizeReservation) ProtoMessage() {}
 
 func (x *SizeReservation) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[17]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -975,7 +801,7 @@ func (x *SizeReservation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SizeReservation.ProtoReflect.Descriptor instead.
 func (*SizeReservation) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{17}
+	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SizeReservation) GetId() string {
@@ -1043,7 +869,7 @@ type SizeReservationServiceCreateRequest struct {
 
 func (x *SizeReservationServiceCreateRequest) Reset() {
 	*x = SizeReservationServiceCreateRequest{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[18]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1055,7 +881,7 @@ func (x *SizeReservationServiceCreateRequest) String() string {
 func (*SizeReservationServiceCreateRequest) ProtoMessage() {}
 
 func (x *SizeReservationServiceCreateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[18]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1068,7 +894,7 @@ func (x *SizeReservationServiceCreateRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use SizeReservationServiceCreateRequest.ProtoReflect.Descriptor instead.
 func (*SizeReservationServiceCreateRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{18}
+	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SizeReservationServiceCreateRequest) GetSizeReservation() *SizeReservation {
@@ -1087,7 +913,7 @@ type SizeReservationServiceCreateResponse struct {
 
 func (x *SizeReservationServiceCreateResponse) Reset() {
 	*x = SizeReservationServiceCreateResponse{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[19]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1099,7 +925,7 @@ func (x *SizeReservationServiceCreateResponse) String() string {
 func (*SizeReservationServiceCreateResponse) ProtoMessage() {}
 
 func (x *SizeReservationServiceCreateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[19]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1112,7 +938,7 @@ func (x *SizeReservationServiceCreateResponse) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use SizeReservationServiceCreateResponse.ProtoReflect.Descriptor instead.
 func (*SizeReservationServiceCreateResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{19}
+	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SizeReservationServiceCreateResponse) GetSizeReservation() *SizeReservation {
@@ -1131,7 +957,7 @@ type SizeReservationServiceGetRequest struct {
 
 func (x *SizeReservationServiceGetRequest) Reset() {
 	*x = SizeReservationServiceGetRequest{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[20]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1143,7 +969,7 @@ func (x *SizeReservationServiceGetRequest) String() string {
 func (*SizeReservationServiceGetRequest) ProtoMessage() {}
 
 func (x *SizeReservationServiceGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[20]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1156,7 +982,7 @@ func (x *SizeReservationServiceGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SizeReservationServiceGetRequest.ProtoReflect.Descriptor instead.
 func (*SizeReservationServiceGetRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{20}
+	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SizeReservationServiceGetRequest) GetId() string {
@@ -1175,7 +1001,7 @@ type SizeReservationServiceGetResponse struct {
 
 func (x *SizeReservationServiceGetResponse) Reset() {
 	*x = SizeReservationServiceGetResponse{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[21]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1187,7 +1013,7 @@ func (x *SizeReservationServiceGetResponse) String() string {
 func (*SizeReservationServiceGetResponse) ProtoMessage() {}
 
 func (x *SizeReservationServiceGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[21]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1200,7 +1026,7 @@ func (x *SizeReservationServiceGetResponse) ProtoReflect() protoreflect.Message 
 
 // Deprecated: Use SizeReservationServiceGetResponse.ProtoReflect.Descriptor instead.
 func (*SizeReservationServiceGetResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{21}
+	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SizeReservationServiceGetResponse) GetSizeReservation() *SizeReservation {
@@ -1219,7 +1045,7 @@ type SizeReservationServiceListRequest struct {
 
 func (x *SizeReservationServiceListRequest) Reset() {
 	*x = SizeReservationServiceListRequest{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[22]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1057,7 @@ func (x *SizeReservationServiceListRequest) String() string {
 func (*SizeReservationServiceListRequest) ProtoMessage() {}
 
 func (x *SizeReservationServiceListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[22]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1070,7 @@ func (x *SizeReservationServiceListRequest) ProtoReflect() protoreflect.Message 
 
 // Deprecated: Use SizeReservationServiceListRequest.ProtoReflect.Descriptor instead.
 func (*SizeReservationServiceListRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{22}
+	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SizeReservationServiceListRequest) GetProjectId() string {
@@ -1263,7 +1089,7 @@ type SizeReservationServiceListResponse struct {
 
 func (x *SizeReservationServiceListResponse) Reset() {
 	*x = SizeReservationServiceListResponse{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[23]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1275,7 +1101,7 @@ func (x *SizeReservationServiceListResponse) String() string {
 func (*SizeReservationServiceListResponse) ProtoMessage() {}
 
 func (x *SizeReservationServiceListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[23]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1288,7 +1114,7 @@ func (x *SizeReservationServiceListResponse) ProtoReflect() protoreflect.Message
 
 // Deprecated: Use SizeReservationServiceListResponse.ProtoReflect.Descriptor instead.
 func (*SizeReservationServiceListResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{23}
+	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SizeReservationServiceListResponse) GetSizeReservations() []*SizeReservation {
@@ -1307,7 +1133,7 @@ type SizeReservationServiceUpdateRequest struct {
 
 func (x *SizeReservationServiceUpdateRequest) Reset() {
 	*x = SizeReservationServiceUpdateRequest{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[24]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1319,7 +1145,7 @@ func (x *SizeReservationServiceUpdateRequest) String() string {
 func (*SizeReservationServiceUpdateRequest) ProtoMessage() {}
 
 func (x *SizeReservationServiceUpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[24]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1332,7 +1158,7 @@ func (x *SizeReservationServiceUpdateRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use SizeReservationServiceUpdateRequest.ProtoReflect.Descriptor instead.
 func (*SizeReservationServiceUpdateRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{24}
+	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SizeReservationServiceUpdateRequest) GetSizeReservation() *SizeReservation {
@@ -1351,7 +1177,7 @@ type SizeReservationServiceUpdateResponse struct {
 
 func (x *SizeReservationServiceUpdateResponse) Reset() {
 	*x = SizeReservationServiceUpdateResponse{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[25]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1363,7 +1189,7 @@ func (x *SizeReservationServiceUpdateResponse) String() string {
 func (*SizeReservationServiceUpdateResponse) ProtoMessage() {}
 
 func (x *SizeReservationServiceUpdateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[25]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1376,7 +1202,7 @@ func (x *SizeReservationServiceUpdateResponse) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use SizeReservationServiceUpdateResponse.ProtoReflect.Descriptor instead.
 func (*SizeReservationServiceUpdateResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{25}
+	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SizeReservationServiceUpdateResponse) GetSizeReservation() *SizeReservation {
@@ -1395,7 +1221,7 @@ type SizeReservationServiceDeleteRequest struct {
 
 func (x *SizeReservationServiceDeleteRequest) Reset() {
 	*x = SizeReservationServiceDeleteRequest{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[26]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1407,7 +1233,7 @@ func (x *SizeReservationServiceDeleteRequest) String() string {
 func (*SizeReservationServiceDeleteRequest) ProtoMessage() {}
 
 func (x *SizeReservationServiceDeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[26]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1420,7 +1246,7 @@ func (x *SizeReservationServiceDeleteRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use SizeReservationServiceDeleteRequest.ProtoReflect.Descriptor instead.
 func (*SizeReservationServiceDeleteRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{26}
+	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SizeReservationServiceDeleteRequest) GetId() string {
@@ -1439,7 +1265,7 @@ type SizeReservationServiceDeleteResponse struct {
 
 func (x *SizeReservationServiceDeleteResponse) Reset() {
 	*x = SizeReservationServiceDeleteResponse{}
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[27]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1451,7 +1277,7 @@ func (x *SizeReservationServiceDeleteResponse) String() string {
 func (*SizeReservationServiceDeleteResponse) ProtoMessage() {}
 
 func (x *SizeReservationServiceDeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_size_proto_msgTypes[27]
+	mi := &file_metalfleet_api_v1_size_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1464,7 +1290,7 @@ func (x *SizeReservationServiceDeleteResponse) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use SizeReservationServiceDeleteResponse.ProtoReflect.Descriptor instead.
 func (*SizeReservationServiceDeleteResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{27}
+	return file_metalfleet_api_v1_size_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SizeReservationServiceDeleteResponse) GetSizeReservation() *SizeReservation {
@@ -1478,7 +1304,7 @@ var File_metalfleet_api_v1_size_proto protoreflect.FileDescriptor
 
 const file_metalfleet_api_v1_size_proto_rawDesc = "" +
 	"\n" +
-	"\x1cmetalfleet/api/v1/size.proto\x12\x11metalfleet.api.v1\x1a\x1emetalfleet/api/v1/common.proto\"\xb6\x02\n" +
+	"\x1cmetalfleet/api/v1/size.proto\x12\x11metalfleet.api.v1\x1a!metalfleet/agent/v1/machine.proto\x1a\x1emetalfleet/api/v1/common.proto\"\xb6\x02\n" +
 	"\x04Size\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
@@ -1495,19 +1321,7 @@ const file_metalfleet_api_v1_size_proto_rawDesc = "" +
 	"\x03max\x18\x03 \x01(\x04R\x03max\x12\x1e\n" +
 	"\n" +
 	"identifier\x18\x04 \x01(\tR\n" +
-	"identifier\"\xaa\x01\n" +
-	"\fMachineFacts\x12\x14\n" +
-	"\x05cores\x18\x01 \x01(\rR\x05cores\x12!\n" +
-	"\fmemory_bytes\x18\x02 \x01(\x04R\vmemoryBytes\x121\n" +
-	"\x05disks\x18\x03 \x03(\v2\x1b.metalfleet.api.v1.DiskFactR\x05disks\x12.\n" +
-	"\x04gpus\x18\x04 \x03(\v2\x1a.metalfleet.api.v1.GPUFactR\x04gpus\"=\n" +
-	"\bDiskFact\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
-	"\n" +
-	"size_bytes\x18\x02 \x01(\x04R\tsizeBytes\"7\n" +
-	"\aGPUFact\x12\x16\n" +
-	"\x06vendor\x18\x01 \x01(\tR\x06vendor\x12\x14\n" +
-	"\x05model\x18\x02 \x01(\tR\x05model\"G\n" +
+	"identifier\"G\n" +
 	"\x18SizeServiceCreateRequest\x12+\n" +
 	"\x04size\x18\x01 \x01(\v2\x17.metalfleet.api.v1.SizeR\x04size\"H\n" +
 	"\x19SizeServiceCreateResponse\x12+\n" +
@@ -1526,9 +1340,9 @@ const file_metalfleet_api_v1_size_proto_rawDesc = "" +
 	"\x18SizeServiceDeleteRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"H\n" +
 	"\x19SizeServiceDeleteResponse\x12+\n" +
-	"\x04size\x18\x01 \x01(\v2\x17.metalfleet.api.v1.SizeR\x04size\"P\n" +
-	"\x17SizeServiceMatchRequest\x125\n" +
-	"\x05facts\x18\x01 \x01(\v2\x1f.metalfleet.api.v1.MachineFactsR\x05facts\"G\n" +
+	"\x04size\x18\x01 \x01(\v2\x17.metalfleet.api.v1.SizeR\x04size\"R\n" +
+	"\x17SizeServiceMatchRequest\x127\n" +
+	"\x05facts\x18\x01 \x01(\v2!.metalfleet.agent.v1.MachineFactsR\x05facts\"G\n" +
 	"\x18SizeServiceMatchResponse\x12+\n" +
 	"\x04size\x18\x01 \x01(\v2\x17.metalfleet.api.v1.SizeR\x04size\"\xe6\x02\n" +
 	"\x0fSizeReservation\x12\x0e\n" +
@@ -1598,93 +1412,89 @@ func file_metalfleet_api_v1_size_proto_rawDescGZIP() []byte {
 }
 
 var file_metalfleet_api_v1_size_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_metalfleet_api_v1_size_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_metalfleet_api_v1_size_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_metalfleet_api_v1_size_proto_goTypes = []any{
 	(SizeConstraintType)(0),                      // 0: metalfleet.api.v1.SizeConstraintType
 	(*Size)(nil),                                 // 1: metalfleet.api.v1.Size
 	(*SizeConstraint)(nil),                       // 2: metalfleet.api.v1.SizeConstraint
-	(*MachineFacts)(nil),                         // 3: metalfleet.api.v1.MachineFacts
-	(*DiskFact)(nil),                             // 4: metalfleet.api.v1.DiskFact
-	(*GPUFact)(nil),                              // 5: metalfleet.api.v1.GPUFact
-	(*SizeServiceCreateRequest)(nil),             // 6: metalfleet.api.v1.SizeServiceCreateRequest
-	(*SizeServiceCreateResponse)(nil),            // 7: metalfleet.api.v1.SizeServiceCreateResponse
-	(*SizeServiceGetRequest)(nil),                // 8: metalfleet.api.v1.SizeServiceGetRequest
-	(*SizeServiceGetResponse)(nil),               // 9: metalfleet.api.v1.SizeServiceGetResponse
-	(*SizeServiceListRequest)(nil),               // 10: metalfleet.api.v1.SizeServiceListRequest
-	(*SizeServiceListResponse)(nil),              // 11: metalfleet.api.v1.SizeServiceListResponse
-	(*SizeServiceUpdateRequest)(nil),             // 12: metalfleet.api.v1.SizeServiceUpdateRequest
-	(*SizeServiceUpdateResponse)(nil),            // 13: metalfleet.api.v1.SizeServiceUpdateResponse
-	(*SizeServiceDeleteRequest)(nil),             // 14: metalfleet.api.v1.SizeServiceDeleteRequest
-	(*SizeServiceDeleteResponse)(nil),            // 15: metalfleet.api.v1.SizeServiceDeleteResponse
-	(*SizeServiceMatchRequest)(nil),              // 16: metalfleet.api.v1.SizeServiceMatchRequest
-	(*SizeServiceMatchResponse)(nil),             // 17: metalfleet.api.v1.SizeServiceMatchResponse
-	(*SizeReservation)(nil),                      // 18: metalfleet.api.v1.SizeReservation
-	(*SizeReservationServiceCreateRequest)(nil),  // 19: metalfleet.api.v1.SizeReservationServiceCreateRequest
-	(*SizeReservationServiceCreateResponse)(nil), // 20: metalfleet.api.v1.SizeReservationServiceCreateResponse
-	(*SizeReservationServiceGetRequest)(nil),     // 21: metalfleet.api.v1.SizeReservationServiceGetRequest
-	(*SizeReservationServiceGetResponse)(nil),    // 22: metalfleet.api.v1.SizeReservationServiceGetResponse
-	(*SizeReservationServiceListRequest)(nil),    // 23: metalfleet.api.v1.SizeReservationServiceListRequest
-	(*SizeReservationServiceListResponse)(nil),   // 24: metalfleet.api.v1.SizeReservationServiceListResponse
-	(*SizeReservationServiceUpdateRequest)(nil),  // 25: metalfleet.api.v1.SizeReservationServiceUpdateRequest
-	(*SizeReservationServiceUpdateResponse)(nil), // 26: metalfleet.api.v1.SizeReservationServiceUpdateResponse
-	(*SizeReservationServiceDeleteRequest)(nil),  // 27: metalfleet.api.v1.SizeReservationServiceDeleteRequest
-	(*SizeReservationServiceDeleteResponse)(nil), // 28: metalfleet.api.v1.SizeReservationServiceDeleteResponse
-	nil,          // 29: metalfleet.api.v1.Size.LabelsEntry
-	nil,          // 30: metalfleet.api.v1.SizeReservation.LabelsEntry
-	(*Meta)(nil), // 31: metalfleet.api.v1.Meta
+	(*SizeServiceCreateRequest)(nil),             // 3: metalfleet.api.v1.SizeServiceCreateRequest
+	(*SizeServiceCreateResponse)(nil),            // 4: metalfleet.api.v1.SizeServiceCreateResponse
+	(*SizeServiceGetRequest)(nil),                // 5: metalfleet.api.v1.SizeServiceGetRequest
+	(*SizeServiceGetResponse)(nil),               // 6: metalfleet.api.v1.SizeServiceGetResponse
+	(*SizeServiceListRequest)(nil),               // 7: metalfleet.api.v1.SizeServiceListRequest
+	(*SizeServiceListResponse)(nil),              // 8: metalfleet.api.v1.SizeServiceListResponse
+	(*SizeServiceUpdateRequest)(nil),             // 9: metalfleet.api.v1.SizeServiceUpdateRequest
+	(*SizeServiceUpdateResponse)(nil),            // 10: metalfleet.api.v1.SizeServiceUpdateResponse
+	(*SizeServiceDeleteRequest)(nil),             // 11: metalfleet.api.v1.SizeServiceDeleteRequest
+	(*SizeServiceDeleteResponse)(nil),            // 12: metalfleet.api.v1.SizeServiceDeleteResponse
+	(*SizeServiceMatchRequest)(nil),              // 13: metalfleet.api.v1.SizeServiceMatchRequest
+	(*SizeServiceMatchResponse)(nil),             // 14: metalfleet.api.v1.SizeServiceMatchResponse
+	(*SizeReservation)(nil),                      // 15: metalfleet.api.v1.SizeReservation
+	(*SizeReservationServiceCreateRequest)(nil),  // 16: metalfleet.api.v1.SizeReservationServiceCreateRequest
+	(*SizeReservationServiceCreateResponse)(nil), // 17: metalfleet.api.v1.SizeReservationServiceCreateResponse
+	(*SizeReservationServiceGetRequest)(nil),     // 18: metalfleet.api.v1.SizeReservationServiceGetRequest
+	(*SizeReservationServiceGetResponse)(nil),    // 19: metalfleet.api.v1.SizeReservationServiceGetResponse
+	(*SizeReservationServiceListRequest)(nil),    // 20: metalfleet.api.v1.SizeReservationServiceListRequest
+	(*SizeReservationServiceListResponse)(nil),   // 21: metalfleet.api.v1.SizeReservationServiceListResponse
+	(*SizeReservationServiceUpdateRequest)(nil),  // 22: metalfleet.api.v1.SizeReservationServiceUpdateRequest
+	(*SizeReservationServiceUpdateResponse)(nil), // 23: metalfleet.api.v1.SizeReservationServiceUpdateResponse
+	(*SizeReservationServiceDeleteRequest)(nil),  // 24: metalfleet.api.v1.SizeReservationServiceDeleteRequest
+	(*SizeReservationServiceDeleteResponse)(nil), // 25: metalfleet.api.v1.SizeReservationServiceDeleteResponse
+	nil,                     // 26: metalfleet.api.v1.Size.LabelsEntry
+	nil,                     // 27: metalfleet.api.v1.SizeReservation.LabelsEntry
+	(*Meta)(nil),            // 28: metalfleet.api.v1.Meta
+	(*v1.MachineFacts)(nil), // 29: metalfleet.agent.v1.MachineFacts
 }
 var file_metalfleet_api_v1_size_proto_depIdxs = []int32{
 	2,  // 0: metalfleet.api.v1.Size.constraints:type_name -> metalfleet.api.v1.SizeConstraint
-	29, // 1: metalfleet.api.v1.Size.labels:type_name -> metalfleet.api.v1.Size.LabelsEntry
-	31, // 2: metalfleet.api.v1.Size.meta:type_name -> metalfleet.api.v1.Meta
+	26, // 1: metalfleet.api.v1.Size.labels:type_name -> metalfleet.api.v1.Size.LabelsEntry
+	28, // 2: metalfleet.api.v1.Size.meta:type_name -> metalfleet.api.v1.Meta
 	0,  // 3: metalfleet.api.v1.SizeConstraint.type:type_name -> metalfleet.api.v1.SizeConstraintType
-	4,  // 4: metalfleet.api.v1.MachineFacts.disks:type_name -> metalfleet.api.v1.DiskFact
-	5,  // 5: metalfleet.api.v1.MachineFacts.gpus:type_name -> metalfleet.api.v1.GPUFact
-	1,  // 6: metalfleet.api.v1.SizeServiceCreateRequest.size:type_name -> metalfleet.api.v1.Size
-	1,  // 7: metalfleet.api.v1.SizeServiceCreateResponse.size:type_name -> metalfleet.api.v1.Size
-	1,  // 8: metalfleet.api.v1.SizeServiceGetResponse.size:type_name -> metalfleet.api.v1.Size
-	1,  // 9: metalfleet.api.v1.SizeServiceListResponse.sizes:type_name -> metalfleet.api.v1.Size
-	1,  // 10: metalfleet.api.v1.SizeServiceUpdateRequest.size:type_name -> metalfleet.api.v1.Size
-	1,  // 11: metalfleet.api.v1.SizeServiceUpdateResponse.size:type_name -> metalfleet.api.v1.Size
-	1,  // 12: metalfleet.api.v1.SizeServiceDeleteResponse.size:type_name -> metalfleet.api.v1.Size
-	3,  // 13: metalfleet.api.v1.SizeServiceMatchRequest.facts:type_name -> metalfleet.api.v1.MachineFacts
-	1,  // 14: metalfleet.api.v1.SizeServiceMatchResponse.size:type_name -> metalfleet.api.v1.Size
-	30, // 15: metalfleet.api.v1.SizeReservation.labels:type_name -> metalfleet.api.v1.SizeReservation.LabelsEntry
-	31, // 16: metalfleet.api.v1.SizeReservation.meta:type_name -> metalfleet.api.v1.Meta
-	18, // 17: metalfleet.api.v1.SizeReservationServiceCreateRequest.size_reservation:type_name -> metalfleet.api.v1.SizeReservation
-	18, // 18: metalfleet.api.v1.SizeReservationServiceCreateResponse.size_reservation:type_name -> metalfleet.api.v1.SizeReservation
-	18, // 19: metalfleet.api.v1.SizeReservationServiceGetResponse.size_reservation:type_name -> metalfleet.api.v1.SizeReservation
-	18, // 20: metalfleet.api.v1.SizeReservationServiceListResponse.size_reservations:type_name -> metalfleet.api.v1.SizeReservation
-	18, // 21: metalfleet.api.v1.SizeReservationServiceUpdateRequest.size_reservation:type_name -> metalfleet.api.v1.SizeReservation
-	18, // 22: metalfleet.api.v1.SizeReservationServiceUpdateResponse.size_reservation:type_name -> metalfleet.api.v1.SizeReservation
-	18, // 23: metalfleet.api.v1.SizeReservationServiceDeleteResponse.size_reservation:type_name -> metalfleet.api.v1.SizeReservation
-	6,  // 24: metalfleet.api.v1.SizeService.Create:input_type -> metalfleet.api.v1.SizeServiceCreateRequest
-	8,  // 25: metalfleet.api.v1.SizeService.Get:input_type -> metalfleet.api.v1.SizeServiceGetRequest
-	10, // 26: metalfleet.api.v1.SizeService.List:input_type -> metalfleet.api.v1.SizeServiceListRequest
-	12, // 27: metalfleet.api.v1.SizeService.Update:input_type -> metalfleet.api.v1.SizeServiceUpdateRequest
-	14, // 28: metalfleet.api.v1.SizeService.Delete:input_type -> metalfleet.api.v1.SizeServiceDeleteRequest
-	16, // 29: metalfleet.api.v1.SizeService.Match:input_type -> metalfleet.api.v1.SizeServiceMatchRequest
-	19, // 30: metalfleet.api.v1.SizeReservationService.Create:input_type -> metalfleet.api.v1.SizeReservationServiceCreateRequest
-	21, // 31: metalfleet.api.v1.SizeReservationService.Get:input_type -> metalfleet.api.v1.SizeReservationServiceGetRequest
-	23, // 32: metalfleet.api.v1.SizeReservationService.List:input_type -> metalfleet.api.v1.SizeReservationServiceListRequest
-	25, // 33: metalfleet.api.v1.SizeReservationService.Update:input_type -> metalfleet.api.v1.SizeReservationServiceUpdateRequest
-	27, // 34: metalfleet.api.v1.SizeReservationService.Delete:input_type -> metalfleet.api.v1.SizeReservationServiceDeleteRequest
-	7,  // 35: metalfleet.api.v1.SizeService.Create:output_type -> metalfleet.api.v1.SizeServiceCreateResponse
-	9,  // 36: metalfleet.api.v1.SizeService.Get:output_type -> metalfleet.api.v1.SizeServiceGetResponse
-	11, // 37: metalfleet.api.v1.SizeService.List:output_type -> metalfleet.api.v1.SizeServiceListResponse
-	13, // 38: metalfleet.api.v1.SizeService.Update:output_type -> metalfleet.api.v1.SizeServiceUpdateResponse
-	15, // 39: metalfleet.api.v1.SizeService.Delete:output_type -> metalfleet.api.v1.SizeServiceDeleteResponse
-	17, // 40: metalfleet.api.v1.SizeService.Match:output_type -> metalfleet.api.v1.SizeServiceMatchResponse
-	20, // 41: metalfleet.api.v1.SizeReservationService.Create:output_type -> metalfleet.api.v1.SizeReservationServiceCreateResponse
-	22, // 42: metalfleet.api.v1.SizeReservationService.Get:output_type -> metalfleet.api.v1.SizeReservationServiceGetResponse
-	24, // 43: metalfleet.api.v1.SizeReservationService.List:output_type -> metalfleet.api.v1.SizeReservationServiceListResponse
-	26, // 44: metalfleet.api.v1.SizeReservationService.Update:output_type -> metalfleet.api.v1.SizeReservationServiceUpdateResponse
-	28, // 45: metalfleet.api.v1.SizeReservationService.Delete:output_type -> metalfleet.api.v1.SizeReservationServiceDeleteResponse
-	35, // [35:46] is the sub-list for method output_type
-	24, // [24:35] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	1,  // 4: metalfleet.api.v1.SizeServiceCreateRequest.size:type_name -> metalfleet.api.v1.Size
+	1,  // 5: metalfleet.api.v1.SizeServiceCreateResponse.size:type_name -> metalfleet.api.v1.Size
+	1,  // 6: metalfleet.api.v1.SizeServiceGetResponse.size:type_name -> metalfleet.api.v1.Size
+	1,  // 7: metalfleet.api.v1.SizeServiceListResponse.sizes:type_name -> metalfleet.api.v1.Size
+	1,  // 8: metalfleet.api.v1.SizeServiceUpdateRequest.size:type_name -> metalfleet.api.v1.Size
+	1,  // 9: metalfleet.api.v1.SizeServiceUpdateResponse.size:type_name -> metalfleet.api.v1.Size
+	1,  // 10: metalfleet.api.v1.SizeServiceDeleteResponse.size:type_name -> metalfleet.api.v1.Size
+	29, // 11: metalfleet.api.v1.SizeServiceMatchRequest.facts:type_name -> metalfleet.agent.v1.MachineFacts
+	1,  // 12: metalfleet.api.v1.SizeServiceMatchResponse.size:type_name -> metalfleet.api.v1.Size
+	27, // 13: metalfleet.api.v1.SizeReservation.labels:type_name -> metalfleet.api.v1.SizeReservation.LabelsEntry
+	28, // 14: metalfleet.api.v1.SizeReservation.meta:type_name -> metalfleet.api.v1.Meta
+	15, // 15: metalfleet.api.v1.SizeReservationServiceCreateRequest.size_reservation:type_name -> metalfleet.api.v1.SizeReservation
+	15, // 16: metalfleet.api.v1.SizeReservationServiceCreateResponse.size_reservation:type_name -> metalfleet.api.v1.SizeReservation
+	15, // 17: metalfleet.api.v1.SizeReservationServiceGetResponse.size_reservation:type_name -> metalfleet.api.v1.SizeReservation
+	15, // 18: metalfleet.api.v1.SizeReservationServiceListResponse.size_reservations:type_name -> metalfleet.api.v1.SizeReservation
+	15, // 19: metalfleet.api.v1.SizeReservationServiceUpdateRequest.size_reservation:type_name -> metalfleet.api.v1.SizeReservation
+	15, // 20: metalfleet.api.v1.SizeReservationServiceUpdateResponse.size_reservation:type_name -> metalfleet.api.v1.SizeReservation
+	15, // 21: metalfleet.api.v1.SizeReservationServiceDeleteResponse.size_reservation:type_name -> metalfleet.api.v1.SizeReservation
+	3,  // 22: metalfleet.api.v1.SizeService.Create:input_type -> metalfleet.api.v1.SizeServiceCreateRequest
+	5,  // 23: metalfleet.api.v1.SizeService.Get:input_type -> metalfleet.api.v1.SizeServiceGetRequest
+	7,  // 24: metalfleet.api.v1.SizeService.List:input_type -> metalfleet.api.v1.SizeServiceListRequest
+	9,  // 25: metalfleet.api.v1.SizeService.Update:input_type -> metalfleet.api.v1.SizeServiceUpdateRequest
+	11, // 26: metalfleet.api.v1.SizeService.Delete:input_type -> metalfleet.api.v1.SizeServiceDeleteRequest
+	13, // 27: metalfleet.api.v1.SizeService.Match:input_type -> metalfleet.api.v1.SizeServiceMatchRequest
+	16, // 28: metalfleet.api.v1.SizeReservationService.Create:input_type -> metalfleet.api.v1.SizeReservationServiceCreateRequest
+	18, // 29: metalfleet.api.v1.SizeReservationService.Get:input_type -> metalfleet.api.v1.SizeReservationServiceGetRequest
+	20, // 30: metalfleet.api.v1.SizeReservationService.List:input_type -> metalfleet.api.v1.SizeReservationServiceListRequest
+	22, // 31: metalfleet.api.v1.SizeReservationService.Update:input_type -> metalfleet.api.v1.SizeReservationServiceUpdateRequest
+	24, // 32: metalfleet.api.v1.SizeReservationService.Delete:input_type -> metalfleet.api.v1.SizeReservationServiceDeleteRequest
+	4,  // 33: metalfleet.api.v1.SizeService.Create:output_type -> metalfleet.api.v1.SizeServiceCreateResponse
+	6,  // 34: metalfleet.api.v1.SizeService.Get:output_type -> metalfleet.api.v1.SizeServiceGetResponse
+	8,  // 35: metalfleet.api.v1.SizeService.List:output_type -> metalfleet.api.v1.SizeServiceListResponse
+	10, // 36: metalfleet.api.v1.SizeService.Update:output_type -> metalfleet.api.v1.SizeServiceUpdateResponse
+	12, // 37: metalfleet.api.v1.SizeService.Delete:output_type -> metalfleet.api.v1.SizeServiceDeleteResponse
+	14, // 38: metalfleet.api.v1.SizeService.Match:output_type -> metalfleet.api.v1.SizeServiceMatchResponse
+	17, // 39: metalfleet.api.v1.SizeReservationService.Create:output_type -> metalfleet.api.v1.SizeReservationServiceCreateResponse
+	19, // 40: metalfleet.api.v1.SizeReservationService.Get:output_type -> metalfleet.api.v1.SizeReservationServiceGetResponse
+	21, // 41: metalfleet.api.v1.SizeReservationService.List:output_type -> metalfleet.api.v1.SizeReservationServiceListResponse
+	23, // 42: metalfleet.api.v1.SizeReservationService.Update:output_type -> metalfleet.api.v1.SizeReservationServiceUpdateResponse
+	25, // 43: metalfleet.api.v1.SizeReservationService.Delete:output_type -> metalfleet.api.v1.SizeReservationServiceDeleteResponse
+	33, // [33:44] is the sub-list for method output_type
+	22, // [22:33] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_metalfleet_api_v1_size_proto_init() }
@@ -1699,7 +1509,7 @@ func file_metalfleet_api_v1_size_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metalfleet_api_v1_size_proto_rawDesc), len(file_metalfleet_api_v1_size_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   30,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
