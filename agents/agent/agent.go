@@ -88,6 +88,7 @@ type Agent struct {
 	// lastDoc is when the last document arrived (unix nanoseconds).
 	lastDoc atomic.Int64
 	phase   atomic.Value // Phase
+	outbox  *outbox
 }
 
 // New checks cfg and loads the agent's local state.
@@ -129,7 +130,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Token == "" && cfg.BootToken == "" {
 		return nil, errors.New("agent: no credential: give a token or a boot token")
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, state: st, next: rand.N(len(cfg.Centrals)), factsDone: st.factsDone}
+	a := &Agent{cfg: cfg, log: cfg.Log, state: st, next: rand.N(len(cfg.Centrals)), factsDone: st.factsDone, outbox: newOutbox()}
 	return a, nil
 }
 

@@ -100,6 +100,10 @@ func (a *Agent) session(ctx context.Context) (established bool, err error) {
 		}
 	}()
 
+	// What was emitted while no stream was up goes first.
+	if err := a.sendOutbox(stream); err != nil {
+		return true, streamErr(recvDone, err)
+	}
 	tick := time.NewTicker(hb)
 	defer tick.Stop()
 	for {
@@ -112,6 +116,10 @@ func (a *Agent) session(ctx context.Context) (established bool, err error) {
 			if err := stream.Send(&agentv1.SyncRequest{Msg: &agentv1.SyncRequest_Heartbeat{Heartbeat: &agentv1.Heartbeat{AppliedRevision: a.applied.Load()}}}); err != nil {
 				return true, streamErr(recvDone, err)
 			}
+		case <-a.outbox.wake:
+			if err := a.sendOutbox(stream); err != nil {
+				return true, streamErr(recvDone, err)
+			}
 		case <-wake:
 			d := latest.Swap(nil)
 			if d == nil {
@@ -121,6 +129,23 @@ func (a *Agent) session(ctx context.Context) (established bool, err error) {
 			if err := stream.Send(&agentv1.SyncRequest{Msg: &agentv1.SyncRequest_Report{Report: report}}); err != nil {
 				return true, streamErr(recvDone, err)
 			}
+		}
+	}
+}
+
+// sendOutbox reports everything emitted, in reports of at most 64 events
+// (central's limit).
+func (a *Agent) sendOutbox(stream agentv1.AgentService_SyncClient) error {
+	for {
+		facts, events := a.outbox.take(64)
+		if facts == nil && len(events) == 0 {
+			return nil
+		}
+		r := &agentv1.Report{AppliedRevision: a.applied.Load(), Facts: facts, Events: events}
+		err := stream.Send(&agentv1.SyncRequest{Msg: &agentv1.SyncRequest_Report{Report: r}})
+		a.outbox.done(facts, events, err == nil)
+		if err != nil {
+			return err
 		}
 	}
 }

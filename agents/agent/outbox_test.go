@@ -1,0 +1,127 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
+)
+
+// collector welcomes the agent and records every reported event.
+type collector struct {
+	agentv1.UnimplementedAgentServiceServer
+	mu     sync.Mutex
+	events []string
+	facts  int
+	sizes  []int
+}
+
+func (c *collector) Sync(s agentv1.AgentService_SyncServer) error {
+	if _, err := s.Recv(); err != nil {
+		return err
+	}
+	_ = s.Send(&agentv1.SyncResponse{Msg: &agentv1.SyncResponse_Welcome{Welcome: &agentv1.Welcome{AgentId: "a", HeartbeatInterval: durationpb.New(time.Hour)}}})
+	for {
+		m, err := s.Recv()
+		if err != nil {
+			return err
+		}
+		r := m.GetReport()
+		if r == nil {
+			continue
+		}
+		c.mu.Lock()
+		c.sizes = append(c.sizes, len(r.GetEvents()))
+		for _, e := range r.GetEvents() {
+			c.events = append(c.events, e.GetType())
+		}
+		if r.GetFacts() != nil {
+			c.facts++
+		}
+		c.mu.Unlock()
+	}
+}
+
+func (c *collector) snapshot() ([]string, int, []int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.events...), c.facts, append([]int(nil), c.sizes...)
+}
+
+// TestEmitDeliversInOrderAcrossConnect: events emitted before the agent
+// ever connected and while it is connected all reach central, in order, in
+// reports of at most 64 events; Flush returns once they are out.
+func TestEmitDeliversInOrderAcrossConnect(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	c := &collector{}
+	agentv1.RegisterAgentServiceServer(srv, c)
+	go func() { _ = srv.Serve(lis) }()
+	defer srv.Stop()
+	a, err := New(Config{
+		Kind: agentv1.Kind_KIND_INSTALLER, Identity: "m", Centrals: []string{lis.Addr().String()}, Token: "mfa_x",
+		Reconciler: ReconcilerFunc(func(context.Context, *agentv1.Desired) error { return nil }),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for i := range 150 {
+		want = append(want, fmt.Sprintf("e%d", i))
+		a.Emit(nil, &agentv1.Event{Type: want[i]})
+	}
+	a.Emit(&agentv1.Facts{Hostname: "h"})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	fctx, fcancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer fcancel()
+	if err := a.Flush(fctx); err != nil {
+		t.Fatalf("flush before connect: %v", err)
+	}
+	for i := 150; i < 160; i++ {
+		want = append(want, fmt.Sprintf("e%d", i))
+		a.Emit(nil, &agentv1.Event{Type: want[i]})
+	}
+	if err := a.Flush(fctx); err != nil {
+		t.Fatalf("flush while connected: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, facts, sizes := c.snapshot()
+		if len(got) == len(want) {
+			for i := range want {
+				if got[i] != want[i] {
+					t.Fatalf("event %d = %s, want %s", i, got[i], want[i])
+				}
+			}
+			if facts != 1 {
+				t.Fatalf("facts reported %d times, want 1", facts)
+			}
+			for _, n := range sizes {
+				if n > 64 {
+					t.Fatalf("report with %d events, central takes at most 64", n)
+				}
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("got %d events, want %d", len(got), len(want))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
