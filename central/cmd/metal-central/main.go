@@ -26,7 +26,7 @@ func main() {
 
 func run() error {
 	var cfg server.Config
-	var logLevel, logFormat, tlsHosts string
+	var logLevel, logFormat, tlsHosts, advertise string
 	var vrfFirst, vrfLast uint
 	fs := flag.NewFlagSet("metal-central", flag.ExitOnError)
 	fs.StringVar(&cfg.Listen, "listen", ":8443", "gRPC listen address (IPv4 or [IPv6]:port)")
@@ -41,6 +41,8 @@ func run() error {
 	fs.DurationVar(&cfg.AdminTokenLifetime, "admin-token-lifetime", 365*24*time.Hour, "lifetime of the admin token written on first start")
 	fs.UintVar(&vrfFirst, "vrf-first", 10000, "first VRF id / VNI handed to child networks")
 	fs.UintVar(&vrfLast, "vrf-last", 16777215, "last VRF id / VNI handed to child networks")
+	fs.StringVar(&advertise, "advertise", "", "comma-separated agent endpoints (host:port, [v6]:port) PXE-booted installers dial (default <hostname>:<listen port>)")
+	fs.DurationVar(&cfg.Service.BootTokenTTL, "boot-token-ttl", 30*time.Minute, "lifetime of the boot token handed to each PXE boot")
 	def := fleet.DefaultConfig()
 	fs.StringVar(&cfg.Replica, "replica", "", "name of this replica, shown to agents and operators (default <hostname>:<port>)")
 	fs.DurationVar(&cfg.Fleet.Heartbeat, "agent-heartbeat", def.Heartbeat, "how often agents are asked to send a heartbeat")
@@ -55,6 +57,9 @@ func run() error {
 	}
 	if tlsHosts != "" {
 		cfg.TLSHosts = strings.Split(tlsHosts, ",")
+	}
+	if advertise != "" {
+		cfg.Service.Centrals = strings.Split(advertise, ",")
 	}
 	if vrfFirst > vrfLast || vrfLast > 1<<24-1 {
 		return fmt.Errorf("--vrf-first/--vrf-last: want 1 <= first <= last <= 16777215")

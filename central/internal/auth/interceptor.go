@@ -109,6 +109,11 @@ func (a *Authorizer) Stream() grpc.StreamServerInterceptor {
 		if a.isPublic(info.FullMethod) {
 			return handler(srv, ss)
 		}
+		if info.IsServerStream && !info.IsClientStream {
+			// A server stream's one request names what it is about (a
+			// project, a machine): authorise against it when it arrives.
+			return handler(srv, &requestStream{ServerStream: ss, a: a, method: info.FullMethod, ctx: ss.Context()})
+		}
 		ctx, err := a.Authorize(ss.Context(), info.FullMethod, nil)
 		if err != nil {
 			return err
@@ -123,6 +128,38 @@ type wrappedStream struct {
 }
 
 func (w *wrappedStream) Context() context.Context { return w.ctx }
+
+// requestStream authorises a server stream on its request message. The
+// generated handler receives the request before it calls the method, so
+// the method sees the authorised context.
+type requestStream struct {
+	grpc.ServerStream
+	a          *Authorizer
+	method     string
+	ctx        context.Context
+	authorized bool
+}
+
+func (r *requestStream) Context() context.Context { return r.ctx }
+
+func (r *requestStream) RecvMsg(m any) error {
+	if err := r.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	if r.authorized {
+		return nil
+	}
+	msg, ok := m.(proto.Message)
+	if !ok {
+		return status.Error(codes.Internal, "request is not a protobuf message")
+	}
+	ctx, err := r.a.Authorize(r.ServerStream.Context(), r.method, msg)
+	if err != nil {
+		return err
+	}
+	r.ctx, r.authorized = ctx, true
+	return nil
+}
 
 func (a *Authorizer) isPublic(method string) bool {
 	for _, p := range a.public {

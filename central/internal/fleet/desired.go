@@ -33,6 +33,8 @@ type Enrolment struct {
 	ID string
 	// Secret is the agent's credential, shown once.
 	Secret string
+	// Partition the agent belongs to ("" for none).
+	Partition string
 }
 
 // Enroll creates the agent kind/identity with a new credential inside tx,
@@ -60,7 +62,7 @@ func (h *Hub) Enroll(ctx context.Context, tx pgx.Tx, kind agentv1.Kind, identity
 	if err := h.hints.Notify(ctx, tx, id); err != nil {
 		return Enrolment{}, err
 	}
-	return Enrolment{ID: id, Secret: secret}, nil
+	return Enrolment{ID: id, Secret: secret, Partition: partition}, nil
 }
 
 // Delete removes agent id inside tx; its stream is closed on commit.

@@ -100,6 +100,7 @@ type Hub struct {
 	agentv1.UnimplementedAgentServiceServer
 
 	cfg        Config
+	domain     Domain
 	store      *store.Store
 	log        *slog.Logger
 	hints      Hints

@@ -7,8 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/metalfleet/metalfleet/central/internal/store"
@@ -188,23 +186,4 @@ func (o *observer) requeue(batch map[string]*observation, ids []string) {
 			o.pending[id] = batch[id]
 		}
 	}
-}
-
-// writeEvents stores events right away: unlike contact they must not be
-// lost in a crash.
-func writeEvents(ctx context.Context, st *store.Store, agentID string, events []*agentv1.Event) error {
-	now := time.Now()
-	batch := &pgx.Batch{}
-	for _, e := range events {
-		at := now
-		if e.GetTime() != nil {
-			at = e.GetTime().AsTime()
-		}
-		batch.Queue(`INSERT INTO agent_events (id, agent_id, at, type, message) VALUES ($1, $2, $3, $4, $5)`,
-			uuid.NewString(), agentID, at, e.GetType(), e.GetMessage())
-	}
-	if err := st.Pool().SendBatch(ctx, batch).Close(); err != nil {
-		return fmt.Errorf("store events: %w", err)
-	}
-	return nil
 }

@@ -16,6 +16,7 @@ type conn struct {
 	id        string
 	kind      agentv1.Kind
 	identity  string
+	partition string
 	tokenHash []byte
 	stream    agentv1.AgentService_SyncServer
 	// raw is the stream's connection; closing it is how a stream is ended

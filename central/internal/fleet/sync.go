@@ -195,21 +195,28 @@ func (h *Hub) authenticate(ctx context.Context, hello *agentv1.Hello, c *conn) (
 		if err != nil {
 			return nil, nil, asStatus(err)
 		}
-		c.id, c.tokenHash = issued.ID, auth.Hash(issued.Secret)
+		c.id, c.tokenHash, c.partition = issued.ID, auth.Hash(issued.Secret), issued.Partition
 		welcome.AgentId, welcome.IssuedToken = issued.ID, issued.Secret
 	} else {
 		hash := auth.Hash(hello.GetCredential().GetToken())
 		var k, identity string
-		err := h.store.Pool().QueryRow(ctx, `SELECT id, kind, identity, desired FROM agents WHERE token_hash = $1`, hash).
-			Scan(&c.id, &k, &identity, &raw)
+		var partition *string
+		err := h.store.Pool().QueryRow(ctx, `SELECT id, kind, identity, partition_id, desired FROM agents WHERE token_hash = $1`, hash).
+			Scan(&c.id, &k, &identity, &partition, &raw)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil, nil, errBadToken
 		}
 		if err != nil {
 			return nil, nil, status.Errorf(codes.Internal, "authenticate agent: %v", err)
 		}
-		if k != kind || identity != hello.GetIdentity() {
+		// A machine's credential serves its installer and, once installed,
+		// its phonehome: the same machine, the same document.
+		machine := k == KindName(agentv1.Kind_KIND_INSTALLER) && hello.GetKind() == agentv1.Kind_KIND_PHONEHOME
+		if (k != kind && !machine) || identity != hello.GetIdentity() {
 			return nil, nil, status.Errorf(codes.PermissionDenied, "this credential belongs to another agent, not %s/%s", kind, hello.GetIdentity())
+		}
+		if partition != nil {
+			c.partition = *partition
 		}
 		c.tokenHash = hash
 		welcome.AgentId = c.id
@@ -353,13 +360,16 @@ func (h *Hub) recvLoop(ctx context.Context, c *conn, stream agentv1.AgentService
 			if err := validateReport(r, sent); err != nil {
 				return err
 			}
-			if len(r.GetEvents()) > 0 {
-				if err := writeEvents(ctx, h.store, c.id, r.GetEvents()); err != nil {
-					h.log.Error("store agent events", "agent", c.id, "err", err)
-					return status.Error(codes.Unavailable, "central cannot store events now; reconnect and report again")
+			if err := h.storeReport(ctx, c, r); err != nil {
+				switch status.Code(err) {
+				case codes.InvalidArgument, codes.PermissionDenied, codes.FailedPrecondition:
+					h.log.Info("agent report refused", "agent", c.id, "err", err)
+					return err
 				}
-				h.metrics.events.Add(float64(len(r.GetEvents())))
+				h.log.Error("store agent report", "agent", c.id, "err", err)
+				return status.Error(codes.Unavailable, "central cannot store the report now; reconnect and report again")
 			}
+			h.metrics.events.Add(float64(len(r.GetEvents())))
 			h.observed.report(c.id, r)
 		case *agentv1.SyncRequest_Hello:
 			return status.Error(codes.InvalidArgument, "malformed stream: hello sent twice")

@@ -5,7 +5,10 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -131,9 +134,33 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if s.hub, err = fleet.New(s.store, log, fcfg, cfg.Hints); err != nil {
 		return nil, err
 	}
-	api, err := service.New(ctx, s.store, log, cfg.Service, service.WithFleet(s.hub))
+	creds := insecure.NewCredentials()
+	if !cfg.InsecurePlaintext {
+		tlsCfg, err := s.tlsConfig(ctx)
+		if err != nil {
+			return nil, err
+		}
+		creds = credentials.NewTLS(tlsCfg)
+	}
+	scfg := cfg.Service
+	if scfg.CAPin == "" && s.caFile != "" {
+		if scfg.CAPin, err = caPin(s.caFile); err != nil {
+			return nil, err
+		}
+	}
+	if len(scfg.Centrals) == 0 {
+		scfg.Centrals = []string{defaultAdvertise(s.lis.Addr())}
+	}
+	if scfg.AliveWithin == 0 {
+		scfg.AliveWithin = fcfg.Liveliness.Alive
+	}
+	api, err := service.New(ctx, s.store, log, scfg, service.WithFleet(s.hub))
 	if err != nil {
 		return nil, err
+	}
+	s.hub.Attach(api.Provisioning())
+	if err := api.RefreshPixies(ctx); err != nil {
+		return nil, fmt.Errorf("refresh PXE service documents: %w", err)
 	}
 	tokenPath, err := s.ensureAdminToken(ctx, api)
 	if err != nil {
@@ -148,14 +175,6 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		grpc.ChainStreamInterceptor(authz.Stream()),
 	}
 	opts = append(opts, agentStreamOptions()...)
-	creds := insecure.NewCredentials()
-	if !cfg.InsecurePlaintext {
-		tlsCfg, err := s.tlsConfig(ctx)
-		if err != nil {
-			return nil, err
-		}
-		creds = credentials.NewTLS(tlsCfg)
-	}
 	opts = append(opts, grpc.Creds(fleet.Creds(creds)))
 	s.grpc = grpc.NewServer(opts...)
 	api.Register(s.grpc)
@@ -351,6 +370,32 @@ func (s *Server) tlsConfig(ctx context.Context) (*tls.Config, error) {
 	}
 	s.caFile = b.CAFile
 	return b.ServerTLSConfig()
+}
+
+// caPin is the lower-case hex sha256 of the CA certificate's DER, which
+// installers check the CA they fetch from the PXE service against.
+func caPin(caFile string) (string, error) {
+	b, err := os.ReadFile(caFile)
+	if err != nil {
+		return "", fmt.Errorf("read CA: %w", err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return "", fmt.Errorf("CA %s: no PEM block", caFile)
+	}
+	sum := sha256.Sum256(blk.Bytes)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+// defaultAdvertise is the agent endpoint installers are told when none is
+// configured: this host's name and the listening port.
+func defaultAdvertise(addr net.Addr) string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "localhost"
+	}
+	_, port, _ := net.SplitHostPort(addr.String())
+	return net.JoinHostPort(host, port)
 }
 
 // replicaName defaults to "<hostname>:<port>": unique per process on a host

@@ -232,6 +232,11 @@ func (s *agentService) Enroll(ctx context.Context, req *apiv1.AgentServiceEnroll
 			return err
 		}
 		secret = e.Secret
+		if req.GetKind() == agentv1.Kind_KIND_PIXIE {
+			if err := s.refreshPixies(ctx, tx, req.GetPartitionId()); err != nil {
+				return err
+			}
+		}
 		if out, err = s.getAgent(ctx, tx, "id", e.ID, false); err != nil {
 			return err
 		}

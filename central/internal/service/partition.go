@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"github.com/jackc/pgx/v5"
 	"net/netip"
 	"net/url"
 
@@ -81,6 +82,11 @@ func (s *partitionService) Update(ctx context.Context, req *apiv1.PartitionServi
 	out, err := replace(ctx, s.API, partitions, req.GetPartition().GetId(), "", req.GetPartition())
 	if err != nil {
 		return nil, err
+	}
+	// The boot configuration reaches the partition's PXE services; if this
+	// fails, central's start and the next update bring them up to date.
+	if err := s.store.Tx(ctx, func(tx pgx.Tx) error { return s.refreshPixies(ctx, tx, out.GetId()) }); err != nil {
+		s.log.Error("update PXE service documents", "partition", out.GetId(), "err", err)
 	}
 	return &apiv1.PartitionServiceUpdateResponse{Partition: out}, nil
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/big"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -25,11 +26,22 @@ import (
 type Config struct {
 	// VRFFirst and VRFLast bound the VRF ids / VNIs handed to child networks.
 	VRFFirst, VRFLast uint32
+	// Centrals are the agent endpoints (host:port) installers dial; they
+	// go onto the installer's kernel command line.
+	Centrals []string
+	// CAPin is the lower-case hex sha256 of central's CA certificate (DER),
+	// which installers check the CA they fetch against.
+	CAPin string
+	// BootTokenTTL is how long a boot token handed to a PXE boot is valid.
+	BootTokenTTL time.Duration
+	// AliveWithin is how recent a machine's last contact must be for it to
+	// be allocated (the fleet's "alive" threshold).
+	AliveWithin time.Duration
 }
 
 // DefaultConfig is used for zero fields.
 func DefaultConfig() Config {
-	return Config{VRFFirst: 10000, VRFLast: 16777215}
+	return Config{VRFFirst: 10000, VRFLast: 16777215, BootTokenTTL: 30 * time.Minute, AliveWithin: 70 * time.Second}
 }
 
 // API implements every service of the people API.
@@ -58,6 +70,12 @@ func New(ctx context.Context, st *store.Store, log *slog.Logger, cfg Config, opt
 	}
 	if cfg.VRFLast == 0 {
 		cfg.VRFLast = def.VRFLast
+	}
+	if cfg.BootTokenTTL <= 0 {
+		cfg.BootTokenTTL = def.BootTokenTTL
+	}
+	if cfg.AliveWithin <= 0 {
+		cfg.AliveWithin = def.AliveWithin
 	}
 	if cfg.VRFFirst > cfg.VRFLast {
 		return nil, fmt.Errorf("vrf range %d-%d is empty", cfg.VRFFirst, cfg.VRFLast)
