@@ -13,13 +13,16 @@ import (
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
-// insertMachine stands in for provisioning, which has no people API: a
-// machine allocated to project (or free when project is "").
+// insertMachine stands in for provisioning (whose own tests are in
+// service and lab/e2e): a machine allocated to project (or free when
+// project is "").
 func (e *env) insertMachine(t testing.TB, id, project string) {
 	t.Helper()
 	m := &apiv1.Machine{Id: id, Rack: "r1", State: apiv1.MachineState_MACHINE_STATE_AVAILABLE, Hardware: &agentv1.MachineFacts{Cores: 8}}
-	var proj any
+	var proj, alloc any
+	state := "available"
 	if project != "" {
+		state, alloc = "reserved", "alloc-"+id
 		m.State = apiv1.MachineState_MACHINE_STATE_RESERVED
 		m.Allocation = &apiv1.MachineAllocation{ProjectId: project, Hostname: id}
 		proj = project
@@ -28,7 +31,35 @@ func (e *env) insertMachine(t testing.TB, id, project string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.exec(t, `INSERT INTO machines (id, project_id, rack, spec) VALUES ($1, $2, 'r1', $3)`, id, proj, spec)
+	e.exec(t, `INSERT INTO machines (id, project_id, rack, spec, allocation_id, state) VALUES ($1, $2, 'r1', $3, $4, $5)`, id, proj, spec, alloc, state)
+}
+
+// waitingMachine stands in for an installer that registered in fra1 with
+// size "fix" and is waiting, alive.
+func (e *env) waitingMachine(t testing.TB) string {
+	t.Helper()
+	id := uuid.NewString()
+	agent := uuid.NewString()
+	e.exec(t, `INSERT INTO agents (id, kind, identity, partition_id, token_hash, enrolled_by, desired_revision, desired, desired_at, last_contact)
+		VALUES ($1, 'installer', $2, 'fra1', $3, 'test', 1, '{"revision":"1"}', now(), now())`, agent, id, []byte(agent))
+	spec, err := protojson.Marshal(&apiv1.Machine{Id: id, PartitionId: "fra1", Hardware: &agentv1.MachineFacts{Uuid: id, Cores: 8, MemoryBytes: 1 << 30,
+		Disks: []*agentv1.DiskFact{{Name: "sda", SizeBytes: 1 << 35}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.exec(t, `INSERT INTO machines (id, partition_id, size_id, agent_id, provisioning, last_event, last_event_at, spec)
+		VALUES ($1, 'fra1', 'fix', $2, 'Waiting', 'Waiting', now(), $3)`, id, agent, spec)
+	return id
+}
+
+// allocatedMachine is a waiting machine the admin allocated to project.
+func (e *env) allocatedMachine(t testing.TB, project string) string {
+	t.Helper()
+	id := e.waitingMachine(t)
+	if _, err := e.api.Machine.Create(e.as(t, e.admin), &apiv1.MachineServiceCreateRequest{ProjectId: project, Id: id, ImageId: "fix"}); err != nil {
+		t.Fatal(err)
+	}
+	return id
 }
 
 func (e *env) insertSwitch(t testing.TB, id, partition string) {

