@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -108,19 +109,19 @@ func (s *machineService) Create(ctx context.Context, req *apiv1.MachineServiceCr
 		if err != nil {
 			return err
 		}
-		var agentID string
+		var (
+			agentID string
+			m       *apiv1.Machine
+		)
 		if req.GetId() != "" {
-			id, agentID, err = s.pickGiven(ctx, tx, req)
+			m, agentID, err = s.pickGiven(ctx, tx, req)
 		} else {
-			id, agentID, err = s.pickWaiting(ctx, tx, req)
+			m, agentID, err = s.pickWaiting(ctx, tx, req)
 		}
 		if err != nil {
 			return err
 		}
-		m, err := machines.get(ctx, tx, id)
-		if err != nil {
-			return err
-		}
+		id = m.GetId()
 		if req.GetPartitionId() != "" && m.GetPartitionId() != req.GetPartitionId() {
 			return status.Errorf(codes.FailedPrecondition, "machine %s is in partition %q, not %q", id, m.GetPartitionId(), req.GetPartitionId())
 		}
@@ -152,7 +153,7 @@ func (s *machineService) Create(ctx context.Context, req *apiv1.MachineServiceCr
 			generation = generation + 1, updated_at = now() WHERE id = $1`, id, req.GetProjectId(), alloc.GetId(), spec); err != nil {
 			return fmt.Errorf("allocate machine %s: %w", id, err)
 		}
-		if err := recordEvent(ctx, tx, id, "Allocated", time.Now(), fmt.Sprintf("to project %s as %s", req.GetProjectId(), alloc.GetHostname())); err != nil {
+		if err := logEvent(ctx, tx, id, "Allocated", fmt.Sprintf("to project %s as %s", req.GetProjectId(), alloc.GetHostname())); err != nil {
 			return err
 		}
 		part, err := partitions.get(ctx, tx, m.GetPartitionId())
@@ -226,31 +227,40 @@ func (s *machineService) machineNetworks(ctx context.Context, tx pgx.Tx, project
 
 // pickWaiting locks a waiting machine for the request, or explains why
 // there is none.
-func (s *machineService) pickWaiting(ctx context.Context, tx pgx.Tx, req *apiv1.MachineServiceCreateRequest) (string, string, error) {
+func (s *machineService) pickWaiting(ctx context.Context, tx pgx.Tx, req *apiv1.MachineServiceCreateRequest) (*apiv1.Machine, string, error) {
 	if err := s.checkReservations(ctx, tx, req.GetPartitionId(), req.GetSizeId(), req.GetProjectId()); err != nil {
-		return "", "", err
+		return nil, "", err
 	}
-	var id, agentID string
+	var agentID string
 	// Fewest machines of the project in the rack first, then any: the
 	// project's machines spread across racks. SKIP LOCKED lets concurrent
 	// allocations pass each other instead of queueing on one row.
-	err := tx.QueryRow(ctx, `WITH spread AS (
+	row := tx.QueryRow(ctx, `WITH spread AS (
 			SELECT rack, count(*) AS n FROM machines WHERE project_id = $3 AND partition_id = $1 GROUP BY rack)
-		SELECT m.id, m.agent_id FROM machines m
+		SELECT m.agent_id, m.spec, m.generation, m.created_at, m.updated_at FROM machines m
 		JOIN agents a ON a.id = m.agent_id
 		LEFT JOIN spread s ON s.rack = m.rack
 		WHERE m.partition_id = $1 AND m.size_id = $2 AND m.project_id IS NULL AND m.state = 'available'
 			AND m.provisioning = 'Waiting' AND a.last_contact > $4
 		ORDER BY COALESCE(s.n, 0), random()
 		LIMIT 1
-		FOR UPDATE OF m SKIP LOCKED`, req.GetPartitionId(), req.GetSizeId(), req.GetProjectId(), time.Now().Add(-s.cfg.AliveWithin)).Scan(&id, &agentID)
+		FOR UPDATE OF m SKIP LOCKED`, req.GetPartitionId(), req.GetSizeId(), req.GetProjectId(), time.Now().Add(-s.cfg.AliveWithin))
+	var spec []byte
+	var gen int64
+	var created, updated time.Time
+	err := row.Scan(&agentID, &spec, &gen, &created, &updated)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return "", "", status.Errorf(codes.ResourceExhausted, "no waiting machine of size %q in partition %q is free", req.GetSizeId(), req.GetPartitionId())
+		return nil, "", status.Errorf(codes.ResourceExhausted, "no waiting machine of size %q in partition %q is free", req.GetSizeId(), req.GetPartitionId())
 	}
 	if err != nil {
-		return "", "", fmt.Errorf("pick machine: %w", err)
+		return nil, "", fmt.Errorf("pick machine: %w", err)
 	}
-	return id, agentID, nil
+	m := &apiv1.Machine{}
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(spec, m); err != nil {
+		return nil, "", fmt.Errorf("decode machine: %w", err)
+	}
+	m.Meta = &apiv1.Meta{CreatedAt: timestamppb.New(created), UpdatedAt: timestamppb.New(updated), Generation: uint64(gen)}
+	return m, agentID, nil
 }
 
 // checkReservations refuses an allocation that would eat into machines
@@ -323,7 +333,7 @@ func (s *machineService) checkReservations(ctx context.Context, tx pgx.Tx, parti
 }
 
 // pickGiven locks the machine the caller named and checks it can be had.
-func (s *machineService) pickGiven(ctx context.Context, tx pgx.Tx, req *apiv1.MachineServiceCreateRequest) (string, string, error) {
+func (s *machineService) pickGiven(ctx context.Context, tx pgx.Tx, req *apiv1.MachineServiceCreateRequest) (*apiv1.Machine, string, error) {
 	var (
 		id, state, prov string
 		size, agentID   *string
@@ -334,26 +344,30 @@ func (s *machineService) pickGiven(ctx context.Context, tx pgx.Tx, req *apiv1.Ma
 		FROM machines m LEFT JOIN agents a ON a.id = m.agent_id WHERE m.id = $1 FOR UPDATE OF m`, strings.ToLower(req.GetId())).
 		Scan(&id, &state, &prov, &size, &project, &agentID, &contact)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return "", "", status.Errorf(codes.NotFound, "machine %q not found", req.GetId())
+		return nil, "", status.Errorf(codes.NotFound, "machine %q not found", req.GetId())
 	}
 	if err != nil {
-		return "", "", fmt.Errorf("read machine: %w", err)
+		return nil, "", fmt.Errorf("read machine: %w", err)
 	}
 	switch {
 	case project != nil:
-		return "", "", status.Errorf(codes.FailedPrecondition, "machine %s is already allocated", id)
+		return nil, "", status.Errorf(codes.FailedPrecondition, "machine %s is already allocated", id)
 	case state == "locked":
-		return "", "", status.Errorf(codes.FailedPrecondition, "machine %s is locked", id)
+		return nil, "", status.Errorf(codes.FailedPrecondition, "machine %s is locked", id)
 	case prov != string(fsm.Waiting):
-		return "", "", status.Errorf(codes.FailedPrecondition, "machine %s is %q, not Waiting", id, prov)
+		return nil, "", status.Errorf(codes.FailedPrecondition, "machine %s is %q, not Waiting", id, prov)
 	case size == nil:
-		return "", "", status.Errorf(codes.FailedPrecondition, "machine %s matches no size", id)
+		return nil, "", status.Errorf(codes.FailedPrecondition, "machine %s matches no size", id)
 	case req.GetSizeId() != "" && *size != req.GetSizeId():
-		return "", "", status.Errorf(codes.FailedPrecondition, "machine %s is of size %q, not %q", id, *size, req.GetSizeId())
+		return nil, "", status.Errorf(codes.FailedPrecondition, "machine %s is of size %q, not %q", id, *size, req.GetSizeId())
 	case agentID == nil || contact == nil || contact.Before(time.Now().Add(-s.cfg.AliveWithin)):
-		return "", "", status.Errorf(codes.FailedPrecondition, "machine %s is not alive", id)
+		return nil, "", status.Errorf(codes.FailedPrecondition, "machine %s is not alive", id)
 	}
-	return id, *agentID, nil
+	m, err := machines.get(ctx, tx, id)
+	if err != nil {
+		return nil, "", err
+	}
+	return m, *agentID, nil
 }
 
 // takeMachineIPs takes one address per address family of every network
@@ -634,7 +648,7 @@ func (s *machineService) Reinstall(ctx context.Context, req *apiv1.MachineServic
 			generation = generation + 1, updated_at = now() WHERE id = $1`, m.GetId(), alloc.GetId(), spec); err != nil {
 			return fmt.Errorf("reinstall machine: %w", err)
 		}
-		if err := recordEvent(ctx, tx, m.GetId(), "Reinstall", time.Now(), "image "+img.GetId()+" requested by "+"token "+auth.PrincipalFrom(ctx).TokenID); err != nil {
+		if err := logEvent(ctx, tx, m.GetId(), "Reinstall", "image "+img.GetId()+" requested by "+"token "+auth.PrincipalFrom(ctx).TokenID); err != nil {
 			return err
 		}
 		if err := s.setMachineDocument(ctx, tx, agentID, m.GetId(), func(md *agentv1.MachineDocument) {
@@ -698,7 +712,7 @@ func (s *machineService) SetState(ctx context.Context, req *apiv1.MachineService
 			m.GetId(), name, spec); err != nil {
 			return err
 		}
-		if err := recordEvent(ctx, tx, m.GetId(), "State", time.Now(), strings.TrimSpace(name+" "+req.GetReason())); err != nil {
+		if err := logEvent(ctx, tx, m.GetId(), "State", strings.TrimSpace(name+" "+req.GetReason())); err != nil {
 			return err
 		}
 		var project *string

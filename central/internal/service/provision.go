@@ -299,6 +299,20 @@ func (p *provisioner) recordEvent(ctx context.Context, tx pgx.Tx, id string, ev 
 	return recordEvent(ctx, tx, id, string(ev), at, msg)
 }
 
+// logEvent records an event outside the state machine ("Allocated",
+// "Reinstall", "State") in one statement, the state unchanged. The machine
+// row must be locked.
+func logEvent(ctx context.Context, tx pgx.Tx, id, event, msg string) error {
+	if _, err := tx.Exec(ctx, `WITH m AS (
+			UPDATE machines SET event_seq = event_seq + 1, last_event = $2, last_event_at = now(), updated_at = now()
+			WHERE id = $1 RETURNING event_seq, provisioning)
+		INSERT INTO machine_events (machine_id, seq, at, event, message, state) SELECT $1, event_seq, now(), $2, $3, provisioning FROM m`,
+		id, event, truncateText(msg, 4096)); err != nil {
+		return fmt.Errorf("store event: %w", err)
+	}
+	return nil
+}
+
 func recordEvent(ctx context.Context, tx pgx.Tx, id, event string, at time.Time, msg string) error {
 	var (
 		cur       string

@@ -688,7 +688,12 @@ func TestBootBadRequests(t *testing.T) {
 // waiting machines, built before the timer starts. After the run it checks
 // that no machine and no address was handed out twice.
 func BenchmarkAllocateMachine(b *testing.B) {
-	const clients = 64
+	for _, clients := range []int{1, 64} {
+		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) { benchmarkAllocateMachine(b, clients) })
+	}
+}
+
+func benchmarkAllocateMachine(b *testing.B, clients int) {
 	l := newLab(b, clients)
 	var wg sync.WaitGroup
 	jobs := make(chan int)
