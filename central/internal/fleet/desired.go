@@ -84,7 +84,7 @@ func (h *Hub) Delete(ctx context.Context, tx pgx.Tx, id string) error {
 func (h *Hub) Change(ctx context.Context, tx pgx.Tx, id string, change func(*agentv1.Desired) (bool, error)) (*agentv1.Desired, error) {
 	var raw []byte
 	var rev uint64
-	err := tx.QueryRow(ctx, `SELECT desired, desired_revision FROM agents WHERE id = $1 FOR UPDATE`, id).Scan(&raw, &rev)
+	err := tx.QueryRow(ctx, `SELECT desired, desired_revision FROM agents WHERE id = $1 FOR NO KEY UPDATE`, id).Scan(&raw, &rev)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNoAgent
 	}
@@ -181,6 +181,86 @@ func (h *Hub) fetch(ctx context.Context, ids []string) error {
 			if c := h.conns.get(id); c != nil {
 				c.close(errCredentialGone)
 			}
+		}
+	}
+	return nil
+}
+
+// manyNotifier hints many agents in one statement.
+type manyNotifier interface {
+	NotifyMany(ctx context.Context, tx pgx.Tx, ids []string) error
+}
+
+// ChangeMany is Change for many agents in one transaction with a fixed
+// number of statements, for batched domain changes (allocations). Rows are
+// locked in id order, so concurrent batches cannot deadlock each other.
+// change gets each agent's id and a copy of its document. Unknown ids are
+// ErrNoAgent.
+func (h *Hub) ChangeMany(ctx context.Context, tx pgx.Tx, ids []string, change func(id string, d *agentv1.Desired) (bool, error)) error {
+	rows, err := tx.Query(ctx, `SELECT id, desired, desired_revision FROM agents WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE`, ids)
+	if err != nil {
+		return fmt.Errorf("read desired documents: %w", err)
+	}
+	type cur struct {
+		raw []byte
+		rev uint64
+	}
+	found := make(map[string]cur, len(ids))
+	for rows.Next() {
+		var id string
+		var c cur
+		if err := rows.Scan(&id, &c.raw, &c.rev); err != nil {
+			rows.Close()
+			return fmt.Errorf("read desired documents: %w", err)
+		}
+		found[id] = c
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read desired documents: %w", err)
+	}
+	now := time.Now()
+	var upIDs, docs []string
+	var revs []int64
+	for _, id := range ids {
+		c, ok := found[id]
+		if !ok {
+			return fmt.Errorf("agent %s: %w", id, ErrNoAgent)
+		}
+		d, err := decode(c.raw)
+		if err != nil {
+			return err
+		}
+		if d.Settings == nil {
+			d.Settings = &agentv1.Settings{}
+		}
+		changed, err := change(id, d)
+		if err != nil {
+			return err
+		}
+		if !changed {
+			continue
+		}
+		d.Revision, d.ChangedAt = c.rev+1, timestamppb.New(now)
+		doc, err := protojson.Marshal(d)
+		if err != nil {
+			return fmt.Errorf("encode desired document: %w", err)
+		}
+		upIDs, docs, revs = append(upIDs, id), append(docs, string(doc)), append(revs, int64(d.Revision))
+	}
+	if len(upIDs) == 0 {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, `UPDATE agents a SET desired = u.doc::JSONB, desired_revision = u.rev, desired_at = $4, updated_at = $4
+		FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[]) AS u (id, doc, rev) WHERE a.id = u.id`, upIDs, docs, revs, now); err != nil {
+		return fmt.Errorf("write desired documents: %w", err)
+	}
+	if m, ok := h.hints.(manyNotifier); ok {
+		return m.NotifyMany(ctx, tx, upIDs)
+	}
+	for _, id := range upIDs {
+		if err := h.hints.Notify(ctx, tx, id); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -46,6 +46,14 @@ func (n *NotifyHints) Notify(ctx context.Context, tx pgx.Tx, id string) error {
 	return nil
 }
 
+// NotifyMany hints many agents in one statement.
+func (n *NotifyHints) NotifyMany(ctx context.Context, tx pgx.Tx, ids []string) error {
+	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, id) FROM unnest($2::TEXT[]) AS id`, notifyChannel, ids); err != nil {
+		return fmt.Errorf("notify: %w", err)
+	}
+	return nil
+}
+
 // Listen implements Hints on one dedicated connection, reconnecting with
 // backoff when it breaks.
 func (n *NotifyHints) Listen(ctx context.Context, want func(string), lost func()) {
@@ -101,6 +109,9 @@ func NewPollHints(st *store.Store, interval time.Duration) *PollHints {
 
 // Notify implements Hints: the poll sees the committed row.
 func (p *PollHints) Notify(context.Context, pgx.Tx, string) error { return nil }
+
+// NotifyMany implements manyNotifier: polling needs no hints.
+func (p *PollHints) NotifyMany(context.Context, pgx.Tx, []string) error { return nil }
 
 // Listen implements Hints.
 func (p *PollHints) Listen(ctx context.Context, want func(string), lost func()) {

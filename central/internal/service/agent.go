@@ -25,6 +25,7 @@ import (
 type Fleet interface {
 	Enroll(ctx context.Context, tx pgx.Tx, kind agentv1.Kind, identity, partition, enrolledBy string) (fleet.Enrolment, error)
 	Change(ctx context.Context, tx pgx.Tx, id string, change func(*agentv1.Desired) (bool, error)) (*agentv1.Desired, error)
+	ChangeMany(ctx context.Context, tx pgx.Tx, ids []string, change func(id string, d *agentv1.Desired) (bool, error)) error
 	Delete(ctx context.Context, tx pgx.Tx, id string) error
 	Liveliness(last *time.Time) apiv1.Liveliness
 }

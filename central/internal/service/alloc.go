@@ -100,6 +100,33 @@ func (s *machineService) Create(ctx context.Context, req *apiv1.MachineServiceCr
 		return nil, err
 	}
 	var id string
+	if req.GetId() == "" {
+		// Concurrent allocations of one size, partition and project share
+		// a transaction (allocBatches); what a batch cannot serve runs on
+		// its own below, which also gives each call its precise error.
+		res, err := s.allocBatches.Do(ctx, allocKey{partition: req.GetPartitionId(), size: req.GetSizeId(), project: req.GetProjectId()},
+			allocReq{req: req, call: auth.CallFrom(ctx)})
+		if err != nil {
+			return nil, toStatus(err, "machine allocation")
+		}
+		id = res.id
+	}
+	if id == "" {
+		var err error
+		if id, err = s.createOne(ctx, req); err != nil {
+			return nil, toStatus(err, "machine allocation")
+		}
+	}
+	m, err := s.readMachine(ctx, s.store.Pool(), id)
+	if err != nil {
+		return nil, err
+	}
+	return &apiv1.MachineServiceCreateResponse{Machine: m}, nil
+}
+
+// createOne allocates one machine in a transaction of its own.
+func (s *machineService) createOne(ctx context.Context, req *apiv1.MachineServiceCreateRequest) (string, error) {
+	var id string
 	err := s.store.Tx(ctx, func(tx pgx.Tx) error {
 		img, err := usableImage(ctx, tx, req.GetImageId())
 		if err != nil {
@@ -125,18 +152,15 @@ func (s *machineService) Create(ctx context.Context, req *apiv1.MachineServiceCr
 		if req.GetPartitionId() != "" && m.GetPartitionId() != req.GetPartitionId() {
 			return status.Errorf(codes.FailedPrecondition, "machine %s is in partition %q, not %q", id, m.GetPartitionId(), req.GetPartitionId())
 		}
-		layout, err := chooseLayout(ctx, tx, req.GetFilesystemLayoutId(), m, img)
+		layouts, err := filesystemLayouts.list(ctx, tx, "TRUE")
+		if err != nil {
+			return fmt.Errorf("read filesystem layouts: %w", err)
+		}
+		layout, err := chooseLayout(ctx, tx, req.GetFilesystemLayoutId(), layouts, m, img)
 		if err != nil {
 			return err
 		}
-		alloc := &apiv1.MachineAllocation{
-			Id: uuid.NewString(), ProjectId: req.GetProjectId(), Hostname: req.GetHostname(), ImageId: img.GetId(),
-			Networks: req.GetNetworks(), SshPublicKeys: req.GetSshPublicKeys(), UserData: req.GetUserData(),
-			FilesystemLayoutId: layout.GetId(), CreatedAt: timestamppb.Now(),
-		}
-		if alloc.Hostname == "" {
-			alloc.Hostname = "m-" + id[:8]
-		}
+		alloc := newAllocation(req, m, img, layout)
 		docNets, err := s.takeMachineIPs(ctx, tx, id, req.GetProjectId(), nets, alloc)
 		if err != nil {
 			return err
@@ -153,32 +177,47 @@ func (s *machineService) Create(ctx context.Context, req *apiv1.MachineServiceCr
 			generation = generation + 1, updated_at = now() WHERE id = $1`, id, req.GetProjectId(), alloc.GetId(), spec); err != nil {
 			return fmt.Errorf("allocate machine %s: %w", id, err)
 		}
-		if err := logEvent(ctx, tx, id, "Allocated", fmt.Sprintf("to project %s as %s", req.GetProjectId(), alloc.GetHostname())); err != nil {
+		if err := logEvent(ctx, tx, id, "Allocated", allocatedMessage(alloc)); err != nil {
 			return err
 		}
 		part, err := partitions.get(ctx, tx, m.GetPartitionId())
 		if err != nil {
 			return fmt.Errorf("read partition: %w", err)
 		}
-		doc := &agentv1.MachineAllocation{
-			Id: alloc.GetId(), ProjectId: alloc.GetProjectId(), Hostname: alloc.GetHostname(),
-			Image:  &agentv1.ImageRef{Id: img.GetId(), Os: img.GetOs(), Version: img.GetVersion(), Url: img.GetUrl(), Sha256: img.GetSha256()},
-			Layout: layoutDoc(layout), Networks: docNets, SshPublicKeys: alloc.GetSshPublicKeys(), UserData: alloc.GetUserData(),
-			DnsServers: part.GetDnsServers(), NtpServers: part.GetNtpServers(), CreatedAt: alloc.GetCreatedAt(),
-		}
+		doc := allocationDocument(alloc, img, layout, docNets, part)
 		if err := s.setMachineDocument(ctx, tx, agentID, id, func(md *agentv1.MachineDocument) { md.Allocation = doc }); err != nil {
 			return err
 		}
 		return s.audit(ctx, tx, "machine/"+id, req.GetProjectId())
 	})
-	if err != nil {
-		return nil, toStatus(err, "machine allocation")
+	return id, err
+}
+
+// newAllocation is the allocation req makes of machine m.
+func newAllocation(req *apiv1.MachineServiceCreateRequest, m *apiv1.Machine, img *apiv1.Image, layout *apiv1.FilesystemLayout) *apiv1.MachineAllocation {
+	alloc := &apiv1.MachineAllocation{
+		Id: uuid.NewString(), ProjectId: req.GetProjectId(), Hostname: req.GetHostname(), ImageId: img.GetId(),
+		Networks: req.GetNetworks(), SshPublicKeys: req.GetSshPublicKeys(), UserData: req.GetUserData(),
+		FilesystemLayoutId: layout.GetId(), CreatedAt: timestamppb.Now(),
 	}
-	m, err := s.readMachine(ctx, s.store.Pool(), id)
-	if err != nil {
-		return nil, err
+	if alloc.Hostname == "" {
+		alloc.Hostname = "m-" + m.GetId()[:8]
 	}
-	return &apiv1.MachineServiceCreateResponse{Machine: m}, nil
+	return alloc
+}
+
+func allocatedMessage(alloc *apiv1.MachineAllocation) string {
+	return fmt.Sprintf("to project %s as %s", alloc.GetProjectId(), alloc.GetHostname())
+}
+
+// allocationDocument is what the installer gets to install.
+func allocationDocument(alloc *apiv1.MachineAllocation, img *apiv1.Image, layout *apiv1.FilesystemLayout, nets []*agentv1.MachineNetwork, part *apiv1.Partition) *agentv1.MachineAllocation {
+	return &agentv1.MachineAllocation{
+		Id: alloc.GetId(), ProjectId: alloc.GetProjectId(), Hostname: alloc.GetHostname(),
+		Image:  &agentv1.ImageRef{Id: img.GetId(), Os: img.GetOs(), Version: img.GetVersion(), Url: img.GetUrl(), Sha256: img.GetSha256()},
+		Layout: layoutDoc(layout), Networks: nets, SshPublicKeys: alloc.GetSshPublicKeys(), UserData: alloc.GetUserData(),
+		DnsServers: part.GetDnsServers(), NtpServers: part.GetNtpServers(), CreatedAt: alloc.GetCreatedAt(),
+	}
 }
 
 // usableImage reads an image new machines may get.
@@ -231,36 +270,72 @@ func (s *machineService) pickWaiting(ctx context.Context, tx pgx.Tx, req *apiv1.
 	if err := s.checkReservations(ctx, tx, req.GetPartitionId(), req.GetSizeId(), req.GetProjectId()); err != nil {
 		return nil, "", err
 	}
-	var agentID string
-	// Fewest machines of the project in the rack first, then any: the
-	// project's machines spread across racks. SKIP LOCKED lets concurrent
-	// allocations pass each other instead of queueing on one row.
-	row := tx.QueryRow(ctx, `WITH spread AS (
-			SELECT rack, count(*) AS n FROM machines WHERE project_id = $3 AND partition_id = $1 GROUP BY rack)
-		SELECT m.agent_id, m.spec, m.generation, m.created_at, m.updated_at FROM machines m
-		JOIN agents a ON a.id = m.agent_id
-		LEFT JOIN spread s ON s.rack = m.rack
-		WHERE m.partition_id = $1 AND m.size_id = $2 AND m.project_id IS NULL AND m.state = 'available'
-			AND m.provisioning = 'Waiting' AND a.last_contact > $4
-		ORDER BY COALESCE(s.n, 0), random()
-		LIMIT 1
-		FOR UPDATE OF m SKIP LOCKED`, req.GetPartitionId(), req.GetSizeId(), req.GetProjectId(), time.Now().Add(-s.cfg.AliveWithin))
-	var spec []byte
-	var gen int64
-	var created, updated time.Time
-	err := row.Scan(&agentID, &spec, &gen, &created, &updated)
-	if errors.Is(err, pgx.ErrNoRows) {
+	picked, err := pickMachines(ctx, tx, req.GetPartitionId(), req.GetSizeId(), req.GetProjectId(), time.Now().Add(-s.cfg.AliveWithin), 1)
+	if err != nil {
+		return nil, "", err
+	}
+	if len(picked) == 0 {
 		return nil, "", status.Errorf(codes.ResourceExhausted, "no waiting machine of size %q in partition %q is free", req.GetSizeId(), req.GetPartitionId())
 	}
+	return picked[0].m, picked[0].agentID, nil
+}
+
+type pickedMachine struct {
+	m       *apiv1.Machine
+	agentID string
+}
+
+// pickMachines locks up to n waiting, alive, available, unowned machines
+// of the size in the partition. Machines go round-robin over racks, the
+// racks where the project has the fewest machines first, at random within
+// a rack, so that a project spreads across racks. SKIP LOCKED lets
+// concurrent allocations pass each other instead of queueing on one row;
+// the outer conditions are checked again on the locked row, so a machine
+// another transaction allocated meanwhile is never taken.
+func pickMachines(ctx context.Context, tx pgx.Tx, partition, size, project string, aliveSince time.Time, n int) ([]pickedMachine, error) {
+	rows, err := tx.Query(ctx, `SELECT m.agent_id, m.spec, m.generation, m.created_at, m.updated_at
+		FROM machines m JOIN (
+			SELECT c.id, COALESCE(s.n, 0) + row_number() OVER (PARTITION BY c.rack ORDER BY random()) AS k
+			FROM machines c
+			JOIN agents a ON a.id = c.agent_id
+			LEFT JOIN (SELECT rack, count(*) AS n FROM machines WHERE project_id = $3 AND partition_id = $1 GROUP BY rack) s ON s.rack = c.rack
+			WHERE c.partition_id = $1 AND c.size_id = $2 AND c.project_id IS NULL AND c.state = 'available'
+				AND c.provisioning = 'Waiting' AND a.last_contact > $4
+		) r ON r.id = m.id
+		WHERE m.project_id IS NULL AND m.state = 'available' AND m.provisioning = 'Waiting'
+		ORDER BY r.k, random()
+		LIMIT $5
+		FOR UPDATE OF m SKIP LOCKED`, partition, size, project, aliveSince, n)
 	if err != nil {
-		return nil, "", fmt.Errorf("pick machine: %w", err)
+		return nil, fmt.Errorf("pick machines: %w", err)
 	}
-	m := &apiv1.Machine{}
-	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(spec, m); err != nil {
-		return nil, "", fmt.Errorf("decode machine: %w", err)
+	defer rows.Close()
+	var out []pickedMachine
+	for rows.Next() {
+		var (
+			p                pickedMachine
+			agentID          *string
+			spec             []byte
+			gen              int64
+			created, updated time.Time
+		)
+		if err := rows.Scan(&agentID, &spec, &gen, &created, &updated); err != nil {
+			return nil, fmt.Errorf("pick machines: %w", err)
+		}
+		p.m = &apiv1.Machine{}
+		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(spec, p.m); err != nil {
+			return nil, fmt.Errorf("decode machine: %w", err)
+		}
+		p.m.Meta = &apiv1.Meta{CreatedAt: timestamppb.New(created), UpdatedAt: timestamppb.New(updated), Generation: uint64(gen)}
+		if agentID != nil {
+			p.agentID = *agentID
+		}
+		out = append(out, p)
 	}
-	m.Meta = &apiv1.Meta{CreatedAt: timestamppb.New(created), UpdatedAt: timestamppb.New(updated), Generation: uint64(gen)}
-	return m, agentID, nil
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("pick machines: %w", err)
+	}
+	return out, nil
 }
 
 // checkReservations refuses an allocation that would eat into machines
@@ -428,17 +503,14 @@ func (s *machineService) setMachineDocument(ctx context.Context, tx pgx.Tx, agen
 // chooseLayout picks the filesystem layout: the one asked for, else the
 // first (by id) whose constraints name the size and accept the image,
 // else a default on the machine's first disk.
-func chooseLayout(ctx context.Context, tx pgx.Tx, id string, m *apiv1.Machine, img *apiv1.Image) (*apiv1.FilesystemLayout, error) {
+func chooseLayout(ctx context.Context, tx pgx.Tx, id string, all []*apiv1.FilesystemLayout, m *apiv1.Machine, img *apiv1.Image) (*apiv1.FilesystemLayout, error) {
 	if id != "" {
-		l, err := filesystemLayouts.get(ctx, tx, id)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil, status.Errorf(codes.NotFound, "filesystem layout %q not found", id)
+		for _, l := range all {
+			if l.GetId() == id {
+				return l, nil
+			}
 		}
-		return l, err
-	}
-	all, err := filesystemLayouts.list(ctx, tx, "TRUE")
-	if err != nil {
-		return nil, fmt.Errorf("read filesystem layouts: %w", err)
+		return nil, status.Errorf(codes.NotFound, "filesystem layout %q not found", id)
 	}
 	for _, l := range all {
 		c := l.GetConstraints()
@@ -541,7 +613,7 @@ func (s *machineService) Delete(ctx context.Context, req *apiv1.MachineServiceDe
 			generation = generation + 1, updated_at = now() WHERE id = $1`, m.GetId(), spec); err != nil {
 			return fmt.Errorf("free machine: %w", err)
 		}
-		if err := recordEvent(ctx, tx, m.GetId(), string(fsm.MachineReclaim), time.Now(), "freed by "+"token "+auth.PrincipalFrom(ctx).TokenID); err != nil {
+		if err := recordEvent(ctx, tx, m.GetId(), string(fsm.MachineReclaim), "freed by "+"token "+auth.PrincipalFrom(ctx).TokenID); err != nil {
 			return err
 		}
 		if err := s.setMachineDocument(ctx, tx, agentID, m.GetId(), func(md *agentv1.MachineDocument) {

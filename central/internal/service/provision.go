@@ -249,18 +249,11 @@ func (p *provisioner) machineEvents(ctx context.Context, tx pgx.Tx, a fleet.Agen
 			}
 			locked = true
 		}
-		if err := p.recordEvent(ctx, tx, strings.ToLower(a.Identity), ev, eventTime(e), e.GetMessage()); err != nil {
+		if err := p.recordEvent(ctx, tx, strings.ToLower(a.Identity), ev, e.GetMessage()); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-func eventTime(e *agentv1.Event) time.Time {
-	if e.GetTime() != nil {
-		return e.GetTime().AsTime()
-	}
-	return time.Now()
 }
 
 // pxeEvents maps a PXE service's "PXE Booting" events by MAC to machines
@@ -284,7 +277,7 @@ func (p *provisioner) pxeEvents(ctx context.Context, tx pgx.Tx, a fleet.Agent, e
 		if err != nil {
 			return fmt.Errorf("find machine of %s: %w", hw, err)
 		}
-		if err := p.recordEvent(ctx, tx, id, fsm.PXEBooting, eventTime(e), e.GetMessage()); err != nil {
+		if err := p.recordEvent(ctx, tx, id, fsm.PXEBooting, e.GetMessage()); err != nil {
 			return err
 		}
 	}
@@ -295,8 +288,8 @@ func (p *provisioner) pxeEvents(ctx context.Context, tx pgx.Tx, a fleet.Agent, e
 // stores it with the machine's new state. The machine row must be locked.
 // Events outside the state machine ("Allocated", "Freed", ...) are logged
 // with the state unchanged.
-func (p *provisioner) recordEvent(ctx context.Context, tx pgx.Tx, id string, ev fsm.State, at time.Time, msg string) error {
-	return recordEvent(ctx, tx, id, string(ev), at, msg)
+func (p *provisioner) recordEvent(ctx context.Context, tx pgx.Tx, id string, ev fsm.State, msg string) error {
+	return recordEvent(ctx, tx, id, string(ev), msg)
 }
 
 // logEvent records an event outside the state machine ("Allocated",
@@ -313,7 +306,7 @@ func logEvent(ctx context.Context, tx pgx.Tx, id, event, msg string) error {
 	return nil
 }
 
-func recordEvent(ctx context.Context, tx pgx.Tx, id, event string, at time.Time, msg string) error {
+func recordEvent(ctx context.Context, tx pgx.Tx, id, event string, msg string) error {
 	var (
 		cur       string
 		crashes   int
@@ -342,8 +335,11 @@ func recordEvent(ctx context.Context, tx pgx.Tx, id, event string, at time.Time,
 		}
 	}
 	seq++
-	if _, err := tx.Exec(ctx, `INSERT INTO machine_events (machine_id, seq, at, event, message, state, error) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-		id, seq, at, event, truncateText(msg, 4096), string(next), errText); err != nil {
+	// The log is ordered and timed by central's clock: machines' clocks
+	// may be off, and clients follow the log by time. The agent's own time
+	// stays in its agent event log.
+	if _, err := tx.Exec(ctx, `INSERT INTO machine_events (machine_id, seq, at, event, message, state, error) VALUES ($1, $2, now(), $3, $4, $5, $6)`,
+		id, seq, event, truncateText(msg, 4096), string(next), errText); err != nil {
 		return fmt.Errorf("store event: %w", err)
 	}
 	if _, err := tx.Exec(ctx, `UPDATE machines SET provisioning = $2, last_event = $3, last_event_at = now(), crashes = $4,

@@ -393,6 +393,14 @@ func TestAllocateConcurrently(t *testing.T) {
 		if len(ips) != 2*machines {
 			t.Fatalf("round %d: %d IPs, want one IPv4 and one IPv6 per machine", round, len(ips))
 		}
+		if n := l.count(`SELECT count(*) FROM audit WHERE method = '/metalfleet.api.v1.MachineService/Create' AND target LIKE 'machine/%'`); n != (2*round+1)*machines {
+			// The test context names every call Create, the frees of the
+			// round before included.
+			t.Fatalf("round %d: %d audit rows of allocations and frees, want %d", round, n, (2*round+1)*machines)
+		}
+		if n := l.count(`SELECT count(*) FROM machine_events WHERE event = 'Allocated'`); n != (round+1)*machines {
+			t.Fatalf("round %d: %d Allocated events, want %d", round, n, (round+1)*machines)
+		}
 		if n := l.count(`SELECT count(*) FROM machines WHERE project_id IS NOT NULL`); n != machines {
 			t.Fatalf("round %d: %d machines with a project", round, n)
 		}
@@ -404,6 +412,11 @@ func TestAllocateConcurrently(t *testing.T) {
 			if d.GetAllocation().GetId() == "" || len(d.GetAllocation().GetNetworks()) != 1 || len(d.GetAllocation().GetNetworks()[0].GetIps()) != 2 {
 				t.Fatalf("round %d: machine %s document %v", round, id, d)
 			}
+		}
+		if batches, calls := l.a.allocBatches.Stats(); batches >= calls {
+			t.Fatalf("round %d: %d calls in %d batches: concurrent allocations were not combined", round, calls, batches)
+		} else {
+			t.Logf("round %d: %d calls in %d batches", round, calls, batches)
 		}
 		// Free everything and bring it back to Waiting.
 		for id, ag := range agents {
@@ -417,6 +430,45 @@ func TestAllocateConcurrently(t *testing.T) {
 		if n := l.count(`SELECT count(*) FROM ips`); n != 0 {
 			t.Fatalf("round %d: %d IPs left after freeing", round, n)
 		}
+	}
+}
+
+// TestAllocateMixedGoodAndBad: concurrent calls that share batches, half
+// of them naming a network that does not exist: each bad call gets its own
+// NotFound, every good one a machine.
+func TestAllocateMixedGoodAndBad(t *testing.T) {
+	l := newLab(t, 32)
+	for i := range 20 {
+		l.machine(i, "")
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	got := map[string]int{}
+	for i := range 40 {
+		wg.Go(func() {
+			net := "internet"
+			if i%2 == 1 {
+				net = "nope"
+			}
+			_, err := l.create(&apiv1.MachineServiceCreateRequest{Networks: []string{net}})
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil && net == "internet":
+				got["ok"]++
+			case status.Code(err) == codes.NotFound && net == "nope" && strings.Contains(err.Error(), "networks[0]"):
+				got["notfound"]++
+			default:
+				t.Errorf("network %s: %v", net, err)
+			}
+		})
+	}
+	wg.Wait()
+	if got["ok"] != 20 || got["notfound"] != 20 {
+		t.Fatalf("outcomes %v, want 20 ok and 20 NotFound", got)
+	}
+	if n := l.count(`SELECT count(*) FROM ips`); n != 40 {
+		t.Fatalf("%d IPs, want 2 for each of 20 machines", n)
 	}
 }
 

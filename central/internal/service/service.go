@@ -53,6 +53,7 @@ type API struct {
 	// Concurrent allocations sharing a pool run as shared statements.
 	ipBatches    *ipBatches
 	childBatches *childBatches
+	allocBatches *allocBatches
 	networkCache *networkCache
 }
 
@@ -83,6 +84,7 @@ func New(ctx context.Context, st *store.Store, log *slog.Logger, cfg Config, opt
 	a := &API{store: st, log: log, cfg: cfg, networkCache: newNetworkCache()}
 	a.ipBatches = ipam.NewCombiner(ipBatchSize, ipBatchesPerPool, a.runIPBatch)
 	a.childBatches = ipam.NewCombiner(childBatchSize, childBatchesPerParent, a.runChildBatch)
+	a.allocBatches = ipam.NewCombiner(allocBatchSize, allocBatchRunning, a.runAllocBatch)
 	for _, o := range opts {
 		o(a)
 	}
