@@ -11,8 +11,9 @@ BUF_VERSION                := v1.75.0
 PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 
-# Debian packages the build, the tests and `make run` need.
-APT_PKGS := postgresql ca-certificates git
+# Debian packages the build, the tests and `make run` need: ipxe for the PXE
+# service's boot files.
+APT_PKGS := postgresql ca-certificates git ipxe
 
 # As root the embedded PostgreSQL runs as user postgres, which must be able to
 # reach the data directory; a checkout under /root is not reachable for it.
@@ -21,7 +22,7 @@ DATA_DIR  ?= $(if $(ROOT),/var/lib/metalfleet/central,$(CURDIR)/.data/central)
 LISTEN    ?= :8443
 METRICS   ?= 127.0.0.1:9090
 
-BINARIES := metal-central metalctl metal-lab
+BINARIES := metal-central metalctl metal-lab metal-pixie metal-phonehome
 
 .PHONY: help
 help: ## Show this help.
@@ -82,6 +83,9 @@ build: ## Build every binary into bin/.
 	$(GO) build -o $(BIN)/metal-central ./central/cmd/metal-central
 	$(GO) build -o $(BIN)/metalctl ./metalctl/cmd/metalctl
 	$(GO) build -o $(BIN)/metal-lab ./lab/cmd/metal-lab
+	$(GO) build -o $(BIN)/metal-pixie ./agents/pixie/cmd/metal-pixie
+	# Static: it is copied into installed systems of any distribution.
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/metal-phonehome ./agents/phonehome/cmd/metal-phonehome
 
 .PHONY: test
 test: deps ## Run all tests (race detector on for central/) against a real embedded PostgreSQL.

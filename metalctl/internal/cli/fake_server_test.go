@@ -45,10 +45,12 @@ type fake struct {
 	calls  []recorded
 	errs   map[string]error
 	exists map[string]bool
+	// events scripts MachineService.Events per machine (fake_machine_test.go).
+	events map[string][]eventAttempt
 }
 
 func newFake() *fake {
-	return &fake{errs: map[string]error{}, exists: map[string]bool{}}
+	return &fake{errs: map[string]error{}, exists: map[string]bool{}, events: map[string][]eventAttempt{}}
 }
 
 // failWith makes method answer err.
@@ -116,7 +118,7 @@ func startFake(t *testing.T, opts ...grpc.ServerOption) (*fake, string) {
 	apiv1.RegisterNetworkServiceServer(s, networkSrv{f: f})
 	apiv1.RegisterIPServiceServer(s, ipSrv{f: f})
 	apiv1.RegisterTokenServiceServer(s, tokenSrv{f: f})
-	apiv1.RegisterMachineServiceServer(s, machineSrv{})
+	apiv1.RegisterMachineServiceServer(s, machineSrv{f: f})
 	apiv1.RegisterSwitchServiceServer(s, switchSrv{})
 	apiv1.RegisterAuditServiceServer(s, auditSrv{})
 	apiv1.RegisterAgentServiceServer(s, agentSrv{})
@@ -258,23 +260,6 @@ func tokens() []*apiv1.Token {
 			ProjectRoles: map[string]apiv1.Level{testProjectID: apiv1.Level_LEVEL_EDITOR, "p0": apiv1.Level_LEVEL_VIEWER},
 			TenantRoles:  map[string]apiv1.Level{"t1": apiv1.Level_LEVEL_VIEWER},
 			ExpiresAt:    ts(8 * time.Hour), RevokedAt: ts(time.Hour), Meta: meta(),
-		},
-	}
-}
-
-func machines() []*apiv1.Machine {
-	return []*apiv1.Machine{
-		{
-			Id: "m1", PartitionId: "lab", SizeId: "s1", Rack: "r01", State: apiv1.MachineState_MACHINE_STATE_AVAILABLE,
-			Liveliness: apiv1.Liveliness_LIVELINESS_ALIVE, LastEvent: "Waiting", LastEventAt: ts(-20 * time.Minute),
-			Hardware: &agentv1.MachineFacts{Cores: 16, MemoryBytes: 64 << 30, Disks: []*agentv1.DiskFact{{Name: "/dev/sda", SizeBytes: 960e9}}},
-			Meta:     meta(),
-		},
-		{
-			Id: "m2", PartitionId: "lab", SizeId: "gpu-l", Rack: "r02", State: apiv1.MachineState_MACHINE_STATE_RESERVED,
-			Liveliness: apiv1.Liveliness_LIVELINESS_DEAD, LastEvent: "Phoned Home", LastEventAt: ts(-5 * 24 * time.Hour),
-			Allocation: &apiv1.MachineAllocation{ProjectId: testProjectID, Hostname: "web-0", ImageId: "debian-12", Networks: []string{"n1"}, Ips: []string{"10.128.0.5"}},
-			Meta:       meta(),
 		},
 	}
 }
@@ -643,19 +628,6 @@ func (s tokenSrv) Revoke(_ context.Context, r *apiv1.TokenServiceRevokeRequest) 
 
 func (s tokenSrv) Whoami(context.Context, *apiv1.TokenServiceWhoamiRequest) (*apiv1.TokenServiceWhoamiResponse, error) {
 	return &apiv1.TokenServiceWhoamiResponse{Token: tokens()[0]}, nil
-}
-
-type machineSrv struct {
-	apiv1.UnimplementedMachineServiceServer
-}
-
-func (machineSrv) Get(_ context.Context, r *apiv1.MachineServiceGetRequest) (*apiv1.MachineServiceGetResponse, error) {
-	m, err := find("machine", machines(), r.GetId())
-	return &apiv1.MachineServiceGetResponse{Machine: m}, err
-}
-
-func (machineSrv) List(context.Context, *apiv1.MachineServiceListRequest) (*apiv1.MachineServiceListResponse, error) {
-	return &apiv1.MachineServiceListResponse{Machines: machines()}, nil
 }
 
 type switchSrv struct {

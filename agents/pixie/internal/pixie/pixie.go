@@ -1,0 +1,569 @@
+// Package pixie assembles metal-pixie, a partition's PXE service: an agent
+// of the fleet (kind pixie) whose desired document names the installer,
+// serving DHCPv4/DHCPv6 (and router advertisements), TFTP and HTTP to the
+// machines of the partition's PXE network.
+package pixie
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/metalfleet/metalfleet/agents/agent"
+	"github.com/metalfleet/metalfleet/agents/pixie/internal/boot"
+	"github.com/metalfleet/metalfleet/agents/pixie/internal/cache"
+	"github.com/metalfleet/metalfleet/agents/pixie/internal/dhcp"
+	"github.com/metalfleet/metalfleet/agents/pixie/internal/lease"
+	"github.com/metalfleet/metalfleet/agents/pixie/internal/metric"
+	"github.com/metalfleet/metalfleet/agents/pixie/internal/ra"
+	"github.com/metalfleet/metalfleet/agents/pixie/internal/tftp"
+	"github.com/metalfleet/metalfleet/agents/pixie/internal/web"
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
+)
+
+// Config of one metal-pixie.
+type Config struct {
+	// Name is the agent identity (enrolled with `metalctl agent enroll
+	// --kind pixie --identity <name> --partition <p>`).
+	Name     string
+	Centrals []string
+	// TLS pins central's CA; nil is plaintext (--insecure-plaintext).
+	TLS *tls.Config
+	// Token is pixie's agent credential; empty: the one in StateDir.
+	Token    string
+	StateDir string
+	// CacheDir holds boot artifacts and images (default StateDir/cache).
+	CacheDir string
+	// CAFile is central's CA certificate, served as /ca.pem.
+	CAFile string
+	// Version is reported to central as a fact.
+	Version string
+
+	// Interface is the PXE network's interface (DHCP, RA).
+	Interface string
+	// Range4 enables DHCPv4 when set; Range6 DHCPv6.
+	Range4, Range6 lease.Range
+	// ServerIP and ServerIP6 are pixie's addresses on the PXE network
+	// (default: the interface's first IPv4 / global IPv6 address).
+	ServerIP, ServerIP6 netip.Addr
+	// Subnet is the IPv4 PXE network (default: the interface's prefix
+	// holding ServerIP).
+	Subnet    netip.Prefix
+	Routers   []netip.Addr
+	DNS       []netip.Addr
+	DNS6      []netip.Addr
+	Domain    string
+	LeaseTime time.Duration
+
+	// RA sends router advertisements on Interface for RAPrefixes (default:
+	// the prefix holding ServerIP6).
+	RA         bool
+	RAPrefixes []netip.Prefix
+	RAInterval time.Duration
+
+	// TFTPListen is the TFTP address (":69"; empty disables TFTP).
+	TFTPListen string
+	IPXEDir    string
+	BIOSFile   string
+	EFIFile    string
+
+	// HTTPListen is the HTTP address (":80").
+	HTTPListen            string
+	PublicURL, PublicURL6 string
+	// Kernel and Initramfs are local installer files overriding the
+	// document's URLs.
+	Kernel, Initramfs string
+	// BootTimeout bounds one Boot call to central (default 2s).
+	BootTimeout   time.Duration
+	ImagePrefixes []string
+	ImageMaxBytes int64
+
+	Log *slog.Logger
+	// LogLevel, when set, follows the document's settings.log_level.
+	LogLevel *slog.LevelVar
+	// Registry gets pixie's metrics (default: a new one, served on /metrics).
+	Registry *prometheus.Registry
+	// AgentBackoff bounds the agent's reconnect delay (tests).
+	AgentBackoff time.Duration
+}
+
+// Pixie is a running metal-pixie.
+type Pixie struct {
+	cfg     Config
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	metrics *metric.Metrics
+	leases  *lease.Store
+	central *boot.Central
+	decider *boot.Decider
+	cache   *cache.Cache
+	agent   *agent.Agent
+	doc     atomic.Pointer[agentv1.PixieDocument]
+	fetch   chan struct{}
+
+	httpAddr net.Addr
+	wg       sync.WaitGroup
+	cancel   context.CancelFunc
+	errMu    sync.Mutex
+	err      error
+}
+
+// New checks cfg, fills in defaults from the interface and opens pixie's
+// state (leases, caches, the agent's credential).
+func New(cfg Config) (*Pixie, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Name == "" {
+		return nil, errors.New("pixie: name required")
+	}
+	if cfg.StateDir == "" {
+		return nil, errors.New("pixie: state dir required")
+	}
+	if cfg.CacheDir == "" {
+		cfg.CacheDir = filepath.Join(cfg.StateDir, "cache")
+	}
+	if cfg.HTTPListen == "" {
+		cfg.HTTPListen = ":80"
+	}
+	if cfg.IPXEDir == "" {
+		cfg.IPXEDir = "/usr/lib/ipxe"
+	}
+	if cfg.BIOSFile == "" {
+		cfg.BIOSFile = "undionly.kpxe"
+	}
+	if cfg.EFIFile == "" {
+		cfg.EFIFile = "ipxe.efi"
+	}
+	if cfg.LeaseTime <= 0 {
+		cfg.LeaseTime = time.Hour
+	}
+	for _, f := range []string{cfg.Kernel, cfg.Initramfs, cfg.CAFile} {
+		if f == "" {
+			continue
+		}
+		if _, err := os.Stat(f); err != nil {
+			return nil, fmt.Errorf("pixie: %w", err)
+		}
+	}
+	if err := fillNetwork(&cfg); err != nil {
+		return nil, err
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+		cfg.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	p := &Pixie{cfg: cfg, log: cfg.Log, reg: cfg.Registry, fetch: make(chan struct{}, 1)}
+	p.metrics = metric.New(p.reg)
+
+	agentDir := filepath.Join(cfg.StateDir, "agent")
+	if cfg.Token == "" {
+		b, err := os.ReadFile(filepath.Join(agentDir, "credential"))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("pixie: read credential: %w", err)
+		}
+		cfg.Token = strings.TrimSpace(string(b))
+		if cfg.Token == "" {
+			return nil, fmt.Errorf("pixie: no credential: give --token (from `metalctl agent enroll --kind pixie`) or put it in %s/credential", agentDir)
+		}
+	}
+	leases, warn, err := lease.Open(filepath.Join(cfg.StateDir, "leases.json"))
+	if err != nil {
+		return nil, err
+	}
+	if warn != nil {
+		p.log.Warn("leases", "err", warn)
+	}
+	p.leases = leases
+	for _, v6 := range []bool{false, true} {
+		fam := map[bool]string{false: "4", true: "6"}[v6]
+		p.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "metalfleet", Subsystem: "pixie", Name: "leases_in_use", Help: "Active DHCP leases.",
+			ConstLabels: prometheus.Labels{"family": fam},
+		}, func() float64 { return float64(leases.InUse(v6)) }))
+	}
+	if p.cache, err = cache.New(cache.Config{Dir: cfg.CacheDir, MaxBytes: cfg.ImageMaxBytes, Log: p.log.With("part", "cache"), Metrics: p.metrics}); err != nil {
+		return nil, err
+	}
+	if p.central, err = boot.NewCentral(cfg.Centrals, cfg.TLS, cfg.Token); err != nil {
+		return nil, err
+	}
+	p.decider, err = boot.NewDecider(boot.DeciderConfig{
+		Central: p.central, Dir: filepath.Join(cfg.StateDir, "decisions"), Timeout: cfg.BootTimeout,
+		Document: p.doc.Load, Log: p.log.With("part", "boot"), Metrics: p.metrics,
+	})
+	if err != nil {
+		return nil, err
+	}
+	backoff := cfg.AgentBackoff
+	p.agent, err = agent.New(agent.Config{
+		Kind: agentv1.Kind_KIND_PIXIE, Identity: cfg.Name, Centrals: cfg.Centrals, TLS: cfg.TLS,
+		Token: cfg.Token, StateDir: agentDir, Reconciler: p, Facts: agent.HostFacts(cfg.Version),
+		Log: p.log.With("part", "agent"), LogLevel: cfg.LogLevel, Metrics: agent.NewMetrics(p.reg),
+		MinBackoff: backoff / 4, MaxBackoff: backoff,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// fillNetwork takes what was not configured from the interface.
+func fillNetwork(cfg *Config) error {
+	need4 := cfg.Range4.First.IsValid() && (!cfg.ServerIP.IsValid() || !cfg.Subnet.IsValid())
+	need6 := (cfg.Range6.First.IsValid() || cfg.RA) && (!cfg.ServerIP6.IsValid() || cfg.RA && len(cfg.RAPrefixes) == 0)
+	if (cfg.Range4.First.IsValid() || cfg.Range6.First.IsValid() || cfg.RA) && cfg.Interface == "" {
+		return errors.New("pixie: DHCP and router advertisements need --interface")
+	}
+	if !need4 && !need6 {
+		return nil
+	}
+	ifi, err := net.InterfaceByName(cfg.Interface)
+	if err != nil {
+		return fmt.Errorf("pixie: %w", err)
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return fmt.Errorf("pixie: addresses of %s: %w", cfg.Interface, err)
+	}
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip, _ := netip.AddrFromSlice(ipn.IP)
+		ip = ip.Unmap()
+		ones, _ := ipn.Mask.Size()
+		pfx := netip.PrefixFrom(ip, ones).Masked()
+		switch {
+		case ip.Is4() && need4:
+			if !cfg.ServerIP.IsValid() {
+				cfg.ServerIP = ip
+			}
+			if !cfg.Subnet.IsValid() && pfx.Contains(cfg.ServerIP) {
+				cfg.Subnet = pfx
+			}
+		case ip.Is6() && !ip.IsLinkLocalUnicast() && need6:
+			if !cfg.ServerIP6.IsValid() {
+				cfg.ServerIP6 = ip
+			}
+			if cfg.RA && len(cfg.RAPrefixes) == 0 && pfx.Contains(cfg.ServerIP6) {
+				cfg.RAPrefixes = []netip.Prefix{pfx}
+			}
+		}
+	}
+	if need4 && (!cfg.ServerIP.IsValid() || !cfg.Subnet.IsValid()) {
+		return fmt.Errorf("pixie: no IPv4 address on %s for DHCPv4: give --server-ip and --subnet", cfg.Interface)
+	}
+	if cfg.Range6.First.IsValid() && !cfg.ServerIP6.IsValid() {
+		return fmt.Errorf("pixie: no global IPv6 address on %s for DHCPv6: give --server-ip6", cfg.Interface)
+	}
+	return nil
+}
+
+// Apply implements agent.Reconciler: the document names the installer.
+func (p *Pixie) Apply(_ context.Context, d *agentv1.Desired) error {
+	pd := d.GetPixie()
+	if pd == nil {
+		return errors.New("desired document has no pixie part")
+	}
+	for _, u := range []string{pd.GetKernelUrl(), pd.GetInitramfsUrl()} {
+		if u == "" {
+			continue
+		}
+		if _, err := cache.CheckURL(u); err != nil {
+			return fmt.Errorf("pixie document: %w", err)
+		}
+	}
+	p.doc.Store(pd)
+	p.log.Info("pixie document applied", "revision", d.GetRevision(), "partition", pd.GetPartitionId(), "kernel", pd.GetKernelUrl(), "initramfs", pd.GetInitramfsUrl())
+	select {
+	case p.fetch <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Document is the pixie document in effect (nil: none yet).
+func (p *Pixie) Document() *agentv1.PixieDocument { return p.doc.Load() }
+
+// HTTPAddr is where the HTTP server listens (after Start).
+func (p *Pixie) HTTPAddr() net.Addr { return p.httpAddr }
+
+// Leases is the lease store (tests, debugging).
+func (p *Pixie) Leases() *lease.Store { return p.leases }
+
+func baseURL(public string, ip netip.Addr, port int) string {
+	if public != "" {
+		return strings.TrimRight(public, "/")
+	}
+	if !ip.IsValid() {
+		return ""
+	}
+	return "http://" + netip.AddrPortFrom(ip, uint16(port)).String()
+}
+
+// Start opens every socket (so that a port in use fails here, not later)
+// and serves until ctx ends or a server fails; Wait returns then.
+func (p *Pixie) Start(ctx context.Context) error {
+	cfg := p.cfg
+	ctx, cancel := context.WithCancel(ctx)
+	p.cancel = cancel
+	var closers []func()
+	fail := func(err error) error {
+		for _, c := range closers {
+			c()
+		}
+		cancel()
+		return err
+	}
+
+	hl, err := net.Listen("tcp", cfg.HTTPListen)
+	if err != nil {
+		return fail(fmt.Errorf("pixie: http: %w", err))
+	}
+	closers = append(closers, func() { hl.Close() })
+	p.httpAddr = hl.Addr()
+	port := hl.Addr().(*net.TCPAddr).Port
+	boot4 := dhcp.Boot{BaseURL: baseURL(cfg.PublicURL, cfg.ServerIP, port), BIOSFile: cfg.BIOSFile, EFIFile: cfg.EFIFile}
+	boot6 := dhcp.Boot{BaseURL: baseURL(cfg.PublicURL6, cfg.ServerIP6, port), BIOSFile: cfg.BIOSFile, EFIFile: cfg.EFIFile}
+	if cfg.ServerIP6.IsValid() {
+		boot6.TFTPHost = "[" + cfg.ServerIP6.String() + "]"
+	}
+
+	type server struct {
+		name string
+		run  func(ctx context.Context) error
+	}
+	var servers []server
+
+	if cfg.Range4.First.IsValid() {
+		s4, err := dhcp.NewServer4(dhcp.Config4{
+			Interface: cfg.Interface, ServerIP: cfg.ServerIP, Prefix: cfg.Subnet, Pool: lease.Pool{Range: cfg.Range4},
+			Routers: cfg.Routers, DNS: cfg.DNS, Domain: cfg.Domain, LeaseTime: cfg.LeaseTime, Boot: boot4,
+			Leases: p.leases, Log: p.log.With("part", "dhcp4"), Metrics: p.metrics,
+		})
+		if err != nil {
+			return fail(err)
+		}
+		conn, err := s4.Listen()
+		if err != nil {
+			return fail(err)
+		}
+		closers = append(closers, func() { conn.Close() })
+		servers = append(servers, server{"dhcp4", func(ctx context.Context) error { return s4.Serve(ctx, conn) }})
+	}
+	if cfg.Range6.First.IsValid() {
+		ifi, err := net.InterfaceByName(cfg.Interface)
+		if err != nil {
+			return fail(fmt.Errorf("pixie: %w", err))
+		}
+		s6, err := dhcp.NewServer6(dhcp.Config6{
+			Interface: cfg.Interface, ServerMAC: ifi.HardwareAddr, Pool: lease.Pool{Range: cfg.Range6, Exclude: []netip.Addr{cfg.ServerIP6}},
+			DNS: cfg.DNS6, LeaseTime: cfg.LeaseTime, Boot: boot6, Leases: p.leases, Log: p.log.With("part", "dhcp6"), Metrics: p.metrics,
+		})
+		if err != nil {
+			return fail(err)
+		}
+		conn, err := s6.Listen()
+		if err != nil {
+			return fail(err)
+		}
+		closers = append(closers, func() { conn.Close() })
+		servers = append(servers, server{"dhcp6", func(ctx context.Context) error { return s6.Serve(ctx, conn) }})
+	}
+	if cfg.TFTPListen != "" {
+		ts := tftp.New(cfg.IPXEDir, p.log.With("part", "tftp"), p.metrics)
+		host, tport, err := net.SplitHostPort(cfg.TFTPListen)
+		if err != nil {
+			return fail(fmt.Errorf("pixie: tftp listen %q: %w", cfg.TFTPListen, err))
+		}
+		// The TFTP library keys its IPv4/IPv6 handling on the socket, so
+		// each family gets its own.
+		nets := []string{"udp4"}
+		if cfg.Range6.First.IsValid() && host == "" {
+			nets = append(nets, "udp6")
+		}
+		for _, network := range nets {
+			conn, err := net.ListenPacket(network, net.JoinHostPort(host, tport))
+			if err != nil {
+				return fail(fmt.Errorf("pixie: tftp: %w", err))
+			}
+			closers = append(closers, func() { conn.Close() })
+			servers = append(servers, server{"tftp-" + network, func(ctx context.Context) error { return ts.Serve(ctx, conn) }})
+		}
+	}
+	if cfg.RA {
+		rcfg := ra.Config{Interface: cfg.Interface, Prefixes: cfg.RAPrefixes, Managed: cfg.Range6.First.IsValid(), Interval: cfg.RAInterval, Log: p.log.With("part", "ra")}
+		servers = append(servers, server{"ra", func(ctx context.Context) error { return ra.Run(ctx, rcfg) }})
+	}
+
+	ws, err := web.New(web.Config{
+		Decider: p.decider, Cache: p.cache, IPXEDir: cfg.IPXEDir, CAFile: cfg.CAFile,
+		Kernel: cfg.Kernel, Initramfs: cfg.Initramfs, Document: p.doc.Load,
+		Address: func(mac string, v6 bool) string {
+			if l, ok := p.leases.ByMAC(mac, v6); ok {
+				return l.Addr.String()
+			}
+			return ""
+		},
+		Emit:      func(e *agentv1.Event) { p.agent.Emit(nil, e) },
+		PublicURL: cfg.PublicURL, PublicURL6: cfg.PublicURL6, ImagePrefixes: cfg.ImagePrefixes,
+		Gatherer: p.reg, Health: p.health, Log: p.log.With("part", "http"), Metrics: p.metrics,
+	})
+	if err != nil {
+		return fail(err)
+	}
+	hs := web.NewHTTPServer(ws, p.log)
+	servers = append(servers,
+		server{"http", func(ctx context.Context) error {
+			stop := context.AfterFunc(ctx, func() {
+				sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+				defer c()
+				if hs.Shutdown(sctx) != nil {
+					hs.Close()
+				}
+			})
+			defer stop()
+			if err := hs.Serve(hl); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		}},
+		server{"agent", p.agent.Run},
+		server{"prefetch", p.prefetch},
+	)
+
+	for _, s := range servers {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			err := s.run(ctx)
+			if err != nil && ctx.Err() == nil {
+				p.log.Error("stopping: part failed", "part", s.name, "err", err)
+				p.errMu.Lock()
+				if p.err == nil {
+					p.err = fmt.Errorf("%s: %w", s.name, err)
+				}
+				p.errMu.Unlock()
+				cancel()
+			}
+		}()
+	}
+	p.log.Info("metal-pixie serving", "name", cfg.Name, "http", p.httpAddr, "dhcp4", rangeOrOff(cfg.Range4), "dhcp6", rangeOrOff(cfg.Range6),
+		"tftp", cfg.TFTPListen, "ra", cfg.RA, "boot_url", boot4.BaseURL, "boot_url6", boot6.BaseURL)
+	return nil
+}
+
+func rangeOrOff(r lease.Range) string {
+	if !r.First.IsValid() {
+		return "off"
+	}
+	return r.String()
+}
+
+// Wait returns when every part stopped: the first failure, or nil after
+// ctx ended.
+func (p *Pixie) Wait() error {
+	p.wg.Wait()
+	p.central.Close()
+	p.errMu.Lock()
+	defer p.errMu.Unlock()
+	return p.err
+}
+
+// Run is Start and Wait.
+func (p *Pixie) Run(ctx context.Context) error {
+	if err := p.Start(ctx); err != nil {
+		return err
+	}
+	return p.Wait()
+}
+
+// prefetch downloads the document's installer into the cache as soon as
+// the document arrives, so that the first machine does not wait for it
+// and the partition has it when central goes away.
+func (p *Pixie) prefetch(ctx context.Context) error {
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-p.fetch:
+		case <-retry.C:
+		}
+		doc := p.doc.Load()
+		if doc == nil {
+			continue
+		}
+		var urls []string
+		if p.cfg.Kernel == "" && doc.GetKernelUrl() != "" {
+			urls = append(urls, doc.GetKernelUrl())
+		}
+		if p.cfg.Initramfs == "" && doc.GetInitramfsUrl() != "" {
+			urls = append(urls, doc.GetInitramfsUrl())
+		}
+		ok := true
+		for _, u := range urls {
+			if _, err := p.cache.Artifact(ctx, u); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				p.log.Warn("prefetch installer artifact; retrying in 30s", "url", u, "err", err)
+				ok = false
+			}
+		}
+		if !ok {
+			retry.Reset(30 * time.Second)
+			continue
+		}
+		if len(urls) > 0 {
+			p.cache.Prune(doc.GetKernelUrl(), doc.GetInitramfsUrl())
+		}
+	}
+}
+
+func (p *Pixie) health() any {
+	doc := p.doc.Load()
+	return map[string]any{
+		"status":            "ok",
+		"name":              p.cfg.Name,
+		"central_connected": p.agent.Connected(),
+		"agent_phase":       string(p.agent.Phase()),
+		"document_revision": p.agent.Applied(),
+		"partition":         doc.GetPartitionId(),
+		"leases_in_use":     map[string]int{"4": p.leases.InUse(false), "6": p.leases.InUse(true)},
+	}
+}
+
+// ParseAddrs reads a comma-separated list of addresses (flags).
+func ParseAddrs(s string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		a, err := netip.ParseAddr(f)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a.Unmap())
+	}
+	return out, nil
+}
