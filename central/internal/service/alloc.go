@@ -160,7 +160,11 @@ func (s *machineService) createOne(ctx context.Context, req *apiv1.MachineServic
 		if err != nil {
 			return err
 		}
-		alloc := newAllocation(req, m, img, layout)
+		now, err := dbNow(ctx, tx)
+		if err != nil {
+			return err
+		}
+		alloc := newAllocation(req, m, img, layout, now)
 		docNets, err := s.takeMachineIPs(ctx, tx, id, req.GetProjectId(), nets, alloc)
 		if err != nil {
 			return err
@@ -194,11 +198,22 @@ func (s *machineService) createOne(ctx context.Context, req *apiv1.MachineServic
 }
 
 // newAllocation is the allocation req makes of machine m.
-func newAllocation(req *apiv1.MachineServiceCreateRequest, m *apiv1.Machine, img *apiv1.Image, layout *apiv1.FilesystemLayout) *apiv1.MachineAllocation {
+// dbNow is the transaction's time on the database's clock: the time the
+// machine's events are stamped with, so that "events since the allocation"
+// holds whatever the clocks of central's hosts say.
+func dbNow(ctx context.Context, tx pgx.Tx) (time.Time, error) {
+	var now time.Time
+	if err := tx.QueryRow(ctx, `SELECT now()`).Scan(&now); err != nil {
+		return now, fmt.Errorf("read time: %w", err)
+	}
+	return now, nil
+}
+
+func newAllocation(req *apiv1.MachineServiceCreateRequest, m *apiv1.Machine, img *apiv1.Image, layout *apiv1.FilesystemLayout, now time.Time) *apiv1.MachineAllocation {
 	alloc := &apiv1.MachineAllocation{
 		Id: uuid.NewString(), ProjectId: req.GetProjectId(), Hostname: req.GetHostname(), ImageId: img.GetId(),
 		Networks: req.GetNetworks(), SshPublicKeys: req.GetSshPublicKeys(), UserData: req.GetUserData(),
-		FilesystemLayoutId: layout.GetId(), CreatedAt: timestamppb.Now(),
+		FilesystemLayoutId: layout.GetId(), CreatedAt: timestamppb.New(now),
 	}
 	if alloc.Hostname == "" {
 		alloc.Hostname = "m-" + m.GetId()[:8]

@@ -141,6 +141,10 @@ func (a *API) allocateBatch(ctx context.Context, tx pgx.Tx, key allocKey, reqs [
 		// there is none is decided call by call.
 		return nil, errUnbatched
 	}
+	now, err := dbNow(ctx, tx)
+	if err != nil {
+		return nil, err
+	}
 	for i, it := range items {
 		it.pick = picked[i]
 		if it.pick.agentID == "" {
@@ -149,7 +153,7 @@ func (a *API) allocateBatch(ctx context.Context, tx pgx.Tx, key allocKey, reqs [
 		if it.layout, err = chooseLayout(ctx, tx, it.r.req.GetFilesystemLayoutId(), layouts, it.pick.m, it.img); err != nil {
 			return nil, errUnbatched
 		}
-		it.alloc = newAllocation(it.r.req, it.pick.m, it.img, it.layout)
+		it.alloc = newAllocation(it.r.req, it.pick.m, it.img, it.layout, now)
 	}
 	if err := a.takeBatchIPs(ctx, tx, key.project, items); err != nil {
 		return nil, err
