@@ -89,6 +89,9 @@ type Agent struct {
 	lastDoc atomic.Int64
 	phase   atomic.Value // Phase
 	outbox  *outbox
+	// credential is the agent's own credential once it has one (given, or
+	// issued for a boot token); readable from any goroutine.
+	credential atomic.Pointer[string]
 }
 
 // New checks cfg and loads the agent's local state.
@@ -131,7 +134,20 @@ func New(cfg Config) (*Agent, error) {
 		return nil, errors.New("agent: no credential: give a token or a boot token")
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log, state: st, next: rand.N(len(cfg.Centrals)), factsDone: st.factsDone, outbox: newOutbox()}
+	if cfg.Token != "" {
+		a.credential.Store(&cfg.Token)
+	}
 	return a, nil
+}
+
+// Credential is the agent's own credential: the one it was given, or the
+// one central issued for its boot token; "" while it has none. An
+// installer hands it on to the system it installs.
+func (a *Agent) Credential() string {
+	if p := a.credential.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 // Applied is the revision in effect locally (0: none yet).

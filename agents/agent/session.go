@@ -57,6 +57,7 @@ func (a *Agent) session(ctx context.Context) (established bool, err error) {
 		// The boot token is spent: without this credential the agent
 		// could never come back, so it is stored before anything else.
 		a.cfg.Token = tok
+		a.credential.Store(&tok)
 		if err := a.state.saveCredential(tok); err != nil {
 			a.log.Error("store issued credential", "err", err)
 		}
