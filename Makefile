@@ -13,7 +13,11 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 
 # Debian packages the build, the tests and `make run` need: ipxe for the PXE
 # service's boot files.
-APT_PKGS := postgresql ca-certificates git ipxe
+APT_PKGS := postgresql ca-certificates git ipxe cpio e2fsprogs dosfstools fdisk zstd xz-utils
+# What booting the installer and the lab image under QEMU needs besides
+# (mdadm, lvm2, dmsetup and xfsprogs are packed into the installer when
+# installed on the build host).
+QEMU_PKGS := qemu-system-x86 qemu-utils ovmf mtools
 
 # As root the embedded PostgreSQL runs as user postgres, which must be able to
 # reach the data directory; a checkout under /root is not reachable for it.
@@ -33,7 +37,11 @@ deps: apt-deps tools ## Install what is missing: Debian packages and pinned Go t
 
 .PHONY: apt-deps
 apt-deps:
-	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	@$(MAKE) --no-print-directory apt-install PKGS="$(APT_PKGS)"
+
+.PHONY: apt-install
+apt-install:
+	@missing=$$(for p in $(PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
 		if [ "$$(id -u)" != 0 ]; then echo "run as root (or install: $$missing)"; exit 1; fi; \
@@ -109,6 +117,25 @@ bench-ipam: deps ## IPAM benchmark against go-ipam and pgbench on one PostgreSQL
 bench-fleet: ## Agent fleet scale (P1-P3 of docs/agent-protocol.md) with metal-lab fleet; about 15 minutes.
 	bash bench/fleet.sh
 
+.PHONY: installer-image
+installer-image: apt-deps ## Installer kernel + u-root initramfs into build/installer/ (KERNEL=/MODULES= to use your own kernel).
+	bash installer/build/build.sh
+
+.PHONY: installer-boot-test
+installer-boot-test: installer-image ## Boot the installer once under QEMU (central unreachable: it must come up and say so).
+	@$(MAKE) --no-print-directory apt-install PKGS="$(QEMU_PKGS)"
+	bash installer/build/boot-test.sh
+
+.PHONY: lab-image
+lab-image: apt-deps ## The lab's OS image: build/lab-image/metal-lab-image.tar.zst (+ .sha256).
+	bash lab/image/build.sh
+
+.PHONY: lab-image-test
+lab-image-test: installer-image lab-image ## Boot the lab image (direct and UEFI), then install it end to end with the installer in QEMU.
+	@$(MAKE) --no-print-directory apt-install PKGS="$(QEMU_PKGS)"
+	bash lab/image/boot-test.sh
+	$(GO) test -count=1 -run TestInstallLabImageInQEMU ./lab/image
+
 .PHONY: clean
-clean: ## Remove build output (not the data directory).
-	rm -rf $(BIN)
+clean: ## Remove build output (not the data directory or the kernel download cache).
+	rm -rf $(BIN) build
