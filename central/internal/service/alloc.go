@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"regexp"
 	"slices"
@@ -305,22 +306,43 @@ type pickedMachine struct {
 // racks where the project has the fewest machines first, at random within
 // a rack, so that a project spreads across racks. SKIP LOCKED lets
 // concurrent allocations pass each other instead of queueing on one row;
-// the outer conditions are checked again on the locked row, so a machine
-// another transaction allocated meanwhile is never taken.
+// the outer condition is checked again on the locked row (written so that
+// it cannot steer the planner to a quadratic join while statistics are
+// stale), so a machine another transaction allocated meanwhile is never
+// taken. Only the best ranked candidates are looked at, with room for the
+// ones other allocations hold; when that is not enough, all of them.
 func pickMachines(ctx context.Context, tx pgx.Tx, partition, size, project string, aliveSince time.Time, n int) ([]pickedMachine, error) {
-	rows, err := tx.Query(ctx, `SELECT m.agent_id, m.spec, m.generation, m.created_at, m.updated_at
-		FROM machines m JOIN (
+	out, err := pickFrom(ctx, tx, partition, size, project, aliveSince, n, n+pickSlack)
+	if err != nil || len(out) == n {
+		return out, err
+	}
+	return pickFrom(ctx, tx, partition, size, project, aliveSince, n, math.MaxInt32)
+}
+
+// pickSlack is how many more candidates than wanted are ranked: enough to
+// step over the machines concurrent allocations have locked.
+const pickSlack = 256
+
+func pickFrom(ctx context.Context, tx pgx.Tx, partition, size, project string, aliveSince time.Time, n, candidates int) ([]pickedMachine, error) {
+	// Both CTEs are materialized: a handful of racks and the ranked
+	// candidates, computed once whatever join the planner picks.
+	rows, err := tx.Query(ctx, `WITH spread AS MATERIALIZED (
+			SELECT rack, count(*) AS n FROM machines WHERE project_id = $3 AND partition_id = $1 GROUP BY rack
+		), ranked AS MATERIALIZED (
 			SELECT c.id, COALESCE(s.n, 0) + row_number() OVER (PARTITION BY c.rack ORDER BY random()) AS k
 			FROM machines c
 			JOIN agents a ON a.id = c.agent_id
-			LEFT JOIN (SELECT rack, count(*) AS n FROM machines WHERE project_id = $3 AND partition_id = $1 GROUP BY rack) s ON s.rack = c.rack
+			LEFT JOIN spread s ON s.rack = c.rack
 			WHERE c.partition_id = $1 AND c.size_id = $2 AND c.project_id IS NULL AND c.state = 'available'
 				AND c.provisioning = 'Waiting' AND a.last_contact > $4
-		) r ON r.id = m.id
-		WHERE m.project_id IS NULL AND m.state = 'available' AND m.provisioning = 'Waiting'
+			ORDER BY k
+			LIMIT $6)
+		SELECT m.agent_id, m.spec, m.generation, m.created_at, m.updated_at
+		FROM ranked r JOIN machines m ON m.id = r.id
+		WHERE (m.project_id, m.state, m.provisioning) IS NOT DISTINCT FROM (NULL, 'available', 'Waiting')
 		ORDER BY r.k, random()
 		LIMIT $5
-		FOR UPDATE OF m SKIP LOCKED`, partition, size, project, aliveSince, n)
+		FOR UPDATE OF m SKIP LOCKED`, partition, size, project, aliveSince, n, candidates)
 	if err != nil {
 		return nil, fmt.Errorf("pick machines: %w", err)
 	}

@@ -81,6 +81,9 @@ func New(ctx context.Context, st *store.Store, log *slog.Logger, cfg Config, opt
 	if cfg.VRFFirst > cfg.VRFLast {
 		return nil, fmt.Errorf("vrf range %d-%d is empty", cfg.VRFFirst, cfg.VRFLast)
 	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	a := &API{store: st, log: log, cfg: cfg, networkCache: newNetworkCache()}
 	a.ipBatches = ipam.NewCombiner(ipBatchSize, ipBatchesPerPool, a.runIPBatch)
 	a.childBatches = ipam.NewCombiner(childBatchSize, childBatchesPerParent, a.runChildBatch)
