@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -47,7 +46,7 @@ func newLab(t testing.TB, clients int) *lab {
 	if err := st.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	hub, err := fleet.New(st, slog.New(slog.DiscardHandler), fleet.Config{Replica: "test"}, fleet.NewPollHints(st, time.Hour))
+	hub, err := fleet.New(st, slog.New(slog.DiscardHandler), fleet.Config{Replica: "test"}, fleet.NewNotifyHints(st, slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)
 	}
