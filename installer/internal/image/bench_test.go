@@ -203,6 +203,31 @@ func diskWrite(b *testing.B, dir string, n int64, data []byte) time.Duration {
 	return d
 }
 
+// tarExtract is the filesystem's own pace for the tree: GNU tar unpacks
+// the uncompressed archive from a local file, then everything is synced.
+// It does no decompression, no hashing and no network.
+func tarExtract(b *testing.B, dir string, tarball []byte) time.Duration {
+	src := filepath.Join(dir, "img.tar")
+	if err := os.WriteFile(src, tarball, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	defer os.Remove(src)
+	target, err := os.MkdirTemp(dir, "tar-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.RemoveAll(target)
+	exec.Command("sync").Run()
+	start := time.Now()
+	if out, err := exec.Command("tar", "-xf", src, "-C", target).CombinedOutput(); err != nil {
+		b.Fatalf("tar: %v: %s", err, out)
+	}
+	if out, err := exec.Command("sync", "-f", target).CombinedOutput(); err != nil {
+		b.Fatalf("sync: %v: %s", err, out)
+	}
+	return time.Since(start)
+}
+
 func benchStream(b *testing.B, dir string) {
 	for _, shape := range []string{"rootfs", "large"} {
 		b.Run(shape, func(b *testing.B) { benchShape(b, dir, rootfsLike(b, benchMB(), shape)) })
@@ -225,13 +250,14 @@ func benchShape(b *testing.B, dir string, img *benchImage) {
 	for _, kind := range []string{"zstd", "gzip", "lz4", "none"} {
 		b.Run(kind, func(b *testing.B) {
 			body := img.body[kind]
-			var diskTime, streamTime time.Duration
+			var diskTime, streamTime, tarTime time.Duration
 			b.SetBytes(img.size)
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
 				diskTime += diskWrite(b, dir, img.size, random)
+				tarTime += tarExtract(b, dir, img.tar)
 				target, err := os.MkdirTemp(dir, "target-")
 				if err != nil {
 					b.Fatal(err)
@@ -254,6 +280,8 @@ func benchShape(b *testing.B, dir string, img *benchImage) {
 			b.ReportMetric(mbs(diskTime), "disk-MB/s")
 			b.ReportMetric(mbs(streamTime), "stream-MB/s")
 			b.ReportMetric(diskTime.Seconds()/streamTime.Seconds(), "x-disk")
+			b.ReportMetric(mbs(tarTime), "tar-MB/s")
+			b.ReportMetric(tarTime.Seconds()/streamTime.Seconds(), "x-tar")
 			b.ReportMetric(float64(len(body))/float64(len(img.tar)), "compressed/tar")
 			b.ReportMetric(float64(img.files), "files")
 		})
