@@ -195,6 +195,13 @@ func TestQuickstart(t *testing.T) {
 	run("ip", "allocate", "--project", project, "--network", netID)
 	run("ip", "allocate", "--project", project, "--network", netID, "--ip", "10.128.0.77", "--static")
 	fail("AlreadyExists", "ip", "allocate", "--project", project, "--network", netID, "--ip", "10.128.0.77")
+	// No server has PXE-booted yet: nothing to list, nothing to allocate.
+	if out := run("machine", "list"); !strings.HasPrefix(out, "ID") || strings.Contains(out, "\n") {
+		t.Fatalf("machine list without machines = %q, want the header only", out)
+	}
+	fail("ResourceExhausted", "machine", "create", "--project", project, "--partition", "lab", "--size", "s1",
+		"--image", "debian-12", "--networks", netID, "--hostname", "web-0")
+	run("machine", "issues")
 	var ips []map[string]any
 	if err := json.Unmarshal([]byte(run("ip", "list", "-o", "json")), &ips); err != nil {
 		t.Fatal(err)
