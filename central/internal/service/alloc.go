@@ -380,23 +380,9 @@ func pickFrom(ctx context.Context, tx pgx.Tx, partition, size, project string, a
 // are locked, so concurrent allocations count one after the other; sizes
 // without reservations take no lock at all.
 func (s *machineService) checkReservations(ctx context.Context, tx pgx.Tx, partition, size, project string) error {
-	rows, err := tx.Query(ctx, `SELECT project_id, amount FROM size_reservations WHERE partition_id = $1 AND size_id = $2 ORDER BY id FOR UPDATE`, partition, size)
+	reserved, err := countsBy(tx.Query(ctx, `SELECT project_id, amount FROM size_reservations WHERE partition_id = $1 AND size_id = $2 ORDER BY id FOR UPDATE`, partition, size))
 	if err != nil {
 		return fmt.Errorf("read reservations: %w", err)
-	}
-	reserved := map[string]int{}
-	for rows.Next() {
-		var p string
-		var n int
-		if err := rows.Scan(&p, &n); err != nil {
-			rows.Close()
-			return err
-		}
-		reserved[p] += n
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return err
 	}
 	if len(reserved) == 0 {
 		return nil
@@ -405,23 +391,9 @@ func (s *machineService) checkReservations(ctx context.Context, tx pgx.Tx, parti
 	for p := range reserved {
 		projects = append(projects, p)
 	}
-	used := map[string]int{}
-	rows, err = tx.Query(ctx, `SELECT project_id, count(*) FROM machines WHERE partition_id = $1 AND size_id = $2 AND project_id = ANY($3) GROUP BY project_id`, partition, size, projects)
+	used, err := countsBy(tx.Query(ctx, `SELECT project_id, count(*) FROM machines WHERE partition_id = $1 AND size_id = $2 AND project_id = ANY($3) GROUP BY project_id`, partition, size, projects))
 	if err != nil {
 		return fmt.Errorf("count reserved use: %w", err)
-	}
-	for rows.Next() {
-		var p string
-		var n int
-		if err := rows.Scan(&p, &n); err != nil {
-			rows.Close()
-			return err
-		}
-		used[p] = n
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return err
 	}
 	if reserved[project]-used[project] > 0 {
 		return nil // the project takes from its own reservation
@@ -695,27 +667,42 @@ func (s *machineService) lockOwned(ctx context.Context, tx pgx.Tx, id string) (*
 	return m, *agentID, nil
 }
 
+// textPairs reads rows of two text columns.
+func textPairs(rows pgx.Rows) ([][2]string, error) {
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) ([2]string, error) {
+		var p [2]string
+		err := r.Scan(&p[0], &p[1])
+		return p, err
+	})
+}
+
+// countsBy sums rows of (key, count) by key.
+func countsBy(rows pgx.Rows, err error) (map[string]int, error) {
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]int{}
+	_, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (struct{}, error) {
+		var k string
+		var n int
+		err := r.Scan(&k, &n)
+		out[k] += n
+		return struct{}{}, err
+	})
+	return out, err
+}
+
 func releaseMachineIPs(ctx context.Context, tx pgx.Tx, machine string) error {
 	rows, err := tx.Query(ctx, `DELETE FROM ips WHERE machine_id = $1 AND type = 'ephemeral' RETURNING pool_id, unit::TEXT`, machine)
 	if err != nil {
 		return fmt.Errorf("release ips: %w", err)
 	}
-	type unit struct{ pool, unit string }
-	var units []unit
-	for rows.Next() {
-		var u unit
-		if err := rows.Scan(&u.pool, &u.unit); err != nil {
-			rows.Close()
-			return err
-		}
-		units = append(units, u)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return err
+	units, err := textPairs(rows)
+	if err != nil {
+		return fmt.Errorf("release ips: %w", err)
 	}
 	for _, u := range units {
-		if err := ipam.Release(ctx, tx, u.pool, mustUnit(u.unit)); err != nil {
+		if err := ipam.Release(ctx, tx, u[0], mustUnit(u[1])); err != nil {
 			return fmt.Errorf("release ip unit: %w", err)
 		}
 	}

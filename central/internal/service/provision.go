@@ -448,27 +448,18 @@ func (a *API) refreshPixies(ctx context.Context, tx pgx.Tx, partition string) er
 	if err != nil {
 		return fmt.Errorf("list pixies: %w", err)
 	}
-	type pix struct{ id, partition string }
-	var all []pix
-	for rows.Next() {
-		var x pix
-		if err := rows.Scan(&x.id, &x.partition); err != nil {
-			rows.Close()
-			return err
-		}
-		all = append(all, x)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return err
+	all, err := textPairs(rows)
+	if err != nil {
+		return fmt.Errorf("list pixies: %w", err)
 	}
 	for _, x := range all {
-		part, err := partitions.get(ctx, tx, x.partition)
+		id, partition := x[0], x[1]
+		part, err := partitions.get(ctx, tx, partition)
 		if err != nil {
-			return fmt.Errorf("read partition %s: %w", x.partition, err)
+			return fmt.Errorf("read partition %s: %w", partition, err)
 		}
 		doc := pixieDocument(a.cfg, part)
-		if _, err := a.fleet.Change(ctx, tx, x.id, func(d *agentv1.Desired) (bool, error) {
+		if _, err := a.fleet.Change(ctx, tx, id, func(d *agentv1.Desired) (bool, error) {
 			if proto.Equal(d.GetPixie(), doc) {
 				return false, nil
 			}
