@@ -176,9 +176,12 @@ func plan(target string, doc *agentv1.MachineDocument, ph Phonehome, sys System)
 	if err != nil {
 		return nil, err
 	}
-	record, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(a)
+	// The whole document, not only the allocation: metal-phonehome takes
+	// its reboot_generation as the baseline, so a free ordered while the
+	// machine installed still reboots it.
+	record, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(doc)
 	if err != nil {
-		return nil, fmt.Errorf("encode allocation: %w", err)
+		return nil, fmt.Errorf("encode machine document: %w", err)
 	}
 	phJSON, err := json.MarshalIndent(struct {
 		MachineID string   `json:"machine_id"`

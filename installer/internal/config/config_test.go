@@ -147,10 +147,10 @@ func TestWrite(t *testing.T) {
 		t.Errorf("phonehome.json %v", phj)
 	}
 
-	// install.json is the allocation, readable back.
+	// install.json is the machine document, readable back.
 	rec, mode := read(t, target, InstallRecord)
-	back := &agentv1.MachineAllocation{}
-	if err := protojson.Unmarshal([]byte(rec), back); err != nil || !proto.Equal(back, goodDoc().GetAllocation()) || mode.Perm() != 0o600 {
+	back := &agentv1.MachineDocument{}
+	if err := protojson.Unmarshal([]byte(rec), back); err != nil || !proto.Equal(back, goodDoc()) || mode.Perm() != 0o600 {
 		t.Errorf("install.json %v %v: %s", err, mode, rec)
 	}
 
