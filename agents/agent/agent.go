@@ -92,6 +92,8 @@ type Agent struct {
 	// credential is the agent's own credential once it has one (given, or
 	// issued for a boot token); readable from any goroutine.
 	credential atomic.Pointer[string]
+	// closeReq carries Close's request to the session holding the stream.
+	closeReq chan chan error
 }
 
 // New checks cfg and loads the agent's local state.
@@ -133,7 +135,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Token == "" && cfg.BootToken == "" {
 		return nil, errors.New("agent: no credential: give a token or a boot token")
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, state: st, next: rand.N(len(cfg.Centrals)), factsDone: st.factsDone, outbox: newOutbox()}
+	a := &Agent{cfg: cfg, log: cfg.Log, state: st, next: rand.N(len(cfg.Centrals)), factsDone: st.factsDone, outbox: newOutbox(), closeReq: make(chan chan error)}
 	if cfg.Token != "" {
 		a.credential.Store(&cfg.Token)
 	}
@@ -204,7 +206,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer a.phase.Store(PhaseStopped)
 	for {
 		established, err := a.session(ctx)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || errors.Is(err, errClosed) {
 			return nil
 		}
 		if refused(err) {

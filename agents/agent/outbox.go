@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"sync"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -111,5 +112,29 @@ func (a *Agent) Flush(ctx context.Context) error {
 			return ctx.Err()
 		case <-idle:
 		}
+	}
+}
+
+// errClosed ends a session that Close ended.
+var errClosed = errors.New("agent closed")
+
+// Close delivers everything emitted, ends the stream in order and stops
+// Run. It returns once central has ended its side of the stream, which it
+// does only after it processed (stored) every message before the end: so
+// a nil return is an acknowledgement, where Flush only means "sent". An
+// installer closes before kexec: the last event must not die with the
+// process. Close gives up when ctx ends.
+func (a *Agent) Close(ctx context.Context) error {
+	done := make(chan error, 1)
+	select {
+	case a.closeReq <- done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }

@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"testing"
@@ -30,6 +32,9 @@ func (c *collector) Sync(s agentv1.AgentService_SyncServer) error {
 	_ = s.Send(&agentv1.SyncResponse{Msg: &agentv1.SyncResponse_Welcome{Welcome: &agentv1.Welcome{AgentId: "a", HeartbeatInterval: durationpb.New(time.Hour)}}})
 	for {
 		m, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil // as central: the agent ended the stream in order
+		}
 		if err != nil {
 			return err
 		}
@@ -123,5 +128,50 @@ func TestEmitDeliversInOrderAcrossConnect(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCloseAcknowledges: when Close returns, central has read every event
+// emitted before it (no waiting in the test), and Run has stopped.
+func TestCloseAcknowledges(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	c := &collector{}
+	agentv1.RegisterAgentServiceServer(srv, c)
+	go func() { _ = srv.Serve(lis) }()
+	defer srv.Stop()
+	a, err := New(Config{
+		Kind: agentv1.Kind_KIND_INSTALLER, Identity: "m", Centrals: []string{lis.Addr().String()}, Token: "mfa_x",
+		Reconciler: ReconcilerFunc(func(context.Context, *agentv1.Desired) error { return nil }),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Credential() != "mfa_x" {
+		t.Fatalf("credential %q", a.Credential())
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.Run(t.Context()) }()
+	for i := range 100 {
+		a.Emit(nil, &agentv1.Event{Type: fmt.Sprintf("e%d", i)})
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	if err := a.Close(ctx); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	if got, _, _ := c.snapshot(); len(got) != 100 || got[99] != "e99" {
+		t.Fatalf("central had %d events when Close returned, want all 100", len(got))
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run after Close: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run still running after Close")
 	}
 }

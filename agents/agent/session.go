@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"sync/atomic"
@@ -121,6 +123,9 @@ func (a *Agent) session(ctx context.Context) (established bool, err error) {
 			if err := a.sendOutbox(stream); err != nil {
 				return true, streamErr(recvDone, err)
 			}
+		case done := <-a.closeReq:
+			done <- a.closeStream(ctx, stream, recvDone)
+			return true, errClosed
 		case <-wake:
 			d := latest.Swap(nil)
 			if d == nil {
@@ -131,6 +136,27 @@ func (a *Agent) session(ctx context.Context) (established bool, err error) {
 				return true, streamErr(recvDone, err)
 			}
 		}
+	}
+}
+
+// closeStream sends what is left, half-closes the stream and waits for
+// central to end it: central reads and stores every message before it sees
+// the end, so a clean end (io.EOF) acknowledges them all.
+func (a *Agent) closeStream(ctx context.Context, stream agentv1.AgentService_SyncClient, recvDone <-chan error) error {
+	if err := a.sendOutbox(stream); err != nil {
+		return streamErr(recvDone, err)
+	}
+	if err := stream.CloseSend(); err != nil {
+		return err
+	}
+	select {
+	case err := <-recvDone:
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		return fmt.Errorf("stream ended: %w", err)
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

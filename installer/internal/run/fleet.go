@@ -167,28 +167,33 @@ func (f *fleet) Emit(facts *agentv1.Facts, events ...*agentv1.Event) {
 	f.cur.Emit(facts, events...)
 }
 
-// Flush waits until everything emitted went out, across an agent swap.
-func (f *fleet) Flush(ctx context.Context) error {
+// Close delivers everything emitted and ends the connection in order; a
+// nil return means central stored it all (agent.Agent.Close). An agent
+// swapped meanwhile (a refused boot token) carries the events over, so the
+// new one is closed instead.
+func (f *fleet) Close(ctx context.Context) error {
 	for {
 		f.mu.Lock()
 		a, swapped := f.cur, f.swapped
 		f.mu.Unlock()
-		fctx, cancel := context.WithCancel(ctx)
+		cctx, cancel := context.WithCancel(ctx)
 		go func() {
 			select {
 			case <-swapped:
 				cancel()
-			case <-fctx.Done():
+			case <-cctx.Done():
 			}
 		}()
-		err := a.Flush(fctx)
+		err := a.Close(cctx)
 		cancel()
-		if err == nil {
-			return nil
+		select {
+		case <-swapped:
+			if ctx.Err() == nil {
+				continue
+			}
+		default:
 		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
+		return err
 	}
 }
 

@@ -51,11 +51,8 @@ type Config struct {
 	Metrics         *agent.Metrics
 
 	// Tunables; zero takes the default.
-	LLDPWait     time.Duration // 5 s
-	FlushTimeout time.Duration // 10 s
-	// Grace is how long the last bytes get on the wire after a flush,
-	// before kexec or reboot reset the NIC (1 s).
-	Grace            time.Duration
+	LLDPWait         time.Duration // 5 s
+	FlushTimeout     time.Duration // 10 s
 	ProgressInterval time.Duration // 5 s
 	RebootDelay      time.Duration // 10 s, to read the console
 	MaxRefusals      int           // 10
@@ -83,9 +80,6 @@ func (c *Config) defaults() {
 	}
 	if c.FlushTimeout == 0 {
 		c.FlushTimeout = 10 * time.Second
-	}
-	if c.Grace == 0 {
-		c.Grace = time.Second
 	}
 	if c.ProgressInterval == 0 {
 		c.ProgressInterval = 5 * time.Second
@@ -451,16 +445,15 @@ func (r *runner) install(ctx context.Context, doc *agentv1.MachineDocument) erro
 
 var errNoPixie = errors.New("no pixie")
 
-// flush gives the last events a bounded chance to reach central.
+// flush gives the last events a bounded chance to reach central and ends
+// the connection: when it returns without a warning, central has stored
+// them, so kexec or a reboot cannot lose them.
 func (r *runner) flush() {
 	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.FlushTimeout)
 	defer cancel()
-	if err := r.fleet.Flush(ctx); err != nil {
-		r.log.Warn("events not delivered before the deadline", "err", err)
-		return
+	if err := r.fleet.Close(ctx); err != nil {
+		r.log.Warn("events not acknowledged by central before the deadline", "err", err)
 	}
-	// Flushed means handed to gRPC and the socket, not on the wire.
-	time.Sleep(r.cfg.Grace)
 }
 
 // crash reports a fatal error and reboots into PXE.
