@@ -136,6 +136,11 @@ lab-image-test: installer-image lab-image ## Boot the lab image (direct and UEFI
 	bash lab/image/boot-test.sh
 	$(GO) test -count=1 -run TestInstallLabImageInQEMU ./lab/image
 
+.PHONY: provision-e2e
+provision-e2e: installer-image lab-image ## The provisioning chain for real: central, pixie, the installer in QEMU, create --wait until Phoned Home.
+	@$(MAKE) --no-print-directory apt-install PKGS="$(QEMU_PKGS)"
+	METALFLEET_E2E=1 $(GO) test -count=1 -v -timeout 30m -run 'TestProvisionWithRealCentralAndPixie|TestInstallLabImageInQEMU' ./lab/image
+
 .PHONY: clean
 clean: ## Remove build output (not the data directory or the kernel download cache).
 	rm -rf $(BIN) build

@@ -139,12 +139,12 @@ func TestInstallLabImageInQEMU(t *testing.T) {
 	imagePath := filepath.Join(root, "build/lab-image/metal-lab-image.tar.zst")
 	for _, p := range []string{kernel, initramfs, imagePath, imagePath + ".sha256"} {
 		if _, err := os.Stat(p); err != nil {
-			t.Skipf("%s missing: run `make installer-image lab-image` first", p)
+			skip(t, "%s missing: run `make installer-image lab-image` first", p)
 		}
 	}
 	qemu, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
-		t.Skip("qemu-system-x86_64 missing (apt-get install qemu-system-x86)")
+		skip(t, "qemu-system-x86_64 missing (apt-get install qemu-system-x86)")
 	}
 	shaLine, _ := os.ReadFile(imagePath + ".sha256")
 	imageSHA := strings.Fields(string(shaLine))[0]
