@@ -3,9 +3,11 @@ package agent
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -161,5 +163,39 @@ func TestNewRejectsIncompleteConfig(t *testing.T) {
 	}
 	if _, err := New(ok); err != nil {
 		t.Fatalf("complete config: %v", err)
+	}
+}
+
+func TestNewLogger(t *testing.T) {
+	tests := []struct {
+		level, format string
+		ok            bool
+		json          bool
+	}{
+		{"info", "text", true, false},
+		{"debug", "json", true, true},
+		{"warn", "", true, false},
+		{"loud", "text", false, false},
+		{"info", "xml", false, false},
+	}
+	for _, tt := range tests {
+		var buf strings.Builder
+		log, lv, err := NewLogger(&buf, tt.level, tt.format)
+		if (err == nil) != tt.ok {
+			t.Fatalf("NewLogger(%q, %q) error %v, want ok=%v", tt.level, tt.format, err, tt.ok)
+		}
+		if !tt.ok {
+			continue
+		}
+		log.Error("hello")
+		if got := strings.HasPrefix(buf.String(), "{"); got != tt.json {
+			t.Fatalf("NewLogger(%q, %q) wrote %q", tt.level, tt.format, buf.String())
+		}
+		lv.Set(slog.LevelError + 1)
+		n := buf.Len()
+		log.Error("hidden")
+		if buf.Len() != n {
+			t.Fatalf("level var does not govern the logger")
+		}
 	}
 }

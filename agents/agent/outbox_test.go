@@ -60,10 +60,10 @@ func (c *collector) snapshot() ([]string, int, []int) {
 	return append([]string(nil), c.events...), c.facts, append([]int(nil), c.sizes...)
 }
 
-// TestEmitDeliversInOrderAcrossConnect: events emitted before the agent
-// ever connected and while it is connected all reach central, in order, in
-// reports of at most 64 events; Flush returns once they are out.
-func TestEmitDeliversInOrderAcrossConnect(t *testing.T) {
+// collectorAgent is an installer agent (not yet running) and the
+// collector it reports to.
+func collectorAgent(t *testing.T) (*collector, *Agent) {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -72,7 +72,7 @@ func TestEmitDeliversInOrderAcrossConnect(t *testing.T) {
 	c := &collector{}
 	agentv1.RegisterAgentServiceServer(srv, c)
 	go func() { _ = srv.Serve(lis) }()
-	defer srv.Stop()
+	t.Cleanup(srv.Stop)
 	a, err := New(Config{
 		Kind: agentv1.Kind_KIND_INSTALLER, Identity: "m", Centrals: []string{lis.Addr().String()}, Token: "mfa_x",
 		Reconciler: ReconcilerFunc(func(context.Context, *agentv1.Desired) error { return nil }),
@@ -80,6 +80,14 @@ func TestEmitDeliversInOrderAcrossConnect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return c, a
+}
+
+// TestEmitDeliversInOrderAcrossConnect: events emitted before the agent
+// ever connected and while it is connected all reach central, in order, in
+// reports of at most 64 events; Flush returns once they are out.
+func TestEmitDeliversInOrderAcrossConnect(t *testing.T) {
+	c, a := collectorAgent(t)
 	var want []string
 	for i := range 150 {
 		want = append(want, fmt.Sprintf("e%d", i))
@@ -134,22 +142,7 @@ func TestEmitDeliversInOrderAcrossConnect(t *testing.T) {
 // TestCloseAcknowledges: when Close returns, central has read every event
 // emitted before it (no waiting in the test), and Run has stopped.
 func TestCloseAcknowledges(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	c := &collector{}
-	agentv1.RegisterAgentServiceServer(srv, c)
-	go func() { _ = srv.Serve(lis) }()
-	defer srv.Stop()
-	a, err := New(Config{
-		Kind: agentv1.Kind_KIND_INSTALLER, Identity: "m", Centrals: []string{lis.Addr().String()}, Token: "mfa_x",
-		Reconciler: ReconcilerFunc(func(context.Context, *agentv1.Desired) error { return nil }),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, a := collectorAgent(t)
 	if a.Credential() != "mfa_x" {
 		t.Fatalf("credential %q", a.Credential())
 	}

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -44,16 +43,10 @@ func run() error {
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
 	_ = fs.Parse(os.Args[1:])
 
-	var level slog.LevelVar
-	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+	log, level, err := agent.NewLogger(os.Stderr, logLevel, logFormat)
+	if err != nil {
+		return err
 	}
-	hopts := &slog.HandlerOptions{Level: &level}
-	var h slog.Handler = slog.NewTextHandler(os.Stderr, hopts)
-	if logFormat == "json" {
-		h = slog.NewJSONHandler(os.Stderr, hopts)
-	}
-	log := slog.New(h)
 
 	file, err := phonehome.LoadFile(configPath)
 	if err != nil {
@@ -71,7 +64,7 @@ func run() error {
 		Version:      version,
 		Rebooter:     phonehome.SystemRebooter{},
 		Log:          log,
-		LogLevel:     &level,
+		LogLevel:     level,
 		Metrics:      phonehome.NewMetrics(reg),
 		AgentMetrics: agent.NewMetrics(reg),
 	})

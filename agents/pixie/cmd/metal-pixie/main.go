@@ -7,7 +7,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -79,17 +78,10 @@ func run() error {
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
 	_ = fs.Parse(os.Args[1:])
 
-	var level slog.LevelVar
-	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+	var err error
+	if cfg.Log, cfg.LogLevel, err = agent.NewLogger(os.Stderr, logLevel, logFormat); err != nil {
+		return err
 	}
-	hopts := &slog.HandlerOptions{Level: &level}
-	var h slog.Handler = slog.NewTextHandler(os.Stderr, hopts)
-	if logFormat == "json" {
-		h = slog.NewJSONHandler(os.Stderr, hopts)
-	}
-	cfg.Log = slog.New(h)
-	cfg.LogLevel = &level
 
 	if cfg.Name == "" || centrals == "" {
 		return fmt.Errorf("--name and --central are required")
@@ -114,7 +106,6 @@ func run() error {
 		}
 		cfg.Token = strings.TrimSpace(string(b))
 	}
-	var err error
 	if range4 != "" {
 		if cfg.Range4, err = lease.ParseRange(range4); err != nil || !cfg.Range4.First.Is4() {
 			return fmt.Errorf("--dhcp4-range: want an IPv4 range: %v", err)
