@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -92,6 +93,37 @@ type Server struct {
 	mlis     net.Listener
 	caFile   string
 	serveErr chan error
+	// stopSweep ends the housekeeping loop; sweeps waits for it.
+	stopSweep context.CancelFunc
+	sweeps    sync.WaitGroup
+}
+
+// Housekeeping: expired boot tokens are kept for a day (for an operator
+// reading why a boot failed), then deleted, checked every sweepEvery.
+const (
+	sweepEvery    = 10 * time.Minute
+	bootTokenKeep = 24 * time.Hour
+)
+
+// sweepLoop deletes what nobody needs any more until ctx ends. Every
+// replica runs it; the deletes are idempotent.
+func (s *Server) sweepLoop(ctx context.Context, api *service.API) {
+	t := time.NewTicker(sweepEvery)
+	defer t.Stop()
+	for {
+		n, err := api.SweepBootTokens(ctx, time.Now().Add(-bootTokenKeep))
+		switch {
+		case err != nil && ctx.Err() == nil:
+			s.log.Error("sweep expired boot tokens", "err", err)
+		case n > 0:
+			s.log.Info("expired boot tokens deleted", "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // Start brings everything up and begins serving. Stop undoes it.
@@ -183,6 +215,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	s.hub.Start(ctx)
+	sweepCtx, stopSweep := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopSweep = stopSweep
+	s.sweeps.Go(func() { s.sweepLoop(sweepCtx, api) })
 	go func() { s.serveErr <- s.grpc.Serve(s.lis) }()
 	if cfg.MetricsListen != "" {
 		if s.mlis, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
@@ -246,6 +281,10 @@ func (s *Server) Stop(ctx context.Context) {
 	if s.grpc != nil {
 		drained = make(chan struct{})
 		go func() { s.grpc.GracefulStop(); close(drained) }()
+	}
+	if s.stopSweep != nil {
+		s.stopSweep()
+		s.sweeps.Wait()
 	}
 	if s.hub != nil {
 		// Agent streams never end by themselves; close them so that the

@@ -477,3 +477,14 @@ func (a *API) refreshPixies(ctx context.Context, tx pgx.Tx, partition string) er
 func (a *API) RefreshPixies(ctx context.Context) error {
 	return a.store.Tx(ctx, func(tx pgx.Tx) error { return a.refreshPixies(ctx, tx, "") })
 }
+
+// SweepBootTokens deletes boot tokens that expired before cutoff, used or
+// not: every PXE boot of the installer mints one, and an expired token
+// proves nothing any more. It returns how many went.
+func (a *API) SweepBootTokens(ctx context.Context, cutoff time.Time) (int64, error) {
+	tag, err := a.store.Pool().Exec(ctx, `DELETE FROM boot_tokens WHERE expires_at < $1`, cutoff)
+	if err != nil {
+		return 0, fmt.Errorf("sweep boot tokens: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -783,4 +784,23 @@ func benchmarkAllocateMachine(b *testing.B, clients int) {
 		b.Fatalf("%d IP rows, want %d", n, 2*b.N)
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "allocs/s")
+}
+
+func TestSweepBootTokens(t *testing.T) {
+	l := newLab(t, 4)
+	for range 3 {
+		if _, err := l.dom.Boot(l.ctx, l.pixie, &agentv1.BootRequest{Mac: mac(7, 0)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.a.store.Pool().Exec(l.ctx, `UPDATE boot_tokens SET expires_at = now() - interval '2 days' WHERE id IN (SELECT id FROM boot_tokens LIMIT 2)`); err != nil {
+		t.Fatal(err)
+	}
+	n, err := l.a.SweepBootTokens(l.ctx, time.Now().Add(-24*time.Hour))
+	if err != nil || n != 2 {
+		t.Fatalf("swept %d, %v; want 2", n, err)
+	}
+	if left := l.count(`SELECT count(*) FROM boot_tokens`); left != 1 {
+		t.Fatalf("%d boot tokens left, want the fresh one", left)
+	}
 }
