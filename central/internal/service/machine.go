@@ -2,7 +2,6 @@ package service
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -236,9 +235,6 @@ func (a *API) eventsAfter(ctx context.Context, id string, after int64) ([]seqEve
 	}
 	return out, nil
 }
-
-// errMachineGone is a machine deleted under a running call.
-var errMachineGone = errors.New("machine disappeared")
 
 type switchService struct {
 	*API

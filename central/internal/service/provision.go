@@ -249,7 +249,7 @@ func (p *provisioner) machineEvents(ctx context.Context, tx pgx.Tx, a fleet.Agen
 			}
 			locked = true
 		}
-		if err := p.recordEvent(ctx, tx, strings.ToLower(a.Identity), ev, e.GetMessage()); err != nil {
+		if err := recordEvent(ctx, tx, strings.ToLower(a.Identity), string(ev), e.GetMessage()); err != nil {
 			return err
 		}
 	}
@@ -277,19 +277,11 @@ func (p *provisioner) pxeEvents(ctx context.Context, tx pgx.Tx, a fleet.Agent, e
 		if err != nil {
 			return fmt.Errorf("find machine of %s: %w", hw, err)
 		}
-		if err := p.recordEvent(ctx, tx, id, fsm.PXEBooting, e.GetMessage()); err != nil {
+		if err := recordEvent(ctx, tx, id, string(fsm.PXEBooting), e.GetMessage()); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// recordEvent runs one event through the lifecycle state machine and
-// stores it with the machine's new state. The machine row must be locked.
-// Events outside the state machine ("Allocated", "Freed", ...) are logged
-// with the state unchanged.
-func (p *provisioner) recordEvent(ctx context.Context, tx pgx.Tx, id string, ev fsm.State, msg string) error {
-	return recordEvent(ctx, tx, id, string(ev), msg)
 }
 
 // logEvent records an event outside the state machine ("Allocated",
@@ -306,6 +298,10 @@ func logEvent(ctx context.Context, tx pgx.Tx, id, event, msg string) error {
 	return nil
 }
 
+// recordEvent runs one event through the lifecycle state machine and
+// stores it with the machine's new state. The machine row must be locked.
+// Events outside the state machine ("Allocated", "Freed", ...) are logged
+// with the state unchanged.
 func recordEvent(ctx context.Context, tx pgx.Tx, id, event string, msg string) error {
 	var (
 		cur       string
@@ -396,7 +392,7 @@ func (p *provisioner) Boot(ctx context.Context, a fleet.Agent, req *agentv1.Boot
 		if err != nil {
 			return fmt.Errorf("read partition %s: %w", a.Partition, err)
 		}
-		doc := p.pixieDocument(part)
+		doc := pixieDocument(p.cfg, part)
 		resp.KernelUrl, resp.InitramfsUrl, resp.Cmdline = doc.GetKernelUrl(), doc.GetInitramfsUrl(), doc.GetCmdline()
 		secret, hash := auth.NewPrefixedSecret(auth.BootTokenPrefix)
 		expires := time.Now().Add(p.cfg.BootTokenTTL)
@@ -414,10 +410,6 @@ func (p *provisioner) Boot(ctx context.Context, a fleet.Agent, req *agentv1.Boot
 }
 
 // pixieDocument is what a partition's PXE service serves.
-func (p *provisioner) pixieDocument(part *apiv1.Partition) *agentv1.PixieDocument {
-	return pixieDocument(p.cfg, part)
-}
-
 func pixieDocument(cfg Config, part *apiv1.Partition) *agentv1.PixieDocument {
 	cmd := strings.Fields(part.GetBoot().GetCmdline())
 	if len(cfg.Centrals) > 0 {
