@@ -121,7 +121,10 @@ func (o *observer) run(ctx context.Context, interval time.Duration) {
 }
 
 // flush writes everything pending; what fails to be written is kept for
-// the next flush unless a newer observation replaced it meanwhile.
+// the next flush unless a newer observation replaced it meanwhile. An
+// observation older than the stored contact is skipped: an agent that
+// moved to another replica has newer state there, and the old replica's
+// last word (its stream ended) must not overwrite it.
 func (o *observer) flush(ctx context.Context) error {
 	o.mu.Lock()
 	batch := o.pending
@@ -152,7 +155,7 @@ func (o *observer) flush(ctx context.Context) error {
 				replica = $8
 			FROM (SELECT * FROM unnest($1::TEXT[], $2::TIMESTAMPTZ[], $3::INT8[], $4::BOOL[], $5::TEXT[], $6::TEXT[], $7::TEXT[]))
 				AS v (id, at, applied, healthy, health, message, facts)
-			WHERE a.id = v.id`, ids, at, applied, healthy, health, msgs, fact, o.replica)
+			WHERE a.id = v.id AND (a.last_contact IS NULL OR a.last_contact <= v.at)`, ids, at, applied, healthy, health, msgs, fact, o.replica)
 		if err != nil {
 			if firstErr == nil {
 				firstErr = fmt.Errorf("write observed state of %d agents: %w", len(ids), err)
