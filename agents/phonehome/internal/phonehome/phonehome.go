@@ -180,6 +180,7 @@ func (p *Phonehome) Agent() *agent.Agent { return p.agent }
 // Run holds the stream to central until ctx ends. It returns nil when ctx
 // ends and an error when central refuses the machine's credential.
 func (p *Phonehome) Run(ctx context.Context) error {
+	parent := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -193,7 +194,7 @@ func (p *Phonehome) Run(ctx context.Context) error {
 		p.phoneHomeLocked(id)
 	}
 	p.mu.Unlock()
-	wg.Go(func() { p.rebootLoop(ctx) })
+	wg.Go(func() { p.rebootLoop(ctx, parent) })
 	err := p.agent.Run(ctx)
 	cancel()
 	return err
@@ -283,7 +284,10 @@ func (p *Phonehome) describe(allocation string) string {
 // rebootLoop executes reboot orders: report, flush (bounded), remember the
 // generation, reboot. The generation is stored only right before the
 // reboot: dying earlier repeats the order rather than dropping it.
-func (p *Phonehome) rebootLoop(ctx context.Context) {
+//
+// Closing the stream ends Run; the reboot under way still happens (Run
+// waits for it): only the caller's context (parent) calls it off.
+func (p *Phonehome) rebootLoop(ctx, parent context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -303,12 +307,16 @@ func (p *Phonehome) rebootLoop(ctx context.Context) {
 		p.log.Info("planned reboot", "generation", gen, "previous", done)
 		p.agent.Emit(nil, &agentv1.Event{Time: timestamppb.Now(), Type: EventPlannedReboot,
 			Message: fmt.Sprintf("reboot generation %d (executed %d): rebooting into PXE", gen, done)})
+		// Close, not Flush: it returns once central stored the event (the
+		// stream ended in order), where Flush means only "sent" and the
+		// reboot could cut it off. Run returns with the stream: if the
+		// reboot fails, the process ends and systemd starts it again.
 		fctx, cancel := context.WithTimeout(ctx, p.opts.FlushTimeout)
-		if err := p.agent.Flush(fctx); err != nil {
+		if err := p.agent.Close(fctx); err != nil {
 			p.log.Warn("rebooting without confirmation that central got the event", "err", err)
 		}
 		cancel()
-		if ctx.Err() != nil {
+		if parent.Err() != nil {
 			return
 		}
 		p.mu.Lock()

@@ -276,8 +276,8 @@ func TestRebootGeneration(t *testing.T) {
 
 	h.c.push(t, machineDoc(3, "alloc-1", 6))
 	waitFor(t, "reboot", func() bool { return h.reboot.calls.Load() == 1 })
-	h.c.push(t, machineDoc(4, "alloc-1", 6))
-	h.settle(p, 4)
+	// The stream was closed for the reboot: Run ends, as the process would.
+	stop()
 	if n, pr := h.reboot.calls.Load(), h.c.count(EventPlannedReboot); n != 1 || pr != 1 {
 		t.Fatalf("%d reboots and %d Planned Reboot events for one bump, want 1 and 1", n, pr)
 	}
@@ -286,7 +286,7 @@ func TestRebootGeneration(t *testing.T) {
 		t.Errorf("the machine rebooted before Planned Reboot went out")
 	}
 	h.reboot.mu.Unlock()
-	stop()
+	h.c.push(t, machineDoc(4, "alloc-1", 6))
 
 	// Back from disk with the same state: the generation is done.
 	p, stop = h.start()
@@ -298,7 +298,7 @@ func TestRebootGeneration(t *testing.T) {
 	// machine reboots and does not phone home for what it has not installed.
 	h.c.push(t, machineDoc(5, "alloc-2", 8))
 	waitFor(t, "second reboot", func() bool { return h.reboot.calls.Load() == 2 })
-	h.settle(p, 5)
+	stop()
 	if n := h.c.count(EventPhonedHome); n != 1 {
 		t.Fatalf("Phoned Home sent %d times, want 1 (only alloc-1)", n)
 	}
