@@ -31,20 +31,8 @@ func TestProvisionWithRealCentralAndPixie(t *testing.T) {
 		t.Skip("boots two systems under QEMU")
 	}
 	root := repoRoot(t)
-	kernel := filepath.Join(root, "build/installer/vmlinuz")
-	initramfs := filepath.Join(root, "build/installer/initramfs.cpio.gz")
-	imagePath := filepath.Join(root, "build/lab-image/metal-lab-image.tar.zst")
-	for _, p := range []string{kernel, initramfs, imagePath, imagePath + ".sha256"} {
-		if _, err := os.Stat(p); err != nil {
-			skip(t, "%s missing: run `make installer-image lab-image` first", p)
-		}
-	}
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		skip(t, "qemu-system-x86_64 missing (apt-get install qemu-system-x86)")
-	}
-	shaLine, _ := os.ReadFile(imagePath + ".sha256")
-	imageSHA := strings.Fields(string(shaLine))[0]
+	a := needArtifacts(t, root)
+	kernel, initramfs, imagePath, imageSHA, qemu := a.kernel, a.initramfs, a.image, a.imageSHA, a.qemu
 
 	bins := t.TempDir()
 	for name, pkg := range map[string]string{"metal-central": "central/cmd/metal-central", "metalctl": "metalctl/cmd/metalctl", "metal-pixie": "agents/pixie/cmd/metal-pixie"} {
@@ -255,6 +243,34 @@ func TestProvisionWithRealCentralAndPixie(t *testing.T) {
 		fail("create --wait ended without Phoned Home:\n%s", out)
 	}
 	t.Logf("power-on → Waiting %.1fs, allocate → Phoned Home %.1fs (QEMU TCG, no KVM)\n%s", waiting.Seconds(), phoned.Seconds(), out)
+}
+
+// artifacts are what the QEMU tests boot and install.
+type artifacts struct{ kernel, initramfs, image, imageSHA, qemu string }
+
+// needArtifacts finds the installer, the lab image and QEMU, or skips.
+func needArtifacts(t *testing.T, root string) artifacts {
+	t.Helper()
+	a := artifacts{
+		kernel:    filepath.Join(root, "build/installer/vmlinuz"),
+		initramfs: filepath.Join(root, "build/installer/initramfs.cpio.gz"),
+		image:     filepath.Join(root, "build/lab-image/metal-lab-image.tar.zst"),
+	}
+	for _, p := range []string{a.kernel, a.initramfs, a.image, a.image + ".sha256"} {
+		if _, err := os.Stat(p); err != nil {
+			skip(t, "%s missing: run `make installer-image lab-image` first", p)
+		}
+	}
+	var err error
+	if a.qemu, err = exec.LookPath("qemu-system-x86_64"); err != nil {
+		skip(t, "qemu-system-x86_64 missing (apt-get install qemu-system-x86)")
+	}
+	shaLine, err := os.ReadFile(a.image + ".sha256")
+	if err != nil || len(strings.Fields(string(shaLine))) == 0 {
+		t.Fatalf("read %s.sha256: %v", a.image, err)
+	}
+	a.imageSHA = strings.Fields(string(shaLine))[0]
+	return a
 }
 
 // skip skips a test whose prerequisites are missing, unless

@@ -134,20 +134,8 @@ func TestInstallLabImageInQEMU(t *testing.T) {
 		t.Skip("boots two systems under QEMU (about two minutes)")
 	}
 	root := repoRoot(t)
-	kernel := filepath.Join(root, "build/installer/vmlinuz")
-	initramfs := filepath.Join(root, "build/installer/initramfs.cpio.gz")
-	imagePath := filepath.Join(root, "build/lab-image/metal-lab-image.tar.zst")
-	for _, p := range []string{kernel, initramfs, imagePath, imagePath + ".sha256"} {
-		if _, err := os.Stat(p); err != nil {
-			skip(t, "%s missing: run `make installer-image lab-image` first", p)
-		}
-	}
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		skip(t, "qemu-system-x86_64 missing (apt-get install qemu-system-x86)")
-	}
-	shaLine, _ := os.ReadFile(imagePath + ".sha256")
-	imageSHA := strings.Fields(string(shaLine))[0]
+	a := needArtifacts(t, root)
+	kernel, initramfs, imagePath, imageSHA, qemu := a.kernel, a.initramfs, a.image, a.imageSHA, a.qemu
 
 	caPEM, caSum, cert := testPKI(t)
 

@@ -133,7 +133,7 @@ func (s *machineService) createOne(ctx context.Context, req *apiv1.MachineServic
 		if err != nil {
 			return err
 		}
-		nets, err := s.machineNetworks(ctx, tx, req.GetProjectId(), req.GetNetworks())
+		nets, err := machineNetworks(ctx, tx, req.GetProjectId(), req.GetNetworks())
 		if err != nil {
 			return err
 		}
@@ -256,7 +256,7 @@ func usableImage(ctx context.Context, tx pgx.Tx, id string) (*apiv1.Image, error
 
 // machineNetworks reads the networks a machine joins: the project's own
 // child networks and shared external ones.
-func (s *machineService) machineNetworks(ctx context.Context, tx pgx.Tx, project string, ids []string) ([]*apiv1.Network, error) {
+func machineNetworks(ctx context.Context, tx pgx.Tx, project string, ids []string) ([]*apiv1.Network, error) {
 	var out []*apiv1.Network
 	for i, id := range ids {
 		n, err := networks.get(ctx, tx, id)

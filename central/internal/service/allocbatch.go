@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -106,8 +107,8 @@ func (a *API) allocateBatch(ctx context.Context, tx pgx.Tx, key allocKey, reqs [
 	if err != nil {
 		return nil, fmt.Errorf("read filesystem layouts: %w", err)
 	}
-	svc := &machineService{API: a}
 	images := map[string]*apiv1.Image{}
+	netsOf := map[string][]*apiv1.Network{}
 	var items []*allocItem
 	index := map[*allocItem]int{}
 	for i, r := range reqs {
@@ -121,8 +122,17 @@ func (a *API) allocateBatch(ctx context.Context, tx pgx.Tx, key allocKey, reqs [
 		if img == nil {
 			continue
 		}
-		nets, err := svc.machineNetworks(ctx, tx, key.project, r.req.GetNetworks())
-		if err != nil {
+		// The calls share the project, so the same list of networks has
+		// the same answer: read it once per batch.
+		netKey := strings.Join(r.req.GetNetworks(), "\x00")
+		nets, ok := netsOf[netKey]
+		if !ok {
+			if nets, err = machineNetworks(ctx, tx, key.project, r.req.GetNetworks()); err != nil {
+				nets = nil
+			}
+			netsOf[netKey] = nets
+		}
+		if nets == nil && len(r.req.GetNetworks()) > 0 {
 			continue
 		}
 		it := &allocItem{r: r, img: img, nets: nets}
