@@ -1,0 +1,117 @@
+package topo
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestLoadDefaultTopology(t *testing.T) {
+	top, err := Load("../../topologies/mini.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := top.Nodes(KindMachine); strings.Join(got, ",") != "machine01,machine02" {
+		t.Fatalf("machines = %v", got)
+	}
+	if got := top.Ifaces("machine01"); strings.Join(got, ",") != "eth0,eth1" {
+		t.Fatalf("machine01 ifaces = %v", got)
+	}
+	m := top.Node("machine01")
+	if m.Firmware != "uefi" || m.Memory != 1024 || m.UUID == "" || m.BMCUser != "admin" {
+		t.Fatalf("machine01 defaults not applied: %+v", m)
+	}
+	if top.Mgmt.HostIPv4 != "172.30.0.1" || top.Mgmt.HostIPv6 != "fd00:172:30::1" {
+		t.Fatalf("host addresses = %s %s", top.Mgmt.HostIPv4, top.Mgmt.HostIPv6)
+	}
+	// Stable across loads, different per node and interface.
+	again, err := Load("../../topologies/mini.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Node("machine01").UUID != m.UUID || again.MAC("machine01", "eth0") != top.MAC("machine01", "eth0") {
+		t.Fatal("UUID or MAC not stable across loads")
+	}
+	seen := map[string]bool{}
+	for _, n := range top.Nodes(KindMachine) {
+		for _, i := range top.Ifaces(n) {
+			mac := top.MAC(n, i)
+			if seen[mac] || !strings.HasPrefix(mac, "52:54:00:") {
+				t.Fatalf("MAC %s of %s:%s repeated or not QEMU's prefix", mac, n, i)
+			}
+			seen[mac] = true
+		}
+	}
+	if top.Node("machine01").UUID == top.Node("machine02").UUID {
+		t.Fatal("two machines with one UUID")
+	}
+}
+
+const base = `
+name: t
+mgmt: {ipv4-subnet: 172.30.0.0/24}
+partition:
+  id: lab
+  sizes: [{id: s1, cores: 1-8, memory: 1GiB-2GiB, storage: 1GiB-9GiB}]
+  images: [{id: i, os: o, version: "1", file: f}]
+  networks: [{id: n, type: external, prefixes: [10.2.0.0/24]}]
+  tenant: t1
+  project: p1
+topology:
+  nodes:
+    central: {kind: central, mgmt-ipv4: 172.30.0.10}
+    pixie: {kind: pixie, mgmt-ipv4: 172.30.0.11, pxe-ipv4: 10.1.0.1/24, dhcp4-range: 10.1.0.100-10.1.0.199}
+    leaf01: {kind: leaf}
+    m1: {kind: machine, bmc-ipv4: 172.30.0.101 EXTRA}
+  links:
+    - endpoints: ["pixie:pxe1", "leaf01:uplink"]
+    - endpoints: ["m1:eth0", "leaf01:swp1"]
+`
+
+func TestParseRefusesBadTopologies(t *testing.T) {
+	tests := []struct {
+		name, from, to, want string
+	}{
+		{"valid", " EXTRA", "", ""},
+		{"unknown field", " EXTRA", ", colour: red", "colour"},
+		{"unknown kind", "kind: leaf}", "kind: spine}", `kind "spine"`},
+		{"bmc outside mgmt", "bmc-ipv4: 172.30.0.101 EXTRA", "bmc-ipv4: 10.9.9.9", "not in the management subnet"},
+		{"duplicate address", "bmc-ipv4: 172.30.0.101 EXTRA", "bmc-ipv4: 172.30.0.10", "already central's"},
+		{"link to unknown node", `"m1:eth0", "leaf01:swp1"`, `"m9:eth0", "leaf01:swp1"`, `no node "m9"`},
+		{"endpoint twice", `"m1:eth0", "leaf01:swp1"`, `"m1:eth0", "leaf01:uplink"`, "used by another link"},
+		{"machine to pixie", `"m1:eth0", "leaf01:swp1"`, `"m1:eth0", "pixie:pxe2"`, "cannot be linked"},
+		{"bad endpoint", `"m1:eth0", "leaf01:swp1"`, `"m1", "leaf01:swp1"`, "want node:iface"},
+		{"bad firmware", " EXTRA", ", firmware: coreboot", `firmware "coreboot"`},
+		{"bad uuid", " EXTRA", ", uuid: nope", `uuid "nope"`},
+		{"bad mac", " EXTRA", ", macs: {eth0: zz}", `macs.eth0 "zz"`},
+		{"small memory", " EXTRA", ", memory: 128", "at least 512 MiB"},
+		{"bad disk size", " EXTRA", ", disk-size: lots", "disk-size"},
+		{"long name", "name: t", "name: toolongname", "name \"toolongname\""},
+		{"no pixie", "    pixie: {kind: pixie", "    pixie: {kind: central", "exactly one central and one pixie"},
+		{"bad prefix", "[10.2.0.0/24]", "[10.2.0.0/99]", "prefixes[0]"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			src := strings.Replace(base, tc.from, tc.to, 1)
+			_, err := Parse([]byte(strings.Replace(src, " EXTRA", "", 1)))
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("valid topology refused: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("err = %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseBytes(t *testing.T) {
+	for in, want := range map[string]int64{"4GiB": 4 << 30, "512MiB": 512 << 20, "2G": 2e9, "100": 100} {
+		if got, err := ParseBytes(in); err != nil || got != want {
+			t.Errorf("ParseBytes(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "-1GiB", "GiB", "1.5GiB"} {
+		if _, err := ParseBytes(in); err == nil {
+			t.Errorf("ParseBytes(%q) accepted", in)
+		}
+	}
+}
