@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/metalfleet/metalfleet/lab/internal/client"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -19,7 +20,6 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -27,7 +27,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/metalfleet/metalfleet/agents/agent"
@@ -178,12 +177,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	if err != nil {
 		return res, err
 	}
-	token, err := os.ReadFile(filepath.Join(c.dataDir, "admin.token"))
-	if err != nil {
-		return res, err
-	}
-	cc, err := grpc.NewClient(listen, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
-		grpc.WithPerRPCCredentials(bearer(strings.TrimSpace(string(token)))))
+	cc, err := client.Dial(listen, filepath.Join(c.dataDir, "ca.crt"), filepath.Join(c.dataDir, "admin.token"))
 	if err != nil {
 		return res, err
 	}
@@ -283,13 +277,6 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	res.GaveUp = int(s.gaveUp.Load())
 	return res, nil
 }
-
-type bearer string
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(b)}, nil
-}
-func (bearer) RequireTransportSecurity() bool { return true }
 
 func (s *sim) identity(i int) string { return fmt.Sprintf("sim-%06d", i) }
 

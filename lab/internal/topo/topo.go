@@ -167,6 +167,9 @@ func Parse(b []byte) (*Topology, error) {
 		if !nameRE.MatchString(name) || len(name) > 11 {
 			return nil, fmt.Errorf("topology.nodes.%s: name: want 1-11 of [a-z0-9-], starting with a letter", name)
 		}
+		if name == "mgmt" {
+			return nil, errors.New("topology.nodes.mgmt: the name is the management network's")
+		}
 		if d, ok := t.Topology.Kinds[n.Kind]; ok {
 			n = n.withDefaults(d)
 		}

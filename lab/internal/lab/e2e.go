@@ -1,0 +1,354 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/metalfleet/metalfleet/lab/internal/client"
+	"github.com/metalfleet/metalfleet/lab/internal/topo"
+	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
+)
+
+// Result is what an end-to-end run measured.
+type Result struct {
+	Up      Timings
+	Accel   string                   // kvm or tcg
+	Waiting map[string]time.Duration // power-on → Waiting, per machine
+	// Allocate is `metalctl machine create --wait` until Phoned Home.
+	Allocate time.Duration
+	// DiskBoot is a BMC ForceRestart of the allocated machine until its
+	// OS is up again, booted by the firmware from its disk.
+	DiskBoot time.Duration
+	// Reinstall is the reinstall call until Phoned Home again.
+	Reinstall time.Duration
+	// Free is `metalctl machine delete` until the machine waits again.
+	Free  time.Duration
+	Total time.Duration
+}
+
+// E2E builds the lab, runs a machine's whole life against it, and tears it
+// down (unless keep). A failure carries the serial console and central's
+// events of the machine it happened to.
+func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
+	start := time.Now()
+	res.Waiting = map[string]time.Duration{}
+	res.Accel = "tcg"
+	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
+		f.Close()
+		res.Accel = "kvm"
+	}
+	defer func() {
+		res.Total = time.Since(start)
+		if keep {
+			return
+		}
+		if derr := l.Down(context.WithoutCancel(ctx)); derr != nil {
+			err = errors.Join(err, fmt.Errorf("down: %w", derr))
+		}
+	}()
+	if res.Up, err = l.Up(ctx); err != nil {
+		return res, err
+	}
+	cc, err := client.Dial(l.centralAddr(), filepath.Join(l.centralDir(), "ca.crt"), filepath.Join(l.centralDir(), "admin.token"))
+	if err != nil {
+		return res, err
+	}
+	defer cc.Close()
+	e := &e2e{Lab: l, api: apiv1.NewMachineServiceClient(cc), byUUID: map[string]string{}}
+	for _, m := range l.top.Nodes(topo.KindMachine) {
+		e.byUUID[l.top.Node(m).UUID] = m
+	}
+
+	// 1. Every machine PXE-boots the installer, registers with correct
+	//    facts and a size, and waits.
+	for _, m := range l.top.Nodes(topo.KindMachine) {
+		uuid := l.top.Node(m).UUID
+		if err := e.waitState(ctx, uuid, apiv1.ProvisioningState_PROVISIONING_STATE_WAITING, 5*time.Minute, nil); err != nil {
+			return res, e.failure(ctx, uuid, err)
+		}
+		res.Waiting[m] = time.Since(res.Up.PoweredOn)
+		l.progress("e2e: %s is Waiting %.1f s after power-on", m, res.Waiting[m].Seconds())
+		if err := e.checkFacts(ctx, m); err != nil {
+			return res, e.failure(ctx, uuid, err)
+		}
+	}
+
+	// 2. A tenant allocates one with metalctl and waits for it.
+	p := l.top.Partition
+	allocStart := time.Now()
+	out, err := l.metalctl(ctx, "machine", "create", "--project", l.state.Project, "--partition", p.ID,
+		"--size", p.Sizes[0].ID, "--image", p.Images[0].ID, "--networks", p.Networks[0].ID,
+		"--hostname", "web-1", "--wait", "--timeout", "8m")
+	res.Allocate = time.Since(allocStart)
+	if err != nil {
+		return res, e.failure(ctx, e.allocated(ctx, "web-1"), err)
+	}
+	uuid := e.allocated(ctx, "web-1")
+	if uuid == "" {
+		return res, fmt.Errorf("create --wait returned, but no machine has hostname web-1:\n%s", out)
+	}
+	l.progress("e2e: %s allocated as web-1 and Phoned Home %.1f s after create", e.byUUID[uuid], res.Allocate.Seconds())
+	first, err := e.checkInstalled(ctx, uuid, "web-1", 0)
+	if err != nil {
+		return res, e.failure(ctx, uuid, err)
+	}
+
+	// 3. The BMC restarts it: PXE asks pixie, pixie says "boot the disk",
+	//    the firmware boots the installed system.
+	rebootStart := time.Now()
+	if err := l.Power(ctx, e.byUUID[uuid], "ForceRestart"); err != nil {
+		return res, e.failure(ctx, uuid, err)
+	}
+	if err := e.waitConsole(ctx, uuid, "metal-lab: web-1 ready:", first+1, 3*time.Minute); err != nil {
+		return res, e.failure(ctx, uuid, err)
+	}
+	res.DiskBoot = time.Since(rebootStart)
+	if err := e.checkDiskBoot(ctx, uuid, rebootStart); err != nil {
+		return res, e.failure(ctx, uuid, err)
+	}
+	l.progress("e2e: after a BMC restart web-1 booted from its disk in %.1f s", res.DiskBoot.Seconds())
+
+	// 4. Reinstall: a new allocation id, installed and phoned home again.
+	m, err := e.get(ctx, uuid)
+	if err != nil {
+		return res, e.failure(ctx, uuid, err)
+	}
+	oldAlloc := m.GetAllocation().GetId()
+	reinstallStart := time.Now()
+	if _, err := l.metalctl(ctx, "machine", "reinstall", uuid); err != nil {
+		return res, e.failure(ctx, uuid, err)
+	}
+	if err := e.waitState(ctx, uuid, apiv1.ProvisioningState_PROVISIONING_STATE_PHONED_HOME, 8*time.Minute, func(m *apiv1.Machine) bool {
+		return m.GetAllocation().GetId() != "" && m.GetAllocation().GetId() != oldAlloc
+	}); err != nil {
+		return res, e.failure(ctx, uuid, err)
+	}
+	res.Reinstall = time.Since(reinstallStart)
+	if _, err := e.checkInstalled(ctx, uuid, "web-1", first+1); err != nil {
+		return res, e.failure(ctx, uuid, err)
+	}
+	l.progress("e2e: reinstalled and Phoned Home again in %.1f s", res.Reinstall.Seconds())
+
+	// 5. Free: wiped, back to Waiting, allocatable again.
+	freeStart := time.Now()
+	if _, err := l.metalctl(ctx, "machine", "delete", uuid); err != nil {
+		return res, e.failure(ctx, uuid, err)
+	}
+	if err := e.waitState(ctx, uuid, apiv1.ProvisioningState_PROVISIONING_STATE_WAITING, 6*time.Minute, func(m *apiv1.Machine) bool {
+		return m.GetAllocation() == nil
+	}); err != nil {
+		return res, e.failure(ctx, uuid, err)
+	}
+	res.Free = time.Since(freeStart)
+	l.progress("e2e: deleted; %s is Waiting again after %.1f s", e.byUUID[uuid], res.Free.Seconds())
+	return res, nil
+}
+
+type e2e struct {
+	*Lab
+	api    apiv1.MachineServiceClient
+	byUUID map[string]string // machine id → node
+}
+
+func (e *e2e) get(ctx context.Context, uuid string) (*apiv1.Machine, error) {
+	resp, err := e.api.Get(ctx, &apiv1.MachineServiceGetRequest{Id: uuid})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetMachine(), nil
+}
+
+// waitState waits for a provisioning state (and more, when also is set).
+func (e *e2e) waitState(ctx context.Context, uuid string, want apiv1.ProvisioningState, timeout time.Duration, also func(*apiv1.Machine) bool) error {
+	var last string
+	err := waitFor(ctx, timeout, fmt.Sprintf("machine %s (%s) %s", e.byUUID[uuid], uuid, want), func() (bool, error) {
+		m, err := e.get(ctx, uuid)
+		if err != nil {
+			return false, err
+		}
+		last = m.GetProvisioning().String()
+		return m.GetProvisioning() == want && (also == nil || also(m)), nil
+	})
+	if err != nil {
+		return fmt.Errorf("%w (last state %s)", err, last)
+	}
+	return nil
+}
+
+// checkFacts compares what the installer reported with the topology.
+func (e *e2e) checkFacts(ctx context.Context, node string) error {
+	n := e.top.Node(node)
+	m, err := e.get(ctx, n.UUID)
+	if err != nil {
+		return err
+	}
+	hw := m.GetHardware()
+	var problems []string
+	if want := e.top.Partition.Sizes[0].ID; len(e.top.Partition.Sizes) == 1 && m.GetSizeId() != want {
+		problems = append(problems, fmt.Sprintf("size %q, want %q", m.GetSizeId(), want))
+	}
+	if hw.GetCores() != uint32(n.CPUs) {
+		problems = append(problems, fmt.Sprintf("%d cores, want %d", hw.GetCores(), n.CPUs))
+	}
+	// The guest kernel keeps some memory for itself.
+	if mem, want := hw.GetMemoryBytes(), uint64(n.Memory)<<20; mem > want || mem < want*3/4 {
+		problems = append(problems, fmt.Sprintf("memory %d bytes, want about %d", mem, want))
+	}
+	var macs []string
+	for _, nic := range hw.GetNics() {
+		macs = append(macs, nic.GetMac())
+	}
+	for _, iface := range e.top.Ifaces(node) {
+		if mac := e.top.MAC(node, iface); !slices.Contains(macs, mac) {
+			problems = append(problems, fmt.Sprintf("NIC %s (%s) missing from %v", iface, mac, macs))
+		}
+	}
+	disk, _ := topo.ParseBytes(n.DiskSize)
+	if d := hw.GetDisks(); len(d) != 1 || d[0].GetSizeBytes() != uint64(disk) {
+		problems = append(problems, fmt.Sprintf("disks %v, want one of %d bytes", d, disk))
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("facts of %s: %s", node, strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// allocated returns the id of the machine with this hostname, if any.
+func (e *e2e) allocated(ctx context.Context, hostname string) string {
+	resp, err := e.api.List(ctx, &apiv1.MachineServiceListRequest{PartitionId: e.top.Partition.ID})
+	if err != nil {
+		return ""
+	}
+	for _, m := range resp.GetMachines() {
+		if m.GetAllocation().GetHostname() == hostname {
+			return m.GetId()
+		}
+	}
+	return ""
+}
+
+// checkInstalled verifies an installed, phoned-home machine: central's
+// "Phoned Home" names the hostname, and the serial console shows the OS of
+// the disk up with the hostname and the allocated IPv4 address, for the
+// (n+1)th time. It returns how often the console showed it.
+func (e *e2e) checkInstalled(ctx context.Context, uuid, hostname string, n int) (int, error) {
+	m, err := e.get(ctx, uuid)
+	if err != nil {
+		return 0, err
+	}
+	if m.GetProvisioning() != apiv1.ProvisioningState_PROVISIONING_STATE_PHONED_HOME {
+		return 0, fmt.Errorf("state %s, want Phoned Home", m.GetProvisioning())
+	}
+	ev, err := e.events(ctx, uuid)
+	if err != nil {
+		return 0, err
+	}
+	var phoned *apiv1.MachineEvent
+	for _, x := range ev {
+		if x.GetEvent() == "Phoned Home" {
+			phoned = x
+		}
+	}
+	if phoned == nil || !strings.Contains(phoned.GetMessage(), "hostname "+hostname) ||
+		!strings.Contains(phoned.GetMessage(), "allocation "+m.GetAllocation().GetId()) {
+		return 0, fmt.Errorf("no Phoned Home from %s for allocation %s (last: %v)", hostname, m.GetAllocation().GetId(), phoned)
+	}
+	var v4 string
+	for _, ip := range m.GetAllocation().GetIps() {
+		if !strings.Contains(ip, ":") {
+			v4 = ip
+		}
+	}
+	if v4 == "" {
+		return 0, fmt.Errorf("allocation has no IPv4 address: %v", m.GetAllocation().GetIps())
+	}
+	line := "metal-lab: " + hostname + " ready:"
+	if err := e.waitConsole(ctx, uuid, line, n+1, 30*time.Second); err != nil {
+		return 0, err
+	}
+	lines := consoleLines(e.serialLog(uuid), line)
+	if last := lines[len(lines)-1]; !strings.Contains(last, " "+v4+"/") {
+		return 0, fmt.Errorf("console shows %q, want the allocated address %s", last, v4)
+	}
+	return len(lines), nil
+}
+
+// checkDiskBoot verifies that the restart went through PXE to the disk:
+// pixie served that machine a "boot the disk" script after since.
+func (e *e2e) checkDiskBoot(ctx context.Context, uuid string, since time.Time) error {
+	ev, err := e.events(ctx, uuid)
+	if err != nil {
+		return err
+	}
+	for _, x := range ev {
+		if x.GetEvent() == "PXE Booting" && x.GetTime().AsTime().After(since.Add(-time.Second)) && strings.Contains(x.GetMessage(), "action=disk") {
+			return nil
+		}
+	}
+	return errors.New("no PXE Booting event with a disk boot after the restart")
+}
+
+func (e *e2e) events(ctx context.Context, uuid string) ([]*apiv1.MachineEvent, error) {
+	stream, err := e.api.Events(ctx, &apiv1.MachineServiceEventsRequest{Id: uuid})
+	if err != nil {
+		return nil, err
+	}
+	var out []*apiv1.MachineEvent
+	for {
+		r, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
+		if r.GetEvent() != nil {
+			out = append(out, r.GetEvent())
+		}
+	}
+}
+
+func (e *e2e) serialLog(uuid string) string {
+	return filepath.Join(e.machineDir(e.byUUID[uuid]), "serial.log")
+}
+
+// waitConsole waits until line appears at least n times on the console.
+func (e *e2e) waitConsole(ctx context.Context, uuid, line string, n int, timeout time.Duration) error {
+	return waitFor(ctx, timeout, fmt.Sprintf("%q on the console of %s", line, e.byUUID[uuid]), func() (bool, error) {
+		return len(consoleLines(e.serialLog(uuid), line)) >= n, nil
+	})
+}
+
+func consoleLines(path, prefix string) []string {
+	b, _ := os.ReadFile(path)
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if i := strings.Index(l, prefix); i >= 0 {
+			out = append(out, strings.TrimRight(l[i:], "\r"))
+		}
+	}
+	return out
+}
+
+// failure wraps err with what a person needs to see why: the machine's
+// serial console and central's events for it.
+func (e *e2e) failure(ctx context.Context, uuid string, err error) error {
+	if uuid == "" {
+		return err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%v\n\n--- serial console of %s (%s), last 8 KiB ---\n%s", err, e.byUUID[uuid], e.serialLog(uuid), tail(e.serialLog(uuid), 8<<10))
+	out, lerr := e.metalctl(context.WithoutCancel(ctx), "machine", "logs", uuid)
+	if lerr != nil {
+		out = lerr.Error()
+	}
+	fmt.Fprintf(&b, "\n--- central's events of %s ---\n%s\n", uuid, out)
+	return errors.New(b.String())
+}

@@ -1,0 +1,168 @@
+package lab
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/metalfleet/metalfleet/lab/internal/netlab"
+	"github.com/metalfleet/metalfleet/lab/internal/topo"
+)
+
+// Interface names the lab gives inside namespaces.
+const (
+	mgmtBridge = "mgmt" // in the mgmt namespace
+	mgmtIface  = "mgmt0"
+	pxeBridge  = "pxe"  // in pixie's namespace, over its links to the leaves
+	leafBridge = "br0"  // in a leaf's namespace, over its ports
+	bmcIface   = "bmc0" // in a machine's namespace: the BMC's port on mgmt
+)
+
+// tapOf and bridgeOf name what joins a machine NIC's veth to QEMU.
+func tapOf(iface string) string    { return "tap-" + iface }
+func bridgeOf(iface string) string { return "br-" + iface }
+
+// buildNetwork creates every namespace, link, bridge, address and route of
+// the topology:
+//
+//   - mgmt: a bridge in its own namespace; the host, central, pixie and
+//     each machine's BMC have a port on it (dual-stack addresses);
+//   - each link is a veth pair between its two nodes' namespaces;
+//   - a leaf bridges its ports; pixie bridges its links into the PXE
+//     network, serves it and routes it (and the partition's networks,
+//     whose gateways it holds) to mgmt;
+//   - a machine bridges each of its NICs' veth with a tap QEMU opens.
+func buildNetwork(t *topo.Topology) error {
+	nodes := t.NodeNames()
+	if err := netlab.CreateNS(t.MgmtNamespace()); err != nil {
+		return err
+	}
+	for _, n := range nodes {
+		if err := netlab.CreateNS(t.Namespace(n)); err != nil {
+			return err
+		}
+	}
+	mgmt := t.MgmtNamespace()
+	v4 := netip.MustParsePrefix(t.Mgmt.IPv4Subnet).Bits()
+	cidrs := func(a4, a6 string) []string {
+		out := []string{fmt.Sprintf("%s/%d", a4, v4)}
+		if a6 != "" && t.Mgmt.IPv6Subnet != "" {
+			out = append(out, fmt.Sprintf("%s/%d", a6, netip.MustParsePrefix(t.Mgmt.IPv6Subnet).Bits()))
+		}
+		return out
+	}
+	ports := []string{"host"}
+	if err := netlab.Veth(netlab.End{Name: t.HostLink()}, netlab.End{NS: mgmt, Name: "host"}); err != nil {
+		return err
+	}
+	if err := netlab.Addr("", t.HostLink(), cidrs(t.Mgmt.HostIPv4, t.Mgmt.HostIPv6)...); err != nil {
+		return err
+	}
+	for _, name := range nodes {
+		n := t.Node(name)
+		ns := t.Namespace(name)
+		var addrs []string
+		inside := mgmtIface
+		switch n.Kind {
+		case topo.KindCentral, topo.KindPixie:
+			addrs = cidrs(n.MgmtIPv4, n.MgmtIPv6)
+		case topo.KindMachine:
+			inside, addrs = bmcIface, cidrs(n.BMCIPv4, n.BMCIPv6)
+		default:
+			continue
+		}
+		if err := netlab.Veth(netlab.End{NS: ns, Name: inside}, netlab.End{NS: mgmt, Name: name}); err != nil {
+			return err
+		}
+		if err := netlab.Addr(ns, inside, addrs...); err != nil {
+			return err
+		}
+		ports = append(ports, name)
+	}
+	if err := netlab.Bridge(mgmt, mgmtBridge, ports...); err != nil {
+		return err
+	}
+
+	for _, l := range t.Links() {
+		a, b := l[0], l[1]
+		if err := netlab.Veth(netlab.End{NS: t.Namespace(a.Node), Name: a.Iface}, netlab.End{NS: t.Namespace(b.Node), Name: b.Iface}); err != nil {
+			return fmt.Errorf("link %s ↔ %s: %w", a, b, err)
+		}
+	}
+	for _, name := range nodes {
+		n, ns := t.Node(name), t.Namespace(name)
+		switch n.Kind {
+		case topo.KindLeaf:
+			if err := netlab.Bridge(ns, leafBridge, t.Ifaces(name)...); err != nil {
+				return err
+			}
+		case topo.KindMachine:
+			for _, iface := range t.Ifaces(name) {
+				if err := netlab.Bridge(ns, bridgeOf(iface), iface); err != nil {
+					return err
+				}
+				if err := netlab.Tap(ns, tapOf(iface), bridgeOf(iface)); err != nil {
+					return err
+				}
+			}
+		case topo.KindPixie:
+			if err := buildPixieNet(t, name); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// buildPixieNet makes pixie's PXE bridge, its addresses and the routes
+// between the PXE network (plus the partition's networks) and mgmt.
+func buildPixieNet(t *topo.Topology, name string) error {
+	n, ns := t.Node(name), t.Namespace(name)
+	if err := netlab.Bridge(ns, pxeBridge, t.Ifaces(name)...); err != nil {
+		return err
+	}
+	addrs := []string{n.PXEIPv4}
+	if n.PXEIPv6 != "" {
+		addrs = append(addrs, n.PXEIPv6)
+	}
+	addrs = append(addrs, n.Gateways...)
+	if err := netlab.Addr(ns, pxeBridge, addrs...); err != nil {
+		return err
+	}
+	for _, key := range []string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"} {
+		if err := netlab.Sysctl(ns, key, "1"); err != nil {
+			return err
+		}
+	}
+	// Central answers the machines through pixie.
+	central := t.Node(t.Central())
+	for _, a := range addrs {
+		p := netip.MustParsePrefix(a).Masked()
+		via := n.MgmtIPv4
+		if p.Addr().Is6() {
+			if n.MgmtIPv6 == "" || central.MgmtIPv6 == "" {
+				continue
+			}
+			via = n.MgmtIPv6
+		}
+		if err := netlab.Route(t.Namespace(t.Central()), p.String(), via); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// teardownNetwork deletes every namespace of the lab (their devices go
+// with them) and the host's link to mgmt. It works from names alone, so it
+// also cleans up after a run that crashed before writing its state.
+func teardownNetwork(t *topo.Topology) error {
+	names, err := netlab.ListNS(t.NamespacePrefix())
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if err := netlab.DeleteNS(n); err != nil {
+			return err
+		}
+	}
+	return netlab.DeleteLink("", t.HostLink())
+}

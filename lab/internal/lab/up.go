@@ -1,0 +1,352 @@
+package lab
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/metalfleet/metalfleet/lab/internal/topo"
+)
+
+// Timings are how long the phases of Up took.
+type Timings struct {
+	Network, Central, Setup, Pixie, BMCs time.Duration
+	PoweredOn                            time.Time
+}
+
+// Up builds the lab from scratch (a previous one of the same name is torn
+// down first) and powers its machines on. The daemons keep running after
+// it returns.
+func (l *Lab) Up(ctx context.Context) (Timings, error) {
+	var tm Timings
+	if err := l.checkPrerequisites(); err != nil {
+		return tm, err
+	}
+	if err := l.Down(ctx); err != nil {
+		return tm, fmt.Errorf("tear down the previous lab: %w", err)
+	}
+	for _, d := range []string{l.dir, filepath.Join(l.dir, "logs"), filepath.Join(l.dir, "machines")} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return tm, err
+		}
+	}
+	// The embedded PostgreSQL runs as user postgres: it must get through.
+	for d := l.dir; d != "/" && d != "."; d = filepath.Dir(d) {
+		if fi, err := os.Stat(d); err == nil && fi.Mode().Perm()&0o011 != 0o011 {
+			if err := os.Chmod(d, fi.Mode().Perm()|0o011); err != nil {
+				return tm, err
+			}
+		}
+	}
+	l.state = &State{Topology: l.cfg.TopologyFile, Name: l.top.Name, Created: time.Now().UTC()}
+	if err := l.state.save(l.statePath()); err != nil {
+		return tm, err
+	}
+
+	start := time.Now()
+	l.progress("network: namespaces, veth pairs and bridges of %s", l.cfg.TopologyFile)
+	if err := buildNetwork(l.top); err != nil {
+		return tm, err
+	}
+	tm.Network = time.Since(start)
+
+	start = time.Now()
+	if err := l.startCentral(ctx); err != nil {
+		return tm, err
+	}
+	tm.Central = time.Since(start)
+
+	start = time.Now()
+	secret, err := l.setupPartition(ctx)
+	if err != nil {
+		return tm, err
+	}
+	tm.Setup = time.Since(start)
+
+	start = time.Now()
+	if err := l.startPixie(ctx, secret); err != nil {
+		return tm, err
+	}
+	tm.Pixie = time.Since(start)
+
+	start = time.Now()
+	if err := l.startBMCs(ctx); err != nil {
+		return tm, err
+	}
+	tm.BMCs = time.Since(start)
+
+	tm.PoweredOn = time.Now()
+	for _, m := range l.top.Nodes(topo.KindMachine) {
+		if err := l.Power(ctx, m, "On"); err != nil {
+			return tm, err
+		}
+	}
+	l.state.Up = true
+	if err := l.state.save(l.statePath()); err != nil {
+		return tm, err
+	}
+	return tm, l.writeEnv()
+}
+
+func (l *Lab) startCentral(ctx context.Context) error {
+	t := l.top
+	c := t.Node(t.Central())
+	hosts := []string{c.MgmtIPv4}
+	advertise := []string{net.JoinHostPort(c.MgmtIPv4, "8443")}
+	if c.MgmtIPv6 != "" {
+		hosts = append(hosts, c.MgmtIPv6)
+		advertise = append(advertise, net.JoinHostPort(c.MgmtIPv6, "8443"))
+	}
+	l.progress("central: metal-central with embedded PostgreSQL on %s", strings.Join(advertise, ", "))
+	p, err := l.spawn("central", t.Namespace(t.Central()), []string{l.bin("metal-central"),
+		"--data-dir", l.centralDir(), "--listen", ":8443", "--metrics-listen", ":9090",
+		// A lab is thrown away: no fsync, much faster on slow disks.
+		"--durable=false", "--tls-hosts", strings.Join(hosts, ","), "--advertise", strings.Join(advertise, ",")})
+	if err != nil {
+		return err
+	}
+	return waitFor(ctx, 2*time.Minute, "metal-central serving (log: "+p.Log+")", func() (bool, error) {
+		if !p.Alive() {
+			return false, fmt.Errorf("metal-central exited: %s", tail(p.Log, 2000))
+		}
+		b, err := os.ReadFile(p.Log)
+		return err == nil && strings.Contains(string(b), "is serving the API"), nil
+	})
+}
+
+// setupPartition creates the topology's partition, sizes, images,
+// networks, tenant and project in central, as an operator would with
+// metalctl, and enrols pixie. It returns pixie's enrolment secret.
+func (l *Lab) setupPartition(ctx context.Context) (string, error) {
+	t, p := l.top, l.top.Partition
+	l.progress("setup: partition %s, %d size(s), %d image(s), %d network(s), project %s", p.ID, len(p.Sizes), len(p.Images), len(p.Networks), p.Project)
+	central := t.Node(t.Central())
+	imageBase := "http://" + net.JoinHostPort(central.MgmtIPv4, "8080") + "/"
+	serve := []string{l.bin("metal-lab"), "serve", "--listen", net.JoinHostPort(central.MgmtIPv4, "8080")}
+	for _, img := range p.Images {
+		serve = append(serve, "--file", "/"+img.File+"="+filepath.Join(l.cfg.Root, img.File))
+	}
+	if _, err := l.spawn("images", t.Namespace(t.Central()), serve); err != nil {
+		return "", err
+	}
+	cmdline := p.BootCmdline
+	if cmdline == "" {
+		cmdline = "console=ttyS0 panic=1"
+	}
+	desc := p.Description
+	if desc == "" {
+		desc = "metal-lab " + t.Name
+	}
+	cmds := [][]string{{"partition", "create", "--id", p.ID, "--description", desc, "--boot-cmdline", cmdline}}
+	for _, s := range p.Sizes {
+		cmds = append(cmds, []string{"size", "create", "--id", s.ID, "--cores", s.Cores, "--memory", s.Memory, "--storage", s.Storage})
+	}
+	for _, img := range p.Images {
+		sum, err := os.ReadFile(filepath.Join(l.cfg.Root, img.File+".sha256"))
+		if err != nil || len(strings.Fields(string(sum))) == 0 {
+			return "", fmt.Errorf("image %s: checksum file: %v", img.ID, err)
+		}
+		cmds = append(cmds, []string{"image", "create", "--id", img.ID, "--os", img.OS, "--version", img.Version,
+			"--url", imageBase + img.File, "--sha256", strings.Fields(string(sum))[0]})
+	}
+	for _, n := range p.Networks {
+		args := []string{"network", "create", "--id", n.ID, "--type", n.Type}
+		for _, pr := range n.Prefixes {
+			args = append(args, "--prefix", pr)
+		}
+		cmds = append(cmds, args)
+	}
+	cmds = append(cmds, []string{"tenant", "create", "--id", p.Tenant})
+	for _, c := range cmds {
+		if _, err := l.metalctl(ctx, c...); err != nil {
+			return "", err
+		}
+	}
+	project, err := l.metalctl(ctx, "project", "create", "--tenant", p.Tenant, "--name", p.Project)
+	if err != nil {
+		return "", err
+	}
+	l.state.Project = project
+	if err := l.state.save(l.statePath()); err != nil {
+		return "", err
+	}
+	return l.metalctl(ctx, "agent", "enroll", "--kind", "pixie", "--identity", l.pixieName(), "--partition", p.ID,
+		"-o", "template", "--template", "{{.secret}}")
+}
+
+func (l *Lab) pixieName() string { return "pixie-" + l.top.Name }
+
+func (l *Lab) startPixie(ctx context.Context, secret string) error {
+	t := l.top
+	n := t.Node(t.Pixie())
+	tokenFile := filepath.Join(l.dir, "pixie.token")
+	if err := os.WriteFile(tokenFile, []byte(secret), 0o600); err != nil {
+		return err
+	}
+	router := netip.MustParsePrefix(n.PXEIPv4).Addr().String()
+	args := []string{l.bin("metal-pixie"), "--name", l.pixieName(), "--central", l.centralAddr(),
+		"--ca", filepath.Join(l.centralDir(), "ca.crt"), "--token-file", tokenFile,
+		"--state-dir", filepath.Join(l.dir, "pixie"), "--interface", pxeBridge,
+		"--dhcp4-range", n.DHCP4Range, "--router", router, "--ra",
+		"--http-listen", ":80", "--tftp-listen", ":69",
+		"--kernel", filepath.Join(l.cfg.Root, "build/installer/vmlinuz"),
+		"--initramfs", filepath.Join(l.cfg.Root, "build/installer/initramfs.cpio.gz")}
+	if n.DHCP6Range != "" {
+		args = append(args, "--dhcp6-range", n.DHCP6Range)
+	}
+	l.progress("pixie: metal-pixie on %s (DHCP %s), routing the PXE network to mgmt", n.PXEIPv4, n.DHCP4Range)
+	p, err := l.spawn("pixie", t.Namespace(t.Pixie()), args)
+	if err != nil {
+		return err
+	}
+	health := "http://" + net.JoinHostPort(n.MgmtIPv4, "80") + "/healthz"
+	return waitFor(ctx, time.Minute, "metal-pixie connected to central (log: "+p.Log+")", func() (bool, error) {
+		if !p.Alive() {
+			return false, fmt.Errorf("metal-pixie exited: %s", tail(p.Log, 2000))
+		}
+		var h struct {
+			CentralConnected bool   `json:"central_connected"`
+			DocumentRevision uint64 `json:"document_revision"`
+		}
+		if err := getJSON(ctx, health, &h); err != nil {
+			return false, err
+		}
+		return h.CentralConnected && h.DocumentRevision > 0, nil
+	})
+}
+
+func getJSON(ctx context.Context, url string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := (&http.Client{Timeout: 2 * time.Second}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// startBMCs starts one `metal-lab bmc` per machine in the machine's
+// namespace; each owns its QEMU and answers Redfish on mgmt.
+func (l *Lab) startBMCs(ctx context.Context) error {
+	t := l.top
+	for _, name := range t.Nodes(topo.KindMachine) {
+		n := t.Node(name)
+		dir := l.machineDir(name)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		pw, err := randomSecret()
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, "bmc.password"), []byte(pw), 0o600); err != nil {
+			return err
+		}
+		disk, _ := topo.ParseBytes(n.DiskSize)
+		args := []string{l.bin("metal-lab"), "bmc", "--name", name, "--uuid", n.UUID,
+			"--memory", strconv.Itoa(n.Memory), "--cpus", strconv.Itoa(n.CPUs), "--firmware", n.Firmware,
+			"--disk", filepath.Join(dir, "disk.raw"), "--disk-size", strconv.FormatInt(disk, 10), "--dir", dir,
+			"--listen", net.JoinHostPort(n.BMCIPv4, "443"), "--user", n.BMCUser, "--password-file", filepath.Join(dir, "bmc.password"),
+			"--tls-cert", filepath.Join(dir, "bmc.crt"), "--tls-key", filepath.Join(dir, "bmc.key"),
+			"--metrics-listen", net.JoinHostPort(n.BMCIPv4, "9100")}
+		for i, iface := range t.Ifaces(name) {
+			nic := "tap=" + tapOf(iface) + ",mac=" + t.MAC(name, iface)
+			if i == 0 {
+				nic += ",boot"
+			}
+			args = append(args, "--nic", nic)
+		}
+		l.progress("machine %s: QEMU (%s, %d MiB, %s disk) behind a Redfish BMC on https://%s", name, n.Firmware, n.Memory, n.DiskSize, n.BMCIPv4)
+		if _, err := l.spawn("bmc-"+name, t.Namespace(name), args); err != nil {
+			return err
+		}
+	}
+	for _, name := range t.Nodes(topo.KindMachine) {
+		addr := net.JoinHostPort(t.Node(name).BMCIPv4, "443")
+		if err := waitFor(ctx, 30*time.Second, "BMC of "+name+" on "+addr, func() (bool, error) {
+			c, err := net.DialTimeout("tcp", addr, time.Second)
+			if err != nil {
+				return false, err
+			}
+			c.Close()
+			_, err = os.Stat(filepath.Join(l.machineDir(name), "bmc.crt"))
+			return err == nil, err
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeEnv writes <state>/env for `source`: metalctl's settings for the
+// lab (mode 0600: it holds the admin token).
+func (l *Lab) writeEnv() error {
+	env, err := l.Env()
+	if err != nil {
+		return err
+	}
+	var b strings.Builder
+	b.WriteString("# metalctl against the lab's central: source this file\n")
+	for _, e := range env {
+		k, v, _ := strings.Cut(e, "=")
+		fmt.Fprintf(&b, "export %s=%q\n", k, v)
+	}
+	return os.WriteFile(filepath.Join(l.dir, "env"), []byte(b.String()), 0o600)
+}
+
+// EnvFile is where writeEnv puts it.
+func (l *Lab) EnvFile() string { return filepath.Join(l.dir, "env") }
+
+// Instructions tells a person what to do with a lab that is up.
+func (l *Lab) Instructions() string {
+	t, p := l.top, l.top.Partition
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nThe lab %q is up: partition %s, machines %s are PXE-booting (about 30 s under TCG).\n\n",
+		t.Name, p.ID, strings.Join(t.Nodes(topo.KindMachine), ", "))
+	fmt.Fprintf(&b, "  source %s        # metalctl's URL, CA and admin token\n", l.EnvFile())
+	bin := l.bin("metalctl")
+	fmt.Fprintf(&b, "  %s machine list                     # both machines reach Waiting\n", bin)
+	fmt.Fprintf(&b, "  %s machine create --project %s --partition %s --size %s --image %s --networks %s --hostname web-1 --wait\n",
+		bin, l.state.Project, p.ID, p.Sizes[0].ID, p.Images[0].ID, p.Networks[0].ID)
+	fmt.Fprintf(&b, "  %s machine logs -f <machine id>      # its event log, live\n", bin)
+	fmt.Fprintf(&b, "  %s machine delete <machine id>       # frees it: wiped, back to Waiting\n\n", bin)
+	fmt.Fprintf(&b, "  %s status                            # what runs where\n", l.bin("metal-lab"))
+	fmt.Fprintf(&b, "  tail -f %s   # a machine's serial console\n", filepath.Join(l.machineDir(t.Nodes(topo.KindMachine)[0]), "serial.log"))
+	fmt.Fprintf(&b, "  make lab-down                                # removes everything\n")
+	return b.String()
+}
+
+// tail returns the last n bytes of a file, for error messages.
+func tail(path string, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	if fi.Size() > int64(n) {
+		_, _ = f.Seek(fi.Size()-int64(n), 0)
+	}
+	var b strings.Builder
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		b.WriteString(sc.Text())
+		b.WriteByte('\n')
+	}
+	return b.String()
+}

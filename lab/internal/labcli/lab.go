@@ -1,0 +1,215 @@
+package labcli
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/metalfleet/metalfleet/agents/agent"
+	"github.com/metalfleet/metalfleet/lab/internal/lab"
+)
+
+// labFlags are what up, down, status and e2e share.
+type labFlags struct {
+	topology, root, bin, stateDir, logLevel string
+}
+
+func (f *labFlags) add(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVarP(&f.topology, "topology", "t", "lab/topologies/mini.yaml", "topology file")
+	fl.StringVar(&f.root, "root", ".", "the repository (build/ artifacts and the topology's image files are relative to it)")
+	fl.StringVar(&f.bin, "bin", "", "directory of metal-central, metalctl, metal-pixie, metal-lab (default: next to metal-lab)")
+	fl.StringVar(&f.stateDir, "state-dir", "/var/lib/metalfleet/lab", "where labs keep their state, logs, disks and database")
+	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+}
+
+func (f *labFlags) open(cmd *cobra.Command) (*lab.Lab, error) {
+	root, err := filepath.Abs(f.root)
+	if err != nil {
+		return nil, err
+	}
+	bin := f.bin
+	if bin == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		bin = filepath.Dir(exe)
+	}
+	if bin, err = filepath.Abs(bin); err != nil {
+		return nil, err
+	}
+	top := f.topology
+	if !filepath.IsAbs(top) {
+		top = filepath.Join(root, top)
+	}
+	log, _, err := agent.NewLogger(cmd.ErrOrStderr(), f.logLevel, "text")
+	if err != nil {
+		return nil, err
+	}
+	return lab.Open(lab.Config{TopologyFile: top, Root: root, Bin: bin, StateDir: f.stateDir, Out: cmd.ErrOrStderr(), Log: log})
+}
+
+func upCmd() *cobra.Command {
+	var f labFlags
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Build the lab's partition and power its machines on; it keeps running",
+		Long: `up tears down a lab of the same name (also one left by a crashed run),
+builds the topology's network namespaces, veth pairs and bridges, starts
+metal-central (embedded PostgreSQL), sets up the partition with metalctl,
+starts metal-pixie and one Redfish BMC per machine, and powers the machines
+on through their BMCs. They PXE-boot into the installer and wait.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := f.open(cmd)
+			if err != nil {
+				return err
+			}
+			tm, err := l.Up(cmd.Context())
+			if err != nil {
+				return fmt.Errorf("%w\n(the lab is left as it is for a look; `metal-lab down` removes it)", err)
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "up in %s: network %s, central %s, setup %s, pixie %s, BMCs %s\n",
+				(tm.Network + tm.Central + tm.Setup + tm.Pixie + tm.BMCs).Round(time.Second),
+				tm.Network.Round(time.Millisecond), tm.Central.Round(time.Millisecond), tm.Setup.Round(time.Millisecond),
+				tm.Pixie.Round(time.Millisecond), tm.BMCs.Round(time.Millisecond))
+			fmt.Fprint(cmd.OutOrStdout(), l.Instructions())
+			return nil
+		},
+	}
+	f.add(cmd)
+	return cmd
+}
+
+func downCmd() *cobra.Command {
+	var f labFlags
+	cmd := &cobra.Command{
+		Use:   "down",
+		Short: "Stop the lab's processes and delete its namespaces, disks and database (logs stay)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := f.open(cmd)
+			if err != nil {
+				return err
+			}
+			return l.Down(cmd.Context())
+		},
+	}
+	f.add(cmd)
+	return cmd
+}
+
+func statusCmd() *cobra.Command {
+	var f labFlags
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the lab's processes, namespaces, machines' power and central's machine list",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := f.open(cmd)
+			if err != nil {
+				return err
+			}
+			return l.Status(cmd.Context(), cmd.OutOrStdout())
+		},
+	}
+	f.add(cmd)
+	return cmd
+}
+
+func e2eCmd() *cobra.Command {
+	var (
+		f    labFlags
+		keep bool
+	)
+	cmd := &cobra.Command{
+		Use:   "e2e",
+		Short: "The end-to-end test: up, machines wait, allocate, boot from disk, reinstall, free, down",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := f.open(cmd)
+			if err != nil {
+				return err
+			}
+			res, err := l.E2E(cmd.Context(), keep)
+			printE2E(cmd, res)
+			if err != nil {
+				return fmt.Errorf("e2e failed: %w", err)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "e2e passed")
+			return nil
+		},
+	}
+	f.add(cmd)
+	cmd.Flags().BoolVar(&keep, "keep", false, "leave the lab running afterwards (also after a failure)")
+	return cmd
+}
+
+func printE2E(cmd *cobra.Command, r lab.Result) {
+	w := cmd.OutOrStdout()
+	s := func(d time.Duration) string {
+		if d == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f s", d.Seconds())
+	}
+	fmt.Fprintf(w, "lab timings (accel %s):\n", r.Accel)
+	fmt.Fprintf(w, "  up: network %s, central %s, setup %s, pixie %s, BMCs %s\n", s(r.Up.Network), s(r.Up.Central), s(r.Up.Setup), s(r.Up.Pixie), s(r.Up.BMCs))
+	for m, d := range r.Waiting {
+		fmt.Fprintf(w, "  power-on → Waiting %s: %s\n", m, s(d))
+	}
+	fmt.Fprintf(w, "  allocate → Phoned Home: %s\n", s(r.Allocate))
+	fmt.Fprintf(w, "  BMC restart → OS up from disk: %s\n", s(r.DiskBoot))
+	fmt.Fprintf(w, "  reinstall → Phoned Home: %s\n", s(r.Reinstall))
+	fmt.Fprintf(w, "  delete → Waiting: %s\n", s(r.Free))
+	fmt.Fprintf(w, "  total: %s\n", s(r.Total))
+}
+
+// serveCmd serves files over HTTP: the lab's stand-in for wherever an
+// operator keeps OS images. Paths in URLs are what --file names them.
+func serveCmd() *cobra.Command {
+	var (
+		listen string
+		files  []string
+	)
+	cmd := &cobra.Command{
+		Use:    "serve",
+		Short:  "Serve files over HTTP (the lab's image server)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			mux := http.NewServeMux()
+			for _, f := range files {
+				path, file, ok := strings.Cut(f, "=")
+				if !ok || !strings.HasPrefix(path, "/") {
+					return fmt.Errorf("--file %q: want /url/path=/file", f)
+				}
+				mux.HandleFunc("GET "+path, func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, file) })
+			}
+			l, err := net.Listen("tcp", listen)
+			if err != nil {
+				return err
+			}
+			srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+			go func() {
+				<-cmd.Context().Done()
+				_ = srv.Close()
+			}()
+			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", ":8080", "address")
+	cmd.Flags().StringArrayVar(&files, "file", nil, "/url/path=/file/to/serve (repeatable)")
+	return cmd
+}
