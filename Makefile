@@ -141,6 +141,26 @@ provision-e2e: installer-image lab-image ## The provisioning chain for real: cen
 	@$(MAKE) --no-print-directory apt-install PKGS="$(QEMU_PKGS)"
 	METALFLEET_E2E=1 $(GO) test -count=1 -v -timeout 30m -run 'TestProvisionWithRealCentralAndPixie|TestInstallLabImageInQEMU' ./lab/image
 
+LAB_TOPOLOGY ?= lab/topologies/mini.yaml
+
+.PHONY: lab
+lab: deps build installer-image lab-image ## Run the lab: a partition with central, pixie, two leaves and two QEMU machines (stays up; prints how to use metalctl).
+	@$(MAKE) --no-print-directory apt-install PKGS="$(QEMU_PKGS)"
+	$(BIN)/metal-lab up --topology $(LAB_TOPOLOGY)
+
+.PHONY: lab-status
+lab-status: ## What runs in the lab, machines' power, central's machine list.
+	$(BIN)/metal-lab status --topology $(LAB_TOPOLOGY)
+
+.PHONY: lab-down
+lab-down: ## Stop the lab and remove its namespaces, disks and database (logs stay).
+	$(BIN)/metal-lab down --topology $(LAB_TOPOLOGY)
+
+.PHONY: lab-e2e
+lab-e2e: deps build installer-image lab-image ## The end-to-end test on the lab: PXE, Waiting, allocate, disk boot, reinstall, free (prints timings).
+	@$(MAKE) --no-print-directory apt-install PKGS="$(QEMU_PKGS)"
+	$(BIN)/metal-lab e2e --topology $(LAB_TOPOLOGY)
+
 .PHONY: clean
 clean: ## Remove build output (not the data directory or the kernel download cache).
 	rm -rf $(BIN) build
