@@ -28,7 +28,9 @@ type Result struct {
 	DiskBoot time.Duration
 	// Reinstall is the reinstall call until Phoned Home again.
 	Reinstall time.Duration
-	// Free is `metalctl machine delete` until the machine waits again.
+	// Free is `metalctl machine delete` of the machine switched off until
+	// it waits again: the BMC driver's grace period, a PXE boot through the
+	// BMC, the installer's wipe.
 	Free  time.Duration
 	Total time.Duration
 }
@@ -136,7 +138,18 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 	}
 	l.progress("e2e: reinstalled and Phoned Home again in %.1f s", res.Reinstall.Seconds())
 
-	// 5. Free: wiped, back to Waiting, allocatable again.
+	// 5. The tenant switches it off, then deletes it: metal-phonehome cannot
+	//    reboot a machine that is off, so the lab's BMC driver PXE-boots it
+	//    through its BMC; it is wiped and waits again.
+	if err := l.Power(ctx, e.byUUID[uuid], "ForceOff"); err != nil {
+		return res, e.failure(ctx, uuid, err)
+	}
+	if err := waitFor(ctx, 30*time.Second, "power off of "+e.byUUID[uuid], func() (bool, error) {
+		st, err := l.PowerState(ctx, e.byUUID[uuid])
+		return st == "Off", err
+	}); err != nil {
+		return res, e.failure(ctx, uuid, err)
+	}
 	freeStart := time.Now()
 	if _, err := l.metalctl(ctx, "machine", "delete", uuid); err != nil {
 		return res, e.failure(ctx, uuid, err)
@@ -147,7 +160,7 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 		return res, e.failure(ctx, uuid, err)
 	}
 	res.Free = time.Since(freeStart)
-	l.progress("e2e: deleted; %s is Waiting again after %.1f s", e.byUUID[uuid], res.Free.Seconds())
+	l.progress("e2e: deleted while off; the BMC driver PXE-booted it and %s is Waiting again after %.1f s", e.byUUID[uuid], res.Free.Seconds())
 	return res, nil
 }
 

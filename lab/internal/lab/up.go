@@ -84,6 +84,10 @@ func (l *Lab) Up(ctx context.Context) (Timings, error) {
 	}
 	tm.BMCs = time.Since(start)
 
+	if _, err := l.spawn("driver", "", []string{l.bin("metal-lab"), "drive", "--topology", l.cfg.TopologyFile,
+		"--root", l.cfg.Root, "--bin", l.cfg.Bin, "--state-dir", l.cfg.StateDir}); err != nil {
+		return tm, err
+	}
 	tm.PoweredOn = time.Now()
 	for _, m := range l.top.Nodes(topo.KindMachine) {
 		if err := l.Power(ctx, m, "On"); err != nil {

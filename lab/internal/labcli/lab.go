@@ -173,6 +173,29 @@ func printE2E(cmd *cobra.Command, r lab.Result) {
 	fmt.Fprintf(w, "  total: %s\n", s(r.Total))
 }
 
+func driveCmd() *cobra.Command {
+	var (
+		f     labFlags
+		grace time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:    "drive",
+		Short:  "Follow central's machine events and PXE-boot freed or reinstalled machines through their BMCs when they do not reboot by themselves (metal-lab up runs it)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := f.open(cmd)
+			if err != nil {
+				return err
+			}
+			return l.Drive(cmd.Context(), grace)
+		},
+	}
+	f.add(cmd)
+	cmd.Flags().DurationVar(&grace, "grace", 10*time.Second, "how long a freed or reinstalled machine has to reboot by itself")
+	return cmd
+}
+
 // serveCmd serves files over HTTP: the lab's stand-in for wherever an
 // operator keeps OS images. Paths in URLs are what --file names them.
 func serveCmd() *cobra.Command {
