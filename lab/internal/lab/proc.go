@@ -120,10 +120,10 @@ func (p Proc) stop(grace time.Duration) error {
 
 // spawn starts a daemon inside ns, in a session of its own (it outlives
 // `metal-lab up` and the terminal), logging to logs/<name>.log, and
-// records it in the state before returning.
+// records it in the state before returning. Each up starts a fresh log.
 func (l *Lab) spawn(name, ns string, args []string, env ...string) (Proc, error) {
 	logPath := filepath.Join(l.dir, "logs", name+".log")
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return Proc{}, fmt.Errorf("log of %s: %w", name, err)
 	}

@@ -180,6 +180,22 @@ func (l *Lab) setupPartition(ctx context.Context) (string, error) {
 		return "", err
 	}
 	l.state.Project = project
+	// Pixie holds the gateways of the partition's networks; IPAM must not
+	// give their addresses to machines (the installed OS routes via the
+	// network's first address).
+	for _, gw := range t.Node(t.Pixie()).Gateways {
+		a := netip.MustParsePrefix(gw)
+		for _, n := range p.Networks {
+			for _, pr := range n.Prefixes {
+				if netip.MustParsePrefix(pr).Contains(a.Addr()) {
+					if _, err := l.metalctl(ctx, "ip", "allocate", "--project", project, "--network", n.ID, "--ip", a.Addr().String(),
+						"--static", "--name", "gateway", "--description", "the lab's gateway (pixie)"); err != nil {
+						return "", err
+					}
+				}
+			}
+		}
+	}
 	if err := l.state.save(l.statePath()); err != nil {
 		return "", err
 	}
