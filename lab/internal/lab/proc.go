@@ -93,7 +93,8 @@ func (p Proc) Alive() bool {
 	return err == nil && st == p.Start
 }
 
-// stop ends the process and its group (QEMU runs in its BMC's group):
+// stop ends the process and its group (a BMC powers its QEMU off on
+// SIGTERM; QEMU dies with its BMC through the parent-death signal):
 // SIGTERM, then SIGKILL after grace.
 func (p Proc) stop(grace time.Duration) error {
 	if !p.Alive() {
@@ -112,8 +113,7 @@ func (p Proc) stop(grace time.Duration) error {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	// Members of the group that outlive the leader (a QEMU whose BMC died
-	// first) still carry the group id.
+	// Members of the group that outlive its leader still carry its id.
 	_ = syscall.Kill(-p.PID, syscall.SIGKILL)
 	return nil
 }

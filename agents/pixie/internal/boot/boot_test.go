@@ -104,7 +104,7 @@ func TestScripts(t *testing.T) {
 			t.Errorf("installer script lacks %q:\n%s", want, s)
 		}
 	}
-	if d := DiskScript("aa:bb:cc:dd:ee:ff"); !strings.HasPrefix(d, "#!ipxe\n") || !strings.HasSuffix(d, "\nexit\n") {
+	if d := DiskScript("aa:bb:cc:dd:ee:ff"); !strings.HasPrefix(d, "#!ipxe\n") || !strings.HasSuffix(d, "\nexit 1\n") {
 		t.Errorf("disk script:\n%s", d)
 	}
 	r := RetryScript("central says\nno", "http://p/ipxe/boot.ipxe?mac=x")

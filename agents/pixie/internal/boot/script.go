@@ -67,8 +67,11 @@ goto start
 }
 
 // DiskScript leaves iPXE: the firmware boots the next device, the disk.
+// It exits with a failure status on purpose: a UEFI boot manager that gets
+// EFI_SUCCESS back from a boot option stops going through the boot order
+// and shows its menu (edk2 does); BIOS goes on to the next device either way.
 func DiskScript(mac string) string {
-	return fmt.Sprintf("#!ipxe\necho metal-pixie: %s boots from disk\nexit\n", mac)
+	return fmt.Sprintf("#!ipxe\necho metal-pixie: %s boots from disk\nexit 1\n", mac)
 }
 
 // RetryScript asks again after a pause: while central cannot decide, the

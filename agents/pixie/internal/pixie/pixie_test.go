@@ -415,7 +415,7 @@ func TestPXEBootOverRealNetwork(t *testing.T) {
 	})
 
 	t.Run("disk, boot token, bad input", func(t *testing.T) {
-		if code, b := h.get(h.base() + "/ipxe/boot.ipxe?mac=52:54:00:AA:00:03&arch=bios"); code != 200 || !strings.HasSuffix(string(b), "\nexit\n") {
+		if code, b := h.get(h.base() + "/ipxe/boot.ipxe?mac=52:54:00:AA:00:03&arch=bios"); code != 200 || !strings.HasSuffix(string(b), "\nexit 1\n") {
 			t.Fatalf("disk script (%d):\n%s", code, b)
 		}
 		code, b := h.get(h.base() + "/v1/boot-token?mac=" + macIPXE)
@@ -595,7 +595,7 @@ func TestPXEBootOverRealNetwork(t *testing.T) {
 		if code != 200 || !strings.Contains(s, "kernel "+h.base()+"/boot/vmlinuz console=ttyS0 metal.central=127.0.0.1:1 metal.partition=p1 metal.pixie="+h.base()+" initrd=initramfs") || strings.Contains(s, "boot_token") {
 			t.Fatalf("cached installer (%d), want no token:\n%s", code, s)
 		}
-		if code, b := h.get(h.base() + "/ipxe/boot.ipxe?mac=" + macDisk + "&arch=bios"); code != 200 || !strings.HasSuffix(string(b), "\nexit\n") {
+		if code, b := h.get(h.base() + "/ipxe/boot.ipxe?mac=" + macDisk + "&arch=bios"); code != 200 || !strings.HasSuffix(string(b), "\nexit 1\n") {
 			t.Fatalf("cached disk decision (%d):\n%s", code, b)
 		}
 		code, b = h.get(h.base() + "/ipxe/boot.ipxe?mac=" + macNew + "&arch=bios")

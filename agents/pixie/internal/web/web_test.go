@@ -170,7 +170,7 @@ func TestBootScripts(t *testing.T) {
 		t.Fatalf("boot request %v", r)
 	}
 
-	if code, body = e.get(t, "/ipxe/boot.ipxe?mac=52:54:00:00:00:02&arch=bios"); code != 200 || !strings.HasSuffix(body, "\nexit\n") {
+	if code, body = e.get(t, "/ipxe/boot.ipxe?mac=52:54:00:00:00:02&arch=bios"); code != 200 || !strings.HasSuffix(body, "\nexit 1\n") {
 		t.Fatalf("disk script (%d):\n%s", code, body)
 	}
 	// BIOS: no initrd= on the kernel line; the address falls back to the peer's.

@@ -1,0 +1,187 @@
+package redfish
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/metalfleet/metalfleet/lab/internal/vm"
+)
+
+type odataID struct {
+	ID string `json:"@odata.id"`
+}
+
+func link(path string) odataID { return odataID{path} }
+
+func collection(path, typ, name string, members ...string) map[string]any {
+	ms := make([]odataID, 0, len(members))
+	for _, m := range members {
+		ms = append(ms, link(m))
+	}
+	return map[string]any{
+		"@odata.id":           path,
+		"@odata.type":         typ,
+		"Name":                name,
+		"Members":             ms,
+		"Members@odata.count": len(ms),
+	}
+}
+
+var okStatus = map[string]string{"State": "Enabled", "Health": "OK"}
+
+func (s *Server) getRoot(w http.ResponseWriter, _ *http.Request) {
+	s.writeJSON(w, http.StatusOK, map[string]any{
+		"@odata.id":      rootPath,
+		"@odata.type":    "#ServiceRoot.v1_5_0.ServiceRoot",
+		"Id":             "RootService",
+		"Name":           "Root Service",
+		"RedfishVersion": "1.6.0",
+		"UUID":           s.serviceUUID,
+		"Vendor":         "Metalfleet",
+		"Product":        "metal-lab BMC",
+		"Systems":        link(systemsPath),
+		"Managers":       link(managersPath),
+		"Chassis":        link(chassisPath),
+		"SessionService": link(sessionServicePath),
+		"Links":          map[string]any{"Sessions": link(sessionsPath)},
+	})
+}
+
+func (s *Server) getSystems(w http.ResponseWriter, _ *http.Request) {
+	s.writeJSON(w, http.StatusOK, collection(systemsPath, "#ComputerSystemCollection.ComputerSystemCollection", "Computer System Collection", s.systemPath()))
+}
+
+// resetTypes are the ResetType values the system accepts. Nmi has no
+// QEMU counterpart worth offering; ForceOn and PushPowerButton are left
+// out as bmclib does not send them.
+var resetTypes = []string{"On", "ForceOff", "GracefulShutdown", "ForceRestart", "GracefulRestart", "PowerCycle"}
+
+// bootTargets maps Redfish override targets to the machine's boot devices.
+var bootTargets = map[string]vm.BootDevice{"None": vm.BootDefault, "Pxe": vm.BootPXE, "Hdd": vm.BootDisk}
+
+func targetName(d vm.BootDevice) string {
+	for k, v := range bootTargets {
+		if v == d {
+			return k
+		}
+	}
+	return "None"
+}
+
+// bootOverride is the system's Boot property as Redfish sees the
+// machine's override.
+func (s *Server) bootOverride() (enabled, target string) {
+	dev, persistent := s.sys.BootDevice()
+	switch {
+	case dev == vm.BootDefault:
+		return "Disabled", "None"
+	case persistent:
+		return "Continuous", targetName(dev)
+	}
+	return "Once", targetName(dev)
+}
+
+// powerState asks the machine, bounded: a wedged QEMU must not hang
+// every GET of the system.
+func (s *Server) powerState(r *http.Request) (vm.PowerState, error) {
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	return s.sys.PowerState(ctx)
+}
+
+func (s *Server) systemDoc(ps vm.PowerState) map[string]any {
+	enabled, target := s.bootOverride()
+	return map[string]any{
+		"@odata.id":    s.systemPath(),
+		"@odata.type":  "#ComputerSystem.v1_13_0.ComputerSystem",
+		"Id":           s.cfg.ID,
+		"Name":         s.cfg.Name,
+		"SystemType":   "Physical",
+		"UUID":         s.cfg.UUID,
+		"Manufacturer": "Metalfleet",
+		"Model":        "QEMU lab machine",
+		"SerialNumber": s.cfg.SerialNumber,
+		"PowerState":   string(ps),
+		"Status":       okStatus,
+		"Boot": map[string]any{
+			"BootSourceOverrideEnabled":                        enabled,
+			"BootSourceOverrideTarget":                         target,
+			"BootSourceOverrideTarget@Redfish.AllowableValues": []string{"None", "Pxe", "Hdd"},
+			"BootSourceOverrideMode":                           s.cfg.BootMode,
+			"BootSourceOverrideMode@Redfish.AllowableValues":   []string{s.cfg.BootMode},
+		},
+		"Links": map[string]any{
+			"Chassis":   []odataID{link(s.chassisPath())},
+			"ManagedBy": []odataID{link(s.managerPath())},
+		},
+		"Actions": map[string]any{
+			"#ComputerSystem.Reset": map[string]any{
+				"target":                            s.resetPath(),
+				"ResetType@Redfish.AllowableValues": resetTypes,
+			},
+		},
+	}
+}
+
+func (s *Server) getSystem(w http.ResponseWriter, r *http.Request) {
+	ps, err := s.powerState(r)
+	if err != nil {
+		s.log.Error("power state", "err", err)
+		s.fail(w, http.StatusInternalServerError, internalError(err))
+		return
+	}
+	s.writeJSON(w, http.StatusOK, s.systemDoc(ps))
+}
+
+func (s *Server) getManagers(w http.ResponseWriter, _ *http.Request) {
+	s.writeJSON(w, http.StatusOK, collection(managersPath, "#ManagerCollection.ManagerCollection", "Manager Collection", s.managerPath()))
+}
+
+func (s *Server) getManager(w http.ResponseWriter, _ *http.Request) {
+	s.writeJSON(w, http.StatusOK, map[string]any{
+		"@odata.id":       s.managerPath(),
+		"@odata.type":     "#Manager.v1_10_0.Manager",
+		"Id":              managerID,
+		"Name":            "metal-lab BMC",
+		"ManagerType":     "BMC",
+		"Manufacturer":    "Metalfleet",
+		"Model":           "metal-lab Redfish BMC",
+		"FirmwareVersion": "metal-lab",
+		"UUID":            s.serviceUUID,
+		"PowerState":      "On",
+		"Status":          okStatus,
+		"Links": map[string]any{
+			"ManagerForServers": []odataID{link(s.systemPath())},
+			"ManagerForChassis": []odataID{link(s.chassisPath())},
+		},
+	})
+}
+
+func (s *Server) getChassisCollection(w http.ResponseWriter, _ *http.Request) {
+	s.writeJSON(w, http.StatusOK, collection(chassisPath, "#ChassisCollection.ChassisCollection", "Chassis Collection", s.chassisPath()))
+}
+
+func (s *Server) getChassis(w http.ResponseWriter, r *http.Request) {
+	ps, err := s.powerState(r)
+	if err != nil {
+		s.fail(w, http.StatusInternalServerError, internalError(err))
+		return
+	}
+	s.writeJSON(w, http.StatusOK, map[string]any{
+		"@odata.id":    s.chassisPath(),
+		"@odata.type":  "#Chassis.v1_14_0.Chassis",
+		"Id":           s.cfg.ID,
+		"Name":         s.cfg.Name,
+		"ChassisType":  "RackMount",
+		"Manufacturer": "Metalfleet",
+		"Model":        "QEMU lab machine",
+		"SerialNumber": s.cfg.SerialNumber,
+		"PowerState":   string(ps),
+		"Status":       okStatus,
+		"Links": map[string]any{
+			"ComputerSystems": []odataID{link(s.systemPath())},
+			"ManagedBy":       []odataID{link(s.managerPath())},
+		},
+	})
+}

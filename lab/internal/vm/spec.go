@@ -1,0 +1,246 @@
+// Package vm runs one lab machine as a QEMU process and drives its power
+// and boot order the way a BMC would: QEMU running is "powered on", a
+// guest power-off ends QEMU, and the boot order is fixed per QEMU start.
+package vm
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Default firmware files (Debian's ovmf package). OVMF.fd is the
+// combined image used when the split CODE/VARS pair is missing.
+const (
+	DefaultOVMFCode     = "/usr/share/OVMF/OVMF_CODE.fd"
+	DefaultOVMFVars     = "/usr/share/OVMF/OVMF_VARS.fd"
+	DefaultOVMFCombined = "/usr/share/ovmf/OVMF.fd"
+)
+
+// Spec describes one machine.
+type Spec struct {
+	Name      string // for logs and QEMU's -name
+	UUID      string // SMBIOS type 1 uuid (stable)
+	MemoryMiB int    // default 1024
+	CPUs      int    // default 1
+	Firmware  string // "uefi" (OVMF, default) or "bios" (SeaBIOS)
+	Disk      string // raw disk image; created sparse with DiskSize when missing; "" for none
+	DiskSize  int64  // bytes, default 4 GiB
+	NICs      []NIC
+	Dir       string // state: qmp.sock, serial.sock, serial.log, qemu.log, OVMF_VARS.fd
+	QEMU      string // binary, default "qemu-system-x86_64" from PATH
+	Accel     string // "" = "kvm" when /dev/kvm can be opened read-write, else "tcg"
+	Extra     []string
+
+	// OVMFCode and OVMFVars are the UEFI firmware and its variable
+	// store template (copied to Dir once); defaults DefaultOVMFCode and
+	// DefaultOVMFVars, with DefaultOVMFCombined as -bios when the code
+	// file is missing.
+	OVMFCode, OVMFVars string
+	// ShutdownTimeout bounds a graceful power-off before it is forced;
+	// default 2 minutes.
+	ShutdownTimeout time.Duration
+}
+
+// NIC is one virtio network card on an existing tap device.
+type NIC struct {
+	Tap  string // a persistent tap device the lab created
+	MAC  string
+	Boot bool // PXE boots from this NIC
+}
+
+// BootDevice is what the machine boots first.
+type BootDevice string
+
+// Boot devices. BootDefault is the machine's own order: the boot NIC,
+// then the disk (metal-stack machines always PXE first).
+const (
+	BootDefault BootDevice = ""
+	BootPXE     BootDevice = "pxe"
+	BootDisk    BootDevice = "disk"
+)
+
+// Valid reports whether b is a known boot device.
+func (b BootDevice) Valid() bool { return b == BootDefault || b == BootPXE || b == BootDisk }
+
+// pxeFirst reports whether b puts the network before the disk.
+func (b BootDevice) pxeFirst() bool { return b != BootDisk }
+
+// ParseNIC parses "tap=<tap>,mac=<mac>[,boot]".
+func ParseNIC(s string) (NIC, error) {
+	var n NIC
+	for _, f := range strings.Split(s, ",") {
+		k, v, _ := strings.Cut(strings.TrimSpace(f), "=")
+		switch k {
+		case "tap":
+			n.Tap = v
+		case "mac":
+			n.MAC = strings.ToLower(v)
+		case "boot":
+			if v != "" {
+				return NIC{}, fmt.Errorf("nic %q: boot takes no value", s)
+			}
+			n.Boot = true
+		default:
+			return NIC{}, fmt.Errorf("nic %q: unknown key %q (want tap=,mac=[,boot])", s, k)
+		}
+	}
+	if n.Tap == "" || n.MAC == "" {
+		return NIC{}, fmt.Errorf("nic %q: tap= and mac= are required", s)
+	}
+	return n, nil
+}
+
+func (s Spec) withDefaults() Spec {
+	if s.MemoryMiB == 0 {
+		s.MemoryMiB = 1024
+	}
+	if s.CPUs == 0 {
+		s.CPUs = 1
+	}
+	if s.Firmware == "" {
+		s.Firmware = "uefi"
+	}
+	if s.DiskSize == 0 {
+		s.DiskSize = 4 << 30
+	}
+	if s.QEMU == "" {
+		s.QEMU = "qemu-system-x86_64"
+	}
+	if s.Accel == "" {
+		s.Accel = "tcg"
+		if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
+			f.Close()
+			s.Accel = "kvm"
+		}
+	}
+	if s.OVMFCode == "" {
+		s.OVMFCode = DefaultOVMFCode
+	}
+	if s.OVMFVars == "" {
+		s.OVMFVars = DefaultOVMFVars
+	}
+	if s.ShutdownTimeout == 0 {
+		s.ShutdownTimeout = 2 * time.Minute
+	}
+	return s
+}
+
+func (s Spec) validate() error {
+	switch {
+	case s.Dir == "":
+		return fmt.Errorf("vm %s: Dir is required", s.Name)
+	case s.Firmware != "uefi" && s.Firmware != "bios":
+		return fmt.Errorf("vm %s: firmware %q: want uefi or bios", s.Name, s.Firmware)
+	case s.Accel != "kvm" && s.Accel != "tcg":
+		return fmt.Errorf("vm %s: accel %q: want kvm or tcg", s.Name, s.Accel)
+	case strings.Contains(s.Dir, ","):
+		// QEMU's -qmp and -chardev take the path inside a comma list.
+		return fmt.Errorf("vm %s: Dir %q must not hold a comma", s.Name, s.Dir)
+	case s.MemoryMiB < 0 || s.CPUs < 0 || s.DiskSize < 0:
+		return fmt.Errorf("vm %s: memory, cpus and disk size must be positive", s.Name)
+	}
+	boot := 0
+	for i, n := range s.NICs {
+		if n.Tap == "" || n.MAC == "" {
+			return fmt.Errorf("vm %s: nic %d: tap and mac are required", s.Name, i)
+		}
+		if strings.ContainsAny(n.Tap+n.MAC, ", ") {
+			return fmt.Errorf("vm %s: nic %d: tap and mac must not hold commas or spaces", s.Name, i)
+		}
+		if n.Boot {
+			boot++
+		}
+	}
+	if boot > 1 {
+		return fmt.Errorf("vm %s: %d boot NICs, want at most one", s.Name, boot)
+	}
+	return nil
+}
+
+// Paths in Dir.
+func (s Spec) qmpPath() string    { return filepath.Join(s.Dir, "qmp.sock") }
+func (s Spec) serialSock() string { return filepath.Join(s.Dir, "serial.sock") }
+func (s Spec) serialLog() string  { return filepath.Join(s.Dir, "serial.log") }
+func (s Spec) qemuLog() string    { return filepath.Join(s.Dir, "qemu.log") }
+func (s Spec) varsPath() string   { return filepath.Join(s.Dir, "OVMF_VARS.fd") }
+
+// splitOVMF reports whether the split CODE/VARS firmware is used.
+func (s Spec) splitOVMF() bool {
+	_, err := os.Stat(s.OVMFCode)
+	return err == nil
+}
+
+// Args returns QEMU's arguments (without the binary) for a start that
+// boots boot first. Unset fields take their defaults; with Accel unset
+// the result depends on /dev/kvm, and with UEFI on which OVMF files exist.
+func (s Spec) Args(boot BootDevice) []string {
+	s = s.withDefaults()
+	a := []string{"-nodefaults", "-no-user-config"}
+	if s.Name != "" {
+		a = append(a, "-name", qemuEscape(s.Name))
+	}
+	if s.Accel == "kvm" {
+		a = append(a, "-accel", "kvm", "-cpu", "host")
+	} else {
+		// Without -cpu max (RDRAND) the guest kernel's CRNG is not
+		// seeded early under TCG and DHCP clients stall for minutes.
+		a = append(a, "-accel", "tcg", "-cpu", "max")
+	}
+	// graphics=off: with no display SeaBIOS (and the iPXE it runs)
+	// writes to the serial console, like OVMF does anyway.
+	a = append(a, "-machine", "q35,graphics=off",
+		"-m", strconv.Itoa(s.MemoryMiB),
+		"-smp", strconv.Itoa(s.CPUs),
+		"-display", "none")
+	if s.UUID != "" {
+		a = append(a, "-smbios", "type=1,uuid="+qemuEscape(s.UUID))
+	}
+	if s.Firmware == "uefi" {
+		if s.splitOVMF() {
+			a = append(a,
+				"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+qemuEscape(s.OVMFCode),
+				"-drive", "if=pflash,format=raw,unit=1,file="+qemuEscape(s.varsPath()))
+		} else {
+			a = append(a, "-bios", DefaultOVMFCombined)
+		}
+		// The NIC's iPXE ROM does the network boot. OVMF's own PXE
+		// options for the same NIC would come next in the boot order
+		// (they share its bootindex) and each re-run iPXE through
+		// pixie before the firmware reaches the disk.
+		a = append(a, "-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n",
+			"-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n")
+	} // else: SeaBIOS is QEMU's default
+
+	// bootindex is the only order both SeaBIOS and OVMF honour; QEMU
+	// reads it at start, so a new order needs a new QEMU.
+	nicIdx, diskIdx := 1, 2
+	if !boot.pxeFirst() {
+		nicIdx, diskIdx = 2, 1
+	}
+	for i, n := range s.NICs {
+		id := "net" + strconv.Itoa(i)
+		a = append(a, "-netdev", "tap,id="+id+",ifname="+n.Tap+",script=no,downscript=no")
+		dev := "virtio-net-pci,netdev=" + id + ",id=nic" + strconv.Itoa(i) + ",mac=" + n.MAC
+		if n.Boot {
+			dev += ",bootindex=" + strconv.Itoa(nicIdx)
+		}
+		a = append(a, "-device", dev)
+	}
+	if s.Disk != "" {
+		a = append(a,
+			"-drive", "file="+qemuEscape(s.Disk)+",if=none,id=disk0,format=raw,cache=unsafe",
+			"-device", "virtio-blk-pci,drive=disk0,id=vda,bootindex="+strconv.Itoa(diskIdx))
+	}
+	a = append(a,
+		"-chardev", "socket,id=ser0,path="+s.serialSock()+",server=on,wait=off,logfile="+s.serialLog()+",logappend=on",
+		"-serial", "chardev:ser0",
+		"-qmp", "unix:"+s.qmpPath()+",server=on,wait=off")
+	return append(a, s.Extra...)
+}
+
+// qemuEscape doubles commas, QEMU's escape inside option values.
+func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
