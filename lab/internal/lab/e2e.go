@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -127,8 +128,20 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 	if _, err := l.metalctl(ctx, "machine", "reinstall", uuid); err != nil {
 		return res, e.failure(ctx, uuid, err)
 	}
-	if err := e.waitState(ctx, uuid, apiv1.ProvisioningState_PROVISIONING_STATE_PHONED_HOME, 8*time.Minute, func(m *apiv1.Machine) bool {
-		return m.GetAllocation().GetId() != "" && m.GetAllocation().GetId() != oldAlloc
+	m, err = e.get(ctx, uuid)
+	if err != nil {
+		return res, e.failure(ctx, uuid, err)
+	}
+	if m.GetAllocation().GetId() == oldAlloc {
+		return res, e.failure(ctx, uuid, fmt.Errorf("reinstall kept allocation id %s", oldAlloc))
+	}
+	// The state stays Phoned Home until the machine reboots: wait for the
+	// new allocation's own "Phoned Home".
+	if err := waitFor(ctx, 8*time.Minute, "Phoned Home of the reinstalled "+e.byUUID[uuid], func() (bool, error) {
+		ev, err := e.events(ctx, uuid)
+		return slices.ContainsFunc(ev, func(x *apiv1.MachineEvent) bool {
+			return x.GetEvent() == "Phoned Home" && strings.Contains(x.GetMessage(), "allocation "+m.GetAllocation().GetId())
+		}), err
 	}); err != nil {
 		return res, e.failure(ctx, uuid, err)
 	}
@@ -357,7 +370,14 @@ func (e *e2e) failure(ctx context.Context, uuid string, err error) error {
 		return err
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "%v\n\n--- serial console of %s (%s), last 8 KiB ---\n%s", err, e.byUUID[uuid], e.serialLog(uuid), tail(e.serialLog(uuid), 8<<10))
+	// Firmware menus are drawn with terminal control sequences, which
+	// make a console log unreadable as text.
+	ansiEscape := regexp.MustCompile(`\x1b(\[[0-9;=?]*[A-Za-z]|[()][A-Z0-9])`)
+	console := ansiEscape.ReplaceAllString(tail(e.serialLog(uuid), 16<<10), "")
+	if len(console) > 8<<10 {
+		console = console[len(console)-8<<10:]
+	}
+	fmt.Fprintf(&b, "%v\n\n--- serial console of %s (%s), last 8 KiB ---\n%s", err, e.byUUID[uuid], e.serialLog(uuid), console)
 	out, lerr := e.metalctl(context.WithoutCancel(ctx), "machine", "logs", uuid)
 	if lerr != nil {
 		out = lerr.Error()
