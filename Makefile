@@ -17,7 +17,7 @@ APT_PKGS := postgresql ca-certificates git ipxe cpio e2fsprogs dosfstools fdisk 
 # What booting the installer and the lab image under QEMU needs besides
 # (mdadm, lvm2, dmsetup and xfsprogs are packed into the installer when
 # installed on the build host).
-QEMU_PKGS := qemu-system-x86 qemu-utils ovmf mtools
+QEMU_PKGS := qemu-system-x86 qemu-utils ovmf ipxe-qemu mtools
 
 # As root the embedded PostgreSQL runs as user postgres, which must be able to
 # reach the data directory; a checkout under /root is not reachable for it.
@@ -38,6 +38,10 @@ deps: apt-deps tools ## Install what is missing: Debian packages and pinned Go t
 .PHONY: apt-deps
 apt-deps:
 	@$(MAKE) --no-print-directory apt-install PKGS="$(APT_PKGS)"
+
+.PHONY: qemu-deps
+qemu-deps: ## Install QEMU, OVMF and iPXE ROMs (the QEMU tests, the lab).
+	@$(MAKE) --no-print-directory apt-install PKGS="$(QEMU_PKGS)"
 
 .PHONY: apt-install
 apt-install:
@@ -96,7 +100,7 @@ build: ## Build every binary into bin/.
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/metal-phonehome ./agents/phonehome/cmd/metal-phonehome
 
 .PHONY: test
-test: deps ## Run all tests (race detector on for central/) against a real embedded PostgreSQL.
+test: deps qemu-deps ## Run all tests (race detector on for central/) against a real embedded PostgreSQL.
 	$(GO) test -race -count=1 -timeout 20m ./central/...
 	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v '/central/')
 
@@ -122,8 +126,7 @@ installer-image: apt-deps ## Installer kernel + u-root initramfs into build/inst
 	bash installer/build/build.sh
 
 .PHONY: installer-boot-test
-installer-boot-test: installer-image ## Boot the installer once under QEMU (central unreachable: it must come up and say so).
-	@$(MAKE) --no-print-directory apt-install PKGS="$(QEMU_PKGS)"
+installer-boot-test: installer-image qemu-deps ## Boot the installer once under QEMU (central unreachable: it must come up and say so).
 	bash installer/build/boot-test.sh
 
 .PHONY: lab-image
@@ -131,21 +134,18 @@ lab-image: apt-deps ## The lab's OS image: build/lab-image/metal-lab-image.tar.z
 	bash lab/image/build.sh
 
 .PHONY: lab-image-test
-lab-image-test: installer-image lab-image ## Boot the lab image (direct and UEFI), then install it end to end with the installer in QEMU.
-	@$(MAKE) --no-print-directory apt-install PKGS="$(QEMU_PKGS)"
+lab-image-test: installer-image lab-image qemu-deps ## Boot the lab image (direct and UEFI), then install it end to end with the installer in QEMU.
 	bash lab/image/boot-test.sh
 	$(GO) test -count=1 -run TestInstallLabImageInQEMU ./lab/image
 
 .PHONY: provision-e2e
-provision-e2e: installer-image lab-image ## The provisioning chain for real: central, pixie, the installer in QEMU, create --wait until Phoned Home.
-	@$(MAKE) --no-print-directory apt-install PKGS="$(QEMU_PKGS)"
+provision-e2e: installer-image lab-image qemu-deps ## The provisioning chain for real: central, pixie, the installer in QEMU, create --wait until Phoned Home.
 	METALFLEET_E2E=1 $(GO) test -count=1 -v -timeout 30m -run 'TestProvisionWithRealCentralAndPixie|TestInstallLabImageInQEMU' ./lab/image
 
 LAB_TOPOLOGY ?= lab/topologies/mini.yaml
 
 .PHONY: lab
-lab: deps build installer-image lab-image ## Run the lab: a partition with central, pixie, two leaves and two QEMU machines (stays up; prints how to use metalctl).
-	@$(MAKE) --no-print-directory apt-install PKGS="$(QEMU_PKGS)"
+lab: deps build installer-image lab-image qemu-deps ## Run the lab: a partition with central, pixie, two leaves and two QEMU machines (stays up; prints how to use metalctl).
 	$(BIN)/metal-lab up --topology $(LAB_TOPOLOGY)
 
 .PHONY: lab-status
@@ -157,8 +157,7 @@ lab-down: ## Stop the lab and remove its namespaces, disks and database (logs st
 	$(BIN)/metal-lab down --topology $(LAB_TOPOLOGY)
 
 .PHONY: lab-e2e
-lab-e2e: deps build installer-image lab-image ## The end-to-end test on the lab: PXE, Waiting, allocate, disk boot, reinstall, free (prints timings).
-	@$(MAKE) --no-print-directory apt-install PKGS="$(QEMU_PKGS)"
+lab-e2e: deps build installer-image lab-image qemu-deps ## The end-to-end test on the lab: PXE, Waiting, allocate, disk boot, reinstall, free (prints timings).
 	$(BIN)/metal-lab e2e --topology $(LAB_TOPOLOGY)
 
 .PHONY: clean
