@@ -34,6 +34,13 @@ func (l *Lab) Up(ctx context.Context) (Timings, error) {
 	if err := l.Down(ctx); err != nil {
 		return tm, fmt.Errorf("tear down the previous lab: %w", err)
 	}
+	// The previous run's consoles and logs stayed for a post-mortem; this
+	// run starts without them (the e2e reads the consoles).
+	for _, d := range []string{filepath.Join(l.dir, "machines"), filepath.Join(l.dir, "logs")} {
+		if err := os.RemoveAll(d); err != nil {
+			return tm, err
+		}
+	}
 	for _, d := range []string{l.dir, filepath.Join(l.dir, "logs"), filepath.Join(l.dir, "machines")} {
 		if err := os.MkdirAll(d, 0o711); err != nil {
 			return tm, err
