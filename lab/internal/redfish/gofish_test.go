@@ -56,7 +56,7 @@ func TestGofish(t *testing.T) {
 				sys.Manufacturer != "Metalfleet" || sys.SerialNumber != "SN1" {
 				t.Errorf("system = %+v", sys)
 			}
-			if len(sys.SupportedResetTypes) != len(resetTypes) {
+			if len(sys.SupportedResetTypes) != len(resetTypes()) {
 				t.Errorf("SupportedResetTypes = %v", sys.SupportedResetTypes)
 			}
 

@@ -33,14 +33,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	return m, nil
 }
 
-// knownMethods keeps the method label bounded whatever clients send.
-var knownMethods = map[string]bool{"GET": true, "HEAD": true, "POST": true, "PATCH": true, "PUT": true, "DELETE": true, "OPTIONS": true}
+// knownMethod keeps the method label bounded whatever clients send.
+func knownMethod(m string) bool {
+	switch m {
+	case "GET", "HEAD", "POST", "PATCH", "PUT", "DELETE", "OPTIONS":
+		return true
+	}
+	return false
+}
 
 func (m *metrics) request(method, resource string, code int) {
 	if m == nil {
 		return
 	}
-	if !knownMethods[method] {
+	if !knownMethod(method) {
 		method = "other"
 	}
 	m.requests.WithLabelValues(method, resource, strconv.Itoa(code)).Inc()

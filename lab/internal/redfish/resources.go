@@ -28,7 +28,7 @@ func collection(path, typ, name string, members ...string) map[string]any {
 	}
 }
 
-var okStatus = map[string]string{"State": "Enabled", "Health": "OK"}
+func okStatus() map[string]string { return map[string]string{"State": "Enabled", "Health": "OK"} }
 
 func (s *Server) getRoot(w http.ResponseWriter, _ *http.Request) {
 	s.writeJSON(w, http.StatusOK, map[string]any{
@@ -55,13 +55,17 @@ func (s *Server) getSystems(w http.ResponseWriter, _ *http.Request) {
 // resetTypes are the ResetType values the system accepts. Nmi has no
 // QEMU counterpart worth offering; ForceOn and PushPowerButton are left
 // out as bmclib does not send them.
-var resetTypes = []string{"On", "ForceOff", "GracefulShutdown", "ForceRestart", "GracefulRestart", "PowerCycle"}
+func resetTypes() []string {
+	return []string{"On", "ForceOff", "GracefulShutdown", "ForceRestart", "GracefulRestart", "PowerCycle"}
+}
 
 // bootTargets maps Redfish override targets to the machine's boot devices.
-var bootTargets = map[string]vm.BootDevice{"None": vm.BootDefault, "Pxe": vm.BootPXE, "Hdd": vm.BootDisk}
+func bootTargets() map[string]vm.BootDevice {
+	return map[string]vm.BootDevice{"None": vm.BootDefault, "Pxe": vm.BootPXE, "Hdd": vm.BootDisk}
+}
 
 func targetName(d vm.BootDevice) string {
-	for k, v := range bootTargets {
+	for k, v := range bootTargets() {
 		if v == d {
 			return k
 		}
@@ -103,7 +107,7 @@ func (s *Server) systemDoc(ps vm.PowerState) map[string]any {
 		"Model":        "QEMU lab machine",
 		"SerialNumber": s.cfg.SerialNumber,
 		"PowerState":   string(ps),
-		"Status":       okStatus,
+		"Status":       okStatus(),
 		"Boot": map[string]any{
 			"BootSourceOverrideEnabled":                        enabled,
 			"BootSourceOverrideTarget":                         target,
@@ -118,7 +122,7 @@ func (s *Server) systemDoc(ps vm.PowerState) map[string]any {
 		"Actions": map[string]any{
 			"#ComputerSystem.Reset": map[string]any{
 				"target":                            s.resetPath(),
-				"ResetType@Redfish.AllowableValues": resetTypes,
+				"ResetType@Redfish.AllowableValues": resetTypes(),
 			},
 		},
 	}
@@ -150,7 +154,7 @@ func (s *Server) getManager(w http.ResponseWriter, _ *http.Request) {
 		"FirmwareVersion": "metal-lab",
 		"UUID":            s.serviceUUID,
 		"PowerState":      "On",
-		"Status":          okStatus,
+		"Status":          okStatus(),
 		"Links": map[string]any{
 			"ManagerForServers": []odataID{link(s.systemPath())},
 			"ManagerForChassis": []odataID{link(s.chassisPath())},
@@ -178,7 +182,7 @@ func (s *Server) getChassis(w http.ResponseWriter, r *http.Request) {
 		"Model":        "QEMU lab machine",
 		"SerialNumber": s.cfg.SerialNumber,
 		"PowerState":   string(ps),
-		"Status":       okStatus,
+		"Status":       okStatus(),
 		"Links": map[string]any{
 			"ComputerSystems": []odataID{link(s.systemPath())},
 			"ManagedBy":       []odataID{link(s.managerPath())},

@@ -205,7 +205,7 @@ func (s *Server) getSessionService(w http.ResponseWriter, _ *http.Request) {
 		"Name":           "Session Service",
 		"ServiceEnabled": true,
 		"SessionTimeout": int(s.cfg.SessionTimeout / time.Second),
-		"Status":         okStatus,
+		"Status":         okStatus(),
 		"Sessions":       link(sessionsPath),
 	})
 }

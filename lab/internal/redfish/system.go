@@ -66,7 +66,9 @@ func notInList(prop, value string, allowed []string, why string) message {
 
 // systemReadOnly are the ComputerSystem properties we serve but do not
 // let clients change.
-var systemReadOnly = []string{"Id", "Name", "SystemType", "UUID", "Manufacturer", "Model", "SerialNumber", "PowerState", "Status", "Links", "Actions"}
+func systemReadOnly() []string {
+	return []string{"Id", "Name", "SystemType", "UUID", "Manufacturer", "Model", "SerialNumber", "PowerState", "Status", "Links", "Actions"}
+}
 
 // patchSystem changes the boot override: Boot.BootSourceOverrideEnabled
 // (Disabled, Once, Continuous), Boot.BootSourceOverrideTarget (None,
@@ -85,7 +87,7 @@ func (s *Server) patchSystem(w http.ResponseWriter, r *http.Request) {
 			bootRaw = body[k]
 		case strings.HasPrefix(k, "@odata."):
 			// Clients echo annotations back; they change nothing.
-		case slices.Contains(systemReadOnly, k):
+		case slices.Contains(systemReadOnly(), k):
 			errs = append(errs, msg("PropertyNotWritable", fmt.Sprintf("The property %s is a read only property and cannot be assigned a value.", k),
 				"Remove the property from the request body and resubmit the request if the operation failed.", k).related("#/"+k))
 		default:
@@ -133,7 +135,7 @@ func (s *Server) patchSystem(w http.ResponseWriter, r *http.Request) {
 	default:
 		// A target alone while the override is disabled means once, as
 		// most BMCs read it.
-		dev, persistent = bootTargets[target], enabled == "Continuous"
+		dev, persistent = bootTargets()[target], enabled == "Continuous"
 	}
 	if err := s.sys.SetBootDevice(dev, persistent); err != nil {
 		s.fail(w, http.StatusInternalServerError, internalError(err))
@@ -215,8 +217,8 @@ func (s *Server) postReset(w http.ResponseWriter, r *http.Request) {
 		if err := json.Unmarshal(raw, &rt); err != nil {
 			errs = append(errs, msg("ActionParameterValueTypeError", fmt.Sprintf("The value %s for the parameter ResetType in the action %s is of a different type than the parameter can accept: want a string.", raw, action),
 				"Correct the value for the parameter in the request body and resubmit the request if the operation failed.", string(raw), "ResetType", action).related("#/ResetType"))
-		} else if !slices.Contains(resetTypes, rt) {
-			errs = append(errs, msg("ActionParameterValueNotInList", fmt.Sprintf("The value %s for the parameter ResetType in the action %s is not in the list of acceptable values (%s).", rt, action, strings.Join(resetTypes, ", ")),
+		} else if !slices.Contains(resetTypes(), rt) {
+			errs = append(errs, msg("ActionParameterValueNotInList", fmt.Sprintf("The value %s for the parameter ResetType in the action %s is not in the list of acceptable values (%s).", rt, action, strings.Join(resetTypes(), ", ")),
 				"Choose a value from the enumeration list that the implementation can support and resubmit the request if the operation failed.", rt, "ResetType", action).related("#/ResetType"))
 		}
 	}
