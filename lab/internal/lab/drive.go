@@ -59,8 +59,8 @@ func (l *Lab) driveMachine(ctx context.Context, api apiv1.MachineServiceClient, 
 	uuid := l.top.Node(node).UUID
 	log := l.cfg.Log.With("machine", node, "uuid", uuid)
 	var (
-		pending time.Time // when a free/reinstall asked for a reboot not seen yet
-		timer   <-chan time.Time
+		w     rebootWatch
+		timer <-chan time.Time
 	)
 	events := make(chan *apiv1.MachineEvent)
 	go func() {
@@ -97,18 +97,13 @@ func (l *Lab) driveMachine(ctx context.Context, api apiv1.MachineServiceClient, 
 			if at.Before(start) {
 				continue
 			}
-			switch ev.GetEvent() {
-			case evReclaim, evReinstall:
-				if pending.IsZero() {
-					pending = at
-					timer = time.After(grace)
-					log.Info("reboot asked for; waiting for the machine to reboot itself", "event", ev.GetEvent(), "grace", grace)
-				}
-			case evPlanned, evPXEBooting:
-				if !pending.IsZero() {
-					log.Info("the machine rebooted by itself", "event", ev.GetEvent(), "after", at.Sub(pending).Round(time.Millisecond))
-				}
-				pending, timer = time.Time{}, nil
+			switch w.observe(ev.GetEvent(), at) {
+			case watchStarted:
+				timer = time.After(grace)
+				log.Info("reboot asked for; waiting for the machine to reboot itself", "event", ev.GetEvent(), "grace", grace)
+			case watchRebooted:
+				timer = nil
+				log.Info("the machine rebooted by itself", "event", ev.GetEvent(), "after", at.Sub(w.last).Round(time.Millisecond))
 			}
 		case <-timer:
 			timer = nil
@@ -118,10 +113,45 @@ func (l *Lab) driveMachine(ctx context.Context, api apiv1.MachineServiceClient, 
 				continue
 			}
 			log.Info("no reboot within the grace period: PXE-booted it through its BMC", "grace", grace)
-			pending = time.Time{}
+			w.done()
 		}
 	}
 }
+
+// What an event means for a machine the driver watches.
+const (
+	watchNothing  = iota
+	watchStarted  // a reboot was asked for: start the grace period
+	watchRebooted // the machine rebooted by itself: nothing to do
+)
+
+// rebootWatch tracks whether a machine owes a reboot: a free or reinstall
+// asks for one; the machine's own Planned Reboot or a PXE boot settles it.
+type rebootWatch struct {
+	pending bool
+	last    time.Time // when the pending reboot was asked for
+}
+
+func (w *rebootWatch) observe(event string, at time.Time) int {
+	switch event {
+	case evReclaim, evReinstall:
+		if w.pending {
+			return watchNothing // one reboot settles both
+		}
+		w.pending, w.last = true, at
+		return watchStarted
+	case evPlanned, evPXEBooting:
+		if !w.pending {
+			return watchNothing
+		}
+		w.pending = false
+		return watchRebooted
+	}
+	return watchNothing
+}
+
+// done settles the pending reboot after the driver made it happen.
+func (w *rebootWatch) done() { w.pending = false }
 
 // pxeBoot sets a one-time PXE boot override and powers the machine on, or
 // restarts it when it is on.
