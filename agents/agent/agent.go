@@ -18,6 +18,7 @@ import (
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -67,6 +68,11 @@ type Config struct {
 	Metrics *Metrics
 	// MinBackoff and MaxBackoff bound the reconnect delay (defaults 500ms, 30s).
 	MinBackoff, MaxBackoff time.Duration
+	// ConnectTimeout bounds one connection attempt, TCP and TLS (default
+	// 5s; gRPC's own is 20s). An address that swallows the attempt — a
+	// black hole, a source address not usable yet right after boot — must
+	// not keep the agent from the next central for long.
+	ConnectTimeout time.Duration
 	// DialOptions are added to the agent's own.
 	DialOptions []grpc.DialOption
 }
@@ -115,6 +121,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.MinBackoff <= 0 {
 		cfg.MinBackoff = 500 * time.Millisecond
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = 5 * time.Second
 	}
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = 30 * time.Second
@@ -266,6 +275,7 @@ func (a *Agent) dial() (*grpc.ClientConn, string, error) {
 		// Finds a dead central (or path) within about a minute even
 		// while the agent has nothing to send.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 45 * time.Second, Timeout: 15 * time.Second, PermitWithoutStream: true}),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: grpcbackoff.DefaultConfig, MinConnectTimeout: a.cfg.ConnectTimeout}),
 	}, a.cfg.DialOptions...)
 	cc, err := grpc.NewClient(addr, opts...)
 	if err != nil {

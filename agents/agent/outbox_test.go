@@ -168,3 +168,51 @@ func TestCloseAcknowledges(t *testing.T) {
 		t.Fatal("Run still running after Close")
 	}
 }
+
+// TestSilentCentralDoesNotHoldTheAgent: a central address that accepts
+// TCP but never answers (as a SYN into a black hole, or a source address
+// not usable yet right after boot) costs one ConnectTimeout, not gRPC's 20
+// seconds, before the agent reaches the next central.
+func TestSilentCentralDoesNotHoldTheAgent(t *testing.T) {
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, never a word
+		}
+	}()
+	c, a := collectorAgent(t)
+	a.cfg.ConnectTimeout = 500 * time.Millisecond
+	a.cfg.Centrals = append([]string{silent.Addr().String()}, a.cfg.Centrals...)
+	a.next = 0 // the silent one first
+	a.Emit(nil, &agentv1.Event{Type: "hello"})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	fctx, fcancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer fcancel()
+	if err := a.Flush(fctx); err != nil {
+		t.Fatalf("not delivered through the second central within 10 s (gRPC's default connect timeout is 20 s): %v", err)
+	}
+	// Flush means sent; the collector reads it a moment later.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		got, _, _ := c.snapshot()
+		if len(got) == 1 && got[0] == "hello" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("central got %v, want [hello]", got)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
