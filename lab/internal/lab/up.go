@@ -344,14 +344,15 @@ func (l *Lab) Instructions() string {
 		t.Name, p.ID, strings.Join(t.Nodes(topo.KindMachine), ", "))
 	fmt.Fprintf(&b, "  source %s        # metalctl's URL, CA and admin token\n", l.EnvFile())
 	bin := l.bin("metalctl")
-	fmt.Fprintf(&b, "  %s machine list                     # both machines reach Waiting\n", bin)
+	fmt.Fprintf(&b, "  %s machine list                     # the machines reach Waiting\n", bin)
 	fmt.Fprintf(&b, "  %s machine create --project %s --partition %s --size %s --image %s --networks %s --hostname web-1 --wait\n",
 		bin, l.state.Project, p.ID, p.Sizes[0].ID, p.Images[0].ID, p.Networks[0].ID)
 	fmt.Fprintf(&b, "  %s machine logs -f <machine id>      # its event log, live\n", bin)
 	fmt.Fprintf(&b, "  %s machine delete <machine id>       # frees it: wiped, back to Waiting\n\n", bin)
-	fmt.Fprintf(&b, "  %s status                            # what runs where\n", l.bin("metal-lab"))
+	lab := fmt.Sprintf("%s --topology %s --state-dir %s", l.bin("metal-lab"), l.cfg.TopologyFile, l.cfg.StateDir)
+	fmt.Fprintf(&b, "  %s status   # what runs where\n", strings.Replace(lab, " --", " status --", 1))
 	fmt.Fprintf(&b, "  tail -f %s   # a machine's serial console\n", filepath.Join(l.machineDir(t.Nodes(topo.KindMachine)[0]), "serial.log"))
-	fmt.Fprintf(&b, "  make lab-down                                # removes everything\n")
+	fmt.Fprintf(&b, "  %s   # removes everything (make lab-down for the default lab)\n", strings.Replace(lab, " --", " down --", 1))
 	return b.String()
 }
 
