@@ -99,10 +99,13 @@ build: ## Build every binary into bin/.
 	# Static: it is copied into installed systems of any distribution.
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/metal-phonehome ./agents/phonehome/cmd/metal-phonehome
 
+# Besides central/, what runs concurrently under test gets the race detector.
+RACE_PKGS := ./agents/agent/... ./lab/internal/vm/... ./lab/internal/redfish/... ./lab/internal/lab/...
+
 .PHONY: test
-test: deps qemu-deps ## Run all tests (race detector on for central/) against a real embedded PostgreSQL.
-	$(GO) test -race -count=1 -timeout 20m ./central/...
-	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v '/central/')
+test: deps qemu-deps ## Run all tests (race detector on for central/ and $(RACE_PKGS)) against a real embedded PostgreSQL.
+	$(GO) test -race -count=1 -timeout 20m ./central/... $(RACE_PKGS)
+	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v -E -e '/central/' $(foreach p,$(RACE_PKGS),-e '$(p:./%/...=/%)($$|/)'))
 
 .PHONY: run
 run: deps build ## Run metal-central with its embedded PostgreSQL (TLS; prints address, CA and admin token).
