@@ -31,31 +31,15 @@ func CreateNS(name string) error {
 	if _, err := os.Stat(filepath.Join(nsDir, name)); err == nil {
 		return fmt.Errorf("namespace %s exists already", name)
 	}
-	errc := make(chan error, 1)
-	// NewNamed switches the calling thread into the new namespace; the
-	// thread is thrown away afterwards unless switching back works.
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- fmt.Errorf("current namespace: %w", err)
-			return
-		}
-		defer orig.Close()
+	// NewNamed moves the calling thread into the new namespace; Do moves
+	// it back.
+	if err := Do("", func() error {
 		h, err := netns.NewNamed(name)
 		if err != nil {
-			errc <- fmt.Errorf("create namespace %s: %w", name, err)
-			return
+			return fmt.Errorf("create namespace %s: %w", name, err)
 		}
-		h.Close()
-		if err := netns.Set(orig); err != nil {
-			errc <- fmt.Errorf("leave %s: %w", name, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
+		return h.Close()
+	}); err != nil {
 		return err
 	}
 	return withHandle(name, func(h *netlink.Handle) error {
