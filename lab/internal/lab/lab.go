@@ -15,7 +15,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -165,21 +164,6 @@ func waitFor(ctx context.Context, timeout time.Duration, what string, ok func() 
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
-}
-
-// httpOK reports whether url answers 200.
-func httpOK(ctx context.Context, url string) (bool, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return false, err
-	}
-	c := &http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Do(req)
-	if err != nil {
-		return false, err
-	}
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK, nil
 }
 
 func randomSecret() (string, error) {
