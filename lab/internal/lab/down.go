@@ -101,7 +101,10 @@ func (l *Lab) Status(ctx context.Context, w io.Writer) error {
 // bmc logs in to a machine's Redfish BMC, trusting exactly the
 // certificate that BMC made for itself.
 func (l *Lab) bmc(ctx context.Context, machine string) (*gofish.APIClient, *redfish.ComputerSystem, error) {
-	n := l.top.Node(machine)
+	n, ok := l.top.Topology.Nodes[machine]
+	if !ok || n.Kind != topo.KindMachine {
+		return nil, nil, fmt.Errorf("no machine %q in the topology (machines: %s)", machine, strings.Join(l.top.Nodes(topo.KindMachine), ", "))
+	}
 	dir := l.machineDir(machine)
 	pem, err := os.ReadFile(filepath.Join(dir, "bmc.crt"))
 	if err != nil {

@@ -173,6 +173,36 @@ func printE2E(cmd *cobra.Command, r lab.Result) {
 	fmt.Fprintf(w, "  total: %s\n", s(r.Total))
 }
 
+func powerCmd() *cobra.Command {
+	var f labFlags
+	cmd := &cobra.Command{
+		Use:   "power MACHINE [On|ForceOff|GracefulShutdown|ForceRestart|GracefulRestart|PowerCycle]",
+		Short: "Show a lab machine's power state, or send its BMC a Redfish reset",
+		Example: `  metal-lab power machine01
+  metal-lab power machine01 ForceRestart`,
+		Args: cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := f.open(cmd)
+			if err != nil {
+				return err
+			}
+			if len(args) == 2 {
+				if err := l.Power(cmd.Context(), args[0], args[1]); err != nil {
+					return err
+				}
+			}
+			st, err := l.PowerState(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), st)
+			return nil
+		},
+	}
+	f.add(cmd)
+	return cmd
+}
+
 func driveCmd() *cobra.Command {
 	var (
 		f     labFlags
