@@ -207,12 +207,12 @@ func (s Spec) Args(boot BootDevice) []string {
 		} else {
 			a = append(a, "-bios", DefaultOVMFCombined)
 		}
-		// The NIC's iPXE ROM does the network boot. OVMF's own PXE
-		// options for the same NIC would come next in the boot order
-		// (they share its bootindex) and each re-run iPXE through
-		// pixie before the firmware reaches the disk.
-		a = append(a, "-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n",
-			"-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n")
+		// The NIC's iPXE ROM does the network boot with its own stack.
+		// OVMF's IP stacks would add PXE and HTTP boot options for the same
+		// NIC, which share its bootindex and so come before the disk: each
+		// runs pixie's iPXE again (~18 s under TCG) before the disk boots.
+		a = append(a, "-fw_cfg", "name=opt/org.tianocore/IPv4Support,string=n",
+			"-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=n")
 	} // else: SeaBIOS is QEMU's default
 
 	// bootindex is the only order both SeaBIOS and OVMF honour; QEMU
