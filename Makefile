@@ -161,7 +161,8 @@ lab-down: ## Stop the lab and remove its namespaces, disks and database (logs st
 
 .PHONY: lab-e2e
 lab-e2e: deps build installer-image lab-image qemu-deps ## The end-to-end test on the lab: PXE, Waiting, allocate, disk boot, reinstall, free (prints timings).
-	$(BIN)/metal-lab e2e --topology $(LAB_TOPOLOGY)
+	@mkdir -p build
+	$(BIN)/metal-lab e2e --topology $(LAB_TOPOLOGY) --json build/lab-e2e.json
 
 .PHONY: clean
 clean: ## Remove build output (not the data directory or the kernel download cache).

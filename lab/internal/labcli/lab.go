@@ -1,12 +1,16 @@
 package labcli
 
 import (
+	"encoding/json"
 	"errors"
+	"maps"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -127,8 +131,9 @@ func statusCmd() *cobra.Command {
 
 func e2eCmd() *cobra.Command {
 	var (
-		f    labFlags
-		keep bool
+		f       labFlags
+		keep    bool
+		jsonOut string
 	)
 	cmd := &cobra.Command{
 		Use:   "e2e",
@@ -141,6 +146,16 @@ func e2eCmd() *cobra.Command {
 			}
 			res, err := l.E2E(cmd.Context(), keep)
 			printE2E(cmd, res)
+			if jsonOut != "" {
+				b, _ := json.MarshalIndent(struct {
+					lab.Result
+					Passed bool
+					Cores  int
+				}{res, err == nil, runtime.NumCPU()}, "", "  ")
+				if werr := os.WriteFile(jsonOut, append(b, '\n'), 0o644); werr != nil {
+					return errors.Join(err, werr)
+				}
+			}
 			if err != nil {
 				return fmt.Errorf("e2e failed: %w", err)
 			}
@@ -150,6 +165,7 @@ func e2eCmd() *cobra.Command {
 	}
 	f.add(cmd)
 	cmd.Flags().BoolVar(&keep, "keep", false, "leave the lab running afterwards (also after a failure)")
+	cmd.Flags().StringVar(&jsonOut, "json", "", "also write the timings as JSON to this file (durations in nanoseconds)")
 	return cmd
 }
 
@@ -163,8 +179,8 @@ func printE2E(cmd *cobra.Command, r lab.Result) {
 	}
 	fmt.Fprintf(w, "lab timings (accel %s):\n", r.Accel)
 	fmt.Fprintf(w, "  up: network %s, central %s, setup %s, pixie %s, BMCs %s\n", s(r.Up.Network), s(r.Up.Central), s(r.Up.Setup), s(r.Up.Pixie), s(r.Up.BMCs))
-	for m, d := range r.Waiting {
-		fmt.Fprintf(w, "  power-on → Waiting %s: %s\n", m, s(d))
+	for _, m := range slices.Sorted(maps.Keys(r.Waiting)) {
+		fmt.Fprintf(w, "  power-on → Waiting %s: %s\n", m, s(r.Waiting[m]))
 	}
 	fmt.Fprintf(w, "  allocate → Phoned Home: %s\n", s(r.Allocate))
 	fmt.Fprintf(w, "  BMC restart → OS up from disk: %s\n", s(r.DiskBoot))
