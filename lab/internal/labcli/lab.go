@@ -3,8 +3,8 @@ package labcli
 import (
 	"encoding/json"
 	"errors"
-	"maps"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
