@@ -46,12 +46,17 @@ func (l *Lab) Up(ctx context.Context) (Timings, error) {
 			return tm, err
 		}
 	}
-	// The embedded PostgreSQL runs as user postgres: it must get through.
-	for d := l.dir; d != "/" && d != "."; d = filepath.Dir(d) {
-		if fi, err := os.Stat(d); err == nil && fi.Mode().Perm()&0o011 != 0o011 {
-			if err := os.Chmod(d, fi.Mode().Perm()|0o011); err != nil {
-				return tm, err
-			}
+	// The embedded PostgreSQL runs as user postgres: it must get through
+	// every directory above its data. The lab's own are made so; the
+	// host's are only checked (a state dir under /root cannot work).
+	for _, d := range []string{l.dir, l.cfg.StateDir} {
+		if err := os.Chmod(d, 0o711); err != nil {
+			return tm, err
+		}
+	}
+	for d := filepath.Dir(l.cfg.StateDir); d != "/" && d != "."; d = filepath.Dir(d) {
+		if fi, err := os.Stat(d); err != nil || fi.Mode().Perm()&0o001 == 0 {
+			return tm, fmt.Errorf("--state-dir %s: %s is not searchable by others, so the embedded PostgreSQL (user postgres) cannot reach its data; choose a state directory elsewhere", l.cfg.StateDir, d)
 		}
 	}
 	l.state = &State{Topology: l.cfg.TopologyFile, Name: l.top.Name, Created: time.Now().UTC()}
