@@ -74,6 +74,23 @@ func (p *proc) exited() bool {
 	}
 }
 
+// hungUp tells whether a failed QMP command failed because QEMU exited:
+// a lost connection (however the socket reported it) while QEMU is
+// exiting, given the moment until it is reaped. A QEMU that keeps running
+// without its QMP connection is not "off": that is an error.
+func (p *proc) hungUp(ctx context.Context, err error) bool {
+	if errors.Is(err, qmp.ErrClosed) {
+		t := time.NewTimer(quitTimeout)
+		defer t.Stop()
+		select {
+		case <-p.done:
+		case <-ctx.Done():
+		case <-t.C:
+		}
+	}
+	return p.exited()
+}
+
 // New returns a powered-off machine; it starts nothing.
 func New(spec Spec, log *slog.Logger) (*Machine, error) {
 	spec = spec.withDefaults()
@@ -134,16 +151,8 @@ func (m *Machine) PowerState(ctx context.Context) (PowerState, error) {
 		return Off, nil
 	}
 	st, err := p.qmp.QueryStatus(ctx)
-	if errors.Is(err, qmp.ErrClosed) {
-		// QEMU hung up: it is exiting, and is reaped a moment later.
-		select {
-		case <-p.done:
-		case <-ctx.Done():
-		case <-time.After(quitTimeout):
-		}
-	}
 	if err != nil {
-		if p.exited() {
+		if p.hungUp(ctx, err) {
 			return Off, nil
 		}
 		return "", fmt.Errorf("vm %s: power state: %w", m.spec.Name, err)
@@ -207,6 +216,10 @@ func (m *Machine) Reset(ctx context.Context) error {
 		return m.start(ctx)
 	}
 	if err := p.qmp.Execute(ctx, "system_reset", nil, nil); err != nil {
+		if p.hungUp(ctx, err) {
+			// The guest powered itself off as the reset was sent.
+			return ErrPoweredOff
+		}
 		return fmt.Errorf("vm %s: reset: %w", m.spec.Name, err)
 	}
 	m.consumeOnce(next)

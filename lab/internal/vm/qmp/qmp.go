@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -219,7 +220,15 @@ func (c *Client) Execute(ctx context.Context, command string, args, result any) 
 	c.writeMu.Unlock()
 	if err != nil {
 		c.forget(req.ID)
-		return fmt.Errorf("qmp: %s: %w", command, err)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return fmt.Errorf("qmp: %s: %w", command, context.DeadlineExceeded)
+		}
+		// Any other write error (EPIPE, ECONNRESET: QEMU is exiting)
+		// means the connection is gone, whichever of the reader or the
+		// writer notices first: end it so that every caller sees the
+		// one ErrClosed.
+		c.conn.Close()
+		return fmt.Errorf("qmp: %s: %w: %v", command, ErrClosed, err)
 	}
 
 	select {

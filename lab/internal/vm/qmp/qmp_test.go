@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -216,5 +217,53 @@ func TestContextEnds(t *testing.T) {
 	time.AfterFunc(100*time.Millisecond, ccancel)
 	if _, err := Dial(cctx, l.Addr().String(), nil); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Dial without greeting = %v, want canceled", err)
+	}
+}
+
+// brokenConn fails every write once broken is set, as a unix socket whose
+// peer (QEMU, exiting) has hung up fails with EPIPE before the reader has
+// seen the end of the stream.
+type brokenConn struct {
+	net.Conn
+	mu     sync.Mutex
+	broken bool
+}
+
+func (b *brokenConn) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	broken := b.broken
+	b.mu.Unlock()
+	if broken {
+		return 0, &net.OpError{Op: "write", Net: "unix", Err: syscall.EPIPE}
+	}
+	return b.Conn.Write(p)
+}
+
+func TestWriteErrorIsClosed(t *testing.T) {
+	path := fakeQEMU(t, greeting, standard)
+	ctx := context.Background()
+	raw, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := &brokenConn{Conn: raw}
+	c, err := NewClient(ctx, conn, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	conn.mu.Lock()
+	conn.broken = true
+	conn.mu.Unlock()
+	if err := c.Execute(ctx, "query-status", nil, nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Execute over a hung-up socket = %v, want ErrClosed", err)
+	}
+	select {
+	case <-c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("connection not ended after a write error")
+	}
+	if err := c.Execute(ctx, "query-status", nil, nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Execute after the write error = %v, want ErrClosed", err)
 	}
 }
