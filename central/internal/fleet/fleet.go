@@ -54,6 +54,9 @@ type Config struct {
 	SendTimeout time.Duration
 	// Liveliness thresholds, see Liveliness.
 	Liveliness Thresholds
+	// MaxUnusedBootTokens caps the unused, unexpired boot tokens of one
+	// partition (DefaultMaxUnusedBootTokens).
+	MaxUnusedBootTokens int
 }
 
 // DefaultConfig is what metal-central runs with.
@@ -69,6 +72,8 @@ func DefaultConfig() Config {
 		Senders:       4,
 		SendTimeout:   10 * time.Second,
 		Liveliness:    DefaultThresholds(),
+
+		MaxUnusedBootTokens: DefaultMaxUnusedBootTokens,
 	}
 }
 
@@ -82,6 +87,9 @@ func (c Config) withDefaults() Config {
 		if *f.v <= 0 {
 			*f.v = *f.def
 		}
+	}
+	if c.MaxUnusedBootTokens <= 0 {
+		c.MaxUnusedBootTokens = d.MaxUnusedBootTokens
 	}
 	if c.MaxHandshakes <= 0 {
 		c.MaxHandshakes = d.MaxHandshakes

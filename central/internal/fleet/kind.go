@@ -41,6 +41,7 @@ func ValidIdentity(s string) bool { return identityRE.MatchString(s) }
 // Limits on what an agent may send; larger is refused as malformed.
 const (
 	maxLabels       = 64
+	maxHelloNICs    = 256
 	maxLabelKey     = 63
 	maxLabelValue   = 256
 	maxAddresses    = 64
@@ -86,6 +87,11 @@ func validateHello(h *agentv1.Hello) error {
 		f.add("hello.credential", "required")
 	}
 	validateFacts(&f, "hello.facts", h.GetFacts())
+	// An installer names its NICs (a boot token is bound to one of them);
+	// the full machine facts come with its registration report.
+	if n := len(h.GetFacts().GetMachine().GetNics()); n > maxHelloNICs {
+		f.add("hello.facts.machine.nics", "at most %d", maxHelloNICs)
+	}
 	return f.err("hello")
 }
 

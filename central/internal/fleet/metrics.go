@@ -11,6 +11,7 @@ type metrics struct {
 	resyncHealed prometheus.Counter
 	flushErrors  prometheus.Counter
 	events       prometheus.Counter
+	bootTokens   *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -31,11 +32,13 @@ func newMetrics() *metrics {
 			Help: "Failed writes of batched contact and observed state (retried)."}),
 		events: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "events_total",
 			Help: "Agent events stored."}),
+		bootTokens: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "boot_tokens_total",
+			Help: "Boot tokens by result: minted, exchanged, refused (the partition's cap of unused tokens)."}, []string{"result"}),
 	}
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.streams, m.handshakes, m.sent, m.propagation, m.resyncHealed, m.flushErrors, m.events}
+	return []prometheus.Collector{m.streams, m.handshakes, m.sent, m.propagation, m.resyncHealed, m.flushErrors, m.events, m.bootTokens}
 }
 
 // Describe implements prometheus.Collector.

@@ -236,39 +236,6 @@ func asStatus(err error) error {
 	return status.Errorf(codes.Internal, "%v", err)
 }
 
-// exchangeBootToken consumes a boot token once and gives the installer
-// its own credential. An installer known in another partition is refused:
-// a partition's boot token proves nothing about other partitions.
-func (h *Hub) exchangeBootToken(ctx context.Context, tx pgx.Tx, secret string, hello *agentv1.Hello) (Enrolment, error) {
-	var tokenID, partition string
-	err := tx.QueryRow(ctx, `UPDATE boot_tokens SET used_at = now()
-		WHERE secret_hash = $1 AND used_at IS NULL AND expires_at > now() RETURNING id, partition_id`, auth.Hash(secret)).Scan(&tokenID, &partition)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Enrolment{}, errBadBootToken
-	}
-	if err != nil {
-		return Enrolment{}, fmt.Errorf("consume boot token: %w", err)
-	}
-	kind := KindName(hello.GetKind())
-	var known *string
-	err = tx.QueryRow(ctx, `SELECT partition_id FROM agents WHERE kind = $1 AND identity = $2 FOR UPDATE`, kind, hello.GetIdentity()).Scan(&known)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-	case err != nil:
-		return Enrolment{}, fmt.Errorf("look up installer: %w", err)
-	case known == nil || *known != partition:
-		return Enrolment{}, status.Errorf(codes.PermissionDenied, "%s/%s belongs to another partition than this boot token", kind, hello.GetIdentity())
-	}
-	e, err := h.Enroll(ctx, tx, hello.GetKind(), hello.GetIdentity(), partition, "boot-token/"+tokenID)
-	if err != nil {
-		return Enrolment{}, err
-	}
-	if _, err := tx.Exec(ctx, `UPDATE boot_tokens SET used_by = $2 WHERE id = $1`, tokenID, e.ID); err != nil {
-		return Enrolment{}, fmt.Errorf("mark boot token used: %w", err)
-	}
-	return e, nil
-}
-
 func (h *Hub) readDesired(ctx context.Context, id string) (*agentv1.Desired, error) {
 	var raw []byte
 	if err := h.store.Pool().QueryRow(ctx, `SELECT desired FROM agents WHERE id = $1`, id).Scan(&raw); err != nil {

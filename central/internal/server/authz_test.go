@@ -358,6 +358,14 @@ func (e *matrixEnv) rows() map[string]struct {
 				}
 			}
 		}},
+		"/metalfleet.api.v1.MachineService/ResolveMac": {adminOnly, func(t *testing.T, c *caller) error {
+			// The MAC's owner confirmed as its owner: a no-op resolution.
+			id := e.waitingMachine(t)
+			k := n()
+			mac := fmt.Sprintf("52:54:00:%02x:%02x:%02x", k>>16&0xff, k>>8&0xff, k&0xff)
+			e.exec(t, `INSERT INTO machine_nics (mac, machine_id, name) VALUES ($1, $2, 'eth0')`, mac, id)
+			return discard(e.api.Machine.ResolveMac(ctx(t, c), &apiv1.MachineServiceResolveMacRequest{Mac: mac, OwnerId: id}))
+		}},
 		"/metalfleet.api.v1.MachineService/Issues": {adminOnly, func(t *testing.T, c *caller) error {
 			return discard(e.api.Machine.Issues(ctx(t, c), &apiv1.MachineServiceIssuesRequest{}))
 		}},

@@ -126,7 +126,8 @@ func TestProvisioningOverStreams(t *testing.T) {
 
 	id := uuid.NewString()
 	inst := openAgent(t, e, &agentv1.Hello{Kind: agentv1.Kind_KIND_INSTALLER, Identity: id,
-		Credential: &agentv1.Credential{Secret: &agentv1.Credential_BootToken{BootToken: boot.GetBootToken()}}})
+		Credential: &agentv1.Credential{Secret: &agentv1.Credential_BootToken{BootToken: boot.GetBootToken()}},
+		Facts:      &agentv1.Facts{Machine: &agentv1.MachineFacts{Uuid: id, Nics: []*agentv1.NICFact{{Name: "eth0", Mac: mac}}}}})
 	if inst.token == "" {
 		t.Fatal("no credential issued for the boot token")
 	}

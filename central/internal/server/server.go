@@ -107,11 +107,11 @@ const (
 
 // sweepLoop deletes what nobody needs any more until ctx ends. Every
 // replica runs it; the deletes are idempotent.
-func (s *Server) sweepLoop(ctx context.Context, api *service.API) {
+func (s *Server) sweepLoop(ctx context.Context) {
 	t := time.NewTicker(sweepEvery)
 	defer t.Stop()
 	for {
-		n, err := api.SweepBootTokens(ctx, time.Now().Add(-bootTokenKeep))
+		n, err := s.hub.SweepBootTokens(ctx, time.Now().Add(-bootTokenKeep))
 		switch {
 		case err != nil && ctx.Err() == nil:
 			s.log.Error("sweep expired boot tokens", "err", err)
@@ -217,7 +217,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	s.hub.Start(ctx)
 	sweepCtx, stopSweep := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopSweep = stopSweep
-	s.sweeps.Go(func() { s.sweepLoop(sweepCtx, api) })
+	s.sweeps.Go(func() { s.sweepLoop(sweepCtx) })
 	go func() { s.serveErr <- s.grpc.Serve(s.lis) }()
 	if cfg.MetricsListen != "" {
 		if s.mlis, err = net.Listen("tcp", cfg.MetricsListen); err != nil {

@@ -28,6 +28,7 @@ type Fleet interface {
 	ChangeMany(ctx context.Context, tx pgx.Tx, ids []string, change func(id string, d *agentv1.Desired) (bool, error)) error
 	Delete(ctx context.Context, tx pgx.Tx, id string) error
 	Liveliness(last *time.Time) apiv1.Liveliness
+	MintBootToken(ctx context.Context, tx pgx.Tx, t fleet.BootToken) (fleet.MintedBootToken, error)
 }
 
 type agentService struct {
@@ -358,26 +359,32 @@ func (s *bootTokenService) Create(ctx context.Context, req *apiv1.BootTokenServi
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	secret, hash := auth.NewPrefixedSecret(auth.BootTokenPrefix)
-	now := time.Now()
-	bt := &apiv1.BootToken{
-		Id:          uuid.NewString(),
-		PartitionId: req.GetPartitionId(),
-		ExpiresAt:   timestamppb.New(now.Add(life)),
-		Meta:        &apiv1.Meta{CreatedAt: timestamppb.New(now), UpdatedAt: timestamppb.New(now), Generation: 1},
+	if s.fleet == nil {
+		return nil, status.Error(codes.Unimplemented, "this central serves no agent fleet")
 	}
+	var minted fleet.MintedBootToken
 	err := s.store.Tx(ctx, func(tx pgx.Tx) error {
 		if err := partitionExists(ctx, tx, "partition_id", req.GetPartitionId()); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO boot_tokens (id, partition_id, secret_hash, expires_at, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6)`,
-			bt.GetId(), bt.GetPartitionId(), hash, bt.GetExpiresAt().AsTime(), auth.PrincipalFrom(ctx).TokenID, now); err != nil {
-			return fmt.Errorf("store boot token: %w", err)
+		// Not bound to a MAC: an admin's token may enrol any installer of
+		// the partition, but never claim an installed machine.
+		var err error
+		if minted, err = s.fleet.MintBootToken(ctx, tx, fleet.BootToken{Partition: req.GetPartitionId(), TTL: life,
+			CreatedBy: auth.PrincipalFrom(ctx).TokenID}); err != nil {
+			return err
 		}
-		return s.audit(ctx, tx, "boot-token/"+bt.GetId(), "")
+		return s.audit(ctx, tx, "boot-token/"+minted.ID, "")
 	})
 	if err != nil {
 		return nil, toStatus(err, "boot token")
 	}
-	return &apiv1.BootTokenServiceCreateResponse{BootToken: bt, Secret: secret}, nil
+	now := timestamppb.New(minted.ExpiresAt.Add(-life))
+	bt := &apiv1.BootToken{
+		Id:          minted.ID,
+		PartitionId: req.GetPartitionId(),
+		ExpiresAt:   timestamppb.New(minted.ExpiresAt),
+		Meta:        &apiv1.Meta{CreatedAt: now, UpdatedAt: now, Generation: 1},
+	}
+	return &apiv1.BootTokenServiceCreateResponse{BootToken: bt, Secret: minted.Secret}, nil
 }

@@ -2,13 +2,20 @@ package service
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/fsm"
 	"github.com/metalfleet/metalfleet/central/internal/ipam"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
@@ -25,7 +32,9 @@ var machines = table[*apiv1.Machine]{name: "machines", newFn: func() *apiv1.Mach
 // lifecycle state, liveliness of its agent, the newest event's error.
 const machineSelect = `SELECT m.spec, m.generation, m.created_at, m.updated_at, COALESCE(m.size_id, ''), m.rack, m.state,
 	m.provisioning, m.last_event, m.last_event_at, m.crashes, a.last_contact, m.project_id IS NOT NULL,
-	COALESCE((SELECT e.error FROM machine_events e WHERE e.machine_id = m.id AND e.seq = m.event_seq), '')
+	COALESCE((SELECT e.error FROM machine_events e WHERE e.machine_id = m.id AND e.seq = m.event_seq), ''),
+	ARRAY(SELECT c.mac || ' ' || c.machine_id || ' ' || c.owner_id FROM machine_mac_conflicts c WHERE c.machine_id = m.id
+		UNION ALL SELECT c.mac || ' ' || c.machine_id || ' ' || c.owner_id FROM machine_mac_conflicts c WHERE c.owner_id = m.id)
 	FROM machines m LEFT JOIN agents a ON a.id = m.agent_id`
 
 func (a *API) scanMachine(row pgx.Row, now time.Time) (*apiv1.Machine, error) {
@@ -39,8 +48,9 @@ func (a *API) scanMachine(row pgx.Row, now time.Time) (*apiv1.Machine, error) {
 		crashes          int
 		allocated        bool
 		lastErr          string
+		conflicts        []string
 	)
-	if err := row.Scan(&spec, &gen, &created, &updated, &sizeID, &rack, &state, &prov, &ev, &evAt, &crashes, &contact, &allocated, &lastErr); err != nil {
+	if err := row.Scan(&spec, &gen, &created, &updated, &sizeID, &rack, &state, &prov, &ev, &evAt, &crashes, &contact, &allocated, &lastErr, &conflicts); err != nil {
 		return nil, err
 	}
 	m := &apiv1.Machine{}
@@ -69,8 +79,20 @@ func (a *API) scanMachine(row pgx.Row, now time.Time) (*apiv1.Machine, error) {
 	for _, is := range fsm.Issues(v, now) {
 		m.Issues = append(m.Issues, &apiv1.MachineIssue{Id: is.ID, Description: is.Description, MachineId: m.GetId()})
 	}
+	slices.Sort(conflicts)
+	for _, c := range conflicts {
+		f := strings.Fields(c) // mac, reporter, owner
+		if len(f) != 3 {
+			continue
+		}
+		m.Issues = append(m.Issues, &apiv1.MachineIssue{Id: issueDuplicateMAC, MachineId: m.GetId(),
+			Description: fmt.Sprintf("NIC %s belongs to machine %s and is also reported by machine %s: resolve with metalctl machine resolve-mac", f[0], f[2], f[1])})
+	}
 	return m, nil
 }
+
+// issueDuplicateMAC: a NIC is reported by two machines (storeNICs).
+const issueDuplicateMAC = "duplicate-mac"
 
 var machineStates = map[string]apiv1.MachineState{
 	"available": apiv1.MachineState_MACHINE_STATE_AVAILABLE,
@@ -257,4 +279,60 @@ func (s *switchService) List(ctx context.Context, req *apiv1.SwitchServiceListRe
 		return nil, toStatus(err, "switches")
 	}
 	return &apiv1.SwitchServiceListResponse{Switches: out}, nil
+}
+
+// ResolveMac gives a MAC that two machines reported to the machine the
+// admin names and clears its conflicts. The owner must be the MAC's
+// current owner or a machine that reported it.
+func (s *machineService) ResolveMac(ctx context.Context, req *apiv1.MachineServiceResolveMacRequest) (*apiv1.MachineServiceResolveMacResponse, error) {
+	var v violations
+	hw, err := net.ParseMAC(req.GetMac())
+	if err != nil || len(hw) != 6 {
+		v.add("mac", "not a 48-bit MAC address")
+	}
+	v.uuid("owner_id", req.GetOwnerId())
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	mac, owner := hw.String(), strings.ToLower(req.GetOwnerId())
+	err = s.store.Tx(ctx, func(tx pgx.Tx) error {
+		var current string
+		err := tx.QueryRow(ctx, `SELECT machine_id FROM machine_nics WHERE mac = $1`, mac).Scan(&current)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return status.Errorf(codes.NotFound, "no machine has NIC %s", mac)
+		}
+		if err != nil {
+			return fmt.Errorf("owner of %s: %w", mac, err)
+		}
+		var reported bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM machine_mac_conflicts WHERE mac = $1 AND machine_id = $2)`, mac, owner).Scan(&reported); err != nil {
+			return fmt.Errorf("conflicts of %s: %w", mac, err)
+		}
+		if owner != current && !reported {
+			return status.Errorf(codes.FailedPrecondition, "machine %s neither owns nor reported NIC %s (owner: %s)", owner, mac, current)
+		}
+		if _, err := machines.getForUpdate(ctx, tx, owner); err != nil {
+			return err
+		}
+		if owner != current {
+			if _, err := tx.Exec(ctx, `UPDATE machine_nics SET machine_id = $2 WHERE mac = $1`, mac, owner); err != nil {
+				return fmt.Errorf("move nic %s: %w", mac, err)
+			}
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM machine_mac_conflicts WHERE mac = $1`, mac); err != nil {
+			return fmt.Errorf("clear conflicts of %s: %w", mac, err)
+		}
+		if err := logEvent(ctx, tx, owner, "Duplicate MAC resolved", fmt.Sprintf("NIC %s belongs to this machine (was %s), by token %s", mac, current, auth.PrincipalFrom(ctx).TokenID)); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, "machine/"+owner, "")
+	})
+	if err != nil {
+		return nil, toStatus(err, "machine "+quote(req.GetOwnerId()))
+	}
+	m, err := s.readMachine(ctx, s.store.Pool(), owner)
+	if err != nil {
+		return nil, err
+	}
+	return &apiv1.MachineServiceResolveMacResponse{Machine: m}, nil
 }

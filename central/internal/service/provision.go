@@ -7,7 +7,6 @@ import (
 	"net"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -16,7 +15,6 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/fleet"
 	"github.com/metalfleet/metalfleet/central/internal/fsm"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
@@ -138,16 +136,8 @@ func (p *provisioner) register(ctx context.Context, tx pgx.Tx, a fleet.Agent, f 
 		generation = generation + 1, updated_at = now() WHERE id = $1`, id, spec, nullable(sizeID), m.GetRack(), a.ID); err != nil {
 		return fmt.Errorf("store machine %s: %w", id, err)
 	}
-	if _, err := tx.Exec(ctx, `DELETE FROM machine_nics WHERE machine_id = $1`, id); err != nil {
-		return fmt.Errorf("replace nics: %w", err)
-	}
-	for _, n := range f.GetNics() {
-		hw, _ := net.ParseMAC(n.GetMac())
-		// A NIC moved between machines belongs to the one reporting it now.
-		if _, err := tx.Exec(ctx, `INSERT INTO machine_nics (mac, machine_id, name) VALUES ($1, $2, $3)
-			ON CONFLICT (mac) DO UPDATE SET machine_id = excluded.machine_id, name = excluded.name`, hw.String(), id, n.GetName()); err != nil {
-			return fmt.Errorf("store nic %s: %w", hw, err)
-		}
+	if err := storeNICs(ctx, tx, id, f.GetNics()); err != nil {
+		return err
 	}
 	_, err = p.fleet.Change(ctx, tx, a.ID, func(d *agentv1.Desired) (bool, error) {
 		if d.GetMachine().GetMachineId() == id {
@@ -160,6 +150,88 @@ func (p *provisioner) register(ctx context.Context, tx pgx.Tx, a fleet.Agent, f 
 		return true, nil
 	})
 	return err
+}
+
+// storeNICs replaces the machine's NICs with the reported ones. A MAC
+// that belongs to another machine does not move (whoever decides a MAC's
+// PXE boot is not up to the reporter): it is recorded as a conflict, an
+// issue on both machines until an admin resolves it (ResolveMac) or
+// deletes one of them.
+func storeNICs(ctx context.Context, tx pgx.Tx, id string, nics []*agentv1.NICFact) error {
+	if _, err := tx.Exec(ctx, `DELETE FROM machine_nics WHERE machine_id = $1`, id); err != nil {
+		return fmt.Errorf("replace nics: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM machine_mac_conflicts WHERE machine_id = $1`, id); err != nil {
+		return fmt.Errorf("replace mac conflicts: %w", err)
+	}
+	for _, n := range nics {
+		hw, _ := net.ParseMAC(n.GetMac())
+		mac := hw.String()
+		var owner string
+		err := tx.QueryRow(ctx, `INSERT INTO machine_nics (mac, machine_id, name) VALUES ($1, $2, $3)
+			ON CONFLICT (mac) DO NOTHING RETURNING machine_id`, mac, id, n.GetName()).Scan(&owner)
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("store nic %s: %w", mac, err)
+		}
+		if err := tx.QueryRow(ctx, `SELECT machine_id FROM machine_nics WHERE mac = $1`, mac).Scan(&owner); err != nil {
+			return fmt.Errorf("owner of nic %s: %w", mac, err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO machine_mac_conflicts (mac, machine_id, owner_id) VALUES ($1, $2, $3)
+			ON CONFLICT (mac, machine_id) DO UPDATE SET owner_id = excluded.owner_id, reported_at = now()`, mac, id, owner); err != nil {
+			return fmt.Errorf("record mac conflict %s: %w", mac, err)
+		}
+		if err := logEvent(ctx, tx, id, "Duplicate MAC", fmt.Sprintf("reports NIC %s, which belongs to machine %s: not taken over; an admin resolves it (metalctl machine resolve-mac)", mac, owner)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Claim implements fleet.Claimer: may an installer's boot token exchange
+// claim machine c.Identity? Not an allocated machine that is installed:
+// central boots it from its disk and has not asked it to boot the
+// installer (reinstall and free do, by clearing "installed"), so a boot
+// token for it can only be a stranger's. A token minted for a MAC unknown
+// at the time cannot claim a machine that has other NICs; one minted for
+// a MAC must find it still the machine's. A machine not yet known is new.
+func (p *provisioner) Claim(ctx context.Context, tx pgx.Tx, c fleet.Claim) error {
+	id := strings.ToLower(c.Identity)
+	var allocated, installed bool
+	err := tx.QueryRow(ctx, `SELECT allocation_id IS NOT NULL, installed FROM machines WHERE id = $1 FOR UPDATE`, id).Scan(&allocated, &installed)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read machine %s: %w", id, err)
+	}
+	if allocated && installed {
+		return status.Errorf(codes.PermissionDenied,
+			"machine %s is allocated and installed: it boots from its disk, and central has not asked it to boot the installer (reinstall or free it first)", id)
+	}
+	if c.MAC == "" {
+		return nil // an admin's token
+	}
+	var owner string
+	err = tx.QueryRow(ctx, `SELECT machine_id FROM machine_nics WHERE mac = $1`, c.MAC).Scan(&owner)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		var nics int
+		if err := tx.QueryRow(ctx, `SELECT count(*) FROM machine_nics WHERE machine_id = $1`, id).Scan(&nics); err != nil {
+			return fmt.Errorf("read nics of %s: %w", id, err)
+		}
+		if nics > 0 {
+			return status.Errorf(codes.PermissionDenied,
+				"the boot token was handed out for MAC %s, which is not a NIC of machine %s: a NIC change is an admin's decision (metalctl machine resolve-mac)", c.MAC, id)
+		}
+	case err != nil:
+		return fmt.Errorf("owner of %s: %w", c.MAC, err)
+	case owner != id:
+		return status.Errorf(codes.PermissionDenied, "the boot token was handed out for MAC %s, which belongs to machine %s, not %s", c.MAC, owner, id)
+	}
+	return nil
 }
 
 // lockMachine locks the machine of an installer or phonehome, creating
@@ -394,13 +466,14 @@ func (p *provisioner) Boot(ctx context.Context, a fleet.Agent, req *agentv1.Boot
 		}
 		doc := pixieDocument(p.cfg, part)
 		resp.KernelUrl, resp.InitramfsUrl, resp.Cmdline = doc.GetKernelUrl(), doc.GetInitramfsUrl(), doc.GetCmdline()
-		secret, hash := auth.NewPrefixedSecret(auth.BootTokenPrefix)
-		expires := time.Now().Add(p.cfg.BootTokenTTL)
-		if _, err := tx.Exec(ctx, `INSERT INTO boot_tokens (id, partition_id, secret_hash, expires_at, created_by) VALUES ($1, $2, $3, $4, $5)`,
-			uuid.NewString(), a.Partition, hash, expires, "pixie/"+a.ID); err != nil {
-			return fmt.Errorf("store boot token: %w", err)
+		// The token is good only for this MAC (and the machine that owns
+		// it): whoever else asks for it cannot claim another machine.
+		bt, err := p.fleet.MintBootToken(ctx, tx, fleet.BootToken{Partition: a.Partition, MAC: hw.String(), Machine: resp.GetMachineId(),
+			TTL: p.cfg.BootTokenTTL, CreatedBy: "pixie/" + a.ID})
+		if err != nil {
+			return err
 		}
-		resp.BootToken, resp.BootTokenExpiresAt = secret, timestamppb.New(expires)
+		resp.BootToken, resp.BootTokenExpiresAt = bt.Secret, timestamppb.New(bt.ExpiresAt)
 		return nil
 	})
 	if err != nil {
@@ -468,15 +541,4 @@ func (a *API) refreshPixies(ctx context.Context, tx pgx.Tx, partition string) er
 // start, as its advertised addresses or CA may have changed.
 func (a *API) RefreshPixies(ctx context.Context) error {
 	return a.store.Tx(ctx, func(tx pgx.Tx) error { return a.refreshPixies(ctx, tx, "") })
-}
-
-// SweepBootTokens deletes boot tokens that expired before cutoff, used or
-// not: every PXE boot of the installer mints one, and an expired token
-// proves nothing any more. It returns how many went.
-func (a *API) SweepBootTokens(ctx context.Context, cutoff time.Time) (int64, error) {
-	tag, err := a.store.Pool().Exec(ctx, `DELETE FROM boot_tokens WHERE expires_at < $1`, cutoff)
-	if err != nil {
-		return 0, fmt.Errorf("sweep boot tokens: %w", err)
-	}
-	return tag.RowsAffected(), nil
 }

@@ -788,19 +788,149 @@ func benchmarkAllocateMachine(b *testing.B, clients int) {
 
 func TestSweepBootTokens(t *testing.T) {
 	l := newLab(t, 4)
-	for range 3 {
-		if _, err := l.dom.Boot(l.ctx, l.pixie, &agentv1.BootRequest{Mac: mac(7, 0)}); err != nil {
+	for i := range 3 {
+		if _, err := l.dom.Boot(l.ctx, l.pixie, &agentv1.BootRequest{Mac: mac(7, i)}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if _, err := l.a.store.Pool().Exec(l.ctx, `UPDATE boot_tokens SET expires_at = now() - interval '2 days' WHERE id IN (SELECT id FROM boot_tokens LIMIT 2)`); err != nil {
 		t.Fatal(err)
 	}
-	n, err := l.a.SweepBootTokens(l.ctx, time.Now().Add(-24*time.Hour))
+	n, err := l.hub.SweepBootTokens(l.ctx, time.Now().Add(-24*time.Hour))
 	if err != nil || n != 2 {
 		t.Fatalf("swept %d, %v; want 2", n, err)
 	}
 	if left := l.count(`SELECT count(*) FROM boot_tokens`); left != 1 {
 		t.Fatalf("%d boot tokens left, want the fresh one", left)
+	}
+}
+
+// TestClaim: which boot token exchanges may claim which machine (the
+// domain's half; the token's own MAC and machine binding is the hub's).
+func TestClaim(t *testing.T) {
+	l := newLab(t, 4)
+	installed, ag := l.machine(1, "")
+	waiting, _ := l.machine(2, "")
+	if _, err := l.create(&apiv1.MachineServiceCreateRequest{Id: installed, Networks: []string{"internet"}}); err != nil {
+		t.Fatal(err)
+	}
+	ph := fleet.Agent{ID: ag.ID, Kind: agentv1.Kind_KIND_PHONEHOME, Identity: installed, Partition: "p1"}
+	if err := l.report(ag, nil, "Installing", "Booting New Kernel"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.report(ph, nil, "Phoned Home"); err != nil {
+		t.Fatal(err)
+	}
+	claimer := l.dom.(fleet.Claimer)
+	claim := func(c fleet.Claim) error {
+		c.Partition = "p1"
+		return l.tx(func(tx pgx.Tx) error { return claimer.Claim(l.ctx, tx, c) })
+	}
+	tests := []struct {
+		name  string
+		claim fleet.Claim
+		want  codes.Code
+	}{
+		{"a new machine", fleet.Claim{Identity: uuid.NewString(), MAC: mac(9, 0)}, codes.OK},
+		{"a new machine, admin's token", fleet.Claim{Identity: uuid.NewString()}, codes.OK},
+		{"the installed machine with its own MAC", fleet.Claim{Identity: installed, MAC: mac(1, 0), Machine: installed}, codes.PermissionDenied},
+		{"the installed machine, admin's token", fleet.Claim{Identity: installed}, codes.PermissionDenied},
+		{"the installed machine with a fresh MAC", fleet.Claim{Identity: installed, MAC: mac(9, 1)}, codes.PermissionDenied},
+		{"a waiting machine with its own MAC", fleet.Claim{Identity: waiting, MAC: mac(2, 1), Machine: waiting}, codes.OK},
+		{"a waiting machine with another machine's MAC", fleet.Claim{Identity: waiting, MAC: mac(1, 0), Machine: installed}, codes.PermissionDenied},
+		{"a waiting machine with a MAC unknown when minted", fleet.Claim{Identity: waiting, MAC: mac(9, 2)}, codes.PermissionDenied},
+		{"a waiting machine, admin's token", fleet.Claim{Identity: waiting}, codes.OK},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := claim(tt.claim); status.Code(err) != tt.want {
+				t.Fatalf("claim %+v: %v, want %v", tt.claim, err, tt.want)
+			}
+		})
+	}
+
+	// Reinstall asks the machine to boot the installer: now it may be
+	// claimed, by a token of its own MAC only.
+	if _, err := (&machineService{API: l.a}).Reinstall(l.ctx, &apiv1.MachineServiceReinstallRequest{Id: installed}); err != nil {
+		t.Fatal(err)
+	}
+	if err := claim(fleet.Claim{Identity: installed, MAC: mac(1, 1), Machine: installed}); err != nil {
+		t.Fatalf("claim during reinstall: %v", err)
+	}
+	if err := claim(fleet.Claim{Identity: installed, MAC: mac(2, 0), Machine: waiting}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("claim during reinstall with another machine's MAC: %v", err)
+	}
+}
+
+// TestDuplicateMAC: a machine reporting another machine's NIC does not
+// take it over; both get an issue until an admin resolves it.
+func TestDuplicateMAC(t *testing.T) {
+	l := newLab(t, 4)
+	victim, _ := l.machine(1, "")
+	thief, ag := l.machine(2, "")
+	f := facts(thief, 2, 4)
+	f.Nics = append(f.Nics, &agentv1.NICFact{Name: "eth2", Mac: strings.ToUpper(mac(1, 0))})
+	if err := l.report(ag, f, "Registering"); err != nil {
+		t.Fatalf("registration with a foreign MAC: %v", err)
+	}
+	owner := func(m string) string {
+		t.Helper()
+		var id string
+		if err := l.a.store.Pool().QueryRow(l.ctx, `SELECT machine_id FROM machine_nics WHERE mac = $1`, m).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	if got := owner(mac(1, 0)); got != victim {
+		t.Fatalf("NIC %s moved to %s", mac(1, 0), got)
+	}
+	if b, err := l.dom.Boot(l.ctx, l.pixie, &agentv1.BootRequest{Mac: mac(1, 0)}); err != nil || b.GetMachineId() != victim {
+		t.Fatalf("boot of the victim's MAC: %v, %v", b, err)
+	}
+	hasIssue := func(id string) bool {
+		for _, is := range l.get(id).GetIssues() {
+			if is.GetId() == issueDuplicateMAC && strings.Contains(is.GetDescription(), mac(1, 0)) {
+				return true
+			}
+		}
+		return false
+	}
+	if !hasIssue(victim) || !hasIssue(thief) {
+		t.Fatalf("duplicate-mac issue: victim %v, reporter %v", l.get(victim).GetIssues(), l.get(thief).GetIssues())
+	}
+	// Registering again (same facts) keeps one conflict, not two.
+	if err := l.report(ag, f, "Registering"); err != nil {
+		t.Fatal(err)
+	}
+	if n := l.count(`SELECT count(*) FROM machine_mac_conflicts`); n != 1 {
+		t.Fatalf("%d conflicts, want 1", n)
+	}
+
+	svc := &machineService{API: l.a}
+	bad := []struct {
+		name string
+		req  *apiv1.MachineServiceResolveMacRequest
+		want codes.Code
+	}{
+		{"bad mac", &apiv1.MachineServiceResolveMacRequest{Mac: "nope", OwnerId: thief}, codes.InvalidArgument},
+		{"bad owner", &apiv1.MachineServiceResolveMacRequest{Mac: mac(1, 0), OwnerId: "x"}, codes.InvalidArgument},
+		{"unknown mac", &apiv1.MachineServiceResolveMacRequest{Mac: mac(9, 9), OwnerId: thief}, codes.NotFound},
+		{"uninvolved machine", &apiv1.MachineServiceResolveMacRequest{Mac: mac(1, 0), OwnerId: uuid.NewString()}, codes.FailedPrecondition},
+	}
+	for _, tt := range bad {
+		if _, err := svc.ResolveMac(l.ctx, tt.req); status.Code(err) != tt.want {
+			t.Errorf("%s: %v, want %v", tt.name, err, tt.want)
+		}
+	}
+	// The admin finds the NIC really is in the reporter now.
+	m, err := svc.ResolveMac(l.ctx, &apiv1.MachineServiceResolveMacRequest{Mac: mac(1, 0), OwnerId: strings.ToUpper(thief)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := owner(mac(1, 0)); got != thief || m.GetMachine().GetId() != thief {
+		t.Fatalf("after resolving: NIC owned by %s, answer %s", got, m.GetMachine().GetId())
+	}
+	if hasIssue(victim) || hasIssue(thief) || l.count(`SELECT count(*) FROM machine_mac_conflicts`) != 0 {
+		t.Fatal("issues left after resolving")
 	}
 }

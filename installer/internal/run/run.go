@@ -259,7 +259,12 @@ func (r *runner) connect(ctx context.Context, identity string) error {
 			}
 		}
 	}
-	hello := &agentv1.Facts{AgentVersion: r.cfg.Version}
+	// The hello names the machine's NICs: a boot token is good only for
+	// the MAC it was handed out to (docs/agent-protocol.md).
+	hello := &agentv1.Facts{AgentVersion: r.cfg.Version, Machine: &agentv1.MachineFacts{Uuid: r.mf.GetUuid()}}
+	for _, n := range r.mf.GetNics() {
+		hello.Machine.Nics = append(hello.Machine.Nics, &agentv1.NICFact{Mac: n.GetMac(), Name: n.GetName()})
+	}
 	f, err := newFleet(base, hello, r.cfg.StateDir, tok, fresh, r.cfg.MaxRefusals, r.log)
 	if err != nil {
 		return err

@@ -176,7 +176,35 @@ func (a *app) machineStateCommands(r resource[*apiv1.Machine]) []*cobra.Command 
 		mk("unlock", "Make a locked machine available again", apiv1.MachineState_MACHINE_STATE_AVAILABLE, false),
 		mk("reserve", "Reserve a machine: it is only allocated when asked for by id", apiv1.MachineState_MACHINE_STATE_RESERVED, true),
 		mk("unreserve", "Make a reserved machine available again", apiv1.MachineState_MACHINE_STATE_AVAILABLE, false),
+		a.machineResolveMacCommand(r),
 	}
+}
+
+// machineResolveMacCommand settles a duplicate-mac issue.
+func (a *app) machineResolveMacCommand(r resource[*apiv1.Machine]) *cobra.Command {
+	var owner string
+	cmd := &cobra.Command{
+		Use:   "resolve-mac MAC --owner ID",
+		Short: "Settle a duplicate MAC: the NIC belongs to the machine given by --owner from now on",
+		Long: `Settle a duplicate MAC (issue duplicate-mac).
+
+A NIC that a machine reports while it belongs to another one does not move by
+itself: whoever owns a MAC decides what its PXE boot does. Check which machine
+really has the NIC (its BMC, the switch port it is cabled to), then give it
+to that machine; --owner is its current owner or a machine that reported it.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if owner == "" {
+				return errors.New("--owner is required")
+			}
+			return printCall(a, cmd, r.cols, func(ctx context.Context, cc grpc.ClientConnInterface) (*apiv1.Machine, error) {
+				resp, err := apiv1.NewMachineServiceClient(cc).ResolveMac(ctx, &apiv1.MachineServiceResolveMacRequest{Mac: args[0], OwnerId: owner})
+				return resp.GetMachine(), err
+			})
+		},
+	}
+	cmd.Flags().StringVar(&owner, "owner", "", "the machine the MAC belongs to (required)")
+	return cmd
 }
 
 func issueColumns() []column[*apiv1.MachineIssue] {

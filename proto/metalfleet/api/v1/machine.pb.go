@@ -1415,6 +1415,103 @@ func (x *MachineServiceEventsResponse) GetMachine() *Machine {
 	return nil
 }
 
+type MachineServiceResolveMacRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Mac   string                 `protobuf:"bytes,1,opt,name=mac,proto3" json:"mac,omitempty"`
+	// owner_id is the machine the MAC belongs to from now on.
+	OwnerId       string `protobuf:"bytes,2,opt,name=owner_id,json=ownerId,proto3" json:"owner_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineServiceResolveMacRequest) Reset() {
+	*x = MachineServiceResolveMacRequest{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServiceResolveMacRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServiceResolveMacRequest) ProtoMessage() {}
+
+func (x *MachineServiceResolveMacRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServiceResolveMacRequest.ProtoReflect.Descriptor instead.
+func (*MachineServiceResolveMacRequest) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *MachineServiceResolveMacRequest) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
+func (x *MachineServiceResolveMacRequest) GetOwnerId() string {
+	if x != nil {
+		return x.OwnerId
+	}
+	return ""
+}
+
+type MachineServiceResolveMacResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Machine       *Machine               `protobuf:"bytes,1,opt,name=machine,proto3" json:"machine,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineServiceResolveMacResponse) Reset() {
+	*x = MachineServiceResolveMacResponse{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServiceResolveMacResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServiceResolveMacResponse) ProtoMessage() {}
+
+func (x *MachineServiceResolveMacResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServiceResolveMacResponse.ProtoReflect.Descriptor instead.
+func (*MachineServiceResolveMacResponse) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *MachineServiceResolveMacResponse) GetMachine() *Machine {
+	if x != nil {
+		return x.Machine
+	}
+	return nil
+}
+
 type MachineServiceIssuesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	PartitionId   string                 `protobuf:"bytes,1,opt,name=partition_id,json=partitionId,proto3" json:"partition_id,omitempty"`
@@ -1424,7 +1521,7 @@ type MachineServiceIssuesRequest struct {
 
 func (x *MachineServiceIssuesRequest) Reset() {
 	*x = MachineServiceIssuesRequest{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[18]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1436,7 +1533,7 @@ func (x *MachineServiceIssuesRequest) String() string {
 func (*MachineServiceIssuesRequest) ProtoMessage() {}
 
 func (x *MachineServiceIssuesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[18]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1449,7 +1546,7 @@ func (x *MachineServiceIssuesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MachineServiceIssuesRequest.ProtoReflect.Descriptor instead.
 func (*MachineServiceIssuesRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{18}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *MachineServiceIssuesRequest) GetPartitionId() string {
@@ -1468,7 +1565,7 @@ type MachineServiceIssuesResponse struct {
 
 func (x *MachineServiceIssuesResponse) Reset() {
 	*x = MachineServiceIssuesResponse{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[19]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1480,7 +1577,7 @@ func (x *MachineServiceIssuesResponse) String() string {
 func (*MachineServiceIssuesResponse) ProtoMessage() {}
 
 func (x *MachineServiceIssuesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[19]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1493,7 +1590,7 @@ func (x *MachineServiceIssuesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MachineServiceIssuesResponse.ProtoReflect.Descriptor instead.
 func (*MachineServiceIssuesResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{19}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *MachineServiceIssuesResponse) GetIssues() []*MachineIssue {
@@ -1518,7 +1615,7 @@ type Switch struct {
 
 func (x *Switch) Reset() {
 	*x = Switch{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[20]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1530,7 +1627,7 @@ func (x *Switch) String() string {
 func (*Switch) ProtoMessage() {}
 
 func (x *Switch) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[20]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1543,7 +1640,7 @@ func (x *Switch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Switch.ProtoReflect.Descriptor instead.
 func (*Switch) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{20}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Switch) GetId() string {
@@ -1601,7 +1698,7 @@ type SwitchPort struct {
 
 func (x *SwitchPort) Reset() {
 	*x = SwitchPort{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[21]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1613,7 +1710,7 @@ func (x *SwitchPort) String() string {
 func (*SwitchPort) ProtoMessage() {}
 
 func (x *SwitchPort) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[21]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1626,7 +1723,7 @@ func (x *SwitchPort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchPort.ProtoReflect.Descriptor instead.
 func (*SwitchPort) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{21}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SwitchPort) GetName() string {
@@ -1659,7 +1756,7 @@ type SwitchServiceGetRequest struct {
 
 func (x *SwitchServiceGetRequest) Reset() {
 	*x = SwitchServiceGetRequest{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[22]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1671,7 +1768,7 @@ func (x *SwitchServiceGetRequest) String() string {
 func (*SwitchServiceGetRequest) ProtoMessage() {}
 
 func (x *SwitchServiceGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[22]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1684,7 +1781,7 @@ func (x *SwitchServiceGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchServiceGetRequest.ProtoReflect.Descriptor instead.
 func (*SwitchServiceGetRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{22}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SwitchServiceGetRequest) GetId() string {
@@ -1703,7 +1800,7 @@ type SwitchServiceGetResponse struct {
 
 func (x *SwitchServiceGetResponse) Reset() {
 	*x = SwitchServiceGetResponse{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[23]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1715,7 +1812,7 @@ func (x *SwitchServiceGetResponse) String() string {
 func (*SwitchServiceGetResponse) ProtoMessage() {}
 
 func (x *SwitchServiceGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[23]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1728,7 +1825,7 @@ func (x *SwitchServiceGetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchServiceGetResponse.ProtoReflect.Descriptor instead.
 func (*SwitchServiceGetResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{23}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SwitchServiceGetResponse) GetSwitch() *Switch {
@@ -1747,7 +1844,7 @@ type SwitchServiceListRequest struct {
 
 func (x *SwitchServiceListRequest) Reset() {
 	*x = SwitchServiceListRequest{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[24]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +1856,7 @@ func (x *SwitchServiceListRequest) String() string {
 func (*SwitchServiceListRequest) ProtoMessage() {}
 
 func (x *SwitchServiceListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[24]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +1869,7 @@ func (x *SwitchServiceListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchServiceListRequest.ProtoReflect.Descriptor instead.
 func (*SwitchServiceListRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{24}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SwitchServiceListRequest) GetPartitionId() string {
@@ -1791,7 +1888,7 @@ type SwitchServiceListResponse struct {
 
 func (x *SwitchServiceListResponse) Reset() {
 	*x = SwitchServiceListResponse{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[25]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1803,7 +1900,7 @@ func (x *SwitchServiceListResponse) String() string {
 func (*SwitchServiceListResponse) ProtoMessage() {}
 
 func (x *SwitchServiceListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[25]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1816,7 +1913,7 @@ func (x *SwitchServiceListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchServiceListResponse.ProtoReflect.Descriptor instead.
 func (*SwitchServiceListResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{25}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SwitchServiceListResponse) GetSwitches() []*Switch {
@@ -1935,7 +2032,12 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"\x05limit\x18\x03 \x01(\rR\x05limit\"\x8b\x01\n" +
 	"\x1cMachineServiceEventsResponse\x125\n" +
 	"\x05event\x18\x01 \x01(\v2\x1f.metalfleet.api.v1.MachineEventR\x05event\x124\n" +
-	"\amachine\x18\x02 \x01(\v2\x1a.metalfleet.api.v1.MachineR\amachine\"@\n" +
+	"\amachine\x18\x02 \x01(\v2\x1a.metalfleet.api.v1.MachineR\amachine\"N\n" +
+	"\x1fMachineServiceResolveMacRequest\x12\x10\n" +
+	"\x03mac\x18\x01 \x01(\tR\x03mac\x12\x19\n" +
+	"\bowner_id\x18\x02 \x01(\tR\aownerId\"X\n" +
+	" MachineServiceResolveMacResponse\x124\n" +
+	"\amachine\x18\x01 \x01(\v2\x1a.metalfleet.api.v1.MachineR\amachine\"@\n" +
 	"\x1bMachineServiceIssuesRequest\x12!\n" +
 	"\fpartition_id\x18\x01 \x01(\tR\vpartitionId\"W\n" +
 	"\x1cMachineServiceIssuesResponse\x127\n" +
@@ -1984,7 +2086,7 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"!PROVISIONING_STATE_PLANNED_REBOOT\x10\b\x12&\n" +
 	"\"PROVISIONING_STATE_MACHINE_RECLAIM\x10\t\x12\x1e\n" +
 	"\x1aPROVISIONING_STATE_CRASHED\x10\n" +
-	"2\x85\b\n" +
+	"2\x86\t\n" +
 	"\x0eMachineService\x12w\n" +
 	"\x03Get\x12+.metalfleet.api.v1.MachineServiceGetRequest\x1a,.metalfleet.api.v1.MachineServiceGetResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x01\x1a\x02id\"\amachine\x12k\n" +
 	"\x04List\x12,.metalfleet.api.v1.MachineServiceListRequest\x1a-.metalfleet.api.v1.MachineServiceListResponse\"\x06\xca\xf3\x18\x02\b\x01\x12\x88\x01\n" +
@@ -1994,7 +2096,9 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"\tReinstall\x121.metalfleet.api.v1.MachineServiceReinstallRequest\x1a2.metalfleet.api.v1.MachineServiceReinstallResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x02\x1a\x02id\"\amachine\x12y\n" +
 	"\bSetState\x120.metalfleet.api.v1.MachineServiceSetStateRequest\x1a1.metalfleet.api.v1.MachineServiceSetStateResponse\"\b\xca\xf3\x18\x04\b\x02\x10\x02\x12\x82\x01\n" +
 	"\x06Events\x12..metalfleet.api.v1.MachineServiceEventsRequest\x1a/.metalfleet.api.v1.MachineServiceEventsResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x01\x1a\x02id\"\amachine0\x01\x12s\n" +
-	"\x06Issues\x12..metalfleet.api.v1.MachineServiceIssuesRequest\x1a/.metalfleet.api.v1.MachineServiceIssuesResponse\"\b\xca\xf3\x18\x04\b\x02\x10\x012\xe6\x01\n" +
+	"\x06Issues\x12..metalfleet.api.v1.MachineServiceIssuesRequest\x1a/.metalfleet.api.v1.MachineServiceIssuesResponse\"\b\xca\xf3\x18\x04\b\x02\x10\x01\x12\x7f\n" +
+	"\n" +
+	"ResolveMac\x122.metalfleet.api.v1.MachineServiceResolveMacRequest\x1a3.metalfleet.api.v1.MachineServiceResolveMacResponse\"\b\xca\xf3\x18\x04\b\x02\x10\x022\xe6\x01\n" +
 	"\rSwitchService\x12h\n" +
 	"\x03Get\x12*.metalfleet.api.v1.SwitchServiceGetRequest\x1a+.metalfleet.api.v1.SwitchServiceGetResponse\"\b\xca\xf3\x18\x04\b\x02\x10\x01\x12k\n" +
 	"\x04List\x12+.metalfleet.api.v1.SwitchServiceListRequest\x1a,.metalfleet.api.v1.SwitchServiceListResponse\"\b\xca\xf3\x18\x04\b\x02\x10\x01B@Z>github.com/metalfleet/metalfleet/proto/metalfleet/api/v1;apiv1b\x06proto3"
@@ -2012,60 +2116,62 @@ func file_metalfleet_api_v1_machine_proto_rawDescGZIP() []byte {
 }
 
 var file_metalfleet_api_v1_machine_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_metalfleet_api_v1_machine_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_metalfleet_api_v1_machine_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_metalfleet_api_v1_machine_proto_goTypes = []any{
-	(MachineState)(0),                       // 0: metalfleet.api.v1.MachineState
-	(Liveliness)(0),                         // 1: metalfleet.api.v1.Liveliness
-	(ProvisioningState)(0),                  // 2: metalfleet.api.v1.ProvisioningState
-	(*Machine)(nil),                         // 3: metalfleet.api.v1.Machine
-	(*MachineIssue)(nil),                    // 4: metalfleet.api.v1.MachineIssue
-	(*MachineAllocation)(nil),               // 5: metalfleet.api.v1.MachineAllocation
-	(*MachineEvent)(nil),                    // 6: metalfleet.api.v1.MachineEvent
-	(*MachineServiceGetRequest)(nil),        // 7: metalfleet.api.v1.MachineServiceGetRequest
-	(*MachineServiceGetResponse)(nil),       // 8: metalfleet.api.v1.MachineServiceGetResponse
-	(*MachineServiceListRequest)(nil),       // 9: metalfleet.api.v1.MachineServiceListRequest
-	(*MachineServiceListResponse)(nil),      // 10: metalfleet.api.v1.MachineServiceListResponse
-	(*MachineServiceCreateRequest)(nil),     // 11: metalfleet.api.v1.MachineServiceCreateRequest
-	(*MachineServiceCreateResponse)(nil),    // 12: metalfleet.api.v1.MachineServiceCreateResponse
-	(*MachineServiceDeleteRequest)(nil),     // 13: metalfleet.api.v1.MachineServiceDeleteRequest
-	(*MachineServiceDeleteResponse)(nil),    // 14: metalfleet.api.v1.MachineServiceDeleteResponse
-	(*MachineServiceReinstallRequest)(nil),  // 15: metalfleet.api.v1.MachineServiceReinstallRequest
-	(*MachineServiceReinstallResponse)(nil), // 16: metalfleet.api.v1.MachineServiceReinstallResponse
-	(*MachineServiceSetStateRequest)(nil),   // 17: metalfleet.api.v1.MachineServiceSetStateRequest
-	(*MachineServiceSetStateResponse)(nil),  // 18: metalfleet.api.v1.MachineServiceSetStateResponse
-	(*MachineServiceEventsRequest)(nil),     // 19: metalfleet.api.v1.MachineServiceEventsRequest
-	(*MachineServiceEventsResponse)(nil),    // 20: metalfleet.api.v1.MachineServiceEventsResponse
-	(*MachineServiceIssuesRequest)(nil),     // 21: metalfleet.api.v1.MachineServiceIssuesRequest
-	(*MachineServiceIssuesResponse)(nil),    // 22: metalfleet.api.v1.MachineServiceIssuesResponse
-	(*Switch)(nil),                          // 23: metalfleet.api.v1.Switch
-	(*SwitchPort)(nil),                      // 24: metalfleet.api.v1.SwitchPort
-	(*SwitchServiceGetRequest)(nil),         // 25: metalfleet.api.v1.SwitchServiceGetRequest
-	(*SwitchServiceGetResponse)(nil),        // 26: metalfleet.api.v1.SwitchServiceGetResponse
-	(*SwitchServiceListRequest)(nil),        // 27: metalfleet.api.v1.SwitchServiceListRequest
-	(*SwitchServiceListResponse)(nil),       // 28: metalfleet.api.v1.SwitchServiceListResponse
-	nil,                                     // 29: metalfleet.api.v1.Machine.LabelsEntry
-	nil,                                     // 30: metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
-	(*v1.MachineFacts)(nil),                 // 31: metalfleet.agent.v1.MachineFacts
-	(*timestamppb.Timestamp)(nil),           // 32: google.protobuf.Timestamp
-	(*Meta)(nil),                            // 33: metalfleet.api.v1.Meta
+	(MachineState)(0),                        // 0: metalfleet.api.v1.MachineState
+	(Liveliness)(0),                          // 1: metalfleet.api.v1.Liveliness
+	(ProvisioningState)(0),                   // 2: metalfleet.api.v1.ProvisioningState
+	(*Machine)(nil),                          // 3: metalfleet.api.v1.Machine
+	(*MachineIssue)(nil),                     // 4: metalfleet.api.v1.MachineIssue
+	(*MachineAllocation)(nil),                // 5: metalfleet.api.v1.MachineAllocation
+	(*MachineEvent)(nil),                     // 6: metalfleet.api.v1.MachineEvent
+	(*MachineServiceGetRequest)(nil),         // 7: metalfleet.api.v1.MachineServiceGetRequest
+	(*MachineServiceGetResponse)(nil),        // 8: metalfleet.api.v1.MachineServiceGetResponse
+	(*MachineServiceListRequest)(nil),        // 9: metalfleet.api.v1.MachineServiceListRequest
+	(*MachineServiceListResponse)(nil),       // 10: metalfleet.api.v1.MachineServiceListResponse
+	(*MachineServiceCreateRequest)(nil),      // 11: metalfleet.api.v1.MachineServiceCreateRequest
+	(*MachineServiceCreateResponse)(nil),     // 12: metalfleet.api.v1.MachineServiceCreateResponse
+	(*MachineServiceDeleteRequest)(nil),      // 13: metalfleet.api.v1.MachineServiceDeleteRequest
+	(*MachineServiceDeleteResponse)(nil),     // 14: metalfleet.api.v1.MachineServiceDeleteResponse
+	(*MachineServiceReinstallRequest)(nil),   // 15: metalfleet.api.v1.MachineServiceReinstallRequest
+	(*MachineServiceReinstallResponse)(nil),  // 16: metalfleet.api.v1.MachineServiceReinstallResponse
+	(*MachineServiceSetStateRequest)(nil),    // 17: metalfleet.api.v1.MachineServiceSetStateRequest
+	(*MachineServiceSetStateResponse)(nil),   // 18: metalfleet.api.v1.MachineServiceSetStateResponse
+	(*MachineServiceEventsRequest)(nil),      // 19: metalfleet.api.v1.MachineServiceEventsRequest
+	(*MachineServiceEventsResponse)(nil),     // 20: metalfleet.api.v1.MachineServiceEventsResponse
+	(*MachineServiceResolveMacRequest)(nil),  // 21: metalfleet.api.v1.MachineServiceResolveMacRequest
+	(*MachineServiceResolveMacResponse)(nil), // 22: metalfleet.api.v1.MachineServiceResolveMacResponse
+	(*MachineServiceIssuesRequest)(nil),      // 23: metalfleet.api.v1.MachineServiceIssuesRequest
+	(*MachineServiceIssuesResponse)(nil),     // 24: metalfleet.api.v1.MachineServiceIssuesResponse
+	(*Switch)(nil),                           // 25: metalfleet.api.v1.Switch
+	(*SwitchPort)(nil),                       // 26: metalfleet.api.v1.SwitchPort
+	(*SwitchServiceGetRequest)(nil),          // 27: metalfleet.api.v1.SwitchServiceGetRequest
+	(*SwitchServiceGetResponse)(nil),         // 28: metalfleet.api.v1.SwitchServiceGetResponse
+	(*SwitchServiceListRequest)(nil),         // 29: metalfleet.api.v1.SwitchServiceListRequest
+	(*SwitchServiceListResponse)(nil),        // 30: metalfleet.api.v1.SwitchServiceListResponse
+	nil,                                      // 31: metalfleet.api.v1.Machine.LabelsEntry
+	nil,                                      // 32: metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
+	(*v1.MachineFacts)(nil),                  // 33: metalfleet.agent.v1.MachineFacts
+	(*timestamppb.Timestamp)(nil),            // 34: google.protobuf.Timestamp
+	(*Meta)(nil),                             // 35: metalfleet.api.v1.Meta
 }
 var file_metalfleet_api_v1_machine_proto_depIdxs = []int32{
 	0,  // 0: metalfleet.api.v1.Machine.state:type_name -> metalfleet.api.v1.MachineState
 	1,  // 1: metalfleet.api.v1.Machine.liveliness:type_name -> metalfleet.api.v1.Liveliness
 	5,  // 2: metalfleet.api.v1.Machine.allocation:type_name -> metalfleet.api.v1.MachineAllocation
-	31, // 3: metalfleet.api.v1.Machine.hardware:type_name -> metalfleet.agent.v1.MachineFacts
-	32, // 4: metalfleet.api.v1.Machine.last_event_at:type_name -> google.protobuf.Timestamp
-	29, // 5: metalfleet.api.v1.Machine.labels:type_name -> metalfleet.api.v1.Machine.LabelsEntry
+	33, // 3: metalfleet.api.v1.Machine.hardware:type_name -> metalfleet.agent.v1.MachineFacts
+	34, // 4: metalfleet.api.v1.Machine.last_event_at:type_name -> google.protobuf.Timestamp
+	31, // 5: metalfleet.api.v1.Machine.labels:type_name -> metalfleet.api.v1.Machine.LabelsEntry
 	2,  // 6: metalfleet.api.v1.Machine.provisioning:type_name -> metalfleet.api.v1.ProvisioningState
 	4,  // 7: metalfleet.api.v1.Machine.issues:type_name -> metalfleet.api.v1.MachineIssue
-	33, // 8: metalfleet.api.v1.Machine.meta:type_name -> metalfleet.api.v1.Meta
-	32, // 9: metalfleet.api.v1.MachineAllocation.created_at:type_name -> google.protobuf.Timestamp
-	32, // 10: metalfleet.api.v1.MachineAllocation.phoned_home_at:type_name -> google.protobuf.Timestamp
-	32, // 11: metalfleet.api.v1.MachineEvent.time:type_name -> google.protobuf.Timestamp
+	35, // 8: metalfleet.api.v1.Machine.meta:type_name -> metalfleet.api.v1.Meta
+	34, // 9: metalfleet.api.v1.MachineAllocation.created_at:type_name -> google.protobuf.Timestamp
+	34, // 10: metalfleet.api.v1.MachineAllocation.phoned_home_at:type_name -> google.protobuf.Timestamp
+	34, // 11: metalfleet.api.v1.MachineEvent.time:type_name -> google.protobuf.Timestamp
 	2,  // 12: metalfleet.api.v1.MachineEvent.state:type_name -> metalfleet.api.v1.ProvisioningState
 	3,  // 13: metalfleet.api.v1.MachineServiceGetResponse.machine:type_name -> metalfleet.api.v1.Machine
 	3,  // 14: metalfleet.api.v1.MachineServiceListResponse.machines:type_name -> metalfleet.api.v1.Machine
-	30, // 15: metalfleet.api.v1.MachineServiceCreateRequest.labels:type_name -> metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
+	32, // 15: metalfleet.api.v1.MachineServiceCreateRequest.labels:type_name -> metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
 	3,  // 16: metalfleet.api.v1.MachineServiceCreateResponse.machine:type_name -> metalfleet.api.v1.Machine
 	3,  // 17: metalfleet.api.v1.MachineServiceDeleteResponse.machine:type_name -> metalfleet.api.v1.Machine
 	3,  // 18: metalfleet.api.v1.MachineServiceReinstallResponse.machine:type_name -> metalfleet.api.v1.Machine
@@ -2073,37 +2179,40 @@ var file_metalfleet_api_v1_machine_proto_depIdxs = []int32{
 	3,  // 20: metalfleet.api.v1.MachineServiceSetStateResponse.machine:type_name -> metalfleet.api.v1.Machine
 	6,  // 21: metalfleet.api.v1.MachineServiceEventsResponse.event:type_name -> metalfleet.api.v1.MachineEvent
 	3,  // 22: metalfleet.api.v1.MachineServiceEventsResponse.machine:type_name -> metalfleet.api.v1.Machine
-	4,  // 23: metalfleet.api.v1.MachineServiceIssuesResponse.issues:type_name -> metalfleet.api.v1.MachineIssue
-	24, // 24: metalfleet.api.v1.Switch.ports:type_name -> metalfleet.api.v1.SwitchPort
-	32, // 25: metalfleet.api.v1.Switch.last_sync:type_name -> google.protobuf.Timestamp
-	33, // 26: metalfleet.api.v1.Switch.meta:type_name -> metalfleet.api.v1.Meta
-	23, // 27: metalfleet.api.v1.SwitchServiceGetResponse.switch:type_name -> metalfleet.api.v1.Switch
-	23, // 28: metalfleet.api.v1.SwitchServiceListResponse.switches:type_name -> metalfleet.api.v1.Switch
-	7,  // 29: metalfleet.api.v1.MachineService.Get:input_type -> metalfleet.api.v1.MachineServiceGetRequest
-	9,  // 30: metalfleet.api.v1.MachineService.List:input_type -> metalfleet.api.v1.MachineServiceListRequest
-	11, // 31: metalfleet.api.v1.MachineService.Create:input_type -> metalfleet.api.v1.MachineServiceCreateRequest
-	13, // 32: metalfleet.api.v1.MachineService.Delete:input_type -> metalfleet.api.v1.MachineServiceDeleteRequest
-	15, // 33: metalfleet.api.v1.MachineService.Reinstall:input_type -> metalfleet.api.v1.MachineServiceReinstallRequest
-	17, // 34: metalfleet.api.v1.MachineService.SetState:input_type -> metalfleet.api.v1.MachineServiceSetStateRequest
-	19, // 35: metalfleet.api.v1.MachineService.Events:input_type -> metalfleet.api.v1.MachineServiceEventsRequest
-	21, // 36: metalfleet.api.v1.MachineService.Issues:input_type -> metalfleet.api.v1.MachineServiceIssuesRequest
-	25, // 37: metalfleet.api.v1.SwitchService.Get:input_type -> metalfleet.api.v1.SwitchServiceGetRequest
-	27, // 38: metalfleet.api.v1.SwitchService.List:input_type -> metalfleet.api.v1.SwitchServiceListRequest
-	8,  // 39: metalfleet.api.v1.MachineService.Get:output_type -> metalfleet.api.v1.MachineServiceGetResponse
-	10, // 40: metalfleet.api.v1.MachineService.List:output_type -> metalfleet.api.v1.MachineServiceListResponse
-	12, // 41: metalfleet.api.v1.MachineService.Create:output_type -> metalfleet.api.v1.MachineServiceCreateResponse
-	14, // 42: metalfleet.api.v1.MachineService.Delete:output_type -> metalfleet.api.v1.MachineServiceDeleteResponse
-	16, // 43: metalfleet.api.v1.MachineService.Reinstall:output_type -> metalfleet.api.v1.MachineServiceReinstallResponse
-	18, // 44: metalfleet.api.v1.MachineService.SetState:output_type -> metalfleet.api.v1.MachineServiceSetStateResponse
-	20, // 45: metalfleet.api.v1.MachineService.Events:output_type -> metalfleet.api.v1.MachineServiceEventsResponse
-	22, // 46: metalfleet.api.v1.MachineService.Issues:output_type -> metalfleet.api.v1.MachineServiceIssuesResponse
-	26, // 47: metalfleet.api.v1.SwitchService.Get:output_type -> metalfleet.api.v1.SwitchServiceGetResponse
-	28, // 48: metalfleet.api.v1.SwitchService.List:output_type -> metalfleet.api.v1.SwitchServiceListResponse
-	39, // [39:49] is the sub-list for method output_type
-	29, // [29:39] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	3,  // 23: metalfleet.api.v1.MachineServiceResolveMacResponse.machine:type_name -> metalfleet.api.v1.Machine
+	4,  // 24: metalfleet.api.v1.MachineServiceIssuesResponse.issues:type_name -> metalfleet.api.v1.MachineIssue
+	26, // 25: metalfleet.api.v1.Switch.ports:type_name -> metalfleet.api.v1.SwitchPort
+	34, // 26: metalfleet.api.v1.Switch.last_sync:type_name -> google.protobuf.Timestamp
+	35, // 27: metalfleet.api.v1.Switch.meta:type_name -> metalfleet.api.v1.Meta
+	25, // 28: metalfleet.api.v1.SwitchServiceGetResponse.switch:type_name -> metalfleet.api.v1.Switch
+	25, // 29: metalfleet.api.v1.SwitchServiceListResponse.switches:type_name -> metalfleet.api.v1.Switch
+	7,  // 30: metalfleet.api.v1.MachineService.Get:input_type -> metalfleet.api.v1.MachineServiceGetRequest
+	9,  // 31: metalfleet.api.v1.MachineService.List:input_type -> metalfleet.api.v1.MachineServiceListRequest
+	11, // 32: metalfleet.api.v1.MachineService.Create:input_type -> metalfleet.api.v1.MachineServiceCreateRequest
+	13, // 33: metalfleet.api.v1.MachineService.Delete:input_type -> metalfleet.api.v1.MachineServiceDeleteRequest
+	15, // 34: metalfleet.api.v1.MachineService.Reinstall:input_type -> metalfleet.api.v1.MachineServiceReinstallRequest
+	17, // 35: metalfleet.api.v1.MachineService.SetState:input_type -> metalfleet.api.v1.MachineServiceSetStateRequest
+	19, // 36: metalfleet.api.v1.MachineService.Events:input_type -> metalfleet.api.v1.MachineServiceEventsRequest
+	23, // 37: metalfleet.api.v1.MachineService.Issues:input_type -> metalfleet.api.v1.MachineServiceIssuesRequest
+	21, // 38: metalfleet.api.v1.MachineService.ResolveMac:input_type -> metalfleet.api.v1.MachineServiceResolveMacRequest
+	27, // 39: metalfleet.api.v1.SwitchService.Get:input_type -> metalfleet.api.v1.SwitchServiceGetRequest
+	29, // 40: metalfleet.api.v1.SwitchService.List:input_type -> metalfleet.api.v1.SwitchServiceListRequest
+	8,  // 41: metalfleet.api.v1.MachineService.Get:output_type -> metalfleet.api.v1.MachineServiceGetResponse
+	10, // 42: metalfleet.api.v1.MachineService.List:output_type -> metalfleet.api.v1.MachineServiceListResponse
+	12, // 43: metalfleet.api.v1.MachineService.Create:output_type -> metalfleet.api.v1.MachineServiceCreateResponse
+	14, // 44: metalfleet.api.v1.MachineService.Delete:output_type -> metalfleet.api.v1.MachineServiceDeleteResponse
+	16, // 45: metalfleet.api.v1.MachineService.Reinstall:output_type -> metalfleet.api.v1.MachineServiceReinstallResponse
+	18, // 46: metalfleet.api.v1.MachineService.SetState:output_type -> metalfleet.api.v1.MachineServiceSetStateResponse
+	20, // 47: metalfleet.api.v1.MachineService.Events:output_type -> metalfleet.api.v1.MachineServiceEventsResponse
+	24, // 48: metalfleet.api.v1.MachineService.Issues:output_type -> metalfleet.api.v1.MachineServiceIssuesResponse
+	22, // 49: metalfleet.api.v1.MachineService.ResolveMac:output_type -> metalfleet.api.v1.MachineServiceResolveMacResponse
+	28, // 50: metalfleet.api.v1.SwitchService.Get:output_type -> metalfleet.api.v1.SwitchServiceGetResponse
+	30, // 51: metalfleet.api.v1.SwitchService.List:output_type -> metalfleet.api.v1.SwitchServiceListResponse
+	41, // [41:52] is the sub-list for method output_type
+	30, // [30:41] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_metalfleet_api_v1_machine_proto_init() }
@@ -2118,7 +2227,7 @@ func file_metalfleet_api_v1_machine_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metalfleet_api_v1_machine_proto_rawDesc), len(file_metalfleet_api_v1_machine_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   28,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -19,14 +19,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	MachineService_Get_FullMethodName       = "/metalfleet.api.v1.MachineService/Get"
-	MachineService_List_FullMethodName      = "/metalfleet.api.v1.MachineService/List"
-	MachineService_Create_FullMethodName    = "/metalfleet.api.v1.MachineService/Create"
-	MachineService_Delete_FullMethodName    = "/metalfleet.api.v1.MachineService/Delete"
-	MachineService_Reinstall_FullMethodName = "/metalfleet.api.v1.MachineService/Reinstall"
-	MachineService_SetState_FullMethodName  = "/metalfleet.api.v1.MachineService/SetState"
-	MachineService_Events_FullMethodName    = "/metalfleet.api.v1.MachineService/Events"
-	MachineService_Issues_FullMethodName    = "/metalfleet.api.v1.MachineService/Issues"
+	MachineService_Get_FullMethodName        = "/metalfleet.api.v1.MachineService/Get"
+	MachineService_List_FullMethodName       = "/metalfleet.api.v1.MachineService/List"
+	MachineService_Create_FullMethodName     = "/metalfleet.api.v1.MachineService/Create"
+	MachineService_Delete_FullMethodName     = "/metalfleet.api.v1.MachineService/Delete"
+	MachineService_Reinstall_FullMethodName  = "/metalfleet.api.v1.MachineService/Reinstall"
+	MachineService_SetState_FullMethodName   = "/metalfleet.api.v1.MachineService/SetState"
+	MachineService_Events_FullMethodName     = "/metalfleet.api.v1.MachineService/Events"
+	MachineService_Issues_FullMethodName     = "/metalfleet.api.v1.MachineService/Issues"
+	MachineService_ResolveMac_FullMethodName = "/metalfleet.api.v1.MachineService/ResolveMac"
 )
 
 // MachineServiceClient is the client API for MachineService service.
@@ -53,6 +54,11 @@ type MachineServiceClient interface {
 	Events(ctx context.Context, in *MachineServiceEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[MachineServiceEventsResponse], error)
 	// Issues lists the machines that need an operator (admin).
 	Issues(ctx context.Context, in *MachineServiceIssuesRequest, opts ...grpc.CallOption) (*MachineServiceIssuesResponse, error)
+	// ResolveMac settles a duplicate MAC (admin): a NIC reported by a
+	// machine while it belongs to another one does not move by itself. The
+	// MAC belongs to owner_id from now on (its current owner, or a machine
+	// that reported it) and the conflicts of the MAC are cleared.
+	ResolveMac(ctx context.Context, in *MachineServiceResolveMacRequest, opts ...grpc.CallOption) (*MachineServiceResolveMacResponse, error)
 }
 
 type machineServiceClient struct {
@@ -152,6 +158,16 @@ func (c *machineServiceClient) Issues(ctx context.Context, in *MachineServiceIss
 	return out, nil
 }
 
+func (c *machineServiceClient) ResolveMac(ctx context.Context, in *MachineServiceResolveMacRequest, opts ...grpc.CallOption) (*MachineServiceResolveMacResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MachineServiceResolveMacResponse)
+	err := c.cc.Invoke(ctx, MachineService_ResolveMac_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MachineServiceServer is the server API for MachineService service.
 // All implementations must embed UnimplementedMachineServiceServer
 // for forward compatibility.
@@ -176,6 +192,11 @@ type MachineServiceServer interface {
 	Events(*MachineServiceEventsRequest, grpc.ServerStreamingServer[MachineServiceEventsResponse]) error
 	// Issues lists the machines that need an operator (admin).
 	Issues(context.Context, *MachineServiceIssuesRequest) (*MachineServiceIssuesResponse, error)
+	// ResolveMac settles a duplicate MAC (admin): a NIC reported by a
+	// machine while it belongs to another one does not move by itself. The
+	// MAC belongs to owner_id from now on (its current owner, or a machine
+	// that reported it) and the conflicts of the MAC are cleared.
+	ResolveMac(context.Context, *MachineServiceResolveMacRequest) (*MachineServiceResolveMacResponse, error)
 	mustEmbedUnimplementedMachineServiceServer()
 }
 
@@ -209,6 +230,9 @@ func (UnimplementedMachineServiceServer) Events(*MachineServiceEventsRequest, gr
 }
 func (UnimplementedMachineServiceServer) Issues(context.Context, *MachineServiceIssuesRequest) (*MachineServiceIssuesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Issues not implemented")
+}
+func (UnimplementedMachineServiceServer) ResolveMac(context.Context, *MachineServiceResolveMacRequest) (*MachineServiceResolveMacResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResolveMac not implemented")
 }
 func (UnimplementedMachineServiceServer) mustEmbedUnimplementedMachineServiceServer() {}
 func (UnimplementedMachineServiceServer) testEmbeddedByValue()                        {}
@@ -368,6 +392,24 @@ func _MachineService_Issues_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MachineService_ResolveMac_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MachineServiceResolveMacRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MachineServiceServer).ResolveMac(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MachineService_ResolveMac_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MachineServiceServer).ResolveMac(ctx, req.(*MachineServiceResolveMacRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MachineService_ServiceDesc is the grpc.ServiceDesc for MachineService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -402,6 +444,10 @@ var MachineService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Issues",
 			Handler:    _MachineService_Issues_Handler,
+		},
+		{
+			MethodName: "ResolveMac",
+			Handler:    _MachineService_ResolveMac_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
