@@ -197,3 +197,23 @@ func TestTokenRolesNeverWiden(t *testing.T) {
 		})
 	}
 }
+
+// A lineage is at most 31 mints long: authentication checks every ancestor.
+func TestTokenLineageDepth(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	req := func() *apiv1.TokenServiceCreateRequest {
+		return &apiv1.TokenServiceCreateRequest{ProjectRoles: map[string]apiv1.Level{e.p1: viewer}}
+	}
+	// The admin token is the root; e.mint fails the test on any refusal.
+	c := e.admin
+	for range 31 {
+		c = e.mint(t, "link", c, req())
+	}
+	whoami := ok(e.api.Token.Whoami(e.as(t, c), &apiv1.TokenServiceWhoamiRequest{}))(t)
+	if whoami.GetToken().GetId() != c.tokenID {
+		t.Fatalf("Whoami = %v", whoami)
+	}
+	_, err := e.api.Token.Create(e.as(t, c), req())
+	wantCode(t, err, codes.FailedPrecondition)
+}
