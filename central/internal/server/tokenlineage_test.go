@@ -162,7 +162,9 @@ func TestTokenRolesNeverWiden(t *testing.T) {
 	ten := func(id string, l apiv1.Level) *apiv1.TokenServiceCreateRequest {
 		return &apiv1.TokenServiceCreateRequest{TenantRoles: map[string]apiv1.Level{id: l}}
 	}
-	adm := func(l apiv1.Level) *apiv1.TokenServiceCreateRequest { return &apiv1.TokenServiceCreateRequest{AdminRole: l} }
+	adm := func(l apiv1.Level) *apiv1.TokenServiceCreateRequest {
+		return &apiv1.TokenServiceCreateRequest{AdminRole: l}
+	}
 	tests := []struct {
 		name string
 		by   *caller
