@@ -26,7 +26,10 @@ type ipService struct {
 	apiv1.UnimplementedIPServiceServer
 }
 
-var ips = table[*apiv1.IP]{name: "ips", key: "ip", newFn: func() *apiv1.IP { return &apiv1.IP{} }}
+// ips reads machine_id from its column, the one truth that allocation sets
+// and freeing a machine clears; a machineId copied into spec is never shown.
+var ips = table[*apiv1.IP]{name: "ips", key: "ip", newFn: func() *apiv1.IP { return &apiv1.IP{} },
+	spec: `CASE WHEN machine_id IS NULL THEN spec - 'machineId' ELSE spec || jsonb_build_object('machineId', machine_id) END`}
 
 var ipTypeNames = map[apiv1.IPType]string{
 	apiv1.IPType_IP_TYPE_EPHEMERAL: "ephemeral",

@@ -23,6 +23,10 @@ type table[T proto.Message] struct {
 	newFn func() T
 	// key is the primary key column; "id" when empty.
 	key string
+	// spec is the SQL expression read as the object's spec; "spec" when
+	// empty. A table whose column is the truth for a field (ips.machine_id)
+	// overlays it here, so every read — get, list, RETURNING — agrees.
+	spec string
 }
 
 func (t table[T]) keyCol() string {
@@ -38,7 +42,14 @@ type col struct {
 	val  any
 }
 
-const selectCols = `spec, generation, created_at, updated_at`
+// selectCols are the columns scan reads, in its order.
+func (t table[T]) selectCols() string {
+	spec := t.spec
+	if spec == "" {
+		spec = "spec"
+	}
+	return spec + `, generation, created_at, updated_at`
+}
 
 func (t table[T]) scan(row pgx.Row) (T, error) {
 	var (
@@ -58,17 +69,17 @@ func (t table[T]) scan(row pgx.Row) (T, error) {
 }
 
 func (t table[T]) get(ctx context.Context, db ipam.DB, id string) (T, error) {
-	return t.scan(db.QueryRow(ctx, `SELECT `+selectCols+` FROM `+t.name+` WHERE `+t.keyCol()+` = $1`, id))
+	return t.scan(db.QueryRow(ctx, `SELECT `+t.selectCols()+` FROM `+t.name+` WHERE `+t.keyCol()+` = $1`, id))
 }
 
 // getForUpdate locks the row for the rest of the transaction.
 func (t table[T]) getForUpdate(ctx context.Context, db ipam.DB, id string) (T, error) {
-	return t.scan(db.QueryRow(ctx, `SELECT `+selectCols+` FROM `+t.name+` WHERE `+t.keyCol()+` = $1 FOR UPDATE`, id))
+	return t.scan(db.QueryRow(ctx, `SELECT `+t.selectCols()+` FROM `+t.name+` WHERE `+t.keyCol()+` = $1 FOR UPDATE`, id))
 }
 
 // list returns rows matching where (SQL after WHERE, may be "TRUE"), ordered by id.
 func (t table[T]) list(ctx context.Context, db ipam.DB, where string, args ...any) ([]T, error) {
-	rows, err := db.Query(ctx, `SELECT `+selectCols+` FROM `+t.name+` WHERE `+where+` ORDER BY `+t.keyCol(), args...)
+	rows, err := db.Query(ctx, `SELECT `+t.selectCols()+` FROM `+t.name+` WHERE `+where+` ORDER BY `+t.keyCol(), args...)
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", t.name, err)
 	}
@@ -99,7 +110,7 @@ func (t table[T]) insert(ctx context.Context, tx pgx.Tx, id string, m T, extra .
 	for i := range ph {
 		ph[i] = fmt.Sprintf("$%d", i+1)
 	}
-	q := `INSERT INTO ` + t.name + ` (` + strings.Join(names, ", ") + `) VALUES (` + strings.Join(ph, ", ") + `) RETURNING ` + selectCols
+	q := `INSERT INTO ` + t.name + ` (` + strings.Join(names, ", ") + `) VALUES (` + strings.Join(ph, ", ") + `) RETURNING ` + t.selectCols()
 	return t.scan(tx.QueryRow(ctx, q, vals...))
 }
 
@@ -114,12 +125,12 @@ func (t table[T]) update(ctx context.Context, tx pgx.Tx, id string, m T, extra .
 		vals = append(vals, c.val)
 		sets = append(sets, fmt.Sprintf("%s = $%d", c.name, len(vals)))
 	}
-	q := `UPDATE ` + t.name + ` SET ` + strings.Join(sets, ", ") + ` WHERE ` + t.keyCol() + ` = $1 RETURNING ` + selectCols
+	q := `UPDATE ` + t.name + ` SET ` + strings.Join(sets, ", ") + ` WHERE ` + t.keyCol() + ` = $1 RETURNING ` + t.selectCols()
 	return t.scan(tx.QueryRow(ctx, q, vals...))
 }
 
 func (t table[T]) delete(ctx context.Context, tx pgx.Tx, id string) (T, error) {
-	return t.scan(tx.QueryRow(ctx, `DELETE FROM `+t.name+` WHERE `+t.keyCol()+` = $1 RETURNING `+selectCols, id))
+	return t.scan(tx.QueryRow(ctx, `DELETE FROM `+t.name+` WHERE `+t.keyCol()+` = $1 RETURNING `+t.selectCols(), id))
 }
 
 // encodeSpec stores m without its meta: meta is derived from columns.

@@ -20,6 +20,9 @@ import (
 const (
 	defaultTokenLifetime = 8 * time.Hour
 	maxTokenLifetime     = 366 * 24 * time.Hour
+	// maxTokenDepth bounds a token's lineage: authentication checks every
+	// ancestor, so the chain's length is the cost of each call.
+	maxTokenDepth = 32
 )
 
 type tokenService struct {
@@ -27,23 +30,29 @@ type tokenService struct {
 	apiv1.UnimplementedTokenServiceServer
 }
 
-// Principal implements auth.TokenLookup: one indexed read per call, so a
-// revocation takes effect on the very next request.
+// Principal implements auth.TokenLookup: one query per call, nothing cached,
+// so a revocation takes effect on the very next request on every replica. The
+// query also refuses a token with a revoked ancestor: Revoke marks the
+// descendants too, but a child minted while its ancestor was being revoked
+// may have missed that UPDATE.
 func (a *API) Principal(ctx context.Context, secret string) (*auth.Principal, error) {
 	var (
-		spec    []byte
-		expires time.Time
-		revoked *time.Time
+		spec           []byte
+		expires        time.Time
+		revoked        *time.Time
+		ancestorRevoke bool
 	)
-	err := a.store.Pool().QueryRow(ctx, `SELECT spec, expires_at, revoked_at FROM tokens WHERE secret_hash = $1`, auth.Hash(secret)).
-		Scan(&spec, &expires, &revoked)
+	err := a.store.Pool().QueryRow(ctx, `SELECT t.spec, t.expires_at, t.revoked_at,
+			EXISTS (SELECT 1 FROM tokens a WHERE a.id = ANY (t.ancestors) AND a.revoked_at IS NOT NULL)
+		FROM tokens t WHERE t.secret_hash = $1`, auth.Hash(secret)).
+		Scan(&spec, &expires, &revoked, &ancestorRevoke)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, auth.ErrUnauthenticated
 	}
 	if err != nil {
 		return nil, fmt.Errorf("look up token: %w", err)
 	}
-	if revoked != nil || time.Now().After(expires) {
+	if revoked != nil || ancestorRevoke || time.Now().After(expires) {
 		return nil, auth.ErrUnauthenticated
 	}
 	t := &apiv1.Token{}
@@ -58,19 +67,37 @@ func principalOf(t *apiv1.Token) *auth.Principal {
 }
 
 // MintToken stores a new token and returns its secret. It bypasses the
-// caller checks: start-up uses it for the first admin token.
+// caller checks: start-up uses it for the first admin token. A token minted
+// by another (CreatedBy) never outlives it, whatever lifetime is asked: the
+// expiry is cut to the creator's here, where every token is made. It also
+// inherits the creator's lineage, so that revoking any ancestor reaches it.
 func (a *API) MintToken(ctx context.Context, tx pgx.Tx, t *apiv1.Token, lifetime time.Duration) (string, error) {
 	secret, hash := auth.NewSecret()
 	now := time.Now()
+	expires := now.Add(lifetime)
+	ancestors := []string{}
+	if t.GetCreatedBy() != "" {
+		p, err := readParent(ctx, tx, t.GetCreatedBy())
+		if err != nil {
+			return "", err
+		}
+		if len(p.ancestors)+1 >= maxTokenDepth {
+			return "", status.Errorf(codes.FailedPrecondition, "a token may be at most %d mints away from its root: mint from a token nearer it", maxTokenDepth-1)
+		}
+		ancestors = append(p.ancestors, t.GetCreatedBy())
+		if p.expires.Before(expires) {
+			expires = p.expires
+		}
+	}
 	t.Id = uuid.NewString()
-	t.ExpiresAt = timestamppb.New(now.Add(lifetime))
+	t.ExpiresAt = timestamppb.New(expires)
 	t.Meta = &apiv1.Meta{CreatedAt: timestamppb.New(now), UpdatedAt: timestamppb.New(now)}
 	spec, err := protojson.Marshal(t)
 	if err != nil {
 		return "", fmt.Errorf("encode token: %w", err)
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO tokens (id, secret_hash, spec, expires_at, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6)`,
-		t.GetId(), hash, spec, t.GetExpiresAt().AsTime(), nullable(t.GetCreatedBy()), now); err != nil {
+	if _, err := tx.Exec(ctx, `INSERT INTO tokens (id, secret_hash, spec, expires_at, created_by, created_at, ancestors) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+		t.GetId(), hash, spec, expires, nullable(t.GetCreatedBy()), now, ancestors); err != nil {
 		return "", fmt.Errorf("store token: %w", err)
 	}
 	return secret, nil
@@ -80,8 +107,9 @@ func (s *tokenService) Create(ctx context.Context, req *apiv1.TokenServiceCreate
 	var v violations
 	v.text("description", req.GetDescription(), 1024)
 	life := req.GetExpiresIn().AsDuration()
+	asked := req.GetExpiresIn() != nil && life != 0
 	switch {
-	case req.GetExpiresIn() == nil || life == 0:
+	case !asked:
 		life = defaultTokenLifetime
 	case life < time.Minute || life > maxTokenLifetime:
 		v.add("expires_in", "must be between 1m and %s", maxTokenLifetime)
@@ -114,6 +142,11 @@ func (s *tokenService) Create(ctx context.Context, req *apiv1.TokenServiceCreate
 	}
 	var secret string
 	err := s.store.Tx(ctx, func(tx pgx.Tx) error {
+		if asked {
+			if err := checkLifetime(ctx, tx, caller.TokenID, life); err != nil {
+				return err
+			}
+		}
 		if err := s.checkCovers(ctx, tx, caller, principalOf(t)); err != nil {
 			return err
 		}
@@ -127,6 +160,42 @@ func (s *tokenService) Create(ctx context.Context, req *apiv1.TokenServiceCreate
 		return nil, toStatus(err, "token")
 	}
 	return &apiv1.TokenServiceCreateResponse{Token: t, Secret: secret}, nil
+}
+
+// parentToken is what minting needs of the token that mints.
+type parentToken struct {
+	expires   time.Time
+	ancestors []string
+}
+
+func readParent(ctx context.Context, tx pgx.Tx, id string) (parentToken, error) {
+	var p parentToken
+	err := tx.QueryRow(ctx, `SELECT expires_at, ancestors FROM tokens WHERE id = $1`, id).Scan(&p.expires, &p.ancestors)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return p, status.Error(codes.Unauthenticated, "invalid, expired or revoked token")
+	}
+	if err != nil {
+		return p, fmt.Errorf("read parent token: %w", err)
+	}
+	return p, nil
+}
+
+// checkLifetime refuses a lifetime asked for that would outlive the token
+// that mints it, naming that token's expiry, rather than cutting it silently:
+// whoever asked for a year-long CI token should learn they did not get one.
+// Without a lifetime asked for, MintToken cuts the default to the parent's.
+func checkLifetime(ctx context.Context, tx pgx.Tx, parent string, life time.Duration) error {
+	p, err := readParent(ctx, tx, parent)
+	if err != nil {
+		return err
+	}
+	if left := time.Until(p.expires); life > left {
+		var v violations
+		v.add("expires_in", "%s outlives the token that mints it, which expires at %s (in %s)",
+			life, p.expires.UTC().Format(time.RFC3339), left.Truncate(time.Second))
+		return v.err()
+	}
+	return nil
 }
 
 // checkCovers refuses to mint a token with a role the caller lacks; project
@@ -212,8 +281,11 @@ func (s *tokenService) Revoke(ctx context.Context, req *apiv1.TokenServiceRevoke
 		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(spec, out); err != nil {
 			return err
 		}
+		// The token and every token minted from it, directly or further
+		// down, in one UPDATE through the lineage index.
 		now := time.Now()
-		if _, err := tx.Exec(ctx, `UPDATE tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1`, req.GetId(), now); err != nil {
+		if _, err := tx.Exec(ctx, `UPDATE tokens SET revoked_at = COALESCE(revoked_at, $2)
+			WHERE id = $1 OR ancestors @> ARRAY[$1::TEXT]`, req.GetId(), now); err != nil {
 			return err
 		}
 		out.RevokedAt = timestamppb.New(now)
