@@ -41,13 +41,13 @@ var listCaps = map[protoreflect.FullName]int{
 	"metalfleet.api.v1.Network.prefixes": 64,
 	// ipv4 and ipv6.
 	"metalfleet.api.v1.NetworkServiceAllocateRequest.address_families": 2,
-	"metalfleet.api.v1.TokenServiceCreateRequest.project_roles":         256,
-	"metalfleet.api.v1.TokenServiceCreateRequest.tenant_roles":          256,
-	"metalfleet.api.v1.MachineServiceCreateRequest.networks":            64,
-	"metalfleet.api.v1.MachineServiceCreateRequest.ssh_public_keys":     64,
-	"metalfleet.api.v1.Partition.dns_servers":                           16,
-	"metalfleet.api.v1.Partition.ntp_servers":                           16,
-	"metalfleet.api.v1.Size.constraints":                                64,
+	"metalfleet.api.v1.TokenServiceCreateRequest.project_roles":        256,
+	"metalfleet.api.v1.TokenServiceCreateRequest.tenant_roles":         256,
+	"metalfleet.api.v1.MachineServiceCreateRequest.networks":           64,
+	"metalfleet.api.v1.MachineServiceCreateRequest.ssh_public_keys":    64,
+	"metalfleet.api.v1.Partition.dns_servers":                          16,
+	"metalfleet.api.v1.Partition.ntp_servers":                          16,
+	"metalfleet.api.v1.Size.constraints":                               64,
 }
 
 // CheckInput applies the generic input rules to a request: every string
