@@ -197,6 +197,11 @@ func (s *tokenService) List(ctx context.Context, _ *apiv1.TokenServiceListReques
 
 // Revoke: admin editors revoke any token, others their own and those they created.
 func (s *tokenService) Revoke(ctx context.Context, req *apiv1.TokenServiceRevokeRequest) (*apiv1.TokenServiceRevokeResponse, error) {
+	if req.GetId() == "" {
+		var v violations
+		v.add("id", "required")
+		return nil, v.err()
+	}
 	caller := auth.PrincipalFrom(ctx)
 	var out *apiv1.Token
 	err := s.store.Tx(ctx, func(tx pgx.Tx) error {
