@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/google/uuid"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -189,8 +190,13 @@ func (a *Authorizer) Authorize(ctx context.Context, method string, req proto.Mes
 		a.log.Error("token lookup", "err", err)
 		return nil, status.Error(codes.Unavailable, "cannot check token now")
 	}
-	call := &Call{Principal: p, Method: method, RequestID: requestID(ctx)}
+	call := &Call{Principal: p, Method: method, RequestID: RequestID(ctx)}
 	ctx = WithCall(ctx, call)
+	// Before the rule's resolver reads the database with a request field,
+	// and before any handler does.
+	if err := CheckInput(req); err != nil {
+		return nil, err
+	}
 	if err := a.check(ctx, p, rule, req); err != nil {
 		return nil, err
 	}
@@ -214,10 +220,12 @@ func (a *Authorizer) check(ctx context.Context, p *Principal, rule *apiv1.Access
 	}
 	owner, err := a.resolver.Resolve(ctx, rule.GetResource(), id)
 	if errors.Is(err, ErrNotFound) {
-		return status.Errorf(codes.NotFound, "%s %q not found", rule.GetResource(), id)
+		return status.Errorf(codes.NotFound, "%s %s not found", rule.GetResource(), Quote(id))
 	}
 	if err != nil {
-		return status.Errorf(codes.Internal, "resolve %s %q: %v", rule.GetResource(), id, err)
+		// The database's words stay in the log.
+		a.log.Error("resolve", "resource", rule.GetResource(), "id", Quote(id), "request_id", CallFrom(ctx).RequestID, "err", Clip(err.Error(), 1024))
+		return status.Errorf(codes.Internal, "internal error (request id %s)", CallFrom(ctx).RequestID)
 	}
 	// sees is the caller's role on the object itself and decides whether it
 	// exists for the caller; have is the role in the rule's scope.
@@ -239,14 +247,14 @@ func (a *Authorizer) check(ctx context.Context, p *Principal, rule *apiv1.Access
 	}
 	if sees < apiv1.Level_LEVEL_VIEWER {
 		// Indistinguishable from a missing object: no probing of other projects.
-		return status.Errorf(codes.NotFound, "%s %q not found", rule.GetResource(), id)
+		return status.Errorf(codes.NotFound, "%s %s not found", rule.GetResource(), Quote(id))
 	}
 	if p.AdminLevel() >= apiv1.Level_LEVEL_EDITOR {
 		// Admin editors may do everything, owner-level changes included.
 		return nil
 	}
 	if have < need {
-		return status.Errorf(codes.PermissionDenied, "needs %s on %s %q", levelName(need), rule.GetResource(), id)
+		return status.Errorf(codes.PermissionDenied, "needs %s on %s %s", levelName(need), rule.GetResource(), Quote(id))
 	}
 	return nil
 }
@@ -265,18 +273,24 @@ func fieldValue(req proto.Message, path string) (string, error) {
 		}
 		if i < len(parts)-1 {
 			if !m.Has(fd) {
-				return "", status.Errorf(codes.InvalidArgument, "%s: required", path)
+				return "", required(path)
 			}
 			m = m.Get(fd).Message()
 			continue
 		}
 		v := strings.TrimSpace(m.Get(fd).String())
 		if v == "" {
-			return "", status.Errorf(codes.InvalidArgument, "%s: required", path)
+			return "", required(path)
 		}
 		return v, nil
 	}
 	return "", status.Errorf(codes.Internal, "bad access field %q", path)
+}
+
+// required is the answer to a missing field the rule needs, the same as a
+// handler's own validation gives: InvalidArgument with the field.
+func required(path string) error {
+	return InvalidArgument([]*errdetails.BadRequest_FieldViolation{{Field: path, Description: "required"}})
 }
 
 func bearer(ctx context.Context) (string, error) {
@@ -292,12 +306,37 @@ func bearer(ctx context.Context) (string, error) {
 	return strings.TrimSpace(tok), nil
 }
 
-func requestID(ctx context.Context) string {
+type requestIDKey struct{}
+
+// WithRequestID fixes the request id of a call before it is authorised, so
+// that the log line of the call and its audit row carry the same id.
+func WithRequestID(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, requestIDKey{}, id)
+}
+
+// RequestID is the call's id: the one fixed by WithRequestID, else the
+// client's x-request-id (when short and plain enough to store and log),
+// else a new one.
+func RequestID(ctx context.Context) string {
+	if id, _ := ctx.Value(requestIDKey{}).(string); id != "" {
+		return id
+	}
 	md, _ := metadata.FromIncomingContext(ctx)
-	if v := md.Get("x-request-id"); len(v) > 0 && v[0] != "" && len(v[0]) <= 128 {
+	if v := md.Get("x-request-id"); len(v) > 0 && v[0] != "" && len(v[0]) <= 128 && printable(v[0]) {
 		return v[0]
 	}
 	return uuid.NewString()
+}
+
+// printable reports whether s is printable ASCII: a NUL byte would fail the
+// audit row's insert.
+func printable(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 func levelName(l apiv1.Level) string {

@@ -80,8 +80,11 @@ type matrixEnv struct {
 	srP1, srP2               string
 }
 
-func newMatrixEnv(t *testing.T) *matrixEnv {
-	e := &matrixEnv{env: newEnv(t)}
+func newMatrixEnv(t *testing.T) *matrixEnv { return newMatrixEnvOn(t, newEnv(t)) }
+
+// newMatrixEnvOn adds the matrix's objects to base.
+func newMatrixEnvOn(t *testing.T, base *env) *matrixEnv {
+	e := &matrixEnv{env: base}
 	ctx := e.as(t, e.admin)
 	ok(e.api.Partition.Create(ctx, &apiv1.PartitionServiceCreateRequest{Partition: &apiv1.Partition{Id: "fra1"}}))(t)
 	ok(e.api.Network.Create(ctx, &apiv1.NetworkServiceCreateRequest{Network: dualStackSuper("super-fra1", "fra1")}))(t)

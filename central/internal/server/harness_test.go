@@ -111,9 +111,15 @@ func testLogger() *slog.Logger {
 // runs at cleanup.
 func startServer(t testing.TB, cfg server.Config) (*server.Server, func()) {
 	t.Helper()
+	return startServerLog(t, cfg, testLogger())
+}
+
+// startServerLog is startServer with the server's logger.
+func startServerLog(t testing.TB, cfg server.Config, log *slog.Logger) (*server.Server, func()) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	srv, err := server.Start(ctx, cfg, testLogger())
+	srv, err := server.Start(ctx, cfg, log)
 	if err != nil {
 		t.Fatalf("server.Start: %v", err)
 	}
@@ -161,12 +167,18 @@ func baseConfig(t testing.TB) server.Config {
 // tenants, projects and tokens.
 func newEnv(t testing.TB, opts ...func(*server.Config)) *env {
 	t.Helper()
+	return newEnvLog(t, testLogger(), opts...)
+}
+
+// newEnvLog is newEnv with the server's logger.
+func newEnvLog(t testing.TB, log *slog.Logger, opts ...func(*server.Config)) *env {
+	t.Helper()
 	cfg := baseConfig(t)
 	for _, o := range opts {
 		o(&cfg)
 	}
 	e := &env{cfg: cfg}
-	e.srv, _ = startServer(t, cfg)
+	e.srv, _ = startServerLog(t, cfg, log)
 	e.db = openDB(t, cfg.DBURL)
 	e.conn = dial(t, e.srv.Addr(), tlsCreds(t, e.srv.CAFile()), grpc.WithChainUnaryInterceptor(e.auditInterceptor))
 	e.api = newClients(e.conn)

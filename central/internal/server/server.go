@@ -207,7 +207,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		grpc.ChainStreamInterceptor(authz.Stream()),
 	}
 	opts = append(opts, agentStreamOptions()...)
-	opts = append(opts, grpc.Creds(fleet.Creds(creds)))
+	opts = append(opts, grpc.Creds(fleet.Creds(creds)), grpc.ForceServerCodecV2(newLenientCodec()))
 	s.grpc = grpc.NewServer(opts...)
 	api.Register(s.grpc)
 	s.hub.Register(s.grpc)

@@ -88,7 +88,7 @@ func TestTenantsAndProjects(t *testing.T) {
 	e.rejectAll(t, e.admin, []reject{
 		{name: "tenant create nil", field: "tenant", call: call(tenants.Create, &apiv1.TenantServiceCreateRequest{})},
 		{name: "tenant create bad id", field: "tenant.id", call: call(tenants.Create, &apiv1.TenantServiceCreateRequest{Tenant: &apiv1.Tenant{Id: "T4"}})},
-		{name: "tenant create label key", field: "tenant.labels.", call: call(tenants.Create, &apiv1.TenantServiceCreateRequest{Tenant: &apiv1.Tenant{Id: "t4", Labels: map[string]string{"": "x"}}})},
+		{name: "tenant create label key", field: `tenant.labels[""]`, call: call(tenants.Create, &apiv1.TenantServiceCreateRequest{Tenant: &apiv1.Tenant{Id: "t4", Labels: map[string]string{"": "x"}}})},
 		{name: "tenant create duplicate", code: codes.AlreadyExists, call: call(tenants.Create, &apiv1.TenantServiceCreateRequest{Tenant: &apiv1.Tenant{Id: "t3"}})},
 		{name: "tenant get missing", code: codes.NotFound, call: call(tenants.Get, &apiv1.TenantServiceGetRequest{Id: "t9"})},
 		{name: "tenant get empty id", field: "id", call: call(tenants.Get, &apiv1.TenantServiceGetRequest{})},

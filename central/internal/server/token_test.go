@@ -76,9 +76,9 @@ func TestTokens(t *testing.T) {
 			{name: "too short", field: "expires_in", call: call(api.Create, &apiv1.TokenServiceCreateRequest{ProjectRoles: p1, ExpiresIn: durationpb.New(10 * time.Second)})},
 			{name: "too long", field: "expires_in", call: call(api.Create, &apiv1.TokenServiceCreateRequest{ProjectRoles: p1, ExpiresIn: durationpb.New(400 * 24 * time.Hour)})},
 			{name: "negative", field: "expires_in", call: call(api.Create, &apiv1.TokenServiceCreateRequest{ProjectRoles: p1, ExpiresIn: durationpb.New(-time.Hour)})},
-			{name: "project not a uuid", field: "project_roles.p1", call: call(api.Create, &apiv1.TokenServiceCreateRequest{ProjectRoles: map[string]apiv1.Level{"p1": viewer}})},
-			{name: "project role unspecified", field: "project_roles." + e.p1, call: call(api.Create, &apiv1.TokenServiceCreateRequest{ProjectRoles: map[string]apiv1.Level{e.p1: 0}})},
-			{name: "tenant bad id", field: "tenant_roles.T1", call: call(api.Create, &apiv1.TokenServiceCreateRequest{TenantRoles: map[string]apiv1.Level{"T1": viewer}})},
+			{name: "project not a uuid", field: `project_roles["p1"]`, call: call(api.Create, &apiv1.TokenServiceCreateRequest{ProjectRoles: map[string]apiv1.Level{"p1": viewer}})},
+			{name: "project role unspecified", field: `project_roles["` + e.p1 + `"]`, call: call(api.Create, &apiv1.TokenServiceCreateRequest{ProjectRoles: map[string]apiv1.Level{e.p1: 0}})},
+			{name: "tenant bad id", field: `tenant_roles["T1"]`, call: call(api.Create, &apiv1.TokenServiceCreateRequest{TenantRoles: map[string]apiv1.Level{"T1": viewer}})},
 			{name: "long description", field: "description", call: call(api.Create, &apiv1.TokenServiceCreateRequest{ProjectRoles: p1, Description: strings.Repeat("d", 1025)})},
 			{name: "revoke missing", code: codes.NotFound, call: call(api.Revoke, &apiv1.TokenServiceRevokeRequest{Id: uuid.NewString()})},
 		})

@@ -119,7 +119,7 @@ func (a *API) getAgent(ctx context.Context, db ipam.DB, field, ref string, lock 
 	}
 	ag, err := a.scanAgent(db.QueryRow(ctx, q, args...))
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, status.Errorf(codes.NotFound, "agent %q not found", ref)
+		return nil, status.Errorf(codes.NotFound, "agent %s not found", quote(ref))
 	}
 	if err != nil {
 		return nil, toStatus(err, "agent")
@@ -254,7 +254,7 @@ func partitionExists(ctx context.Context, tx pgx.Tx, field, id string) error {
 	var one int
 	err := tx.QueryRow(ctx, `SELECT 1 FROM partitions WHERE id = $1`, id).Scan(&one)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return status.Errorf(codes.NotFound, "%s: partition %q not found", field, id)
+		return status.Errorf(codes.NotFound, "%s: partition %s not found", field, quote(id))
 	}
 	return err
 }

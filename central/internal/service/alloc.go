@@ -151,7 +151,7 @@ func (s *machineService) createOne(ctx context.Context, req *apiv1.MachineServic
 		}
 		id = m.GetId()
 		if req.GetPartitionId() != "" && m.GetPartitionId() != req.GetPartitionId() {
-			return status.Errorf(codes.FailedPrecondition, "machine %s is in partition %q, not %q", id, m.GetPartitionId(), req.GetPartitionId())
+			return status.Errorf(codes.FailedPrecondition, "machine %s is in partition %s, not %s", id, quote(m.GetPartitionId()), quote(req.GetPartitionId()))
 		}
 		layouts, err := filesystemLayouts.list(ctx, tx, "TRUE")
 		if err != nil {
@@ -240,7 +240,7 @@ func allocationDocument(alloc *apiv1.MachineAllocation, img *apiv1.Image, layout
 func usableImage(ctx context.Context, tx pgx.Tx, id string) (*apiv1.Image, error) {
 	img, err := images.get(ctx, tx, id)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, status.Errorf(codes.NotFound, "image %q not found", id)
+		return nil, status.Errorf(codes.NotFound, "image %s not found", quote(id))
 	}
 	if err != nil {
 		return nil, err
@@ -261,7 +261,7 @@ func machineNetworks(ctx context.Context, tx pgx.Tx, project string, ids []strin
 	for i, id := range ids {
 		n, err := networks.get(ctx, tx, id)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return nil, status.Errorf(codes.NotFound, "networks[%d]: network %q not found", i, id)
+			return nil, status.Errorf(codes.NotFound, "networks[%d]: network %s not found", i, quote(id))
 		}
 		if err != nil {
 			return nil, err
@@ -269,11 +269,11 @@ func machineNetworks(ctx context.Context, tx pgx.Tx, project string, ids []strin
 		switch n.GetType() {
 		case apiv1.NetworkType_NETWORK_TYPE_CHILD:
 			if n.GetProjectId() != project {
-				return nil, status.Errorf(codes.NotFound, "networks[%d]: network %q not found", i, id)
+				return nil, status.Errorf(codes.NotFound, "networks[%d]: network %s not found", i, quote(id))
 			}
 		case apiv1.NetworkType_NETWORK_TYPE_EXTERNAL:
 		default:
-			return nil, status.Errorf(codes.InvalidArgument, "networks[%d]: network %q is a %s network; machines join child or external networks", i, id, networkTypeNames[n.GetType()])
+			return nil, status.Errorf(codes.InvalidArgument, "networks[%d]: network %s is a %s network; machines join child or external networks", i, quote(id), networkTypeNames[n.GetType()])
 		}
 		out = append(out, n)
 	}
@@ -291,7 +291,7 @@ func (s *machineService) pickWaiting(ctx context.Context, tx pgx.Tx, req *apiv1.
 		return nil, "", err
 	}
 	if len(picked) == 0 {
-		return nil, "", status.Errorf(codes.ResourceExhausted, "no waiting machine of size %q in partition %q is free", req.GetSizeId(), req.GetPartitionId())
+		return nil, "", status.Errorf(codes.ResourceExhausted, "no waiting machine of size %s in partition %s is free", quote(req.GetSizeId()), quote(req.GetPartitionId()))
 	}
 	return picked[0].m, picked[0].agentID, nil
 }
@@ -411,7 +411,7 @@ func (s *machineService) checkReservations(ctx context.Context, tx pgx.Tx, parti
 		return fmt.Errorf("count free machines: %w", err)
 	}
 	if free-held <= 0 {
-		return status.Errorf(codes.ResourceExhausted, "no machine of size %q in partition %q is free: %d waiting, %d held for reservations of other projects", size, partition, free, held)
+		return status.Errorf(codes.ResourceExhausted, "no machine of size %s in partition %s is free: %d waiting, %d held for reservations of other projects", quote(size), quote(partition), free, held)
 	}
 	return nil
 }
@@ -428,7 +428,7 @@ func (s *machineService) pickGiven(ctx context.Context, tx pgx.Tx, req *apiv1.Ma
 		FROM machines m LEFT JOIN agents a ON a.id = m.agent_id WHERE m.id = $1 FOR UPDATE OF m`, strings.ToLower(req.GetId())).
 		Scan(&id, &state, &prov, &size, &project, &agentID, &contact)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, "", status.Errorf(codes.NotFound, "machine %q not found", req.GetId())
+		return nil, "", status.Errorf(codes.NotFound, "machine %s not found", quote(req.GetId()))
 	}
 	if err != nil {
 		return nil, "", fmt.Errorf("read machine: %w", err)
@@ -443,7 +443,7 @@ func (s *machineService) pickGiven(ctx context.Context, tx pgx.Tx, req *apiv1.Ma
 	case size == nil:
 		return nil, "", status.Errorf(codes.FailedPrecondition, "machine %s matches no size", id)
 	case req.GetSizeId() != "" && *size != req.GetSizeId():
-		return nil, "", status.Errorf(codes.FailedPrecondition, "machine %s is of size %q, not %q", id, *size, req.GetSizeId())
+		return nil, "", status.Errorf(codes.FailedPrecondition, "machine %s is of size %s, not %s", id, quote(*size), quote(req.GetSizeId()))
 	case agentID == nil || contact == nil || contact.Before(time.Now().Add(-s.cfg.AliveWithin)):
 		return nil, "", status.Errorf(codes.FailedPrecondition, "machine %s is not alive", id)
 	}
@@ -519,7 +519,7 @@ func chooseLayout(ctx context.Context, tx pgx.Tx, id string, all []*apiv1.Filesy
 				return l, nil
 			}
 		}
-		return nil, status.Errorf(codes.NotFound, "filesystem layout %q not found", id)
+		return nil, status.Errorf(codes.NotFound, "filesystem layout %s not found", quote(id))
 	}
 	for _, l := range all {
 		c := l.GetConstraints()

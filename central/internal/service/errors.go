@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/ipam"
 	"github.com/metalfleet/metalfleet/central/internal/store"
 )
@@ -42,30 +43,39 @@ func toStatus(err error, what string) error {
 	case errors.Is(err, ipam.ErrOutOfRange):
 		return status.Errorf(codes.InvalidArgument, "%s: outside the network's prefixes", what)
 	}
-	return status.Errorf(codes.Internal, "%s: %v", what, err)
+	return &InternalError{what: what, err: err}
 }
+
+// InternalError is an error no rule above maps: its status says only that
+// something failed, because its cause may be the database's own words
+// (SQL, constraint details, echoed values). The cause is for the log.
+type InternalError struct {
+	what string
+	err  error
+}
+
+// Error is what a client may read; it is also the status message.
+func (e *InternalError) Error() string { return e.what + ": internal error" }
+
+// Unwrap keeps errors.Is working on the cause.
+func (e *InternalError) Unwrap() error { return e.err }
+
+// Detail is the cause, for the server's log only (clip it there).
+func (e *InternalError) Detail() string { return e.what + ": " + e.err.Error() }
+
+// GRPCStatus makes the error an Internal status without its cause.
+func (e *InternalError) GRPCStatus() *status.Status { return status.New(codes.Internal, e.Error()) }
 
 // violations collects field errors of one request.
 type violations struct {
 	list []*errdetails.BadRequest_FieldViolation
 }
 
+// add records a bad field. Field paths and descriptions may echo request
+// values (map keys, parser errors quoting the input): both are clipped.
 func (v *violations) add(field, format string, args ...any) {
-	v.list = append(v.list, &errdetails.BadRequest_FieldViolation{Field: field, Description: fmt.Sprintf(format, args...)})
+	v.list = append(v.list, &errdetails.BadRequest_FieldViolation{Field: auth.Clip(field, 4*auth.MaxEcho), Description: auth.Clip(fmt.Sprintf(format, args...), 4*auth.MaxEcho)})
 }
 
 // err returns InvalidArgument naming every bad field, or nil.
-func (v *violations) err() error {
-	if len(v.list) == 0 {
-		return nil
-	}
-	msg := v.list[0].Field + ": " + v.list[0].Description
-	if len(v.list) > 1 {
-		msg += fmt.Sprintf(" (and %d more)", len(v.list)-1)
-	}
-	st, derr := status.New(codes.InvalidArgument, msg).WithDetails(&errdetails.BadRequest{FieldViolations: v.list})
-	if derr != nil {
-		return status.Error(codes.InvalidArgument, msg)
-	}
-	return st.Err()
-}
+func (v *violations) err() error { return auth.InvalidArgument(v.list) }

@@ -82,7 +82,7 @@ func validateFilesystemLayout(l *apiv1.FilesystemLayout) error {
 		f := fieldIndex("filesystem_layout.logical_volumes", i)
 		v.id(f+".name", lv.GetName())
 		if !vgs[lv.GetVolumeGroup()] {
-			v.add(f+".volume_group", "unknown volume group %q", lv.GetVolumeGroup())
+			v.add(f+".volume_group", "unknown volume group %s", quote(lv.GetVolumeGroup()))
 		}
 		if !lvmTypes[lv.GetLvmType()] {
 			v.add(f+".lvm_type", "must be linear, striped or raid1")

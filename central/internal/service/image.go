@@ -134,7 +134,7 @@ func (s *imageService) Latest(ctx context.Context, req *apiv1.ImageServiceLatest
 		}
 	}
 	if best == nil {
-		return nil, status.Errorf(codes.NotFound, "no usable image of os %q", req.GetOs())
+		return nil, status.Errorf(codes.NotFound, "no usable image of os %s", quote(req.GetOs()))
 	}
 	return &apiv1.ImageServiceLatestResponse{Image: best}, nil
 }

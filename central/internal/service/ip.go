@@ -315,7 +315,7 @@ func checkIPNetwork(n *apiv1.Network, req *apiv1.IPServiceAllocateRequest) error
 	switch {
 	case n.GetType() == apiv1.NetworkType_NETWORK_TYPE_CHILD && n.GetProjectId() != req.GetProjectId():
 		// Another project's network: answer as if it did not exist.
-		return status.Errorf(codes.NotFound, "network %q not found", req.GetNetworkId())
+		return status.Errorf(codes.NotFound, "network %s not found", quote(req.GetNetworkId()))
 	case n.GetType() == apiv1.NetworkType_NETWORK_TYPE_SUPER || n.GetType() == apiv1.NetworkType_NETWORK_TYPE_UNDERLAY:
 		return status.Errorf(codes.FailedPrecondition, "network %q is a %s network: IPs come from child or external networks", n.GetId(), networkTypeNames[n.GetType()])
 	}

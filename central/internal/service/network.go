@@ -63,6 +63,10 @@ func networkCols(n *apiv1.Network) []col {
 	}
 }
 
+// maxVNI is the largest VXLAN network identifier (24 bits); a network's VRF
+// id is its VNI on the switches.
+const maxVNI = 1<<24 - 1
+
 func (s *networkService) validateCreate(n *apiv1.Network) ([]netip.Prefix, error) {
 	var v violations
 	if n == nil {
@@ -131,7 +135,9 @@ func (s *networkService) validateCreate(n *apiv1.Network) ([]netip.Prefix, error
 	if n.GetVrf() != 0 && n.GetType() == apiv1.NetworkType_NETWORK_TYPE_SUPER {
 		v.add("network.vrf", "super networks have no VRF; their child networks get one each")
 	}
-	if n.GetVrf() >= s.cfg.VRFFirst && n.GetVrf() <= s.cfg.VRFLast {
+	if n.GetVrf() > maxVNI {
+		v.add("network.vrf", "must be at most %d: a VRF id is the network's 24-bit VXLAN VNI", maxVNI)
+	} else if n.GetVrf() >= s.cfg.VRFFirst && n.GetVrf() <= s.cfg.VRFLast {
 		v.add("network.vrf", "%d lies in the range central hands to child networks (%d-%d)", n.GetVrf(), s.cfg.VRFFirst, s.cfg.VRFLast)
 	}
 	return out, v.err()
@@ -661,10 +667,10 @@ func (s *networkService) findParent(ctx context.Context, partition, parentID str
 			return nil, err
 		}
 		if p.GetType() != apiv1.NetworkType_NETWORK_TYPE_SUPER {
-			return nil, status.Errorf(codes.FailedPrecondition, "network %q is not a super network", parentID)
+			return nil, status.Errorf(codes.FailedPrecondition, "network %s is not a super network", quote(parentID))
 		}
 		if p.GetPartitionId() != partition {
-			return nil, status.Errorf(codes.FailedPrecondition, "super network %q is in partition %q, not %q", parentID, p.GetPartitionId(), partition)
+			return nil, status.Errorf(codes.FailedPrecondition, "super network %s is in partition %s, not %s", quote(parentID), quote(p.GetPartitionId()), quote(partition))
 		}
 		return p, nil
 	}
@@ -674,11 +680,11 @@ func (s *networkService) findParent(ctx context.Context, partition, parentID str
 	}
 	switch len(supers) {
 	case 0:
-		return nil, status.Errorf(codes.FailedPrecondition, "partition %q has no super network", partition)
+		return nil, status.Errorf(codes.FailedPrecondition, "partition %s has no super network", quote(partition))
 	case 1:
 		return supers[0], nil
 	}
-	return nil, status.Errorf(codes.FailedPrecondition, "partition %q has %d super networks: name one with parent_id", partition, len(supers))
+	return nil, status.Errorf(codes.FailedPrecondition, "partition %s has %d super networks: name one with parent_id", quote(partition), len(supers))
 }
 
 func (s *networkService) Get(ctx context.Context, req *apiv1.NetworkServiceGetRequest) (*apiv1.NetworkServiceGetResponse, error) {

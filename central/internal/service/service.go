@@ -78,6 +78,9 @@ func New(ctx context.Context, st *store.Store, log *slog.Logger, cfg Config, opt
 	if cfg.AliveWithin <= 0 {
 		cfg.AliveWithin = def.AliveWithin
 	}
+	if cfg.VRFLast > maxVNI {
+		return nil, fmt.Errorf("vrf range %d-%d: a VRF id is a 24-bit VNI, at most %d", cfg.VRFFirst, cfg.VRFLast, maxVNI)
+	}
 	if cfg.VRFFirst > cfg.VRFLast {
 		return nil, fmt.Errorf("vrf range %d-%d is empty", cfg.VRFFirst, cfg.VRFLast)
 	}

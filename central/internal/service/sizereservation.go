@@ -16,6 +16,10 @@ type sizeReservationService struct {
 
 var sizeReservations = table[*apiv1.SizeReservation]{name: "size_reservations", newFn: func() *apiv1.SizeReservation { return &apiv1.SizeReservation{} }}
 
+// maxReservationAmount bounds a reservation's machine count: more than any
+// partition holds, and far inside the amount column's INT.
+const maxReservationAmount = 100000
+
 func validateSizeReservation(r *apiv1.SizeReservation, create bool) error {
 	var v violations
 	if r == nil {
@@ -31,8 +35,8 @@ func validateSizeReservation(r *apiv1.SizeReservation, create bool) error {
 	v.id("size_reservation.size_id", r.GetSizeId())
 	v.id("size_reservation.partition_id", r.GetPartitionId())
 	v.uuid("size_reservation.project_id", r.GetProjectId())
-	if r.GetAmount() == 0 {
-		v.add("size_reservation.amount", "must be at least 1")
+	if r.GetAmount() == 0 || r.GetAmount() > maxReservationAmount {
+		v.add("size_reservation.amount", "must be 1-%d", maxReservationAmount)
 	}
 	v.text("size_reservation.description", r.GetDescription(), 1024)
 	v.labels("size_reservation.labels", r.GetLabels())

@@ -207,9 +207,21 @@ func modify[T proto.Message](ctx context.Context, a *API, t table[T], id string,
 	return out, toStatus(err, t.kindName()+" "+quote(id))
 }
 
+// requiredKey is the answer to an empty key: the same InvalidArgument with
+// the field as every handler's own validation, not a NotFound that an empty
+// row id would give.
+func (t table[T]) requiredKey() error {
+	var v violations
+	v.add(t.keyCol(), "required")
+	return v.err()
+}
+
 // remove deletes the object with its audit row.
 func remove[T proto.Message](ctx context.Context, a *API, t table[T], id, project string) (T, error) {
 	var out T
+	if id == "" {
+		return out, t.requiredKey()
+	}
 	err := a.store.Tx(ctx, func(tx pgx.Tx) error {
 		var err error
 		if out, err = t.delete(ctx, tx, id); err != nil {
@@ -222,6 +234,10 @@ func remove[T proto.Message](ctx context.Context, a *API, t table[T], id, projec
 
 // fetch reads one object outside a transaction.
 func fetch[T proto.Message](ctx context.Context, a *API, t table[T], id string) (T, error) {
+	if id == "" {
+		var zero T
+		return zero, t.requiredKey()
+	}
 	out, err := t.get(ctx, a.store.Pool(), id)
 	return out, toStatus(err, t.kindName()+" "+quote(id))
 }

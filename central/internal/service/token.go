@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -115,15 +117,15 @@ func (s *tokenService) Create(ctx context.Context, req *apiv1.TokenServiceCreate
 		v.add("expires_in", "must be between 1m and %s", maxTokenLifetime)
 	}
 	for id, l := range req.GetProjectRoles() {
-		v.uuid("project_roles."+id, id)
+		v.uuid("project_roles["+quote(id)+"]", id)
 		if l == apiv1.Level_LEVEL_UNSPECIFIED {
-			v.add("project_roles."+id, "role required")
+			v.add("project_roles["+quote(id)+"]", "role required")
 		}
 	}
 	for id, l := range req.GetTenantRoles() {
-		v.id("tenant_roles."+id, id)
+		v.id("tenant_roles["+quote(id)+"]", id)
 		if l == apiv1.Level_LEVEL_UNSPECIFIED {
-			v.add("tenant_roles."+id, "role required")
+			v.add("tenant_roles["+quote(id)+"]", "role required")
 		}
 	}
 	if req.GetAdminRole() == apiv1.Level_LEVEL_UNSPECIFIED && len(req.GetProjectRoles()) == 0 && len(req.GetTenantRoles()) == 0 {
@@ -148,6 +150,9 @@ func (s *tokenService) Create(ctx context.Context, req *apiv1.TokenServiceCreate
 			}
 		}
 		if err := s.checkCovers(ctx, tx, caller, principalOf(t)); err != nil {
+			return err
+		}
+		if err := checkRoleTargets(ctx, tx, t); err != nil {
 			return err
 		}
 		var err error
@@ -261,6 +266,11 @@ func (s *tokenService) List(ctx context.Context, _ *apiv1.TokenServiceListReques
 
 // Revoke: admin editors revoke any token, others their own and those they created.
 func (s *tokenService) Revoke(ctx context.Context, req *apiv1.TokenServiceRevokeRequest) (*apiv1.TokenServiceRevokeResponse, error) {
+	if req.GetId() == "" {
+		var v violations
+		v.add("id", "required")
+		return nil, v.err()
+	}
 	caller := auth.PrincipalFrom(ctx)
 	var out *apiv1.Token
 	err := s.store.Tx(ctx, func(tx pgx.Tx) error {
@@ -308,4 +318,44 @@ func (s *tokenService) Whoami(ctx context.Context, _ *apiv1.TokenServiceWhoamiRe
 		return nil, toStatus(err, "token")
 	}
 	return &apiv1.TokenServiceWhoamiResponse{Token: t}, nil
+}
+
+// checkRoleTargets refuses roles on projects and tenants that do not exist:
+// such a role grants nothing today and something unintended once an object
+// of that id is made. It runs after checkCovers, which already answers
+// NotFound to callers who may not see a project, so it tells nobody
+// anything they could not see.
+func checkRoleTargets(ctx context.Context, tx pgx.Tx, t *apiv1.Token) error {
+	var v violations
+	for _, r := range []struct {
+		field, table string
+		roles        map[string]apiv1.Level
+	}{{"project_roles", "projects", t.GetProjectRoles()}, {"tenant_roles", "tenants", t.GetTenantRoles()}} {
+		if len(r.roles) == 0 {
+			continue
+		}
+		ids := make([]string, 0, len(r.roles))
+		for id := range r.roles {
+			ids = append(ids, id)
+		}
+		rows, err := tx.Query(ctx, `SELECT id FROM `+r.table+` WHERE id = ANY($1)`, ids)
+		if err != nil {
+			return fmt.Errorf("check %s: %w", r.field, err)
+		}
+		found, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return fmt.Errorf("check %s: %w", r.field, err)
+		}
+		exists := make(map[string]bool, len(found))
+		for _, id := range found {
+			exists[id] = true
+		}
+		slices.Sort(ids)
+		for _, id := range ids {
+			if !exists[id] {
+				v.add(r.field+"["+quote(id)+"]", "%s does not exist", strings.TrimSuffix(r.table, "s"))
+			}
+		}
+	}
+	return v.err()
 }

@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/metalfleet/metalfleet/central/internal/auth"
 )
 
 // idPattern is what client-chosen ids look like: DNS-label-ish, so they are
@@ -41,11 +43,12 @@ func (v *violations) labels(field string, m map[string]string) {
 		v.add(field, "more than 64 labels")
 	}
 	for k, val := range m {
+		f := field + "[" + quote(k) + "]"
 		if k == "" || len(k) > 63 {
-			v.add(field+"."+k, "label keys must be 1-63 bytes")
+			v.add(f, "label keys must be 1-63 bytes")
 		}
 		if len(val) > 255 {
-			v.add(field+"."+k, "label values must be at most 255 bytes")
+			v.add(f, "label values must be at most 255 bytes")
 		}
 	}
 }
@@ -76,7 +79,9 @@ func (v *violations) prefix(field, val string) (netip.Prefix, bool) {
 
 func fieldIndex(field string, i int) string { return field + "[" + strconv.Itoa(i) + "]" }
 
-func quote(s string) string { return strconv.Quote(s) }
+// quote is how a request value appears in status messages and logs:
+// quoted and clipped (auth.Quote, shared with the interceptor).
+func quote(s string) string { return auth.Quote(s) }
 
 func itoa(n uint32) string { return strconv.FormatUint(uint64(n), 10) }
 
