@@ -421,6 +421,12 @@ func (p *Pixie) Start(ctx context.Context) error {
 			}
 			return ""
 		},
+		ServesDHCP: func(v6 bool) bool {
+			if v6 {
+				return cfg.Range6.First.IsValid()
+			}
+			return cfg.Range4.First.IsValid()
+		},
 		Emit:      func(e *agentv1.Event) { p.agent.Emit(nil, e) },
 		PublicURL: cfg.PublicURL, PublicURL6: cfg.PublicURL6, ImagePrefixes: cfg.ImagePrefixes,
 		Gatherer: p.reg, Health: p.health, Log: p.log.With("part", "http"), Metrics: p.metrics,

@@ -176,6 +176,45 @@ type harness struct {
 	cfg     Config
 	pixie   *Pixie
 	stop    context.CancelFunc
+	// bound are the lease addresses added to the client end, for getAs.
+	bound map[string]bool
+}
+
+// getAs GETs url as the machine with mac does: from the IPv4 address pixie
+// leased to it (pixie hands boot tokens only there).
+func (h *harness) getAs(mac, url string) (int, []byte) {
+	h.t.Helper()
+	l, ok := h.pixie.Leases().ByMAC(mac, false)
+	if !ok {
+		h.t.Fatalf("no lease for %s", mac)
+	}
+	addr := l.Addr.String()
+	if h.bound == nil {
+		h.bound = map[string]bool{}
+	}
+	if !h.bound[addr] {
+		h.link.AddPeerAddr(h.t, addr+"/32")
+		h.bound[addr] = true
+	}
+	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, to string) (net.Conn, error) {
+			var c net.Conn
+			err := h.link.Do(func() (err error) {
+				d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(addr)}}
+				c, err = d.DialContext(ctx, "tcp4", to)
+				return err
+			})
+			return c, err
+		},
+	}}
+	resp, err := c.Get(url)
+	if err != nil {
+		h.t.Fatalf("GET %s as %s: %v", url, mac, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
 }
 
 func (h *harness) start() {
@@ -383,7 +422,11 @@ func TestPXEBootOverRealNetwork(t *testing.T) {
 		if want := h.base() + "/ipxe/boot.ipxe?arch=efi&mac=52%3A54%3A00%3Aaa%3A00%3A02"; url != want {
 			t.Fatalf("bootfile %q, want %q", url, want)
 		}
-		code, b := h.get(url)
+		// A stranger (the BIOS machine's address) gets no token for it.
+		if code, b := h.get(url); code != 403 {
+			t.Fatalf("script for %s from another machine's address: %d, want 403\n%s", macIPXE, code, b)
+		}
+		code, b := h.getAs(macIPXE, url)
 		script = string(b)
 		wantKernel := "kernel " + h.base() + "/boot/vmlinuz console=ttyS0 metal.central=127.0.0.1:1 metal.partition=p1 metal.pixie=" + h.base() + " metal.boot_token=mfb_first-boot initrd=initramfs || goto retry\n"
 		if code != 200 || !strings.HasPrefix(script, "#!ipxe\n") || !strings.Contains(script, wantKernel) || !strings.Contains(script, "\ninitrd "+h.base()+"/boot/initramfs || goto retry\n") {
@@ -415,10 +458,14 @@ func TestPXEBootOverRealNetwork(t *testing.T) {
 	})
 
 	t.Run("disk, boot token, bad input", func(t *testing.T) {
-		if code, b := h.get(h.base() + "/ipxe/boot.ipxe?mac=52:54:00:AA:00:03&arch=bios"); code != 200 || !strings.HasSuffix(string(b), "\nexit 1\n") {
+		h.dhcp4(macDisk)
+		if code, b := h.getAs(macDisk, h.base()+"/ipxe/boot.ipxe?mac=52:54:00:AA:00:03&arch=bios"); code != 200 || !strings.HasSuffix(string(b), "\nexit 1\n") {
 			t.Fatalf("disk script (%d):\n%s", code, b)
 		}
-		code, b := h.get(h.base() + "/v1/boot-token?mac=" + macIPXE)
+		if code, b := h.get(h.base() + "/v1/boot-token?mac=" + macIPXE); code != 403 {
+			t.Fatalf("boot token for %s from another machine's address: %d %s, want 403", macIPXE, code, b)
+		}
+		code, b := h.getAs(macIPXE, h.base()+"/v1/boot-token?mac="+macIPXE)
 		var tok struct {
 			BootToken string `json:"boot_token"`
 		}
@@ -590,20 +637,20 @@ func TestPXEBootOverRealNetwork(t *testing.T) {
 
 	t.Run("offline: cached decisions, the document's installer for unknown MACs", func(t *testing.T) {
 		h.grpc.Stop()
-		code, b := h.get(h.base() + "/ipxe/boot.ipxe?mac=" + macIPXE + "&arch=efi")
+		code, b := h.getAs(macIPXE, h.base()+"/ipxe/boot.ipxe?mac="+macIPXE+"&arch=efi")
 		s := string(b)
 		if code != 200 || !strings.Contains(s, "kernel "+h.base()+"/boot/vmlinuz console=ttyS0 metal.central=127.0.0.1:1 metal.partition=p1 metal.pixie="+h.base()+" initrd=initramfs") || strings.Contains(s, "boot_token") {
 			t.Fatalf("cached installer (%d), want no token:\n%s", code, s)
 		}
-		if code, b := h.get(h.base() + "/ipxe/boot.ipxe?mac=" + macDisk + "&arch=bios"); code != 200 || !strings.HasSuffix(string(b), "\nexit 1\n") {
+		if code, b := h.getAs(macDisk, h.base()+"/ipxe/boot.ipxe?mac="+macDisk+"&arch=bios"); code != 200 || !strings.HasSuffix(string(b), "\nexit 1\n") {
 			t.Fatalf("cached disk decision (%d):\n%s", code, b)
 		}
-		code, b = h.get(h.base() + "/ipxe/boot.ipxe?mac=" + macNew + "&arch=bios")
+		code, b = h.getAs(macNew, h.base()+"/ipxe/boot.ipxe?mac="+macNew+"&arch=bios")
 		s = string(b)
 		if code != 200 || !strings.Contains(s, "kernel "+h.base()+"/boot/vmlinuz "+h.central.doc.Cmdline+" metal.pixie="+h.base()+" || goto retry") {
 			t.Fatalf("document installer for an unknown MAC (%d):\n%s", code, s)
 		}
-		if code, _ := h.get(h.base() + "/v1/boot-token?mac=" + macIPXE); code != 503 {
+		if code, _ := h.getAs(macIPXE, h.base()+"/v1/boot-token?mac="+macIPXE); code != 503 {
 			t.Fatalf("boot token while central is away: %d, want 503", code)
 		}
 		// The artifacts stay available from the cache.
@@ -631,7 +678,7 @@ func TestPXEBootOverRealNetwork(t *testing.T) {
 		// Central is still away: the document comes from the agent's cache,
 		// so unknown machines still get the installer.
 		waitFor(t, "cached document after restart", func() bool { return h.pixie.Document() != nil })
-		if code, b := h.get(h.base() + "/ipxe/boot.ipxe?mac=52:54:00:aa:00:05&arch=bios"); code != 200 || !strings.Contains(string(b), "kernel "+h.base()+"/boot/vmlinuz "+h.central.doc.Cmdline) {
+		if code, b := h.get(h.base() + "/ipxe/boot.ipxe?mac=" + macBIOS + "&arch=bios"); code != 200 || !strings.Contains(string(b), "kernel "+h.base()+"/boot/vmlinuz "+h.central.doc.Cmdline) {
 			t.Fatalf("offline start (%d):\n%s", code, b)
 		}
 	})

@@ -43,6 +43,14 @@ type Config struct {
 	Document func() *agentv1.PixieDocument
 	// Address returns the address leased to mac ("" if none).
 	Address func(mac string, v6 bool) string
+	// ServesDHCP tells whether pixie leases the addresses of a family:
+	// then boot tokens go only to the address leased to the MAC.
+	ServesDHCP func(v6 bool) bool
+	// TokenBurst and TokenEvery limit the boot tokens per MAC (defaults
+	// DefaultTokenBurst, DefaultTokenEvery); Now is the gate's clock.
+	TokenBurst int
+	TokenEvery time.Duration
+	Now        func() time.Time
 	// Emit queues an event for central.
 	Emit func(*agentv1.Event)
 	// PublicURL and PublicURL6 override the base URL written into
@@ -60,8 +68,9 @@ type Config struct {
 
 // Server serves Config.
 type Server struct {
-	cfg Config
-	mux *http.ServeMux
+	cfg     Config
+	mux     *http.ServeMux
+	limiter *limiter
 }
 
 // New checks cfg and builds the routes.
@@ -75,6 +84,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Address == nil {
 		cfg.Address = func(string, bool) string { return "" }
 	}
+	if cfg.ServesDHCP == nil {
+		cfg.ServesDHCP = func(bool) bool { return false }
+	}
 	if cfg.Emit == nil {
 		cfg.Emit = func(*agentv1.Event) {}
 	}
@@ -84,7 +96,7 @@ func New(cfg Config) (*Server, error) {
 	for _, u := range []*string{&cfg.PublicURL, &cfg.PublicURL6} {
 		*u = strings.TrimRight(*u, "/")
 	}
-	s := &Server{cfg: cfg, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, mux: http.NewServeMux(), limiter: newLimiter(cfg.TokenBurst, cfg.TokenEvery, cfg.Now)}
 	s.route("GET /ipxe/boot.ipxe", "script", s.script)
 	s.route("GET /ipxe/{file}", "ipxe", s.ipxe)
 	s.route("GET /boot/vmlinuz", "kernel", s.artifact(func(d *agentv1.PixieDocument) string { return d.GetKernelUrl() }, cfg.Kernel))
@@ -197,6 +209,10 @@ func (s *Server) script(w http.ResponseWriter, r *http.Request) {
 	base := s.base(r)
 	if q.MAC == "" || q.Arch == "" {
 		writeScript(w, boot.ChainScript(base, q.MAC, q.Arch))
+		return
+	}
+	// The answer may carry a boot token: asking central mints one.
+	if !s.tokenGate(w, r, q.MAC) {
 		return
 	}
 	addr := s.address(r, q.MAC)
@@ -316,6 +332,9 @@ func (s *Server) bootToken(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if !s.tokenGate(w, r, q.MAC) {
 		return
 	}
 	tok, exp, err := s.cfg.Decider.BootToken(r.Context(), &agentv1.BootRequest{Mac: q.MAC, Arch: string(q.Arch), Address: s.address(r, q.MAC)})

@@ -305,3 +305,39 @@ func TestMetricsAndHealth(t *testing.T) {
 		t.Fatalf("healthz %d %s", code, body)
 	}
 }
+
+// TestBootTokenRateLimit: a loop asking for one MAC's token gets 429 with
+// Retry-After once its burst is used, and the refusals are counted; the
+// script (which carries a token too) shares the budget.
+func TestBootTokenRateLimit(t *testing.T) {
+	e := newEnv(t, "")
+	for i := range DefaultTokenBurst - 1 {
+		if code, body := e.get(t, "/v1/boot-token?mac=52:54:00:00:00:01"); code != 200 {
+			t.Fatalf("request %d: %d %s", i, code, body)
+		}
+	}
+	if code, _ := e.get(t, "/ipxe/boot.ipxe?mac=52:54:00:00:00:01&arch=efi"); code != 200 {
+		t.Fatalf("script within the burst: %d", code)
+	}
+	resp, err := http.Get(e.srv.URL + "/v1/boot-token?mac=52:54:00:00:00:01")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("beyond the burst: %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	if code, _ := e.get(t, "/ipxe/boot.ipxe?mac=52:54:00:00:00:01&arch=efi"); code != http.StatusTooManyRequests {
+		t.Fatalf("script beyond the burst: %d", code)
+	}
+	asked := e.central.count()
+	if code, _ := e.get(t, "/v1/boot-token?mac=52:54:00:00:00:03"); code == http.StatusTooManyRequests {
+		t.Fatalf("another MAC: %d", code)
+	}
+	if e.central.count() != asked+1 {
+		t.Fatal("refused requests must not reach central")
+	}
+	if _, m := e.get(t, "/metrics"); !strings.Contains(m, `metalfleet_pixie_requests_total{kind="boot_token",result="429"} 1`) {
+		t.Fatal("429 not counted")
+	}
+}
