@@ -354,10 +354,14 @@ func (l *Lab) Instructions() string {
 		bin, l.state.Project, p.ID, p.Sizes[0].ID, p.Images[0].ID, p.Networks[0].ID)
 	fmt.Fprintf(&b, "  %s machine logs -f <machine id>      # its event log, live\n", bin)
 	fmt.Fprintf(&b, "  %s machine delete <machine id>       # frees it: wiped, back to Waiting\n\n", bin)
-	lab := fmt.Sprintf("%s --topology %s --state-dir %s", l.bin("metal-lab"), l.cfg.TopologyFile, l.cfg.StateDir)
-	fmt.Fprintf(&b, "  %s status   # what runs where\n", strings.Replace(lab, " --", " status --", 1))
+	// The lab's own flags, so the commands reach this lab also when it
+	// was started with another topology or state directory.
+	lab := func(sub string) string {
+		return fmt.Sprintf("%s %s --topology %s --state-dir %s", l.bin("metal-lab"), sub, l.cfg.TopologyFile, l.cfg.StateDir)
+	}
+	fmt.Fprintf(&b, "  %s   # what runs where\n", lab("status"))
 	fmt.Fprintf(&b, "  tail -f %s   # a machine's serial console\n", filepath.Join(l.machineDir(t.Nodes(topo.KindMachine)[0]), "serial.log"))
-	fmt.Fprintf(&b, "  %s   # removes everything (make lab-down for the default lab)\n", strings.Replace(lab, " --", " down --", 1))
+	fmt.Fprintf(&b, "  %s   # removes everything (make lab-down for the default lab)\n", lab("down"))
 	return b.String()
 }
 
