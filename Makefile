@@ -29,8 +29,11 @@ METRICS   ?= 127.0.0.1:9090
 BINARIES := metal-central metalctl metal-lab metal-pixie metal-phonehome
 
 .PHONY: help
+# Colour only for a terminal (and not with NO_COLOR): piped or redirected
+# help stays plain text.
 help: ## Show this help.
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@if [ -t 1 ] && [ -z "$${NO_COLOR:-}" ]; then c=$$'\033[36m' r=$$'\033[0m'; else c= r=; fi; \
+	awk -v c="$$c" -v r="$$r" 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  %s%-20s%s %s\n", c, $$1, r, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: deps
 deps: apt-deps tools ## Install what is missing: Debian packages and pinned Go tools (idempotent).
