@@ -234,7 +234,7 @@ func TestProvisionWithRealCentralAndPixie(t *testing.T) {
 	// Allocate → Phoned Home, with the CLI a tenant uses.
 	allocStart := time.Now()
 	out, err := ctl("machine", "create", "--project", project, "--partition", "lab", "--size", "s1", "--image", "lab-1",
-		"--networks", "internet", "--hostname", "web-1", "--wait", "--timeout", "6m")
+		"--networks", "internet", "--hostname", "web-1", "--wait", "--wait-timeout", "6m")
 	if err != nil {
 		fail("machine create --wait: %v\n%s", err, out)
 	}

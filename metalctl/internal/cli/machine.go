@@ -237,7 +237,8 @@ machine then installs the image, boots it and phones home.
 a file; a key file may hold several keys, one per line.
 
 With --wait, metalctl follows the provisioning events until the machine
-phones home (exit 0) or crashes, or --timeout passes (exit 1). On a terminal
+phones home (exit 0) or crashes, or --wait-timeout passes (exit 1).
+The global --timeout still bounds each API call. On a terminal
 a progress bar shows the steps Waiting, Installing, Booting New Kernel and
 Phoned Home. With -o json or yaml the events go to stderr and the final
 machine to stdout.`,
@@ -272,9 +273,9 @@ machine to stdout.`,
 	f.StringVar(&req.FilesystemLayoutId, "filesystem-layout", "", "filesystem layout id (default: the layout matching size and image)")
 	f.StringArrayVar(&cf.labels, "label", nil, "label key=value (repeatable)")
 	f.BoolVar(&cf.wait, "wait", false, "follow the provisioning until the machine phones home")
-	// This --timeout shadows the global one (the timeout of each API call),
-	// which still bounds the create call itself.
-	f.DurationVar(&cf.timeout, "timeout", defaultWaitTimeout, "how long --wait waits for the machine to phone home")
+	// Not --timeout: that is the global timeout of each API call, which
+	// also bounds the create call itself.
+	f.DurationVar(&cf.timeout, "wait-timeout", defaultWaitTimeout, "how long --wait waits for the machine to phone home")
 	return cmd
 }
 
@@ -302,7 +303,7 @@ func (a *app) completeCreateRequest(req *apiv1.MachineServiceCreateRequest, cf *
 		return fmt.Errorf("%s and %s are required", strings.Join(missing[:len(missing)-1], ", "), missing[len(missing)-1])
 	}
 	if cf.timeout <= 0 {
-		return errors.New("--timeout must be positive")
+		return errors.New("--wait-timeout must be positive")
 	}
 	var nets []string
 	for _, n := range req.GetNetworks() {
