@@ -218,7 +218,7 @@ func TestProvisionWithRealCentralAndPixie(t *testing.T) {
 			Provisioning string `json:"provisioning"`
 			SizeID       string `json:"size_id"`
 		}
-		if err == nil && json.Unmarshal([]byte(out), &m) == nil && m.Provisioning == "PROVISIONING_STATE_WAITING" {
+		if err == nil && json.Unmarshal([]byte(out), &m) == nil && m.Provisioning == "waiting" {
 			if m.SizeID != "s1" {
 				fail("machine waits with size %q, want s1", m.SizeID)
 			}

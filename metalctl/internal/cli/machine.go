@@ -14,12 +14,6 @@ import (
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
-const (
-	prefixMachineState = "MACHINE_STATE_"
-	prefixLiveliness   = "LIVELINESS_"
-	prefixProvisioning = "PROVISIONING_STATE_"
-)
-
 // Issue ids central reports (MachineIssue.id) that the CLI treats specially.
 const (
 	issueCrashLoop = "crash-loop"
@@ -34,7 +28,7 @@ const (
 // "alive, Installing 2m" or "dead, Crashed 5m [crash-loop]".
 func (a *app) machineStatus(m *apiv1.Machine) string {
 	var parts []string
-	if l := enumShort(m.GetLiveliness(), prefixLiveliness); l != "" {
+	if l := enumShort(m.GetLiveliness()); l != "" {
 		parts = append(parts, l)
 	}
 	if ev := m.GetLastEvent(); ev != "" {
@@ -56,12 +50,6 @@ func (a *app) machineStatus(m *apiv1.Machine) string {
 	return s
 }
 
-// provisioningName is the lifecycle state in the CLI's lower-case dashed
-// form, e.g. "booting-new-kernel".
-func provisioningName(p apiv1.ProvisioningState) string {
-	return strings.ReplaceAll(enumShort(p, prefixProvisioning), "_", "-")
-}
-
 func (a *app) machineResource() resource[*apiv1.Machine] {
 	client := apiv1.NewMachineServiceClient
 	return resource[*apiv1.Machine]{
@@ -71,8 +59,10 @@ func (a *app) machineResource() resource[*apiv1.Machine] {
 			{header: "PARTITION", value: (*apiv1.Machine).GetPartitionId},
 			{header: "SIZE", value: (*apiv1.Machine).GetSizeId},
 			{header: "RACK", value: (*apiv1.Machine).GetRack},
-			{header: "STATE", value: func(m *apiv1.Machine) string { return enumShort(m.GetState(), prefixMachineState) }},
-			{header: "PROVISIONING", value: func(m *apiv1.Machine) string { return provisioningName(m.GetProvisioning()) }},
+			// Not STATE: the API's "available" next to an allocated machine
+			// read as free. It says whether the machine is locked or reserved.
+			{header: "LOCK", value: func(m *apiv1.Machine) string { return enumShort(m.GetState()) }},
+			{header: "PROVISIONING", value: func(m *apiv1.Machine) string { return enumShort(m.GetProvisioning()) }},
 			{header: "STATUS", value: a.machineStatus},
 			{header: "HOSTNAME", value: func(m *apiv1.Machine) string { return m.GetAllocation().GetHostname() }},
 			{header: "PROJECT", value: func(m *apiv1.Machine) string { return m.GetAllocation().GetProjectId() }},
