@@ -56,7 +56,7 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 			err = errors.Join(err, fmt.Errorf("down: %w", derr))
 		}
 	}()
-	if res.Up, err = l.Up(ctx); err != nil {
+	if res.Up, err = l.Up(ctx, true); err != nil {
 		return res, err
 	}
 	cc, err := client.Dial(l.centralAddr(), filepath.Join(l.centralDir(), "ca.crt"), filepath.Join(l.centralDir(), "admin.token"))

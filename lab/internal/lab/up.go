@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -23,11 +24,33 @@ type Timings struct {
 	PoweredOn                            time.Time
 }
 
-// Up builds the lab from scratch (a previous one of the same name is torn
-// down first) and powers its machines on. The daemons keep running after
-// it returns.
-func (l *Lab) Up(ctx context.Context) (Timings, error) {
+// ErrRunning is Up's answer for a lab that is up already, when it was not
+// asked to recreate it.
+var ErrRunning = errors.New("the lab is up already")
+
+// Running tells whether the lab is up: it came up completely and some of
+// its daemons still run.
+func (l *Lab) Running() bool {
+	if !l.state.Up {
+		return false
+	}
+	for _, p := range l.state.Procs {
+		if p.Alive() {
+			return true
+		}
+	}
+	return false
+}
+
+// Up builds the lab from scratch and powers its machines on. The daemons
+// keep running after it returns. A lab of the same name that is up is left
+// alone (ErrRunning) unless recreate is set; then, like the remains of a
+// failed or crashed run, it is torn down first.
+func (l *Lab) Up(ctx context.Context, recreate bool) (Timings, error) {
 	var tm Timings
+	if !recreate && l.Running() {
+		return tm, fmt.Errorf("%w: %q (since %s)", ErrRunning, l.top.Name, l.state.Created.Local().Format(time.DateTime))
+	}
 	if err := l.checkPrerequisites(); err != nil {
 		return tm, err
 	}
