@@ -29,8 +29,11 @@ METRICS   ?= 127.0.0.1:9090
 BINARIES := metal-central metalctl metal-lab metal-pixie metal-phonehome
 
 .PHONY: help
+# Colour only for a terminal (and not with NO_COLOR): piped or redirected
+# help stays plain text.
 help: ## Show this help.
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@if [ -t 1 ] && [ -z "$${NO_COLOR:-}" ]; then c=$$'\033[36m' r=$$'\033[0m'; else c= r=; fi; \
+	awk -v c="$$c" -v r="$$r" 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  %s%-20s%s %s\n", c, $$1, r, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: deps
 deps: apt-deps tools ## Install what is missing: Debian packages and pinned Go tools (idempotent).
@@ -89,15 +92,28 @@ lint: tools ## go vet, gofmt check, buf lint, go mod tidy check.
 	if ! git diff --quiet -- go.mod go.sum; then echo "go.mod/go.sum not tidy"; git diff -- go.mod go.sum; \
 		cp /tmp/metalfleet.go.mod.bak go.mod; cp /tmp/metalfleet.go.sum.bak go.sum; exit 1; fi
 
+# The binaries, the installer and the lab image are files made from files:
+# each is rebuilt only when something it is built from is newer, so a
+# second `make lab` builds nothing. The sources are listed generously (all
+# files of the parts, not only .go: central embeds sql/), tests excluded.
+GO_SRCS := go.mod go.sum $(shell find agents central installer lab/cmd lab/internal metalctl proto sql -type f ! -name '*_test.go' ! -path '*/testdata/*' ! -path 'installer/build/*' 2>/dev/null)
+PKG_metal-central   := ./central/cmd/metal-central
+PKG_metalctl        := ./metalctl/cmd/metalctl
+PKG_metal-lab       := ./lab/cmd/metal-lab
+PKG_metal-pixie     := ./agents/pixie/cmd/metal-pixie
+PKG_metal-phonehome := ./agents/phonehome/cmd/metal-phonehome
+# Static: it is copied into installed systems of any distribution.
+$(BIN)/metal-phonehome: BUILD_ENV := CGO_ENABLED=0
+$(BIN)/metal-phonehome: BUILD_FLAGS := -trimpath -ldflags '-s -w'
+
 .PHONY: build
-build: ## Build every binary into bin/.
+build: $(addprefix $(BIN)/,$(BINARIES)) ## Build every binary into bin/ (those whose sources changed).
+
+# go build replaces a binary by a new file, so daemons of a running lab
+# keep theirs.
+$(BIN)/%: $(GO_SRCS)
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/metal-central ./central/cmd/metal-central
-	$(GO) build -o $(BIN)/metalctl ./metalctl/cmd/metalctl
-	$(GO) build -o $(BIN)/metal-lab ./lab/cmd/metal-lab
-	$(GO) build -o $(BIN)/metal-pixie ./agents/pixie/cmd/metal-pixie
-	# Static: it is copied into installed systems of any distribution.
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/metal-phonehome ./agents/phonehome/cmd/metal-phonehome
+	$(BUILD_ENV) $(GO) build $(BUILD_FLAGS) -o $@ $(PKG_$*)
 
 # Besides central/, what runs concurrently under test gets the race detector.
 RACE_PKGS := ./agents/agent/... ./lab/internal/vm/... ./lab/internal/redfish/... ./lab/internal/lab/...
@@ -124,17 +140,33 @@ bench-ipam: deps ## IPAM benchmark against go-ipam and pgbench on one PostgreSQL
 bench-fleet: ## Agent fleet scale (P1-P3 of docs/agent-protocol.md) with metal-lab fleet; about 15 minutes.
 	bash bench/fleet.sh
 
+# The installer: metal-installer, metal-phonehome and what they import
+# (agents/agent, proto), go.mod (u-root's version), the build scripts, and
+# the kernel when KERNEL= gives one.
+# (INSTALLER_DIR and LAB_IMAGE_DIR are where the lab looks; other values
+# are for tests of this Makefile.)
+INSTALLER_DIR   ?= build/installer
+LAB_IMAGE_DIR   ?= build/lab-image
+INSTALLER       := $(INSTALLER_DIR)/vmlinuz $(INSTALLER_DIR)/initramfs.cpio.gz
+INSTALLER_SRCS  := go.mod go.sum $(KERNEL) $(shell find installer agents/agent agents/phonehome proto -type f ! -name '*_test.go' ! -path '*/testdata/*' 2>/dev/null)
+LAB_IMAGE       := $(LAB_IMAGE_DIR)/metal-lab-image.tar.zst
+LAB_IMAGE_SRCS  := installer/build/lib.sh $(shell find lab/image/build.sh lab/image/initrd-init lab/image/rootfs 2>/dev/null) $(KERNEL)
+
 .PHONY: installer-image
-installer-image: apt-deps ## Installer kernel + u-root initramfs into build/installer/ (KERNEL=/MODULES= to use your own kernel).
-	bash installer/build/build.sh
+installer-image: $(INSTALLER) ## Installer kernel + u-root initramfs into build/installer/ when its sources changed (KERNEL=/MODULES= to use your own kernel).
+
+$(INSTALLER) &: $(INSTALLER_SRCS) | apt-deps
+	OUT=$(abspath $(INSTALLER_DIR)) bash installer/build/build.sh
 
 .PHONY: installer-boot-test
 installer-boot-test: installer-image qemu-deps ## Boot the installer once under QEMU (central unreachable: it must come up and say so).
 	bash installer/build/boot-test.sh
 
 .PHONY: lab-image
-lab-image: apt-deps ## The lab's OS image: build/lab-image/metal-lab-image.tar.zst (+ .sha256).
-	bash lab/image/build.sh
+lab-image: $(LAB_IMAGE) ## The lab's OS image: build/lab-image/metal-lab-image.tar.zst (+ .sha256), when its sources changed; reproducible.
+
+$(LAB_IMAGE) &: $(LAB_IMAGE_SRCS) | apt-deps
+	OUT=$(abspath $(LAB_IMAGE_DIR)) bash lab/image/build.sh
 
 .PHONY: lab-image-test
 lab-image-test: installer-image lab-image qemu-deps ## Boot the lab image (direct and UEFI), then install it end to end with the installer in QEMU.
@@ -148,8 +180,8 @@ provision-e2e: installer-image lab-image qemu-deps ## The provisioning chain for
 LAB_TOPOLOGY ?= lab/topologies/mini.yaml
 
 .PHONY: lab
-lab: deps build installer-image lab-image qemu-deps ## Run the lab: a partition with central, pixie, two leaves and two QEMU machines (stays up; prints how to use metalctl).
-	$(BIN)/metal-lab up --topology $(LAB_TOPOLOGY)
+lab: deps build installer-image lab-image qemu-deps ## Run the lab: a partition with central, pixie, two leaves and two QEMU machines (stays up; prints how to use metalctl). A lab that is up stays as it is; LAB_RECREATE=1 builds it anew.
+	$(BIN)/metal-lab up --topology $(LAB_TOPOLOGY) $(if $(LAB_RECREATE),--recreate)
 
 .PHONY: lab-status
 lab-status: ## What runs in the lab, machines' power, central's machine list.

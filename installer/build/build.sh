@@ -9,7 +9,13 @@
 #   CACHE=<dir>               downloaded kernel packages (default .cache/installer)
 #   VERSION=<string>          installer version (default: git describe)
 #   COMPRESS=gzip|xz          initramfs compression (default gzip; the kernel reads both)
+#
+# Reproducible for the same tree, kernel and build host: Go builds with
+# -trimpath and without VCS stamps (the version is given), u-root writes
+# its cpio with zero mtimes and inode numbers, gzip without name and time.
 set -euo pipefail
+umask 022
+export GOFLAGS="${GOFLAGS:+$GOFLAGS }-buildvcs=false"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
@@ -53,7 +59,7 @@ say "modules (${#MODS_LOADED[@]}): ${MODS_LOADED[*]}"
 FILES=(-files "$WORK/root/lib/modules:lib/modules")
 if [[ -d agents/phonehome/cmd/metal-phonehome ]]; then
 	say "building metal-phonehome (static)"
-	CGO_ENABLED=0 "$GO" build -trimpath -ldflags "-s -w -X main.version=$VERSION" -o "$WORK/metal-phonehome" ./agents/phonehome/cmd/metal-phonehome
+	CGO_ENABLED=0 "$GO" build -trimpath -buildvcs=false -ldflags "-s -w -X main.version=$VERSION" -o "$WORK/metal-phonehome" ./agents/phonehome/cmd/metal-phonehome
 	FILES+=(-files "$WORK/metal-phonehome:usr/local/bin/metal-phonehome")
 else
 	say "agents/phonehome/cmd/metal-phonehome does not exist: the installer carries no metal-phonehome"

@@ -206,7 +206,7 @@ func TestQuickstart(t *testing.T) {
 	if err := json.Unmarshal([]byte(run("ip", "list", "-o", "json")), &ips); err != nil {
 		t.Fatal(err)
 	}
-	if len(ips) != 2 || ips[0]["ip"] != "10.128.0.1" || ips[1]["ip"] != "10.128.0.77" || ips[1]["type"] != "IP_TYPE_STATIC" {
+	if len(ips) != 2 || ips[0]["ip"] != "10.128.0.1" || ips[1]["ip"] != "10.128.0.77" || ips[1]["type"] != "static" {
 		t.Fatalf("ips = %v", ips)
 	}
 
@@ -219,7 +219,7 @@ func TestQuickstart(t *testing.T) {
 	if err := json.Unmarshal([]byte(run("agent", "enroll", "--kind", "switch", "--identity", "leaf01", "--partition", "lab", "-o", "json")), &enrolled); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.HasPrefix(enrolled.Secret, "mfa_") || enrolled.Agent["kind"] != "KIND_SWITCH" {
+	if !strings.HasPrefix(enrolled.Secret, "mfa_") || enrolled.Agent["kind"] != "switch" {
 		t.Fatalf("agent enroll printed %+v", enrolled)
 	}
 	run("agent", "configure", "switch/leaf01", "--log-level", "debug", "--label", "rack=r01")

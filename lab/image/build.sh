@@ -9,8 +9,14 @@
 #
 # Environment: OUT (default build/lab-image), CACHE (kernel, shared with
 # the installer build, default .cache/installer), KERNEL= MODULES= (another
-# kernel), IMAGE_VERSION (default 1).
+# kernel), IMAGE_VERSION (default 1), SOURCE_DATE_EPOCH (every file's
+# mtime; default: the last commit of the image's sources).
+#
+# Reproducible: the same sources, packages and kernel give the same bytes
+# (names sorted, owners root, mtimes SOURCE_DATE_EPOCH, gzip without name
+# and time; zstd writes no time), so the sha256 only changes with them.
 set -euo pipefail
+umask 022
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HERE=$ROOT/lab/image
@@ -19,6 +25,9 @@ CACHE=${CACHE:-$ROOT/.cache/installer}
 DEBS=${DEBS:-$ROOT/.cache/lab-image}
 IMAGE_VERSION=${IMAGE_VERSION:-1}
 NAME=metal-lab-image
+SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$ROOT" log -1 --format=%ct -- lab/image installer/build/lib.sh 2>/dev/null || true)}
+SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-0}
+export SOURCE_DATE_EPOCH
 
 # shellcheck source=installer/build/lib.sh
 source "$ROOT/installer/build/lib.sh"
@@ -114,14 +123,15 @@ install -m 0755 "$HERE/initrd-init" "$I/init"
 select_modules "$I/lib/modules" virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
 	virtio_blk virtio_scsi scsi_mod sd_mod ext4
 say "initrd modules (${#MODS_LOADED[@]}): ${MODS_LOADED[*]}"
-(cd "$I" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc -R 0:0 --quiet) | gzip -9 -n >"$R/boot/initrd.img-$KVER"
+find "$I" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+(cd "$I" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc -R 0:0 --reproducible --quiet) | gzip -9 -n >"$R/boot/initrd.img-$KVER"
 ln -s "vmlinuz-$KVER" "$R/boot/vmlinuz"
 ln -s "initrd.img-$KVER" "$R/boot/initrd.img"
 
 # --- tarball ----------------------------------------------------------------------------------
 say "packing"
-tar --sort=name --numeric-owner --owner=0 --group=0 --mtime="@${SOURCE_DATE_EPOCH:-$(date +%s)}" \
-	-C "$R" -c . | zstd -q -19 -T0 >"$OUT/$NAME.tar.zst.tmp"
+tar --format=gnu --sort=name --numeric-owner --owner=0 --group=0 --mtime="@$SOURCE_DATE_EPOCH" \
+	-C "$R" -c . | zstd -q -19 -T0 --no-progress >"$OUT/$NAME.tar.zst.tmp"
 mv "$OUT/$NAME.tar.zst.tmp" "$OUT/$NAME.tar.zst"
 (cd "$OUT" && sha256sum "$NAME.tar.zst" >"$NAME.tar.zst.sha256")
 say "$OUT/$NAME.tar.zst: $(awk -v b="$(stat -c %s "$OUT/$NAME.tar.zst")" 'BEGIN{printf "%.1f MB", b/1e6}') (unpacked $(du -sh --apparent-size "$R" | cut -f1)), sha256 $(cut -d' ' -f1 "$OUT/$NAME.tar.zst.sha256")"

@@ -218,7 +218,7 @@ func TestProvisionWithRealCentralAndPixie(t *testing.T) {
 			Provisioning string `json:"provisioning"`
 			SizeID       string `json:"size_id"`
 		}
-		if err == nil && json.Unmarshal([]byte(out), &m) == nil && m.Provisioning == "PROVISIONING_STATE_WAITING" {
+		if err == nil && json.Unmarshal([]byte(out), &m) == nil && m.Provisioning == "waiting" {
 			if m.SizeID != "s1" {
 				fail("machine waits with size %q, want s1", m.SizeID)
 			}
@@ -234,7 +234,7 @@ func TestProvisionWithRealCentralAndPixie(t *testing.T) {
 	// Allocate → Phoned Home, with the CLI a tenant uses.
 	allocStart := time.Now()
 	out, err := ctl("machine", "create", "--project", project, "--partition", "lab", "--size", "s1", "--image", "lab-1",
-		"--networks", "internet", "--hostname", "web-1", "--wait", "--timeout", "6m")
+		"--networks", "internet", "--hostname", "web-1", "--wait", "--wait-timeout", "6m")
 	if err != nil {
 		fail("machine create --wait: %v\n%s", err, out)
 	}

@@ -56,7 +56,7 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 			err = errors.Join(err, fmt.Errorf("down: %w", derr))
 		}
 	}()
-	if res.Up, err = l.Up(ctx); err != nil {
+	if res.Up, err = l.Up(ctx, true); err != nil {
 		return res, err
 	}
 	cc, err := client.Dial(l.centralAddr(), filepath.Join(l.centralDir(), "ca.crt"), filepath.Join(l.centralDir(), "admin.token"))
@@ -88,7 +88,7 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 	allocStart := time.Now()
 	out, err := l.metalctl(ctx, "machine", "create", "--project", l.state.Project, "--partition", p.ID,
 		"--size", p.Sizes[0].ID, "--image", p.Images[0].ID, "--networks", p.Networks[0].ID,
-		"--hostname", "web-1", "--wait", "--timeout", "8m")
+		"--hostname", "web-1", "--wait", "--wait-timeout", "8m")
 	res.Allocate = time.Since(allocStart)
 	if err != nil {
 		return res, e.failure(ctx, e.allocated(ctx, "web-1"), err)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -23,11 +24,33 @@ type Timings struct {
 	PoweredOn                            time.Time
 }
 
-// Up builds the lab from scratch (a previous one of the same name is torn
-// down first) and powers its machines on. The daemons keep running after
-// it returns.
-func (l *Lab) Up(ctx context.Context) (Timings, error) {
+// ErrRunning is Up's answer for a lab that is up already, when it was not
+// asked to recreate it.
+var ErrRunning = errors.New("the lab is up already")
+
+// Running tells whether the lab is up: it came up completely and some of
+// its daemons still run.
+func (l *Lab) Running() bool {
+	if !l.state.Up {
+		return false
+	}
+	for _, p := range l.state.Procs {
+		if p.Alive() {
+			return true
+		}
+	}
+	return false
+}
+
+// Up builds the lab from scratch and powers its machines on. The daemons
+// keep running after it returns. A lab of the same name that is up is left
+// alone (ErrRunning) unless recreate is set; then, like the remains of a
+// failed or crashed run, it is torn down first.
+func (l *Lab) Up(ctx context.Context, recreate bool) (Timings, error) {
 	var tm Timings
+	if !recreate && l.Running() {
+		return tm, fmt.Errorf("%w: %q (since %s)", ErrRunning, l.top.Name, l.state.Created.Local().Format(time.DateTime))
+	}
 	if err := l.checkPrerequisites(); err != nil {
 		return tm, err
 	}
@@ -354,10 +377,14 @@ func (l *Lab) Instructions() string {
 		bin, l.state.Project, p.ID, p.Sizes[0].ID, p.Images[0].ID, p.Networks[0].ID)
 	fmt.Fprintf(&b, "  %s machine logs -f <machine id>      # its event log, live\n", bin)
 	fmt.Fprintf(&b, "  %s machine delete <machine id>       # frees it: wiped, back to Waiting\n\n", bin)
-	lab := fmt.Sprintf("%s --topology %s --state-dir %s", l.bin("metal-lab"), l.cfg.TopologyFile, l.cfg.StateDir)
-	fmt.Fprintf(&b, "  %s status   # what runs where\n", strings.Replace(lab, " --", " status --", 1))
+	// The lab's own flags, so the commands reach this lab also when it
+	// was started with another topology or state directory.
+	lab := func(sub string) string {
+		return fmt.Sprintf("%s %s --topology %s --state-dir %s", l.bin("metal-lab"), sub, l.cfg.TopologyFile, l.cfg.StateDir)
+	}
+	fmt.Fprintf(&b, "  %s   # what runs where\n", lab("status"))
 	fmt.Fprintf(&b, "  tail -f %s   # a machine's serial console\n", filepath.Join(l.machineDir(t.Nodes(topo.KindMachine)[0]), "serial.log"))
-	fmt.Fprintf(&b, "  %s   # removes everything (make lab-down for the default lab)\n", strings.Replace(lab, " --", " down --", 1))
+	fmt.Fprintf(&b, "  %s   # removes everything (make lab-down for the default lab)\n", lab("down"))
 	return b.String()
 }
 

@@ -62,22 +62,33 @@ func (f *labFlags) open(cmd *cobra.Command) (*lab.Lab, error) {
 }
 
 func upCmd() *cobra.Command {
-	var f labFlags
+	var (
+		f        labFlags
+		recreate bool
+	)
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Build the lab's partition and power its machines on; it keeps running",
-		Long: `up tears down a lab of the same name (also one left by a crashed run),
-builds the topology's network namespaces, veth pairs and bridges, starts
-metal-central (embedded PostgreSQL), sets up the partition with metalctl,
-starts metal-pixie and one Redfish BMC per machine, and powers the machines
-on through their BMCs. They PXE-boot into the installer and wait.`,
+		Long: `up builds the topology's network namespaces, veth pairs and bridges,
+starts metal-central (embedded PostgreSQL), sets up the partition with
+metalctl, starts metal-pixie and one Redfish BMC per machine, and powers the
+machines on through their BMCs. They PXE-boot into the installer and wait.
+
+A lab of the same name that is up stays as it is: up says so and prints how
+to use it. --recreate tears it down and builds it anew. What a failed or
+crashed run left behind is always torn down first.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l, err := f.open(cmd)
 			if err != nil {
 				return err
 			}
-			tm, err := l.Up(cmd.Context())
+			tm, err := l.Up(cmd.Context(), recreate)
+			if errors.Is(err, lab.ErrRunning) {
+				fmt.Fprintf(cmd.ErrOrStderr(), "%v: nothing changed (metal-lab up --recreate, or make lab LAB_RECREATE=1, builds it anew)\n", err)
+				fmt.Fprint(cmd.OutOrStdout(), l.Instructions())
+				return nil
+			}
 			if err != nil {
 				return fmt.Errorf("%w\n(the lab is left as it is for a look; `metal-lab down` removes it)", err)
 			}
@@ -90,6 +101,7 @@ on through their BMCs. They PXE-boot into the installer and wait.`,
 		},
 	}
 	f.add(cmd)
+	cmd.Flags().BoolVar(&recreate, "recreate", false, "tear a lab that is up down and build it anew")
 	return cmd
 }
 

@@ -25,11 +25,18 @@ import (
 // `ip netns exec` works on the lab's too.
 const nsDir = "/var/run/netns"
 
+// nsfsMagic is statfs's f_type of a namespace file (NSFS_MAGIC): a name
+// in nsDir that is mounted.
+const nsfsMagic = 0x6e736673
+
 // CreateNS makes a named namespace with its loopback up. An existing one
 // is an error: a stale lab must be torn down first.
 func CreateNS(name string) error {
 	if _, err := os.Stat(filepath.Join(nsDir, name)); err == nil {
 		return fmt.Errorf("namespace %s exists already", name)
+	}
+	if err := setupNSDir(); err != nil {
+		return err
 	}
 	// NewNamed moves the calling thread into the new namespace; Do moves
 	// it back.
@@ -51,13 +58,116 @@ func CreateNS(name string) error {
 	})
 }
 
+// setupNSDir makes nsDir a shared mount point of its own, as `ip netns
+// add` does before its first namespace. Were the lab's namespaces mounted
+// on a plain directory, the first `ip netns add` afterwards would bind
+// the directory onto itself recursively: every namespace mounted there
+// then has a second, hidden copy, and deleting it fails with "device or
+// resource busy".
+func setupNSDir() error {
+	if err := os.MkdirAll(nsDir, 0o755); err != nil {
+		return fmt.Errorf("namespace directory: %w", err)
+	}
+	for bound := false; ; bound = true {
+		err := unix.Mount("", nsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+		if err == nil {
+			return nil
+		}
+		// EINVAL: not a mount point yet.
+		if !errors.Is(err, unix.EINVAL) || bound {
+			return fmt.Errorf("make %s a shared mount: %w", nsDir, err)
+		}
+		if err := unix.Mount(nsDir, nsDir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("bind %s onto itself: %w", nsDir, err)
+		}
+	}
+}
+
 // DeleteNS removes a named namespace; its devices go with it (a veth
 // whose peer is elsewhere takes the peer along). Missing is not an error.
+// A namespace with a hidden second mount (made before nsDir was set up as
+// iproute2 does it, see setupNSDir) is removed too.
 func DeleteNS(name string) error {
-	if err := netns.DeleteNamed(name); err != nil && !errors.Is(err, os.ErrNotExist) {
+	path := filepath.Join(nsDir, name)
+	unmountAll(path)
+	err := os.Remove(path)
+	switch {
+	case err == nil, errors.Is(err, os.ErrNotExist):
+		return nil
+	case errors.Is(err, unix.EBUSY):
+		return removeHidden(name)
+	}
+	return fmt.Errorf("delete namespace %s: %w", name, err)
+}
+
+// unmountAll unmounts what is mounted on path, also stacked mounts.
+func unmountAll(path string) {
+	for range 16 {
+		if unix.Unmount(path, unix.MNT_DETACH) != nil {
+			return
+		}
+	}
+}
+
+// removeHidden removes a namespace whose file is still a mount point
+// below a later bind mount of nsDir onto itself, which path lookups cannot
+// reach: it takes nsDir's self-binds away, unmounts what was below them,
+// sets nsDir up again as iproute2 does and mounts everyone else's
+// namespaces there again. Someone running `ip netns` meanwhile may not see
+// their namespaces for these few milliseconds.
+func removeHidden(name string) error {
+	// Keep every other visible namespace open, to mount it again.
+	kept := map[string]*os.File{}
+	defer func() {
+		for _, f := range kept {
+			f.Close()
+		}
+	}()
+	ents, err := os.ReadDir(nsDir)
+	if err != nil {
 		return fmt.Errorf("delete namespace %s: %w", name, err)
 	}
-	return nil
+	for _, e := range ents {
+		if e.Name() == name || !isNSMount(filepath.Join(nsDir, e.Name())) {
+			continue
+		}
+		f, err := os.Open(filepath.Join(nsDir, e.Name()))
+		if err != nil {
+			return fmt.Errorf("delete namespace %s: keep %s: %w", name, e.Name(), err)
+		}
+		kept[e.Name()] = f
+	}
+	unmountAll(nsDir)
+	// What was below: the hidden copies (ours and others').
+	if ents, err = os.ReadDir(nsDir); err != nil {
+		return fmt.Errorf("delete namespace %s: %w", name, err)
+	}
+	for _, e := range ents {
+		unmountAll(filepath.Join(nsDir, e.Name()))
+	}
+	var errs []error
+	if err := os.Remove(filepath.Join(nsDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("delete namespace %s: %w", name, err))
+	}
+	if err := setupNSDir(); err != nil {
+		errs = append(errs, err)
+	}
+	for n, f := range kept {
+		p := filepath.Join(nsDir, n)
+		if t, err := os.OpenFile(p, os.O_CREATE|os.O_RDONLY, 0o444); err == nil {
+			t.Close()
+		}
+		if err := unix.Mount(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), p, "none", unix.MS_BIND, ""); err != nil {
+			errs = append(errs, fmt.Errorf("mount namespace %s again: %w", n, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// isNSMount tells whether a namespace is mounted on path.
+func isNSMount(path string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && st.Type == nsfsMagic
 }
 
 // ListNS returns the named namespaces whose names start with prefix.

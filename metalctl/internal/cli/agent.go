@@ -17,8 +17,6 @@ import (
 )
 
 const (
-	prefixKind   = "KIND_"
-	prefixHealth = "HEALTH_"
 	// maxAgentEvents is the most events AgentService.Get returns.
 	maxAgentEvents = 1000
 )
@@ -26,12 +24,12 @@ const (
 // parseKind reads the CLI word of an agent kind: switch, bmc, pixie,
 // installer or phonehome.
 func parseKind(flag, s string) (agentv1.Kind, error) {
-	n, err := parseEnum(flag, s, agentv1.Kind(0).Descriptor(), prefixKind)
+	n, err := parseEnum(flag, s, agentv1.Kind(0).Descriptor())
 	return agentv1.Kind(n), err
 }
 
 func kindChoices() string {
-	return strings.Join(enumChoices(agentv1.Kind(0).Descriptor(), prefixKind), ", ")
+	return strings.Join(enumChoices(agentv1.Kind(0).Descriptor()), ", ")
 }
 
 // formatLastContact is the age of the last contact, "never" for an agent
@@ -49,7 +47,7 @@ func (a *app) agentResource() resource[*apiv1.Agent] {
 		kind: "agent",
 		cols: []column[*apiv1.Agent]{
 			{header: "ID", value: (*apiv1.Agent).GetId},
-			{header: "KIND", value: func(ag *apiv1.Agent) string { return enumShort(ag.GetKind(), prefixKind) }},
+			{header: "KIND", value: func(ag *apiv1.Agent) string { return enumShort(ag.GetKind()) }},
 			{header: "IDENTITY", value: (*apiv1.Agent).GetIdentity},
 			{header: "PARTITION", value: (*apiv1.Agent).GetPartitionId},
 			{header: "REPLICA", value: (*apiv1.Agent).GetReplica},
@@ -58,8 +56,8 @@ func (a *app) agentResource() resource[*apiv1.Agent] {
 			{header: "DESIRED", value: func(ag *apiv1.Agent) string { return strconv.FormatUint(ag.GetDesiredRevision(), 10) }},
 			{header: "APPLIED", value: func(ag *apiv1.Agent) string { return strconv.FormatUint(ag.GetAppliedRevision(), 10) }},
 			{header: "LAST-CONTACT", value: func(ag *apiv1.Agent) string { return formatLastContact(a, ag) }},
-			{header: "LIVELINESS", value: func(ag *apiv1.Agent) string { return enumShort(ag.GetLiveliness(), prefixLiveliness) }},
-			{header: "HEALTH", value: func(ag *apiv1.Agent) string { return enumShort(ag.GetHealth(), prefixHealth) }},
+			{header: "LIVELINESS", value: func(ag *apiv1.Agent) string { return enumShort(ag.GetLiveliness()) }},
+			{header: "HEALTH", value: func(ag *apiv1.Agent) string { return enumShort(ag.GetHealth()) }},
 			{header: "HOSTNAME", wide: true, value: func(ag *apiv1.Agent) string { return ag.GetFacts().GetHostname() }},
 			{header: "VERSION", wide: true, value: func(ag *apiv1.Agent) string { return ag.GetFacts().GetAgentVersion() }},
 			{header: "MESSAGE", wide: true, value: (*apiv1.Agent).GetMessage},

@@ -182,7 +182,7 @@ func (a *app) readInput(file string) ([]byte, error) {
 }
 
 // decodeObjects parses multi-document YAML (or JSON) in the protojson form
-// of T. A document may also be a list of objects. Unknown fields are errors
+// of T or the people's form metalctl prints (enum words, see vocab.go). A document may also be a list of objects. Unknown fields are errors
 // so typos do not silently drop settings.
 func decodeObjects[T proto.Message](data []byte, newObj func() T) ([]T, error) {
 	var out []T
@@ -203,6 +203,10 @@ func decodeObjects[T proto.Message](data []byte, newObj func() T) ([]T, error) {
 		}
 		for _, it := range items {
 			obj := newObj()
+			it, err := fromPeople(it, obj.ProtoReflect().Descriptor())
+			if err != nil {
+				return nil, fmt.Errorf("document %d: %w", len(out)+1, err)
+			}
 			if err := protojson.Unmarshal(it, obj); err != nil {
 				return nil, fmt.Errorf("document %d: %w", len(out)+1, err)
 			}

@@ -330,7 +330,7 @@ func agentEvents() []*apiv1.AgentEvent {
 // findAgent resolves an id or "<kind>/<identity>" like central does.
 func findAgent(ref string) (*apiv1.Agent, error) {
 	for _, ag := range agents() {
-		if ag.GetId() == ref || enumShort(ag.GetKind(), prefixKind)+"/"+ag.GetIdentity() == ref {
+		if ag.GetId() == ref || enumShort(ag.GetKind())+"/"+ag.GetIdentity() == ref {
 			return ag, nil
 		}
 	}

@@ -14,11 +14,6 @@ import (
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
-const (
-	prefixImageClassification = "IMAGE_CLASSIFICATION_"
-	prefixImageFeature        = "IMAGE_FEATURE_"
-)
-
 func imageResource() resource[*apiv1.Image] {
 	client := apiv1.NewImageServiceClient
 	return resource[*apiv1.Image]{
@@ -29,12 +24,12 @@ func imageResource() resource[*apiv1.Image] {
 			{header: "OS", value: (*apiv1.Image).GetOs},
 			{header: "VERSION", value: (*apiv1.Image).GetVersion},
 			{header: "CLASSIFICATION", value: func(i *apiv1.Image) string {
-				return enumShort(i.GetClassification(), prefixImageClassification)
+				return enumShort(i.GetClassification())
 			}},
 			{header: "FEATURES", wide: true, value: func(i *apiv1.Image) string {
 				var fs []string
 				for _, f := range i.GetFeatures() {
-					fs = append(fs, enumShort(f, prefixImageFeature))
+					fs = append(fs, enumShort(f))
 				}
 				return strings.Join(fs, ",")
 			}},
@@ -118,14 +113,14 @@ func (a *app) imageCreateCommand(r resource[*apiv1.Image]) *cobra.Command {
 				return errors.New("--id, --os, --version and --url are required")
 			}
 			if classification != "" {
-				n, err := parseEnum("--classification", classification, apiv1.ImageClassification(0).Descriptor(), prefixImageClassification)
+				n, err := parseEnum("--classification", classification, apiv1.ImageClassification(0).Descriptor())
 				if err != nil {
 					return err
 				}
 				img.Classification = apiv1.ImageClassification(n)
 			}
 			for _, f := range features {
-				n, err := parseEnum("--feature", f, apiv1.ImageFeature(0).Descriptor(), prefixImageFeature)
+				n, err := parseEnum("--feature", f, apiv1.ImageFeature(0).Descriptor())
 				if err != nil {
 					return err
 				}

@@ -15,15 +15,13 @@ import (
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
-const prefixIPType = "IP_TYPE_"
-
 func ipResource() resource[*apiv1.IP] {
 	client := apiv1.NewIPServiceClient
 	r := resource[*apiv1.IP]{
 		kind: "ip",
 		cols: []column[*apiv1.IP]{
 			{header: "IP", value: (*apiv1.IP).GetIp},
-			{header: "TYPE", value: func(ip *apiv1.IP) string { return enumShort(ip.GetType(), prefixIPType) }},
+			{header: "TYPE", value: func(ip *apiv1.IP) string { return enumShort(ip.GetType()) }},
 			{header: "NETWORK", value: (*apiv1.IP).GetNetworkId},
 			{header: "PROJECT", value: (*apiv1.IP).GetProjectId},
 			{header: "NAME", value: (*apiv1.IP).GetName},

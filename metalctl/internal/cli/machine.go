@@ -14,12 +14,6 @@ import (
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
-const (
-	prefixMachineState = "MACHINE_STATE_"
-	prefixLiveliness   = "LIVELINESS_"
-	prefixProvisioning = "PROVISIONING_STATE_"
-)
-
 // Issue ids central reports (MachineIssue.id) that the CLI treats specially.
 const (
 	issueCrashLoop = "crash-loop"
@@ -34,7 +28,7 @@ const (
 // "alive, Installing 2m" or "dead, Crashed 5m [crash-loop]".
 func (a *app) machineStatus(m *apiv1.Machine) string {
 	var parts []string
-	if l := enumShort(m.GetLiveliness(), prefixLiveliness); l != "" {
+	if l := enumShort(m.GetLiveliness()); l != "" {
 		parts = append(parts, l)
 	}
 	if ev := m.GetLastEvent(); ev != "" {
@@ -56,12 +50,6 @@ func (a *app) machineStatus(m *apiv1.Machine) string {
 	return s
 }
 
-// provisioningName is the lifecycle state in the CLI's lower-case dashed
-// form, e.g. "booting-new-kernel".
-func provisioningName(p apiv1.ProvisioningState) string {
-	return strings.ReplaceAll(enumShort(p, prefixProvisioning), "_", "-")
-}
-
 func (a *app) machineResource() resource[*apiv1.Machine] {
 	client := apiv1.NewMachineServiceClient
 	return resource[*apiv1.Machine]{
@@ -71,8 +59,10 @@ func (a *app) machineResource() resource[*apiv1.Machine] {
 			{header: "PARTITION", value: (*apiv1.Machine).GetPartitionId},
 			{header: "SIZE", value: (*apiv1.Machine).GetSizeId},
 			{header: "RACK", value: (*apiv1.Machine).GetRack},
-			{header: "STATE", value: func(m *apiv1.Machine) string { return enumShort(m.GetState(), prefixMachineState) }},
-			{header: "PROVISIONING", value: func(m *apiv1.Machine) string { return provisioningName(m.GetProvisioning()) }},
+			// Not STATE: the API's "available" next to an allocated machine
+			// read as free. It says whether the machine is locked or reserved.
+			{header: "LOCK", value: func(m *apiv1.Machine) string { return enumShort(m.GetState()) }},
+			{header: "PROVISIONING", value: func(m *apiv1.Machine) string { return enumShort(m.GetProvisioning()) }},
 			{header: "STATUS", value: a.machineStatus},
 			{header: "HOSTNAME", value: func(m *apiv1.Machine) string { return m.GetAllocation().GetHostname() }},
 			{header: "PROJECT", value: func(m *apiv1.Machine) string { return m.GetAllocation().GetProjectId() }},
@@ -265,7 +255,8 @@ machine then installs the image, boots it and phones home.
 a file; a key file may hold several keys, one per line.
 
 With --wait, metalctl follows the provisioning events until the machine
-phones home (exit 0) or crashes, or --timeout passes (exit 1). On a terminal
+phones home (exit 0) or crashes, or --wait-timeout passes (exit 1).
+The global --timeout still bounds each API call. On a terminal
 a progress bar shows the steps Waiting, Installing, Booting New Kernel and
 Phoned Home. With -o json or yaml the events go to stderr and the final
 machine to stdout.`,
@@ -300,9 +291,9 @@ machine to stdout.`,
 	f.StringVar(&req.FilesystemLayoutId, "filesystem-layout", "", "filesystem layout id (default: the layout matching size and image)")
 	f.StringArrayVar(&cf.labels, "label", nil, "label key=value (repeatable)")
 	f.BoolVar(&cf.wait, "wait", false, "follow the provisioning until the machine phones home")
-	// This --timeout shadows the global one (the timeout of each API call),
-	// which still bounds the create call itself.
-	f.DurationVar(&cf.timeout, "timeout", defaultWaitTimeout, "how long --wait waits for the machine to phone home")
+	// Not --timeout: that is the global timeout of each API call, which
+	// also bounds the create call itself.
+	f.DurationVar(&cf.timeout, "wait-timeout", defaultWaitTimeout, "how long --wait waits for the machine to phone home")
 	return cmd
 }
 
@@ -330,7 +321,7 @@ func (a *app) completeCreateRequest(req *apiv1.MachineServiceCreateRequest, cf *
 		return fmt.Errorf("%s and %s are required", strings.Join(missing[:len(missing)-1], ", "), missing[len(missing)-1])
 	}
 	if cf.timeout <= 0 {
-		return errors.New("--timeout must be positive")
+		return errors.New("--wait-timeout must be positive")
 	}
 	var nets []string
 	for _, n := range req.GetNetworks() {

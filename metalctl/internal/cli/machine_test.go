@@ -177,7 +177,7 @@ func TestMachineUsageErrors(t *testing.T) {
 		{"create empty key", append(create, "--sshpublickey", " "), "--sshpublickey: empty key"},
 		{"create userdata file missing", append(create, "--userdata", "@/nonexistent/ud"), "--userdata: open /nonexistent/ud"},
 		{"create bad label", append(create, "--label", "x"), "--label \"x\": want key=value"},
-		{"create zero timeout", append(create, "--wait", "--timeout", "0s"), "--timeout must be positive"},
+		{"create zero wait timeout", append(create, "--wait", "--wait-timeout", "0s"), "--wait-timeout must be positive"},
 		{"create bad output", append(create, "-o", "xml"), "unknown output format"},
 		{"lock without reason", []string{"machine", "lock", "m1"}, "--reason is required"},
 		{"reserve without reason", []string{"machine", "reserve", "m1", "--reason", " "}, "--reason is required"},
@@ -286,7 +286,7 @@ func TestMachineCreateWait(t *testing.T) {
 		{
 			name:     "timeout",
 			attempts: []eventAttempt{{resps: all[:3], hold: true}},
-			extra:    []string{"--timeout", "300ms"},
+			extra:    []string{"--wait-timeout", "300ms"},
 			golden:   "machine_create_wait_timeout", wantErr: "did not phone home within 300ms", wantOpen: 1,
 		},
 		{

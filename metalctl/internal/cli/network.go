@@ -27,7 +27,7 @@ func networkResource() resource[*apiv1.Network] {
 		cols: []column[*apiv1.Network]{
 			{header: "ID", value: (*apiv1.Network).GetId},
 			{header: "NAME", value: (*apiv1.Network).GetName},
-			{header: "TYPE", value: func(n *apiv1.Network) string { return enumShort(n.GetType(), prefixNetworkType) }},
+			{header: "TYPE", value: func(n *apiv1.Network) string { return enumShort(n.GetType()) }},
 			{header: "PARTITION", value: (*apiv1.Network).GetPartitionId},
 			{header: "PROJECT", value: (*apiv1.Network).GetProjectId},
 			{header: "PARENT", wide: true, value: (*apiv1.Network).GetParentId},
@@ -89,7 +89,7 @@ func (a *app) newNetworkCommand() *cobra.Command {
 	list := listCommand(a, r, func(ctx context.Context, cc grpc.ClientConnInterface) ([]*apiv1.Network, error) {
 		req := &apiv1.NetworkServiceListRequest{PartitionId: partition, ProjectId: project}
 		if typ != "" {
-			n, err := parseEnum("--type", typ, apiv1.NetworkType(0).Descriptor(), prefixNetworkType)
+			n, err := parseEnum("--type", typ, apiv1.NetworkType(0).Descriptor())
 			if err != nil {
 				return nil, err
 			}

@@ -18,7 +18,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"sigs.k8s.io/yaml"
 )
@@ -112,9 +111,13 @@ func printMessages[T proto.Message](p *printer, cols []column[T], items []T, sin
 	}
 	docs := make([][]byte, 0, len(items))
 	for _, it := range items {
+		md := it.ProtoReflect().Descriptor()
 		b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(it)
 		if err != nil {
-			return fmt.Errorf("encode %s: %w", it.ProtoReflect().Descriptor().Name(), err)
+			return fmt.Errorf("encode %s: %w", md.Name(), err)
+		}
+		if b, err = toPeople(b, md); err != nil {
+			return fmt.Errorf("encode %s: %w", md.Name(), err)
 		}
 		docs = append(docs, b)
 	}
@@ -267,43 +270,6 @@ func formatUint(n uint64) string {
 		return ""
 	}
 	return strconv.FormatUint(n, 10)
-}
-
-// enumShort shows an enum value without its type prefix, lower case
-// ("MACHINE_STATE_AVAILABLE" → "available"); the unspecified value is empty.
-func enumShort(e protoreflect.Enum, prefix string) string {
-	if e.Number() == 0 {
-		return ""
-	}
-	v := e.Descriptor().Values().ByNumber(e.Number())
-	if v == nil {
-		return strconv.Itoa(int(e.Number()))
-	}
-	return strings.ToLower(strings.TrimPrefix(string(v.Name()), prefix))
-}
-
-// parseEnum accepts the short lower-case form of an enum value (or the full
-// proto name) and rejects the unspecified value.
-func parseEnum(flag, value string, desc protoreflect.EnumDescriptor, prefix string) (protoreflect.EnumNumber, error) {
-	name := strings.ToUpper(strings.TrimSpace(value))
-	if !strings.HasPrefix(name, prefix) {
-		name = prefix + name
-	}
-	if v := desc.Values().ByName(protoreflect.Name(name)); v != nil && v.Number() != 0 {
-		return v.Number(), nil
-	}
-	return 0, fmt.Errorf("%s %q: want one of %s", flag, value, strings.Join(enumChoices(desc, prefix), ", "))
-}
-
-func enumChoices(desc protoreflect.EnumDescriptor, prefix string) []string {
-	var out []string
-	vals := desc.Values()
-	for i := range vals.Len() {
-		if v := vals.Get(i); v.Number() != 0 {
-			out = append(out, strings.ToLower(strings.TrimPrefix(string(v.Name()), prefix)))
-		}
-	}
-	return out
 }
 
 // parseLabels turns repeated --label key=value flags into a map.

@@ -16,8 +16,6 @@ import (
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
-const prefixLevel = "LEVEL_"
-
 func tokenColumns() []column[*apiv1.Token] {
 	return []column[*apiv1.Token]{
 		{header: "ID", value: (*apiv1.Token).GetId},
@@ -33,19 +31,19 @@ func tokenColumns() []column[*apiv1.Token] {
 func formatRoles(t *apiv1.Token) string {
 	var parts []string
 	if t.GetAdminRole() != apiv1.Level_LEVEL_UNSPECIFIED {
-		parts = append(parts, "admin="+enumShort(t.GetAdminRole(), prefixLevel))
+		parts = append(parts, "admin="+enumShort(t.GetAdminRole()))
 	}
 	for _, id := range slices.Sorted(maps.Keys(t.GetTenantRoles())) {
-		parts = append(parts, "tenant/"+id+"="+enumShort(t.GetTenantRoles()[id], prefixLevel))
+		parts = append(parts, "tenant/"+id+"="+enumShort(t.GetTenantRoles()[id]))
 	}
 	for _, id := range slices.Sorted(maps.Keys(t.GetProjectRoles())) {
-		parts = append(parts, "project/"+id+"="+enumShort(t.GetProjectRoles()[id], prefixLevel))
+		parts = append(parts, "project/"+id+"="+enumShort(t.GetProjectRoles()[id]))
 	}
 	return strings.Join(parts, ",")
 }
 
 func parseLevel(flag, s string) (apiv1.Level, error) {
-	n, err := parseEnum(flag, s, apiv1.Level(0).Descriptor(), prefixLevel)
+	n, err := parseEnum(flag, s, apiv1.Level(0).Descriptor())
 	return apiv1.Level(n), err
 }
 
