@@ -553,3 +553,75 @@ func TestServerWithoutFleetCredsRefusesStreams(t *testing.T) {
 		t.Fatalf("got %v, want Internal", err)
 	}
 }
+
+// TestBootTokenBindingSupersedeAndCap: a token minted for a MAC works only
+// for a hello listing that MAC and naming its machine, and a refused
+// hello leaves it unused; a new boot of the MAC supersedes its unused
+// token; the partition's unused tokens are capped.
+func TestBootTokenBindingSupersedeAndCap(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig("r1")
+	cfg.MaxUnusedBootTokens = 3
+	r := startReplica(t, newDB(t), cfg, nil)
+	mint := func(tok fleet.BootToken) (fleet.MintedBootToken, error) {
+		tok.Partition, tok.TTL, tok.CreatedBy = "p1", time.Hour, "test"
+		var m fleet.MintedBootToken
+		err := r.st.Tx(t.Context(), func(tx pgx.Tx) (err error) {
+			m, err = r.hub.MintBootToken(t.Context(), tx, tok)
+			return err
+		})
+		return m, err
+	}
+	withNICs := func(identity, secret string, macs ...string) *agentv1.SyncRequest {
+		m := bootHello(identity, secret)
+		m.GetHello().Facts = &agentv1.Facts{Machine: &agentv1.MachineFacts{Uuid: identity}}
+		for _, mac := range macs {
+			m.GetHello().Facts.Machine.Nics = append(m.GetHello().Facts.Machine.Nics, &agentv1.NICFact{Mac: mac})
+		}
+		return m
+	}
+	refused := func(what string, m *agentv1.SyncRequest, want codes.Code) {
+		t.Helper()
+		s := dial(t, r.addr)
+		_ = s.Send(m)
+		if err := s.end(t); status.Code(err) != want {
+			t.Fatalf("%s: %v, want %v", what, err, want)
+		}
+	}
+
+	tok, err := mint(fleet.BootToken{MAC: "52:54:00:00:00:01", Machine: "uuid-m1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused("no NICs in the hello", bootHello("uuid-m1", tok.Secret), codes.PermissionDenied)
+	refused("another MAC", withNICs("uuid-m1", tok.Secret, "52:54:00:00:00:02"), codes.PermissionDenied)
+	refused("another machine", withNICs("uuid-m2", tok.Secret, "52:54:00:00:00:01"), codes.PermissionDenied)
+	// Unused after all refusals: the right hello (MAC in another spelling) is welcome.
+	connect(t, r.addr, withNICs("uuid-m1", tok.Secret, "52:54:00:00:00:02", "52-54-00-00-00-01"))
+
+	// A second boot of a MAC supersedes the first boot's unused token.
+	first, err := mint(fleet.BootToken{MAC: "52:54:00:00:00:03"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := mint(fleet.BootToken{MAC: "52:54:00:00:00:03"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused("superseded token", withNICs("uuid-m3", first.Secret, "52:54:00:00:00:03"), codes.Unauthenticated)
+
+	// The cap: second + two more unused tokens; the fourth is refused.
+	for i := range 2 {
+		if _, err := mint(fleet.BootToken{MAC: fmt.Sprintf("52:54:00:00:01:%02x", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := mint(fleet.BootToken{MAC: "52:54:00:00:02:00"}); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("beyond the cap: %v, want ResourceExhausted", err)
+	}
+	// Using one makes room again.
+	connect(t, r.addr, withNICs("uuid-m3", second.Secret, "52:54:00:00:00:03"))
+	if _, err := mint(fleet.BootToken{MAC: "52:54:00:00:02:00"}); err != nil {
+		t.Fatalf("after one was used: %v", err)
+	}
+}
