@@ -11,6 +11,7 @@ type metrics struct {
 	resyncHealed prometheus.Counter
 	flushErrors  prometheus.Counter
 	events       prometheus.Counter
+	reports      *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -31,11 +32,13 @@ func newMetrics() *metrics {
 			Help: "Failed writes of batched contact and observed state (retried)."}),
 		events: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "events_total",
 			Help: "Agent events stored."}),
+		reports: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "reports_total",
+			Help: "Agent reports by result: stored, duplicate (sent again, stored before), rejected (never stored), failed (not stored now; the agent sends it again)."}, []string{"result"}),
 	}
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.streams, m.handshakes, m.sent, m.propagation, m.resyncHealed, m.flushErrors, m.events}
+	return []prometheus.Collector{m.streams, m.handshakes, m.sent, m.propagation, m.resyncHealed, m.flushErrors, m.events, m.reports}
 }
 
 // Describe implements prometheus.Collector.
