@@ -176,8 +176,8 @@ func validateReport(r *agentv1.Report, sent uint64) error {
 	if len(r.GetEvents()) > maxEvents {
 		f.add("report.events", "at most %d per report", maxEvents)
 	}
-	if r.GetSeq() != 0 && !outboxRE.MatchString(r.GetOutbox()) {
-		f.add("report.outbox", "1-64 characters of [A-Za-z0-9_-] when seq is set")
+	if (r.GetSeq() != 0 || r.GetOutbox() != "") && !outboxRE.MatchString(r.GetOutbox()) {
+		f.add("report.outbox", "1-64 characters of [A-Za-z0-9_-], required with seq")
 	}
 	validateText(&f, "report.message", protoreflect.ValueOfString(r.GetMessage()))
 	for i, e := range r.GetEvents() {
