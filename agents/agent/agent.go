@@ -144,7 +144,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Token == "" && cfg.BootToken == "" {
 		return nil, errors.New("agent: no credential: give a token or a boot token")
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, state: st, next: rand.N(len(cfg.Centrals)), factsDone: st.factsDone, outbox: newOutbox(), closeReq: make(chan chan error)}
+	a := &Agent{cfg: cfg, log: cfg.Log, state: st, next: rand.N(len(cfg.Centrals)), factsDone: st.factsDone, outbox: newOutbox(cfg.Log, cfg.Metrics), closeReq: make(chan chan error)}
 	if cfg.Token != "" {
 		a.credential.Store(&cfg.Token)
 	}

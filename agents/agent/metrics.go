@@ -10,6 +10,7 @@ type Metrics struct {
 	reconnects  prometheus.Counter
 	applyErrors prometheus.Counter
 	documents   prometheus.Counter
+	rejected    prometheus.Counter
 }
 
 // NewMetrics registers the agent metrics with reg.
@@ -26,8 +27,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Desired documents the reconciler failed to apply."}),
 		documents: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "documents_received_total",
 			Help: "Desired documents received from central."}),
+		rejected: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "reports_rejected_total",
+			Help: "Reports dropped because central can never store them (or they cannot be encoded); the agent's log says why."}),
 	}
-	reg.MustRegister(m.connected, m.lag, m.reconnects, m.applyErrors, m.documents)
+	reg.MustRegister(m.connected, m.lag, m.reconnects, m.applyErrors, m.documents, m.rejected)
 	return m
 }
 
@@ -60,5 +63,11 @@ func (m *Metrics) document() {
 func (m *Metrics) addLag(delta int64) {
 	if m != nil && delta != 0 {
 		m.lag.Add(float64(delta))
+	}
+}
+
+func (m *Metrics) reportRejected() {
+	if m != nil {
+		m.rejected.Inc()
 	}
 }

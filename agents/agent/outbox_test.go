@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
@@ -214,5 +216,128 @@ func TestSilentCentralDoesNotHoldTheAgent(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// ackingCentral acknowledges reports as central does. The first time it
+// reads a report holding an event of type failOnce it stores nothing and
+// ends the stream with Unavailable (central's answer when its database is
+// away); reports holding an event of type reject are rejected for good.
+type ackingCentral struct {
+	agentv1.UnimplementedAgentServiceServer
+	failOnce string
+	mu       sync.Mutex
+	failed   bool
+	streams  int
+	stored   []string // event types, in the order stored
+	seen     map[string]bool
+	rejected int
+}
+
+func (c *ackingCentral) Sync(s agentv1.AgentService_SyncServer) error {
+	if _, err := s.Recv(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.streams++
+	c.mu.Unlock()
+	_ = s.Send(&agentv1.SyncResponse{Msg: &agentv1.SyncResponse_Welcome{Welcome: &agentv1.Welcome{AgentId: "a", HeartbeatInterval: durationpb.New(time.Hour), ReportAcks: true}}})
+	for {
+		m, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		r := m.GetReport()
+		if r == nil {
+			continue
+		}
+		c.mu.Lock()
+		result := agentv1.AckResult_ACK_RESULT_STORED
+		key := fmt.Sprintf("%s/%d", r.GetOutbox(), r.GetSeq())
+		for _, e := range r.GetEvents() {
+			switch {
+			case e.GetType() == c.failOnce && !c.failed:
+				c.failed = true
+				c.mu.Unlock()
+				return status.Error(codes.Unavailable, "central cannot store the report now; reconnect and report again")
+			case e.GetType() == "reject":
+				result = agentv1.AckResult_ACK_RESULT_REJECTED
+			}
+		}
+		switch {
+		case result == agentv1.AckResult_ACK_RESULT_REJECTED:
+			c.rejected++
+		case !c.seen[key]: // stored once, as central dedups by (agent, outbox, seq)
+			c.seen[key] = true
+			for _, e := range r.GetEvents() {
+				c.stored = append(c.stored, e.GetType())
+			}
+		}
+		c.mu.Unlock()
+		if err := s.Send(&agentv1.SyncResponse{Msg: &agentv1.SyncResponse_Ack{Ack: &agentv1.Ack{Seq: r.GetSeq(), Result: result, Message: "malformed report"}}}); err != nil {
+			return err
+		}
+	}
+}
+
+// TestReportKeptUntilStored: a report central fails to store (it ends the
+// stream instead of acknowledging it) is sent again on the next stream,
+// with everything after it, in order; a rejected one is dropped, not sent
+// forever; Flush returns only once everything is answered. Issue 11 item
+// 13: the runtime used to forget a report once Send returned, so the
+// failed one never arrived.
+func TestReportKeptUntilStored(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	c := &ackingCentral{failOnce: "Registering", seen: map[string]bool{}}
+	agentv1.RegisterAgentServiceServer(srv, c)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	a, err := New(Config{
+		Kind: agentv1.Kind_KIND_INSTALLER, Identity: "m", Centrals: []string{lis.Addr().String()}, Token: "mfa_x",
+		Reconciler: ReconcilerFunc(func(context.Context, *agentv1.Desired) error { return nil }),
+		MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.Run(t.Context()) }()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	// One report each: events emitted together may share a report.
+	for _, typ := range []string{"Preparing", "reject"} {
+		a.Emit(nil, &agentv1.Event{Type: typ})
+		if err := a.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.Emit(nil, &agentv1.Event{Type: "Registering"})
+	a.Emit(nil, &agentv1.Event{Type: "Waiting"})
+	if err := a.Flush(ctx); err != nil {
+		t.Fatalf("flush: %v (a report central failed to store was not sent again)", err)
+	}
+	if err := a.Close(ctx); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if got, want := fmt.Sprint(c.stored), "[Preparing Registering Waiting]"; got != want {
+		t.Errorf("central stored %s, want %s", got, want)
+	}
+	if c.rejected != 1 {
+		t.Errorf("the rejected report arrived %d times, want once", c.rejected)
+	}
+	if c.streams < 2 {
+		t.Errorf("%d streams: the failed report cannot have been sent again", c.streams)
 	}
 }

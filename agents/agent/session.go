@@ -68,6 +68,9 @@ func (a *Agent) session(ctx context.Context) (established bool, err error) {
 	if hb <= 0 {
 		hb = 20 * time.Second
 	}
+	// Against a central from before acks a report is forgotten once sent.
+	acks := w.GetReportAcks()
+	a.outbox.restart()
 	a.log.Info("connected to central", "central", addr, "replica", w.GetReplica(), "agent_id", w.GetAgentId())
 	a.connected.Store(true)
 	a.phase.Store(PhaseConnected)
@@ -87,6 +90,9 @@ func (a *Agent) session(ctx context.Context) (established bool, err error) {
 				recvDone <- err
 				return
 			}
+			if ack := m.GetAck(); ack != nil {
+				a.outbox.ack(ack)
+			}
 			if d := m.GetDesired(); d != nil {
 				a.cfg.Metrics.document()
 				a.lastDoc.Store(time.Now().UnixNano())
@@ -104,7 +110,7 @@ func (a *Agent) session(ctx context.Context) (established bool, err error) {
 	}()
 
 	// What was emitted while no stream was up goes first.
-	if err := a.sendOutbox(stream); err != nil {
+	if err := a.sendOutbox(stream, acks); err != nil {
 		return true, streamErr(recvDone, err)
 	}
 	tick := time.NewTicker(hb)
@@ -120,19 +126,21 @@ func (a *Agent) session(ctx context.Context) (established bool, err error) {
 				return true, streamErr(recvDone, err)
 			}
 		case <-a.outbox.wake:
-			if err := a.sendOutbox(stream); err != nil {
+			if err := a.sendOutbox(stream, acks); err != nil {
 				return true, streamErr(recvDone, err)
 			}
 		case done := <-a.closeReq:
-			done <- a.closeStream(ctx, stream, recvDone)
+			done <- a.closeStream(ctx, stream, recvDone, acks)
 			return true, errClosed
 		case <-wake:
 			d := latest.Swap(nil)
 			if d == nil {
 				continue
 			}
-			report := a.converge(ctx, d)
-			if err := stream.Send(&agentv1.SyncRequest{Msg: &agentv1.SyncRequest_Report{Report: report}}); err != nil {
+			// The answer goes through the outbox: it too is kept until
+			// central acknowledges it.
+			a.outbox.push(a.converge(ctx, d))
+			if err := a.sendOutbox(stream, acks); err != nil {
 				return true, streamErr(recvDone, err)
 			}
 		}
@@ -140,10 +148,11 @@ func (a *Agent) session(ctx context.Context) (established bool, err error) {
 }
 
 // closeStream sends what is left, half-closes the stream and waits for
-// central to end it: central reads and stores every message before it sees
-// the end, so a clean end (io.EOF) acknowledges them all.
-func (a *Agent) closeStream(ctx context.Context, stream agentv1.AgentService_SyncClient, recvDone <-chan error) error {
-	if err := a.sendOutbox(stream); err != nil {
+// central to end it: central reads, stores and answers every message
+// before it sees the end, so a clean end (io.EOF) with nothing left
+// unanswered acknowledges them all.
+func (a *Agent) closeStream(ctx context.Context, stream agentv1.AgentService_SyncClient, recvDone <-chan error, acks bool) error {
+	if err := a.sendOutbox(stream, acks); err != nil {
 		return streamErr(recvDone, err)
 	}
 	if err := stream.CloseSend(); err != nil {
@@ -151,28 +160,33 @@ func (a *Agent) closeStream(ctx context.Context, stream agentv1.AgentService_Syn
 	}
 	select {
 	case err := <-recvDone:
-		if errors.Is(err, io.EOF) {
-			return nil
+		if !errors.Is(err, io.EOF) {
+			return fmt.Errorf("stream ended: %w", err)
 		}
-		return fmt.Errorf("stream ended: %w", err)
+		if empty, _ := a.outbox.empty(); !empty {
+			return errors.New("central ended the stream before it answered every report")
+		}
+		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 }
 
-// sendOutbox reports everything emitted, in reports of at most 64 events
-// (central's limit).
-func (a *Agent) sendOutbox(stream agentv1.AgentService_SyncClient) error {
+// sendOutbox sends every report not yet sent on this stream, in order.
+// They stay in the outbox until central acknowledges them; a central
+// without acks stores what it reads (or ends the stream), so there a sent
+// report is forgotten.
+func (a *Agent) sendOutbox(stream agentv1.AgentService_SyncClient, acks bool) error {
 	for {
-		facts, events := a.outbox.take(64)
-		if facts == nil && len(events) == 0 {
+		r := a.outbox.next(a.applied.Load())
+		if r == nil {
 			return nil
 		}
-		r := &agentv1.Report{AppliedRevision: a.applied.Load(), Facts: facts, Events: events}
-		err := stream.Send(&agentv1.SyncRequest{Msg: &agentv1.SyncRequest_Report{Report: r}})
-		a.outbox.done(facts, events, err == nil)
-		if err != nil {
+		if err := stream.Send(&agentv1.SyncRequest{Msg: &agentv1.SyncRequest_Report{Report: r}}); err != nil {
 			return err
+		}
+		if !acks {
+			a.outbox.forget(r)
 		}
 	}
 }

@@ -48,35 +48,54 @@ func domainKind(k agentv1.Kind) bool {
 }
 
 // storeReport writes the report's events and lets the domain act on it,
-// in one transaction.
-func (h *Hub) storeReport(ctx context.Context, c *conn, r *agentv1.Report) error {
+// in one transaction. dup says the report was stored before: an agent
+// sends a report again when its stream ended before the ack came, and the
+// report's events then already exist (their ids derive from the agent,
+// outbox and seq), so nothing is written and the domain does not act twice.
+// Reports without events write nothing synchronously but facts (which
+// replace what is stored, so storing them twice is harmless).
+func (h *Hub) storeReport(ctx context.Context, c *conn, r *agentv1.Report) (dup bool, err error) {
 	withDomain := h.domain != nil && domainKind(c.kind) && (len(r.GetEvents()) > 0 || r.GetFacts().GetMachine() != nil)
-	if !withDomain {
-		if len(r.GetEvents()) == 0 {
-			return nil
-		}
-		return writeEvents(ctx, h.store.Pool(), c.id, r.GetEvents())
+	if !withDomain && len(r.GetEvents()) == 0 {
+		return false, nil
 	}
 	a := Agent{ID: c.id, Kind: c.kind, Identity: c.identity, Partition: c.partition}
-	return h.store.Tx(ctx, func(tx pgx.Tx) error {
+	err = h.store.Tx(ctx, func(tx pgx.Tx) error {
+		dup = false // a retried transaction starts over
 		if len(r.GetEvents()) > 0 {
-			if err := writeEvents(ctx, tx, c.id, r.GetEvents()); err != nil {
+			var err error
+			if dup, err = writeEvents(ctx, tx, c.id, r); err != nil || dup {
 				return err
 			}
 		}
+		if !withDomain {
+			return nil
+		}
 		return h.domain.Report(ctx, tx, a, r)
 	})
+	return dup, err
 }
 
-// eventWriter is a pool or a transaction.
-type eventWriter interface {
-	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+// eventIDs is the UUID namespace of the ids of acknowledged reports' events.
+const eventIDs = "5b0f6a57-93a4-4c5e-8f43-3d8f6a0c2e11"
+
+// eventID names the i-th event of a report: random for a report without
+// a seq, otherwise the same every time the report is sent, so that its
+// second arrival finds the first.
+func eventID(agentID string, r *agentv1.Report, i int) string {
+	if r.GetSeq() == 0 {
+		return uuid.NewString()
+	}
+	return uuid.NewSHA1(uuid.MustParse(eventIDs), fmt.Appendf(nil, "%s/%s/%d/%d", agentID, r.GetOutbox(), r.GetSeq(), i)).String()
 }
 
-func writeEvents(ctx context.Context, db eventWriter, agentID string, events []*agentv1.Event) error {
+// writeEvents inserts the report's events; dup says the first of them
+// existed, so the report was stored before (a concurrent second arrival
+// waits on the primary key for the first to commit, then sees it).
+func writeEvents(ctx context.Context, tx pgx.Tx, agentID string, r *agentv1.Report) (dup bool, err error) {
 	now := time.Now()
 	batch := &pgx.Batch{}
-	for _, e := range events {
+	for i, e := range r.GetEvents() {
 		at := now
 		if e.GetTime() != nil {
 			at = e.GetTime().AsTime()
@@ -85,13 +104,24 @@ func writeEvents(ctx context.Context, db eventWriter, agentID string, events []*
 		if e.GetSubject() != "" {
 			msg = e.GetSubject() + ": " + msg
 		}
-		batch.Queue(`INSERT INTO agent_events (id, agent_id, at, type, message) VALUES ($1, $2, $3, $4, $5)`,
-			uuid.NewString(), agentID, at, e.GetType(), msg)
+		batch.Queue(`INSERT INTO agent_events (id, agent_id, at, type, message) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING`,
+			eventID(agentID, r, i), agentID, at, e.GetType(), msg)
 	}
-	if err := db.SendBatch(ctx, batch).Close(); err != nil {
-		return fmt.Errorf("store events: %w", err)
+	br := tx.SendBatch(ctx, batch)
+	for i := range r.GetEvents() {
+		tag, err := br.Exec()
+		if err != nil {
+			_ = br.Close()
+			return false, fmt.Errorf("store events: %w", err)
+		}
+		if i == 0 && tag.RowsAffected() == 0 {
+			dup = true
+		}
 	}
-	return nil
+	if err := br.Close(); err != nil {
+		return false, fmt.Errorf("store events: %w", err)
+	}
+	return dup, nil
 }
 
 // Boot implements agentv1.AgentServiceServer: a PXE service asks what a

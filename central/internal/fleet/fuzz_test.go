@@ -1,9 +1,12 @@
 package fleet
 
 import (
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protopath"
+	"google.golang.org/protobuf/reflect/protorange"
 
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 )
@@ -42,6 +45,28 @@ func FuzzAgentMessage(f *testing.F) {
 			if r.GetAppliedRevision() > sent || len(r.GetEvents()) > maxEvents || len(r.GetMessage()) > maxMessage {
 				t.Fatalf("accepted report outside the limits: %v", r)
 			}
+			// PostgreSQL stores no NUL: one accepted would fail in SQL.
+			if holdsNUL(r) {
+				t.Fatalf("accepted report with a NUL: %v", r)
+			}
 		}
 	})
+}
+
+// holdsNUL reports whether any string or map key in m holds a NUL.
+func holdsNUL(m proto.Message) bool {
+	found := false
+	_ = protorange.Range(m.ProtoReflect(), func(v protopath.Values) error {
+		last := v.Index(-1)
+		if s, ok := last.Value.Interface().(string); ok && strings.IndexByte(s, 0) >= 0 {
+			found = true
+		}
+		if last.Step.Kind() == protopath.MapIndexStep {
+			if k, ok := last.Step.MapIndex().Interface().(string); ok && strings.IndexByte(k, 0) >= 0 {
+				found = true
+			}
+		}
+		return nil
+	})
+	return found
 }

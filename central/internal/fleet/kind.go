@@ -9,6 +9,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 )
@@ -116,11 +117,52 @@ func validateFacts(f *fieldErrors, field string, facts *agentv1.Facts) {
 	if len(facts.GetLabels()) > maxLabels {
 		f.add(field+".labels", "at most %d", maxLabels)
 	}
+	validateText(f, field, protoreflect.ValueOfMessage(facts.ProtoReflect()))
 	for k, v := range facts.GetLabels() {
 		if k == "" || len(k) > maxLabelKey || len(v) > maxLabelValue {
 			f.add(field+".labels", "keys 1-%d, values at most %d characters", maxLabelKey, maxLabelValue)
 			break
 		}
+	}
+}
+
+var outboxRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// validateText refuses a NUL in any string an agent sends (v is a string
+// or a message, walked with its nested messages, lists and maps). A NUL is
+// valid UTF-8 and valid protobuf, but PostgreSQL can store it neither in
+// TEXT nor in JSONB, so it is refused here with its field path instead of
+// failing in SQL: there it would look like an outage, be retried forever,
+// and in the batched observed state hold back every other agent's
+// contact. It is refused rather than removed: a fact central silently
+// rewrote would no longer be what the agent saw. Invalid UTF-8 needs no
+// check: protobuf refuses it in string fields when decoding.
+func validateText(f *fieldErrors, field string, v protoreflect.Value) {
+	switch x := v.Interface().(type) {
+	case string:
+		if strings.IndexByte(x, 0) >= 0 {
+			f.add(field, "contains a NUL byte")
+		}
+	case protoreflect.Message:
+		x.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+			name := field + "." + string(fd.Name())
+			switch {
+			case fd.IsList():
+				for i := range v.List().Len() {
+					validateText(f, fmt.Sprintf("%s[%d]", name, i), v.List().Get(i))
+				}
+			case fd.IsMap():
+				v.Map().Range(func(k protoreflect.MapKey, v protoreflect.Value) bool {
+					key := fmt.Sprintf("%s[%q]", name, k.String())
+					validateText(f, key, k.Value())
+					validateText(f, key, v)
+					return true
+				})
+			default:
+				validateText(f, name, v)
+			}
+			return true
+		})
 	}
 }
 
@@ -140,7 +182,12 @@ func validateReport(r *agentv1.Report, sent uint64) error {
 	if len(r.GetEvents()) > maxEvents {
 		f.add("report.events", "at most %d per report", maxEvents)
 	}
+	if (r.GetSeq() != 0 || r.GetOutbox() != "") && !outboxRE.MatchString(r.GetOutbox()) {
+		f.add("report.outbox", "1-64 characters of [A-Za-z0-9_-], required with seq")
+	}
+	validateText(&f, "report.message", protoreflect.ValueOfString(r.GetMessage()))
 	for i, e := range r.GetEvents() {
+		validateText(&f, fmt.Sprintf("report.events[%d]", i), protoreflect.ValueOfMessage(e.ProtoReflect()))
 		if e.GetType() == "" || len(e.GetType()) > maxEventType {
 			f.add(fmt.Sprintf("report.events[%d].type", i), "1-%d characters", maxEventType)
 		}

@@ -12,6 +12,7 @@ type metrics struct {
 	flushErrors  prometheus.Counter
 	events       prometheus.Counter
 	bootTokens   *prometheus.CounterVec
+	reports      *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -34,11 +35,13 @@ func newMetrics() *metrics {
 			Help: "Agent events stored."}),
 		bootTokens: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "boot_tokens_total",
 			Help: "Boot tokens by result: minted, exchanged, refused (the partition's cap of unused tokens)."}, []string{"result"}),
+		reports: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "reports_total",
+			Help: "Agent reports by result: stored, duplicate (sent again, stored before), rejected (never stored), failed (not stored now; the agent sends it again)."}, []string{"result"}),
 	}
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.streams, m.handshakes, m.sent, m.propagation, m.resyncHealed, m.flushErrors, m.events, m.bootTokens}
+	return []prometheus.Collector{m.streams, m.handshakes, m.sent, m.propagation, m.resyncHealed, m.flushErrors, m.events, m.bootTokens, m.reports}
 }
 
 // Describe implements prometheus.Collector.

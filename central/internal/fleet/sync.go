@@ -102,6 +102,7 @@ func (h *Hub) Sync(stream agentv1.AgentService_SyncServer) error {
 			return status.Error(codes.Unavailable, "central cannot read the desired state now; retry")
 		}
 	}
+	welcome.ReportAcks = true // report.go
 	if err := stream.Send(&agentv1.SyncResponse{Msg: &agentv1.SyncResponse_Welcome{Welcome: welcome}}); err != nil {
 		return err
 	}
@@ -323,21 +324,9 @@ func (h *Hub) recvLoop(ctx context.Context, c *conn, stream agentv1.AgentService
 			}
 			h.observed.contact(c.id, msg.Heartbeat.GetAppliedRevision())
 		case *agentv1.SyncRequest_Report:
-			r := msg.Report
-			if err := validateReport(r, sent); err != nil {
+			if err := h.report(ctx, c, msg.Report, sent); err != nil {
 				return err
 			}
-			if err := h.storeReport(ctx, c, r); err != nil {
-				switch status.Code(err) {
-				case codes.InvalidArgument, codes.PermissionDenied, codes.FailedPrecondition:
-					h.log.Info("agent report refused", "agent", c.id, "err", err)
-					return err
-				}
-				h.log.Error("store agent report", "agent", c.id, "err", err)
-				return status.Error(codes.Unavailable, "central cannot store the report now; reconnect and report again")
-			}
-			h.metrics.events.Add(float64(len(r.GetEvents())))
-			h.observed.report(c.id, r)
 		case *agentv1.SyncRequest_Hello:
 			return status.Error(codes.InvalidArgument, "malformed stream: hello sent twice")
 		default:

@@ -163,10 +163,17 @@ func lldpID(typ int, subtype byte, v []byte) (string, error) {
 	return lldpString(v), nil
 }
 
-// lldpString makes TLV text printable; switches pad with NULs and some
-// send Latin-1.
+// lldpString makes TLV text usable. 802.1AB strings carry their length and
+// no terminator, but switches pad them with NULs, and some write a C string
+// with garbage after its NUL: the text ends at the first NUL, as C tools
+// show it. So a decoded string never holds a NUL (which PostgreSQL cannot
+// store, and central refuses). Text that is not UTF-8 is read as Latin-1,
+// which some switches send. Surrounding space is trimmed last, so that
+// "x\x00 " and "x " both decode to "x".
 func lldpString(v []byte) string {
-	v = bytes.TrimRight(v, "\x00")
+	if i := bytes.IndexByte(v, 0); i >= 0 {
+		v = v[:i]
+	}
 	if utf8.Valid(v) {
 		return strings.TrimSpace(string(v))
 	}

@@ -5,6 +5,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 
@@ -52,6 +53,13 @@ func TestParseLLDPFrame(t *testing.T) {
 			&agentv1.LLDPNeighbour{ChassisId: "2001:db8::1", PortId: "Ethernet1"}, 5, ""},
 		{"latin-1 system name", frame(nearestBridge, macChassis, ifPort, ttl(1), tlv(tlvSysName, 'S', 0xfc, 'd'), tlv(tlvEnd)),
 			&agentv1.LLDPNeighbour{ChassisId: "0c:42:a1:00:00:01", PortId: "Ethernet1", SystemName: "Süd"}, 1, ""},
+		// Found by FuzzParseLLDPFrame: a NUL before trailing space survived
+		// (and central cannot store a NUL).
+		{"NUL then space", frame(nearestBridge, macChassis, ifPort, ttl(1), tlv(tlvSysName, 'x', 0, ' '), tlv(tlvEnd)),
+			&agentv1.LLDPNeighbour{ChassisId: "0c:42:a1:00:00:01", PortId: "Ethernet1", SystemName: "x"}, 1, ""},
+		{"C string with garbage after its NUL", frame(nearestBridge, macChassis, ifPort, ttl(1), tlv(tlvSysName, []byte("leaf01\x00\xff\x01junk")...), tlv(tlvPortDesc, []byte("\x00eth0")...), tlv(tlvEnd)),
+			&agentv1.LLDPNeighbour{ChassisId: "0c:42:a1:00:00:01", PortId: "Ethernet1", SystemName: "leaf01"}, 1, ""},
+		{"port id that is only NULs", frame(nearestBridge, macChassis, tlv(tlvPortID, 7, 0, 0), ttl(1)), nil, 0, "empty id"},
 
 		{"short frame", []byte{1, 2, 3}, nil, 0, "shorter than an Ethernet header"},
 		{"unicast destination", frame(net.HardwareAddr{2, 0, 0, 0, 0, 1}, macChassis, ifPort, ttl(1)), nil, 0, "not an LLDP group address"},
@@ -96,6 +104,7 @@ func FuzzParseLLDPFrame(f *testing.F) {
 	f.Add(frame(nearestBridge, tlv(tlvChassisID, 5, 1, 192, 0, 2, 1), tlv(tlvPortID, 3, 1, 2, 3, 4, 5, 6), ttl(0)))
 	f.Add(frame(nearestBridge, tlv(tlvChassisID, 7), tlv(tlvPortID, 7, 'x'), ttl(1)))
 	f.Add([]byte{})
+	f.Add(frame(nearestBridge, tlv(tlvChassisID, 7, 'c'), tlv(tlvPortID, 7, 'p'), ttl(1), tlv(tlvSysName, 'x', 0, ' ')))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		got, err := ParseLLDPFrame(b)
 		if err != nil {
@@ -104,6 +113,11 @@ func FuzzParseLLDPFrame(f *testing.F) {
 		n := got.Neighbour
 		if n == nil || n.ChassisId == "" || n.PortId == "" {
 			t.Fatalf("decoded without ids: %v", n)
+		}
+		for _, s := range []string{n.ChassisId, n.PortId, n.SystemName, n.PortDescription} {
+			if strings.ContainsRune(s, 0) || !utf8.ValidString(s) {
+				t.Fatalf("decoded text %q holds a NUL or is not UTF-8", s)
+			}
 		}
 		re := frame(nearestBridge, tlv(tlvChassisID, sub(7, n.ChassisId)...), tlv(tlvPortID, sub(7, n.PortId)...), ttl(got.TTL),
 			tlv(tlvSysName, []byte(n.SystemName)...), tlv(tlvPortDesc, []byte(n.PortDescription)...), tlv(tlvEnd))

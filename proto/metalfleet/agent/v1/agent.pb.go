@@ -87,6 +87,60 @@ func (Kind) EnumDescriptor() ([]byte, []int) {
 	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{0}
 }
 
+// AckResult is what became of a report.
+type AckResult int32
+
+const (
+	AckResult_ACK_RESULT_UNSPECIFIED AckResult = 0
+	// ACK_RESULT_STORED: stored (or stored before: a report sent again after
+	// a reconnect is stored once). The agent forgets it.
+	AckResult_ACK_RESULT_STORED AckResult = 1
+	// ACK_RESULT_REJECTED: central will never store this report (bad
+	// content); sending it again cannot help. The agent drops it and logs why.
+	AckResult_ACK_RESULT_REJECTED AckResult = 2
+)
+
+// Enum value maps for AckResult.
+var (
+	AckResult_name = map[int32]string{
+		0: "ACK_RESULT_UNSPECIFIED",
+		1: "ACK_RESULT_STORED",
+		2: "ACK_RESULT_REJECTED",
+	}
+	AckResult_value = map[string]int32{
+		"ACK_RESULT_UNSPECIFIED": 0,
+		"ACK_RESULT_STORED":      1,
+		"ACK_RESULT_REJECTED":    2,
+	}
+)
+
+func (x AckResult) Enum() *AckResult {
+	p := new(AckResult)
+	*p = x
+	return p
+}
+
+func (x AckResult) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AckResult) Descriptor() protoreflect.EnumDescriptor {
+	return file_metalfleet_agent_v1_agent_proto_enumTypes[1].Descriptor()
+}
+
+func (AckResult) Type() protoreflect.EnumType {
+	return &file_metalfleet_agent_v1_agent_proto_enumTypes[1]
+}
+
+func (x AckResult) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AckResult.Descriptor instead.
+func (AckResult) EnumDescriptor() ([]byte, []int) {
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{1}
+}
+
 // BootAction is what a PXE-booting machine does next.
 type BootAction int32
 
@@ -123,11 +177,11 @@ func (x BootAction) String() string {
 }
 
 func (BootAction) Descriptor() protoreflect.EnumDescriptor {
-	return file_metalfleet_agent_v1_agent_proto_enumTypes[1].Descriptor()
+	return file_metalfleet_agent_v1_agent_proto_enumTypes[2].Descriptor()
 }
 
 func (BootAction) Type() protoreflect.EnumType {
-	return &file_metalfleet_agent_v1_agent_proto_enumTypes[1]
+	return &file_metalfleet_agent_v1_agent_proto_enumTypes[2]
 }
 
 func (x BootAction) Number() protoreflect.EnumNumber {
@@ -136,7 +190,7 @@ func (x BootAction) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use BootAction.Descriptor instead.
 func (BootAction) EnumDescriptor() ([]byte, []int) {
-	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{1}
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{2}
 }
 
 // Health of an agent's convergence.
@@ -179,11 +233,11 @@ func (x Health) String() string {
 }
 
 func (Health) Descriptor() protoreflect.EnumDescriptor {
-	return file_metalfleet_agent_v1_agent_proto_enumTypes[2].Descriptor()
+	return file_metalfleet_agent_v1_agent_proto_enumTypes[3].Descriptor()
 }
 
 func (Health) Type() protoreflect.EnumType {
-	return &file_metalfleet_agent_v1_agent_proto_enumTypes[2]
+	return &file_metalfleet_agent_v1_agent_proto_enumTypes[3]
 }
 
 func (x Health) Number() protoreflect.EnumNumber {
@@ -192,7 +246,7 @@ func (x Health) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Health.Descriptor instead.
 func (Health) EnumDescriptor() ([]byte, []int) {
-	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{3}
 }
 
 // SyncRequest is what an agent sends. The first message must be a hello.
@@ -294,13 +348,15 @@ func (*SyncRequest_Report) isSyncRequest_Msg() {}
 
 func (*SyncRequest_Heartbeat) isSyncRequest_Msg() {}
 
-// SyncResponse is what central sends: first a welcome, then desired documents.
+// SyncResponse is what central sends: first a welcome, then desired documents
+// and acknowledgements of reports.
 type SyncResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Msg:
 	//
 	//	*SyncResponse_Welcome
 	//	*SyncResponse_Desired
+	//	*SyncResponse_Ack
 	Msg           isSyncResponse_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -361,6 +417,15 @@ func (x *SyncResponse) GetDesired() *Desired {
 	return nil
 }
 
+func (x *SyncResponse) GetAck() *Ack {
+	if x != nil {
+		if x, ok := x.Msg.(*SyncResponse_Ack); ok {
+			return x.Ack
+		}
+	}
+	return nil
+}
+
 type isSyncResponse_Msg interface {
 	isSyncResponse_Msg()
 }
@@ -373,9 +438,82 @@ type SyncResponse_Desired struct {
 	Desired *Desired `protobuf:"bytes,2,opt,name=desired,proto3,oneof"`
 }
 
+type SyncResponse_Ack struct {
+	Ack *Ack `protobuf:"bytes,3,opt,name=ack,proto3,oneof"`
+}
+
 func (*SyncResponse_Welcome) isSyncResponse_Msg() {}
 
 func (*SyncResponse_Desired) isSyncResponse_Msg() {}
+
+func (*SyncResponse_Ack) isSyncResponse_Msg() {}
+
+// Ack answers a report that carries a seq, in the order the reports came.
+// A report that central could not store now (its database is away) gets no
+// ack: central ends the stream with Unavailable, and the agent sends every
+// unacknowledged report again, in order, on its next stream.
+type Ack struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// seq of the report answered.
+	Seq    uint64    `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Result AckResult `protobuf:"varint,2,opt,name=result,proto3,enum=metalfleet.agent.v1.AckResult" json:"result,omitempty"`
+	// message says why a report was rejected, with the field path
+	// ("malformed report: report.facts.hostname: contains a NUL byte").
+	Message       string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Ack) Reset() {
+	*x = Ack{}
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Ack) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Ack) ProtoMessage() {}
+
+func (x *Ack) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Ack.ProtoReflect.Descriptor instead.
+func (*Ack) Descriptor() ([]byte, []int) {
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Ack) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Ack) GetResult() AckResult {
+	if x != nil {
+		return x.Result
+	}
+	return AckResult_ACK_RESULT_UNSPECIFIED
+}
+
+func (x *Ack) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
 
 // Hello opens a stream.
 type Hello struct {
@@ -395,7 +533,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -407,7 +545,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -420,7 +558,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Hello) GetKind() Kind {
@@ -472,7 +610,7 @@ type Credential struct {
 
 func (x *Credential) Reset() {
 	*x = Credential{}
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -484,7 +622,7 @@ func (x *Credential) String() string {
 func (*Credential) ProtoMessage() {}
 
 func (x *Credential) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -497,7 +635,7 @@ func (x *Credential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Credential.ProtoReflect.Descriptor instead.
 func (*Credential) Descriptor() ([]byte, []int) {
-	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Credential) GetSecret() isCredential_Secret {
@@ -565,7 +703,7 @@ type Facts struct {
 
 func (x *Facts) Reset() {
 	*x = Facts{}
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -577,7 +715,7 @@ func (x *Facts) String() string {
 func (*Facts) ProtoMessage() {}
 
 func (x *Facts) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -590,7 +728,7 @@ func (x *Facts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Facts.ProtoReflect.Descriptor instead.
 func (*Facts) Descriptor() ([]byte, []int) {
-	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Facts) GetAgentVersion() string {
@@ -639,14 +777,18 @@ type Welcome struct {
 	// heartbeat_interval is how often central wants a heartbeat.
 	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,3,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
 	// replica names the central replica holding the stream (for logs).
-	Replica       string `protobuf:"bytes,4,opt,name=replica,proto3" json:"replica,omitempty"`
+	Replica string `protobuf:"bytes,4,opt,name=replica,proto3" json:"replica,omitempty"`
+	// report_acks: this central answers every report that carries a seq with
+	// an Ack. Against a central without it the agent forgets a report once
+	// it is sent, as before acks existed.
+	ReportAcks    bool `protobuf:"varint,5,opt,name=report_acks,json=reportAcks,proto3" json:"report_acks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -658,7 +800,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -671,7 +813,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Welcome) GetAgentId() string {
@@ -702,6 +844,13 @@ func (x *Welcome) GetReplica() string {
 	return ""
 }
 
+func (x *Welcome) GetReportAcks() bool {
+	if x != nil {
+		return x.ReportAcks
+	}
+	return false
+}
+
 // Desired is an agent's complete desired state. It is always whole, never a
 // delta; imperative intents are generation counters inside it, executed once
 // per generation.
@@ -724,7 +873,7 @@ type Desired struct {
 
 func (x *Desired) Reset() {
 	*x = Desired{}
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -736,7 +885,7 @@ func (x *Desired) String() string {
 func (*Desired) ProtoMessage() {}
 
 func (x *Desired) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -749,7 +898,7 @@ func (x *Desired) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Desired.ProtoReflect.Descriptor instead.
 func (*Desired) Descriptor() ([]byte, []int) {
-	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Desired) GetRevision() uint64 {
@@ -806,7 +955,7 @@ type MachineDocument struct {
 
 func (x *MachineDocument) Reset() {
 	*x = MachineDocument{}
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -818,7 +967,7 @@ func (x *MachineDocument) String() string {
 func (*MachineDocument) ProtoMessage() {}
 
 func (x *MachineDocument) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -831,7 +980,7 @@ func (x *MachineDocument) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MachineDocument.ProtoReflect.Descriptor instead.
 func (*MachineDocument) Descriptor() ([]byte, []int) {
-	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *MachineDocument) GetMachineId() string {
@@ -886,7 +1035,7 @@ type MachineAllocation struct {
 
 func (x *MachineAllocation) Reset() {
 	*x = MachineAllocation{}
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -898,7 +1047,7 @@ func (x *MachineAllocation) String() string {
 func (*MachineAllocation) ProtoMessage() {}
 
 func (x *MachineAllocation) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -911,7 +1060,7 @@ func (x *MachineAllocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MachineAllocation.ProtoReflect.Descriptor instead.
 func (*MachineAllocation) Descriptor() ([]byte, []int) {
-	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *MachineAllocation) GetId() string {
@@ -1014,7 +1163,7 @@ type ImageRef struct {
 
 func (x *ImageRef) Reset() {
 	*x = ImageRef{}
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1026,7 +1175,7 @@ func (x *ImageRef) String() string {
 func (*ImageRef) ProtoMessage() {}
 
 func (x *ImageRef) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1039,7 +1188,7 @@ func (x *ImageRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageRef.ProtoReflect.Descriptor instead.
 func (*ImageRef) Descriptor() ([]byte, []int) {
-	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ImageRef) GetId() string {
@@ -1097,7 +1246,7 @@ type MachineNetwork struct {
 
 func (x *MachineNetwork) Reset() {
 	*x = MachineNetwork{}
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1109,7 +1258,7 @@ func (x *MachineNetwork) String() string {
 func (*MachineNetwork) ProtoMessage() {}
 
 func (x *MachineNetwork) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1122,7 +1271,7 @@ func (x *MachineNetwork) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MachineNetwork.ProtoReflect.Descriptor instead.
 func (*MachineNetwork) Descriptor() ([]byte, []int) {
-	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MachineNetwork) GetNetworkId() string {
@@ -1194,7 +1343,7 @@ type PixieDocument struct {
 
 func (x *PixieDocument) Reset() {
 	*x = PixieDocument{}
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1206,7 +1355,7 @@ func (x *PixieDocument) String() string {
 func (*PixieDocument) ProtoMessage() {}
 
 func (x *PixieDocument) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1219,7 +1368,7 @@ func (x *PixieDocument) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PixieDocument.ProtoReflect.Descriptor instead.
 func (*PixieDocument) Descriptor() ([]byte, []int) {
-	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PixieDocument) GetPartitionId() string {
@@ -1279,7 +1428,7 @@ type BootRequest struct {
 
 func (x *BootRequest) Reset() {
 	*x = BootRequest{}
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1291,7 +1440,7 @@ func (x *BootRequest) String() string {
 func (*BootRequest) ProtoMessage() {}
 
 func (x *BootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1304,7 +1453,7 @@ func (x *BootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BootRequest.ProtoReflect.Descriptor instead.
 func (*BootRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *BootRequest) GetMac() string {
@@ -1347,7 +1496,7 @@ type BootResponse struct {
 
 func (x *BootResponse) Reset() {
 	*x = BootResponse{}
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1359,7 +1508,7 @@ func (x *BootResponse) String() string {
 func (*BootResponse) ProtoMessage() {}
 
 func (x *BootResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1372,7 +1521,7 @@ func (x *BootResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BootResponse.ProtoReflect.Descriptor instead.
 func (*BootResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *BootResponse) GetAction() BootAction {
@@ -1440,7 +1589,7 @@ type Settings struct {
 
 func (x *Settings) Reset() {
 	*x = Settings{}
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1452,7 +1601,7 @@ func (x *Settings) String() string {
 func (*Settings) ProtoMessage() {}
 
 func (x *Settings) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1465,7 +1614,7 @@ func (x *Settings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Settings.ProtoReflect.Descriptor instead.
 func (*Settings) Descriptor() ([]byte, []int) {
-	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Settings) GetLogLevel() string {
@@ -1502,14 +1651,20 @@ type Report struct {
 	// facts, when set, replace the stored facts.
 	Facts *Facts `protobuf:"bytes,4,opt,name=facts,proto3" json:"facts,omitempty"`
 	// events are appended to the agent's event log (at most 64 per report).
-	Events        []*Event `protobuf:"bytes,5,rep,name=events,proto3" json:"events,omitempty"`
+	Events []*Event `protobuf:"bytes,5,rep,name=events,proto3" json:"events,omitempty"`
+	// outbox names the agent process's outbox (random, at most 64 characters
+	// of [A-Za-z0-9_-]); seq numbers its reports from 1. A report with a seq
+	// is answered with an Ack, and one sent again after a reconnect is stored
+	// once: (agent, outbox, seq) names it. seq 0: no ack wanted (older agents).
+	Outbox        string `protobuf:"bytes,6,opt,name=outbox,proto3" json:"outbox,omitempty"`
+	Seq           uint64 `protobuf:"varint,7,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Report) Reset() {
 	*x = Report{}
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1521,7 +1676,7 @@ func (x *Report) String() string {
 func (*Report) ProtoMessage() {}
 
 func (x *Report) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1534,7 +1689,7 @@ func (x *Report) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Report.ProtoReflect.Descriptor instead.
 func (*Report) Descriptor() ([]byte, []int) {
-	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Report) GetAppliedRevision() uint64 {
@@ -1572,6 +1727,20 @@ func (x *Report) GetEvents() []*Event {
 	return nil
 }
 
+func (x *Report) GetOutbox() string {
+	if x != nil {
+		return x.Outbox
+	}
+	return ""
+}
+
+func (x *Report) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
 // Event is one entry of an agent's event log.
 type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1588,7 +1757,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1600,7 +1769,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1613,7 +1782,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Event) GetTime() *timestamppb.Timestamp {
@@ -1654,7 +1823,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1666,7 +1835,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_metalfleet_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1679,7 +1848,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_metalfleet_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Heartbeat) GetAppliedRevision() uint64 {
@@ -1698,11 +1867,16 @@ const file_metalfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\x05hello\x18\x01 \x01(\v2\x1a.metalfleet.agent.v1.HelloH\x00R\x05hello\x125\n" +
 	"\x06report\x18\x02 \x01(\v2\x1b.metalfleet.agent.v1.ReportH\x00R\x06report\x12>\n" +
 	"\theartbeat\x18\x03 \x01(\v2\x1e.metalfleet.agent.v1.HeartbeatH\x00R\theartbeatB\x05\n" +
-	"\x03msg\"\x89\x01\n" +
+	"\x03msg\"\xb7\x01\n" +
 	"\fSyncResponse\x128\n" +
 	"\awelcome\x18\x01 \x01(\v2\x1c.metalfleet.agent.v1.WelcomeH\x00R\awelcome\x128\n" +
-	"\adesired\x18\x02 \x01(\v2\x1c.metalfleet.agent.v1.DesiredH\x00R\adesiredB\x05\n" +
-	"\x03msg\"\xf9\x01\n" +
+	"\adesired\x18\x02 \x01(\v2\x1c.metalfleet.agent.v1.DesiredH\x00R\adesired\x12,\n" +
+	"\x03ack\x18\x03 \x01(\v2\x18.metalfleet.agent.v1.AckH\x00R\x03ackB\x05\n" +
+	"\x03msg\"i\n" +
+	"\x03Ack\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x126\n" +
+	"\x06result\x18\x02 \x01(\x0e2\x1e.metalfleet.agent.v1.AckResultR\x06result\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\xf9\x01\n" +
 	"\x05Hello\x12-\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x19.metalfleet.agent.v1.KindR\x04kind\x12\x1a\n" +
 	"\bidentity\x18\x02 \x01(\tR\bidentity\x12?\n" +
@@ -1725,12 +1899,14 @@ const file_metalfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\amachine\x18\x10 \x01(\v2!.metalfleet.agent.v1.MachineFactsR\amachine\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xab\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcc\x01\n" +
 	"\aWelcome\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12!\n" +
 	"\fissued_token\x18\x02 \x01(\tR\vissuedToken\x12H\n" +
 	"\x12heartbeat_interval\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12\x18\n" +
-	"\areplica\x18\x04 \x01(\tR\areplica\"\x95\x02\n" +
+	"\areplica\x18\x04 \x01(\tR\areplica\x12\x1f\n" +
+	"\vreport_acks\x18\x05 \x01(\bR\n" +
+	"reportAcks\"\x95\x02\n" +
 	"\aDesired\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x129\n" +
 	"\n" +
@@ -1808,13 +1984,15 @@ const file_metalfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\x17report_facts_generation\x18\x03 \x01(\x04R\x15reportFactsGeneration\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe8\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x92\x02\n" +
 	"\x06Report\x12)\n" +
 	"\x10applied_revision\x18\x01 \x01(\x04R\x0fappliedRevision\x123\n" +
 	"\x06health\x18\x02 \x01(\x0e2\x1b.metalfleet.agent.v1.HealthR\x06health\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x120\n" +
 	"\x05facts\x18\x04 \x01(\v2\x1a.metalfleet.agent.v1.FactsR\x05facts\x122\n" +
-	"\x06events\x18\x05 \x03(\v2\x1a.metalfleet.agent.v1.EventR\x06events\"\x7f\n" +
+	"\x06events\x18\x05 \x03(\v2\x1a.metalfleet.agent.v1.EventR\x06events\x12\x16\n" +
+	"\x06outbox\x18\x06 \x01(\tR\x06outbox\x12\x10\n" +
+	"\x03seq\x18\a \x01(\x04R\x03seq\"\x7f\n" +
 	"\x05Event\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x18\n" +
@@ -1829,7 +2007,11 @@ const file_metalfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\bKIND_BMC\x10\x03\x12\x0e\n" +
 	"\n" +
 	"KIND_PIXIE\x10\x04\x12\x12\n" +
-	"\x0eKIND_PHONEHOME\x10\x05*Z\n" +
+	"\x0eKIND_PHONEHOME\x10\x05*W\n" +
+	"\tAckResult\x12\x1a\n" +
+	"\x16ACK_RESULT_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11ACK_RESULT_STORED\x10\x01\x12\x17\n" +
+	"\x13ACK_RESULT_REJECTED\x10\x02*Z\n" +
 	"\n" +
 	"BootAction\x12\x1b\n" +
 	"\x17BOOT_ACTION_UNSPECIFIED\x10\x00\x12\x19\n" +
@@ -1856,74 +2038,78 @@ func file_metalfleet_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_metalfleet_agent_v1_agent_proto_rawDescData
 }
 
-var file_metalfleet_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_metalfleet_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_metalfleet_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_metalfleet_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_metalfleet_agent_v1_agent_proto_goTypes = []any{
 	(Kind)(0),                     // 0: metalfleet.agent.v1.Kind
-	(BootAction)(0),               // 1: metalfleet.agent.v1.BootAction
-	(Health)(0),                   // 2: metalfleet.agent.v1.Health
-	(*SyncRequest)(nil),           // 3: metalfleet.agent.v1.SyncRequest
-	(*SyncResponse)(nil),          // 4: metalfleet.agent.v1.SyncResponse
-	(*Hello)(nil),                 // 5: metalfleet.agent.v1.Hello
-	(*Credential)(nil),            // 6: metalfleet.agent.v1.Credential
-	(*Facts)(nil),                 // 7: metalfleet.agent.v1.Facts
-	(*Welcome)(nil),               // 8: metalfleet.agent.v1.Welcome
-	(*Desired)(nil),               // 9: metalfleet.agent.v1.Desired
-	(*MachineDocument)(nil),       // 10: metalfleet.agent.v1.MachineDocument
-	(*MachineAllocation)(nil),     // 11: metalfleet.agent.v1.MachineAllocation
-	(*ImageRef)(nil),              // 12: metalfleet.agent.v1.ImageRef
-	(*MachineNetwork)(nil),        // 13: metalfleet.agent.v1.MachineNetwork
-	(*PixieDocument)(nil),         // 14: metalfleet.agent.v1.PixieDocument
-	(*BootRequest)(nil),           // 15: metalfleet.agent.v1.BootRequest
-	(*BootResponse)(nil),          // 16: metalfleet.agent.v1.BootResponse
-	(*Settings)(nil),              // 17: metalfleet.agent.v1.Settings
-	(*Report)(nil),                // 18: metalfleet.agent.v1.Report
-	(*Event)(nil),                 // 19: metalfleet.agent.v1.Event
-	(*Heartbeat)(nil),             // 20: metalfleet.agent.v1.Heartbeat
-	nil,                           // 21: metalfleet.agent.v1.Facts.LabelsEntry
-	nil,                           // 22: metalfleet.agent.v1.Settings.LabelsEntry
-	(*MachineFacts)(nil),          // 23: metalfleet.agent.v1.MachineFacts
-	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
-	(*Layout)(nil),                // 26: metalfleet.agent.v1.Layout
+	(AckResult)(0),                // 1: metalfleet.agent.v1.AckResult
+	(BootAction)(0),               // 2: metalfleet.agent.v1.BootAction
+	(Health)(0),                   // 3: metalfleet.agent.v1.Health
+	(*SyncRequest)(nil),           // 4: metalfleet.agent.v1.SyncRequest
+	(*SyncResponse)(nil),          // 5: metalfleet.agent.v1.SyncResponse
+	(*Ack)(nil),                   // 6: metalfleet.agent.v1.Ack
+	(*Hello)(nil),                 // 7: metalfleet.agent.v1.Hello
+	(*Credential)(nil),            // 8: metalfleet.agent.v1.Credential
+	(*Facts)(nil),                 // 9: metalfleet.agent.v1.Facts
+	(*Welcome)(nil),               // 10: metalfleet.agent.v1.Welcome
+	(*Desired)(nil),               // 11: metalfleet.agent.v1.Desired
+	(*MachineDocument)(nil),       // 12: metalfleet.agent.v1.MachineDocument
+	(*MachineAllocation)(nil),     // 13: metalfleet.agent.v1.MachineAllocation
+	(*ImageRef)(nil),              // 14: metalfleet.agent.v1.ImageRef
+	(*MachineNetwork)(nil),        // 15: metalfleet.agent.v1.MachineNetwork
+	(*PixieDocument)(nil),         // 16: metalfleet.agent.v1.PixieDocument
+	(*BootRequest)(nil),           // 17: metalfleet.agent.v1.BootRequest
+	(*BootResponse)(nil),          // 18: metalfleet.agent.v1.BootResponse
+	(*Settings)(nil),              // 19: metalfleet.agent.v1.Settings
+	(*Report)(nil),                // 20: metalfleet.agent.v1.Report
+	(*Event)(nil),                 // 21: metalfleet.agent.v1.Event
+	(*Heartbeat)(nil),             // 22: metalfleet.agent.v1.Heartbeat
+	nil,                           // 23: metalfleet.agent.v1.Facts.LabelsEntry
+	nil,                           // 24: metalfleet.agent.v1.Settings.LabelsEntry
+	(*MachineFacts)(nil),          // 25: metalfleet.agent.v1.MachineFacts
+	(*durationpb.Duration)(nil),   // 26: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
+	(*Layout)(nil),                // 28: metalfleet.agent.v1.Layout
 }
 var file_metalfleet_agent_v1_agent_proto_depIdxs = []int32{
-	5,  // 0: metalfleet.agent.v1.SyncRequest.hello:type_name -> metalfleet.agent.v1.Hello
-	18, // 1: metalfleet.agent.v1.SyncRequest.report:type_name -> metalfleet.agent.v1.Report
-	20, // 2: metalfleet.agent.v1.SyncRequest.heartbeat:type_name -> metalfleet.agent.v1.Heartbeat
-	8,  // 3: metalfleet.agent.v1.SyncResponse.welcome:type_name -> metalfleet.agent.v1.Welcome
-	9,  // 4: metalfleet.agent.v1.SyncResponse.desired:type_name -> metalfleet.agent.v1.Desired
-	0,  // 5: metalfleet.agent.v1.Hello.kind:type_name -> metalfleet.agent.v1.Kind
-	6,  // 6: metalfleet.agent.v1.Hello.credential:type_name -> metalfleet.agent.v1.Credential
-	7,  // 7: metalfleet.agent.v1.Hello.facts:type_name -> metalfleet.agent.v1.Facts
-	21, // 8: metalfleet.agent.v1.Facts.labels:type_name -> metalfleet.agent.v1.Facts.LabelsEntry
-	23, // 9: metalfleet.agent.v1.Facts.machine:type_name -> metalfleet.agent.v1.MachineFacts
-	24, // 10: metalfleet.agent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	25, // 11: metalfleet.agent.v1.Desired.changed_at:type_name -> google.protobuf.Timestamp
-	17, // 12: metalfleet.agent.v1.Desired.settings:type_name -> metalfleet.agent.v1.Settings
-	10, // 13: metalfleet.agent.v1.Desired.machine:type_name -> metalfleet.agent.v1.MachineDocument
-	14, // 14: metalfleet.agent.v1.Desired.pixie:type_name -> metalfleet.agent.v1.PixieDocument
-	11, // 15: metalfleet.agent.v1.MachineDocument.allocation:type_name -> metalfleet.agent.v1.MachineAllocation
-	12, // 16: metalfleet.agent.v1.MachineAllocation.image:type_name -> metalfleet.agent.v1.ImageRef
-	26, // 17: metalfleet.agent.v1.MachineAllocation.layout:type_name -> metalfleet.agent.v1.Layout
-	13, // 18: metalfleet.agent.v1.MachineAllocation.networks:type_name -> metalfleet.agent.v1.MachineNetwork
-	25, // 19: metalfleet.agent.v1.MachineAllocation.created_at:type_name -> google.protobuf.Timestamp
-	1,  // 20: metalfleet.agent.v1.BootResponse.action:type_name -> metalfleet.agent.v1.BootAction
-	25, // 21: metalfleet.agent.v1.BootResponse.boot_token_expires_at:type_name -> google.protobuf.Timestamp
-	22, // 22: metalfleet.agent.v1.Settings.labels:type_name -> metalfleet.agent.v1.Settings.LabelsEntry
-	2,  // 23: metalfleet.agent.v1.Report.health:type_name -> metalfleet.agent.v1.Health
-	7,  // 24: metalfleet.agent.v1.Report.facts:type_name -> metalfleet.agent.v1.Facts
-	19, // 25: metalfleet.agent.v1.Report.events:type_name -> metalfleet.agent.v1.Event
-	25, // 26: metalfleet.agent.v1.Event.time:type_name -> google.protobuf.Timestamp
-	3,  // 27: metalfleet.agent.v1.AgentService.Sync:input_type -> metalfleet.agent.v1.SyncRequest
-	15, // 28: metalfleet.agent.v1.AgentService.Boot:input_type -> metalfleet.agent.v1.BootRequest
-	4,  // 29: metalfleet.agent.v1.AgentService.Sync:output_type -> metalfleet.agent.v1.SyncResponse
-	16, // 30: metalfleet.agent.v1.AgentService.Boot:output_type -> metalfleet.agent.v1.BootResponse
-	29, // [29:31] is the sub-list for method output_type
-	27, // [27:29] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	7,  // 0: metalfleet.agent.v1.SyncRequest.hello:type_name -> metalfleet.agent.v1.Hello
+	20, // 1: metalfleet.agent.v1.SyncRequest.report:type_name -> metalfleet.agent.v1.Report
+	22, // 2: metalfleet.agent.v1.SyncRequest.heartbeat:type_name -> metalfleet.agent.v1.Heartbeat
+	10, // 3: metalfleet.agent.v1.SyncResponse.welcome:type_name -> metalfleet.agent.v1.Welcome
+	11, // 4: metalfleet.agent.v1.SyncResponse.desired:type_name -> metalfleet.agent.v1.Desired
+	6,  // 5: metalfleet.agent.v1.SyncResponse.ack:type_name -> metalfleet.agent.v1.Ack
+	1,  // 6: metalfleet.agent.v1.Ack.result:type_name -> metalfleet.agent.v1.AckResult
+	0,  // 7: metalfleet.agent.v1.Hello.kind:type_name -> metalfleet.agent.v1.Kind
+	8,  // 8: metalfleet.agent.v1.Hello.credential:type_name -> metalfleet.agent.v1.Credential
+	9,  // 9: metalfleet.agent.v1.Hello.facts:type_name -> metalfleet.agent.v1.Facts
+	23, // 10: metalfleet.agent.v1.Facts.labels:type_name -> metalfleet.agent.v1.Facts.LabelsEntry
+	25, // 11: metalfleet.agent.v1.Facts.machine:type_name -> metalfleet.agent.v1.MachineFacts
+	26, // 12: metalfleet.agent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	27, // 13: metalfleet.agent.v1.Desired.changed_at:type_name -> google.protobuf.Timestamp
+	19, // 14: metalfleet.agent.v1.Desired.settings:type_name -> metalfleet.agent.v1.Settings
+	12, // 15: metalfleet.agent.v1.Desired.machine:type_name -> metalfleet.agent.v1.MachineDocument
+	16, // 16: metalfleet.agent.v1.Desired.pixie:type_name -> metalfleet.agent.v1.PixieDocument
+	13, // 17: metalfleet.agent.v1.MachineDocument.allocation:type_name -> metalfleet.agent.v1.MachineAllocation
+	14, // 18: metalfleet.agent.v1.MachineAllocation.image:type_name -> metalfleet.agent.v1.ImageRef
+	28, // 19: metalfleet.agent.v1.MachineAllocation.layout:type_name -> metalfleet.agent.v1.Layout
+	15, // 20: metalfleet.agent.v1.MachineAllocation.networks:type_name -> metalfleet.agent.v1.MachineNetwork
+	27, // 21: metalfleet.agent.v1.MachineAllocation.created_at:type_name -> google.protobuf.Timestamp
+	2,  // 22: metalfleet.agent.v1.BootResponse.action:type_name -> metalfleet.agent.v1.BootAction
+	27, // 23: metalfleet.agent.v1.BootResponse.boot_token_expires_at:type_name -> google.protobuf.Timestamp
+	24, // 24: metalfleet.agent.v1.Settings.labels:type_name -> metalfleet.agent.v1.Settings.LabelsEntry
+	3,  // 25: metalfleet.agent.v1.Report.health:type_name -> metalfleet.agent.v1.Health
+	9,  // 26: metalfleet.agent.v1.Report.facts:type_name -> metalfleet.agent.v1.Facts
+	21, // 27: metalfleet.agent.v1.Report.events:type_name -> metalfleet.agent.v1.Event
+	27, // 28: metalfleet.agent.v1.Event.time:type_name -> google.protobuf.Timestamp
+	4,  // 29: metalfleet.agent.v1.AgentService.Sync:input_type -> metalfleet.agent.v1.SyncRequest
+	17, // 30: metalfleet.agent.v1.AgentService.Boot:input_type -> metalfleet.agent.v1.BootRequest
+	5,  // 31: metalfleet.agent.v1.AgentService.Sync:output_type -> metalfleet.agent.v1.SyncResponse
+	18, // 32: metalfleet.agent.v1.AgentService.Boot:output_type -> metalfleet.agent.v1.BootResponse
+	31, // [31:33] is the sub-list for method output_type
+	29, // [29:31] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_metalfleet_agent_v1_agent_proto_init() }
@@ -1940,8 +2126,9 @@ func file_metalfleet_agent_v1_agent_proto_init() {
 	file_metalfleet_agent_v1_agent_proto_msgTypes[1].OneofWrappers = []any{
 		(*SyncResponse_Welcome)(nil),
 		(*SyncResponse_Desired)(nil),
+		(*SyncResponse_Ack)(nil),
 	}
-	file_metalfleet_agent_v1_agent_proto_msgTypes[3].OneofWrappers = []any{
+	file_metalfleet_agent_v1_agent_proto_msgTypes[4].OneofWrappers = []any{
 		(*Credential_Token)(nil),
 		(*Credential_BootToken)(nil),
 	}
@@ -1950,8 +2137,8 @@ func file_metalfleet_agent_v1_agent_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metalfleet_agent_v1_agent_proto_rawDesc), len(file_metalfleet_agent_v1_agent_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   20,
+			NumEnums:      4,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
