@@ -111,11 +111,17 @@ func checkImport(from, to string) string {
 
 // goPackage is the part of `go list -json` this test reads.
 type goPackage struct {
-	ImportPath   string
-	Imports      []string
-	TestImports  []string
-	XTestImports []string
-	Error        *struct{ Err string }
+	Dir        string
+	ImportPath string
+	GoFiles    []string
+	CgoFiles   []string
+	// IgnoredGoFiles are left out by build constraints on this machine
+	// (and hold the _test.go files of other platforms too).
+	IgnoredGoFiles []string
+	Imports        []string
+	TestImports    []string
+	XTestImports   []string
+	Error          *struct{ Err string }
 }
 
 // repoRoot is the module root, two levels up from this package.
@@ -135,7 +141,7 @@ func repoRoot(t *testing.T) string {
 // too: the rules are there so each part can be tested on its own.
 func listPackages(t *testing.T, root string) []goPackage {
 	t.Helper()
-	cmd := exec.CommandContext(t.Context(), "go", "list", "-e", "-json=ImportPath,Imports,TestImports,XTestImports,Error", "./...")
+	cmd := exec.CommandContext(t.Context(), "go", "list", "-e", "-json=Dir,ImportPath,GoFiles,CgoFiles,IgnoredGoFiles,Imports,TestImports,XTestImports,Error", "./...")
 	cmd.Dir = root
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
