@@ -82,8 +82,9 @@ check-generated: generate ## Fail if `make generate` changes committed files.
 		echo "generated code is stale: run 'make generate' and commit"; git status --porcelain -- proto; git diff --stat -- proto; exit 1; fi
 
 .PHONY: lint
-lint: tools ## go vet, gofmt check, buf lint, go mod tidy check.
+lint: tools ## go vet, gofmt check, dependency and table-owner rules (lab/layout), buf lint, go mod tidy check.
 	$(GO) vet ./...
+	$(GO) test -count=1 ./lab/layout/
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	cd proto && buf lint
