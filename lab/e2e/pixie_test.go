@@ -151,8 +151,12 @@ func TestPixieAgainstCentral(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Send(&agentv1.SyncRequest{Msg: &agentv1.SyncRequest_Hello{Hello: &agentv1.Hello{Kind: agentv1.Kind_KIND_INSTALLER, Identity: uuid.NewString(),
-		Credential: &agentv1.Credential{Secret: &agentv1.Credential_BootToken{BootToken: bootToken}}}}}); err != nil {
+	// The installer names its NICs: the token is good only for the MAC
+	// pixie handed it out to.
+	id := uuid.NewString()
+	if err := st.Send(&agentv1.SyncRequest{Msg: &agentv1.SyncRequest_Hello{Hello: &agentv1.Hello{Kind: agentv1.Kind_KIND_INSTALLER, Identity: id,
+		Credential: &agentv1.Credential{Secret: &agentv1.Credential_BootToken{BootToken: bootToken}},
+		Facts:      &agentv1.Facts{Machine: &agentv1.MachineFacts{Uuid: id, Nics: []*agentv1.NICFact{{Name: "eth0", Mac: mac}}}}}}}); err != nil {
 		t.Fatal(err)
 	}
 	w, err := st.Recv()
