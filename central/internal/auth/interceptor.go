@@ -192,6 +192,9 @@ func (a *Authorizer) Authorize(ctx context.Context, method string, req proto.Mes
 	}
 	call := &Call{Principal: p, Method: method, RequestID: RequestID(ctx)}
 	ctx = WithCall(ctx, call)
+	if t, _ := ctx.Value(requestIDKey{}).(*callTag); t != nil {
+		t.subject = p.TokenID
+	}
 	// Before the rule's resolver reads the database with a request field,
 	// and before any handler does.
 	if err := CheckInput(req); err != nil {
@@ -308,18 +311,34 @@ func bearer(ctx context.Context) (string, error) {
 
 type requestIDKey struct{}
 
+// callTag is what the call's log line needs to know from inside the
+// chain: its request id and, once authenticated, its subject.
+type callTag struct {
+	id, subject string
+}
+
 // WithRequestID fixes the request id of a call before it is authorised, so
-// that the log line of the call and its audit row carry the same id.
+// that the log line of the call and its audit row carry the same id; the
+// interceptor records the caller's token id there for Subject.
 func WithRequestID(ctx context.Context, id string) context.Context {
-	return context.WithValue(ctx, requestIDKey{}, id)
+	return context.WithValue(ctx, requestIDKey{}, &callTag{id: id})
+}
+
+// Subject is the token id of the caller authenticated in a call whose
+// context came from WithRequestID ("" before or without authentication).
+func Subject(ctx context.Context) string {
+	if t, _ := ctx.Value(requestIDKey{}).(*callTag); t != nil {
+		return t.subject
+	}
+	return ""
 }
 
 // RequestID is the call's id: the one fixed by WithRequestID, else the
 // client's x-request-id (when short and plain enough to store and log),
 // else a new one.
 func RequestID(ctx context.Context) string {
-	if id, _ := ctx.Value(requestIDKey{}).(string); id != "" {
-		return id
+	if t, _ := ctx.Value(requestIDKey{}).(*callTag); t != nil && t.id != "" {
+		return t.id
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	if v := md.Get("x-request-id"); len(v) > 0 && v[0] != "" && len(v[0]) <= 128 && printable(v[0]) {

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/encoding"
 	grpcproto "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -479,4 +480,26 @@ func TestTokenRolesOnMissingObjects(t *testing.T) {
 		{name: "tenant", field: `tenant_roles["nope"]`, call: call(e.api.Token.Create, &apiv1.TokenServiceCreateRequest{
 			TenantRoles: map[string]apiv1.Level{"nope": apiv1.Level_LEVEL_VIEWER}})},
 	})
+}
+
+// TestRPCLogNamesSubject: the log line of a call names who made it (the
+// token id, as the audit row does) and its request id, never the token.
+func TestRPCLogNamesSubject(t *testing.T) {
+	logs := &logCapture{}
+	e := newEnvLog(t, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	ctx := metadata.AppendToOutgoingContext(e.as(t, e.admin), "x-request-id", "subject-check-1")
+	_, err := e.api.Partition.Get(ctx, &apiv1.PartitionServiceGetRequest{Id: "nope"})
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("get: %v", err)
+	}
+	_, text := logs.stats()
+	var line string
+	for l := range strings.SplitSeq(text, "\n") {
+		if strings.Contains(l, "request_id=subject-check-1") {
+			line = l
+		}
+	}
+	if !strings.Contains(line, "subject="+e.admin.tokenID) || strings.Contains(line, e.admin.token) {
+		t.Fatalf("rpc log line %q: want subject=%s and no secret", line, e.admin.tokenID)
+	}
 }

@@ -66,7 +66,7 @@ func (m *metrics) unary(log *slog.Logger) grpc.UnaryServerInterceptor {
 		took := time.Since(start)
 		m.requests.WithLabelValues(info.FullMethod, code.String()).Inc()
 		m.duration.WithLabelValues(info.FullMethod).Observe(took.Seconds())
-		attrs := []any{"method", info.FullMethod, "code", code.String(), "took", took, "request_id", rid}
+		attrs := []any{"method", info.FullMethod, "code", code.String(), "took", took, "request_id", rid, "subject", auth.Subject(ctx)}
 		switch code {
 		case codes.OK:
 			log.Debug("rpc", attrs...)
