@@ -125,6 +125,15 @@ test: deps qemu-deps ## Run all tests (race detector on for central/ and $(RACE_
 	$(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v -E -e '/central/' $(foreach p,$(RACE_PKGS),-e '$(p:./%/...=/%)($$|/)'))
 
 FUZZTIME ?= 10s
+# Go minimizes every input that finds new coverage for up to 60s by
+# default, one call of the target per candidate, and the minimizer's byte
+# pass is quadratic in the input's length: a multi-KiB input (an image
+# archive) always runs out the full minute, during which that worker
+# counts no execs. Early in a run nearly every input finds new coverage,
+# so a short run did nothing but minimize (FuzzUnpack: 0 execs/s).
+# A bound in calls keeps that cheap; a crasher is still written, less
+# shrunk (FUZZMINIMIZE=60s shrinks one further).
+FUZZMINIMIZE ?= 100x
 
 # Every Fuzz* target, found by `go test -list` in the packages whose tests
 # declare one, runs for FUZZTIME: short, but each run starts from the
@@ -137,7 +146,7 @@ fuzz: ## Run every fuzz target of the repository for FUZZTIME each (default 10s)
 	for pkg in $$pkgs; do \
 		for t in $$($(GO) test -list '^Fuzz' "$$pkg" | grep '^Fuzz'); do \
 			echo "== $$pkg $$t ($(FUZZTIME))"; \
-			$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) "$$pkg"; \
+			$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) "$$pkg"; \
 		done; \
 	done
 

@@ -57,8 +57,8 @@ type fleetCentral struct {
 }
 
 // startFleetCentral builds and starts central on listen ("" picks a free
-// IPv4 loopback port) and creates partition p1.
-func startFleetCentral(t *testing.T, listen string) *fleetCentral {
+// IPv4 loopback port) with the extra flags and creates partition p1.
+func startFleetCentral(t *testing.T, listen string, extra ...string) *fleetCentral {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds and runs the binaries")
@@ -68,7 +68,7 @@ func startFleetCentral(t *testing.T, listen string) *fleetCentral {
 		listen = freePort(t)
 	}
 	f := &fleetCentral{bin: bin, dir: dataDir(t), listen: listen}
-	f.cmd = startCentral(t, bin, f.dir, listen)
+	f.cmd = startCentral(t, bin, f.dir, listen, extra...)
 	t.Cleanup(func() {
 		if f.cmd != nil {
 			stopCentral(t, f.cmd)

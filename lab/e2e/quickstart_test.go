@@ -41,10 +41,12 @@ func freePort(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// startCentral runs metal-central and waits for its "serving" line.
-func startCentral(t *testing.T, bin, dataDir, listen string) *exec.Cmd {
+// startCentral runs metal-central and waits for its "serving" line; extra
+// flags come last, so they override the defaults here.
+func startCentral(t *testing.T, bin, dataDir, listen string, extra ...string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(bin, "--data-dir", dataDir, "--listen", listen, "--metrics-listen", "", "--durable=false")
+	args := append([]string{"--data-dir", dataDir, "--listen", listen, "--metrics-listen", "", "--durable=false"}, extra...)
+	cmd := exec.Command(bin, args...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

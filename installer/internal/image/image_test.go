@@ -377,6 +377,15 @@ func TestStreamReplaces(t *testing.T) {
 // FuzzUnpack feeds arbitrary bytes as the image (with their own correct
 // hash, so extraction runs to the end): it must never panic and never
 // write outside the target.
+//
+// Run it with a bounded minimization, as make fuzz does:
+//
+//	go test -run '^$' -fuzz FuzzUnpack -fuzzminimizetime 100x ./installer/internal/image/
+//
+// Go minimizes each input that finds new coverage for up to 60s, one
+// extraction per candidate, and its byte pass is quadratic in the input:
+// an archive of a few KiB always uses the whole minute, during which the
+// worker counts no execs, and early on nearly every input is new.
 func FuzzUnpack(f *testing.F) {
 	es, _ := rootfs(f)
 	small := []entry{es[1], es[2], es[3], es[5], es[6], es[7], es[8]}
