@@ -224,7 +224,7 @@ func (r *runner) connect(ctx context.Context, identity string) error {
 				break
 			}
 			r.log.Warn("central CA not fetched yet", "err", err, "attempt", attempt)
-			if !sleep(ctx, time.Duration(attempt)*4*r.cfg.MinBackoff) {
+			if !agent.Sleep(ctx, time.Duration(attempt)*4*r.cfg.MinBackoff) {
 				return ctx.Err()
 			}
 		}
@@ -254,7 +254,7 @@ func (r *runner) connect(ctx context.Context, identity string) error {
 				return fmt.Errorf("boot token: %w", err)
 			}
 			r.log.Warn("no boot token yet", "err", err, "attempt", attempt)
-			if !sleep(ctx, time.Duration(attempt)*time.Second) {
+			if !agent.Sleep(ctx, time.Duration(attempt)*time.Second) {
 				return ctx.Err()
 			}
 		}
@@ -488,7 +488,7 @@ func (r *runner) crash(ctx context.Context, cause error) error {
 			r.log.Error("wipe after checksum mismatch", "err", err)
 		}
 	}
-	if !sleep(ctx, r.cfg.RebootDelay) {
+	if !agent.Sleep(ctx, r.cfg.RebootDelay) {
 		return errors.Join(cause, ctx.Err())
 	}
 	if err := r.hw.Reboot(ctx); err != nil {
