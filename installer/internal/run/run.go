@@ -21,6 +21,7 @@ import (
 
 	"github.com/metalfleet/metalfleet/agents/agent"
 	"github.com/metalfleet/metalfleet/installer/internal/config"
+	"github.com/metalfleet/metalfleet/installer/internal/image"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 )
 
@@ -409,7 +410,7 @@ func (r *runner) install(ctx context.Context, doc *agentv1.MachineDocument) erro
 	if r.pixie.base != "" {
 		err = r.hw.Stream(ctx, r.pixie.imageURL(img.GetUrl(), img.GetSha256()), img.GetSha256(), inst.Target, track)
 	}
-	if err != nil && read == 0 && !errors.Is(err, ErrChecksum) && ctx.Err() == nil {
+	if err != nil && read == 0 && !errors.Is(err, image.ErrChecksum) && ctx.Err() == nil {
 		// Nothing written yet: the image server itself may still work.
 		if !errors.Is(err, errNoPixie) {
 			r.log.Warn("image from pixie's cache failed; fetching it directly", "err", err)
@@ -464,7 +465,7 @@ func (r *runner) flush() {
 // crash reports a fatal error and reboots into PXE.
 func (r *runner) crash(ctx context.Context, cause error) error {
 	r.log.Error("installation failed; rebooting into PXE", "err", cause)
-	checksum := errors.Is(cause, ErrChecksum)
+	checksum := errors.Is(cause, image.ErrChecksum)
 	if r.fleet != nil {
 		msg := cause.Error()
 		if checksum {
