@@ -233,7 +233,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Debug("stream ended; reconnecting", "err", err, "in", delay)
 		a.cfg.Metrics.reconnect()
 		a.phase.Store(PhaseBackoff)
-		if !sleep(ctx, delay) {
+		if !Sleep(ctx, delay) {
 			return nil
 		}
 	}
@@ -284,7 +284,9 @@ func (a *Agent) dial() (*grpc.ClientConn, string, error) {
 	return cc, addr, nil
 }
 
-func sleep(ctx context.Context, d time.Duration) bool {
+// Sleep waits d or until ctx ends; false means ctx ended. It is the
+// runtime's, exported for the installer's flow, which waits the same way.
+func Sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

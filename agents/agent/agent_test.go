@@ -42,6 +42,39 @@ func TestBackoffIsBoundedFullJitter(t *testing.T) {
 	}
 }
 
+func TestSleep(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		d      time.Duration
+		cancel time.Duration // after this long, -1: before the call, 0: never
+		want   bool
+	}{
+		{name: "waits the whole delay", d: 10 * time.Millisecond, want: true},
+		{name: "zero delay", d: 0, want: true},
+		{name: "ctx ends during the wait", d: time.Hour, cancel: 10 * time.Millisecond, want: false},
+		{name: "ctx already ended", d: time.Hour, cancel: -1, want: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			switch {
+			case tc.cancel < 0:
+				cancel()
+			case tc.cancel > 0:
+				time.AfterFunc(tc.cancel, cancel)
+			}
+			start := time.Now()
+			if got := Sleep(ctx, tc.d); got != tc.want {
+				t.Fatalf("Sleep = %v, want %v", got, tc.want)
+			}
+			// An early end must not wait out the delay.
+			if took := time.Since(start); tc.want && took < tc.d || !tc.want && took > 10*time.Second {
+				t.Errorf("took %v for a delay of %v", took, tc.d)
+			}
+		})
+	}
+}
+
 func TestRefusedAndRetryDelay(t *testing.T) {
 	st, _ := status.New(codes.Unavailable, "busy").WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(1500 * time.Millisecond)})
 	for name, tc := range map[string]struct {

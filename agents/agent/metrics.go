@@ -1,6 +1,19 @@
 package agent
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// NewRegistry is the registry an agent process serves on /metrics: the Go
+// runtime and process collectors, to which the process adds NewMetrics and
+// its own. A registry of our own rather than the default one, which
+// packages may register into behind our back.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
 
 // Metrics of the agents of one process (one agent, or a simulated fleet);
 // gauges are sums over those agents.

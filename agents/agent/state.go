@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/metalfleet/metalfleet/agents/agent/file"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 )
 
@@ -91,28 +92,5 @@ func (s *state) write(name string, b []byte) error {
 	if s.dir == "" {
 		return nil
 	}
-	f, err := os.CreateTemp(s.dir, name+".*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	defer os.Remove(f.Name())
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := os.Rename(f.Name(), filepath.Join(s.dir, name)); err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	return nil
+	return file.WriteAtomic(filepath.Join(s.dir, name), b, 0o600)
 }

@@ -1,16 +1,15 @@
 package auth
 
 import (
-	"fmt"
 	"strconv"
 	"strings"
 	"unicode/utf8"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/metalfleet/metalfleet/central/internal/field"
 )
 
 // The generic input rules every people API request passes before its
@@ -60,42 +59,25 @@ func CheckInput(m proto.Message) error {
 	if m == nil {
 		return nil
 	}
-	var v inputViolations
+	v := inputViolations{field.Violations{Clip: clipEcho, Max: maxViolations}}
 	v.message(m.ProtoReflect(), "")
-	return v.err()
+	return v.Err("")
 }
 
-type inputViolations struct {
-	list []*errdetails.BadRequest_FieldViolation
-}
-
-func (v *inputViolations) full() bool { return len(v.list) >= maxViolations }
-
-func (v *inputViolations) add(field, format string, args ...any) {
-	if v.full() {
-		return
-	}
-	v.list = append(v.list, &errdetails.BadRequest_FieldViolation{Field: Clip(field, 4*MaxEcho), Description: Clip(fmt.Sprintf(format, args...), 4*MaxEcho)})
-}
-
-func (v *inputViolations) err() error { return InvalidArgument(v.list) }
+// inputViolations walks a request with field.Violations; what it records
+// echoes request values, so it is clipped, and bounded.
+type inputViolations struct{ field.Violations }
 
 // InvalidArgument is the status of a request with bad fields: the message
 // names the first, the BadRequest detail all of them. nil for no violations.
+// It is field.InvalidArgument without a prefix, kept for service's
+// violations until those switch to field.Violations themselves.
 func InvalidArgument(list []*errdetails.BadRequest_FieldViolation) error {
-	if len(list) == 0 {
-		return nil
-	}
-	msg := list[0].Field + ": " + list[0].Description
-	if len(list) > 1 {
-		msg += fmt.Sprintf(" (and %d more)", len(list)-1)
-	}
-	st, derr := status.New(codes.InvalidArgument, msg).WithDetails(&errdetails.BadRequest{FieldViolations: list})
-	if derr != nil {
-		return status.Error(codes.InvalidArgument, msg)
-	}
-	return st.Err()
+	return field.InvalidArgument("", list)
 }
+
+// clipEcho makes a field path or description fit for a status message.
+func clipEcho(s string) string { return Clip(s, 4*MaxEcho) }
 
 func join(path string, name protoreflect.Name) string {
 	if path == "" {
@@ -119,17 +101,17 @@ func (v *inputViolations) message(m protoreflect.Message, path string) {
 		case fd.IsList():
 			l := val.List()
 			if max := listCap(fd); l.Len() > max {
-				v.add(f, "at most %d elements, got %d", max, l.Len())
-				return !v.full()
+				v.Add(f, "at most %d elements, got %d", max, l.Len())
+				return !v.Full()
 			}
-			for i := 0; i < l.Len() && !v.full(); i++ {
+			for i := 0; i < l.Len() && !v.Full(); i++ {
 				v.value(fd, l.Get(i), f+"["+strconv.Itoa(i)+"]")
 			}
 		case fd.IsMap():
 			mp := val.Map()
 			if max := listCap(fd); mp.Len() > max {
-				v.add(f, "at most %d entries, got %d", max, mp.Len())
-				return !v.full()
+				v.Add(f, "at most %d entries, got %d", max, mp.Len())
+				return !v.Full()
 			}
 			mp.Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
 				kf := f + "[" + k.String() + "]"
@@ -138,12 +120,12 @@ func (v *inputViolations) message(m protoreflect.Message, path string) {
 					v.str(k.String(), kf)
 				}
 				v.value(fd.MapValue(), mv, kf)
-				return !v.full()
+				return !v.Full()
 			})
 		default:
 			v.value(fd, val, f)
 		}
-		return !v.full()
+		return !v.Full()
 	})
 }
 
@@ -166,11 +148,11 @@ func (v *inputViolations) value(fd protoreflect.FieldDescriptor, val protoreflec
 		v.str(val.String(), path)
 	case protoreflect.BytesKind:
 		if len(val.Bytes()) > MaxStringBytes {
-			v.add(path, "longer than %d bytes", MaxStringBytes)
+			v.Add(path, "longer than %d bytes", MaxStringBytes)
 		}
 	case protoreflect.EnumKind:
 		if fd.Enum().Values().ByNumber(val.Enum()) == nil {
-			v.add(path, "unknown value %d of %s", val.Enum(), fd.Enum().Name())
+			v.Add(path, "unknown value %d of %s", val.Enum(), fd.Enum().Name())
 		}
 	case protoreflect.MessageKind, protoreflect.GroupKind:
 		v.message(val.Message(), path)
@@ -180,11 +162,11 @@ func (v *inputViolations) value(fd protoreflect.FieldDescriptor, val protoreflec
 func (v *inputViolations) str(s, path string) {
 	switch {
 	case len(s) > MaxStringBytes:
-		v.add(path, "longer than %d bytes", MaxStringBytes)
+		v.Add(path, "longer than %d bytes", MaxStringBytes)
 	case strings.IndexByte(s, 0) >= 0 || !utf8.ValidString(s):
 		// PostgreSQL stores neither; the wire decoder turns invalid
 		// UTF-8 into NUL bytes, so both read the same.
-		v.add(path, "must be valid UTF-8 without NUL bytes")
+		v.Add(path, "must be valid UTF-8 without NUL bytes")
 	}
 }
 
@@ -204,11 +186,11 @@ func (v *inputViolations) duration(m protoreflect.Message, path string) {
 	s, n := secondsNanos(m)
 	switch {
 	case s > maxDurationSeconds || s < -maxDurationSeconds:
-		v.add(path, "seconds out of range")
+		v.Add(path, "seconds out of range")
 	case n <= -1e9 || n >= 1e9:
-		v.add(path, "nanos must be within ±999999999")
+		v.Add(path, "nanos must be within ±999999999")
 	case (s > 0 && n < 0) || (s < 0 && n > 0):
-		v.add(path, "seconds and nanos must have the same sign")
+		v.Add(path, "seconds and nanos must have the same sign")
 	}
 }
 
@@ -216,9 +198,9 @@ func (v *inputViolations) timestamp(m protoreflect.Message, path string) {
 	s, n := secondsNanos(m)
 	switch {
 	case s < minTimestamp || s > maxTimestamp:
-		v.add(path, "outside years 1-9999")
+		v.Add(path, "outside years 1-9999")
 	case n < 0 || n >= 1e9:
-		v.add(path, "nanos must be within 0-999999999")
+		v.Add(path, "nanos must be within 0-999999999")
 	}
 }
 

@@ -6,7 +6,10 @@ import (
 	"time"
 )
 
-// backoff is exponential with full jitter.
+// backoff is exponential with full jitter. It and sleep are twins of the
+// agent runtime's on purpose: central may not import agents/agent, and
+// helpers this small do not justify a package shared through proto/
+// (docs/layout.md).
 type backoff struct {
 	min, max time.Duration
 	n        int

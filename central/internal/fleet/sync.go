@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/field"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 )
 
@@ -320,7 +321,7 @@ func (h *Hub) recvLoop(ctx context.Context, c *conn, stream agentv1.AgentService
 		switch msg := m.GetMsg().(type) {
 		case *agentv1.SyncRequest_Heartbeat:
 			if msg.Heartbeat.GetAppliedRevision() > sent {
-				return fieldErrors{{Field: "heartbeat.applied_revision", Description: "newer than the newest document sent"}}.err("heartbeat")
+				return field.InvalidArgument("malformed heartbeat", []*errdetails.BadRequest_FieldViolation{{Field: "heartbeat.applied_revision", Description: "newer than the newest document sent"}})
 			}
 			h.observed.contact(c.id, msg.Heartbeat.GetAppliedRevision())
 		case *agentv1.SyncRequest_Report:

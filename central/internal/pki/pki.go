@@ -23,6 +23,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/metalfleet/metalfleet/central/internal/file"
 )
 
 const (
@@ -414,11 +416,11 @@ func createCA(certFile, keyFile string, now time.Time) (*x509.Certificate, crypt
 	}
 	// Key before certificate: a crash in between leaves no ca.crt, which the
 	// next start treats as "no CA yet" rather than as a CA without its key.
-	if err := writeAtomic(keyFile, keyPEM, keyMode); err != nil {
-		return nil, nil, err
+	if err := file.WriteAtomic(keyFile, keyPEM, keyMode); err != nil {
+		return nil, nil, fmt.Errorf("pki: %w", err)
 	}
-	if err := writeAtomic(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), certMode); err != nil {
-		return nil, nil, err
+	if err := file.WriteAtomic(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), certMode); err != nil {
+		return nil, nil, fmt.Errorf("pki: %w", err)
 	}
 	return cert, key, nil
 }
@@ -485,11 +487,11 @@ func (b *Bundle) issueServerCert(want sans, now time.Time) (tls.Certificate, err
 		return tls.Certificate{}, err
 	}
 	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	if err := writeAtomic(b.KeyFile, keyPEM, keyMode); err != nil {
-		return tls.Certificate{}, err
+	if err := file.WriteAtomic(b.KeyFile, keyPEM, keyMode); err != nil {
+		return tls.Certificate{}, fmt.Errorf("pki: %w", err)
 	}
-	if err := writeAtomic(b.CertFile, certPEM, certMode); err != nil {
-		return tls.Certificate{}, err
+	if err := file.WriteAtomic(b.CertFile, certPEM, certMode); err != nil {
+		return tls.Certificate{}, fmt.Errorf("pki: %w", err)
 	}
 	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
@@ -585,44 +587,4 @@ func encodeKey(key *ecdsa.PrivateKey) ([]byte, error) {
 		return nil, fmt.Errorf("pki: encode key: %w", err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
-}
-
-// writeAtomic replaces path so that readers, including a crashed-and-restarted
-// us, see either the old content or the new, never a torn file. The mode is
-// set on the temp file before any secret is written and regardless of umask.
-func writeAtomic(path string, data []byte, mode fs.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if err := f.Chmod(mode); err != nil {
-		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
-	// Persist the rename itself. Best effort: some filesystems refuse to
-	// fsync a directory, and the data is already in place either way.
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
 }

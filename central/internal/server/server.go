@@ -34,6 +34,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/file"
 	"github.com/metalfleet/metalfleet/central/internal/fleet"
 	"github.com/metalfleet/metalfleet/central/internal/pgembed"
 	"github.com/metalfleet/metalfleet/central/internal/pki"
@@ -379,11 +380,7 @@ func (s *Server) ensureAdminToken(ctx context.Context, api *service.API) (string
 	if err != nil {
 		return "", fmt.Errorf("mint admin token: %w", err)
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(secret+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("write admin token: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := file.WriteAtomic(path, []byte(secret+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("write admin token: %w", err)
 	}
 	return path, nil

@@ -113,7 +113,7 @@ func (f *fleet) run(ctx context.Context) error {
 		f.log.Warn("central refused the installer; getting a fresh boot token", "err", err, "attempt", n)
 		var tok string
 		for {
-			if !sleep(ctx, delay) {
+			if !agent.Sleep(ctx, delay) {
 				return nil
 			}
 			delay = min(delay*2, 30*time.Second)
@@ -228,15 +228,4 @@ func (f *fleet) credential() (string, error) {
 
 func event(typ, msg string) *agentv1.Event {
 	return &agentv1.Event{Time: timestamppb.Now(), Type: typ, Message: msg}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

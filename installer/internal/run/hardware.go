@@ -2,7 +2,6 @@ package run
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/netip"
 	"time"
@@ -27,7 +26,7 @@ type Hardware interface {
 	// Apply partitions, formats and mounts the layout.
 	Apply(ctx context.Context, layout *agentv1.Layout, reinstall bool) (*Installed, error)
 	// Stream extracts the image at url into target while verifying it; a
-	// mismatch wraps ErrChecksum.
+	// mismatch wraps image.ErrChecksum.
 	Stream(ctx context.Context, url, sha256, target string, progress func(read, total int64)) error
 	// WriteConfig writes the allocation into the installed system.
 	WriteConfig(ctx context.Context, target string, doc *agentv1.MachineDocument, ph config.Phonehome, sys config.System) error
@@ -41,10 +40,6 @@ type Hardware interface {
 	// Reboot restarts the machine (into PXE); it returns only on failure.
 	Reboot(ctx context.Context) error
 }
-
-// ErrChecksum is what Hardware.Stream wraps when the image's sha256 does
-// not match.
-var ErrChecksum = errors.New("image checksum mismatch")
 
 // Lease is the address the installer got.
 type Lease struct {

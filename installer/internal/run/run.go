@@ -21,6 +21,7 @@ import (
 
 	"github.com/metalfleet/metalfleet/agents/agent"
 	"github.com/metalfleet/metalfleet/installer/internal/config"
+	"github.com/metalfleet/metalfleet/installer/internal/image"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 )
 
@@ -224,7 +225,7 @@ func (r *runner) connect(ctx context.Context, identity string) error {
 				break
 			}
 			r.log.Warn("central CA not fetched yet", "err", err, "attempt", attempt)
-			if !sleep(ctx, time.Duration(attempt)*4*r.cfg.MinBackoff) {
+			if !agent.Sleep(ctx, time.Duration(attempt)*4*r.cfg.MinBackoff) {
 				return ctx.Err()
 			}
 		}
@@ -254,7 +255,7 @@ func (r *runner) connect(ctx context.Context, identity string) error {
 				return fmt.Errorf("boot token: %w", err)
 			}
 			r.log.Warn("no boot token yet", "err", err, "attempt", attempt)
-			if !sleep(ctx, time.Duration(attempt)*time.Second) {
+			if !agent.Sleep(ctx, time.Duration(attempt)*time.Second) {
 				return ctx.Err()
 			}
 		}
@@ -409,7 +410,7 @@ func (r *runner) install(ctx context.Context, doc *agentv1.MachineDocument) erro
 	if r.pixie.base != "" {
 		err = r.hw.Stream(ctx, r.pixie.imageURL(img.GetUrl(), img.GetSha256()), img.GetSha256(), inst.Target, track)
 	}
-	if err != nil && read == 0 && !errors.Is(err, ErrChecksum) && ctx.Err() == nil {
+	if err != nil && read == 0 && !errors.Is(err, image.ErrChecksum) && ctx.Err() == nil {
 		// Nothing written yet: the image server itself may still work.
 		if !errors.Is(err, errNoPixie) {
 			r.log.Warn("image from pixie's cache failed; fetching it directly", "err", err)
@@ -464,7 +465,7 @@ func (r *runner) flush() {
 // crash reports a fatal error and reboots into PXE.
 func (r *runner) crash(ctx context.Context, cause error) error {
 	r.log.Error("installation failed; rebooting into PXE", "err", cause)
-	checksum := errors.Is(cause, ErrChecksum)
+	checksum := errors.Is(cause, image.ErrChecksum)
 	if r.fleet != nil {
 		msg := cause.Error()
 		if checksum {
@@ -488,7 +489,7 @@ func (r *runner) crash(ctx context.Context, cause error) error {
 			r.log.Error("wipe after checksum mismatch", "err", err)
 		}
 	}
-	if !sleep(ctx, r.cfg.RebootDelay) {
+	if !agent.Sleep(ctx, r.cfg.RebootDelay) {
 		return errors.Join(cause, ctx.Err())
 	}
 	if err := r.hw.Reboot(ctx); err != nil {

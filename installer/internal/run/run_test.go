@@ -36,6 +36,7 @@ import (
 
 	"github.com/metalfleet/metalfleet/installer/internal/boot"
 	"github.com/metalfleet/metalfleet/installer/internal/config"
+	"github.com/metalfleet/metalfleet/installer/internal/image"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 )
 
@@ -263,7 +264,7 @@ func (h *fakeHW) Stream(_ context.Context, url, sha, target string, progress fun
 	for _, n := range []int64{0, 60e6, 120e6, 200e6, total} {
 		progress(n, total)
 		if h.checksum && n >= 200e6 {
-			return fmt.Errorf("%w: sha256 deadbeef, want %s", ErrChecksum, sha)
+			return fmt.Errorf("%w: sha256 deadbeef, want %s", image.ErrChecksum, sha)
 		}
 	}
 	return os.WriteFile(filepath.Join(target, "image"), []byte("x"), 0o644)
@@ -457,7 +458,7 @@ func TestRunChecksumMismatchCrashesWipesAndReboots(t *testing.T) {
 	l.hw.checksum = true
 
 	err := runLab(t, l)
-	if !errors.Is(err, ErrChecksum) {
+	if !errors.Is(err, image.ErrChecksum) {
 		t.Fatalf("Run: %v, want a checksum error", err)
 	}
 	got := squash(l.central.eventTypes())

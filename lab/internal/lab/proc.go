@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/metalfleet/metalfleet/agents/agent/file"
 	"github.com/metalfleet/metalfleet/lab/internal/netlab"
 )
 
@@ -54,11 +55,7 @@ func (s *State) save(path string) error {
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("write state: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := file.WriteAtomic(path, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}
 	return nil

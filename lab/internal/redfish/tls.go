@@ -14,6 +14,8 @@ import (
 	"net"
 	"os"
 	"time"
+
+	"github.com/metalfleet/metalfleet/agents/agent/file"
 )
 
 // LoadOrCreateCert loads the BMC's certificate and key, or, when neither
@@ -75,23 +77,11 @@ func LoadOrCreateCert(certFile, keyFile string, hosts []string) (tls.Certificate
 	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
 	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 	// The key first: a certificate on disk means the pair is complete.
-	if err := writeAtomic(keyFile, keyPEM, 0o600); err != nil {
+	if err := file.WriteAtomic(keyFile, keyPEM, 0o600); err != nil {
 		return tls.Certificate{}, fmt.Errorf("redfish: TLS key: %w", err)
 	}
-	if err := writeAtomic(certFile, certPEM, 0o644); err != nil {
+	if err := file.WriteAtomic(certFile, certPEM, 0o644); err != nil {
 		return tls.Certificate{}, fmt.Errorf("redfish: TLS certificate: %w", err)
 	}
 	return tls.X509KeyPair(certPEM, keyPEM)
-}
-
-func writeAtomic(path string, b []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, mode); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, mode); err != nil { // WriteFile keeps an existing file's mode
-		os.Remove(tmp)
-		return err
-	}
-	return os.Rename(tmp, path)
 }

@@ -190,6 +190,8 @@ func (f *eventFollower) once(ctx context.Context, req *apiv1.MachineServiceEvent
 	}
 }
 
+// sleepCtx waits d or until ctx ends; false means ctx ended. A twin of
+// the agent runtime's Sleep: metalctl imports only proto/.
 func sleepCtx(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()

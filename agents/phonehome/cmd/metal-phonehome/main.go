@@ -17,8 +17,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/metalfleet/metalfleet/agents/agent"
@@ -55,8 +53,7 @@ func run() error {
 	version := buildVersion()
 	log.Info("starting", "version", version, "config", file)
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := agent.NewRegistry()
 	p, err := phonehome.New(phonehome.Options{
 		File:         file,
 		StateDir:     stateDir,

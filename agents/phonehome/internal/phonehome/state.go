@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+
+	"github.com/metalfleet/metalfleet/agents/agent/file"
 )
 
 // stateFile is the phone-home's own file in the state directory it shares
@@ -78,28 +80,8 @@ func (s *state) save(dir string) error {
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
-	f, err := os.CreateTemp(dir, stateFile+".*")
-	if err != nil {
+	if err := file.WriteAtomic(filepath.Join(dir, stateFile), b, 0o600); err != nil {
 		return fmt.Errorf("write state: %w", err)
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return fmt.Errorf("write state: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("write state: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write state: %w", err)
-	}
-	if err := os.Rename(f.Name(), filepath.Join(dir, stateFile)); err != nil {
-		return fmt.Errorf("write state: %w", err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
 	}
 	return nil
 }

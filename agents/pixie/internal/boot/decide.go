@@ -15,7 +15,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/metalfleet/metalfleet/agents/pixie/internal/file"
+	"github.com/metalfleet/metalfleet/agents/agent/file"
 	"github.com/metalfleet/metalfleet/agents/pixie/internal/metric"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 )

@@ -16,7 +16,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/metalfleet/metalfleet/agents/pixie/internal/file"
+	"github.com/metalfleet/metalfleet/agents/agent/file"
 )
 
 // ErrExhausted: every address of the pool is leased and none has expired.

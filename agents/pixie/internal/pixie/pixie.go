@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/metalfleet/metalfleet/agents/agent"
 	"github.com/metalfleet/metalfleet/agents/pixie/internal/boot"
@@ -164,8 +163,7 @@ func New(cfg Config) (*Pixie, error) {
 		return nil, err
 	}
 	if cfg.Registry == nil {
-		cfg.Registry = prometheus.NewRegistry()
-		cfg.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		cfg.Registry = agent.NewRegistry()
 	}
 	p := &Pixie{cfg: cfg, log: cfg.Log, reg: cfg.Registry, fetch: make(chan struct{}, 1)}
 	p.metrics = metric.New(p.reg)

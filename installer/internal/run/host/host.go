@@ -5,8 +5,6 @@ package host
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -113,9 +111,6 @@ func (m *Machine) Stream(ctx context.Context, url, sha256, target string, progre
 		}}
 	}
 	_, err := image.Stream(ctx, c, url, sha256, target, progress)
-	if errors.Is(err, image.ErrChecksum) {
-		return fmt.Errorf("%w: %v", run.ErrChecksum, err)
-	}
 	return err
 }
 
