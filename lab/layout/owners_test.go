@@ -39,7 +39,6 @@ var owners = map[string]string{
 	"machine_mac_conflicts": "central/internal/service",
 	"switches":              "central/internal/service",
 	"tokens":                "central/internal/service",
-	"audit":                 "central/internal/service",
 	// The agent fleet.
 	"agents":       "central/internal/fleet",
 	"agent_events": "central/internal/fleet",
@@ -47,15 +46,19 @@ var owners = map[string]string{
 	// Integer pools behind addresses, prefixes and VRF ids.
 	"pools":     "central/internal/ipam",
 	"pool_free": "central/internal/ipam",
-	// Migration bookkeeping, created by the store itself.
+	// Migration bookkeeping, created by the store itself, and the audit
+	// rows the store's CRUD writes in the transaction of each change.
 	"schema_migrations": "central/internal/store",
 	"schema_lock":       "central/internal/store",
+	"audit":             "central/internal/store",
 }
 
 // knownWrites are writes by a package that does not own the table, tolerated
 // until issue 12 moves them; each is logged so that it stays visible. The
 // test fails when one of them disappears, so the list only shrinks.
-var knownWrites = map[[2]string]string{}
+var knownWrites = map[[2]string]string{
+	{"audit", "central/internal/service"}: "the combined IP and child-network hand-outs write their audit rows inside their one statement (service/ip.go, service/network.go); they go with the network package",
+}
 
 var (
 	// createTable finds the tables a migration (or the store's bootstrap)

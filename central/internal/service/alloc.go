@@ -23,6 +23,7 @@ import (
 	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/fsm"
 	"github.com/metalfleet/metalfleet/central/internal/ipam"
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
@@ -153,7 +154,7 @@ func (s *machineService) createOne(ctx context.Context, req *apiv1.MachineServic
 		if req.GetPartitionId() != "" && m.GetPartitionId() != req.GetPartitionId() {
 			return status.Errorf(codes.FailedPrecondition, "machine %s is in partition %s, not %s", id, quote(m.GetPartitionId()), quote(req.GetPartitionId()))
 		}
-		layouts, err := filesystemLayouts.list(ctx, tx, "TRUE")
+		layouts, err := filesystemLayouts.List(ctx, tx, "TRUE")
 		if err != nil {
 			return fmt.Errorf("read filesystem layouts: %w", err)
 		}
@@ -174,7 +175,7 @@ func (s *machineService) createOne(ctx context.Context, req *apiv1.MachineServic
 		if req.GetLabels() != nil {
 			m.Labels = req.GetLabels()
 		}
-		spec, err := encodeSpec(m)
+		spec, err := store.EncodeSpec(m)
 		if err != nil {
 			return err
 		}
@@ -185,7 +186,7 @@ func (s *machineService) createOne(ctx context.Context, req *apiv1.MachineServic
 		if err := logEvent(ctx, tx, id, "Allocated", allocatedMessage(alloc)); err != nil {
 			return err
 		}
-		part, err := partitions.get(ctx, tx, m.GetPartitionId())
+		part, err := partitions.Get(ctx, tx, m.GetPartitionId())
 		if err != nil {
 			return fmt.Errorf("read partition: %w", err)
 		}
@@ -193,7 +194,7 @@ func (s *machineService) createOne(ctx context.Context, req *apiv1.MachineServic
 		if err := s.setMachineDocument(ctx, tx, agentID, id, func(md *agentv1.MachineDocument) { md.Allocation = doc }); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, "machine/"+id, req.GetProjectId())
+		return store.Audit(ctx, tx, "machine/"+id, req.GetProjectId())
 	})
 	return id, err
 }
@@ -238,7 +239,7 @@ func allocationDocument(alloc *apiv1.MachineAllocation, img *apiv1.Image, layout
 
 // usableImage reads an image new machines may get.
 func usableImage(ctx context.Context, tx pgx.Tx, id string) (*apiv1.Image, error) {
-	img, err := images.get(ctx, tx, id)
+	img, err := images.Get(ctx, tx, id)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, status.Errorf(codes.NotFound, "image %s not found", quote(id))
 	}
@@ -259,7 +260,7 @@ func usableImage(ctx context.Context, tx pgx.Tx, id string) (*apiv1.Image, error
 func machineNetworks(ctx context.Context, tx pgx.Tx, project string, ids []string) ([]*apiv1.Network, error) {
 	var out []*apiv1.Network
 	for i, id := range ids {
-		n, err := networks.get(ctx, tx, id)
+		n, err := networks.Get(ctx, tx, id)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil, status.Errorf(codes.NotFound, "networks[%d]: network %s not found", i, quote(id))
 		}
@@ -447,7 +448,7 @@ func (s *machineService) pickGiven(ctx context.Context, tx pgx.Tx, req *apiv1.Ma
 	case agentID == nil || contact == nil || contact.Before(time.Now().Add(-s.cfg.AliveWithin)):
 		return nil, "", status.Errorf(codes.FailedPrecondition, "machine %s is not alive", id)
 	}
-	m, err := machines.get(ctx, tx, id)
+	m, err := machines.Get(ctx, tx, id)
 	if err != nil {
 		return nil, "", err
 	}
@@ -476,8 +477,8 @@ func (s *machineService) takeMachineIPs(ctx context.Context, tx pgx.Tx, machine,
 			}
 			ip := &apiv1.IP{Ip: addr.String(), NetworkId: n.GetId(), ProjectId: project, Type: apiv1.IPType_IP_TYPE_EPHEMERAL,
 				Name: alloc.GetHostname(), Description: "machine " + machine}
-			if _, err := ips.insert(ctx, tx, ip.GetIp(), ip, col{"pool_id", pool}, col{"unit", ipam.AddrUnit(addr).String()},
-				col{"network_id", n.GetId()}, col{"project_id", project}, col{"type", "ephemeral"}, col{"machine_id", machine}); err != nil {
+			if _, err := ips.Insert(ctx, tx, ip.GetIp(), ip, store.Col{Name: "pool_id", Val: pool}, store.Col{Name: "unit", Val: ipam.AddrUnit(addr).String()},
+				store.Col{Name: "network_id", Val: n.GetId()}, store.Col{Name: "project_id", Val: project}, store.Col{Name: "type", Val: "ephemeral"}, store.Col{Name: "machine_id", Val: machine}); err != nil {
 				return nil, err
 			}
 			mn.Ips = append(mn.Ips, ip.GetIp())
@@ -614,7 +615,7 @@ func (s *machineService) Delete(ctx context.Context, req *apiv1.MachineServiceDe
 			return err
 		}
 		m.Allocation = nil
-		spec, err := encodeSpec(m)
+		spec, err := store.EncodeSpec(m)
 		if err != nil {
 			return err
 		}
@@ -632,7 +633,7 @@ func (s *machineService) Delete(ctx context.Context, req *apiv1.MachineServiceDe
 		}); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, "machine/"+m.GetId(), project)
+		return store.Audit(ctx, tx, "machine/"+m.GetId(), project)
 	})
 	if err != nil {
 		return nil, toStatus(err, "machine "+quote(req.GetId()))
@@ -646,7 +647,7 @@ func (s *machineService) Delete(ctx context.Context, req *apiv1.MachineServiceDe
 
 // lockOwned locks an allocated machine that is not locked.
 func (s *machineService) lockOwned(ctx context.Context, tx pgx.Tx, id string) (*apiv1.Machine, string, error) {
-	m, err := machines.getForUpdate(ctx, tx, id)
+	m, err := machines.GetForUpdate(ctx, tx, id)
 	if err != nil {
 		return nil, "", err
 	}
@@ -736,7 +737,7 @@ func (s *machineService) Reinstall(ctx context.Context, req *apiv1.MachineServic
 		}
 		alloc := m.GetAllocation()
 		alloc.Id, alloc.ImageId, alloc.PhonedHomeAt = uuid.NewString(), img.GetId(), nil
-		spec, err := encodeSpec(m)
+		spec, err := store.EncodeSpec(m)
 		if err != nil {
 			return err
 		}
@@ -758,7 +759,7 @@ func (s *machineService) Reinstall(ctx context.Context, req *apiv1.MachineServic
 		}); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, "machine/"+m.GetId(), alloc.GetProjectId())
+		return store.Audit(ctx, tx, "machine/"+m.GetId(), alloc.GetProjectId())
 	})
 	if err != nil {
 		return nil, toStatus(err, "machine "+quote(req.GetId()))
@@ -792,7 +793,7 @@ func (s *machineService) SetState(ctx context.Context, req *apiv1.MachineService
 		return nil, err
 	}
 	err := s.store.Tx(ctx, func(tx pgx.Tx) error {
-		m, err := machines.getForUpdate(ctx, tx, req.GetId())
+		m, err := machines.GetForUpdate(ctx, tx, req.GetId())
 		if err != nil {
 			return err
 		}
@@ -800,7 +801,7 @@ func (s *machineService) SetState(ctx context.Context, req *apiv1.MachineService
 		if name == "available" {
 			m.StateReason = ""
 		}
-		spec, err := encodeSpec(m)
+		spec, err := store.EncodeSpec(m)
 		if err != nil {
 			return err
 		}
@@ -819,7 +820,7 @@ func (s *machineService) SetState(ctx context.Context, req *apiv1.MachineService
 		if project != nil {
 			p = *project
 		}
-		return s.audit(ctx, tx, "machine/"+m.GetId(), p)
+		return store.Audit(ctx, tx, "machine/"+m.GetId(), p)
 	})
 	if err != nil {
 		return nil, toStatus(err, "machine "+quote(req.GetId()))

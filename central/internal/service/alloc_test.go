@@ -12,6 +12,7 @@ import (
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/ipam"
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -145,7 +146,7 @@ func TestAllocateIPBatchFailureFallsBack(t *testing.T) {
 	call := auth.CallFrom(ctx)
 	mk := func(p string) ipBatchReq {
 		ip := &apiv1.IP{NetworkId: "ext", ProjectId: p, Type: apiv1.IPType_IP_TYPE_EPHEMERAL}
-		spec, err := encodeSpec(ip)
+		spec, err := store.EncodeSpec(ip)
 		if err != nil {
 			t.Fatal(err)
 		}

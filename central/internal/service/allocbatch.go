@@ -8,16 +8,16 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/ipam"
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
-// Allocations by size are combined (ipam.Combiner, as IP hand-outs are):
+// Allocations by size are combined (store.Combiner, as IP hand-outs are):
 // concurrent calls for one size, partition and project run as one
 // transaction with a fixed number of statements — pick the machines, take
 // the addresses per pool, write the IP rows, the machine rows, the events,
@@ -42,7 +42,7 @@ type allocReq struct {
 // the call.
 type allocRes struct{ id string }
 
-type allocBatches = ipam.Combiner[allocKey, allocReq, allocRes]
+type allocBatches = store.Combiner[allocKey, allocReq, allocRes]
 
 // errUnbatched rolls a batch back so its calls run on their own.
 var errUnbatched = errors.New("allocation batch cannot serve these calls")
@@ -57,8 +57,8 @@ type allocItem struct {
 	docs   []*agentv1.MachineNetwork
 }
 
-func (a *API) runAllocBatch(ctx context.Context, key allocKey, reqs []allocReq) []ipam.Outcome[allocRes] {
-	outs := make([]ipam.Outcome[allocRes], len(reqs))
+func (a *API) runAllocBatch(ctx context.Context, key allocKey, reqs []allocReq) []store.Outcome[allocRes] {
+	outs := make([]store.Outcome[allocRes], len(reqs))
 	if len(reqs) == 1 {
 		// A lone call runs its own transaction here, inside the combiner,
 		// so that calls arriving meanwhile queue up and form the next batch.
@@ -99,11 +99,11 @@ func (a *API) allocateBatch(ctx context.Context, tx pgx.Tx, key allocKey, reqs [
 		// Reservations are counted under their lock, one call at a time.
 		return nil, errUnbatched
 	}
-	part, err := partitions.get(ctx, tx, key.partition)
+	part, err := partitions.Get(ctx, tx, key.partition)
 	if err != nil {
 		return nil, errUnbatched
 	}
-	layouts, err := filesystemLayouts.list(ctx, tx, "TRUE")
+	layouts, err := filesystemLayouts.List(ctx, tx, "TRUE")
 	if err != nil {
 		return nil, fmt.Errorf("read filesystem layouts: %w", err)
 	}
@@ -174,14 +174,14 @@ func (a *API) allocateBatch(ctx context.Context, tx pgx.Tx, key allocKey, reqs [
 	ids, allocIDs, specs, msgs := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	agents := make([]string, n)
 	docs := map[string]*agentv1.MachineAllocation{}
-	audIDs, subjects, methods, requestIDs, targets := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	audits := make([]store.AuditEntry, n)
 	for i, it := range items {
 		m := it.pick.m
 		m.Allocation = it.alloc
 		if it.r.req.GetLabels() != nil {
 			m.Labels = it.r.req.GetLabels()
 		}
-		spec, err := encodeSpec(m)
+		spec, err := store.EncodeSpec(m)
 		if err != nil {
 			return nil, err
 		}
@@ -190,7 +190,7 @@ func (a *API) allocateBatch(ctx context.Context, tx pgx.Tx, key allocKey, reqs [
 		if it.r.call == nil {
 			return nil, errors.New("allocation: no authenticated call")
 		}
-		audIDs[i], subjects[i], methods[i], requestIDs[i], targets[i] = uuid.NewString(), it.r.call.Principal.TokenID, it.r.call.Method, it.r.call.RequestID, "machine/"+m.GetId()
+		audits[i] = store.AuditEntry{Call: it.r.call, Target: "machine/" + m.GetId()}
 	}
 	tag, err := tx.Exec(ctx, `WITH u AS (
 			UPDATE machines m SET project_id = $1, allocation_id = x.alloc, installed = FALSE, spec = x.spec::JSONB,
@@ -217,10 +217,8 @@ func (a *API) allocateBatch(ctx context.Context, tx pgx.Tx, key allocKey, reqs [
 	}); err != nil {
 		return nil, err
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO audit (id, subject, method, request_id, target, project_id)
-		SELECT id, subject, method, request_id, target, $6 FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[])
-			AS x (id, subject, method, request_id, target)`, audIDs, subjects, methods, requestIDs, targets, key.project); err != nil {
-		return nil, fmt.Errorf("audit: %w", err)
+	if err := store.AuditMany(ctx, tx, key.project, audits); err != nil {
+		return nil, err
 	}
 	out := make(map[int]string, n)
 	for _, it := range items {
@@ -299,7 +297,7 @@ func (a *API) takeBatchIPs(ctx context.Context, tx pgx.Tx, project string, items
 				units[pool] = units[pool][1:]
 				ip := &apiv1.IP{Ip: addr, NetworkId: n.GetId(), ProjectId: project, Type: apiv1.IPType_IP_TYPE_EPHEMERAL,
 					Name: it.alloc.GetHostname(), Description: "machine " + it.pick.m.GetId()}
-				spec, err := encodeSpec(ip)
+				spec, err := store.EncodeSpec(ip)
 				if err != nil {
 					return err
 				}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/ipam"
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -28,8 +29,8 @@ type ipService struct {
 
 // ips reads machine_id from its column, the one truth that allocation sets
 // and freeing a machine clears; a machineId copied into spec is never shown.
-var ips = table[*apiv1.IP]{name: "ips", key: "ip", newFn: func() *apiv1.IP { return &apiv1.IP{} },
-	spec: `CASE WHEN machine_id IS NULL THEN spec - 'machineId' ELSE spec || jsonb_build_object('machineId', machine_id) END`}
+var ips = store.Table[*apiv1.IP]{Name: "ips", Key: "ip", New: func() *apiv1.IP { return &apiv1.IP{} },
+	Spec: `CASE WHEN machine_id IS NULL THEN spec - 'machineId' ELSE spec || jsonb_build_object('machineId', machine_id) END`}
 
 var ipTypeNames = map[apiv1.IPType]string{
 	apiv1.IPType_IP_TYPE_EPHEMERAL: "ephemeral",
@@ -127,13 +128,13 @@ func (s *ipService) Allocate(ctx context.Context, req *apiv1.IPServiceAllocateRe
 			return err
 		}
 		ip.Ip = addr.String()
-		out, err = ips.insert(ctx, tx, ip.GetIp(), ip,
-			col{"pool_id", pool}, col{"unit", ipam.AddrUnit(addr).String()}, col{"network_id", n.GetId()},
-			col{"project_id", ip.GetProjectId()}, col{"type", ipTypeNames[typ]})
+		out, err = ips.Insert(ctx, tx, ip.GetIp(), ip,
+			store.Col{Name: "pool_id", Val: pool}, store.Col{Name: "unit", Val: ipam.AddrUnit(addr).String()}, store.Col{Name: "network_id", Val: n.GetId()},
+			store.Col{Name: "project_id", Val: ip.GetProjectId()}, store.Col{Name: "type", Val: ipTypeNames[typ]})
 		if err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, "ip/"+ip.GetIp(), ip.GetProjectId())
+		return store.Audit(ctx, tx, "ip/"+ip.GetIp(), ip.GetProjectId())
 	})
 	if err != nil {
 		return nil, toStatus(err, "ip in network "+quote(n.GetId()))
@@ -173,11 +174,11 @@ type ipBatchReq struct {
 type ipBatchRes struct{ ip *apiv1.IP }
 
 // ipBatches (a field of API) combines concurrent next-free calls of one
-// pool (see ipam.Combiner): each batch is one statement that takes as many
+// pool (see store.Combiner): each batch is one statement that takes as many
 // addresses as it has calls, from one range, and writes every call's IP row
 // and audit row. Calls it cannot serve fall back to the transactional path
 // one by one.
-type ipBatches = ipam.Combiner[ipBatchKey, ipBatchReq, ipBatchRes]
+type ipBatches = store.Combiner[ipBatchKey, ipBatchReq, ipBatchRes]
 
 // allocateBatchSQL follows ipam.TakeInto's "taken (unit, ord)": the ord-th
 // call of the batch ($3..$9, arrays in call order) gets the ord-th unit. The
@@ -213,8 +214,8 @@ const allocateBatchGuard = `EXISTS (SELECT 1 FROM networks WHERE id = $12 AND cr
 // call's project is gone) take the transactional path on their own, which
 // waits for locks, tries the network's other prefixes and reports each
 // call's own error.
-func (a *API) runIPBatch(ctx context.Context, key ipBatchKey, reqs []ipBatchReq) []ipam.Outcome[ipBatchRes] {
-	outs := make([]ipam.Outcome[ipBatchRes], len(reqs))
+func (a *API) runIPBatch(ctx context.Context, key ipBatchKey, reqs []ipBatchReq) []store.Outcome[ipBatchRes] {
+	outs := make([]store.Outcome[ipBatchRes], len(reqs))
 	cols := make([][]string, 7)
 	for i := range cols {
 		cols[i] = make([]string, len(reqs))
@@ -260,7 +261,7 @@ func (a *API) runIPBatch(ctx context.Context, key ipBatchKey, reqs []ipBatchReq)
 		}
 		out := proto.Clone(reqs[s.ord-1].ip).(*apiv1.IP)
 		out.Ip = s.ip
-		setMeta(out, &apiv1.Meta{CreatedAt: timestamppb.New(s.created), UpdatedAt: timestamppb.New(s.updated), Generation: uint64(s.gen)})
+		store.SetMeta(out, &apiv1.Meta{CreatedAt: timestamppb.New(s.created), UpdatedAt: timestamppb.New(s.updated), Generation: uint64(s.gen)})
 		outs[s.ord-1].Val.ip = out
 	}
 	return outs
@@ -297,7 +298,7 @@ func (s *ipService) allocateNext(ctx context.Context, n *apiv1.Network, ip *apiv
 	if pr == nil || call == nil {
 		return nil, false, nil
 	}
-	spec, err := encodeSpec(ip)
+	spec, err := store.EncodeSpec(ip)
 	if err != nil {
 		return nil, false, err
 	}
@@ -433,7 +434,7 @@ func (s *ipService) Get(ctx context.Context, req *apiv1.IPServiceGetRequest) (*a
 }
 
 func (s *ipService) List(ctx context.Context, req *apiv1.IPServiceListRequest) (*apiv1.IPServiceListResponse, error) {
-	all, err := ips.list(ctx, s.store.Pool(), "($1 = '' OR project_id = $1) AND ($2 = '' OR network_id = $2)", req.GetProjectId(), req.GetNetworkId())
+	all, err := ips.List(ctx, s.store.Pool(), "($1 = '' OR project_id = $1) AND ($2 = '' OR network_id = $2)", req.GetProjectId(), req.GetNetworkId())
 	if err != nil {
 		return nil, toStatus(err, "ips")
 	}
@@ -455,12 +456,12 @@ func (s *ipService) Update(ctx context.Context, req *apiv1.IPServiceUpdateReques
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	out, err := modify(ctx, s.API, ips, canonicalIP(req.GetIp()), func(ip *apiv1.IP) ([]col, string) {
+	out, err := modify(ctx, s.API, ips, canonicalIP(req.GetIp()), func(ip *apiv1.IP) ([]store.Col, string) {
 		ip.Name, ip.Description, ip.Labels = req.GetName(), req.GetDescription(), req.GetLabels()
 		if req.GetType() != apiv1.IPType_IP_TYPE_UNSPECIFIED {
 			ip.Type = req.GetType()
 		}
-		return []col{{"type", ipTypeNames[ip.GetType()]}}, ip.GetProjectId()
+		return []store.Col{{Name: "type", Val: ipTypeNames[ip.GetType()]}}, ip.GetProjectId()
 	})
 	if err != nil {
 		return nil, err
@@ -480,13 +481,13 @@ func (s *ipService) Release(ctx context.Context, req *apiv1.IPServiceReleaseRequ
 			return status.Errorf(codes.FailedPrecondition, "ip %s is attached to machine %q", req.GetIp(), *machine)
 		}
 		var err error
-		if out, err = ips.delete(ctx, tx, canonicalIP(req.GetIp())); err != nil {
+		if out, err = ips.Delete(ctx, tx, canonicalIP(req.GetIp())); err != nil {
 			return err
 		}
 		if err := ipam.Release(ctx, tx, pool, mustUnit(unit)); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, "ip/"+out.GetIp(), out.GetProjectId())
+		return store.Audit(ctx, tx, "ip/"+out.GetIp(), out.GetProjectId())
 	})
 	if err != nil {
 		return nil, toStatus(err, "ip "+quote(req.GetIp()))

@@ -17,7 +17,7 @@ import (
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/fsm"
-	"github.com/metalfleet/metalfleet/central/internal/ipam"
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -26,7 +26,7 @@ type machineService struct {
 	apiv1.UnimplementedMachineServiceServer
 }
 
-var machines = table[*apiv1.Machine]{name: "machines", newFn: func() *apiv1.Machine { return &apiv1.Machine{} }}
+var machines = store.Table[*apiv1.Machine]{Name: "machines", New: func() *apiv1.Machine { return &apiv1.Machine{} }}
 
 // machineSelect reads a machine with what is derived at read time:
 // lifecycle state, liveliness of its agent, the newest event's error.
@@ -113,7 +113,7 @@ var provisioningStates = map[fsm.State]apiv1.ProvisioningState{
 	fsm.Crashed:          apiv1.ProvisioningState_PROVISIONING_STATE_CRASHED,
 }
 
-func (a *API) readMachine(ctx context.Context, db ipam.DB, id string) (*apiv1.Machine, error) {
+func (a *API) readMachine(ctx context.Context, db store.Querier, id string) (*apiv1.Machine, error) {
 	m, err := a.scanMachine(db.QueryRow(ctx, machineSelect+` WHERE m.id = $1`, id), time.Now())
 	if err != nil {
 		return nil, toStatus(err, "machine "+quote(id))
@@ -263,7 +263,7 @@ type switchService struct {
 	apiv1.UnimplementedSwitchServiceServer
 }
 
-var switches = table[*apiv1.Switch]{name: "switches", newFn: func() *apiv1.Switch { return &apiv1.Switch{} }}
+var switches = store.Table[*apiv1.Switch]{Name: "switches", New: func() *apiv1.Switch { return &apiv1.Switch{} }}
 
 func (s *switchService) Get(ctx context.Context, req *apiv1.SwitchServiceGetRequest) (*apiv1.SwitchServiceGetResponse, error) {
 	out, err := fetch(ctx, s.API, switches, req.GetId())
@@ -274,7 +274,7 @@ func (s *switchService) Get(ctx context.Context, req *apiv1.SwitchServiceGetRequ
 }
 
 func (s *switchService) List(ctx context.Context, req *apiv1.SwitchServiceListRequest) (*apiv1.SwitchServiceListResponse, error) {
-	out, err := switches.list(ctx, s.store.Pool(), "($1 = '' OR partition_id = $1)", req.GetPartitionId())
+	out, err := switches.List(ctx, s.store.Pool(), "($1 = '' OR partition_id = $1)", req.GetPartitionId())
 	if err != nil {
 		return nil, toStatus(err, "switches")
 	}
@@ -311,7 +311,7 @@ func (s *machineService) ResolveMac(ctx context.Context, req *apiv1.MachineServi
 		if owner != current && !reported {
 			return status.Errorf(codes.FailedPrecondition, "machine %s neither owns nor reported NIC %s (owner: %s)", owner, mac, current)
 		}
-		if _, err := machines.getForUpdate(ctx, tx, owner); err != nil {
+		if _, err := machines.GetForUpdate(ctx, tx, owner); err != nil {
 			return err
 		}
 		if owner != current {
@@ -325,7 +325,7 @@ func (s *machineService) ResolveMac(ctx context.Context, req *apiv1.MachineServi
 		if err := logEvent(ctx, tx, owner, "Duplicate MAC resolved", fmt.Sprintf("NIC %s belongs to this machine (was %s), by token %s", mac, current, auth.PrincipalFrom(ctx).TokenID)); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, "machine/"+owner, "")
+		return store.Audit(ctx, tx, "machine/"+owner, "")
 	})
 	if err != nil {
 		return nil, toStatus(err, "machine "+quote(req.GetOwnerId()))

@@ -18,6 +18,7 @@ import (
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/ipam"
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -26,7 +27,7 @@ type networkService struct {
 	apiv1.UnimplementedNetworkServiceServer
 }
 
-var networks = table[*apiv1.Network]{name: "networks", newFn: func() *apiv1.Network { return &apiv1.Network{} }}
+var networks = store.Table[*apiv1.Network]{Name: "networks", New: func() *apiv1.Network { return &apiv1.Network{} }}
 
 var networkTypeNames = map[apiv1.NetworkType]string{
 	apiv1.NetworkType_NETWORK_TYPE_SUPER:    "super",
@@ -49,17 +50,17 @@ func nullable(s string) any {
 	return s
 }
 
-func networkCols(n *apiv1.Network) []col {
+func networkCols(n *apiv1.Network) []store.Col {
 	var vrf any
 	if n.GetVrf() != 0 {
 		vrf = int64(n.GetVrf())
 	}
-	return []col{
-		{"type", networkTypeNames[n.GetType()]},
-		{"partition_id", nullable(n.GetPartitionId())},
-		{"project_id", nullable(n.GetProjectId())},
-		{"parent_id", nullable(n.GetParentId())},
-		{"vrf", vrf},
+	return []store.Col{
+		{Name: "type", Val: networkTypeNames[n.GetType()]},
+		{Name: "partition_id", Val: nullable(n.GetPartitionId())},
+		{Name: "project_id", Val: nullable(n.GetProjectId())},
+		{Name: "parent_id", Val: nullable(n.GetParentId())},
+		{Name: "vrf", Val: vrf},
 	}
 }
 
@@ -157,7 +158,7 @@ func (s *networkService) Create(ctx context.Context, req *apiv1.NetworkServiceCr
 			return err
 		}
 		var err error
-		if out, err = networks.insert(ctx, tx, n.GetId(), n, networkCols(n)...); err != nil {
+		if out, err = networks.Insert(ctx, tx, n.GetId(), n, networkCols(n)...); err != nil {
 			return err
 		}
 		for _, p := range prefixes {
@@ -165,7 +166,7 @@ func (s *networkService) Create(ctx context.Context, req *apiv1.NetworkServiceCr
 				return err
 			}
 		}
-		return s.audit(ctx, tx, "network/"+n.GetId(), "")
+		return store.Audit(ctx, tx, "network/"+n.GetId(), "")
 	})
 	if err != nil {
 		return nil, toStatus(err, "network "+quote(n.GetId()))
@@ -252,7 +253,7 @@ func insertPrefix(ctx context.Context, tx pgx.Tx, n *apiv1.Network, p netip.Pref
 }
 
 // networkPrefixes lists a network's prefixes in the order they were given.
-func networkPrefixes(ctx context.Context, db ipam.DB, n *apiv1.Network) ([]prefixRow, error) {
+func networkPrefixes(ctx context.Context, db store.Querier, n *apiv1.Network) ([]prefixRow, error) {
 	rows, err := db.Query(ctx, `SELECT cidr, COALESCE(ip_pool, ''), COALESCE(child_pool, '') FROM prefixes WHERE network_id = $1`, n.GetId())
 	if err != nil {
 		return nil, fmt.Errorf("read prefixes of %s: %w", n.GetId(), err)
@@ -377,7 +378,7 @@ func (s *networkService) Allocate(ctx context.Context, req *apiv1.NetworkService
 				child.Prefixes = append(child.Prefixes, cur.p.String())
 			}
 		}
-		if out, err = networks.insert(ctx, tx, child.GetId(), child, networkCols(child)...); err != nil {
+		if out, err = networks.Insert(ctx, tx, child.GetId(), child, networkCols(child)...); err != nil {
 			return err
 		}
 		for _, c := range got {
@@ -385,7 +386,7 @@ func (s *networkService) Allocate(ctx context.Context, req *apiv1.NetworkService
 				return err
 			}
 		}
-		return s.audit(ctx, tx, "network/"+child.GetId(), child.GetProjectId())
+		return store.Audit(ctx, tx, "network/"+child.GetId(), child.GetProjectId())
 	})
 	if err != nil {
 		return nil, toStatus(err, "child network of "+quote(parent.GetId()))
@@ -394,7 +395,7 @@ func (s *networkService) Allocate(ctx context.Context, req *apiv1.NetworkService
 }
 
 // childBatchSize and childBatchesPerParent bound the batches of
-// concurrent Allocate calls (see ipam.Combiner): calls for the same
+// concurrent Allocate calls (see store.Combiner): calls for the same
 // partition, parent and families share one transaction.
 const (
 	childBatchSize        = 64
@@ -420,13 +421,13 @@ type childBatchReq struct {
 // per table. A batch that fails (a pool ran out, a project vanished, a
 // conflict) leaves no trace, and its calls go the single-call way, each
 // getting its own answer.
-type childBatches = ipam.Combiner[childBatchKey, childBatchReq, *apiv1.Network]
+type childBatches = store.Combiner[childBatchKey, childBatchReq, *apiv1.Network]
 
 // runChildBatch returns each call's network, or nil when the call must run
 // on its own; an error only when findParent refuses, which every call of
 // the key would hear alike.
-func (a *API) runChildBatch(ctx context.Context, key childBatchKey, reqs []childBatchReq) []ipam.Outcome[*apiv1.Network] {
-	outs := make([]ipam.Outcome[*apiv1.Network], len(reqs))
+func (a *API) runChildBatch(ctx context.Context, key childBatchKey, reqs []childBatchReq) []store.Outcome[*apiv1.Network] {
+	outs := make([]store.Outcome[*apiv1.Network], len(reqs))
 	s := &networkService{API: a}
 	parent, err := s.findParent(ctx, key.partition, key.parent)
 	if err != nil {
@@ -602,7 +603,7 @@ func (s *networkService) allocateChildren(ctx context.Context, parent *apiv1.Net
 		var ids, projects, vrfCol, specs []string
 		var aIDs, subjects, methods, requestIDs, targets []string
 		for i, c := range children {
-			spec, err := encodeSpec(c)
+			spec, err := store.EncodeSpec(c)
 			if err != nil {
 				return err
 			}
@@ -648,7 +649,7 @@ func (s *networkService) allocateChildren(ctx context.Context, parent *apiv1.Net
 				return fmt.Errorf("network %s: not returned by its insert", c.GetId())
 			}
 			out := proto.Clone(c).(*apiv1.Network)
-			setMeta(out, m)
+			store.SetMeta(out, m)
 			outs[i] = out
 		}
 		return nil
@@ -674,7 +675,7 @@ func (s *networkService) findParent(ctx context.Context, partition, parentID str
 		}
 		return p, nil
 	}
-	supers, err := networks.list(ctx, s.store.Pool(), "type = 'super' AND partition_id = $1", partition)
+	supers, err := networks.List(ctx, s.store.Pool(), "type = 'super' AND partition_id = $1", partition)
 	if err != nil {
 		return nil, toStatus(err, "networks")
 	}
@@ -730,7 +731,7 @@ func (s *networkService) List(ctx context.Context, req *apiv1.NetworkServiceList
 	if req.GetType() != apiv1.NetworkType_NETWORK_TYPE_UNSPECIFIED {
 		typ = networkTypeNames[req.GetType()]
 	}
-	all, err := networks.list(ctx, s.store.Pool(),
+	all, err := networks.List(ctx, s.store.Pool(),
 		"($1 = '' OR partition_id = $1) AND ($2 = '' OR project_id = $2) AND ($3 = '' OR type = $3)",
 		req.GetPartitionId(), req.GetProjectId(), typ)
 	if err != nil {
@@ -751,7 +752,7 @@ func (s *networkService) Update(ctx context.Context, req *apiv1.NetworkServiceUp
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	out, err := modify(ctx, s.API, networks, req.GetId(), func(n *apiv1.Network) ([]col, string) {
+	out, err := modify(ctx, s.API, networks, req.GetId(), func(n *apiv1.Network) ([]store.Col, string) {
 		n.Name, n.Description, n.Labels = req.GetName(), req.GetDescription(), req.GetLabels()
 		return nil, n.GetProjectId()
 	})
@@ -766,7 +767,7 @@ func (s *networkService) Update(ctx context.Context, req *apiv1.NetworkServiceUp
 func (s *networkService) Delete(ctx context.Context, req *apiv1.NetworkServiceDeleteRequest) (*apiv1.NetworkServiceDeleteResponse, error) {
 	var out *apiv1.Network
 	err := s.store.Tx(ctx, func(tx pgx.Tx) error {
-		n, err := networks.getForUpdate(ctx, tx, req.GetId())
+		n, err := networks.GetForUpdate(ctx, tx, req.GetId())
 		if err != nil {
 			return err
 		}
@@ -814,7 +815,7 @@ func (s *networkService) Delete(ctx context.Context, req *apiv1.NetworkServiceDe
 				}
 			}
 		}
-		if out, err = networks.delete(ctx, tx, n.GetId()); err != nil {
+		if out, err = networks.Delete(ctx, tx, n.GetId()); err != nil {
 			return err
 		}
 		if n.GetType() == apiv1.NetworkType_NETWORK_TYPE_CHILD {
@@ -822,7 +823,7 @@ func (s *networkService) Delete(ctx context.Context, req *apiv1.NetworkServiceDe
 				return err
 			}
 		}
-		return s.audit(ctx, tx, "network/"+n.GetId(), n.GetProjectId())
+		return store.Audit(ctx, tx, "network/"+n.GetId(), n.GetProjectId())
 	})
 	if err != nil {
 		return nil, toStatus(err, "network "+quote(req.GetId()))

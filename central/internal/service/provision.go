@@ -17,6 +17,7 @@ import (
 
 	"github.com/metalfleet/metalfleet/central/internal/fleet"
 	"github.com/metalfleet/metalfleet/central/internal/fsm"
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
@@ -128,7 +129,7 @@ func (p *provisioner) register(ctx context.Context, tx pgx.Tx, a fleet.Agent, f 
 	if rack != "" {
 		m.Rack = rack
 	}
-	spec, err := encodeSpec(m)
+	spec, err := store.EncodeSpec(m)
 	if err != nil {
 		return err
 	}
@@ -239,7 +240,7 @@ func (p *provisioner) Claim(ctx context.Context, tx pgx.Tx, c fleet.Claim) error
 // another partition is refused: its boot token proved only this one.
 func (p *provisioner) lockMachine(ctx context.Context, tx pgx.Tx, a fleet.Agent) (*apiv1.Machine, error) {
 	id := strings.ToLower(a.Identity)
-	m, err := machines.getForUpdate(ctx, tx, id)
+	m, err := machines.GetForUpdate(ctx, tx, id)
 	if errors.Is(err, pgx.ErrNoRows) {
 		if a.Kind != agentv1.Kind_KIND_INSTALLER {
 			return nil, status.Errorf(codes.FailedPrecondition, "machine %s is not registered", id)
@@ -248,7 +249,7 @@ func (p *provisioner) lockMachine(ctx context.Context, tx pgx.Tx, a fleet.Agent)
 			return nil, status.Errorf(codes.InvalidArgument, "hello.identity: an installer's identity is its DMI product UUID, not %q", a.Identity)
 		}
 		m = &apiv1.Machine{Id: id, PartitionId: a.Partition, State: apiv1.MachineState_MACHINE_STATE_AVAILABLE}
-		spec, err := encodeSpec(m)
+		spec, err := store.EncodeSpec(m)
 		if err != nil {
 			return nil, err
 		}
@@ -256,7 +257,7 @@ func (p *provisioner) lockMachine(ctx context.Context, tx pgx.Tx, a fleet.Agent)
 			id, nullable(a.Partition), a.ID, spec); err != nil {
 			return nil, fmt.Errorf("create machine %s: %w", id, err)
 		}
-		return machines.getForUpdate(ctx, tx, id)
+		return machines.GetForUpdate(ctx, tx, id)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read machine %s: %w", id, err)
@@ -270,7 +271,7 @@ func (p *provisioner) lockMachine(ctx context.Context, tx pgx.Tx, a fleet.Agent)
 // matchSize picks the size whose constraints the hardware meets; the first
 // by id when several do (sizes should not overlap; docs/machine-lifecycle.md).
 func matchSize(ctx context.Context, tx pgx.Tx, f *agentv1.MachineFacts) (string, error) {
-	all, err := sizes.list(ctx, tx, "TRUE")
+	all, err := sizes.List(ctx, tx, "TRUE")
 	if err != nil {
 		return "", fmt.Errorf("read sizes: %w", err)
 	}
@@ -460,7 +461,7 @@ func (p *provisioner) Boot(ctx context.Context, a fleet.Agent, req *agentv1.Boot
 			resp.Action = agentv1.BootAction_BOOT_ACTION_DISK
 			return nil
 		}
-		part, err := partitions.get(ctx, tx, a.Partition)
+		part, err := partitions.Get(ctx, tx, a.Partition)
 		if err != nil {
 			return fmt.Errorf("read partition %s: %w", a.Partition, err)
 		}
@@ -519,7 +520,7 @@ func (a *API) refreshPixies(ctx context.Context, tx pgx.Tx, partition string) er
 	}
 	for _, x := range all {
 		id, partition := x[0], x[1]
-		part, err := partitions.get(ctx, tx, partition)
+		part, err := partitions.Get(ctx, tx, partition)
 		if err != nil {
 			return fmt.Errorf("read partition %s: %w", partition, err)
 		}

@@ -6,17 +6,14 @@ package service
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math/big"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc"
 
-	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/ipam"
 	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
@@ -88,9 +85,9 @@ func New(ctx context.Context, st *store.Store, log *slog.Logger, cfg Config, opt
 		log = slog.New(slog.DiscardHandler)
 	}
 	a := &API{store: st, log: log, cfg: cfg, networkCache: newNetworkCache()}
-	a.ipBatches = ipam.NewCombiner(ipBatchSize, ipBatchesPerPool, a.runIPBatch)
-	a.childBatches = ipam.NewCombiner(childBatchSize, childBatchesPerParent, a.runChildBatch)
-	a.allocBatches = ipam.NewCombiner(allocBatchSize, allocBatchRunning, a.runAllocBatch)
+	a.ipBatches = store.NewCombiner(ipBatchSize, ipBatchesPerPool, a.runIPBatch)
+	a.childBatches = store.NewCombiner(childBatchSize, childBatchesPerParent, a.runChildBatch)
+	a.allocBatches = store.NewCombiner(allocBatchSize, allocBatchRunning, a.runAllocBatch)
 	for _, o := range opts {
 		o(a)
 	}
@@ -121,22 +118,4 @@ func (a *API) Register(s grpc.ServiceRegistrar) {
 	apiv1.RegisterAuditServiceServer(s, &auditService{API: a})
 	apiv1.RegisterAgentServiceServer(s, &agentService{API: a})
 	apiv1.RegisterBootTokenServiceServer(s, &bootTokenService{API: a})
-}
-
-// audit writes the audit row of the current call inside tx.
-func (a *API) audit(ctx context.Context, tx pgx.Tx, target, projectID string) error {
-	c := auth.CallFrom(ctx)
-	if c == nil {
-		return errors.New("audit: no authenticated call in context")
-	}
-	var project *string
-	if projectID != "" {
-		project = &projectID
-	}
-	_, err := tx.Exec(ctx, `INSERT INTO audit (id, subject, method, request_id, target, project_id) VALUES ($1, $2, $3, $4, $5, $6)`,
-		uuid.NewString(), c.Principal.TokenID, c.Method, c.RequestID, target, project)
-	if err != nil {
-		return fmt.Errorf("write audit row: %w", err)
-	}
-	return nil
 }
