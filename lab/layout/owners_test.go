@@ -18,27 +18,29 @@ import (
 
 // owners names the one package of central that writes each table (DESIGN.md
 // §1: one package per domain aggregate is the only writer of its tables;
-// fleet owns agents and boot tokens). Today central/internal/service still
-// writes every domain table; issue 12 splits it into domain packages and
-// moves the entries here with the code.
+// fleet owns agents and boot tokens). central/internal/machine owns the
+// machine tables; central/internal/service still writes the catalogue,
+// tenancy and network tables until issue 12 moves them to domain packages
+// (move the entries here with the code).
 var owners = map[string]string{
-	// Domain tables, all in the one service package until issue 12.
-	"partitions":            "central/internal/service",
-	"sizes":                 "central/internal/service",
-	"size_reservations":     "central/internal/service",
-	"images":                "central/internal/service",
-	"filesystem_layouts":    "central/internal/service",
-	"tenants":               "central/internal/service",
-	"projects":              "central/internal/service",
-	"networks":              "central/internal/service",
-	"prefixes":              "central/internal/service",
-	"ips":                   "central/internal/service",
-	"machines":              "central/internal/service",
-	"machine_nics":          "central/internal/service",
-	"machine_events":        "central/internal/service",
-	"machine_mac_conflicts": "central/internal/service",
-	"switches":              "central/internal/service",
-	"tokens":                "central/internal/service",
+	// Domain tables still in the service package (issue 12 moves them).
+	"partitions":         "central/internal/service",
+	"sizes":              "central/internal/service",
+	"size_reservations":  "central/internal/service",
+	"images":             "central/internal/service",
+	"filesystem_layouts": "central/internal/service",
+	"tenants":            "central/internal/service",
+	"projects":           "central/internal/service",
+	"networks":           "central/internal/service",
+	"prefixes":           "central/internal/service",
+	"ips":                "central/internal/service",
+	"switches":           "central/internal/service",
+	"tokens":             "central/internal/service",
+	// The machine aggregate.
+	"machines":              "central/internal/machine",
+	"machine_nics":          "central/internal/machine",
+	"machine_events":        "central/internal/machine",
+	"machine_mac_conflicts": "central/internal/machine",
 	// The agent fleet.
 	"agents":       "central/internal/fleet",
 	"agent_events": "central/internal/fleet",

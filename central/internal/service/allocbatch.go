@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/ipam"
+	"github.com/metalfleet/metalfleet/central/internal/machine"
 	"github.com/metalfleet/metalfleet/central/internal/store"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
@@ -51,7 +51,7 @@ type allocItem struct {
 	r      allocReq
 	img    *apiv1.Image
 	nets   []*apiv1.Network
-	pick   pickedMachine
+	pick   machine.Candidate
 	layout *apiv1.FilesystemLayout
 	alloc  *apiv1.MachineAllocation
 	docs   []*agentv1.MachineNetwork
@@ -142,7 +142,7 @@ func (a *API) allocateBatch(ctx context.Context, tx pgx.Tx, key allocKey, reqs [
 	if len(items) < 2 {
 		return nil, errUnbatched
 	}
-	picked, err := pickMachines(ctx, tx, key.partition, key.size, key.project, time.Now().Add(-a.cfg.AliveWithin), len(items))
+	picked, err := a.machines.Pick(ctx, tx, key.partition, key.size, key.project, len(items))
 	if err != nil {
 		return nil, err
 	}
@@ -151,19 +151,19 @@ func (a *API) allocateBatch(ctx context.Context, tx pgx.Tx, key allocKey, reqs [
 		// there is none is decided call by call.
 		return nil, errUnbatched
 	}
-	now, err := dbNow(ctx, tx)
+	now, err := machine.DBNow(ctx, tx)
 	if err != nil {
 		return nil, err
 	}
 	for i, it := range items {
 		it.pick = picked[i]
-		if it.pick.agentID == "" {
+		if it.pick.Agent == "" {
 			return nil, errUnbatched
 		}
-		if it.layout, err = chooseLayout(ctx, tx, it.r.req.GetFilesystemLayoutId(), layouts, it.pick.m, it.img); err != nil {
+		if it.layout, err = chooseLayout(ctx, tx, it.r.req.GetFilesystemLayoutId(), layouts, it.pick.Machine, it.img); err != nil {
 			return nil, errUnbatched
 		}
-		it.alloc = newAllocation(it.r.req, it.pick.m, it.img, it.layout, now)
+		it.alloc = newAllocation(it.r.req, it.pick.Machine, it.img, it.layout, now)
 	}
 	if err := a.takeBatchIPs(ctx, tx, key.project, items); err != nil {
 		return nil, err
@@ -171,58 +171,17 @@ func (a *API) allocateBatch(ctx context.Context, tx pgx.Tx, key allocKey, reqs [
 
 	// The machines, their events, documents and audit rows.
 	n := len(items)
-	ids, allocIDs, specs, msgs := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	agents := make([]string, n)
-	docs := map[string]*agentv1.MachineAllocation{}
-	audits := make([]store.AuditEntry, n)
+	as := make([]machine.Allocation, n)
 	for i, it := range items {
-		m := it.pick.m
-		m.Allocation = it.alloc
-		if it.r.req.GetLabels() != nil {
-			m.Labels = it.r.req.GetLabels()
-		}
-		spec, err := store.EncodeSpec(m)
-		if err != nil {
-			return nil, err
-		}
-		ids[i], allocIDs[i], specs[i], msgs[i], agents[i] = m.GetId(), it.alloc.GetId(), string(spec), allocatedMessage(it.alloc), it.pick.agentID
-		docs[it.pick.agentID] = allocationDocument(it.alloc, it.img, it.layout, it.docs, part)
-		if it.r.call == nil {
-			return nil, errors.New("allocation: no authenticated call")
-		}
-		audits[i] = store.AuditEntry{Call: it.r.call, Target: "machine/" + m.GetId()}
+		as[i] = machine.Allocation{Candidate: it.pick, Alloc: it.alloc, Labels: it.r.req.GetLabels(),
+			Doc: allocationDocument(it.alloc, it.img, it.layout, it.docs, part), Call: it.r.call}
 	}
-	tag, err := tx.Exec(ctx, `WITH u AS (
-			UPDATE machines m SET project_id = $1, allocation_id = x.alloc, installed = FALSE, spec = x.spec::JSONB,
-				generation = m.generation + 1, event_seq = m.event_seq + 1, last_event = 'Allocated', last_event_at = now(), updated_at = now()
-			FROM unnest($2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[]) AS x (id, alloc, spec, msg)
-			WHERE m.id = x.id AND m.project_id IS NULL
-			RETURNING m.id, m.event_seq, m.provisioning, x.msg)
-		INSERT INTO machine_events (machine_id, seq, at, event, message, state)
-		SELECT id, event_seq, now(), 'Allocated', msg, provisioning FROM u`, key.project, ids, allocIDs, specs, msgs)
-	if err != nil {
-		return nil, fmt.Errorf("allocate machines: %w", err)
-	}
-	if tag.RowsAffected() != int64(n) {
-		return nil, fmt.Errorf("allocate machines: %d of %d rows were free", tag.RowsAffected(), n)
-	}
-	if err := a.fleet.ChangeMany(ctx, tx, agents, func(id string, d *agentv1.Desired) (bool, error) {
-		md := d.GetMachine()
-		if md == nil {
-			md = &agentv1.MachineDocument{}
-			d.Machine = md
-		}
-		md.Allocation = docs[id]
-		return true, nil
-	}); err != nil {
-		return nil, err
-	}
-	if err := store.AuditMany(ctx, tx, key.project, audits); err != nil {
+	if err := a.machines.Allocate(ctx, tx, key.project, as); err != nil {
 		return nil, err
 	}
 	out := make(map[int]string, n)
 	for _, it := range items {
-		out[index[it]] = it.pick.m.GetId()
+		out[index[it]] = it.pick.Machine.GetId()
 	}
 	return out, nil
 }
@@ -296,13 +255,13 @@ func (a *API) takeBatchIPs(ctx context.Context, tx pgx.Tx, project string, items
 				addr, unit, _ := cutLast(units[pool][0])
 				units[pool] = units[pool][1:]
 				ip := &apiv1.IP{Ip: addr, NetworkId: n.GetId(), ProjectId: project, Type: apiv1.IPType_IP_TYPE_EPHEMERAL,
-					Name: it.alloc.GetHostname(), Description: "machine " + it.pick.m.GetId()}
+					Name: it.alloc.GetHostname(), Description: "machine " + it.pick.Machine.GetId()}
 				spec, err := store.EncodeSpec(ip)
 				if err != nil {
 					return err
 				}
 				ips, specs, pools, unitCol = append(ips, addr), append(specs, string(spec)), append(pools, pool), append(unitCol, unit)
-				nets, machines = append(nets, n.GetId()), append(machines, it.pick.m.GetId())
+				nets, machines = append(nets, n.GetId()), append(machines, it.pick.Machine.GetId())
 				mn.Ips = append(mn.Ips, addr)
 				it.alloc.Ips = append(it.alloc.Ips, addr)
 			}

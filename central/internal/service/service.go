@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/metalfleet/metalfleet/central/internal/ipam"
+	"github.com/metalfleet/metalfleet/central/internal/machine"
 	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
@@ -47,6 +48,8 @@ type API struct {
 	log   *slog.Logger
 	cfg   Config
 	fleet Fleet
+	// machines is the machine aggregate, the writer of the machine tables.
+	machines *machine.Machines
 	// Concurrent allocations sharing a pool run as shared statements.
 	ipBatches    *ipBatches
 	childBatches *childBatches
@@ -91,6 +94,11 @@ func New(ctx context.Context, st *store.Store, log *slog.Logger, cfg Config, opt
 	for _, o := range opts {
 		o(a)
 	}
+	var mopts []machine.Option
+	if a.fleet != nil {
+		mopts = append(mopts, machine.WithDocs(a.fleet))
+	}
+	a.machines = machine.New(st, cfg.AliveWithin, mopts...)
 	err := st.Tx(ctx, func(tx pgx.Tx) error {
 		return ipam.EnsurePool(ctx, tx, ipam.VRFPoolID, ipam.KindVRF,
 			big.NewInt(int64(cfg.VRFFirst)), big.NewInt(int64(cfg.VRFLast)))

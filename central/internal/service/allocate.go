@@ -1,0 +1,371 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/ipam"
+	"github.com/metalfleet/metalfleet/central/internal/machine"
+	"github.com/metalfleet/metalfleet/central/internal/store"
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
+	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
+)
+
+// createOne allocates one machine in a transaction of its own.
+func (s *machineService) createOne(ctx context.Context, req *apiv1.MachineServiceCreateRequest) (string, error) {
+	var id string
+	err := s.store.Tx(ctx, func(tx pgx.Tx) error {
+		img, err := usableImage(ctx, tx, req.GetImageId())
+		if err != nil {
+			return err
+		}
+		nets, err := machineNetworks(ctx, tx, req.GetProjectId(), req.GetNetworks())
+		if err != nil {
+			return err
+		}
+		var c machine.Candidate
+		if req.GetId() != "" {
+			c, err = s.machines.PickGiven(ctx, tx, req.GetId(), req.GetSizeId())
+		} else {
+			c, err = s.pickWaiting(ctx, tx, req)
+		}
+		if err != nil {
+			return err
+		}
+		m := c.Machine
+		id = m.GetId()
+		if req.GetPartitionId() != "" && m.GetPartitionId() != req.GetPartitionId() {
+			return status.Errorf(codes.FailedPrecondition, "machine %s is in partition %s, not %s", id, quote(m.GetPartitionId()), quote(req.GetPartitionId()))
+		}
+		layouts, err := filesystemLayouts.List(ctx, tx, "TRUE")
+		if err != nil {
+			return fmt.Errorf("read filesystem layouts: %w", err)
+		}
+		layout, err := chooseLayout(ctx, tx, req.GetFilesystemLayoutId(), layouts, m, img)
+		if err != nil {
+			return err
+		}
+		now, err := machine.DBNow(ctx, tx)
+		if err != nil {
+			return err
+		}
+		alloc := newAllocation(req, m, img, layout, now)
+		docNets, err := s.takeMachineIPs(ctx, tx, id, req.GetProjectId(), nets, alloc)
+		if err != nil {
+			return err
+		}
+		part, err := partitions.Get(ctx, tx, m.GetPartitionId())
+		if err != nil {
+			return fmt.Errorf("read partition: %w", err)
+		}
+		return s.machines.Allocate(ctx, tx, req.GetProjectId(), []machine.Allocation{{Candidate: c, Alloc: alloc, Labels: req.GetLabels(),
+			Doc: allocationDocument(alloc, img, layout, docNets, part), Call: auth.CallFrom(ctx)}})
+	})
+	return id, err
+}
+
+func newAllocation(req *apiv1.MachineServiceCreateRequest, m *apiv1.Machine, img *apiv1.Image, layout *apiv1.FilesystemLayout, now time.Time) *apiv1.MachineAllocation {
+	alloc := &apiv1.MachineAllocation{
+		Id: uuid.NewString(), ProjectId: req.GetProjectId(), Hostname: req.GetHostname(), ImageId: img.GetId(),
+		Networks: req.GetNetworks(), SshPublicKeys: req.GetSshPublicKeys(), UserData: req.GetUserData(),
+		FilesystemLayoutId: layout.GetId(), CreatedAt: timestamppb.New(now),
+	}
+	if alloc.Hostname == "" {
+		alloc.Hostname = "m-" + m.GetId()[:8]
+	}
+	return alloc
+}
+
+// allocationDocument is what the installer gets to install.
+func allocationDocument(alloc *apiv1.MachineAllocation, img *apiv1.Image, layout *apiv1.FilesystemLayout, nets []*agentv1.MachineNetwork, part *apiv1.Partition) *agentv1.MachineAllocation {
+	return &agentv1.MachineAllocation{
+		Id: alloc.GetId(), ProjectId: alloc.GetProjectId(), Hostname: alloc.GetHostname(),
+		Image:  &agentv1.ImageRef{Id: img.GetId(), Os: img.GetOs(), Version: img.GetVersion(), Url: img.GetUrl(), Sha256: img.GetSha256()},
+		Layout: layoutDoc(layout), Networks: nets, SshPublicKeys: alloc.GetSshPublicKeys(), UserData: alloc.GetUserData(),
+		DnsServers: part.GetDnsServers(), NtpServers: part.GetNtpServers(), CreatedAt: alloc.GetCreatedAt(),
+	}
+}
+
+// usableImage reads an image new machines may get.
+func usableImage(ctx context.Context, tx pgx.Tx, id string) (*apiv1.Image, error) {
+	img, err := images.Get(ctx, tx, id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, status.Errorf(codes.NotFound, "image %s not found", quote(id))
+	}
+	if err != nil {
+		return nil, err
+	}
+	if e := img.GetExpiresAt(); e != nil && e.AsTime().Before(time.Now()) {
+		return nil, status.Errorf(codes.FailedPrecondition, "image %q expired on %s", id, e.AsTime().Format(time.DateOnly))
+	}
+	if img.GetUrl() == "" || img.GetSha256() == "" {
+		return nil, status.Errorf(codes.FailedPrecondition, "image %q has no url or sha256", id)
+	}
+	return img, nil
+}
+
+// machineNetworks reads the networks a machine joins: the project's own
+// child networks and shared external ones.
+func machineNetworks(ctx context.Context, tx pgx.Tx, project string, ids []string) ([]*apiv1.Network, error) {
+	var out []*apiv1.Network
+	for i, id := range ids {
+		n, err := networks.Get(ctx, tx, id)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil, status.Errorf(codes.NotFound, "networks[%d]: network %s not found", i, quote(id))
+		}
+		if err != nil {
+			return nil, err
+		}
+		switch n.GetType() {
+		case apiv1.NetworkType_NETWORK_TYPE_CHILD:
+			if n.GetProjectId() != project {
+				return nil, status.Errorf(codes.NotFound, "networks[%d]: network %s not found", i, quote(id))
+			}
+		case apiv1.NetworkType_NETWORK_TYPE_EXTERNAL:
+		default:
+			return nil, status.Errorf(codes.InvalidArgument, "networks[%d]: network %s is a %s network; machines join child or external networks", i, quote(id), networkTypeNames[n.GetType()])
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// pickWaiting locks a waiting machine for the request, or explains why
+// there is none.
+func (s *machineService) pickWaiting(ctx context.Context, tx pgx.Tx, req *apiv1.MachineServiceCreateRequest) (machine.Candidate, error) {
+	if err := s.checkReservations(ctx, tx, req.GetPartitionId(), req.GetSizeId(), req.GetProjectId()); err != nil {
+		return machine.Candidate{}, err
+	}
+	picked, err := s.machines.Pick(ctx, tx, req.GetPartitionId(), req.GetSizeId(), req.GetProjectId(), 1)
+	if err != nil {
+		return machine.Candidate{}, err
+	}
+	if len(picked) == 0 {
+		return machine.Candidate{}, status.Errorf(codes.ResourceExhausted, "no waiting machine of size %s in partition %s is free", quote(req.GetSizeId()), quote(req.GetPartitionId()))
+	}
+	return picked[0], nil
+}
+
+// checkReservations refuses an allocation that would eat into machines
+// other projects have reserved. The reservations of the size and partition
+// are locked, so concurrent allocations count one after the other; sizes
+// without reservations take no lock at all.
+func (s *machineService) checkReservations(ctx context.Context, tx pgx.Tx, partition, size, project string) error {
+	reserved, err := countsBy(tx.Query(ctx, `SELECT project_id, amount FROM size_reservations WHERE partition_id = $1 AND size_id = $2 ORDER BY id FOR UPDATE`, partition, size))
+	if err != nil {
+		return fmt.Errorf("read reservations: %w", err)
+	}
+	if len(reserved) == 0 {
+		return nil
+	}
+	projects := make([]string, 0, len(reserved))
+	for p := range reserved {
+		projects = append(projects, p)
+	}
+	used, err := countsBy(tx.Query(ctx, `SELECT project_id, count(*) FROM machines WHERE partition_id = $1 AND size_id = $2 AND project_id = ANY($3) GROUP BY project_id`, partition, size, projects))
+	if err != nil {
+		return fmt.Errorf("count reserved use: %w", err)
+	}
+	if reserved[project]-used[project] > 0 {
+		return nil // the project takes from its own reservation
+	}
+	held := 0
+	for p, n := range reserved {
+		if p != project {
+			held += max(0, n-used[p])
+		}
+	}
+	var free int
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM machines m JOIN agents a ON a.id = m.agent_id
+		WHERE m.partition_id = $1 AND m.size_id = $2 AND m.project_id IS NULL AND m.state = 'available'
+		AND m.provisioning = 'Waiting' AND a.last_contact > $3`, partition, size, time.Now().Add(-s.cfg.AliveWithin)).Scan(&free); err != nil {
+		return fmt.Errorf("count free machines: %w", err)
+	}
+	if free-held <= 0 {
+		return status.Errorf(codes.ResourceExhausted, "no machine of size %s in partition %s is free: %d waiting, %d held for reservations of other projects", quote(size), quote(partition), free, held)
+	}
+	return nil
+}
+
+// takeMachineIPs takes one address per address family of every network
+// for the machine, inside the allocation's transaction, and describes the
+// networks for the installer.
+func (s *machineService) takeMachineIPs(ctx context.Context, tx pgx.Tx, machine, project string, nets []*apiv1.Network, alloc *apiv1.MachineAllocation) ([]*agentv1.MachineNetwork, error) {
+	var out []*agentv1.MachineNetwork
+	for _, n := range nets {
+		prefixes, err := networkPrefixes(ctx, tx, n)
+		if err != nil {
+			return nil, err
+		}
+		mn := &agentv1.MachineNetwork{NetworkId: n.GetId(), Prefixes: n.GetPrefixes(), Vrf: n.GetVrf(),
+			Private: n.GetType() == apiv1.NetworkType_NETWORK_TYPE_CHILD, Underlay: n.GetType() == apiv1.NetworkType_NETWORK_TYPE_UNDERLAY}
+		for _, fam := range []int{4, 6} {
+			if !slices.ContainsFunc(prefixes, func(p prefixRow) bool { return ipam.Family(p.prefix) == fam }) {
+				continue
+			}
+			addr, pool, err := takeAddress(ctx, tx, prefixes, netip.Addr{}, fam)
+			if err != nil {
+				return nil, err
+			}
+			ip := &apiv1.IP{Ip: addr.String(), NetworkId: n.GetId(), ProjectId: project, Type: apiv1.IPType_IP_TYPE_EPHEMERAL,
+				Name: alloc.GetHostname(), Description: "machine " + machine}
+			if _, err := ips.Insert(ctx, tx, ip.GetIp(), ip, store.Col{Name: "pool_id", Val: pool}, store.Col{Name: "unit", Val: ipam.AddrUnit(addr).String()},
+				store.Col{Name: "network_id", Val: n.GetId()}, store.Col{Name: "project_id", Val: project}, store.Col{Name: "type", Val: "ephemeral"}, store.Col{Name: "machine_id", Val: machine}); err != nil {
+				return nil, err
+			}
+			mn.Ips = append(mn.Ips, ip.GetIp())
+			alloc.Ips = append(alloc.Ips, ip.GetIp())
+		}
+		out = append(out, mn)
+	}
+	return out, nil
+}
+
+// chooseLayout picks the filesystem layout: the one asked for, else the
+// first (by id) whose constraints name the size and accept the image,
+// else a default on the machine's first disk.
+func chooseLayout(ctx context.Context, tx pgx.Tx, id string, all []*apiv1.FilesystemLayout, m *apiv1.Machine, img *apiv1.Image) (*apiv1.FilesystemLayout, error) {
+	if id != "" {
+		for _, l := range all {
+			if l.GetId() == id {
+				return l, nil
+			}
+		}
+		return nil, status.Errorf(codes.NotFound, "filesystem layout %s not found", quote(id))
+	}
+	for _, l := range all {
+		c := l.GetConstraints()
+		if !slices.Contains(c.GetSizes(), m.GetSizeId()) {
+			continue
+		}
+		if want, ok := c.GetImages()[img.GetOs()]; ok || len(c.GetImages()) == 0 {
+			if len(c.GetImages()) == 0 || versionAccepts(want, img.GetVersion()) {
+				return l, nil
+			}
+		}
+	}
+	return defaultLayout(m)
+}
+
+// defaultLayout is an EFI system partition and one ext4 root on the first
+// disk (by name): what a machine without a configured layout gets.
+func defaultLayout(m *apiv1.Machine) (*apiv1.FilesystemLayout, error) {
+	disks := m.GetHardware().GetDisks()
+	if len(disks) == 0 {
+		return nil, status.Errorf(codes.FailedPrecondition, "machine %s reported no disks and no filesystem layout applies", m.GetId())
+	}
+	names := make([]string, 0, len(disks))
+	for _, d := range disks {
+		names = append(names, d.GetName())
+	}
+	sort.Strings(names)
+	dev := "/dev/" + names[0]
+	return &apiv1.FilesystemLayout{
+		Id: "default", Name: "default",
+		Disks: []*agentv1.Disk{{Device: dev, WipeOnReinstall: true, Partitions: []*agentv1.DiskPartition{
+			{Number: 1, Label: "efi", SizeBytes: 256 << 20, GptType: "ef00"},
+			{Number: 2, Label: "root", GptType: "8300"},
+		}}},
+		Filesystems: []*agentv1.Filesystem{
+			{Path: "/boot/efi", Device: partitionDevice(dev, 1), Format: "vfat", Label: "efi"},
+			{Path: "/", Device: partitionDevice(dev, 2), Format: "ext4", Label: "root"},
+		},
+	}, nil
+}
+
+func layoutDoc(l *apiv1.FilesystemLayout) *agentv1.Layout {
+	return &agentv1.Layout{Disks: l.GetDisks(), Raids: l.GetRaids(), VolumeGroups: l.GetVolumeGroups(),
+		LogicalVolumes: l.GetLogicalVolumes(), Filesystems: l.GetFilesystems()}
+}
+
+// versionAccepts evaluates a constraint such as ">= 12.0", "< 13", "12.1.0"
+// or "*" against a semantic version.
+func versionAccepts(constraint, version string) bool {
+	c := strings.TrimSpace(constraint)
+	if c == "" || c == "*" {
+		return true
+	}
+	op := "="
+	for _, o := range []string{">=", "<=", "!=", ">", "<", "="} {
+		if rest, ok := strings.CutPrefix(c, o); ok {
+			op, c = o, strings.TrimSpace(rest)
+			break
+		}
+	}
+	want, ok1 := parseSemver(c)
+	have, ok2 := parseSemver(version)
+	if !ok1 || !ok2 {
+		return false
+	}
+	switch op {
+	case ">=":
+		return !have.less(want)
+	case "<=":
+		return !want.less(have)
+	case ">":
+		return want.less(have)
+	case "<":
+		return have.less(want)
+	case "!=":
+		return have.less(want) || want.less(have)
+	}
+	return !have.less(want) && !want.less(have)
+}
+
+// textPairs reads rows of two text columns.
+func textPairs(rows pgx.Rows) ([][2]string, error) {
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) ([2]string, error) {
+		var p [2]string
+		err := r.Scan(&p[0], &p[1])
+		return p, err
+	})
+}
+
+// countsBy sums rows of (key, count) by key.
+func countsBy(rows pgx.Rows, err error) (map[string]int, error) {
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]int{}
+	_, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (struct{}, error) {
+		var k string
+		var n int
+		err := r.Scan(&k, &n)
+		out[k] += n
+		return struct{}{}, err
+	})
+	return out, err
+}
+
+func releaseMachineIPs(ctx context.Context, tx pgx.Tx, machine string) error {
+	rows, err := tx.Query(ctx, `DELETE FROM ips WHERE machine_id = $1 AND type = 'ephemeral' RETURNING pool_id, unit::TEXT`, machine)
+	if err != nil {
+		return fmt.Errorf("release ips: %w", err)
+	}
+	units, err := textPairs(rows)
+	if err != nil {
+		return fmt.Errorf("release ips: %w", err)
+	}
+	for _, u := range units {
+		if err := ipam.Release(ctx, tx, u[0], mustUnit(u[1])); err != nil {
+			return fmt.Errorf("release ip unit: %w", err)
+		}
+	}
+	if _, err := tx.Exec(ctx, `UPDATE ips SET machine_id = NULL, updated_at = now() WHERE machine_id = $1`, machine); err != nil {
+		return fmt.Errorf("detach static ips: %w", err)
+	}
+	return nil
+}
