@@ -24,15 +24,86 @@ import (
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
+// allocItem is one call on its way to an allocation. One call alone
+// (createOne) and a batch of calls (allocateBatch) build it with the same
+// steps: read (image, networks), pick (machine.Pick or PickGiven, under
+// the allocation rules), fit (layout, allocation), the addresses, and
+// machine.Allocate.
+type allocItem struct {
+	r      allocReq
+	img    *apiv1.Image
+	nets   []*apiv1.Network
+	pick   machine.Candidate
+	layout *apiv1.FilesystemLayout
+	alloc  *apiv1.MachineAllocation
+	docs   []*agentv1.MachineNetwork
+}
+
+// allocReads reads what calls need before a machine is picked, each image
+// and each list of networks once for all calls of a batch (they share the
+// project, so the same list has the same answer).
+type allocReads struct {
+	images map[string]*apiv1.Image
+	nets   map[string][]*apiv1.Network
+	errs   map[string]error
+}
+
+func newAllocReads() *allocReads {
+	return &allocReads{images: map[string]*apiv1.Image{}, nets: map[string][]*apiv1.Network{}, errs: map[string]error{}}
+}
+
+// item reads r's usable image and the networks it joins.
+func (rd *allocReads) item(ctx context.Context, tx pgx.Tx, r allocReq, project string) (*allocItem, error) {
+	imgKey := "image\x00" + r.req.GetImageId()
+	img, ok := rd.images[imgKey]
+	if !ok && rd.errs[imgKey] == nil {
+		var err error
+		if img, err = usableImage(ctx, tx, r.req.GetImageId()); err != nil {
+			rd.errs[imgKey] = err
+		}
+		rd.images[imgKey] = img
+	}
+	if err := rd.errs[imgKey]; err != nil {
+		return nil, err
+	}
+	netKey := "nets\x00" + strings.Join(r.req.GetNetworks(), "\x00")
+	nets, ok := rd.nets[netKey]
+	if !ok && rd.errs[netKey] == nil {
+		var err error
+		if nets, err = machineNetworks(ctx, tx, project, r.req.GetNetworks()); err != nil {
+			rd.errs[netKey] = err
+		}
+		rd.nets[netKey] = nets
+	}
+	if err := rd.errs[netKey]; err != nil {
+		return nil, err
+	}
+	return &allocItem{r: r, img: img, nets: nets}, nil
+}
+
+// fit gives the item its picked machine: the filesystem layout and the
+// allocation.
+func (it *allocItem) fit(ctx context.Context, tx pgx.Tx, layouts []*apiv1.FilesystemLayout, c machine.Candidate, now time.Time) error {
+	layout, err := chooseLayout(ctx, tx, it.r.req.GetFilesystemLayoutId(), layouts, c.Machine, it.img)
+	if err != nil {
+		return err
+	}
+	it.pick, it.layout = c, layout
+	it.alloc = newAllocation(it.r.req, c.Machine, it.img, layout, now)
+	return nil
+}
+
+// allocation is the item as machine.Allocate takes it.
+func (it *allocItem) allocation(part *apiv1.Partition) machine.Allocation {
+	return machine.Allocation{Candidate: it.pick, Alloc: it.alloc, Labels: it.r.req.GetLabels(),
+		Doc: allocationDocument(it.alloc, it.img, it.layout, it.docs, part), Call: it.r.call}
+}
+
 // createOne allocates one machine in a transaction of its own.
 func (s *machineService) createOne(ctx context.Context, req *apiv1.MachineServiceCreateRequest) (string, error) {
 	var id string
 	err := s.store.Tx(ctx, func(tx pgx.Tx) error {
-		img, err := usableImage(ctx, tx, req.GetImageId())
-		if err != nil {
-			return err
-		}
-		nets, err := machineNetworks(ctx, tx, req.GetProjectId(), req.GetNetworks())
+		it, err := newAllocReads().item(ctx, tx, allocReq{req: req, call: auth.CallFrom(ctx)}, req.GetProjectId())
 		if err != nil {
 			return err
 		}
@@ -54,25 +125,21 @@ func (s *machineService) createOne(ctx context.Context, req *apiv1.MachineServic
 		if err != nil {
 			return fmt.Errorf("read filesystem layouts: %w", err)
 		}
-		layout, err := chooseLayout(ctx, tx, req.GetFilesystemLayoutId(), layouts, m, img)
-		if err != nil {
-			return err
-		}
 		now, err := machine.DBNow(ctx, tx)
 		if err != nil {
 			return err
 		}
-		alloc := newAllocation(req, m, img, layout, now)
-		docNets, err := s.takeMachineIPs(ctx, tx, id, req.GetProjectId(), nets, alloc)
-		if err != nil {
+		if err := it.fit(ctx, tx, layouts, c, now); err != nil {
+			return err
+		}
+		if it.docs, err = s.takeMachineIPs(ctx, tx, id, req.GetProjectId(), it.nets, it.alloc); err != nil {
 			return err
 		}
 		part, err := partitions.Get(ctx, tx, m.GetPartitionId())
 		if err != nil {
 			return fmt.Errorf("read partition: %w", err)
 		}
-		return s.machines.Allocate(ctx, tx, req.GetProjectId(), []machine.Allocation{{Candidate: c, Alloc: alloc, Labels: req.GetLabels(),
-			Doc: allocationDocument(alloc, img, layout, docNets, part), Call: auth.CallFrom(ctx)}})
+		return s.machines.Allocate(ctx, tx, req.GetProjectId(), []machine.Allocation{it.allocation(part)})
 	})
 	return id, err
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 
@@ -46,16 +45,6 @@ type allocBatches = store.Combiner[allocKey, allocReq, allocRes]
 
 // errUnbatched rolls a batch back so its calls run on their own.
 var errUnbatched = errors.New("allocation batch cannot serve these calls")
-
-type allocItem struct {
-	r      allocReq
-	img    *apiv1.Image
-	nets   []*apiv1.Network
-	pick   machine.Candidate
-	layout *apiv1.FilesystemLayout
-	alloc  *apiv1.MachineAllocation
-	docs   []*agentv1.MachineNetwork
-}
 
 func (a *API) runAllocBatch(ctx context.Context, key allocKey, reqs []allocReq) []store.Outcome[allocRes] {
 	outs := make([]store.Outcome[allocRes], len(reqs))
@@ -107,35 +96,14 @@ func (a *API) allocateBatch(ctx context.Context, tx pgx.Tx, key allocKey, reqs [
 	if err != nil {
 		return nil, fmt.Errorf("read filesystem layouts: %w", err)
 	}
-	images := map[string]*apiv1.Image{}
-	netsOf := map[string][]*apiv1.Network{}
+	reads := newAllocReads()
 	var items []*allocItem
 	index := map[*allocItem]int{}
 	for i, r := range reqs {
-		img, ok := images[r.req.GetImageId()]
-		if !ok {
-			if img, err = usableImage(ctx, tx, r.req.GetImageId()); err != nil {
-				img = nil
-			}
-			images[r.req.GetImageId()] = img
+		it, err := reads.item(ctx, tx, r, key.project)
+		if err != nil {
+			continue // served on its own, which reports its error
 		}
-		if img == nil {
-			continue
-		}
-		// The calls share the project, so the same list of networks has
-		// the same answer: read it once per batch.
-		netKey := strings.Join(r.req.GetNetworks(), "\x00")
-		nets, ok := netsOf[netKey]
-		if !ok {
-			if nets, err = machineNetworks(ctx, tx, key.project, r.req.GetNetworks()); err != nil {
-				nets = nil
-			}
-			netsOf[netKey] = nets
-		}
-		if nets == nil && len(r.req.GetNetworks()) > 0 {
-			continue
-		}
-		it := &allocItem{r: r, img: img, nets: nets}
 		items = append(items, it)
 		index[it] = i
 	}
@@ -156,14 +124,12 @@ func (a *API) allocateBatch(ctx context.Context, tx pgx.Tx, key allocKey, reqs [
 		return nil, err
 	}
 	for i, it := range items {
-		it.pick = picked[i]
-		if it.pick.Agent == "" {
+		if picked[i].Agent == "" {
 			return nil, errUnbatched
 		}
-		if it.layout, err = chooseLayout(ctx, tx, it.r.req.GetFilesystemLayoutId(), layouts, it.pick.Machine, it.img); err != nil {
+		if err := it.fit(ctx, tx, layouts, picked[i], now); err != nil {
 			return nil, errUnbatched
 		}
-		it.alloc = newAllocation(it.r.req, it.pick.Machine, it.img, it.layout, now)
 	}
 	if err := a.takeBatchIPs(ctx, tx, key.project, items); err != nil {
 		return nil, err
@@ -173,8 +139,7 @@ func (a *API) allocateBatch(ctx context.Context, tx pgx.Tx, key allocKey, reqs [
 	n := len(items)
 	as := make([]machine.Allocation, n)
 	for i, it := range items {
-		as[i] = machine.Allocation{Candidate: it.pick, Alloc: it.alloc, Labels: it.r.req.GetLabels(),
-			Doc: allocationDocument(it.alloc, it.img, it.layout, it.docs, part), Call: it.r.call}
+		as[i] = it.allocation(part)
 	}
 	if err := a.machines.Allocate(ctx, tx, key.project, as); err != nil {
 		return nil, err
