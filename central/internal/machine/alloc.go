@@ -199,7 +199,6 @@ func (ms *Machines) Allocate(ctx context.Context, tx pgx.Tx, project string, as 
 	rows := make([]saved, len(as))
 	evs := make([]Event, len(as))
 	audits := make([]store.AuditEntry, len(as))
-	var agents []string
 	docs := map[string]*agentv1.MachineAllocation{}
 	machineOf := map[string]string{}
 	for i, a := range as {
@@ -212,7 +211,6 @@ func (ms *Machines) Allocate(ctx context.Context, tx pgx.Tx, project string, as 
 		evs[i] = Event{Machine: m.GetId(), Type: "Allocated", Message: AllocatedMessage(a.Alloc)}
 		audits[i] = store.AuditEntry{Call: a.Call, Target: "machine/" + m.GetId()}
 		if a.Agent != "" {
-			agents = append(agents, a.Agent)
 			docs[a.Agent], machineOf[a.Agent] = a.Doc, m.GetId()
 		}
 	}
@@ -226,16 +224,8 @@ func (ms *Machines) Allocate(ctx context.Context, tx pgx.Tx, project string, as 
 	if err := Record(ctx, tx, evs...); err != nil {
 		return err
 	}
-	if ms.docs != nil && len(agents) > 0 {
-		if err := ms.docs.ChangeMany(ctx, tx, agents, func(id string, d *agentv1.Desired) (bool, error) {
-			md := cloneDoc(d.GetMachine())
-			md.MachineId = machineOf[id]
-			md.Allocation = docs[id]
-			d.Machine = md
-			return true, nil
-		}); err != nil {
-			return err
-		}
+	if err := ms.setDocuments(ctx, tx, machineOf, func(agent string, md *agentv1.MachineDocument) { md.Allocation = docs[agent] }); err != nil {
+		return err
 	}
 	return store.AuditMany(ctx, tx, project, audits)
 }

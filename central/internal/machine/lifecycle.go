@@ -10,7 +10,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/fsm"
@@ -18,15 +17,6 @@ import (
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
-
-func cloneDoc(d *agentv1.MachineDocument) *agentv1.MachineDocument {
-	if d == nil {
-		return &agentv1.MachineDocument{}
-	}
-	return proto.Clone(d).(*agentv1.MachineDocument)
-}
-
-func protoEqual(a, b proto.Message) bool { return proto.Equal(a, b) }
 
 // lockOwned locks an allocated machine that is not locked and returns it
 // with its agent.

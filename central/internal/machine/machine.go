@@ -13,9 +13,11 @@ package machine
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/metalfleet/metalfleet/central/internal/store"
@@ -29,7 +31,6 @@ var Table = store.Table[*apiv1.Machine]{Name: "machines", New: func() *apiv1.Mac
 // Docs is what machine needs of the fleet: the agents' desired documents
 // and their liveliness.
 type Docs interface {
-	Change(ctx context.Context, tx pgx.Tx, id string, change func(*agentv1.Desired) (bool, error)) (*agentv1.Desired, error)
 	ChangeMany(ctx context.Context, tx pgx.Tx, ids []string, change func(id string, d *agentv1.Desired) (bool, error)) error
 	Liveliness(last *time.Time) apiv1.Liveliness
 }
@@ -156,22 +157,41 @@ func saveOne(ctx context.Context, tx pgx.Tx, m *apiv1.Machine, agent string, h h
 	return nil
 }
 
-// setDocument edits the machine document of the machine's agent.
-func (ms *Machines) setDocument(ctx context.Context, tx pgx.Tx, agentID, machine string, edit func(*agentv1.MachineDocument)) error {
-	if ms.docs == nil || agentID == "" {
+// setDocuments is the one way machine writes its installers' documents:
+// it edits the machine document of each agent in machineOf (agent →
+// machine id) — one machine or a batch — and stores those that changed.
+func (ms *Machines) setDocuments(ctx context.Context, tx pgx.Tx, machineOf map[string]string, edit func(agent string, md *agentv1.MachineDocument)) error {
+	if ms.docs == nil {
 		return nil
 	}
-	_, err := ms.docs.Change(ctx, tx, agentID, func(d *agentv1.Desired) (bool, error) {
-		md := cloneDoc(d.GetMachine())
-		md.MachineId = machine
-		edit(md)
-		if protoEqual(md, d.GetMachine()) {
+	agents := make([]string, 0, len(machineOf))
+	for a := range machineOf {
+		if a != "" {
+			agents = append(agents, a)
+		}
+	}
+	if len(agents) == 0 {
+		return nil
+	}
+	slices.Sort(agents)
+	return ms.docs.ChangeMany(ctx, tx, agents, func(id string, d *agentv1.Desired) (bool, error) {
+		md := &agentv1.MachineDocument{}
+		if d.GetMachine() != nil {
+			md = proto.Clone(d.GetMachine()).(*agentv1.MachineDocument)
+		}
+		md.MachineId = machineOf[id]
+		edit(id, md)
+		if proto.Equal(md, d.GetMachine()) {
 			return false, nil
 		}
 		d.Machine = md
 		return true, nil
 	})
-	return err
+}
+
+// setDocument is setDocuments of one machine.
+func (ms *Machines) setDocument(ctx context.Context, tx pgx.Tx, agentID, machine string, edit func(*agentv1.MachineDocument)) error {
+	return ms.setDocuments(ctx, tx, map[string]string{agentID: machine}, func(_ string, md *agentv1.MachineDocument) { edit(md) })
 }
 
 // DBNow is the transaction's time on the database's clock: the time the

@@ -45,20 +45,8 @@ func (ms *Machines) Register(ctx context.Context, tx pgx.Tx, a fleet.Agent, f *a
 	if err := storeNICs(ctx, tx, id, f.GetNics()); err != nil {
 		return err
 	}
-	if ms.docs == nil {
-		return nil
-	}
-	_, err = ms.docs.Change(ctx, tx, a.ID, func(d *agentv1.Desired) (bool, error) {
-		if d.GetMachine().GetMachineId() == id {
-			return false, nil
-		}
-		if d.Machine == nil {
-			d.Machine = &agentv1.MachineDocument{}
-		}
-		d.Machine.MachineId = id
-		return true, nil
-	})
-	return err
+	// The installer learns its machine id.
+	return ms.setDocument(ctx, tx, a.ID, id, func(*agentv1.MachineDocument) {})
 }
 
 // storeNICs replaces the machine's NICs with the reported ones. A MAC

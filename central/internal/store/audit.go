@@ -18,16 +18,7 @@ func Audit(ctx context.Context, tx pgx.Tx, target, projectID string) error {
 	if c == nil {
 		return errors.New("audit: no authenticated call in context")
 	}
-	var project *string
-	if projectID != "" {
-		project = &projectID
-	}
-	_, err := tx.Exec(ctx, `INSERT INTO audit (id, subject, method, request_id, target, project_id) VALUES ($1, $2, $3, $4, $5, $6)`,
-		uuid.NewString(), c.Principal.TokenID, c.Method, c.RequestID, target, project)
-	if err != nil {
-		return fmt.Errorf("write audit row: %w", err)
-	}
-	return nil
+	return AuditMany(ctx, tx, projectID, []AuditEntry{{Call: c, Target: target}})
 }
 
 // AuditEntry is one call's audit row in AuditMany.
@@ -36,8 +27,8 @@ type AuditEntry struct {
 	Target string
 }
 
-// AuditMany writes the audit rows of calls served together (a batch) in
-// one statement; they share the project.
+// AuditMany writes the audit rows of calls served together (a batch, or
+// one call) in one statement; they share the project ("" for none).
 func AuditMany(ctx context.Context, tx pgx.Tx, projectID string, entries []AuditEntry) error {
 	n := len(entries)
 	ids, subjects, methods, requestIDs, targets := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
@@ -48,9 +39,9 @@ func AuditMany(ctx context.Context, tx pgx.Tx, projectID string, entries []Audit
 		ids[i], subjects[i], methods[i], requestIDs[i], targets[i] = uuid.NewString(), e.Call.Principal.TokenID, e.Call.Method, e.Call.RequestID, e.Target
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO audit (id, subject, method, request_id, target, project_id)
-		SELECT id, subject, method, request_id, target, $6 FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[])
+		SELECT id, subject, method, request_id, target, NULLIF($6, '') FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[])
 			AS x (id, subject, method, request_id, target)`, ids, subjects, methods, requestIDs, targets, projectID); err != nil {
-		return fmt.Errorf("audit: %w", err)
+		return fmt.Errorf("write audit row: %w", err)
 	}
 	return nil
 }
