@@ -79,10 +79,9 @@ func (a *API) runAllocBatch(ctx context.Context, key allocKey, reqs []allocReq) 
 // allocateBatch allocates what it can of reqs inside tx and returns the
 // machine id per served call index.
 func (a *API) allocateBatch(ctx context.Context, tx pgx.Tx, key allocKey, reqs []allocReq) (map[int]string, error) {
-	var reserved bool
-	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM size_reservations WHERE partition_id = $1 AND size_id = $2)`,
-		key.partition, key.size).Scan(&reserved); err != nil {
-		return nil, fmt.Errorf("read reservations: %w", err)
+	reserved, err := machine.Reserved(ctx, tx, key.partition, key.size)
+	if err != nil {
+		return nil, err
 	}
 	if reserved {
 		// Reservations are counted under their lock, one call at a time.
