@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"fmt"
+	"github.com/metalfleet/metalfleet/central/internal/network"
 	"net/netip"
 	"sync"
 	"testing"
@@ -139,7 +140,7 @@ func TestAllocateIPBatchFailureFallsBack(t *testing.T) {
 	}}); err != nil {
 		t.Fatal(err)
 	}
-	n, err := fetch(ctx, a, networks, "ext")
+	n, err := fetch(ctx, a, network.Table, "ext")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
+	"github.com/metalfleet/metalfleet/central/internal/network"
 	"slices"
 	"sort"
 	"strings"
@@ -17,9 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
-	"github.com/metalfleet/metalfleet/central/internal/ipam"
 	"github.com/metalfleet/metalfleet/central/internal/machine"
-	"github.com/metalfleet/metalfleet/central/internal/store"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
@@ -93,6 +91,12 @@ func (it *allocItem) fit(ctx context.Context, tx pgx.Tx, layouts []*apiv1.Filesy
 	return nil
 }
 
+// addresses records the addresses taken for the item.
+func (it *allocItem) addresses(a *network.MachineIPs) {
+	it.alloc.Ips = append(it.alloc.Ips, a.IPs...)
+	it.docs = a.Docs
+}
+
 // allocation is the item as machine.Allocate takes it.
 func (it *allocItem) allocation(part *apiv1.Partition) machine.Allocation {
 	return machine.Allocation{Candidate: it.pick, Alloc: it.alloc, Labels: it.r.req.GetLabels(),
@@ -132,9 +136,11 @@ func (s *machineService) createOne(ctx context.Context, req *apiv1.MachineServic
 		if err := it.fit(ctx, tx, layouts, c, now); err != nil {
 			return err
 		}
-		if it.docs, err = s.takeMachineIPs(ctx, tx, id, req.GetProjectId(), it.nets, it.alloc); err != nil {
+		addrs := &network.MachineIPs{Machine: id, Hostname: it.alloc.GetHostname(), Nets: it.nets}
+		if err := network.TakeMachineIPs(ctx, tx, req.GetProjectId(), addrs); err != nil {
 			return err
 		}
+		it.addresses(addrs)
 		part, err := partitions.Get(ctx, tx, m.GetPartitionId())
 		if err != nil {
 			return fmt.Errorf("read partition: %w", err)
@@ -189,7 +195,7 @@ func usableImage(ctx context.Context, tx pgx.Tx, id string) (*apiv1.Image, error
 func machineNetworks(ctx context.Context, tx pgx.Tx, project string, ids []string) ([]*apiv1.Network, error) {
 	var out []*apiv1.Network
 	for i, id := range ids {
-		n, err := networks.Get(ctx, tx, id)
+		n, err := network.Table.Get(ctx, tx, id)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil, status.Errorf(codes.NotFound, "networks[%d]: network %s not found", i, quote(id))
 		}
@@ -203,7 +209,7 @@ func machineNetworks(ctx context.Context, tx pgx.Tx, project string, ids []strin
 			}
 		case apiv1.NetworkType_NETWORK_TYPE_EXTERNAL:
 		default:
-			return nil, status.Errorf(codes.InvalidArgument, "networks[%d]: network %s is a %s network; machines join child or external networks", i, quote(id), networkTypeNames[n.GetType()])
+			return nil, status.Errorf(codes.InvalidArgument, "networks[%d]: network %s is a %s network; machines join child or external networks", i, quote(id), network.TypeNames[n.GetType()])
 		}
 		out = append(out, n)
 	}
@@ -224,40 +230,6 @@ func (s *machineService) pickWaiting(ctx context.Context, tx pgx.Tx, req *apiv1.
 		return machine.Candidate{}, status.Errorf(codes.ResourceExhausted, "no waiting machine of size %s in partition %s is free", quote(req.GetSizeId()), quote(req.GetPartitionId()))
 	}
 	return picked[0], nil
-}
-
-// takeMachineIPs takes one address per address family of every network
-// for the machine, inside the allocation's transaction, and describes the
-// networks for the installer.
-func (s *machineService) takeMachineIPs(ctx context.Context, tx pgx.Tx, machine, project string, nets []*apiv1.Network, alloc *apiv1.MachineAllocation) ([]*agentv1.MachineNetwork, error) {
-	var out []*agentv1.MachineNetwork
-	for _, n := range nets {
-		prefixes, err := networkPrefixes(ctx, tx, n)
-		if err != nil {
-			return nil, err
-		}
-		mn := &agentv1.MachineNetwork{NetworkId: n.GetId(), Prefixes: n.GetPrefixes(), Vrf: n.GetVrf(),
-			Private: n.GetType() == apiv1.NetworkType_NETWORK_TYPE_CHILD, Underlay: n.GetType() == apiv1.NetworkType_NETWORK_TYPE_UNDERLAY}
-		for _, fam := range []int{4, 6} {
-			if !slices.ContainsFunc(prefixes, func(p prefixRow) bool { return ipam.Family(p.prefix) == fam }) {
-				continue
-			}
-			addr, pool, err := takeAddress(ctx, tx, prefixes, netip.Addr{}, fam)
-			if err != nil {
-				return nil, err
-			}
-			ip := &apiv1.IP{Ip: addr.String(), NetworkId: n.GetId(), ProjectId: project, Type: apiv1.IPType_IP_TYPE_EPHEMERAL,
-				Name: alloc.GetHostname(), Description: "machine " + machine}
-			if _, err := ips.Insert(ctx, tx, ip.GetIp(), ip, store.Col{Name: "pool_id", Val: pool}, store.Col{Name: "unit", Val: ipam.AddrUnit(addr).String()},
-				store.Col{Name: "network_id", Val: n.GetId()}, store.Col{Name: "project_id", Val: project}, store.Col{Name: "type", Val: "ephemeral"}, store.Col{Name: "machine_id", Val: machine}); err != nil {
-				return nil, err
-			}
-			mn.Ips = append(mn.Ips, ip.GetIp())
-			alloc.Ips = append(alloc.Ips, ip.GetIp())
-		}
-		out = append(out, mn)
-	}
-	return out, nil
 }
 
 // chooseLayout picks the filesystem layout: the one asked for, else the
@@ -349,33 +321,4 @@ func versionAccepts(constraint, version string) bool {
 		return have.less(want) || want.less(have)
 	}
 	return !have.less(want) && !want.less(have)
-}
-
-// textPairs reads rows of two text columns.
-func textPairs(rows pgx.Rows) ([][2]string, error) {
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) ([2]string, error) {
-		var p [2]string
-		err := r.Scan(&p[0], &p[1])
-		return p, err
-	})
-}
-
-func releaseMachineIPs(ctx context.Context, tx pgx.Tx, machine string) error {
-	rows, err := tx.Query(ctx, `DELETE FROM ips WHERE machine_id = $1 AND type = 'ephemeral' RETURNING pool_id, unit::TEXT`, machine)
-	if err != nil {
-		return fmt.Errorf("release ips: %w", err)
-	}
-	units, err := textPairs(rows)
-	if err != nil {
-		return fmt.Errorf("release ips: %w", err)
-	}
-	for _, u := range units {
-		if err := ipam.Release(ctx, tx, u[0], mustUnit(u[1])); err != nil {
-			return fmt.Errorf("release ip unit: %w", err)
-		}
-	}
-	if _, err := tx.Exec(ctx, `UPDATE ips SET machine_id = NULL, updated_at = now() WHERE machine_id = $1`, machine); err != nil {
-		return fmt.Errorf("detach static ips: %w", err)
-	}
-	return nil
 }

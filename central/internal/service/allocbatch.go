@@ -4,15 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
+	"github.com/metalfleet/metalfleet/central/internal/network"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
-	"github.com/metalfleet/metalfleet/central/internal/ipam"
 	"github.com/metalfleet/metalfleet/central/internal/machine"
 	"github.com/metalfleet/metalfleet/central/internal/store"
-	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -130,8 +128,18 @@ func (a *API) allocateBatch(ctx context.Context, tx pgx.Tx, key allocKey, reqs [
 			return nil, errUnbatched
 		}
 	}
-	if err := a.takeBatchIPs(ctx, tx, key.project, items); err != nil {
+	addrs := make([]*network.MachineIPs, len(items))
+	for i, it := range items {
+		addrs[i] = &network.MachineIPs{Machine: it.pick.Machine.GetId(), Hostname: it.alloc.GetHostname(), Nets: it.nets}
+	}
+	if err := network.TakeBatchIPs(ctx, tx, key.project, addrs); err != nil {
+		if errors.Is(err, network.ErrShort) {
+			return nil, errUnbatched
+		}
 		return nil, err
+	}
+	for i, it := range items {
+		it.addresses(addrs[i])
 	}
 
 	// The machines, their events, documents and audit rows.
@@ -148,108 +156,4 @@ func (a *API) allocateBatch(ctx context.Context, tx pgx.Tx, key allocKey, reqs [
 		out[index[it]] = it.pick.Machine.GetId()
 	}
 	return out, nil
-}
-
-// takeBatchIPs takes one address per network and family for every item,
-// all of a pool in one statement, and writes all IP rows in one statement.
-// Only each family's first prefix is used: when it runs short the batch
-// is rolled back and the calls take the single path, which moves on to a
-// network's other prefixes.
-func (a *API) takeBatchIPs(ctx context.Context, tx pgx.Tx, project string, items []*allocItem) error {
-	type want struct {
-		pool string
-		v4   bool
-		n    int
-	}
-	prefixesOf := map[string][]prefixRow{}
-	wants := map[string]*want{}
-	var order []string
-	for _, it := range items {
-		for _, n := range it.nets {
-			ps, ok := prefixesOf[n.GetId()]
-			if !ok {
-				var err error
-				if ps, err = networkPrefixes(ctx, tx, n); err != nil {
-					return err
-				}
-				prefixesOf[n.GetId()] = ps
-			}
-			for _, fam := range []int{4, 6} {
-				i := slices.IndexFunc(ps, func(p prefixRow) bool { return ipam.Family(p.prefix) == fam })
-				if i < 0 {
-					continue
-				}
-				w := wants[ps[i].ipPool]
-				if w == nil {
-					w = &want{pool: ps[i].ipPool, v4: fam == 4}
-					wants[w.pool] = w
-					order = append(order, w.pool)
-				}
-				w.n++
-			}
-		}
-	}
-	units := map[string][]string{}
-	slices.Sort(order) // pools locked in one order by every batch
-	for _, pool := range order {
-		w := wants[pool]
-		got, err := ipam.AcquireMany(ctx, tx, pool, w.n)
-		if err != nil {
-			return err
-		}
-		if len(got) < w.n {
-			return errUnbatched
-		}
-		for _, u := range got {
-			units[pool] = append(units[pool], ipam.UnitAddr(u, w.v4).String()+"|"+u.String())
-		}
-	}
-	var ips, specs, pools, unitCol, nets, machines []string
-	for _, it := range items {
-		for _, n := range it.nets {
-			ps := prefixesOf[n.GetId()]
-			mn := &agentv1.MachineNetwork{NetworkId: n.GetId(), Prefixes: n.GetPrefixes(), Vrf: n.GetVrf(),
-				Private: n.GetType() == apiv1.NetworkType_NETWORK_TYPE_CHILD, Underlay: n.GetType() == apiv1.NetworkType_NETWORK_TYPE_UNDERLAY}
-			for _, fam := range []int{4, 6} {
-				i := slices.IndexFunc(ps, func(p prefixRow) bool { return ipam.Family(p.prefix) == fam })
-				if i < 0 {
-					continue
-				}
-				pool := ps[i].ipPool
-				addr, unit, _ := cutLast(units[pool][0])
-				units[pool] = units[pool][1:]
-				ip := &apiv1.IP{Ip: addr, NetworkId: n.GetId(), ProjectId: project, Type: apiv1.IPType_IP_TYPE_EPHEMERAL,
-					Name: it.alloc.GetHostname(), Description: "machine " + it.pick.Machine.GetId()}
-				spec, err := store.EncodeSpec(ip)
-				if err != nil {
-					return err
-				}
-				ips, specs, pools, unitCol = append(ips, addr), append(specs, string(spec)), append(pools, pool), append(unitCol, unit)
-				nets, machines = append(nets, n.GetId()), append(machines, it.pick.Machine.GetId())
-				mn.Ips = append(mn.Ips, addr)
-				it.alloc.Ips = append(it.alloc.Ips, addr)
-			}
-			it.docs = append(it.docs, mn)
-		}
-	}
-	if len(ips) == 0 {
-		return nil
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO ips (ip, spec, pool_id, unit, network_id, project_id, type, machine_id)
-		SELECT ip, spec::JSONB, pool, unit::NUMERIC, network, $7, 'ephemeral', machine
-		FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[]) AS x (ip, spec, pool, unit, network, machine)`,
-		ips, specs, pools, unitCol, nets, machines, project); err != nil {
-		return fmt.Errorf("store machine ips: %w", err)
-	}
-	return nil
-}
-
-// cutLast splits "a|b" at its last '|'.
-func cutLast(s string) (string, string, bool) {
-	for i := len(s) - 1; i >= 0; i-- {
-		if s[i] == '|' {
-			return s[:i], s[i+1:], true
-		}
-	}
-	return s, "", false
 }

@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"github.com/metalfleet/metalfleet/central/internal/network"
 	"net"
 	"regexp"
 	"strings"
@@ -245,7 +246,7 @@ func (s *machineService) Create(ctx context.Context, req *apiv1.MachineServiceCr
 // ones stay with the project, the installed system is rebooted into PXE
 // (reboot intent) where the installer wipes the disks and waits again.
 func (s *machineService) Delete(ctx context.Context, req *apiv1.MachineServiceDeleteRequest) (*apiv1.MachineServiceDeleteResponse, error) {
-	err := s.machines.Free(ctx, req.GetId(), releaseMachineIPs)
+	err := s.machines.Free(ctx, req.GetId(), network.ReleaseMachineIPs)
 	if err != nil {
 		return nil, toStatus(err, "machine "+quote(req.GetId()))
 	}

@@ -249,3 +249,12 @@ func (a *API) refreshPixies(ctx context.Context, tx pgx.Tx, partition string) er
 func (a *API) RefreshPixies(ctx context.Context) error {
 	return a.store.Tx(ctx, func(tx pgx.Tx) error { return a.refreshPixies(ctx, tx, "") })
 }
+
+// textPairs reads rows of two text columns.
+func textPairs(rows pgx.Rows) ([][2]string, error) {
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) ([2]string, error) {
+		var p [2]string
+		err := r.Scan(&p[0], &p[1])
+		return p, err
+	})
+}

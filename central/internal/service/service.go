@@ -7,6 +7,7 @@ package service
 import (
 	"context"
 	"fmt"
+	"github.com/metalfleet/metalfleet/central/internal/network"
 	"log/slog"
 	"math/big"
 	"time"
@@ -78,8 +79,8 @@ func New(ctx context.Context, st *store.Store, log *slog.Logger, cfg Config, opt
 	if cfg.AliveWithin <= 0 {
 		cfg.AliveWithin = def.AliveWithin
 	}
-	if cfg.VRFLast > maxVNI {
-		return nil, fmt.Errorf("vrf range %d-%d: a VRF id is a 24-bit VNI, at most %d", cfg.VRFFirst, cfg.VRFLast, maxVNI)
+	if cfg.VRFLast > network.MaxVNI {
+		return nil, fmt.Errorf("vrf range %d-%d: a VRF id is a 24-bit VNI, at most %d", cfg.VRFFirst, cfg.VRFLast, network.MaxVNI)
 	}
 	if cfg.VRFFirst > cfg.VRFLast {
 		return nil, fmt.Errorf("vrf range %d-%d is empty", cfg.VRFFirst, cfg.VRFLast)
