@@ -16,11 +16,13 @@ import (
 	"time"
 )
 
-// IPs reads machine_id from its column, the one truth that allocation sets
-// and freeing a machine clears; a machineId copied into spec is never shown.
+// IPs reads ips as stored; only this package writes them. machine_id
+// comes from its column, the one truth that allocation sets and freeing a
+// machine clears; a machineId copied into spec is never shown.
 var IPs = store.Table[*apiv1.IP]{Name: "ips", Key: "ip", New: func() *apiv1.IP { return &apiv1.IP{} },
 	Spec: `CASE WHEN machine_id IS NULL THEN spec - 'machineId' ELSE spec || jsonb_build_object('machineId', machine_id) END`}
 
+// IPTypeNames are the ips.type column's values.
 var IPTypeNames = map[apiv1.IPType]string{
 	apiv1.IPType_IP_TYPE_EPHEMERAL: "ephemeral",
 	apiv1.IPType_IP_TYPE_STATIC:    "static",

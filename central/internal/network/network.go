@@ -25,8 +25,10 @@ import (
 	"time"
 )
 
+// Table reads networks as stored; only this package writes them.
 var Table = store.Table[*apiv1.Network]{Name: "networks", New: func() *apiv1.Network { return &apiv1.Network{} }}
 
+// TypeNames are the networks.type column's values.
 var TypeNames = map[apiv1.NetworkType]string{
 	apiv1.NetworkType_NETWORK_TYPE_SUPER:    "super",
 	apiv1.NetworkType_NETWORK_TYPE_CHILD:    "child",
