@@ -20,7 +20,8 @@ import (
 	"math/big"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/metalfleet/metalfleet/central/internal/store"
 )
 
 // Shards is how many ranges a new pool is cut into: enough that 64 writers
@@ -51,22 +52,15 @@ const (
 	KindVRF   Kind = "vrf"
 )
 
-// DB is what the pool functions need: a transaction, usually.
-type DB interface {
-	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}
-
 // CreatePool records a pool over [first, last] cut into Shards free ranges.
-func CreatePool(ctx context.Context, db DB, id string, kind Kind, first, last *big.Int) error {
+func CreatePool(ctx context.Context, db store.Querier, id string, kind Kind, first, last *big.Int) error {
 	return CreatePoolRanges(ctx, db, id, kind, first, last, Shards)
 }
 
 // CreatePoolRanges is CreatePool with the number of ranges chosen by the
 // caller: pools few writers share (a project's child network) need few, and
 // each range is a row to write when the pool is made.
-func CreatePoolRanges(ctx context.Context, db DB, id string, kind Kind, first, last *big.Int, ranges int) error {
+func CreatePoolRanges(ctx context.Context, db store.Querier, id string, kind Kind, first, last *big.Int, ranges int) error {
 	if first.Cmp(last) > 0 {
 		return fmt.Errorf("create pool %s: empty range %s..%s", id, first, last)
 	}
@@ -83,7 +77,7 @@ func CreatePoolRanges(ctx context.Context, db DB, id string, kind Kind, first, l
 }
 
 // EnsurePool creates the pool unless it exists (for pools made at start-up).
-func EnsurePool(ctx context.Context, db DB, id string, kind Kind, first, last *big.Int) error {
+func EnsurePool(ctx context.Context, db store.Querier, id string, kind Kind, first, last *big.Int) error {
 	var exists bool
 	if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pools WHERE id = $1)`, id).Scan(&exists); err != nil {
 		return fmt.Errorf("look up pool %s: %w", id, err)
@@ -96,7 +90,7 @@ func EnsurePool(ctx context.Context, db DB, id string, kind Kind, first, last *b
 
 // DeletePool drops a pool and its free ranges. Callers make sure nothing
 // allocated from it remains (the consumers' foreign keys or checks do).
-func DeletePool(ctx context.Context, db DB, id string) error {
+func DeletePool(ctx context.Context, db store.Querier, id string) error {
 	if _, err := db.Exec(ctx, `DELETE FROM pool_free WHERE pool_id = $1`, id); err != nil {
 		return fmt.Errorf("delete pool %s ranges: %w", id, err)
 	}
@@ -162,7 +156,7 @@ b AS (
 // it takes. When every range is locked or the pool is empty, taken is
 // empty and nothing changes (so too when guard is false); callers then fall back to Acquire, which waits
 // and tells exhaustion apart.
-func TakeInto(ctx context.Context, db DB, poolID string, n int, guard, consume string, args ...any) (pgx.Rows, error) {
+func TakeInto(ctx context.Context, db store.Querier, poolID string, n int, guard, consume string, args ...any) (pgx.Rows, error) {
 	if guard == "" {
 		guard = "TRUE"
 	}
@@ -172,7 +166,7 @@ func TakeInto(ctx context.Context, db DB, poolID string, n int, guard, consume s
 // Acquire takes the next free unit. Ranges other transactions hold are
 // skipped; only when every remaining range is held does it wait, and it
 // reports ErrExhausted only when no range is left at all.
-func Acquire(ctx context.Context, db DB, poolID string) (*big.Int, error) {
+func Acquire(ctx context.Context, db store.Querier, poolID string) (*big.Int, error) {
 	skip := fmt.Sprintf(takeFirst, "SKIP LOCKED")
 	wait := fmt.Sprintf(takeFirst, "")
 	for attempt := 0; ; attempt++ {
@@ -203,7 +197,7 @@ func Acquire(ctx context.Context, db DB, poolID string) (*big.Int, error) {
 	}
 }
 
-func queryUnit(ctx context.Context, db DB, sql, poolID string) (*big.Int, bool, error) {
+func queryUnit(ctx context.Context, db store.Querier, sql, poolID string) (*big.Int, bool, error) {
 	var s string
 	err := db.QueryRow(ctx, sql, poolID).Scan(&s)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -220,7 +214,7 @@ func queryUnit(ctx context.Context, db DB, sql, poolID string) (*big.Int, bool, 
 }
 
 // AcquireSpecific takes exactly unit u.
-func AcquireSpecific(ctx context.Context, db DB, poolID string, u *big.Int) error {
+func AcquireSpecific(ctx context.Context, db store.Querier, poolID string, u *big.Int) error {
 	var first, last string
 	err := db.QueryRow(ctx, `SELECT first_unit::TEXT, last_unit::TEXT FROM pools WHERE id = $1`, poolID).Scan(&first, &last)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -261,7 +255,7 @@ func (r span) frees(u *big.Int) bool { return r.next.Cmp(u) <= 0 && u.Cmp(r.stop
 
 // rangeAt finds the row whose span may hold u: the one with the greatest
 // start at or below u.
-func rangeAt(ctx context.Context, db DB, poolID string, u *big.Int, lock bool) (span, bool, error) {
+func rangeAt(ctx context.Context, db store.Querier, poolID string, u *big.Int, lock bool) (span, bool, error) {
 	q := `SELECT start_unit::TEXT, next_unit::TEXT, stop_unit::TEXT FROM pool_free
 		WHERE pool_id = $1 AND start_unit <= $2::NUMERIC ORDER BY start_unit DESC LIMIT 1`
 	if lock {
@@ -279,7 +273,7 @@ func rangeAt(ctx context.Context, db DB, poolID string, u *big.Int, lock bool) (
 }
 
 // carve removes free unit u from the locked row r.
-func carve(ctx context.Context, db DB, poolID string, r span, u *big.Int) error {
+func carve(ctx context.Context, db store.Querier, poolID string, r span, u *big.Int) error {
 	one := big.NewInt(1)
 	var err error
 	switch {
@@ -311,7 +305,7 @@ func carve(ctx context.Context, db DB, poolID string, r span, u *big.Int) error 
 // list grows at most by the number of released units. If u lies in the used
 // head of a range, that range's span is first shrunk to its free part so
 // that spans stay disjoint.
-func Release(ctx context.Context, db DB, poolID string, u *big.Int) error {
+func Release(ctx context.Context, db store.Querier, poolID string, u *big.Int) error {
 	r, found, err := rangeAt(ctx, db, poolID, u, true)
 	if err != nil {
 		return err
@@ -333,7 +327,7 @@ func Release(ctx context.Context, db DB, poolID string, u *big.Int) error {
 }
 
 // Usage returns the pool's size and how many units are free.
-func Usage(ctx context.Context, db DB, poolID string) (size, free *big.Int, err error) {
+func Usage(ctx context.Context, db store.Querier, poolID string) (size, free *big.Int, err error) {
 	var first, last, freeS string
 	err = db.QueryRow(ctx, `SELECT p.first_unit::TEXT, p.last_unit::TEXT,
 		COALESCE((SELECT sum(stop_unit - next_unit + 1) FROM pool_free WHERE pool_id = p.id), 0)::TEXT
@@ -349,7 +343,7 @@ func Usage(ctx context.Context, db DB, poolID string) (size, free *big.Int, err 
 	return size, mustInt(freeS), nil
 }
 
-func poolExists(ctx context.Context, db DB, poolID string) error {
+func poolExists(ctx context.Context, db store.Querier, poolID string) error {
 	var ok bool
 	if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pools WHERE id = $1)`, poolID).Scan(&ok); err != nil {
 		return fmt.Errorf("pool %s: %w", poolID, err)
@@ -430,7 +424,7 @@ func Units(rows pgx.Rows, poolID string) ([]*big.Int, error) {
 // holds in one statement, more statements only when that range runs out
 // (then Acquire, which waits for locked ranges). Fewer than n come back only
 // when the pool is exhausted.
-func AcquireMany(ctx context.Context, db DB, poolID string, n int) ([]*big.Int, error) {
+func AcquireMany(ctx context.Context, db store.Querier, poolID string, n int) ([]*big.Int, error) {
 	var out []*big.Int
 	for len(out) < n {
 		q, args := TakeManySQL(poolID, n-len(out))
@@ -468,7 +462,7 @@ type PoolDef struct {
 
 // CreatePools records many pools, each cut into its number of ranges, in
 // one statement whatever their number.
-func CreatePools(ctx context.Context, db DB, defs []PoolDef) error {
+func CreatePools(ctx context.Context, db store.Querier, defs []PoolDef) error {
 	cte, args, err := CreatePoolsCTE(defs, 1)
 	if err != nil {
 		return err

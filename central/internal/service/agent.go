@@ -16,7 +16,7 @@ import (
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/fleet"
-	"github.com/metalfleet/metalfleet/central/internal/ipam"
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
@@ -108,7 +108,7 @@ func agentWhere(field, ref string) (string, []any, error) {
 	return `id = $1`, []any{ref}, nil
 }
 
-func (a *API) getAgent(ctx context.Context, db ipam.DB, field, ref string, lock bool) (*apiv1.Agent, error) {
+func (a *API) getAgent(ctx context.Context, db store.Querier, field, ref string, lock bool) (*apiv1.Agent, error) {
 	where, args, err := agentWhere(field, ref)
 	if err != nil {
 		return nil, err
@@ -242,7 +242,7 @@ func (s *agentService) Enroll(ctx context.Context, req *apiv1.AgentServiceEnroll
 		if out, err = s.getAgent(ctx, tx, "id", e.ID, false); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, "agent/"+e.ID, "")
+		return store.Audit(ctx, tx, "agent/"+e.ID, "")
 	})
 	if err != nil {
 		return nil, toStatus(err, "agent")
@@ -300,7 +300,7 @@ func (s *agentService) Configure(ctx context.Context, req *apiv1.AgentServiceCon
 		if out, err = s.getAgent(ctx, tx, "id", ag.GetId(), false); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, "agent/"+ag.GetId(), "")
+		return store.Audit(ctx, tx, "agent/"+ag.GetId(), "")
 	})
 	if err != nil {
 		return nil, toStatus(err, "agent")
@@ -333,7 +333,7 @@ func (s *agentService) Delete(ctx context.Context, req *apiv1.AgentServiceDelete
 		if err := s.fleet.Delete(ctx, tx, out.GetId()); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, "agent/"+out.GetId(), "")
+		return store.Audit(ctx, tx, "agent/"+out.GetId(), "")
 	})
 	if err != nil {
 		return nil, toStatus(err, "agent")
@@ -374,7 +374,7 @@ func (s *bootTokenService) Create(ctx context.Context, req *apiv1.BootTokenServi
 			CreatedBy: auth.PrincipalFrom(ctx).TokenID}); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, "boot-token/"+minted.ID, "")
+		return store.Audit(ctx, tx, "boot-token/"+minted.ID, "")
 	})
 	if err != nil {
 		return nil, toStatus(err, "boot token")

@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"fmt"
+	"github.com/metalfleet/metalfleet/central/internal/network"
 	"net/netip"
 	"sync"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/ipam"
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -138,14 +140,14 @@ func TestAllocateIPBatchFailureFallsBack(t *testing.T) {
 	}}); err != nil {
 		t.Fatal(err)
 	}
-	n, err := fetch(ctx, a, networks, "ext")
+	n, err := fetch(ctx, a, network.Table, "ext")
 	if err != nil {
 		t.Fatal(err)
 	}
 	call := auth.CallFrom(ctx)
 	mk := func(p string) ipBatchReq {
 		ip := &apiv1.IP{NetworkId: "ext", ProjectId: p, Type: apiv1.IPType_IP_TYPE_EPHEMERAL}
-		spec, err := encodeSpec(ip)
+		spec, err := store.EncodeSpec(ip)
 		if err != nil {
 			t.Fatal(err)
 		}

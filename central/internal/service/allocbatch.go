@@ -4,20 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
-	"strings"
-	"time"
+	"github.com/metalfleet/metalfleet/central/internal/network"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
-	"github.com/metalfleet/metalfleet/central/internal/ipam"
-	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
+	"github.com/metalfleet/metalfleet/central/internal/machine"
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
-// Allocations by size are combined (ipam.Combiner, as IP hand-outs are):
+// Allocations by size are combined (store.Combiner, as IP hand-outs are):
 // concurrent calls for one size, partition and project run as one
 // transaction with a fixed number of statements — pick the machines, take
 // the addresses per pool, write the IP rows, the machine rows, the events,
@@ -42,23 +39,13 @@ type allocReq struct {
 // the call.
 type allocRes struct{ id string }
 
-type allocBatches = ipam.Combiner[allocKey, allocReq, allocRes]
+type allocBatches = store.Combiner[allocKey, allocReq, allocRes]
 
 // errUnbatched rolls a batch back so its calls run on their own.
 var errUnbatched = errors.New("allocation batch cannot serve these calls")
 
-type allocItem struct {
-	r      allocReq
-	img    *apiv1.Image
-	nets   []*apiv1.Network
-	pick   pickedMachine
-	layout *apiv1.FilesystemLayout
-	alloc  *apiv1.MachineAllocation
-	docs   []*agentv1.MachineNetwork
-}
-
-func (a *API) runAllocBatch(ctx context.Context, key allocKey, reqs []allocReq) []ipam.Outcome[allocRes] {
-	outs := make([]ipam.Outcome[allocRes], len(reqs))
+func (a *API) runAllocBatch(ctx context.Context, key allocKey, reqs []allocReq) []store.Outcome[allocRes] {
+	outs := make([]store.Outcome[allocRes], len(reqs))
 	if len(reqs) == 1 {
 		// A lone call runs its own transaction here, inside the combiner,
 		// so that calls arriving meanwhile queue up and form the next batch.
@@ -90,59 +77,37 @@ func (a *API) runAllocBatch(ctx context.Context, key allocKey, reqs []allocReq) 
 // allocateBatch allocates what it can of reqs inside tx and returns the
 // machine id per served call index.
 func (a *API) allocateBatch(ctx context.Context, tx pgx.Tx, key allocKey, reqs []allocReq) (map[int]string, error) {
-	var reserved bool
-	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM size_reservations WHERE partition_id = $1 AND size_id = $2)`,
-		key.partition, key.size).Scan(&reserved); err != nil {
-		return nil, fmt.Errorf("read reservations: %w", err)
+	reserved, err := machine.Reserved(ctx, tx, key.partition, key.size)
+	if err != nil {
+		return nil, err
 	}
 	if reserved {
 		// Reservations are counted under their lock, one call at a time.
 		return nil, errUnbatched
 	}
-	part, err := partitions.get(ctx, tx, key.partition)
+	part, err := partitions.Get(ctx, tx, key.partition)
 	if err != nil {
 		return nil, errUnbatched
 	}
-	layouts, err := filesystemLayouts.list(ctx, tx, "TRUE")
+	layouts, err := filesystemLayouts.List(ctx, tx, "TRUE")
 	if err != nil {
 		return nil, fmt.Errorf("read filesystem layouts: %w", err)
 	}
-	images := map[string]*apiv1.Image{}
-	netsOf := map[string][]*apiv1.Network{}
+	reads := newAllocReads()
 	var items []*allocItem
 	index := map[*allocItem]int{}
 	for i, r := range reqs {
-		img, ok := images[r.req.GetImageId()]
-		if !ok {
-			if img, err = usableImage(ctx, tx, r.req.GetImageId()); err != nil {
-				img = nil
-			}
-			images[r.req.GetImageId()] = img
+		it, err := reads.item(ctx, tx, r, key.project)
+		if err != nil {
+			continue // served on its own, which reports its error
 		}
-		if img == nil {
-			continue
-		}
-		// The calls share the project, so the same list of networks has
-		// the same answer: read it once per batch.
-		netKey := strings.Join(r.req.GetNetworks(), "\x00")
-		nets, ok := netsOf[netKey]
-		if !ok {
-			if nets, err = machineNetworks(ctx, tx, key.project, r.req.GetNetworks()); err != nil {
-				nets = nil
-			}
-			netsOf[netKey] = nets
-		}
-		if nets == nil && len(r.req.GetNetworks()) > 0 {
-			continue
-		}
-		it := &allocItem{r: r, img: img, nets: nets}
 		items = append(items, it)
 		index[it] = i
 	}
 	if len(items) < 2 {
 		return nil, errUnbatched
 	}
-	picked, err := pickMachines(ctx, tx, key.partition, key.size, key.project, time.Now().Add(-a.cfg.AliveWithin), len(items))
+	picked, err := a.machines.Pick(ctx, tx, key.partition, key.size, key.project, len(items))
 	if err != nil {
 		return nil, err
 	}
@@ -151,184 +116,44 @@ func (a *API) allocateBatch(ctx context.Context, tx pgx.Tx, key allocKey, reqs [
 		// there is none is decided call by call.
 		return nil, errUnbatched
 	}
-	now, err := dbNow(ctx, tx)
+	now, err := machine.DBNow(ctx, tx)
 	if err != nil {
 		return nil, err
 	}
 	for i, it := range items {
-		it.pick = picked[i]
-		if it.pick.agentID == "" {
+		if picked[i].Agent == "" {
 			return nil, errUnbatched
 		}
-		if it.layout, err = chooseLayout(ctx, tx, it.r.req.GetFilesystemLayoutId(), layouts, it.pick.m, it.img); err != nil {
+		if err := it.fit(ctx, tx, layouts, picked[i], now); err != nil {
 			return nil, errUnbatched
 		}
-		it.alloc = newAllocation(it.r.req, it.pick.m, it.img, it.layout, now)
 	}
-	if err := a.takeBatchIPs(ctx, tx, key.project, items); err != nil {
+	addrs := make([]*network.MachineIPs, len(items))
+	for i, it := range items {
+		addrs[i] = &network.MachineIPs{Machine: it.pick.Machine.GetId(), Hostname: it.alloc.GetHostname(), Nets: it.nets}
+	}
+	if err := network.TakeBatchIPs(ctx, tx, key.project, addrs); err != nil {
+		if errors.Is(err, network.ErrShort) {
+			return nil, errUnbatched
+		}
 		return nil, err
+	}
+	for i, it := range items {
+		it.addresses(addrs[i])
 	}
 
 	// The machines, their events, documents and audit rows.
 	n := len(items)
-	ids, allocIDs, specs, msgs := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	agents := make([]string, n)
-	docs := map[string]*agentv1.MachineAllocation{}
-	audIDs, subjects, methods, requestIDs, targets := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	as := make([]machine.Allocation, n)
 	for i, it := range items {
-		m := it.pick.m
-		m.Allocation = it.alloc
-		if it.r.req.GetLabels() != nil {
-			m.Labels = it.r.req.GetLabels()
-		}
-		spec, err := encodeSpec(m)
-		if err != nil {
-			return nil, err
-		}
-		ids[i], allocIDs[i], specs[i], msgs[i], agents[i] = m.GetId(), it.alloc.GetId(), string(spec), allocatedMessage(it.alloc), it.pick.agentID
-		docs[it.pick.agentID] = allocationDocument(it.alloc, it.img, it.layout, it.docs, part)
-		if it.r.call == nil {
-			return nil, errors.New("allocation: no authenticated call")
-		}
-		audIDs[i], subjects[i], methods[i], requestIDs[i], targets[i] = uuid.NewString(), it.r.call.Principal.TokenID, it.r.call.Method, it.r.call.RequestID, "machine/"+m.GetId()
+		as[i] = it.allocation(part)
 	}
-	tag, err := tx.Exec(ctx, `WITH u AS (
-			UPDATE machines m SET project_id = $1, allocation_id = x.alloc, installed = FALSE, spec = x.spec::JSONB,
-				generation = m.generation + 1, event_seq = m.event_seq + 1, last_event = 'Allocated', last_event_at = now(), updated_at = now()
-			FROM unnest($2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[]) AS x (id, alloc, spec, msg)
-			WHERE m.id = x.id AND m.project_id IS NULL
-			RETURNING m.id, m.event_seq, m.provisioning, x.msg)
-		INSERT INTO machine_events (machine_id, seq, at, event, message, state)
-		SELECT id, event_seq, now(), 'Allocated', msg, provisioning FROM u`, key.project, ids, allocIDs, specs, msgs)
-	if err != nil {
-		return nil, fmt.Errorf("allocate machines: %w", err)
-	}
-	if tag.RowsAffected() != int64(n) {
-		return nil, fmt.Errorf("allocate machines: %d of %d rows were free", tag.RowsAffected(), n)
-	}
-	if err := a.fleet.ChangeMany(ctx, tx, agents, func(id string, d *agentv1.Desired) (bool, error) {
-		md := d.GetMachine()
-		if md == nil {
-			md = &agentv1.MachineDocument{}
-			d.Machine = md
-		}
-		md.Allocation = docs[id]
-		return true, nil
-	}); err != nil {
+	if err := a.machines.Allocate(ctx, tx, key.project, as); err != nil {
 		return nil, err
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO audit (id, subject, method, request_id, target, project_id)
-		SELECT id, subject, method, request_id, target, $6 FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[])
-			AS x (id, subject, method, request_id, target)`, audIDs, subjects, methods, requestIDs, targets, key.project); err != nil {
-		return nil, fmt.Errorf("audit: %w", err)
 	}
 	out := make(map[int]string, n)
 	for _, it := range items {
-		out[index[it]] = it.pick.m.GetId()
+		out[index[it]] = it.pick.Machine.GetId()
 	}
 	return out, nil
-}
-
-// takeBatchIPs takes one address per network and family for every item,
-// all of a pool in one statement, and writes all IP rows in one statement.
-// Only each family's first prefix is used: when it runs short the batch
-// is rolled back and the calls take the single path, which moves on to a
-// network's other prefixes.
-func (a *API) takeBatchIPs(ctx context.Context, tx pgx.Tx, project string, items []*allocItem) error {
-	type want struct {
-		pool string
-		v4   bool
-		n    int
-	}
-	prefixesOf := map[string][]prefixRow{}
-	wants := map[string]*want{}
-	var order []string
-	for _, it := range items {
-		for _, n := range it.nets {
-			ps, ok := prefixesOf[n.GetId()]
-			if !ok {
-				var err error
-				if ps, err = networkPrefixes(ctx, tx, n); err != nil {
-					return err
-				}
-				prefixesOf[n.GetId()] = ps
-			}
-			for _, fam := range []int{4, 6} {
-				i := slices.IndexFunc(ps, func(p prefixRow) bool { return ipam.Family(p.prefix) == fam })
-				if i < 0 {
-					continue
-				}
-				w := wants[ps[i].ipPool]
-				if w == nil {
-					w = &want{pool: ps[i].ipPool, v4: fam == 4}
-					wants[w.pool] = w
-					order = append(order, w.pool)
-				}
-				w.n++
-			}
-		}
-	}
-	units := map[string][]string{}
-	slices.Sort(order) // pools locked in one order by every batch
-	for _, pool := range order {
-		w := wants[pool]
-		got, err := ipam.AcquireMany(ctx, tx, pool, w.n)
-		if err != nil {
-			return err
-		}
-		if len(got) < w.n {
-			return errUnbatched
-		}
-		for _, u := range got {
-			units[pool] = append(units[pool], ipam.UnitAddr(u, w.v4).String()+"|"+u.String())
-		}
-	}
-	var ips, specs, pools, unitCol, nets, machines []string
-	for _, it := range items {
-		for _, n := range it.nets {
-			ps := prefixesOf[n.GetId()]
-			mn := &agentv1.MachineNetwork{NetworkId: n.GetId(), Prefixes: n.GetPrefixes(), Vrf: n.GetVrf(),
-				Private: n.GetType() == apiv1.NetworkType_NETWORK_TYPE_CHILD, Underlay: n.GetType() == apiv1.NetworkType_NETWORK_TYPE_UNDERLAY}
-			for _, fam := range []int{4, 6} {
-				i := slices.IndexFunc(ps, func(p prefixRow) bool { return ipam.Family(p.prefix) == fam })
-				if i < 0 {
-					continue
-				}
-				pool := ps[i].ipPool
-				addr, unit, _ := cutLast(units[pool][0])
-				units[pool] = units[pool][1:]
-				ip := &apiv1.IP{Ip: addr, NetworkId: n.GetId(), ProjectId: project, Type: apiv1.IPType_IP_TYPE_EPHEMERAL,
-					Name: it.alloc.GetHostname(), Description: "machine " + it.pick.m.GetId()}
-				spec, err := encodeSpec(ip)
-				if err != nil {
-					return err
-				}
-				ips, specs, pools, unitCol = append(ips, addr), append(specs, string(spec)), append(pools, pool), append(unitCol, unit)
-				nets, machines = append(nets, n.GetId()), append(machines, it.pick.m.GetId())
-				mn.Ips = append(mn.Ips, addr)
-				it.alloc.Ips = append(it.alloc.Ips, addr)
-			}
-			it.docs = append(it.docs, mn)
-		}
-	}
-	if len(ips) == 0 {
-		return nil
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO ips (ip, spec, pool_id, unit, network_id, project_id, type, machine_id)
-		SELECT ip, spec::JSONB, pool, unit::NUMERIC, network, $7, 'ephemeral', machine
-		FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[]) AS x (ip, spec, pool, unit, network, machine)`,
-		ips, specs, pools, unitCol, nets, machines, project); err != nil {
-		return fmt.Errorf("store machine ips: %w", err)
-	}
-	return nil
-}
-
-// cutLast splits "a|b" at its last '|'.
-func cutLast(s string) (string, string, bool) {
-	for i := len(s) - 1; i >= 0; i-- {
-		if s[i] == '|' {
-			return s[:i], s[i+1:], true
-		}
-	}
-	return s, "", false
 }

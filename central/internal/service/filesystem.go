@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -12,7 +13,7 @@ type filesystemLayoutService struct {
 	apiv1.UnimplementedFilesystemLayoutServiceServer
 }
 
-var filesystemLayouts = table[*apiv1.FilesystemLayout]{name: "filesystem_layouts", newFn: func() *apiv1.FilesystemLayout { return &apiv1.FilesystemLayout{} }}
+var filesystemLayouts = store.Table[*apiv1.FilesystemLayout]{Name: "filesystem_layouts", New: func() *apiv1.FilesystemLayout { return &apiv1.FilesystemLayout{} }}
 
 var (
 	fsFormats  = map[string]bool{"ext4": true, "ext3": true, "xfs": true, "vfat": true, "swap": true, "tmpfs": true, "none": true}
@@ -140,7 +141,7 @@ func (s *filesystemLayoutService) Get(ctx context.Context, req *apiv1.Filesystem
 }
 
 func (s *filesystemLayoutService) List(ctx context.Context, _ *apiv1.FilesystemLayoutServiceListRequest) (*apiv1.FilesystemLayoutServiceListResponse, error) {
-	out, err := filesystemLayouts.list(ctx, s.store.Pool(), "TRUE")
+	out, err := filesystemLayouts.List(ctx, s.store.Pool(), "TRUE")
 	if err != nil {
 		return nil, toStatus(err, "filesystem layouts")
 	}

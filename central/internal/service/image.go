@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -19,7 +20,7 @@ type imageService struct {
 	apiv1.UnimplementedImageServiceServer
 }
 
-var images = table[*apiv1.Image]{name: "images", newFn: func() *apiv1.Image { return &apiv1.Image{} }}
+var images = store.Table[*apiv1.Image]{Name: "images", New: func() *apiv1.Image { return &apiv1.Image{} }}
 
 func validateImage(im *apiv1.Image) error {
 	var v violations
@@ -44,8 +45,8 @@ func validateImage(im *apiv1.Image) error {
 	return v.err()
 }
 
-func imageCols(im *apiv1.Image) []col {
-	return []col{{"os", im.GetOs()}, {"version", im.GetVersion()}}
+func imageCols(im *apiv1.Image) []store.Col {
+	return []store.Col{{Name: "os", Val: im.GetOs()}, {Name: "version", Val: im.GetVersion()}}
 }
 
 // defaults fill what a caller may leave out.
@@ -79,7 +80,7 @@ func (s *imageService) Get(ctx context.Context, req *apiv1.ImageServiceGetReques
 }
 
 func (s *imageService) List(ctx context.Context, req *apiv1.ImageServiceListRequest) (*apiv1.ImageServiceListResponse, error) {
-	out, err := images.list(ctx, s.store.Pool(), "($1 = '' OR os = $1)", req.GetOs())
+	out, err := images.List(ctx, s.store.Pool(), "($1 = '' OR os = $1)", req.GetOs())
 	if err != nil {
 		return nil, toStatus(err, "images")
 	}
@@ -114,7 +115,7 @@ func (s *imageService) Latest(ctx context.Context, req *apiv1.ImageServiceLatest
 		v.add("os", "required")
 		return nil, v.err()
 	}
-	all, err := images.list(ctx, s.store.Pool(), "os = $1", req.GetOs())
+	all, err := images.List(ctx, s.store.Pool(), "os = $1", req.GetOs())
 	if err != nil {
 		return nil, toStatus(err, "images")
 	}

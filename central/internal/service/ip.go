@@ -2,38 +2,26 @@ package service
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"github.com/metalfleet/metalfleet/central/internal/network"
 	"net/netip"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/ipam"
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
 type ipService struct {
 	*API
 	apiv1.UnimplementedIPServiceServer
-}
-
-// ips reads machine_id from its column, the one truth that allocation sets
-// and freeing a machine clears; a machineId copied into spec is never shown.
-var ips = table[*apiv1.IP]{name: "ips", key: "ip", newFn: func() *apiv1.IP { return &apiv1.IP{} },
-	spec: `CASE WHEN machine_id IS NULL THEN spec - 'machineId' ELSE spec || jsonb_build_object('machineId', machine_id) END`}
-
-var ipTypeNames = map[apiv1.IPType]string{
-	apiv1.IPType_IP_TYPE_EPHEMERAL: "ephemeral",
-	apiv1.IPType_IP_TYPE_STATIC:    "static",
 }
 
 func (s *ipService) Allocate(ctx context.Context, req *apiv1.IPServiceAllocateRequest) (*apiv1.IPServiceAllocateResponse, error) {
@@ -67,7 +55,7 @@ func (s *ipService) Allocate(ctx context.Context, req *apiv1.IPServiceAllocateRe
 	if typ == apiv1.IPType_IP_TYPE_UNSPECIFIED {
 		typ = apiv1.IPType_IP_TYPE_EPHEMERAL
 	}
-	if _, ok := ipTypeNames[typ]; !ok {
+	if _, ok := network.IPTypeNames[typ]; !ok {
 		v.add("type", "must be ephemeral or static")
 	}
 	if err := v.err(); err != nil {
@@ -98,7 +86,7 @@ func (s *ipService) Allocate(ctx context.Context, req *apiv1.IPServiceAllocateRe
 			s.networkCache.forget(req.GetNetworkId())
 		}
 	}
-	n, err := fetch(ctx, s.API, networks, req.GetNetworkId())
+	n, err := fetch(ctx, s.API, network.Table, req.GetNetworkId())
 	if err != nil {
 		return nil, err
 	}
@@ -116,25 +104,7 @@ func (s *ipService) Allocate(ctx context.Context, req *apiv1.IPServiceAllocateRe
 			return &apiv1.IPServiceAllocateResponse{Ip: out}, nil
 		}
 	}
-	var out *apiv1.IP
-	err = s.store.Tx(ctx, func(tx pgx.Tx) error {
-		prefixes, err := networkPrefixes(ctx, tx, n)
-		if err != nil {
-			return err
-		}
-		addr, pool, err := takeAddress(ctx, tx, prefixes, want, fam)
-		if err != nil {
-			return err
-		}
-		ip.Ip = addr.String()
-		out, err = ips.insert(ctx, tx, ip.GetIp(), ip,
-			col{"pool_id", pool}, col{"unit", ipam.AddrUnit(addr).String()}, col{"network_id", n.GetId()},
-			col{"project_id", ip.GetProjectId()}, col{"type", ipTypeNames[typ]})
-		if err != nil {
-			return err
-		}
-		return s.audit(ctx, tx, "ip/"+ip.GetIp(), ip.GetProjectId())
-	})
+	out, err := network.AllocateIP(ctx, s.store, n, ip, want, fam)
 	if err != nil {
 		return nil, toStatus(err, "ip in network "+quote(n.GetId()))
 	}
@@ -173,38 +143,11 @@ type ipBatchReq struct {
 type ipBatchRes struct{ ip *apiv1.IP }
 
 // ipBatches (a field of API) combines concurrent next-free calls of one
-// pool (see ipam.Combiner): each batch is one statement that takes as many
+// pool (see store.Combiner): each batch is one statement that takes as many
 // addresses as it has calls, from one range, and writes every call's IP row
 // and audit row. Calls it cannot serve fall back to the transactional path
 // one by one.
-type ipBatches = ipam.Combiner[ipBatchKey, ipBatchReq, ipBatchRes]
-
-// allocateBatchSQL follows ipam.TakeInto's "taken (unit, ord)": the ord-th
-// call of the batch ($3..$9, arrays in call order) gets the ord-th unit. The
-// address text comes from PostgreSQL's host(), computed from the prefix base
-// ($10, $11), which formats IPv6 the RFC 5952 way, as net/netip does. Every
-// call's IP row and audit row are written by this one statement, so either
-// all of them are or none.
-const allocateBatchSQL = `, req AS (
-	SELECT * FROM unnest($3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[])
-		WITH ORDINALITY AS r (spec, project_id, type, audit_id, subject, method, request_id, ord)
-), addr AS (
-	SELECT host($10::INET + (t.unit - $11::NUMERIC)::BIGINT) AS ip, t.unit, r.*
-	FROM taken t JOIN req r ON r.ord = t.ord
-), ins AS (
-	INSERT INTO ips (ip, spec, pool_id, unit, network_id, project_id, type)
-	SELECT ip, jsonb_set(spec::JSONB, '{ip}', to_jsonb(ip)), $1, unit, $12, project_id, type FROM addr
-	RETURNING ip, generation, created_at, updated_at
-), aud AS (
-	INSERT INTO audit (id, subject, method, request_id, target, project_id)
-	SELECT audit_id, subject, method, request_id, 'ip/' || ip, project_id FROM addr
-)
-SELECT a.ord, i.ip, i.generation, i.created_at, i.updated_at FROM ins i JOIN addr a ON a.ip = i.ip`
-
-// allocateBatchGuard lets the statement take addresses only while the
-// network row the caller read ($12, $13) still exists: the network may have
-// come from networkCache.
-const allocateBatchGuard = `EXISTS (SELECT 1 FROM networks WHERE id = $12 AND created_at = $13)`
+type ipBatches = store.Combiner[ipBatchKey, ipBatchReq, ipBatchRes]
 
 // runIPBatch hands out the next free addresses of key's prefix to reqs in
 // one statement. Calls it leaves without an IP (the range it locked had
@@ -213,55 +156,14 @@ const allocateBatchGuard = `EXISTS (SELECT 1 FROM networks WHERE id = $12 AND cr
 // call's project is gone) take the transactional path on their own, which
 // waits for locks, tries the network's other prefixes and reports each
 // call's own error.
-func (a *API) runIPBatch(ctx context.Context, key ipBatchKey, reqs []ipBatchReq) []ipam.Outcome[ipBatchRes] {
-	outs := make([]ipam.Outcome[ipBatchRes], len(reqs))
-	cols := make([][]string, 7)
-	for i := range cols {
-		cols[i] = make([]string, len(reqs))
-	}
+func (a *API) runIPBatch(ctx context.Context, key ipBatchKey, reqs []ipBatchReq) []store.Outcome[ipBatchRes] {
+	outs := make([]store.Outcome[ipBatchRes], len(reqs))
+	nreqs := make([]network.IPReq, len(reqs))
 	for i, r := range reqs {
-		cols[0][i] = string(r.spec)
-		cols[1][i] = r.ip.GetProjectId()
-		cols[2][i] = ipTypeNames[r.ip.GetType()]
-		cols[3][i] = r.auditID
-		cols[4][i] = r.call.Principal.TokenID
-		cols[5][i] = r.call.Method
-		cols[6][i] = r.call.RequestID
+		nreqs[i] = network.IPReq{IP: r.ip, Spec: r.spec, Call: r.call, AuditID: r.auditID}
 	}
-	base := key.prefix.Masked().Addr()
-	rows, err := ipam.TakeInto(ctx, a.store.Pool(), ipam.IPPoolID(key.prefix), len(reqs), allocateBatchGuard, allocateBatchSQL,
-		cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6],
-		base.String(), ipam.AddrUnit(base).String(), key.network, key.created)
-	if err != nil {
-		return outs
-	}
-	defer rows.Close()
-	type served struct {
-		ord              int64
-		ip               string
-		gen              int64
-		created, updated time.Time
-	}
-	var got []served
-	for rows.Next() {
-		var s served
-		if err := rows.Scan(&s.ord, &s.ip, &s.gen, &s.created, &s.updated); err != nil {
-			return outs
-		}
-		got = append(got, s)
-	}
-	if rows.Err() != nil {
-		// Nothing was committed: a statement that fails changes nothing.
-		return outs
-	}
-	for _, s := range got {
-		if s.ord < 1 || int(s.ord) > len(reqs) {
-			continue
-		}
-		out := proto.Clone(reqs[s.ord-1].ip).(*apiv1.IP)
-		out.Ip = s.ip
-		setMeta(out, &apiv1.Meta{CreatedAt: timestamppb.New(s.created), UpdatedAt: timestamppb.New(s.updated), Generation: uint64(s.gen)})
-		outs[s.ord-1].Val.ip = out
+	for i, ip := range network.AllocateIPs(ctx, a.store.Pool(), key.network, key.created, key.prefix, nreqs) {
+		outs[i].Val.ip = ip
 	}
 	return outs
 }
@@ -275,20 +177,20 @@ func (a *API) runIPBatch(ctx context.Context, key ipBatchKey, reqs []ipBatchReq)
 func (s *ipService) allocateNext(ctx context.Context, n *apiv1.Network, ip *apiv1.IP, fam int) (*apiv1.IP, bool, error) {
 	// The pool of a prefix is named after it, so the network's own prefix
 	// list tells the pool without another round trip.
-	var prefixes []prefixRow
+	var prefixes []network.Prefix
 	for _, c := range n.GetPrefixes() {
 		p, err := netip.ParsePrefix(c)
 		if err != nil {
 			return nil, false, fmt.Errorf("network %s has a bad prefix %q: %w", n.GetId(), c, err)
 		}
-		prefixes = append(prefixes, prefixRow{prefix: p, ipPool: ipam.IPPoolID(p)})
+		prefixes = append(prefixes, network.Prefix{CIDR: p, IPPool: ipam.IPPoolID(p)})
 	}
 	if fam == 0 {
-		fam = defaultFamily(prefixes)
+		fam = network.DefaultFamily(prefixes)
 	}
-	var pr *prefixRow
+	var pr *network.Prefix
 	for i := range prefixes {
-		if ipam.Family(prefixes[i].prefix) == fam {
+		if ipam.Family(prefixes[i].CIDR) == fam {
 			pr = &prefixes[i]
 			break
 		}
@@ -297,11 +199,11 @@ func (s *ipService) allocateNext(ctx context.Context, n *apiv1.Network, ip *apiv
 	if pr == nil || call == nil {
 		return nil, false, nil
 	}
-	spec, err := encodeSpec(ip)
+	spec, err := store.EncodeSpec(ip)
 	if err != nil {
 		return nil, false, err
 	}
-	key := ipBatchKey{network: n.GetId(), created: n.GetMeta().GetCreatedAt().AsTime(), prefix: pr.prefix.Masked()}
+	key := ipBatchKey{network: n.GetId(), created: n.GetMeta().GetCreatedAt().AsTime(), prefix: pr.CIDR.Masked()}
 	res, err := s.ipBatches.Do(ctx, key,
 		ipBatchReq{ip: ip, spec: spec, call: call, auditID: uuid.NewString()})
 	if err != nil || res.ip == nil {
@@ -317,7 +219,7 @@ func checkIPNetwork(n *apiv1.Network, req *apiv1.IPServiceAllocateRequest) error
 		// Another project's network: answer as if it did not exist.
 		return status.Errorf(codes.NotFound, "network %s not found", quote(req.GetNetworkId()))
 	case n.GetType() == apiv1.NetworkType_NETWORK_TYPE_SUPER || n.GetType() == apiv1.NetworkType_NETWORK_TYPE_UNDERLAY:
-		return status.Errorf(codes.FailedPrecondition, "network %q is a %s network: IPs come from child or external networks", n.GetId(), networkTypeNames[n.GetType()])
+		return status.Errorf(codes.FailedPrecondition, "network %q is a %s network: IPs come from child or external networks", n.GetId(), network.TypeNames[n.GetType()])
 	}
 	return nil
 }
@@ -382,50 +284,8 @@ func (c *networkCache) forget(id string) {
 	c.mu.Unlock()
 }
 
-// takeAddress takes want, or the next free address of family fam (IPv4 first
-// when fam is 0), from the network's prefixes.
-func takeAddress(ctx context.Context, tx pgx.Tx, prefixes []prefixRow, want netip.Addr, fam int) (netip.Addr, string, error) {
-	if want.IsValid() {
-		for _, p := range prefixes {
-			if p.prefix.Contains(want) {
-				err := ipam.AcquireSpecific(ctx, tx, p.ipPool, ipam.AddrUnit(want))
-				if errors.Is(err, ipam.ErrTaken) {
-					return want, "", status.Errorf(codes.AlreadyExists, "ip %s is already allocated", want)
-				}
-				if errors.Is(err, ipam.ErrOutOfRange) {
-					return want, "", status.Errorf(codes.InvalidArgument, "ip %s is the network or broadcast address of %s", want, p.prefix)
-				}
-				return want, p.ipPool, err
-			}
-		}
-		return want, "", status.Errorf(codes.InvalidArgument, "ip %s is not inside the network's prefixes", want)
-	}
-	if fam == 0 {
-		fam = defaultFamily(prefixes)
-	}
-	has := false
-	for _, p := range prefixes {
-		if ipam.Family(p.prefix) != fam {
-			continue
-		}
-		has = true
-		u, err := ipam.Acquire(ctx, tx, p.ipPool)
-		if errors.Is(err, ipam.ErrExhausted) {
-			continue
-		}
-		if err != nil {
-			return netip.Addr{}, "", err
-		}
-		return ipam.UnitAddr(u, fam == 4), p.ipPool, nil
-	}
-	if !has {
-		return netip.Addr{}, "", status.Errorf(codes.FailedPrecondition, "network has no IPv%d prefix", fam)
-	}
-	return netip.Addr{}, "", status.Errorf(codes.ResourceExhausted, "no free IPv%d address left in the network", fam)
-}
-
 func (s *ipService) Get(ctx context.Context, req *apiv1.IPServiceGetRequest) (*apiv1.IPServiceGetResponse, error) {
-	out, err := fetch(ctx, s.API, ips, canonicalIP(req.GetIp()))
+	out, err := fetch(ctx, s.API, network.IPs, canonicalIP(req.GetIp()))
 	if err != nil {
 		return nil, err
 	}
@@ -433,7 +293,7 @@ func (s *ipService) Get(ctx context.Context, req *apiv1.IPServiceGetRequest) (*a
 }
 
 func (s *ipService) List(ctx context.Context, req *apiv1.IPServiceListRequest) (*apiv1.IPServiceListResponse, error) {
-	all, err := ips.list(ctx, s.store.Pool(), "($1 = '' OR project_id = $1) AND ($2 = '' OR network_id = $2)", req.GetProjectId(), req.GetNetworkId())
+	all, err := network.IPs.List(ctx, s.store.Pool(), "($1 = '' OR project_id = $1) AND ($2 = '' OR network_id = $2)", req.GetProjectId(), req.GetNetworkId())
 	if err != nil {
 		return nil, toStatus(err, "ips")
 	}
@@ -449,59 +309,25 @@ func (s *ipService) Update(ctx context.Context, req *apiv1.IPServiceUpdateReques
 	v.text("name", req.GetName(), 128)
 	v.text("description", req.GetDescription(), 1024)
 	v.labels("labels", req.GetLabels())
-	if _, ok := ipTypeNames[req.GetType()]; !ok && req.GetType() != apiv1.IPType_IP_TYPE_UNSPECIFIED {
+	if _, ok := network.IPTypeNames[req.GetType()]; !ok && req.GetType() != apiv1.IPType_IP_TYPE_UNSPECIFIED {
 		v.add("type", "must be ephemeral or static")
 	}
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	out, err := modify(ctx, s.API, ips, canonicalIP(req.GetIp()), func(ip *apiv1.IP) ([]col, string) {
-		ip.Name, ip.Description, ip.Labels = req.GetName(), req.GetDescription(), req.GetLabels()
-		if req.GetType() != apiv1.IPType_IP_TYPE_UNSPECIFIED {
-			ip.Type = req.GetType()
-		}
-		return []col{{"type", ipTypeNames[ip.GetType()]}}, ip.GetProjectId()
-	})
+	out, err := network.UpdateIP(ctx, s.store, canonicalIP(req.GetIp()), req.GetName(), req.GetDescription(), req.GetLabels(), req.GetType())
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err, "ip "+quote(canonicalIP(req.GetIp())))
 	}
 	return &apiv1.IPServiceUpdateResponse{Ip: out}, nil
 }
 
 func (s *ipService) Release(ctx context.Context, req *apiv1.IPServiceReleaseRequest) (*apiv1.IPServiceReleaseResponse, error) {
-	var out *apiv1.IP
-	err := s.store.Tx(ctx, func(tx pgx.Tx) error {
-		var pool, unit string
-		var machine *string
-		if err := tx.QueryRow(ctx, `SELECT pool_id, unit::TEXT, machine_id FROM ips WHERE ip = $1 FOR UPDATE`, canonicalIP(req.GetIp())).Scan(&pool, &unit, &machine); err != nil {
-			return err
-		}
-		if machine != nil && *machine != "" {
-			return status.Errorf(codes.FailedPrecondition, "ip %s is attached to machine %q", req.GetIp(), *machine)
-		}
-		var err error
-		if out, err = ips.delete(ctx, tx, canonicalIP(req.GetIp())); err != nil {
-			return err
-		}
-		if err := ipam.Release(ctx, tx, pool, mustUnit(unit)); err != nil {
-			return err
-		}
-		return s.audit(ctx, tx, "ip/"+out.GetIp(), out.GetProjectId())
-	})
+	out, err := network.ReleaseIP(ctx, s.store, canonicalIP(req.GetIp()), req.GetIp())
 	if err != nil {
 		return nil, toStatus(err, "ip "+quote(req.GetIp()))
 	}
 	return &apiv1.IPServiceReleaseResponse{Ip: out}, nil
-}
-
-// defaultFamily is IPv4 when the network has an IPv4 prefix, else IPv6.
-func defaultFamily(prefixes []prefixRow) int {
-	for _, p := range prefixes {
-		if p.prefix.Addr().Is4() {
-			return 4
-		}
-	}
-	return 6
 }
 
 // canonicalIP normalises an address so that "fd00::0001" finds "fd00::1".

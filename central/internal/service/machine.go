@@ -2,22 +2,15 @@ package service
 
 import (
 	"context"
-	"errors"
-	"fmt"
+	"github.com/metalfleet/metalfleet/central/internal/network"
 	"net"
-	"slices"
+	"regexp"
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/types/known/timestamppb"
-
 	"github.com/metalfleet/metalfleet/central/internal/auth"
-	"github.com/metalfleet/metalfleet/central/internal/fsm"
-	"github.com/metalfleet/metalfleet/central/internal/ipam"
+	"github.com/metalfleet/metalfleet/central/internal/machine"
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -26,95 +19,8 @@ type machineService struct {
 	apiv1.UnimplementedMachineServiceServer
 }
 
-var machines = table[*apiv1.Machine]{name: "machines", newFn: func() *apiv1.Machine { return &apiv1.Machine{} }}
-
-// machineSelect reads a machine with what is derived at read time:
-// lifecycle state, liveliness of its agent, the newest event's error.
-const machineSelect = `SELECT m.spec, m.generation, m.created_at, m.updated_at, COALESCE(m.size_id, ''), m.rack, m.state,
-	m.provisioning, m.last_event, m.last_event_at, m.crashes, a.last_contact, m.project_id IS NOT NULL,
-	COALESCE((SELECT e.error FROM machine_events e WHERE e.machine_id = m.id AND e.seq = m.event_seq), ''),
-	ARRAY(SELECT c.mac || ' ' || c.machine_id || ' ' || c.owner_id FROM machine_mac_conflicts c WHERE c.machine_id = m.id
-		UNION ALL SELECT c.mac || ' ' || c.machine_id || ' ' || c.owner_id FROM machine_mac_conflicts c WHERE c.owner_id = m.id)
-	FROM machines m LEFT JOIN agents a ON a.id = m.agent_id`
-
-func (a *API) scanMachine(row pgx.Row, now time.Time) (*apiv1.Machine, error) {
-	var (
-		spec             []byte
-		gen              int64
-		created, updated time.Time
-		sizeID, rack     string
-		state, prov, ev  string
-		evAt, contact    *time.Time
-		crashes          int
-		allocated        bool
-		lastErr          string
-		conflicts        []string
-	)
-	if err := row.Scan(&spec, &gen, &created, &updated, &sizeID, &rack, &state, &prov, &ev, &evAt, &crashes, &contact, &allocated, &lastErr, &conflicts); err != nil {
-		return nil, err
-	}
-	m := &apiv1.Machine{}
-	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(spec, m); err != nil {
-		return nil, fmt.Errorf("decode machine spec: %w", err)
-	}
-	m.Meta = &apiv1.Meta{CreatedAt: timestamppb.New(created), UpdatedAt: timestamppb.New(updated), Generation: uint64(gen)}
-	m.SizeId, m.Rack, m.LastEvent = sizeID, rack, ev
-	m.State = machineStates[state]
-	m.Provisioning = provisioningStates[fsm.State(prov)]
-	if evAt != nil {
-		m.LastEventAt = timestamppb.New(*evAt)
-	}
-	if !allocated {
-		m.Allocation = nil
-	}
-	m.Liveliness = apiv1.Liveliness_LIVELINESS_UNKNOWN
-	if a.fleet != nil {
-		m.Liveliness = a.fleet.Liveliness(contact)
-	}
-	v := fsm.View{State: fsm.State(prov), Crashes: crashes, SizeID: sizeID, LastError: lastErr, Registered: m.GetHardware() != nil,
-		Dead: m.Liveliness == apiv1.Liveliness_LIVELINESS_DEAD, Unknown: m.Liveliness == apiv1.Liveliness_LIVELINESS_UNKNOWN && contact != nil}
-	if evAt != nil {
-		v.LastEventAt = *evAt
-	}
-	for _, is := range fsm.Issues(v, now) {
-		m.Issues = append(m.Issues, &apiv1.MachineIssue{Id: is.ID, Description: is.Description, MachineId: m.GetId()})
-	}
-	slices.Sort(conflicts)
-	for _, c := range conflicts {
-		f := strings.Fields(c) // mac, reporter, owner
-		if len(f) != 3 {
-			continue
-		}
-		m.Issues = append(m.Issues, &apiv1.MachineIssue{Id: issueDuplicateMAC, MachineId: m.GetId(),
-			Description: fmt.Sprintf("NIC %s belongs to machine %s and is also reported by machine %s: resolve with metalctl machine resolve-mac", f[0], f[2], f[1])})
-	}
-	return m, nil
-}
-
-// issueDuplicateMAC: a NIC is reported by two machines (storeNICs).
-const issueDuplicateMAC = "duplicate-mac"
-
-var machineStates = map[string]apiv1.MachineState{
-	"available": apiv1.MachineState_MACHINE_STATE_AVAILABLE,
-	"reserved":  apiv1.MachineState_MACHINE_STATE_RESERVED,
-	"locked":    apiv1.MachineState_MACHINE_STATE_LOCKED,
-}
-
-var provisioningStates = map[fsm.State]apiv1.ProvisioningState{
-	fsm.PXEBooting:       apiv1.ProvisioningState_PROVISIONING_STATE_PXE_BOOTING,
-	fsm.Preparing:        apiv1.ProvisioningState_PROVISIONING_STATE_PREPARING,
-	fsm.Registering:      apiv1.ProvisioningState_PROVISIONING_STATE_REGISTERING,
-	fsm.Waiting:          apiv1.ProvisioningState_PROVISIONING_STATE_WAITING,
-	fsm.Installing:       apiv1.ProvisioningState_PROVISIONING_STATE_INSTALLING,
-	fsm.BootingNewKernel: apiv1.ProvisioningState_PROVISIONING_STATE_BOOTING_NEW_KERNEL,
-	fsm.PhonedHome:       apiv1.ProvisioningState_PROVISIONING_STATE_PHONED_HOME,
-	fsm.PlannedReboot:    apiv1.ProvisioningState_PROVISIONING_STATE_PLANNED_REBOOT,
-	fsm.MachineReclaim:   apiv1.ProvisioningState_PROVISIONING_STATE_MACHINE_RECLAIM,
-	fsm.Crashed:          apiv1.ProvisioningState_PROVISIONING_STATE_CRASHED,
-}
-
-func (a *API) readMachine(ctx context.Context, db ipam.DB, id string) (*apiv1.Machine, error) {
-	m, err := a.scanMachine(db.QueryRow(ctx, machineSelect+` WHERE m.id = $1`, id), time.Now())
+func (a *API) readMachine(ctx context.Context, db store.Querier, id string) (*apiv1.Machine, error) {
+	m, err := a.machines.Get(ctx, db, id)
 	if err != nil {
 		return nil, toStatus(err, "machine "+quote(id))
 	}
@@ -122,21 +28,8 @@ func (a *API) readMachine(ctx context.Context, db ipam.DB, id string) (*apiv1.Ma
 }
 
 func (a *API) listMachines(ctx context.Context, where string, args ...any) ([]*apiv1.Machine, error) {
-	rows, err := a.store.Pool().Query(ctx, machineSelect+" WHERE "+where+" ORDER BY m.id", args...)
+	out, err := a.machines.List(ctx, where, args...)
 	if err != nil {
-		return nil, toStatus(err, "machines")
-	}
-	defer rows.Close()
-	now := time.Now()
-	var out []*apiv1.Machine
-	for rows.Next() {
-		m, err := a.scanMachine(rows, now)
-		if err != nil {
-			return nil, toStatus(err, "machines")
-		}
-		out = append(out, m)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, toStatus(err, "machines")
 	}
 	return out, nil
@@ -191,16 +84,17 @@ func (s *machineService) Events(req *apiv1.MachineServiceEventsRequest, stream a
 	}
 	var after int64
 	if l := req.GetLimit(); l > 0 {
-		if err := s.store.Pool().QueryRow(ctx, `SELECT GREATEST(event_seq - $2, 0) FROM machines WHERE id = $1`, req.GetId(), int64(l)).Scan(&after); err != nil {
+		var err error
+		if after, err = s.machines.LastSeq(ctx, req.GetId(), int64(l)); err != nil {
 			return toStatus(err, "machine "+quote(req.GetId()))
 		}
 	}
 	t := time.NewTicker(eventPoll)
 	defer t.Stop()
 	for {
-		events, err := s.eventsAfter(ctx, req.GetId(), after)
+		events, err := s.machines.EventsAfter(ctx, req.GetId(), after)
 		if err != nil {
-			return err
+			return toStatus(err, "events of machine "+quote(req.GetId()))
 		}
 		if len(events) > 0 {
 			m, err := s.readMachine(ctx, s.store.Pool(), req.GetId())
@@ -208,10 +102,10 @@ func (s *machineService) Events(req *apiv1.MachineServiceEventsRequest, stream a
 				return err
 			}
 			for _, e := range events {
-				if err := stream.Send(&apiv1.MachineServiceEventsResponse{Event: e.event, Machine: m}); err != nil {
+				if err := stream.Send(&apiv1.MachineServiceEventsResponse{Event: e.Event, Machine: m}); err != nil {
 					return err
 				}
-				after = e.seq
+				after = e.Seq
 			}
 		}
 		if !req.GetFollow() {
@@ -223,62 +117,6 @@ func (s *machineService) Events(req *apiv1.MachineServiceEventsRequest, stream a
 		case <-t.C:
 		}
 	}
-}
-
-type seqEvent struct {
-	seq   int64
-	event *apiv1.MachineEvent
-}
-
-func (a *API) eventsAfter(ctx context.Context, id string, after int64) ([]seqEvent, error) {
-	rows, err := a.store.Pool().Query(ctx, `SELECT seq, at, event, message, state, error FROM machine_events
-		WHERE machine_id = $1 AND seq > $2 ORDER BY seq LIMIT 1000`, id, after)
-	if err != nil {
-		return nil, toStatus(err, "events of machine "+quote(id))
-	}
-	defer rows.Close()
-	var out []seqEvent
-	for rows.Next() {
-		var (
-			e        seqEvent
-			at       time.Time
-			ev       apiv1.MachineEvent
-			stateStr string
-		)
-		if err := rows.Scan(&e.seq, &at, &ev.Event, &ev.Message, &stateStr, &ev.Error); err != nil {
-			return nil, toStatus(err, "events")
-		}
-		ev.Time, ev.State, ev.MachineId = timestamppb.New(at), provisioningStates[fsm.State(stateStr)], id
-		e.event = &ev
-		out = append(out, e)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, toStatus(err, "events")
-	}
-	return out, nil
-}
-
-type switchService struct {
-	*API
-	apiv1.UnimplementedSwitchServiceServer
-}
-
-var switches = table[*apiv1.Switch]{name: "switches", newFn: func() *apiv1.Switch { return &apiv1.Switch{} }}
-
-func (s *switchService) Get(ctx context.Context, req *apiv1.SwitchServiceGetRequest) (*apiv1.SwitchServiceGetResponse, error) {
-	out, err := fetch(ctx, s.API, switches, req.GetId())
-	if err != nil {
-		return nil, err
-	}
-	return &apiv1.SwitchServiceGetResponse{Switch: out}, nil
-}
-
-func (s *switchService) List(ctx context.Context, req *apiv1.SwitchServiceListRequest) (*apiv1.SwitchServiceListResponse, error) {
-	out, err := switches.list(ctx, s.store.Pool(), "($1 = '' OR partition_id = $1)", req.GetPartitionId())
-	if err != nil {
-		return nil, toStatus(err, "switches")
-	}
-	return &apiv1.SwitchServiceListResponse{Switches: out}, nil
 }
 
 // ResolveMac gives a MAC that two machines reported to the machine the
@@ -295,38 +133,7 @@ func (s *machineService) ResolveMac(ctx context.Context, req *apiv1.MachineServi
 		return nil, err
 	}
 	mac, owner := hw.String(), strings.ToLower(req.GetOwnerId())
-	err = s.store.Tx(ctx, func(tx pgx.Tx) error {
-		var current string
-		err := tx.QueryRow(ctx, `SELECT machine_id FROM machine_nics WHERE mac = $1`, mac).Scan(&current)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return status.Errorf(codes.NotFound, "no machine has NIC %s", mac)
-		}
-		if err != nil {
-			return fmt.Errorf("owner of %s: %w", mac, err)
-		}
-		var reported bool
-		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM machine_mac_conflicts WHERE mac = $1 AND machine_id = $2)`, mac, owner).Scan(&reported); err != nil {
-			return fmt.Errorf("conflicts of %s: %w", mac, err)
-		}
-		if owner != current && !reported {
-			return status.Errorf(codes.FailedPrecondition, "machine %s neither owns nor reported NIC %s (owner: %s)", owner, mac, current)
-		}
-		if _, err := machines.getForUpdate(ctx, tx, owner); err != nil {
-			return err
-		}
-		if owner != current {
-			if _, err := tx.Exec(ctx, `UPDATE machine_nics SET machine_id = $2 WHERE mac = $1`, mac, owner); err != nil {
-				return fmt.Errorf("move nic %s: %w", mac, err)
-			}
-		}
-		if _, err := tx.Exec(ctx, `DELETE FROM machine_mac_conflicts WHERE mac = $1`, mac); err != nil {
-			return fmt.Errorf("clear conflicts of %s: %w", mac, err)
-		}
-		if err := logEvent(ctx, tx, owner, "Duplicate MAC resolved", fmt.Sprintf("NIC %s belongs to this machine (was %s), by token %s", mac, current, auth.PrincipalFrom(ctx).TokenID)); err != nil {
-			return err
-		}
-		return s.audit(ctx, tx, "machine/"+owner, "")
-	})
+	err = s.machines.ResolveMAC(ctx, mac, owner)
 	if err != nil {
 		return nil, toStatus(err, "machine "+quote(req.GetOwnerId()))
 	}
@@ -336,3 +143,166 @@ func (s *machineService) ResolveMac(ctx context.Context, req *apiv1.MachineServi
 	}
 	return &apiv1.MachineServiceResolveMacResponse{Machine: m}, nil
 }
+
+// hostnameRE is an RFC 1123 host label.
+var hostnameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+func validateCreate(req *apiv1.MachineServiceCreateRequest) error {
+	var v violations
+	v.uuid("project_id", req.GetProjectId())
+	if req.GetId() == "" {
+		v.id("partition_id", req.GetPartitionId())
+		v.id("size_id", req.GetSizeId())
+	} else {
+		v.uuid("id", req.GetId())
+		v.optionalID("partition_id", req.GetPartitionId())
+		v.optionalID("size_id", req.GetSizeId())
+	}
+	v.id("image_id", req.GetImageId())
+	v.optionalID("filesystem_layout_id", req.GetFilesystemLayoutId())
+	if h := req.GetHostname(); h != "" && !hostnameRE.MatchString(h) {
+		v.add("hostname", "must be a host name label: lower-case letters, digits and '-', at most 63")
+	}
+	if len(req.GetNetworks()) > 16 {
+		v.add("networks", "at most 16")
+	}
+	seen := map[string]bool{}
+	for i, n := range req.GetNetworks() {
+		v.id(fieldIndex("networks", i), n)
+		if seen[n] {
+			v.add(fieldIndex("networks", i), "listed twice")
+		}
+		seen[n] = true
+	}
+	if len(req.GetSshPublicKeys()) > 32 {
+		v.add("ssh_public_keys", "at most 32")
+	}
+	for i, k := range req.GetSshPublicKeys() {
+		if !sshKeyLooksValid(k) {
+			v.add(fieldIndex("ssh_public_keys", i), "not an OpenSSH public key (type base64 [comment])")
+		}
+	}
+	v.text("user_data", req.GetUserData(), 64<<10)
+	v.labels("labels", req.GetLabels())
+	return v.err()
+}
+
+// sshKeyLooksValid checks the authorized_keys shape; the installed
+// system's sshd is the judge of the key itself.
+func sshKeyLooksValid(k string) bool {
+	f := strings.Fields(k)
+	if len(f) < 2 || len(k) > 16<<10 || strings.ContainsAny(k, "\n\r") {
+		return false
+	}
+	switch {
+	case strings.HasPrefix(f[0], "ssh-"), strings.HasPrefix(f[0], "ecdsa-sha2-"), strings.HasPrefix(f[0], "sk-"):
+	default:
+		return false
+	}
+	for _, c := range f[1] {
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '+' || c == '/' || c == '=') {
+			return false
+		}
+	}
+	return true
+}
+
+// Create allocates a machine: in one transaction it picks a waiting,
+// alive machine of the size in the partition (or the given one), honours
+// size reservations, spreads the project across racks, takes the
+// machine's IPs, and hands the installer its allocation. Concurrent
+// calls skip machines another call has locked, so they never wait on or
+// take the same machine; a failure anywhere leaves nothing behind.
+func (s *machineService) Create(ctx context.Context, req *apiv1.MachineServiceCreateRequest) (*apiv1.MachineServiceCreateResponse, error) {
+	if err := validateCreate(req); err != nil {
+		return nil, err
+	}
+	var id string
+	if req.GetId() == "" {
+		// Concurrent allocations of one size, partition and project share
+		// a transaction (allocBatches); what a batch cannot serve runs on
+		// its own below, which also gives each call its precise error.
+		res, err := s.allocBatches.Do(ctx, allocKey{partition: req.GetPartitionId(), size: req.GetSizeId(), project: req.GetProjectId()},
+			allocReq{req: req, call: auth.CallFrom(ctx)})
+		if err != nil {
+			return nil, toStatus(err, "machine allocation")
+		}
+		id = res.id
+	}
+	if id == "" {
+		var err error
+		if id, err = s.createOne(ctx, req); err != nil {
+			return nil, toStatus(err, "machine allocation")
+		}
+	}
+	m, err := s.readMachine(ctx, s.store.Pool(), id)
+	if err != nil {
+		return nil, err
+	}
+	return &apiv1.MachineServiceCreateResponse{Machine: m}, nil
+}
+
+// Delete frees a machine: its ephemeral IPs go back to their pools, static
+// ones stay with the project, the installed system is rebooted into PXE
+// (reboot intent) where the installer wipes the disks and waits again.
+func (s *machineService) Delete(ctx context.Context, req *apiv1.MachineServiceDeleteRequest) (*apiv1.MachineServiceDeleteResponse, error) {
+	err := s.machines.Free(ctx, req.GetId(), network.ReleaseMachineIPs)
+	if err != nil {
+		return nil, toStatus(err, "machine "+quote(req.GetId()))
+	}
+	m, err := s.readMachine(ctx, s.store.Pool(), req.GetId())
+	if err != nil {
+		return nil, err
+	}
+	return &apiv1.MachineServiceDeleteResponse{Machine: m}, nil
+}
+
+// Reinstall installs an image again under a new allocation id, keeping
+// hostname, networks and IPs; only disks marked wipe_on_reinstall (the
+// primary one) are wiped.
+func (s *machineService) Reinstall(ctx context.Context, req *apiv1.MachineServiceReinstallRequest) (*apiv1.MachineServiceReinstallResponse, error) {
+	var v violations
+	v.optionalID("image_id", req.GetImageId())
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	err := s.machines.Reinstall(ctx, req.GetId(), req.GetImageId(), usableImage)
+	if err != nil {
+		return nil, toStatus(err, "machine "+quote(req.GetId()))
+	}
+	m, err := s.readMachine(ctx, s.store.Pool(), req.GetId())
+	if err != nil {
+		return nil, err
+	}
+	return &apiv1.MachineServiceReinstallResponse{Machine: m}, nil
+}
+
+// SetState locks, reserves or releases a machine. A locked machine cannot
+// be allocated, freed or reinstalled; a reserved one is allocated only by
+// id.
+func (s *machineService) SetState(ctx context.Context, req *apiv1.MachineServiceSetStateRequest) (*apiv1.MachineServiceSetStateResponse, error) {
+	var v violations
+	name := machine.StateName(req.GetState())
+	if name == "" {
+		v.add("state", "must be available, reserved or locked")
+	}
+	if name != "available" && name != "" && strings.TrimSpace(req.GetReason()) == "" {
+		v.add("reason", "required to lock or reserve a machine")
+	}
+	v.text("reason", req.GetReason(), 1024)
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	err := s.machines.SetState(ctx, req.GetId(), req.GetState(), req.GetReason())
+	if err != nil {
+		return nil, toStatus(err, "machine "+quote(req.GetId()))
+	}
+	m, err := s.readMachine(ctx, s.store.Pool(), req.GetId())
+	if err != nil {
+		return nil, err
+	}
+	return &apiv1.MachineServiceSetStateResponse{Machine: m}, nil
+}
+
+// issueDuplicateMAC: a NIC is reported by two machines.
+const issueDuplicateMAC = machine.IssueDuplicateMAC

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"net/url"
 
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -14,7 +15,7 @@ type partitionService struct {
 	apiv1.UnimplementedPartitionServiceServer
 }
 
-var partitions = table[*apiv1.Partition]{name: "partitions", newFn: func() *apiv1.Partition { return &apiv1.Partition{} }}
+var partitions = store.Table[*apiv1.Partition]{Name: "partitions", New: func() *apiv1.Partition { return &apiv1.Partition{} }}
 
 func validatePartition(p *apiv1.Partition) error {
 	var v violations
@@ -68,7 +69,7 @@ func (s *partitionService) Get(ctx context.Context, req *apiv1.PartitionServiceG
 }
 
 func (s *partitionService) List(ctx context.Context, _ *apiv1.PartitionServiceListRequest) (*apiv1.PartitionServiceListResponse, error) {
-	out, err := partitions.list(ctx, s.store.Pool(), "TRUE")
+	out, err := partitions.List(ctx, s.store.Pool(), "TRUE")
 	if err != nil {
 		return nil, toStatus(err, "partitions")
 	}

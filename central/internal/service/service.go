@@ -6,18 +6,17 @@ package service
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"github.com/metalfleet/metalfleet/central/internal/network"
 	"log/slog"
 	"math/big"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc"
 
-	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/ipam"
+	"github.com/metalfleet/metalfleet/central/internal/machine"
 	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
@@ -50,6 +49,8 @@ type API struct {
 	log   *slog.Logger
 	cfg   Config
 	fleet Fleet
+	// machines is the machine aggregate, the writer of the machine tables.
+	machines *machine.Machines
 	// Concurrent allocations sharing a pool run as shared statements.
 	ipBatches    *ipBatches
 	childBatches *childBatches
@@ -78,8 +79,8 @@ func New(ctx context.Context, st *store.Store, log *slog.Logger, cfg Config, opt
 	if cfg.AliveWithin <= 0 {
 		cfg.AliveWithin = def.AliveWithin
 	}
-	if cfg.VRFLast > maxVNI {
-		return nil, fmt.Errorf("vrf range %d-%d: a VRF id is a 24-bit VNI, at most %d", cfg.VRFFirst, cfg.VRFLast, maxVNI)
+	if cfg.VRFLast > network.MaxVNI {
+		return nil, fmt.Errorf("vrf range %d-%d: a VRF id is a 24-bit VNI, at most %d", cfg.VRFFirst, cfg.VRFLast, network.MaxVNI)
 	}
 	if cfg.VRFFirst > cfg.VRFLast {
 		return nil, fmt.Errorf("vrf range %d-%d is empty", cfg.VRFFirst, cfg.VRFLast)
@@ -88,12 +89,17 @@ func New(ctx context.Context, st *store.Store, log *slog.Logger, cfg Config, opt
 		log = slog.New(slog.DiscardHandler)
 	}
 	a := &API{store: st, log: log, cfg: cfg, networkCache: newNetworkCache()}
-	a.ipBatches = ipam.NewCombiner(ipBatchSize, ipBatchesPerPool, a.runIPBatch)
-	a.childBatches = ipam.NewCombiner(childBatchSize, childBatchesPerParent, a.runChildBatch)
-	a.allocBatches = ipam.NewCombiner(allocBatchSize, allocBatchRunning, a.runAllocBatch)
+	a.ipBatches = store.NewCombiner(ipBatchSize, ipBatchesPerPool, a.runIPBatch)
+	a.childBatches = store.NewCombiner(childBatchSize, childBatchesPerParent, a.runChildBatch)
+	a.allocBatches = store.NewCombiner(allocBatchSize, allocBatchRunning, a.runAllocBatch)
 	for _, o := range opts {
 		o(a)
 	}
+	var mopts []machine.Option
+	if a.fleet != nil {
+		mopts = append(mopts, machine.WithDocs(a.fleet))
+	}
+	a.machines = machine.New(st, cfg.AliveWithin, mopts...)
 	err := st.Tx(ctx, func(tx pgx.Tx) error {
 		return ipam.EnsurePool(ctx, tx, ipam.VRFPoolID, ipam.KindVRF,
 			big.NewInt(int64(cfg.VRFFirst)), big.NewInt(int64(cfg.VRFLast)))
@@ -121,22 +127,4 @@ func (a *API) Register(s grpc.ServiceRegistrar) {
 	apiv1.RegisterAuditServiceServer(s, &auditService{API: a})
 	apiv1.RegisterAgentServiceServer(s, &agentService{API: a})
 	apiv1.RegisterBootTokenServiceServer(s, &bootTokenService{API: a})
-}
-
-// audit writes the audit row of the current call inside tx.
-func (a *API) audit(ctx context.Context, tx pgx.Tx, target, projectID string) error {
-	c := auth.CallFrom(ctx)
-	if c == nil {
-		return errors.New("audit: no authenticated call in context")
-	}
-	var project *string
-	if projectID != "" {
-		project = &projectID
-	}
-	_, err := tx.Exec(ctx, `INSERT INTO audit (id, subject, method, request_id, target, project_id) VALUES ($1, $2, $3, $4, $5, $6)`,
-		uuid.NewString(), c.Principal.TokenID, c.Method, c.RequestID, target, project)
-	if err != nil {
-		return fmt.Errorf("write audit row: %w", err)
-	}
-	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
@@ -16,7 +17,7 @@ type sizeService struct {
 	apiv1.UnimplementedSizeServiceServer
 }
 
-var sizes = table[*apiv1.Size]{name: "sizes", newFn: func() *apiv1.Size { return &apiv1.Size{} }}
+var sizes = store.Table[*apiv1.Size]{Name: "sizes", New: func() *apiv1.Size { return &apiv1.Size{} }}
 
 func validateSize(s *apiv1.Size) error {
 	var v violations
@@ -112,7 +113,7 @@ func (s *sizeService) Get(ctx context.Context, req *apiv1.SizeServiceGetRequest)
 }
 
 func (s *sizeService) List(ctx context.Context, _ *apiv1.SizeServiceListRequest) (*apiv1.SizeServiceListResponse, error) {
-	out, err := sizes.list(ctx, s.store.Pool(), "TRUE")
+	out, err := sizes.List(ctx, s.store.Pool(), "TRUE")
 	if err != nil {
 		return nil, toStatus(err, "sizes")
 	}
@@ -146,7 +147,7 @@ func (s *sizeService) Match(ctx context.Context, req *apiv1.SizeServiceMatchRequ
 		v.add("facts", "required")
 		return nil, v.err()
 	}
-	all, err := sizes.list(ctx, s.store.Pool(), "TRUE")
+	all, err := sizes.List(ctx, s.store.Pool(), "TRUE")
 	if err != nil {
 		return nil, toStatus(err, "sizes")
 	}

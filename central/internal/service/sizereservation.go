@@ -6,6 +6,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -14,7 +15,7 @@ type sizeReservationService struct {
 	apiv1.UnimplementedSizeReservationServiceServer
 }
 
-var sizeReservations = table[*apiv1.SizeReservation]{name: "size_reservations", newFn: func() *apiv1.SizeReservation { return &apiv1.SizeReservation{} }}
+var sizeReservations = store.Table[*apiv1.SizeReservation]{Name: "size_reservations", New: func() *apiv1.SizeReservation { return &apiv1.SizeReservation{} }}
 
 // maxReservationAmount bounds a reservation's machine count: more than any
 // partition holds, and far inside the amount column's INT.
@@ -43,8 +44,8 @@ func validateSizeReservation(r *apiv1.SizeReservation, create bool) error {
 	return v.err()
 }
 
-func reservationCols(r *apiv1.SizeReservation) []col {
-	return []col{{"size_id", r.GetSizeId()}, {"partition_id", r.GetPartitionId()}, {"project_id", r.GetProjectId()}, {"amount", int64(r.GetAmount())}}
+func reservationCols(r *apiv1.SizeReservation) []store.Col {
+	return []store.Col{{Name: "size_id", Val: r.GetSizeId()}, {Name: "partition_id", Val: r.GetPartitionId()}, {Name: "project_id", Val: r.GetProjectId()}, {Name: "amount", Val: int64(r.GetAmount())}}
 }
 
 func (s *sizeReservationService) Create(ctx context.Context, req *apiv1.SizeReservationServiceCreateRequest) (*apiv1.SizeReservationServiceCreateResponse, error) {
@@ -71,7 +72,7 @@ func (s *sizeReservationService) Get(ctx context.Context, req *apiv1.SizeReserva
 }
 
 func (s *sizeReservationService) List(ctx context.Context, req *apiv1.SizeReservationServiceListRequest) (*apiv1.SizeReservationServiceListResponse, error) {
-	all, err := sizeReservations.list(ctx, s.store.Pool(), "($1 = '' OR project_id = $1)", req.GetProjectId())
+	all, err := sizeReservations.List(ctx, s.store.Pool(), "($1 = '' OR project_id = $1)", req.GetProjectId())
 	if err != nil {
 		return nil, toStatus(err, "size reservations")
 	}

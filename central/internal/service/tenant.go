@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -16,7 +17,7 @@ type tenantService struct {
 	apiv1.UnimplementedTenantServiceServer
 }
 
-var tenants = table[*apiv1.Tenant]{name: "tenants", newFn: func() *apiv1.Tenant { return &apiv1.Tenant{} }}
+var tenants = store.Table[*apiv1.Tenant]{Name: "tenants", New: func() *apiv1.Tenant { return &apiv1.Tenant{} }}
 
 func validateTenant(t *apiv1.Tenant) error {
 	var v violations
@@ -51,7 +52,7 @@ func (s *tenantService) Get(ctx context.Context, req *apiv1.TenantServiceGetRequ
 }
 
 func (s *tenantService) List(ctx context.Context, _ *apiv1.TenantServiceListRequest) (*apiv1.TenantServiceListResponse, error) {
-	all, err := tenants.list(ctx, s.store.Pool(), "TRUE")
+	all, err := tenants.List(ctx, s.store.Pool(), "TRUE")
 	if err != nil {
 		return nil, toStatus(err, "tenants")
 	}
@@ -89,7 +90,7 @@ type projectService struct {
 	apiv1.UnimplementedProjectServiceServer
 }
 
-var projects = table[*apiv1.Project]{name: "projects", newFn: func() *apiv1.Project { return &apiv1.Project{} }}
+var projects = store.Table[*apiv1.Project]{Name: "projects", New: func() *apiv1.Project { return &apiv1.Project{} }}
 
 func validateProject(p *apiv1.Project) error {
 	var v violations
@@ -115,7 +116,7 @@ func (s *projectService) Create(ctx context.Context, req *apiv1.ProjectServiceCr
 		return nil, v.err()
 	}
 	p.Id = uuid.NewString()
-	out, err := create(ctx, s.API, projects, p.GetId(), p.GetId(), p, col{"tenant_id", p.GetTenantId()}, col{"name", p.GetName()})
+	out, err := create(ctx, s.API, projects, p.GetId(), p.GetId(), p, store.Col{Name: "tenant_id", Val: p.GetTenantId()}, store.Col{Name: "name", Val: p.GetName()})
 	if status.Code(err) == codes.AlreadyExists {
 		return nil, status.Errorf(codes.AlreadyExists, "tenant %q already has a project named %q", p.GetTenantId(), p.GetName())
 	}
@@ -134,7 +135,7 @@ func (s *projectService) Get(ctx context.Context, req *apiv1.ProjectServiceGetRe
 }
 
 func (s *projectService) List(ctx context.Context, req *apiv1.ProjectServiceListRequest) (*apiv1.ProjectServiceListResponse, error) {
-	all, err := projects.list(ctx, s.store.Pool(), "($1 = '' OR tenant_id = $1) AND ($2 = '' OR name = $2)", req.GetTenantId(), req.GetName())
+	all, err := projects.List(ctx, s.store.Pool(), "($1 = '' OR tenant_id = $1) AND ($2 = '' OR name = $2)", req.GetTenantId(), req.GetName())
 	if err != nil {
 		return nil, toStatus(err, "projects")
 	}
@@ -163,7 +164,7 @@ func (s *projectService) Update(ctx context.Context, req *apiv1.ProjectServiceUp
 		v.add("project.tenant_id", "cannot change (is %q)", cur.GetTenantId())
 		return nil, v.err()
 	}
-	out, err := replace(ctx, s.API, projects, p.GetId(), p.GetId(), p, col{"name", p.GetName()})
+	out, err := replace(ctx, s.API, projects, p.GetId(), p.GetId(), p, store.Col{Name: "name", Val: p.GetName()})
 	if err != nil {
 		return nil, err
 	}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -159,7 +160,7 @@ func (s *tokenService) Create(ctx context.Context, req *apiv1.TokenServiceCreate
 		if secret, err = s.MintToken(ctx, tx, t, life); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, "token/"+t.GetId(), "")
+		return store.Audit(ctx, tx, "token/"+t.GetId(), "")
 	})
 	if err != nil {
 		return nil, toStatus(err, "token")
@@ -299,7 +300,7 @@ func (s *tokenService) Revoke(ctx context.Context, req *apiv1.TokenServiceRevoke
 			return err
 		}
 		out.RevokedAt = timestamppb.New(now)
-		return s.audit(ctx, tx, "token/"+req.GetId(), "")
+		return store.Audit(ctx, tx, "token/"+req.GetId(), "")
 	})
 	if err != nil {
 		return nil, toStatus(err, "token "+quote(req.GetId()))

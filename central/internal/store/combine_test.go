@@ -1,4 +1,4 @@
-package ipam_test
+package store_test
 
 import (
 	"context"
@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/metalfleet/metalfleet/central/internal/ipam"
+	"github.com/metalfleet/metalfleet/central/internal/store"
 )
 
 // Every call gets its own result, batches respect their size and the number
@@ -20,7 +20,7 @@ func TestCombiner(t *testing.T) {
 		oversize atomic.Bool
 		mixed    atomic.Bool
 	)
-	c := ipam.NewCombiner(maxBatch, maxRunning, func(ctx context.Context, key int, reqs []int) []ipam.Outcome[int] {
+	c := store.NewCombiner(maxBatch, maxRunning, func(ctx context.Context, key int, reqs []int) []store.Outcome[int] {
 		if n := running[key].Add(1); n > maxRunning {
 			overlap.Store(true)
 		}
@@ -29,7 +29,7 @@ func TestCombiner(t *testing.T) {
 			oversize.Store(true)
 		}
 		time.Sleep(time.Millisecond) // let calls queue up
-		outs := make([]ipam.Outcome[int], len(reqs))
+		outs := make([]store.Outcome[int], len(reqs))
 		for i, r := range reqs {
 			if r%2 != key {
 				mixed.Store(true)
@@ -74,12 +74,12 @@ func TestCombiner(t *testing.T) {
 // batch may have committed it.
 func TestCombinerIgnoresCancelWhileQueued(t *testing.T) {
 	release := make(chan struct{})
-	c := ipam.NewCombiner(4, 1, func(ctx context.Context, key string, reqs []int) []ipam.Outcome[int] {
+	c := store.NewCombiner(4, 1, func(ctx context.Context, key string, reqs []int) []store.Outcome[int] {
 		if ctx.Err() != nil {
 			t.Error("batch context cancelled")
 		}
 		<-release
-		outs := make([]ipam.Outcome[int], len(reqs))
+		outs := make([]store.Outcome[int], len(reqs))
 		for i, r := range reqs {
 			outs[i].Val = r
 		}

@@ -1,0 +1,159 @@
+package machine
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/metalfleet/metalfleet/central/internal/fsm"
+	"github.com/metalfleet/metalfleet/central/internal/store"
+	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
+)
+
+// selectMachine reads a machine with what is derived at read time:
+// lifecycle state, liveliness of its agent, the newest event's error.
+const selectMachine = `SELECT m.spec, m.generation, m.created_at, m.updated_at, COALESCE(m.size_id, ''), m.rack, m.state,
+	m.provisioning, m.last_event, m.last_event_at, m.crashes, a.last_contact, m.project_id IS NOT NULL,
+	COALESCE((SELECT e.error FROM machine_events e WHERE e.machine_id = m.id AND e.seq = m.event_seq), ''),
+	ARRAY(SELECT c.mac || ' ' || c.machine_id || ' ' || c.owner_id FROM machine_mac_conflicts c WHERE c.machine_id = m.id
+		UNION ALL SELECT c.mac || ' ' || c.machine_id || ' ' || c.owner_id FROM machine_mac_conflicts c WHERE c.owner_id = m.id)
+	FROM machines m LEFT JOIN agents a ON a.id = m.agent_id`
+
+// IssueDuplicateMAC: a NIC is reported by two machines (storeNICs).
+const IssueDuplicateMAC = "duplicate-mac"
+
+var provisioningStates = map[fsm.State]apiv1.ProvisioningState{
+	fsm.PXEBooting:       apiv1.ProvisioningState_PROVISIONING_STATE_PXE_BOOTING,
+	fsm.Preparing:        apiv1.ProvisioningState_PROVISIONING_STATE_PREPARING,
+	fsm.Registering:      apiv1.ProvisioningState_PROVISIONING_STATE_REGISTERING,
+	fsm.Waiting:          apiv1.ProvisioningState_PROVISIONING_STATE_WAITING,
+	fsm.Installing:       apiv1.ProvisioningState_PROVISIONING_STATE_INSTALLING,
+	fsm.BootingNewKernel: apiv1.ProvisioningState_PROVISIONING_STATE_BOOTING_NEW_KERNEL,
+	fsm.PhonedHome:       apiv1.ProvisioningState_PROVISIONING_STATE_PHONED_HOME,
+	fsm.PlannedReboot:    apiv1.ProvisioningState_PROVISIONING_STATE_PLANNED_REBOOT,
+	fsm.MachineReclaim:   apiv1.ProvisioningState_PROVISIONING_STATE_MACHINE_RECLAIM,
+	fsm.Crashed:          apiv1.ProvisioningState_PROVISIONING_STATE_CRASHED,
+}
+
+func (ms *Machines) scan(row pgx.Row, now time.Time) (*apiv1.Machine, error) {
+	var (
+		spec             []byte
+		gen              int64
+		created, updated time.Time
+		sizeID, rack     string
+		state, prov, ev  string
+		evAt, contact    *time.Time
+		crashes          int
+		allocated        bool
+		lastErr          string
+		conflicts        []string
+	)
+	if err := row.Scan(&spec, &gen, &created, &updated, &sizeID, &rack, &state, &prov, &ev, &evAt, &crashes, &contact, &allocated, &lastErr, &conflicts); err != nil {
+		return nil, err
+	}
+	m := &apiv1.Machine{}
+	if err := store.DecodeSpec(spec, m); err != nil {
+		return nil, fmt.Errorf("decode machine spec: %w", err)
+	}
+	m.Meta = meta(gen, created, updated)
+	m.SizeId, m.Rack, m.LastEvent = sizeID, rack, ev
+	m.State = States[state]
+	m.Provisioning = provisioningStates[fsm.State(prov)]
+	if evAt != nil {
+		m.LastEventAt = timestamppb.New(*evAt)
+	}
+	if !allocated {
+		m.Allocation = nil
+	}
+	m.Liveliness = apiv1.Liveliness_LIVELINESS_UNKNOWN
+	if ms.docs != nil {
+		m.Liveliness = ms.docs.Liveliness(contact)
+	}
+	v := fsm.View{State: fsm.State(prov), Crashes: crashes, SizeID: sizeID, LastError: lastErr, Registered: m.GetHardware() != nil,
+		Dead: m.Liveliness == apiv1.Liveliness_LIVELINESS_DEAD, Unknown: m.Liveliness == apiv1.Liveliness_LIVELINESS_UNKNOWN && contact != nil}
+	if evAt != nil {
+		v.LastEventAt = *evAt
+	}
+	for _, is := range fsm.Issues(v, now) {
+		m.Issues = append(m.Issues, &apiv1.MachineIssue{Id: is.ID, Description: is.Description, MachineId: m.GetId()})
+	}
+	slices.Sort(conflicts)
+	for _, c := range conflicts {
+		f := strings.Fields(c) // mac, reporter, owner
+		if len(f) != 3 {
+			continue
+		}
+		m.Issues = append(m.Issues, &apiv1.MachineIssue{Id: IssueDuplicateMAC, MachineId: m.GetId(),
+			Description: fmt.Sprintf("NIC %s belongs to machine %s and is also reported by machine %s: resolve with metalctl machine resolve-mac", f[0], f[2], f[1])})
+	}
+	return m, nil
+}
+
+// Get reads a machine as the API shows it.
+func (ms *Machines) Get(ctx context.Context, db store.Querier, id string) (*apiv1.Machine, error) {
+	return ms.scan(db.QueryRow(ctx, selectMachine+` WHERE m.id = $1`, id), time.Now())
+}
+
+// List reads the machines matching where (SQL over "m", the machines).
+func (ms *Machines) List(ctx context.Context, where string, args ...any) ([]*apiv1.Machine, error) {
+	rows, err := ms.st.Pool().Query(ctx, selectMachine+" WHERE "+where+" ORDER BY m.id", args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	now := time.Now()
+	var out []*apiv1.Machine
+	for rows.Next() {
+		m, err := ms.scan(rows, now)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// LastSeq is the sequence number of the machine's event before its last
+// n events.
+func (ms *Machines) LastSeq(ctx context.Context, id string, n int64) (int64, error) {
+	var after int64
+	err := ms.st.Pool().QueryRow(ctx, `SELECT GREATEST(event_seq - $2, 0) FROM machines WHERE id = $1`, id, n).Scan(&after)
+	return after, err
+}
+
+// SeqEvent is an event of the log with its sequence number.
+type SeqEvent struct {
+	Seq   int64
+	Event *apiv1.MachineEvent
+}
+
+// EventsAfter reads up to 1000 events of the machine after seq.
+func (ms *Machines) EventsAfter(ctx context.Context, id string, after int64) ([]SeqEvent, error) {
+	rows, err := ms.st.Pool().Query(ctx, `SELECT seq, at, event, message, state, error FROM machine_events
+		WHERE machine_id = $1 AND seq > $2 ORDER BY seq LIMIT 1000`, id, after)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []SeqEvent
+	for rows.Next() {
+		var (
+			e        SeqEvent
+			at       time.Time
+			ev       apiv1.MachineEvent
+			stateStr string
+		)
+		if err := rows.Scan(&e.Seq, &at, &ev.Event, &ev.Message, &stateStr, &ev.Error); err != nil {
+			return nil, err
+		}
+		ev.Time, ev.State, ev.MachineId = timestamppb.New(at), provisioningStates[fsm.State(stateStr)], id
+		e.Event = &ev
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,255 @@
+package machine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/metalfleet/metalfleet/central/internal/fleet"
+	"github.com/metalfleet/metalfleet/central/internal/fsm"
+	"github.com/metalfleet/metalfleet/central/internal/store"
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
+	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
+)
+
+// Register stores an installer's hardware (validated by the caller): the
+// machine row (created on first sight), its size (sizeID, matched by the
+// caller from the catalog), rack and NICs; and tells the installer its
+// machine id, which is what it waits for before it wipes and waits.
+func (ms *Machines) Register(ctx context.Context, tx pgx.Tx, a fleet.Agent, f *agentv1.MachineFacts, sizeID string) error {
+	id := strings.ToLower(a.Identity)
+	m, err := Lock(ctx, tx, a)
+	if err != nil {
+		return err
+	}
+	m.Hardware = f
+	m.SizeId = sizeID
+	rack, err := rackOf(ctx, tx, f)
+	if err != nil {
+		return err
+	}
+	if rack != "" {
+		m.Rack = rack
+	}
+	if err := saveOne(ctx, tx, m, a.ID, how{hardware: true}); err != nil {
+		return err
+	}
+	if err := storeNICs(ctx, tx, id, f.GetNics()); err != nil {
+		return err
+	}
+	// The installer learns its machine id.
+	return ms.setDocument(ctx, tx, a.ID, id, func(*agentv1.MachineDocument) {})
+}
+
+// storeNICs replaces the machine's NICs with the reported ones. A MAC
+// that belongs to another machine does not move (whoever decides a MAC's
+// PXE boot is not up to the reporter): it is recorded as a conflict, an
+// issue on both machines until an admin resolves it (ResolveMAC) or
+// deletes one of them.
+func storeNICs(ctx context.Context, tx pgx.Tx, id string, nics []*agentv1.NICFact) error {
+	if _, err := tx.Exec(ctx, `DELETE FROM machine_nics WHERE machine_id = $1`, id); err != nil {
+		return fmt.Errorf("replace nics: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM machine_mac_conflicts WHERE machine_id = $1`, id); err != nil {
+		return fmt.Errorf("replace mac conflicts: %w", err)
+	}
+	for _, n := range nics {
+		hw, _ := net.ParseMAC(n.GetMac())
+		mac := hw.String()
+		var owner string
+		err := tx.QueryRow(ctx, `INSERT INTO machine_nics (mac, machine_id, name) VALUES ($1, $2, $3)
+			ON CONFLICT (mac) DO NOTHING RETURNING machine_id`, mac, id, n.GetName()).Scan(&owner)
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("store nic %s: %w", mac, err)
+		}
+		if err := tx.QueryRow(ctx, `SELECT machine_id FROM machine_nics WHERE mac = $1`, mac).Scan(&owner); err != nil {
+			return fmt.Errorf("owner of nic %s: %w", mac, err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO machine_mac_conflicts (mac, machine_id, owner_id) VALUES ($1, $2, $3)
+			ON CONFLICT (mac, machine_id) DO UPDATE SET owner_id = excluded.owner_id, reported_at = now()`, mac, id, owner); err != nil {
+			return fmt.Errorf("record mac conflict %s: %w", mac, err)
+		}
+		if err := Record(ctx, tx, Event{Machine: id, Type: "Duplicate MAC",
+			Message: fmt.Sprintf("reports NIC %s, which belongs to machine %s: not taken over; an admin resolves it (metalctl machine resolve-mac)", mac, owner)}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Claim implements fleet.Claimer: may an installer's boot token exchange
+// claim machine c.Identity? Not an allocated machine that is installed:
+// central boots it from its disk and has not asked it to boot the
+// installer (reinstall and free do, by clearing "installed"), so a boot
+// token for it can only be a stranger's. A token minted for a MAC unknown
+// at the time cannot claim a machine that has other NICs; one minted for
+// a MAC must find it still the machine's. A machine not yet known is new.
+func Claim(ctx context.Context, tx pgx.Tx, c fleet.Claim) error {
+	id := strings.ToLower(c.Identity)
+	var allocated, installed bool
+	err := tx.QueryRow(ctx, `SELECT allocation_id IS NOT NULL, installed FROM machines WHERE id = $1 FOR UPDATE`, id).Scan(&allocated, &installed)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read machine %s: %w", id, err)
+	}
+	if allocated && installed {
+		return status.Errorf(codes.PermissionDenied,
+			"machine %s is allocated and installed: it boots from its disk, and central has not asked it to boot the installer (reinstall or free it first)", id)
+	}
+	if c.MAC == "" {
+		return nil // an admin's token
+	}
+	var owner string
+	err = tx.QueryRow(ctx, `SELECT machine_id FROM machine_nics WHERE mac = $1`, c.MAC).Scan(&owner)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		var nics int
+		if err := tx.QueryRow(ctx, `SELECT count(*) FROM machine_nics WHERE machine_id = $1`, id).Scan(&nics); err != nil {
+			return fmt.Errorf("read nics of %s: %w", id, err)
+		}
+		if nics > 0 {
+			return status.Errorf(codes.PermissionDenied,
+				"the boot token was handed out for MAC %s, which is not a NIC of machine %s: a NIC change is an admin's decision (metalctl machine resolve-mac)", c.MAC, id)
+		}
+	case err != nil:
+		return fmt.Errorf("owner of %s: %w", c.MAC, err)
+	case owner != id:
+		return status.Errorf(codes.PermissionDenied, "the boot token was handed out for MAC %s, which belongs to machine %s, not %s", c.MAC, owner, id)
+	}
+	return nil
+}
+
+// Lock locks the machine of an installer or phonehome, creating it when
+// the installer reports for the first time. A machine known in another
+// partition is refused: its boot token proved only this one.
+func Lock(ctx context.Context, tx pgx.Tx, a fleet.Agent) (*apiv1.Machine, error) {
+	id := strings.ToLower(a.Identity)
+	m, err := Table.GetForUpdate(ctx, tx, id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		if a.Kind != agentv1.Kind_KIND_INSTALLER {
+			return nil, status.Errorf(codes.FailedPrecondition, "machine %s is not registered", id)
+		}
+		if _, err := uuid.Parse(id); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "hello.identity: an installer's identity is its DMI product UUID, not %q", a.Identity)
+		}
+		m = &apiv1.Machine{Id: id, PartitionId: a.Partition, State: apiv1.MachineState_MACHINE_STATE_AVAILABLE}
+		var partition any
+		if a.Partition != "" {
+			partition = a.Partition
+		}
+		if _, err := Table.Insert(ctx, tx, id, m, store.Col{Name: "partition_id", Val: partition}, store.Col{Name: "agent_id", Val: a.ID}); err != nil {
+			return nil, fmt.Errorf("create machine %s: %w", id, err)
+		}
+		return Table.GetForUpdate(ctx, tx, id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read machine %s: %w", id, err)
+	}
+	if m.GetPartitionId() != a.Partition {
+		return nil, status.Errorf(codes.PermissionDenied, "machine %s belongs to partition %q, not %q", id, m.GetPartitionId(), a.Partition)
+	}
+	return m, nil
+}
+
+// rackOf takes the rack of the switches the machine's NICs see over LLDP.
+func rackOf(ctx context.Context, tx pgx.Tx, f *agentv1.MachineFacts) (string, error) {
+	var names []string
+	for _, n := range f.GetNics() {
+		for _, nb := range n.GetNeighbours() {
+			if nb.GetSystemName() != "" {
+				names = append(names, nb.GetSystemName())
+			}
+		}
+	}
+	if len(names) == 0 {
+		return "", nil
+	}
+	var rack string
+	err := tx.QueryRow(ctx, `SELECT rack FROM switches WHERE id = ANY($1) AND rack <> '' ORDER BY id LIMIT 1`, names).Scan(&rack)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil
+	}
+	return rack, err
+}
+
+// ReportEvents records lifecycle events the agent reports of its own
+// machine. only, when set, lists the events the agent kind may report.
+func ReportEvents(ctx context.Context, tx pgx.Tx, a fleet.Agent, events []*agentv1.Event, only []fsm.State) error {
+	var locked bool
+	for i, e := range events {
+		ev, ok := fsm.Parse(e.GetType())
+		if !ok {
+			continue // the agent's own event, kept in its agent log only
+		}
+		if only != nil && !slices.Contains(only, ev) {
+			return status.Errorf(codes.InvalidArgument, "report.events[%d].type: a %s agent cannot report %q", i, fleet.KindName(a.Kind), ev)
+		}
+		if !locked {
+			if _, err := Lock(ctx, tx, a); err != nil {
+				return err
+			}
+			locked = true
+		}
+		if err := Record(ctx, tx, Event{Machine: strings.ToLower(a.Identity), Type: string(ev), Message: e.GetMessage()}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// PXEEvents maps a PXE service's "PXE Booting" events by MAC to machines
+// of its partition. Unknown MACs are servers booting for the first time;
+// their event stays in the PXE service's agent log.
+func PXEEvents(ctx context.Context, tx pgx.Tx, a fleet.Agent, events []*agentv1.Event) error {
+	for i, e := range events {
+		if e.GetType() != string(fsm.PXEBooting) {
+			continue
+		}
+		hw, err := net.ParseMAC(e.GetSubject())
+		if err != nil {
+			return status.Errorf(codes.InvalidArgument, "report.events[%d].subject: not a MAC address", i)
+		}
+		var id string
+		err = tx.QueryRow(ctx, `SELECT m.id FROM machine_nics n JOIN machines m ON m.id = n.machine_id
+			WHERE n.mac = $1 AND m.partition_id = $2 FOR UPDATE OF m`, hw.String(), a.Partition).Scan(&id)
+		if errors.Is(err, pgx.ErrNoRows) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("find machine of %s: %w", hw, err)
+		}
+		if err := Record(ctx, tx, Event{Machine: id, Type: string(fsm.PXEBooting), Message: e.GetMessage()}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// BootOf finds the machine that owns mac: its id and partition, and
+// whether it is allocated and installed (it boots its disk). found is
+// false for a MAC no machine has.
+func BootOf(ctx context.Context, tx pgx.Tx, mac string) (id, partition string, installed, found bool, err error) {
+	err = tx.QueryRow(ctx, `SELECT m.id, COALESCE(m.partition_id, ''), m.installed AND m.allocation_id IS NOT NULL
+		FROM machine_nics n JOIN machines m ON m.id = n.machine_id WHERE n.mac = $1`, mac).
+		Scan(&id, &partition, &installed)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", "", false, false, nil
+	}
+	if err != nil {
+		return "", "", false, false, fmt.Errorf("find machine of %s: %w", mac, err)
+	}
+	return id, partition, installed, true, nil
+}

@@ -1,0 +1,31 @@
+package service
+
+import (
+	"context"
+
+	"github.com/metalfleet/metalfleet/central/internal/store"
+	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
+)
+
+type switchService struct {
+	*API
+	apiv1.UnimplementedSwitchServiceServer
+}
+
+var switches = store.Table[*apiv1.Switch]{Name: "switches", New: func() *apiv1.Switch { return &apiv1.Switch{} }}
+
+func (s *switchService) Get(ctx context.Context, req *apiv1.SwitchServiceGetRequest) (*apiv1.SwitchServiceGetResponse, error) {
+	out, err := fetch(ctx, s.API, switches, req.GetId())
+	if err != nil {
+		return nil, err
+	}
+	return &apiv1.SwitchServiceGetResponse{Switch: out}, nil
+}
+
+func (s *switchService) List(ctx context.Context, req *apiv1.SwitchServiceListRequest) (*apiv1.SwitchServiceListResponse, error) {
+	out, err := switches.List(ctx, s.store.Pool(), "($1 = '' OR partition_id = $1)", req.GetPartitionId())
+	if err != nil {
+		return nil, toStatus(err, "switches")
+	}
+	return &apiv1.SwitchServiceListResponse{Switches: out}, nil
+}
