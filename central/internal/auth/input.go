@@ -5,7 +5,6 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
@@ -67,14 +66,6 @@ func CheckInput(m proto.Message) error {
 // inputViolations walks a request with field.Violations; what it records
 // echoes request values, so it is clipped, and bounded.
 type inputViolations struct{ field.Violations }
-
-// InvalidArgument is the status of a request with bad fields: the message
-// names the first, the BadRequest detail all of them. nil for no violations.
-// It is field.InvalidArgument without a prefix, kept for service's
-// violations until those switch to field.Violations themselves.
-func InvalidArgument(list []*errdetails.BadRequest_FieldViolation) error {
-	return field.InvalidArgument("", list)
-}
 
 // clipEcho makes a field path or description fit for a status message.
 func clipEcho(s string) string { return Clip(s, 4*MaxEcho) }

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
+	"github.com/metalfleet/metalfleet/central/internal/field"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -293,7 +294,7 @@ func fieldValue(req proto.Message, path string) (string, error) {
 // required is the answer to a missing field the rule needs, the same as a
 // handler's own validation gives: InvalidArgument with the field.
 func required(path string) error {
-	return InvalidArgument([]*errdetails.BadRequest_FieldViolation{{Field: path, Description: "required"}})
+	return field.InvalidArgument("", []*errdetails.BadRequest_FieldViolation{{Field: path, Description: "required"}})
 }
 
 func bearer(ctx context.Context) (string, error) {

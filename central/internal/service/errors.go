@@ -5,11 +5,11 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/field"
 	"github.com/metalfleet/metalfleet/central/internal/ipam"
 	"github.com/metalfleet/metalfleet/central/internal/store"
 )
@@ -66,16 +66,15 @@ func (e *InternalError) Detail() string { return e.what + ": " + e.err.Error() }
 // GRPCStatus makes the error an Internal status without its cause.
 func (e *InternalError) GRPCStatus() *status.Status { return status.New(codes.Internal, e.Error()) }
 
-// violations collects field errors of one request.
-type violations struct {
-	list []*errdetails.BadRequest_FieldViolation
-}
+// violations collects field errors of one request: field.Violations with
+// the people API's clipping, since field paths and descriptions may echo
+// request values (map keys, parser errors quoting the input).
+type violations struct{ field.Violations }
 
-// add records a bad field. Field paths and descriptions may echo request
-// values (map keys, parser errors quoting the input): both are clipped.
-func (v *violations) add(field, format string, args ...any) {
-	v.list = append(v.list, &errdetails.BadRequest_FieldViolation{Field: auth.Clip(field, 4*auth.MaxEcho), Description: auth.Clip(fmt.Sprintf(format, args...), 4*auth.MaxEcho)})
+// add records a bad field, both parts clipped.
+func (v *violations) add(f, format string, args ...any) {
+	v.Add(auth.Clip(f, 4*auth.MaxEcho), "%s", auth.Clip(fmt.Sprintf(format, args...), 4*auth.MaxEcho))
 }
 
 // err returns InvalidArgument naming every bad field, or nil.
-func (v *violations) err() error { return auth.InvalidArgument(v.list) }
+func (v *violations) err() error { return v.Err("") }
