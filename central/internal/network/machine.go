@@ -75,7 +75,7 @@ func ReleaseMachineIPs(ctx context.Context, tx pgx.Tx, machine string) error {
 	if err != nil {
 		return fmt.Errorf("release ips: %w", err)
 	}
-	units, err := textPairs(rows)
+	units, err := store.TextPairs(rows)
 	if err != nil {
 		return fmt.Errorf("release ips: %w", err)
 	}
@@ -88,15 +88,6 @@ func ReleaseMachineIPs(ctx context.Context, tx pgx.Tx, machine string) error {
 		return fmt.Errorf("detach static ips: %w", err)
 	}
 	return nil
-}
-
-// textPairs reads rows of two text columns.
-func textPairs(rows pgx.Rows) ([][2]string, error) {
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) ([2]string, error) {
-		var p [2]string
-		err := r.Scan(&p[0], &p[1])
-		return p, err
-	})
 }
 
 // TakeBatchIPs takes one address per network and family for every machine,

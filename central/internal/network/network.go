@@ -45,13 +45,6 @@ type Prefix struct {
 	ChildPool string
 }
 
-func nullable(s string) any {
-	if s == "" {
-		return nil
-	}
-	return s
-}
-
 func networkCols(n *apiv1.Network) []store.Col {
 	var vrf any
 	if n.GetVrf() != 0 {
@@ -59,9 +52,9 @@ func networkCols(n *apiv1.Network) []store.Col {
 	}
 	return []store.Col{
 		{Name: "type", Val: TypeNames[n.GetType()]},
-		{Name: "partition_id", Val: nullable(n.GetPartitionId())},
-		{Name: "project_id", Val: nullable(n.GetProjectId())},
-		{Name: "parent_id", Val: nullable(n.GetParentId())},
+		{Name: "partition_id", Val: store.Nullable(n.GetPartitionId())},
+		{Name: "project_id", Val: store.Nullable(n.GetProjectId())},
+		{Name: "parent_id", Val: store.Nullable(n.GetParentId())},
 		{Name: "vrf", Val: vrf},
 	}
 }
@@ -141,7 +134,7 @@ func insertPrefix(ctx context.Context, tx pgx.Tx, n *apiv1.Network, p netip.Pref
 		pu = parentUnit.String()
 	}
 	_, err := tx.Exec(ctx, `INSERT INTO prefixes (cidr, network_id, family, ip_pool, child_pool, parent_pool, parent_unit)
-		VALUES ($1, $2, $3, $4, $5, $6, $7::NUMERIC)`, p.String(), n.GetId(), ipam.Family(p), ipPool, childPool, nullable(parentPool), pu)
+		VALUES ($1, $2, $3, $4, $5, $6, $7::NUMERIC)`, p.String(), n.GetId(), ipam.Family(p), ipPool, childPool, store.Nullable(parentPool), pu)
 	if err != nil {
 		return fmt.Errorf("insert prefix %s: %w", p, err)
 	}

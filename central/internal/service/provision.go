@@ -15,6 +15,7 @@ import (
 	"github.com/metalfleet/metalfleet/central/internal/fleet"
 	"github.com/metalfleet/metalfleet/central/internal/fsm"
 	"github.com/metalfleet/metalfleet/central/internal/machine"
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
@@ -220,7 +221,7 @@ func (a *API) refreshPixies(ctx context.Context, tx pgx.Tx, partition string) er
 	if err != nil {
 		return fmt.Errorf("list pixies: %w", err)
 	}
-	all, err := textPairs(rows)
+	all, err := store.TextPairs(rows)
 	if err != nil {
 		return fmt.Errorf("list pixies: %w", err)
 	}
@@ -248,13 +249,4 @@ func (a *API) refreshPixies(ctx context.Context, tx pgx.Tx, partition string) er
 // start, as its advertised addresses or CA may have changed.
 func (a *API) RefreshPixies(ctx context.Context) error {
 	return a.store.Tx(ctx, func(tx pgx.Tx) error { return a.refreshPixies(ctx, tx, "") })
-}
-
-// textPairs reads rows of two text columns.
-func textPairs(rows pgx.Rows) ([][2]string, error) {
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) ([2]string, error) {
-		var p [2]string
-		err := r.Scan(&p[0], &p[1])
-		return p, err
-	})
 }

@@ -100,7 +100,7 @@ func (a *API) MintToken(ctx context.Context, tx pgx.Tx, t *apiv1.Token, lifetime
 		return "", fmt.Errorf("encode token: %w", err)
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO tokens (id, secret_hash, spec, expires_at, created_by, created_at, ancestors) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-		t.GetId(), hash, spec, expires, nullable(t.GetCreatedBy()), now, ancestors); err != nil {
+		t.GetId(), hash, spec, expires, store.Nullable(t.GetCreatedBy()), now, ancestors); err != nil {
 		return "", fmt.Errorf("store token: %w", err)
 	}
 	return secret, nil

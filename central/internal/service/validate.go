@@ -89,11 +89,3 @@ func mustUnit(s string) *big.Int {
 	u, _ := new(big.Int).SetString(s, 10)
 	return u
 }
-
-// nullable is s, or SQL NULL when s is empty.
-func nullable(s string) any {
-	if s == "" {
-		return nil
-	}
-	return s
-}
