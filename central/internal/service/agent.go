@@ -3,15 +3,11 @@ package service
 import (
 	"context"
 	"errors"
-	"fmt"
-	"strings"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
@@ -29,6 +25,8 @@ type Fleet interface {
 	Delete(ctx context.Context, tx pgx.Tx, id string) error
 	Liveliness(last *time.Time) apiv1.Liveliness
 	MintBootToken(ctx context.Context, tx pgx.Tx, t fleet.BootToken) (fleet.MintedBootToken, error)
+	GetAgent(ctx context.Context, db store.Querier, r fleet.Ref, lock bool) (*apiv1.Agent, error)
+	ListAgents(ctx context.Context, db store.Querier, kind agentv1.Kind, partition string) ([]*apiv1.Agent, error)
 }
 
 type agentService struct {
@@ -41,48 +39,6 @@ type bootTokenService struct {
 	apiv1.UnimplementedBootTokenServiceServer
 }
 
-const agentColumns = `id, kind, identity, partition_id, replica, desired_revision, applied_revision, last_contact,
-	health, message, facts, desired, enrolled_by, created_at, updated_at`
-
-func (a *API) scanAgent(row pgx.Row) (*apiv1.Agent, error) {
-	var (
-		ag                 apiv1.Agent
-		kind, health       string
-		partition          *string
-		last               *time.Time
-		facts, desired     []byte
-		created, updated   time.Time
-		desiredR, appliedR int64
-	)
-	if err := row.Scan(&ag.Id, &kind, &ag.Identity, &partition, &ag.Replica, &desiredR, &appliedR, &last,
-		&health, &ag.Message, &facts, &desired, &ag.EnrolledBy, &created, &updated); err != nil {
-		return nil, err
-	}
-	ag.Kind, _ = fleet.ParseKind(kind)
-	if partition != nil {
-		ag.PartitionId = *partition
-	}
-	ag.DesiredRevision, ag.AppliedRevision = uint64(desiredR), uint64(appliedR)
-	if last != nil {
-		ag.LastContact = timestamppb.New(*last)
-	}
-	ag.Liveliness = a.fleet.Liveliness(last)
-	ag.Health = agentv1.Health(agentv1.Health_value["HEALTH_"+health])
-	dec := protojson.UnmarshalOptions{DiscardUnknown: true}
-	if facts != nil {
-		ag.Facts = &agentv1.Facts{}
-		if err := dec.Unmarshal(facts, ag.Facts); err != nil {
-			return nil, fmt.Errorf("decode facts: %w", err)
-		}
-	}
-	ag.Desired = &agentv1.Desired{}
-	if err := dec.Unmarshal(desired, ag.Desired); err != nil {
-		return nil, fmt.Errorf("decode desired document: %w", err)
-	}
-	ag.Meta = &apiv1.Meta{CreatedAt: timestamppb.New(created), UpdatedAt: timestamppb.New(updated), Generation: uint64(desiredR)}
-	return &ag, nil
-}
-
 func (a *API) needFleet() error {
 	if a.fleet == nil {
 		return status.Error(codes.Unavailable, "this server runs without the agent fleet")
@@ -90,35 +46,16 @@ func (a *API) needFleet() error {
 	return nil
 }
 
-// agentWhere turns "<uuid>" or "<kind>/<identity>" into a WHERE clause.
-func agentWhere(field, ref string) (string, []any, error) {
-	var v violations
-	if kind, identity, ok := strings.Cut(ref, "/"); ok {
-		k, known := fleet.ParseKind(kind)
-		if !known || !fleet.ValidIdentity(identity) {
-			v.add(field, "must be an agent id or <kind>/<identity>, e.g. switch/leaf01")
-			return "", nil, v.err()
-		}
-		return `kind = $1 AND identity = $2`, []any{fleet.KindName(k), identity}, nil
-	}
-	if _, err := uuid.Parse(ref); err != nil {
-		v.add(field, "must be an agent id or <kind>/<identity>, e.g. switch/leaf01")
-		return "", nil, v.err()
-	}
-	return `id = $1`, []any{ref}, nil
-}
-
+// getAgent reads the agent ref names: "<uuid>" or "<kind>/<identity>".
 func (a *API) getAgent(ctx context.Context, db store.Querier, field, ref string, lock bool) (*apiv1.Agent, error) {
-	where, args, err := agentWhere(field, ref)
-	if err != nil {
-		return nil, err
+	r, ok := fleet.ParseRef(ref)
+	if !ok {
+		var v violations
+		v.add(field, "must be an agent id or <kind>/<identity>, e.g. switch/leaf01")
+		return nil, v.err()
 	}
-	q := `SELECT ` + agentColumns + ` FROM agents WHERE ` + where
-	if lock {
-		q += ` FOR UPDATE`
-	}
-	ag, err := a.scanAgent(db.QueryRow(ctx, q, args...))
-	if errors.Is(err, pgx.ErrNoRows) {
+	ag, err := a.fleet.GetAgent(ctx, db, r, lock)
+	if errors.Is(err, fleet.ErrNoAgent) {
 		return nil, status.Errorf(codes.NotFound, "agent %s not found", quote(ref))
 	}
 	if err != nil {
@@ -139,25 +76,8 @@ func (s *agentService) List(ctx context.Context, req *apiv1.AgentServiceListRequ
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	kind := ""
-	if req.GetKind() != agentv1.Kind_KIND_UNSPECIFIED {
-		kind = fleet.KindName(req.GetKind())
-	}
-	rows, err := s.store.Pool().Query(ctx, `SELECT `+agentColumns+` FROM agents
-		WHERE ($1 = '' OR kind = $1) AND ($2 = '' OR partition_id = $2) ORDER BY kind, identity`, kind, req.GetPartitionId())
+	out, err := s.fleet.ListAgents(ctx, s.store.Pool(), req.GetKind(), req.GetPartitionId())
 	if err != nil {
-		return nil, toStatus(err, "agents")
-	}
-	defer rows.Close()
-	var out []*apiv1.Agent
-	for rows.Next() {
-		ag, err := s.scanAgent(rows)
-		if err != nil {
-			return nil, toStatus(err, "agents")
-		}
-		out = append(out, ag)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, toStatus(err, "agents")
 	}
 	return &apiv1.AgentServiceListResponse{Agents: out}, nil
@@ -180,24 +100,8 @@ func (s *agentService) Get(ctx context.Context, req *apiv1.AgentServiceGetReques
 	if err != nil {
 		return nil, err
 	}
-	rows, err := s.store.Pool().Query(ctx, `SELECT at, type, message FROM
-		(SELECT at, type, message, received_at FROM agent_events WHERE agent_id = $1 ORDER BY at DESC, received_at DESC LIMIT $2) e
-		ORDER BY at, received_at`, ag.GetId(), int64(n))
+	events, err := fleet.AgentEvents(ctx, s.store.Pool(), ag.GetId(), n)
 	if err != nil {
-		return nil, toStatus(err, "agent events")
-	}
-	defer rows.Close()
-	var events []*apiv1.AgentEvent
-	for rows.Next() {
-		var at time.Time
-		e := &apiv1.AgentEvent{}
-		if err := rows.Scan(&at, &e.Type, &e.Message); err != nil {
-			return nil, toStatus(err, "agent events")
-		}
-		e.Time = timestamppb.New(at)
-		events = append(events, e)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, toStatus(err, "agent events")
 	}
 	return &apiv1.AgentServiceGetResponse{Agent: ag, Events: events}, nil
