@@ -27,6 +27,7 @@ type Fleet interface {
 	MintBootToken(ctx context.Context, tx pgx.Tx, t fleet.BootToken) (fleet.MintedBootToken, error)
 	GetAgent(ctx context.Context, db store.Querier, r fleet.Ref, lock bool) (*apiv1.Agent, error)
 	ListAgents(ctx context.Context, db store.Querier, kind agentv1.Kind, partition string) ([]*apiv1.Agent, error)
+	RefreshPixies(ctx context.Context, tx pgx.Tx, partition string, doc fleet.PixieDocument) error
 }
 
 type agentService struct {

@@ -9,13 +9,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/metalfleet/metalfleet/central/internal/fleet"
 	"github.com/metalfleet/metalfleet/central/internal/fsm"
 	"github.com/metalfleet/metalfleet/central/internal/machine"
-	"github.com/metalfleet/metalfleet/central/internal/store"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
@@ -211,38 +209,20 @@ func pixieDocument(cfg Config, part *apiv1.Partition) *agentv1.PixieDocument {
 }
 
 // refreshPixies brings the documents of the partition's PXE services (all
-// partitions when partition is "") up to date, inside tx.
+// partitions when partition is "") up to date, inside tx. The fleet finds
+// the services and changes their documents; what a document holds is
+// pixieDocument's.
 func (a *API) refreshPixies(ctx context.Context, tx pgx.Tx, partition string) error {
 	if a.fleet == nil {
 		return nil
 	}
-	rows, err := tx.Query(ctx, `SELECT id, partition_id FROM agents WHERE kind = $1 AND partition_id IS NOT NULL AND ($2 = '' OR partition_id = $2)`,
-		fleet.KindName(agentv1.Kind_KIND_PIXIE), partition)
-	if err != nil {
-		return fmt.Errorf("list pixies: %w", err)
-	}
-	all, err := store.TextPairs(rows)
-	if err != nil {
-		return fmt.Errorf("list pixies: %w", err)
-	}
-	for _, x := range all {
-		id, partition := x[0], x[1]
+	return a.fleet.RefreshPixies(ctx, tx, partition, func(ctx context.Context, partition string) (*agentv1.PixieDocument, error) {
 		part, err := partitions.Get(ctx, tx, partition)
 		if err != nil {
-			return fmt.Errorf("read partition %s: %w", partition, err)
+			return nil, fmt.Errorf("read partition %s: %w", partition, err)
 		}
-		doc := pixieDocument(a.cfg, part)
-		if _, err := a.fleet.Change(ctx, tx, id, func(d *agentv1.Desired) (bool, error) {
-			if proto.Equal(d.GetPixie(), doc) {
-				return false, nil
-			}
-			d.Pixie = doc
-			return true, nil
-		}); err != nil {
-			return err
-		}
-	}
-	return nil
+		return pixieDocument(a.cfg, part), nil
+	})
 }
 
 // RefreshPixies updates every PXE service's document; central calls it on
