@@ -2,10 +2,8 @@ package service
 
 import (
 	"context"
-	"time"
 
-	"google.golang.org/protobuf/types/known/timestamppb"
-
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -24,23 +22,8 @@ func (s *auditService) List(ctx context.Context, req *apiv1.AuditServiceListRequ
 		v.add("limit", "at most 1000")
 		return nil, v.err()
 	}
-	rows, err := s.store.Pool().Query(ctx, `SELECT id, at, subject, method, request_id, target, COALESCE(project_id, '') FROM audit
-		WHERE ($1 = '' OR subject = $1) AND ($2 = '' OR target = $2) ORDER BY at DESC, id LIMIT $3`, req.GetSubject(), req.GetTarget(), int64(limit))
+	out, err := store.ListAudit(ctx, s.store.Pool(), req.GetSubject(), req.GetTarget(), limit)
 	if err != nil {
-		return nil, toStatus(err, "audit")
-	}
-	defer rows.Close()
-	var out []*apiv1.AuditEntry
-	for rows.Next() {
-		e := &apiv1.AuditEntry{}
-		var at time.Time
-		if err := rows.Scan(&e.Id, &at, &e.Subject, &e.Method, &e.RequestId, &e.Target, &e.ProjectId); err != nil {
-			return nil, toStatus(err, "audit")
-		}
-		e.At = timestamppb.New(at)
-		out = append(out, e)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, toStatus(err, "audit")
 	}
 	return &apiv1.AuditServiceListResponse{Entries: out}, nil

@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
+	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
 // Audit writes the audit row of the current call inside tx: every
@@ -44,4 +47,29 @@ func AuditMany(ctx context.Context, tx pgx.Tx, projectID string, entries []Audit
 		return fmt.Errorf("write audit row: %w", err)
 	}
 	return nil
+}
+
+// ListAudit reads up to limit audit rows, newest first; an
+// empty subject or target matches every row.
+func ListAudit(ctx context.Context, db Querier, subject, target string, limit uint32) ([]*apiv1.AuditEntry, error) {
+	rows, err := db.Query(ctx, `SELECT id, at, subject, method, request_id, target, COALESCE(project_id, '') FROM audit
+		WHERE ($1 = '' OR subject = $1) AND ($2 = '' OR target = $2) ORDER BY at DESC, id LIMIT $3`, subject, target, int64(limit))
+	if err != nil {
+		return nil, fmt.Errorf("read audit: %w", err)
+	}
+	defer rows.Close()
+	var out []*apiv1.AuditEntry
+	for rows.Next() {
+		e := &apiv1.AuditEntry{}
+		var at time.Time
+		if err := rows.Scan(&e.Id, &at, &e.Subject, &e.Method, &e.RequestId, &e.Target, &e.ProjectId); err != nil {
+			return nil, fmt.Errorf("read audit: %w", err)
+		}
+		e.At = timestamppb.New(at)
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read audit: %w", err)
+	}
+	return out, nil
 }
