@@ -20,6 +20,7 @@ import (
 // §1: one package per domain aggregate is the only writer of its tables;
 // fleet owns agents and boot tokens). central/internal/machine owns the
 // machine tables, central/internal/network the network tables;
+// central/internal/fabric the switches;
 // central/internal/service still writes the catalogue and tenancy tables
 // until issue 12 moves them to domain packages (move the entries here with
 // the code).
@@ -32,8 +33,9 @@ var owners = map[string]string{
 	"filesystem_layouts": "central/internal/service",
 	"tenants":            "central/internal/service",
 	"projects":           "central/internal/service",
-	"switches":           "central/internal/service",
 	"tokens":             "central/internal/service",
+	// The switch fabric.
+	"switches": "central/internal/fabric",
 	// The network aggregate.
 	"networks": "central/internal/network",
 	"prefixes": "central/internal/network",

@@ -3,7 +3,7 @@ package service
 import (
 	"context"
 
-	"github.com/metalfleet/metalfleet/central/internal/store"
+	"github.com/metalfleet/metalfleet/central/internal/fabric"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -12,10 +12,8 @@ type switchService struct {
 	apiv1.UnimplementedSwitchServiceServer
 }
 
-var switches = store.Table[*apiv1.Switch]{Name: "switches", New: func() *apiv1.Switch { return &apiv1.Switch{} }}
-
 func (s *switchService) Get(ctx context.Context, req *apiv1.SwitchServiceGetRequest) (*apiv1.SwitchServiceGetResponse, error) {
-	out, err := fetch(ctx, s.API, switches, req.GetId())
+	out, err := fetch(ctx, s.API, fabric.Table, req.GetId())
 	if err != nil {
 		return nil, err
 	}
@@ -23,7 +21,7 @@ func (s *switchService) Get(ctx context.Context, req *apiv1.SwitchServiceGetRequ
 }
 
 func (s *switchService) List(ctx context.Context, req *apiv1.SwitchServiceListRequest) (*apiv1.SwitchServiceListResponse, error) {
-	out, err := switches.List(ctx, s.store.Pool(), "($1 = '' OR partition_id = $1)", req.GetPartitionId())
+	out, err := fabric.List(ctx, s.store.Pool(), req.GetPartitionId())
 	if err != nil {
 		return nil, toStatus(err, "switches")
 	}
