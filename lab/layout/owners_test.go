@@ -19,11 +19,11 @@ import (
 // owners names the one package of central that writes each table (DESIGN.md
 // §1: one package per domain aggregate is the only writer of its tables;
 // fleet owns agents and boot tokens). central/internal/machine owns the
-// machine tables, central/internal/network the network tables;
-// central/internal/fabric the switches;
-// central/internal/service still writes the catalogue and tenancy tables
-// until issue 12 moves them to domain packages (move the entries here with
-// the code).
+// machine tables, central/internal/network the network tables,
+// central/internal/tenancy tenants, projects and tokens,
+// central/internal/fabric the switches; central/internal/service still
+// writes the catalogue tables until issue 12 moves them to domain packages
+// (move the entries here with the code).
 var owners = map[string]string{
 	// Domain tables still in the service package (issue 12 moves them).
 	"partitions":         "central/internal/service",
@@ -31,15 +31,16 @@ var owners = map[string]string{
 	"size_reservations":  "central/internal/service",
 	"images":             "central/internal/service",
 	"filesystem_layouts": "central/internal/service",
-	"tenants":            "central/internal/service",
-	"projects":           "central/internal/service",
-	"tokens":             "central/internal/service",
 	// The switch fabric.
 	"switches": "central/internal/fabric",
 	// The network aggregate.
 	"networks": "central/internal/network",
 	"prefixes": "central/internal/network",
 	"ips":      "central/internal/network",
+	// Tenants, projects and the tokens that grant roles on them.
+	"tenants":  "central/internal/tenancy",
+	"projects": "central/internal/tenancy",
+	"tokens":   "central/internal/tenancy",
 	// The machine aggregate.
 	"machines":              "central/internal/machine",
 	"machine_nics":          "central/internal/machine",

@@ -40,6 +40,7 @@ import (
 	"github.com/metalfleet/metalfleet/central/internal/pki"
 	"github.com/metalfleet/metalfleet/central/internal/service"
 	"github.com/metalfleet/metalfleet/central/internal/store"
+	"github.com/metalfleet/metalfleet/central/internal/tenancy"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -195,14 +196,15 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if err := api.RefreshPixies(ctx); err != nil {
 		return nil, fmt.Errorf("refresh PXE service documents: %w", err)
 	}
-	tokenPath, err := s.ensureAdminToken(ctx, api)
+	look := tenancy.NewLookup(s.store)
+	tokenPath, err := s.ensureAdminToken(ctx, look)
 	if err != nil {
 		return nil, err
 	}
 	metrics := newMetrics()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), metrics, s.hub.Collector())
-	authz := auth.New(api, api, log)
+	authz := auth.New(look, look, log)
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(metrics.unary(log), recoverUnary(log), authz.Unary()),
 		grpc.ChainStreamInterceptor(authz.Stream()),
@@ -357,10 +359,10 @@ func (s *Server) startEmbedded(ctx context.Context) (string, error) {
 
 // ensureAdminToken writes an admin token on first start, and again when the
 // stored one no longer works (expired, revoked, or the database was replaced).
-func (s *Server) ensureAdminToken(ctx context.Context, api *service.API) (string, error) {
+func (s *Server) ensureAdminToken(ctx context.Context, look *tenancy.Lookup) (string, error) {
 	path := s.AdminTokenPath()
 	if b, err := os.ReadFile(path); err == nil {
-		if _, err := api.Principal(ctx, strings.TrimSpace(string(b))); err == nil {
+		if _, err := look.Principal(ctx, strings.TrimSpace(string(b))); err == nil {
 			return path, nil
 		} else if !errors.Is(err, auth.ErrUnauthenticated) {
 			return "", err
@@ -374,7 +376,7 @@ func (s *Server) ensureAdminToken(ctx context.Context, api *service.API) (string
 	var secret string
 	err := s.store.Tx(ctx, func(tx pgx.Tx) error {
 		var err error
-		secret, err = api.MintToken(ctx, tx, &apiv1.Token{Description: "admin token written on first start", AdminRole: apiv1.Level_LEVEL_EDITOR}, life)
+		secret, err = tenancy.MintToken(ctx, tx, &apiv1.Token{Description: "admin token written on first start", AdminRole: apiv1.Level_LEVEL_EDITOR}, life)
 		return err
 	})
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/store"
+	"github.com/metalfleet/metalfleet/central/internal/tenancy"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -153,20 +154,12 @@ func (a *API) visibleProjects(ctx context.Context) (visibility, error) {
 		}
 	}
 	if len(tenants) > 0 {
-		rows, err := a.store.Pool().Query(ctx, `SELECT id FROM projects WHERE tenant_id = ANY($1)`, tenants)
+		ids, err := tenancy.TenantProjects(ctx, a.store.Pool(), tenants)
 		if err != nil {
 			return vis, toStatus(err, "projects")
 		}
-		defer rows.Close()
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				return vis, toStatus(err, "projects")
-			}
+		for _, id := range ids {
 			vis.projects[id] = true
-		}
-		if err := rows.Err(); err != nil {
-			return vis, toStatus(err, "projects")
 		}
 	}
 	return vis, nil

@@ -3,12 +3,8 @@ package service
 import (
 	"context"
 
-	"github.com/google/uuid"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/metalfleet/metalfleet/central/internal/auth"
-	"github.com/metalfleet/metalfleet/central/internal/store"
+	"github.com/metalfleet/metalfleet/central/internal/tenancy"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -16,8 +12,6 @@ type tenantService struct {
 	*API
 	apiv1.UnimplementedTenantServiceServer
 }
-
-var tenants = store.Table[*apiv1.Tenant]{Name: "tenants", New: func() *apiv1.Tenant { return &apiv1.Tenant{} }}
 
 func validateTenant(t *apiv1.Tenant) error {
 	var v violations
@@ -36,15 +30,15 @@ func (s *tenantService) Create(ctx context.Context, req *apiv1.TenantServiceCrea
 	if err := validateTenant(req.GetTenant()); err != nil {
 		return nil, err
 	}
-	out, err := create(ctx, s.API, tenants, req.GetTenant().GetId(), "", req.GetTenant())
+	out, err := tenancy.CreateTenant(ctx, s.store, req.GetTenant())
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err, "tenant "+quote(req.GetTenant().GetId()))
 	}
 	return &apiv1.TenantServiceCreateResponse{Tenant: out}, nil
 }
 
 func (s *tenantService) Get(ctx context.Context, req *apiv1.TenantServiceGetRequest) (*apiv1.TenantServiceGetResponse, error) {
-	out, err := fetch(ctx, s.API, tenants, req.GetId())
+	out, err := fetch(ctx, s.API, tenancy.Tenants, req.GetId())
 	if err != nil {
 		return nil, err
 	}
@@ -52,7 +46,7 @@ func (s *tenantService) Get(ctx context.Context, req *apiv1.TenantServiceGetRequ
 }
 
 func (s *tenantService) List(ctx context.Context, _ *apiv1.TenantServiceListRequest) (*apiv1.TenantServiceListResponse, error) {
-	all, err := tenants.List(ctx, s.store.Pool(), "TRUE")
+	all, err := tenancy.Tenants.List(ctx, s.store.Pool(), "TRUE")
 	if err != nil {
 		return nil, toStatus(err, "tenants")
 	}
@@ -70,17 +64,20 @@ func (s *tenantService) Update(ctx context.Context, req *apiv1.TenantServiceUpda
 	if err := validateTenant(req.GetTenant()); err != nil {
 		return nil, err
 	}
-	out, err := replace(ctx, s.API, tenants, req.GetTenant().GetId(), "", req.GetTenant())
+	out, err := tenancy.UpdateTenant(ctx, s.store, req.GetTenant())
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err, "tenant "+quote(req.GetTenant().GetId()))
 	}
 	return &apiv1.TenantServiceUpdateResponse{Tenant: out}, nil
 }
 
 func (s *tenantService) Delete(ctx context.Context, req *apiv1.TenantServiceDeleteRequest) (*apiv1.TenantServiceDeleteResponse, error) {
-	out, err := remove(ctx, s.API, tenants, req.GetId(), "")
+	if req.GetId() == "" {
+		return nil, requiredKey(tenancy.Tenants)
+	}
+	out, err := tenancy.DeleteTenant(ctx, s.store, req.GetId())
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err, "tenant "+quote(req.GetId()))
 	}
 	return &apiv1.TenantServiceDeleteResponse{Tenant: out}, nil
 }
@@ -89,8 +86,6 @@ type projectService struct {
 	*API
 	apiv1.UnimplementedProjectServiceServer
 }
-
-var projects = store.Table[*apiv1.Project]{Name: "projects", New: func() *apiv1.Project { return &apiv1.Project{} }}
 
 func validateProject(p *apiv1.Project) error {
 	var v violations
@@ -115,19 +110,15 @@ func (s *projectService) Create(ctx context.Context, req *apiv1.ProjectServiceCr
 		v.add("project.id", "must be empty: the server chooses project ids")
 		return nil, v.err()
 	}
-	p.Id = uuid.NewString()
-	out, err := create(ctx, s.API, projects, p.GetId(), p.GetId(), p, store.Col{Name: "tenant_id", Val: p.GetTenantId()}, store.Col{Name: "name", Val: p.GetName()})
-	if status.Code(err) == codes.AlreadyExists {
-		return nil, status.Errorf(codes.AlreadyExists, "tenant %q already has a project named %q", p.GetTenantId(), p.GetName())
-	}
+	out, err := tenancy.CreateProject(ctx, s.store, p)
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err, "project "+quote(p.GetId()))
 	}
 	return &apiv1.ProjectServiceCreateResponse{Project: out}, nil
 }
 
 func (s *projectService) Get(ctx context.Context, req *apiv1.ProjectServiceGetRequest) (*apiv1.ProjectServiceGetResponse, error) {
-	out, err := fetch(ctx, s.API, projects, req.GetId())
+	out, err := fetch(ctx, s.API, tenancy.Projects, req.GetId())
 	if err != nil {
 		return nil, err
 	}
@@ -135,7 +126,7 @@ func (s *projectService) Get(ctx context.Context, req *apiv1.ProjectServiceGetRe
 }
 
 func (s *projectService) List(ctx context.Context, req *apiv1.ProjectServiceListRequest) (*apiv1.ProjectServiceListResponse, error) {
-	all, err := projects.List(ctx, s.store.Pool(), "($1 = '' OR tenant_id = $1) AND ($2 = '' OR name = $2)", req.GetTenantId(), req.GetName())
+	all, err := tenancy.Projects.List(ctx, s.store.Pool(), "($1 = '' OR tenant_id = $1) AND ($2 = '' OR name = $2)", req.GetTenantId(), req.GetName())
 	if err != nil {
 		return nil, toStatus(err, "projects")
 	}
@@ -149,32 +140,30 @@ func (s *projectService) List(ctx context.Context, req *apiv1.ProjectServiceList
 	return &apiv1.ProjectServiceListResponse{Projects: out}, nil
 }
 
-// Update changes name, description and labels; a project never moves tenants.
+// Update changes name, description and labels; a project never moves
+// tenants (tenancy refuses that).
 func (s *projectService) Update(ctx context.Context, req *apiv1.ProjectServiceUpdateRequest) (*apiv1.ProjectServiceUpdateResponse, error) {
 	p := req.GetProject()
 	if err := validateProject(p); err != nil {
 		return nil, err
 	}
-	cur, err := fetch(ctx, s.API, projects, p.GetId())
-	if err != nil {
-		return nil, err
+	if p.GetId() == "" {
+		return nil, requiredKey(tenancy.Projects)
 	}
-	if cur.GetTenantId() != p.GetTenantId() {
-		var v violations
-		v.add("project.tenant_id", "cannot change (is %q)", cur.GetTenantId())
-		return nil, v.err()
-	}
-	out, err := replace(ctx, s.API, projects, p.GetId(), p.GetId(), p, store.Col{Name: "name", Val: p.GetName()})
+	out, err := tenancy.UpdateProject(ctx, s.store, p)
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err, "project "+quote(p.GetId()))
 	}
 	return &apiv1.ProjectServiceUpdateResponse{Project: out}, nil
 }
 
 func (s *projectService) Delete(ctx context.Context, req *apiv1.ProjectServiceDeleteRequest) (*apiv1.ProjectServiceDeleteResponse, error) {
-	out, err := remove(ctx, s.API, projects, req.GetId(), req.GetId())
+	if req.GetId() == "" {
+		return nil, requiredKey(tenancy.Projects)
+	}
+	out, err := tenancy.DeleteProject(ctx, s.store, req.GetId())
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err, "project "+quote(req.GetId()))
 	}
 	return &apiv1.ProjectServiceDeleteResponse{Project: out}, nil
 }
