@@ -413,15 +413,15 @@ func AllocateChildren(ctx context.Context, st *store.Store, parent *apiv1.Networ
 			methods, requestIDs = append(methods, call.Method), append(requestIDs, call.RequestID)
 			targets = append(targets, "network/"+c.GetId())
 		}
-		poolsCTE, poolArgs, err := ipam.CreatePoolsCTE(pools, 19)
-		if err != nil {
-			return err
-		}
-		rows, err := tx.Query(ctx, fmt.Sprintf(allocateChildrenSQL, poolsCTE), append([]any{
+		poolsCTE, args, err := ipam.CreatePoolsCTE(pools, []any{
 			parent.GetPartitionId(), parent.GetId(), ids, projects, vrfCol, specs,
 			cidrs, netIDs, famCol, ipPools, parentPools, parentUnits,
 			aIDs, subjects, methods, requestIDs, targets, projects,
-		}, poolArgs...)...)
+		})
+		if err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, fmt.Sprintf(allocateChildrenSQL, poolsCTE), args...)
 		if err != nil {
 			return err
 		}
@@ -535,8 +535,9 @@ func Update(ctx context.Context, st *store.Store, id, name, description string, 
 }
 
 // allocateChildrenSQL writes a batch's child networks, their address pools
-// (ipam.CreatePoolsCTE, parameters from $20 on), their prefixes (each
-// pinning its parent slot) and their audit rows in one statement.
+// (ipam.CreatePoolsCTE, whose parameters ipam numbers after $18), their
+// prefixes (each pinning its parent slot) and their audit rows in one
+// statement.
 const allocateChildrenSQL = `WITH net AS (
 	INSERT INTO networks (id, type, partition_id, project_id, parent_id, vrf, spec)
 	SELECT id, 'child', NULLIF($1, ''), project_id, $2, vrf::BIGINT, spec::JSONB
