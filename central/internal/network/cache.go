@@ -14,8 +14,9 @@ import (
 // the same id is a different row: the shared statement takes nothing unless
 // the row with the cached id and created_at still exists (guard in
 // allocateBatchSQL), and a call it does not serve forgets the entry and
-// starts over on a fresh read. So a stale entry can cost a retry, never a
-// wrong answer.
+// starts over on a fresh read. So a stale entry, such as one of a network
+// another replica deleted, can cost a retry, never a wrong answer; changes
+// made through this process's Networks drop their entry at once.
 const (
 	cacheTTL  = 30 * time.Second
 	cacheSize = 4096

@@ -248,6 +248,9 @@ func (ns *Networks) Create(ctx context.Context, n *apiv1.Network, prefixes []net
 // Delete frees the network's prefixes and VRF. IPs and child networks must
 // go first; the foreign keys back the explicit checks up under concurrency.
 func (ns *Networks) Delete(ctx context.Context, id string) (*apiv1.Network, error) {
+	// The cache drops the network whether or not the delete succeeds: a
+	// reread costs one query, serving from a row known gone a retry.
+	defer ns.cache.forget(id)
 	var out *apiv1.Network
 	err := ns.st.Tx(ctx, func(tx pgx.Tx) error {
 		n, err := Table.GetForUpdate(ctx, tx, id)
@@ -314,6 +317,9 @@ func (ns *Networks) Delete(ctx context.Context, id string) (*apiv1.Network, erro
 // Update changes a network's name, description and labels, with its
 // audit row; nothing else of a network changes.
 func (ns *Networks) Update(ctx context.Context, id, name, description string, labels map[string]string) (*apiv1.Network, error) {
+	// IP calls read nothing Update changes, but a cached copy should not
+	// outlive a change this process made.
+	defer ns.cache.forget(id)
 	return Table.Modify(ctx, ns.st, id, func(n *apiv1.Network) ([]store.Col, string) {
 		n.Name, n.Description, n.Labels = name, description, labels
 		return nil, n.GetProjectId()
