@@ -77,7 +77,7 @@ psql=("$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres
 	echo "date:       $(date -u +%FT%TZ)"
 	echo "commit:     $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- 2>/dev/null || echo ' (dirty tree)')"
 	# The tree may have uncommitted changes: fingerprint the code measured.
-	echo "ipam code:  sha256 $(cat central/internal/ipam/*.go central/internal/service/ip.go central/internal/service/network.go central/internal/store/store.go sql/migrations/common/*.sql | sha256sum | cut -c1-12) (ipam/, service/ip.go, service/network.go, store.go, schema)"
+	echo "ipam code:  sha256 $(cat central/internal/ipam/*.go central/internal/network/*.go central/internal/service/ip.go central/internal/service/network.go central/internal/store/store.go sql/migrations/common/*.sql | sha256sum | cut -c1-12) (ipam/, network/, service/ip.go, service/network.go, store.go, schema)"
 	echo "nproc:      $(nproc)"
 	echo "cpu:        $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 	echo "memory:     $(free -g | awk '/^Mem:/ {print $2 " GiB"}')"

@@ -2,6 +2,7 @@ package ipam_test
 
 import (
 	"context"
+	"fmt"
 	"math/big"
 	"sync"
 	"testing"
@@ -63,5 +64,38 @@ func TestAcquireManyRace(t *testing.T) {
 	_, free, err := ipam.Usage(ctx, st.Pool(), "p")
 	if err != nil || free.Sign() != 0 {
 		t.Fatalf("free = %v, %v", free, err)
+	}
+}
+
+// CreatePoolsCTE numbers its parameters after the ones the bigger
+// statement already has, whatever their number.
+func TestCreatePoolsCTEAfterCallerArgs(t *testing.T) {
+	st := newStore(t)
+	ctx := context.Background()
+	for _, n := range []int{0, 1, 5} {
+		var args []any
+		sel := "SELECT 0"
+		for i := range n {
+			args = append(args, i+1)
+			sel += fmt.Sprintf(" + $%d::INT", i+1)
+		}
+		id := fmt.Sprintf("after-%d", n)
+		cte, args, err := ipam.CreatePoolsCTE([]ipam.PoolDef{{ID: id, Kind: ipam.KindVRF, First: big.NewInt(1), Last: big.NewInt(10), Ranges: 2}}, args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sum int
+		if err := st.Tx(ctx, func(tx pgx.Tx) error {
+			return tx.QueryRow(ctx, `WITH `+cte+` `+sel, args...).Scan(&sum)
+		}); err != nil {
+			t.Fatalf("%d args before: %v", n, err)
+		}
+		if want := n * (n + 1) / 2; sum != want {
+			t.Fatalf("%d args before: the statement's own parameters sum to %d, want %d", n, sum, want)
+		}
+		size, free, err := ipam.Usage(ctx, st.Pool(), id)
+		if err != nil || size.Int64() != 10 || free.Int64() != 10 {
+			t.Fatalf("%d args before: pool size %v, free %v, %v; want 10, 10", n, size, free, err)
+		}
 	}
 }

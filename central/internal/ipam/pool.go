@@ -463,7 +463,7 @@ type PoolDef struct {
 // CreatePools records many pools, each cut into its number of ranges, in
 // one statement whatever their number.
 func CreatePools(ctx context.Context, db store.Querier, defs []PoolDef) error {
-	cte, args, err := CreatePoolsCTE(defs, 1)
+	cte, args, err := CreatePoolsCTE(defs, nil)
 	if err != nil {
 		return err
 	}
@@ -475,9 +475,11 @@ func CreatePools(ctx context.Context, db store.Querier, defs []PoolDef) error {
 
 // CreatePoolsCTE is CreatePools as two CTEs of a bigger statement
 // ("pools_new AS (...), pool_free_new AS (...)", no leading comma or WITH),
-// for callers that write a pool together with what uses it; its
-// parameters are numbered from first on and are the returned args.
-func CreatePoolsCTE(defs []PoolDef, first int) (string, []any, error) {
+// for callers that write a pool together with what uses it. args are the
+// bigger statement's arguments so far: the CTEs' own are appended to
+// them and numbered after them, so the caller need not know how many
+// there are; the statement runs with the returned args.
+func CreatePoolsCTE(defs []PoolDef, args []any) (string, []any, error) {
 	var ids, kinds, firsts, lasts, rIDs, rStarts, rStops []string
 	for _, d := range defs {
 		if d.First.Cmp(d.Last) > 0 {
@@ -491,6 +493,7 @@ func CreatePoolsCTE(defs []PoolDef, first int) (string, []any, error) {
 		}
 		rStarts, rStops = append(rStarts, starts...), append(rStops, stops...)
 	}
+	first := len(args) + 1
 	p := func(i int) int { return first + i }
 	cte := fmt.Sprintf(`pools_new AS (
 	INSERT INTO pools (id, kind, first_unit, last_unit)
@@ -499,5 +502,5 @@ func CreatePoolsCTE(defs []PoolDef, first int) (string, []any, error) {
 	INSERT INTO pool_free (pool_id, start_unit, next_unit, stop_unit)
 	SELECT id, s::NUMERIC, s::NUMERIC, e::NUMERIC FROM unnest($%d::TEXT[], $%d::TEXT[], $%d::TEXT[]) AS r (id, s, e)
 )`, p(0), p(1), p(2), p(3), p(4), p(5), p(6))
-	return cte, []any{ids, kinds, firsts, lasts, rIDs, rStarts, rStops}, nil
+	return cte, append(args, ids, kinds, firsts, lasts, rIDs, rStarts, rStops), nil
 }

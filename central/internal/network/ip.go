@@ -3,17 +3,21 @@ package network
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/metalfleet/metalfleet/central/internal/auth"
-	"github.com/metalfleet/metalfleet/central/internal/ipam"
-	"github.com/metalfleet/metalfleet/central/internal/store"
-	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
-	"net/netip"
-	"time"
+
+	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/ipam"
+	"github.com/metalfleet/metalfleet/central/internal/store"
+	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
 // IPs reads ips as stored; only this package writes them. machine_id
@@ -26,6 +30,139 @@ var IPs = store.Table[*apiv1.IP]{Name: "ips", Key: "ip", New: func() *apiv1.IP {
 var IPTypeNames = map[apiv1.IPType]string{
 	apiv1.IPType_IP_TYPE_EPHEMERAL: "ephemeral",
 	apiv1.IPType_IP_TYPE_STATIC:    "static",
+}
+
+// AllocateIP records ip with an address of its network (ip.NetworkId):
+// want, or the next free address of family fam (IPv4 first when fam is
+// 0), with its audit row. The next free address is the common case: one
+// statement takes it from the family's first prefix, records and audits
+// it, shared with the calls for the same prefix waiting at the same time
+// (a lone call is a batch of one). What that statement cannot serve, and
+// a wanted address, runs as a transaction of its own, which waits for
+// locks, tries the network's other prefixes and reports the call's own
+// error. A failure to read the network comes as *Error.
+func (ns *Networks) AllocateIP(ctx context.Context, ip *apiv1.IP, want netip.Addr, fam int) (*apiv1.IP, error) {
+	id := ip.GetNetworkId()
+	if !want.IsValid() {
+		if n, cached := ns.cache.get(id); cached {
+			if err := checkIPNetwork(n, ip.GetProjectId()); err != nil {
+				return nil, err
+			}
+			out, ok, err := ns.allocateNext(ctx, n, ip, fam)
+			if err != nil || ok {
+				return out, err
+			}
+			// Not served: the transactional path below, on a fresh read.
+			ns.cache.forget(id)
+		}
+	}
+	n, err := Table.Get(ctx, ns.st.Pool(), id)
+	if err != nil {
+		return nil, &Error{Network: id, Read: true, Err: err}
+	}
+	if err := checkIPNetwork(n, ip.GetProjectId()); err != nil {
+		return nil, err
+	}
+	if !want.IsValid() {
+		ns.cache.remember(n)
+		out, ok, err := ns.allocateNext(ctx, n, ip, fam)
+		if err != nil || ok {
+			return out, err
+		}
+	}
+	return ns.allocateIP(ctx, n, ip, want, fam)
+}
+
+// checkIPNetwork refuses networks IPs do not come from; project is the
+// IP's.
+func checkIPNetwork(n *apiv1.Network, project string) error {
+	switch {
+	case n.GetType() == apiv1.NetworkType_NETWORK_TYPE_CHILD && n.GetProjectId() != project:
+		// Another project's network: answer as if it did not exist.
+		return status.Errorf(codes.NotFound, "network %s not found", auth.Quote(n.GetId()))
+	case n.GetType() == apiv1.NetworkType_NETWORK_TYPE_SUPER || n.GetType() == apiv1.NetworkType_NETWORK_TYPE_UNDERLAY:
+		return status.Errorf(codes.FailedPrecondition, "network %q is a %s network: IPs come from child or external networks", n.GetId(), TypeNames[n.GetType()])
+	}
+	return nil
+}
+
+// ipBatchSize caps how many next-free calls for one pool share a statement;
+// ipBatchesPerPool caps how many such statements run at once per pool. A
+// child network's pool has ipam.FewShards ranges, so at most that many
+// statements can each lock a range of their own.
+const (
+	ipBatchSize      = 64
+	ipBatchesPerPool = ipam.FewShards
+)
+
+// ipKey names what a batch's calls share: the network (id and
+// created_at: the row it was read from) and the prefix whose pool they
+// take from.
+type ipKey struct {
+	network string
+	created time.Time
+	prefix  netip.Prefix
+}
+
+// ipReq is one next-free call: the IP to record (without its address)
+// and its audit row.
+type ipReq struct {
+	ip      *apiv1.IP
+	spec    []byte
+	call    *auth.Call
+	auditID string
+}
+
+// allocateNext hands ip the next free address of the family's first
+// prefix of n through the batch of its key (ns.ips). ok is false when
+// that batch did not serve this call; the caller then runs the full
+// transaction.
+func (ns *Networks) allocateNext(ctx context.Context, n *apiv1.Network, ip *apiv1.IP, fam int) (*apiv1.IP, bool, error) {
+	// The pool of a prefix is named after it, so the network's own prefix
+	// list tells the pool without another round trip.
+	var prefixes []Prefix
+	for _, c := range n.GetPrefixes() {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return nil, false, fmt.Errorf("network %s has a bad prefix %q: %w", n.GetId(), c, err)
+		}
+		prefixes = append(prefixes, Prefix{CIDR: p, IPPool: ipam.IPPoolID(p)})
+	}
+	if fam == 0 {
+		fam = defaultFamily(prefixes)
+	}
+	var pr *Prefix
+	for i := range prefixes {
+		if ipam.Family(prefixes[i].CIDR) == fam {
+			pr = &prefixes[i]
+			break
+		}
+	}
+	call := auth.CallFrom(ctx)
+	if pr == nil || call == nil {
+		return nil, false, nil
+	}
+	spec, err := store.EncodeSpec(ip)
+	if err != nil {
+		return nil, false, err
+	}
+	key := ipKey{network: n.GetId(), created: n.GetMeta().GetCreatedAt().AsTime(), prefix: pr.CIDR.Masked()}
+	out, err := ns.ips.Do(ctx, key, ipReq{ip: ip, spec: spec, call: call, auditID: uuid.NewString()})
+	if err != nil || out == nil {
+		return nil, false, err
+	}
+	return out, true, nil
+}
+
+// runIPBatch hands out the next free addresses of key's prefix to reqs in
+// one statement (allocateIPs). A call it leaves without an IP takes the
+// transactional path on its own.
+func (ns *Networks) runIPBatch(ctx context.Context, key ipKey, reqs []ipReq) []store.Outcome[*apiv1.IP] {
+	outs := make([]store.Outcome[*apiv1.IP], len(reqs))
+	for i, ip := range ns.allocateIPs(ctx, key, reqs) {
+		outs[i].Val = ip
+	}
+	return outs
 }
 
 // takeAddress takes want, or the next free address of family fam (IPv4 first
@@ -47,7 +184,7 @@ func takeAddress(ctx context.Context, tx pgx.Tx, prefixes []Prefix, want netip.A
 		return want, "", status.Errorf(codes.InvalidArgument, "ip %s is not inside the network's prefixes", want)
 	}
 	if fam == 0 {
-		fam = DefaultFamily(prefixes)
+		fam = defaultFamily(prefixes)
 	}
 	has := false
 	for _, p := range prefixes {
@@ -70,8 +207,8 @@ func takeAddress(ctx context.Context, tx pgx.Tx, prefixes []Prefix, want netip.A
 	return netip.Addr{}, "", status.Errorf(codes.ResourceExhausted, "no free IPv%d address left in the network", fam)
 }
 
-// DefaultFamily is IPv4 when the network has an IPv4 prefix, else IPv6.
-func DefaultFamily(prefixes []Prefix) int {
+// defaultFamily is IPv4 when the network has an IPv4 prefix, else IPv6.
+func defaultFamily(prefixes []Prefix) int {
 	for _, p := range prefixes {
 		if p.CIDR.Addr().Is4() {
 			return 4
@@ -80,13 +217,13 @@ func DefaultFamily(prefixes []Prefix) int {
 	return 6
 }
 
-// AllocateIP takes want, or the next free address of family fam (IPv4
+// allocateIP takes want, or the next free address of family fam (IPv4
 // first when fam is 0), from any of n's prefixes for ip, and writes it
 // with its audit row: one call alone, waiting for locks.
-func AllocateIP(ctx context.Context, st *store.Store, n *apiv1.Network, ip *apiv1.IP, want netip.Addr, fam int) (*apiv1.IP, error) {
+func (ns *Networks) allocateIP(ctx context.Context, n *apiv1.Network, ip *apiv1.IP, want netip.Addr, fam int) (*apiv1.IP, error) {
 	var out *apiv1.IP
 	typ := ip.GetType()
-	err := st.Tx(ctx, func(tx pgx.Tx) error {
+	err := ns.st.Tx(ctx, func(tx pgx.Tx) error {
 		prefixes, err := Prefixes(ctx, tx, n)
 		if err != nil {
 			return err
@@ -107,42 +244,33 @@ func AllocateIP(ctx context.Context, st *store.Store, n *apiv1.Network, ip *apiv
 	return out, err
 }
 
-// IPReq is one next-free call of a batch: the IP to record (without its
-// address) and its audit row.
-type IPReq struct {
-	IP      *apiv1.IP
-	Spec    []byte
-	Call    *auth.Call
-	AuditID string
-}
-
-// AllocateIPs hands out the next free addresses of prefix (of network
-// networkID, created at created: the row the caller read) to reqs in one
-// statement that writes every call's IP row and audit row. A call it
-// leaves without an IP (nil: the range it locked had fewer units left,
-// every range is locked, the pool is exhausted, the offset does not fit
-// BIGINT, or the statement failed, e.g. because one call's project is
-// gone) takes AllocateIP on its own, which waits for locks, tries the
-// network's other prefixes and reports the call's own error.
-func AllocateIPs(ctx context.Context, db store.Querier, networkID string, created time.Time, prefix netip.Prefix, reqs []IPReq) []*apiv1.IP {
+// allocateIPs hands out the next free addresses of key's prefix (of
+// key's network row, which the caller read) to reqs in one statement that
+// writes every call's IP row and audit row. A call it leaves without an
+// IP (nil: the range it locked had fewer units left, every range is
+// locked, the pool is exhausted, the offset does not fit BIGINT, the
+// network row is gone, or the statement failed, e.g. because one call's
+// project is gone) takes allocateIP on its own, which waits for locks,
+// tries the network's other prefixes and reports the call's own error.
+func (ns *Networks) allocateIPs(ctx context.Context, key ipKey, reqs []ipReq) []*apiv1.IP {
 	outs := make([]*apiv1.IP, len(reqs))
 	cols := make([][]string, 7)
 	for i := range cols {
 		cols[i] = make([]string, len(reqs))
 	}
 	for i, r := range reqs {
-		cols[0][i] = string(r.Spec)
-		cols[1][i] = r.IP.GetProjectId()
-		cols[2][i] = IPTypeNames[r.IP.GetType()]
-		cols[3][i] = r.AuditID
-		cols[4][i] = r.Call.Principal.TokenID
-		cols[5][i] = r.Call.Method
-		cols[6][i] = r.Call.RequestID
+		cols[0][i] = string(r.spec)
+		cols[1][i] = r.ip.GetProjectId()
+		cols[2][i] = IPTypeNames[r.ip.GetType()]
+		cols[3][i] = r.auditID
+		cols[4][i] = r.call.Principal.TokenID
+		cols[5][i] = r.call.Method
+		cols[6][i] = r.call.RequestID
 	}
-	base := prefix.Masked().Addr()
-	rows, err := ipam.TakeInto(ctx, db, ipam.IPPoolID(prefix), len(reqs), allocateBatchGuard, allocateBatchSQL,
+	base := key.prefix.Masked().Addr()
+	rows, err := ipam.TakeInto(ctx, ns.st.Pool(), ipam.IPPoolID(key.prefix), len(reqs), allocateBatchGuard, allocateBatchSQL,
 		cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6],
-		base.String(), ipam.AddrUnit(base).String(), networkID, created)
+		base.String(), ipam.AddrUnit(base).String(), key.network, key.created)
 	if err != nil {
 		return outs
 	}
@@ -169,7 +297,7 @@ func AllocateIPs(ctx context.Context, db store.Querier, networkID string, create
 		if s.ord < 1 || int(s.ord) > len(reqs) {
 			continue
 		}
-		out := proto.Clone(reqs[s.ord-1].IP).(*apiv1.IP)
+		out := proto.Clone(reqs[s.ord-1].ip).(*apiv1.IP)
 		out.Ip = s.ip
 		store.SetMeta(out, &apiv1.Meta{CreatedAt: timestamppb.New(s.created), UpdatedAt: timestamppb.New(s.updated), Generation: uint64(s.gen)})
 		outs[s.ord-1] = out
@@ -177,10 +305,16 @@ func AllocateIPs(ctx context.Context, db store.Querier, networkID string, create
 	return outs
 }
 
+// ListIPs returns the IPs of a project and network; an empty project or
+// network matches every one.
+func (ns *Networks) ListIPs(ctx context.Context, project, network string) ([]*apiv1.IP, error) {
+	return IPs.List(ctx, ns.st.Pool(), "($1 = '' OR project_id = $1) AND ($2 = '' OR network_id = $2)", project, network)
+}
+
 // UpdateIP changes an IP's name, description, labels and, unless typ is
 // unspecified, its type, with its audit row.
-func UpdateIP(ctx context.Context, st *store.Store, addr, name, description string, labels map[string]string, typ apiv1.IPType) (*apiv1.IP, error) {
-	return IPs.Modify(ctx, st, addr, func(ip *apiv1.IP) ([]store.Col, string) {
+func (ns *Networks) UpdateIP(ctx context.Context, addr, name, description string, labels map[string]string, typ apiv1.IPType) (*apiv1.IP, error) {
+	return IPs.Modify(ctx, ns.st, addr, func(ip *apiv1.IP) ([]store.Col, string) {
 		ip.Name, ip.Description, ip.Labels = name, description, labels
 		if typ != apiv1.IPType_IP_TYPE_UNSPECIFIED {
 			ip.Type = typ
@@ -191,9 +325,9 @@ func UpdateIP(ctx context.Context, st *store.Store, addr, name, description stri
 
 // ReleaseIP gives an IP that no machine holds back to its pool, with its
 // audit row. asked is the address as the caller wrote it, for errors.
-func ReleaseIP(ctx context.Context, st *store.Store, addr, asked string) (*apiv1.IP, error) {
+func (ns *Networks) ReleaseIP(ctx context.Context, addr, asked string) (*apiv1.IP, error) {
 	var out *apiv1.IP
-	err := st.Tx(ctx, func(tx pgx.Tx) error {
+	err := ns.st.Tx(ctx, func(tx pgx.Tx) error {
 		var pool, unit string
 		var machine *string
 		if err := tx.QueryRow(ctx, `SELECT pool_id, unit::TEXT, machine_id FROM ips WHERE ip = $1 FOR UPDATE`, addr).Scan(&pool, &unit, &machine); err != nil {
@@ -238,5 +372,5 @@ SELECT a.ord, i.ip, i.generation, i.created_at, i.updated_at FROM ins i JOIN add
 
 // allocateBatchGuard lets the statement take addresses only while the
 // network row the caller read ($12, $13) still exists: the network may have
-// come from networkCache.
+// come from the cache.
 const allocateBatchGuard = `EXISTS (SELECT 1 FROM networks WHERE id = $12 AND created_at = $13)`

@@ -1,29 +1,83 @@
 // Package network is the network aggregate: the only writer of networks,
 // prefixes and ips. It creates super, underlay and external networks,
-// cuts child networks (one call, or a batch in one statement), hands out
-// and releases IPs (one call, or a batch of next-free calls in one
-// statement) and a machine's addresses at allocation and free, over
-// ipam's pools. The callers validate requests and map errors.
+// cuts child networks and hands out and releases IPs, and takes and
+// releases a machine's addresses at allocation and free, over ipam's
+// pools. Concurrent calls that take from the same pool run as one batch
+// (store.Combiner): a lone call is a batch of one, so one call and many
+// take the same steps. The callers validate requests and map errors.
 package network
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"github.com/google/uuid"
+	"log/slog"
+	"math/big"
+	"net/netip"
+
 	"github.com/jackc/pgx/v5"
-	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/metalfleet/metalfleet/central/internal/ipam"
 	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
-	"math/big"
-	"net/netip"
-	"time"
 )
+
+// Networks is the network aggregate over the store. One serves a whole
+// process: its batches combine the process's concurrent calls, and its
+// cache holds the networks IP calls have read.
+type Networks struct {
+	st  *store.Store
+	log *slog.Logger
+	// ips combines next-free IP calls of one prefix, children child
+	// network calls of one parent (see ip.go and child.go).
+	ips      *store.Combiner[ipKey, ipReq, *apiv1.IP]
+	children *store.Combiner[childKey, childReq, *apiv1.Network]
+	cache    *cache
+}
+
+// New returns the network aggregate. log hears of batches that failed and
+// left their calls to run one by one; nil discards that.
+func New(st *store.Store, log *slog.Logger) *Networks {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ns := &Networks{st: st, log: log, cache: newCache()}
+	ns.ips = store.NewCombiner(ipBatchSize, ipBatchesPerPool, ns.runIPBatch)
+	ns.children = store.NewCombiner(childBatchSize, childBatchesPerParent, ns.runChildBatch)
+	return ns
+}
+
+// IPBatchStats says how many shared statements next-free IP calls ran and
+// how many calls they served.
+func (ns *Networks) IPBatchStats() (batches, calls int64) { return ns.ips.Stats() }
+
+// ChildBatchStats says how many shared transactions child network calls
+// ran and how many calls they served.
+func (ns *Networks) ChildBatchStats() (batches, calls int64) { return ns.children.Stats() }
+
+// Error is a failure that concerns another network than the object a
+// call writes: reading the network an IP is to come from or the super
+// network a child is to be cut from (Read), or cutting a child from a
+// super network the caller may not have named. Callers report it under
+// that network's name.
+type Error struct {
+	// Network is the network's id; "" when listing a partition's super
+	// networks failed.
+	Network string
+	Read    bool
+	Err     error
+}
+
+func (e *Error) Error() string {
+	if e.Network == "" {
+		return "networks: " + e.Err.Error()
+	}
+	return "network " + e.Network + ": " + e.Err.Error()
+}
+
+// Unwrap keeps errors.Is working on the cause.
+func (e *Error) Unwrap() error { return e.Err }
 
 // Table reads networks as stored; only this package writes them.
 var Table = store.Table[*apiv1.Network]{Name: "networks", New: func() *apiv1.Network { return &apiv1.Network{} }}
@@ -170,10 +224,10 @@ func Prefixes(ctx context.Context, db store.Querier, n *apiv1.Network) ([]Prefix
 
 // Create stores a super, underlay or external network (validated by the
 // caller) with its prefixes and their pools, and its audit row.
-func Create(ctx context.Context, st *store.Store, n *apiv1.Network, prefixes []netip.Prefix) (*apiv1.Network, error) {
+func (ns *Networks) Create(ctx context.Context, n *apiv1.Network, prefixes []netip.Prefix) (*apiv1.Network, error) {
 	var out *apiv1.Network
 	// Serializable: the overlap check reads what concurrent creates write.
-	err := st.SerializableTx(ctx, func(tx pgx.Tx) error {
+	err := ns.st.SerializableTx(ctx, func(tx pgx.Tx) error {
 		if err := checkNoOverlap(ctx, tx, prefixes); err != nil {
 			return err
 		}
@@ -191,279 +245,14 @@ func Create(ctx context.Context, st *store.Store, n *apiv1.Network, prefixes []n
 	return out, err
 }
 
-// AllocateChild cuts child, a child network of parent, with a VRF id and
-// a child prefix of each wanted family (every family of the parent when
-// want is empty), and writes it with its audit row: one call alone.
-func AllocateChild(ctx context.Context, st *store.Store, parent, child *apiv1.Network, want map[int]bool) (*apiv1.Network, error) {
-	var out *apiv1.Network
-	err := st.Tx(ctx, func(tx pgx.Tx) error {
-		parentPrefixes, err := Prefixes(ctx, tx, parent)
-		if err != nil {
-			return err
-		}
-		vrf, err := ipam.Acquire(ctx, tx, ipam.VRFPoolID)
-		if err != nil {
-			return fmt.Errorf("vrf: %w", err)
-		}
-		child.Vrf = uint32(vrf.Uint64())
-		type carved struct {
-			p    netip.Prefix
-			pool string
-			slot *big.Int
-		}
-		var got []carved
-		for _, fam := range []int{4, 6} {
-			if len(want) > 0 && !want[fam] {
-				continue
-			}
-			var has bool
-			var cur *carved
-			for _, pp := range parentPrefixes {
-				if ipam.Family(pp.CIDR) != fam {
-					continue
-				}
-				has = true
-				slot, err := ipam.Acquire(ctx, tx, pp.ChildPool)
-				if errors.Is(err, ipam.ErrExhausted) {
-					continue
-				}
-				if err != nil {
-					return err
-				}
-				l := parent.GetChildPrefixLengthIpv4()
-				if fam == 6 {
-					l = parent.GetChildPrefixLengthIpv6()
-				}
-				cur = &carved{ipam.ChildPrefix(pp.CIDR, int(l), slot), pp.ChildPool, slot}
-				break
-			}
-			switch {
-			case !has && want[fam]:
-				return status.Errorf(codes.FailedPrecondition, "super network %q has no IPv%d prefix", parent.GetId(), fam)
-			case has && cur == nil:
-				return status.Errorf(codes.ResourceExhausted, "super network %q has no free IPv%d child prefix", parent.GetId(), fam)
-			case cur != nil:
-				got = append(got, *cur)
-				child.Prefixes = append(child.Prefixes, cur.p.String())
-			}
-		}
-		if out, err = Table.Insert(ctx, tx, child.GetId(), child, networkCols(child)...); err != nil {
-			return err
-		}
-		for _, c := range got {
-			if err := insertPrefix(ctx, tx, child, c.p, c.pool, c.slot); err != nil {
-				return err
-			}
-		}
-		return store.Audit(ctx, tx, "network/"+child.GetId(), child.GetProjectId())
-	})
-	return out, err
-}
-
-// ChildReq is one call of a batch of child network allocations.
-type ChildReq struct {
-	Req  *apiv1.NetworkServiceAllocateRequest
-	Call *auth.Call
-	ID   string // the new network's id
-}
-
-// AllocateChildren does what AllocateChild does for one call, for all of reqs
-// in one transaction: one round trip takes every call's VRF id and the
-// child slots of each family's first super prefix (more only when a range
-// or prefix runs short), one statement writes all rows.
-func AllocateChildren(ctx context.Context, st *store.Store, parent *apiv1.Network, v4, v6 bool, reqs []ChildReq) ([]*apiv1.Network, error) {
-	n := len(reqs)
-	want := map[int]bool{4: v4, 6: v6}
-	anyFam := !v4 && !v6
-	// A super prefix's child pool is named after it: the parent's own
-	// prefix list tells the pools.
-	type family struct {
-		fam      int
-		bits     int
-		prefixes []netip.Prefix
-	}
-	var fams []family
-	for _, fam := range []int{4, 6} {
-		if !anyFam && !want[fam] {
-			continue
-		}
-		f := family{fam: fam, bits: int(parent.GetChildPrefixLengthIpv4())}
-		if fam == 6 {
-			f.bits = int(parent.GetChildPrefixLengthIpv6())
-		}
-		for _, c := range parent.GetPrefixes() {
-			p, err := netip.ParsePrefix(c)
-			if err != nil {
-				return nil, fmt.Errorf("network %s has a bad prefix %q: %w", parent.GetId(), c, err)
-			}
-			if ipam.Family(p) == fam {
-				f.prefixes = append(f.prefixes, p.Masked())
-			}
-		}
-		switch {
-		case len(f.prefixes) == 0 && want[fam]:
-			return nil, status.Errorf(codes.FailedPrecondition, "super network %q has no IPv%d prefix", parent.GetId(), fam)
-		case len(f.prefixes) > 0:
-			fams = append(fams, f)
-		}
-	}
-	var outs []*apiv1.Network
-	err := st.Tx(ctx, func(tx pgx.Tx) error {
-		outs = make([]*apiv1.Network, n)
-		b := &pgx.Batch{}
-		q, args := ipam.TakeManySQL(ipam.VRFPoolID, n)
-		b.Queue(q, args...)
-		for _, f := range fams {
-			q, args := ipam.TakeManySQL(ipam.ChildPoolID(f.prefixes[0]), n)
-			b.Queue(q, args...)
-		}
-		br := tx.SendBatch(ctx, b)
-		take := func(pool string) ([]*big.Int, error) {
-			rows, err := br.Query()
-			if err != nil {
-				return nil, fmt.Errorf("pool %s: take units: %w", pool, err)
-			}
-			return ipam.Units(rows, pool)
-		}
-		vrfs, err := take(ipam.VRFPoolID)
-		if err != nil {
-			br.Close()
-			return err
-		}
-		firstSlots := make([][]*big.Int, len(fams))
-		for i, f := range fams {
-			if firstSlots[i], err = take(ipam.ChildPoolID(f.prefixes[0])); err != nil {
-				br.Close()
-				return err
-			}
-		}
-		if err := br.Close(); err != nil {
-			return err
-		}
-		if len(vrfs) < n {
-			more, err := ipam.AcquireMany(ctx, tx, ipam.VRFPoolID, n-len(vrfs))
-			if err != nil {
-				return fmt.Errorf("vrf: %w", err)
-			}
-			if vrfs = append(vrfs, more...); len(vrfs) < n {
-				return fmt.Errorf("vrf: %w", ipam.ErrExhausted)
-			}
-		}
-		children := make([]*apiv1.Network, n)
-		for i, r := range reqs {
-			children[i] = &apiv1.Network{
-				Id:          r.ID,
-				Name:        r.Req.GetName(),
-				Description: r.Req.GetDescription(),
-				Type:        apiv1.NetworkType_NETWORK_TYPE_CHILD,
-				PartitionId: parent.GetPartitionId(),
-				ProjectId:   r.Req.GetProjectId(),
-				ParentId:    parent.GetId(),
-				Labels:      r.Req.GetLabels(),
-				Vrf:         uint32(vrfs[i].Uint64()),
-			}
-		}
-		var pools []ipam.PoolDef
-		var cidrs, netIDs, famCol, ipPools, parentPools, parentUnits []string
-		for i, f := range fams {
-			got := 0
-			for j, pp := range f.prefixes {
-				if got == n {
-					break
-				}
-				pool := ipam.ChildPoolID(pp)
-				var slots []*big.Int
-				if j == 0 {
-					slots = firstSlots[i]
-				}
-				if len(slots) < n-got {
-					more, err := ipam.AcquireMany(ctx, tx, pool, n-got-len(slots))
-					if err != nil {
-						return err
-					}
-					slots = append(slots, more...)
-				}
-				for _, slot := range slots {
-					p := ipam.ChildPrefix(pp, f.bits, slot)
-					c := children[got]
-					c.Prefixes = append(c.Prefixes, p.String())
-					first, last := ipam.HostRange(p)
-					pools = append(pools, ipam.PoolDef{ID: ipam.IPPoolID(p), Kind: ipam.KindIP, First: first, Last: last, Ranges: ipam.FewShards})
-					cidrs, netIDs = append(cidrs, p.String()), append(netIDs, c.GetId())
-					famCol, ipPools = append(famCol, fmt.Sprint(f.fam)), append(ipPools, ipam.IPPoolID(p))
-					parentPools, parentUnits = append(parentPools, pool), append(parentUnits, slot.String())
-					got++
-				}
-			}
-			if got < n {
-				return status.Errorf(codes.ResourceExhausted, "super network %q has no free IPv%d child prefix", parent.GetId(), f.fam)
-			}
-		}
-		var ids, projects, vrfCol, specs []string
-		var aIDs, subjects, methods, requestIDs, targets []string
-		for i, c := range children {
-			spec, err := store.EncodeSpec(c)
-			if err != nil {
-				return err
-			}
-			ids, projects = append(ids, c.GetId()), append(projects, c.GetProjectId())
-			vrfCol, specs = append(vrfCol, fmt.Sprint(c.GetVrf())), append(specs, string(spec))
-			call := reqs[i].Call
-			aIDs, subjects = append(aIDs, uuid.NewString()), append(subjects, call.Principal.TokenID)
-			methods, requestIDs = append(methods, call.Method), append(requestIDs, call.RequestID)
-			targets = append(targets, "network/"+c.GetId())
-		}
-		poolsCTE, poolArgs, err := ipam.CreatePoolsCTE(pools, 19)
-		if err != nil {
-			return err
-		}
-		rows, err := tx.Query(ctx, fmt.Sprintf(allocateChildrenSQL, poolsCTE), append([]any{
-			parent.GetPartitionId(), parent.GetId(), ids, projects, vrfCol, specs,
-			cidrs, netIDs, famCol, ipPools, parentPools, parentUnits,
-			aIDs, subjects, methods, requestIDs, targets, projects,
-		}, poolArgs...)...)
-		if err != nil {
-			return err
-		}
-		meta := map[string]*apiv1.Meta{}
-		for rows.Next() {
-			var (
-				id               string
-				gen              int64
-				created, updated time.Time
-			)
-			if err := rows.Scan(&id, &gen, &created, &updated); err != nil {
-				rows.Close()
-				return err
-			}
-			meta[id] = &apiv1.Meta{CreatedAt: timestamppb.New(created), UpdatedAt: timestamppb.New(updated), Generation: uint64(gen)}
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		for i, c := range children {
-			m, ok := meta[c.GetId()]
-			if !ok {
-				return fmt.Errorf("network %s: not returned by its insert", c.GetId())
-			}
-			out := proto.Clone(c).(*apiv1.Network)
-			store.SetMeta(out, m)
-			outs[i] = out
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	return outs, nil
-}
-
 // Delete frees the network's prefixes and VRF. IPs and child networks must
 // go first; the foreign keys back the explicit checks up under concurrency.
-func Delete(ctx context.Context, st *store.Store, id string) (*apiv1.Network, error) {
+func (ns *Networks) Delete(ctx context.Context, id string) (*apiv1.Network, error) {
+	// The cache drops the network whether or not the delete succeeds: a
+	// reread costs one query, serving from a row known gone a retry.
+	defer ns.cache.forget(id)
 	var out *apiv1.Network
-	err := st.Tx(ctx, func(tx pgx.Tx) error {
+	err := ns.st.Tx(ctx, func(tx pgx.Tx) error {
 		n, err := Table.GetForUpdate(ctx, tx, id)
 		if err != nil {
 			return err
@@ -527,28 +316,47 @@ func Delete(ctx context.Context, st *store.Store, id string) (*apiv1.Network, er
 
 // Update changes a network's name, description and labels, with its
 // audit row; nothing else of a network changes.
-func Update(ctx context.Context, st *store.Store, id, name, description string, labels map[string]string) (*apiv1.Network, error) {
-	return Table.Modify(ctx, st, id, func(n *apiv1.Network) ([]store.Col, string) {
+func (ns *Networks) Update(ctx context.Context, id, name, description string, labels map[string]string) (*apiv1.Network, error) {
+	// IP calls read nothing Update changes, but a cached copy should not
+	// outlive a change this process made.
+	defer ns.cache.forget(id)
+	return Table.Modify(ctx, ns.st, id, func(n *apiv1.Network) ([]store.Col, string) {
 		n.Name, n.Description, n.Labels = name, description, labels
 		return nil, n.GetProjectId()
 	})
 }
 
-// allocateChildrenSQL writes a batch's child networks, their address pools
-// (ipam.CreatePoolsCTE, parameters from $20 on), their prefixes (each
-// pinning its parent slot) and their audit rows in one statement.
-const allocateChildrenSQL = `WITH net AS (
-	INSERT INTO networks (id, type, partition_id, project_id, parent_id, vrf, spec)
-	SELECT id, 'child', NULLIF($1, ''), project_id, $2, vrf::BIGINT, spec::JSONB
-	FROM unnest($3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[]) AS r (id, project_id, vrf, spec)
-	RETURNING id, generation, created_at, updated_at
-), pfx AS (
-	INSERT INTO prefixes (cidr, network_id, family, ip_pool, parent_pool, parent_unit)
-	SELECT cidr, network_id, family::INT, ip_pool, parent_pool, parent_unit::NUMERIC
-	FROM unnest($7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[], $12::TEXT[])
-		AS r (cidr, network_id, family, ip_pool, parent_pool, parent_unit)
-), aud AS (
-	INSERT INTO audit (id, subject, method, request_id, target, project_id)
-	SELECT * FROM unnest($13::TEXT[], $14::TEXT[], $15::TEXT[], $16::TEXT[], $17::TEXT[], $18::TEXT[])
-), %s
-SELECT id, generation, created_at, updated_at FROM net`
+// List returns the networks of a partition, project and type; an empty
+// partition or project and an unspecified type match every network.
+func (ns *Networks) List(ctx context.Context, partition, project string, typ apiv1.NetworkType) ([]*apiv1.Network, error) {
+	return Table.List(ctx, ns.st.Pool(),
+		"($1 = '' OR partition_id = $1) AND ($2 = '' OR project_id = $2) AND ($3 = '' OR type = $3)",
+		partition, project, TypeNames[typ])
+}
+
+// Usage counts the free and used units of the network's pools: its
+// addresses, or a super network's child prefixes.
+func (ns *Networks) Usage(ctx context.Context, n *apiv1.Network) (*apiv1.NetworkUsage, error) {
+	prefixes, err := Prefixes(ctx, ns.st.Pool(), n)
+	if err != nil {
+		return nil, err
+	}
+	total := map[int][2]*big.Int{4: {new(big.Int), new(big.Int)}, 6: {new(big.Int), new(big.Int)}}
+	for _, p := range prefixes {
+		pool := p.IPPool
+		if pool == "" {
+			pool = p.ChildPool
+		}
+		size, free, err := ipam.Usage(ctx, ns.st.Pool(), pool)
+		if err != nil {
+			return nil, err
+		}
+		t := total[ipam.Family(p.CIDR)]
+		t[0].Add(t[0], free)
+		t[1].Add(t[1], size.Sub(size, free))
+	}
+	return &apiv1.NetworkUsage{
+		Ipv4Available: total[4][0].String(), Ipv4Used: total[4][1].String(),
+		Ipv6Available: total[6][0].String(), Ipv6Used: total[6][1].String(),
+	}, nil
+}

@@ -3,7 +3,6 @@ package service
 import (
 	"context"
 	"fmt"
-	"github.com/metalfleet/metalfleet/central/internal/network"
 	"net/netip"
 	"sync"
 	"testing"
@@ -11,9 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/ipam"
-	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -42,7 +39,7 @@ func TestAllocateIPCombinedCallsEachAudited(t *testing.T) {
 		got = map[string]bool{}
 		wg  sync.WaitGroup
 	)
-	b0, c0 := a.ipBatches.Stats()
+	b0, c0 := a.networks.IPBatchStats()
 	for range 32 {
 		wg.Go(func() {
 			for range 20 {
@@ -65,7 +62,7 @@ func TestAllocateIPCombinedCallsEachAudited(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	b1, c1 := a.ipBatches.Stats()
+	b1, c1 := a.networks.IPBatchStats()
 	t.Logf("%d calls in %d statements", c1-c0, b1-b0)
 	if n := count(t, a, `SELECT count(*) FROM ips`); n != 640 || len(got) != 640 {
 		t.Fatalf("%d IP rows, %d addresses returned; want 640", n, len(got))
@@ -129,9 +126,10 @@ func TestAllocateIPStaleNetwork(t *testing.T) {
 	}
 }
 
-// A batch that fails changes nothing and leaves every call to the
-// single-call path: one call with a missing project must not cost the
-// others their addresses, nor lose units.
+// One call with a missing project must not cost the calls that share its
+// batch their addresses, nor lose units: the batch fails as a whole
+// (network's TestIPBatchFailureChangesNothing) and its calls go the
+// single-call way.
 func TestAllocateIPBatchFailureFallsBack(t *testing.T) {
 	ctx := benchCtx("/metalfleet.api.v1.IPService/Allocate")
 	a, project := benchAPI(t, ctx, 2)
@@ -139,33 +137,6 @@ func TestAllocateIPBatchFailureFallsBack(t *testing.T) {
 		Id: "ext", Type: apiv1.NetworkType_NETWORK_TYPE_EXTERNAL, Prefixes: []string{"10.8.0.0/24"},
 	}}); err != nil {
 		t.Fatal(err)
-	}
-	n, err := fetch(ctx, a, network.Table, "ext")
-	if err != nil {
-		t.Fatal(err)
-	}
-	call := auth.CallFrom(ctx)
-	mk := func(p string) ipBatchReq {
-		ip := &apiv1.IP{NetworkId: "ext", ProjectId: p, Type: apiv1.IPType_IP_TYPE_EPHEMERAL}
-		spec, err := store.EncodeSpec(ip)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ipBatchReq{ip: ip, spec: spec, call: call, auditID: "audit-" + p}
-	}
-	key := ipBatchKey{network: "ext", created: n.GetMeta().GetCreatedAt().AsTime(), prefix: netip.MustParsePrefix("10.8.0.0/24")}
-	outs := a.runIPBatch(ctx, key, []ipBatchReq{mk(project), mk("00000000-0000-4000-8000-000000000000"), mk(project)})
-	for i, o := range outs {
-		if o.Err != nil || o.Val.ip != nil {
-			t.Fatalf("call %d of a failed batch = %v, %v; want no IP and no error", i, o.Val.ip, o.Err)
-		}
-	}
-	_, free, err := ipam.Usage(ctx, a.store.Pool(), ipam.IPPoolID(netip.MustParsePrefix("10.8.0.0/24")))
-	if err != nil || free.Int64() != 254 {
-		t.Fatalf("free after a failed batch = %v, %v; want 254", free, err)
-	}
-	if n := count(t, a, `SELECT count(*) FROM ips`) + count(t, a, `SELECT count(*) FROM audit WHERE target LIKE 'ip/%'`); n != 0 {
-		t.Fatalf("a failed batch left %d rows", n)
 	}
 	// Through the API: the good calls succeed, the bad one is refused.
 	var wg sync.WaitGroup

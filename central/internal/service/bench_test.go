@@ -4,8 +4,8 @@ package service
 // gRPC and auth: BenchmarkAllocateIP (IPService.Allocate, next free
 // address) and BenchmarkAllocateChildNetwork (NetworkService.Allocate, a
 // child network with its /64, VRF, pools and audit row). Concurrent calls
-// are combined into shared statements as in production (ipBatches,
-// childBatches); calls/stmt reports how many shared one on average.
+// are combined into shared statements as in production (network's
+// batches); calls/stmt reports how many shared one on average.
 // bench/ipam.sh runs them on the same durable PostgreSQL as pgbench and
 // go-ipam.
 
@@ -57,6 +57,11 @@ func benchCtx(method string) context.Context {
 // benchStats is what a combiner reports.
 type benchStats interface{ Stats() (batches, calls int64) }
 
+// statsFunc makes a domain's batch counts a benchStats.
+type statsFunc func() (batches, calls int64)
+
+func (f statsFunc) Stats() (batches, calls int64) { return f() }
+
 // runCombined runs op as pgtest.RunClients does and reports how many calls
 // shared a statement on average (1 with one client).
 func runCombined(b *testing.B, clients int, c benchStats, op func() error) {
@@ -80,7 +85,7 @@ func BenchmarkAllocateIP(b *testing.B) {
 			}
 			svc := &ipService{API: a}
 			req := &apiv1.IPServiceAllocateRequest{ProjectId: project, NetworkId: "internet"}
-			runCombined(b, clients, a.ipBatches, func() error { _, err := svc.Allocate(ctx, req); return err })
+			runCombined(b, clients, statsFunc(a.networks.IPBatchStats), func() error { _, err := svc.Allocate(ctx, req); return err })
 		})
 	}
 }
@@ -105,7 +110,7 @@ func BenchmarkAllocateChildNetwork(b *testing.B) {
 				b.Fatal(err)
 			}
 			req := &apiv1.NetworkServiceAllocateRequest{ProjectId: project, PartitionId: "bench"}
-			runCombined(b, clients, a.childBatches, func() error { _, err := svc.Allocate(ctx, req); return err })
+			runCombined(b, clients, statsFunc(a.networks.ChildBatchStats), func() error { _, err := svc.Allocate(ctx, req); return err })
 		})
 	}
 }

@@ -51,11 +51,10 @@ type API struct {
 	fleet Fleet
 	// machines is the machine aggregate, the writer of the machine tables.
 	machines *machine.Machines
+	// networks is the network aggregate, the writer of the network tables.
+	networks *network.Networks
 	// Concurrent allocations sharing a pool run as shared statements.
-	ipBatches    *ipBatches
-	childBatches *childBatches
 	allocBatches *allocBatches
-	networkCache *networkCache
 }
 
 // Option configures the API.
@@ -88,9 +87,7 @@ func New(ctx context.Context, st *store.Store, log *slog.Logger, cfg Config, opt
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	a := &API{store: st, log: log, cfg: cfg, networkCache: newNetworkCache()}
-	a.ipBatches = store.NewCombiner(ipBatchSize, ipBatchesPerPool, a.runIPBatch)
-	a.childBatches = store.NewCombiner(childBatchSize, childBatchesPerParent, a.runChildBatch)
+	a := &API{store: st, log: log, cfg: cfg, networks: network.New(st, log)}
 	a.allocBatches = store.NewCombiner(allocBatchSize, allocBatchRunning, a.runAllocBatch)
 	for _, o := range opts {
 		o(a)
