@@ -58,7 +58,7 @@ func CheckInput(m proto.Message) error {
 	if m == nil {
 		return nil
 	}
-	v := inputViolations{field.Violations{Clip: clipEcho, Max: maxViolations}}
+	v := inputViolations{field.Violations{Clip: ClipEcho, Max: maxViolations}}
 	v.message(m.ProtoReflect(), "")
 	return v.Err("")
 }
@@ -67,8 +67,9 @@ func CheckInput(m proto.Message) error {
 // echoes request values, so it is clipped, and bounded.
 type inputViolations struct{ field.Violations }
 
-// clipEcho makes a field path or description fit for a status message.
-func clipEcho(s string) string { return Clip(s, 4*MaxEcho) }
+// ClipEcho makes a field path or description fit for a status message:
+// the Clip of every field.Violations of the people API.
+func ClipEcho(s string) string { return Clip(s, 4*MaxEcho) }
 
 func join(path string, name protoreflect.Name) string {
 	if path == "" {
