@@ -19,21 +19,23 @@ import (
 // owners names the one package of central that writes each table (DESIGN.md
 // §1: one package per domain aggregate is the only writer of its tables;
 // fleet owns agents and boot tokens). central/internal/machine owns the
-// machine tables, central/internal/network the network tables;
-// central/internal/service still writes the catalogue and tenancy tables
+// machine tables, central/internal/network the network tables,
+// central/internal/catalog the catalogue tables;
+// central/internal/service still writes the tenancy tables
 // until issue 12 moves them to domain packages (move the entries here with
 // the code).
 var owners = map[string]string{
+	// The catalogue.
+	"partitions":         "central/internal/catalog",
+	"sizes":              "central/internal/catalog",
+	"size_reservations":  "central/internal/catalog",
+	"images":             "central/internal/catalog",
+	"filesystem_layouts": "central/internal/catalog",
 	// Domain tables still in the service package (issue 12 moves them).
-	"partitions":         "central/internal/service",
-	"sizes":              "central/internal/service",
-	"size_reservations":  "central/internal/service",
-	"images":             "central/internal/service",
-	"filesystem_layouts": "central/internal/service",
-	"tenants":            "central/internal/service",
-	"projects":           "central/internal/service",
-	"switches":           "central/internal/service",
-	"tokens":             "central/internal/service",
+	"tenants":  "central/internal/service",
+	"projects": "central/internal/service",
+	"switches": "central/internal/service",
+	"tokens":   "central/internal/service",
 	// The network aggregate.
 	"networks": "central/internal/network",
 	"prefixes": "central/internal/network",

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/metalfleet/metalfleet/central/internal/catalog"
 	"github.com/metalfleet/metalfleet/central/internal/fleet"
 	"github.com/metalfleet/metalfleet/central/internal/fsm"
 	"github.com/metalfleet/metalfleet/central/internal/machine"
@@ -108,7 +109,7 @@ func (p *provisioner) register(ctx context.Context, tx pgx.Tx, a fleet.Agent, f 
 	if err := validateMachineFacts(a.Identity, f); err != nil {
 		return err
 	}
-	sizeID, err := matchSize(ctx, tx, f)
+	sizeID, err := catalog.MatchSize(ctx, tx, f)
 	if err != nil {
 		return err
 	}
@@ -118,21 +119,6 @@ func (p *provisioner) register(ctx context.Context, tx pgx.Tx, a fleet.Agent, f 
 // Claim implements fleet.Claimer (machine.Claim).
 func (p *provisioner) Claim(ctx context.Context, tx pgx.Tx, c fleet.Claim) error {
 	return machine.Claim(ctx, tx, c)
-}
-
-// matchSize picks the size whose constraints the hardware meets; the first
-// by id when several do (sizes should not overlap; docs/machine-lifecycle.md).
-func matchSize(ctx context.Context, tx pgx.Tx, f *agentv1.MachineFacts) (string, error) {
-	all, err := sizes.List(ctx, tx, "TRUE")
-	if err != nil {
-		return "", fmt.Errorf("read sizes: %w", err)
-	}
-	for _, s := range all {
-		if len(s.GetConstraints()) > 0 && sizeMatches(s, f) {
-			return s.GetId(), nil
-		}
-	}
-	return "", nil
 }
 
 // Boot implements fleet.Domain: what a MAC of the PXE service's partition
@@ -168,7 +154,7 @@ func (p *provisioner) Boot(ctx context.Context, a fleet.Agent, req *agentv1.Boot
 			resp.Action = agentv1.BootAction_BOOT_ACTION_DISK
 			return nil
 		}
-		part, err := partitions.Get(ctx, tx, a.Partition)
+		part, err := catalog.Partitions.Get(ctx, tx, a.Partition)
 		if err != nil {
 			return fmt.Errorf("read partition %s: %w", a.Partition, err)
 		}
@@ -227,7 +213,7 @@ func (a *API) refreshPixies(ctx context.Context, tx pgx.Tx, partition string) er
 	}
 	for _, x := range all {
 		id, partition := x[0], x[1]
-		part, err := partitions.Get(ctx, tx, partition)
+		part, err := catalog.Partitions.Get(ctx, tx, partition)
 		if err != nil {
 			return fmt.Errorf("read partition %s: %w", partition, err)
 		}
