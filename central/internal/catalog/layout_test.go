@@ -4,6 +4,9 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
@@ -53,5 +56,84 @@ func TestValidateFilesystemLayout(t *testing.T) {
 				t.Fatalf("error %v does not name %s", err, tt.field)
 			}
 		})
+	}
+}
+
+func TestChooseLayout(t *testing.T) {
+	layout := func(id string, sizes []string, images map[string]string) *apiv1.FilesystemLayout {
+		return &apiv1.FilesystemLayout{Id: id, Constraints: &apiv1.FilesystemLayoutConstraints{Sizes: sizes, Images: images}}
+	}
+	// By id, as ListLayouts returns them.
+	all := []*apiv1.FilesystemLayout{
+		layout("a-debian-old", []string{"s1"}, map[string]string{"debian": "< 12"}),
+		layout("b-debian", []string{"s1", "s2"}, map[string]string{"debian": ">= 12"}),
+		layout("c-any-image", []string{"s1", "s3"}, nil),
+		layout("d-ubuntu", []string{"s2"}, map[string]string{"ubuntu": "*"}),
+	}
+	machine := func(size string, disks ...string) *apiv1.Machine {
+		m := &apiv1.Machine{Id: "m1", SizeId: size, Hardware: &agentv1.MachineFacts{}}
+		for _, d := range disks {
+			m.Hardware.Disks = append(m.Hardware.Disks, &agentv1.DiskFact{Name: d})
+		}
+		return m
+	}
+	debian := func(v string) *apiv1.Image { return &apiv1.Image{Os: "debian", Version: v} }
+	tests := []struct {
+		name string
+		id   string
+		m    *apiv1.Machine
+		img  *apiv1.Image
+		want string     // the layout's id
+		code codes.Code // when it fails
+	}{
+		{"asked for by id, constraints aside", "d-ubuntu", machine("s1"), debian("12.0.0"), "d-ubuntu", codes.OK},
+		{"asked for, unknown", "nope", machine("s1", "sda"), debian("12.0.0"), "", codes.NotFound},
+		{"first whose version constraint holds", "", machine("s1"), debian("11.0.0"), "a-debian-old", codes.OK},
+		{"earlier one's version fails", "", machine("s1"), debian("12.1.0"), "b-debian", codes.OK},
+		{"no image constraints take every image", "", machine("s3"), &apiv1.Image{Os: "alpine", Version: "3.20.0"}, "c-any-image", codes.OK},
+		{"other OS is not accepted", "", machine("s2", "sda"), &apiv1.Image{Os: "alpine", Version: "3.20.0"}, "default", codes.OK},
+		{"OS with any version", "", machine("s2"), &apiv1.Image{Os: "ubuntu", Version: "24.4.0"}, "d-ubuntu", codes.OK},
+		{"size named by none", "", machine("s9", "sda"), debian("12.0.0"), "default", codes.OK},
+		{"default needs a disk", "", machine("s9"), debian("12.0.0"), "", codes.FailedPrecondition},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ChooseLayout(tt.id, all, tt.m, tt.img)
+			if status.Code(err) != tt.code {
+				t.Fatalf("ChooseLayout = %v, %v; want code %v", got, err, tt.code)
+			}
+			if got.GetId() != tt.want {
+				t.Fatalf("ChooseLayout = %s, want %s", got.GetId(), tt.want)
+			}
+		})
+	}
+}
+
+func TestDefaultLayout(t *testing.T) {
+	tests := []struct {
+		disks      []string
+		efi, root  string
+		wantDevice string
+	}{
+		{[]string{"sdb", "sda"}, "/dev/sda1", "/dev/sda2", "/dev/sda"},
+		{[]string{"vda"}, "/dev/vda1", "/dev/vda2", "/dev/vda"},
+		{[]string{"nvme1n1", "nvme0n1"}, "/dev/nvme0n1p1", "/dev/nvme0n1p2", "/dev/nvme0n1"},
+	}
+	for _, tt := range tests {
+		m := &apiv1.Machine{Hardware: &agentv1.MachineFacts{}}
+		for _, d := range tt.disks {
+			m.Hardware.Disks = append(m.Hardware.Disks, &agentv1.DiskFact{Name: d})
+		}
+		l, err := DefaultLayout(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.GetDisks()[0].GetDevice() != tt.wantDevice || l.GetFilesystems()[0].GetDevice() != tt.efi || l.GetFilesystems()[1].GetDevice() != tt.root {
+			t.Errorf("disks %v: layout %v", tt.disks, l)
+		}
+		// The default is a layout the catalogue would accept.
+		if err := validateLayout(l); err != nil {
+			t.Errorf("disks %v: default layout is invalid: %v", tt.disks, err)
+		}
 	}
 }

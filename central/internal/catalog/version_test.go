@@ -39,3 +39,52 @@ func FuzzParseSemver(f *testing.F) {
 		}
 	})
 }
+
+func TestPreReleaseOrder(t *testing.T) {
+	// The precedence example of semver.org, §11, lowest first.
+	ordered := []string{"1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta", "1.0.0-beta", "1.0.0-beta.2", "1.0.0-beta.11", "1.0.0-rc.1", "1.0.0"}
+	for i := range ordered {
+		for j := range ordered {
+			a, _ := parseSemver(ordered[i])
+			b, _ := parseSemver(ordered[j])
+			if got := a.less(b); got != (i < j) {
+				t.Errorf("%s < %s = %v, want %v", ordered[i], ordered[j], got, i < j)
+			}
+		}
+	}
+}
+
+func TestVersionAccepts(t *testing.T) {
+	tests := []struct {
+		constraint, version string
+		want                bool
+	}{
+		{"", "12.0.0", true},
+		{"*", "12.0.0", true},
+		{" * ", "anything", true},
+		{">= 12.0", "12.0.0", true},
+		{">= 12.0", "11.9.9", false},
+		{">=12", "12.0.1", true},
+		{"> 12.0.0", "12.0.0", false},
+		{"> 12.0.0", "12.0.1", true},
+		{"< 13", "12.99.0", true},
+		{"< 13", "13.0.0", false},
+		{"< 13", "13.0.0-rc.1", true},
+		{"<= 12.1", "12.1.0", true},
+		{"<= 12.1", "12.1.1", false},
+		{"!= 12.1.0", "12.1.0", false},
+		{"!= 12.1.0", "12.1.1", true},
+		{"12.1.0", "12.1.0", true},
+		{"= 12.1", "v12.1.0", true},
+		{"12.1.0", "12.1.0+build.7", true},
+		{"12.1.0", "12.1.1", false},
+		{">= 12", "not a version", false},
+		{">= twelve", "12.0.0", false},
+		{"~> 12", "12.0.0", false},
+	}
+	for _, tt := range tests {
+		if got := VersionAccepts(tt.constraint, tt.version); got != tt.want {
+			t.Errorf("VersionAccepts(%q, %q) = %v, want %v", tt.constraint, tt.version, got, tt.want)
+		}
+	}
+}
