@@ -20,17 +20,15 @@ import (
 // §1: one package per domain aggregate is the only writer of its tables;
 // fleet owns agents and boot tokens). central/internal/machine owns the
 // machine tables, central/internal/network the network tables,
-// central/internal/tenancy tenants, projects and tokens,
-// central/internal/fabric the switches; central/internal/service still
-// writes the catalogue tables until issue 12 moves them to domain packages
-// (move the entries here with the code).
+// central/internal/catalog the catalogue tables, central/internal/tenancy
+// tenants, projects and tokens, central/internal/fabric the switches.
 var owners = map[string]string{
-	// Domain tables still in the service package (issue 12 moves them).
-	"partitions":         "central/internal/service",
-	"sizes":              "central/internal/service",
-	"size_reservations":  "central/internal/service",
-	"images":             "central/internal/service",
-	"filesystem_layouts": "central/internal/service",
+	// The catalogue.
+	"partitions":         "central/internal/catalog",
+	"sizes":              "central/internal/catalog",
+	"size_reservations":  "central/internal/catalog",
+	"images":             "central/internal/catalog",
+	"filesystem_layouts": "central/internal/catalog",
 	// The switch fabric.
 	"switches": "central/internal/fabric",
 	// The network aggregate.

@@ -18,6 +18,9 @@ type Violations struct {
 	// message: both may echo what the sender sent (map keys, parser errors
 	// quoting the input).
 	Clip func(string) string
+	// Quote, when set, is how Labels writes a key into a field path
+	// (labels["key"]); strconv.Quote when nil.
+	Quote func(string) string
 	// Max, when above 0, bounds how many are kept: a list of 10,000 bad
 	// values is reported by its first few.
 	Max  int

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/catalog"
 	"github.com/metalfleet/metalfleet/central/internal/fleet"
 	"github.com/metalfleet/metalfleet/central/internal/store"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
@@ -131,7 +132,7 @@ func (s *agentService) Enroll(ctx context.Context, req *apiv1.AgentServiceEnroll
 		secret string
 	)
 	err := s.store.Tx(ctx, func(tx pgx.Tx) error {
-		if err := partitionExists(ctx, tx, "partition_id", req.GetPartitionId()); err != nil {
+		if err := catalog.PartitionExists(ctx, tx, "partition_id", req.GetPartitionId()); err != nil {
 			return err
 		}
 		e, err := s.fleet.Enroll(ctx, tx, req.GetKind(), req.GetIdentity(), req.GetPartitionId(), auth.PrincipalFrom(ctx).TokenID)
@@ -153,15 +154,6 @@ func (s *agentService) Enroll(ctx context.Context, req *apiv1.AgentServiceEnroll
 		return nil, toStatus(err, "agent")
 	}
 	return &apiv1.AgentServiceEnrollResponse{Agent: out, Secret: secret}, nil
-}
-
-func partitionExists(ctx context.Context, tx pgx.Tx, field, id string) error {
-	var one int
-	err := tx.QueryRow(ctx, `SELECT 1 FROM partitions WHERE id = $1`, id).Scan(&one)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return status.Errorf(codes.NotFound, "%s: partition %s not found", field, quote(id))
-	}
-	return err
 }
 
 var logLevels = map[string]bool{"": true, "debug": true, "info": true, "warn": true, "error": true}
@@ -269,7 +261,7 @@ func (s *bootTokenService) Create(ctx context.Context, req *apiv1.BootTokenServi
 	}
 	var minted fleet.MintedBootToken
 	err := s.store.Tx(ctx, func(tx pgx.Tx) error {
-		if err := partitionExists(ctx, tx, "partition_id", req.GetPartitionId()); err != nil {
+		if err := catalog.PartitionExists(ctx, tx, "partition_id", req.GetPartitionId()); err != nil {
 			return err
 		}
 		// Not bound to a MAC: an admin's token may enrol any installer of

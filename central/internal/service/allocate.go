@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"github.com/metalfleet/metalfleet/central/internal/network"
-	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -17,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/catalog"
 	"github.com/metalfleet/metalfleet/central/internal/machine"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
@@ -56,7 +55,7 @@ func (rd *allocReads) item(ctx context.Context, tx pgx.Tx, r allocReq, project s
 	img, ok := rd.images[imgKey]
 	if !ok && rd.errs[imgKey] == nil {
 		var err error
-		if img, err = usableImage(ctx, tx, r.req.GetImageId()); err != nil {
+		if img, err = catalog.UsableImage(ctx, tx, r.req.GetImageId()); err != nil {
 			rd.errs[imgKey] = err
 		}
 		rd.images[imgKey] = img
@@ -82,7 +81,7 @@ func (rd *allocReads) item(ctx context.Context, tx pgx.Tx, r allocReq, project s
 // fit gives the item its picked machine: the filesystem layout and the
 // allocation.
 func (it *allocItem) fit(ctx context.Context, tx pgx.Tx, layouts []*apiv1.FilesystemLayout, c machine.Candidate, now time.Time) error {
-	layout, err := chooseLayout(ctx, tx, it.r.req.GetFilesystemLayoutId(), layouts, c.Machine, it.img)
+	layout, err := catalog.ChooseLayout(it.r.req.GetFilesystemLayoutId(), layouts, c.Machine, it.img)
 	if err != nil {
 		return err
 	}
@@ -125,7 +124,7 @@ func (s *machineService) createOne(ctx context.Context, req *apiv1.MachineServic
 		if req.GetPartitionId() != "" && m.GetPartitionId() != req.GetPartitionId() {
 			return status.Errorf(codes.FailedPrecondition, "machine %s is in partition %s, not %s", id, quote(m.GetPartitionId()), quote(req.GetPartitionId()))
 		}
-		layouts, err := filesystemLayouts.List(ctx, tx, "TRUE")
+		layouts, err := catalog.ListLayouts(ctx, tx)
 		if err != nil {
 			return fmt.Errorf("read filesystem layouts: %w", err)
 		}
@@ -141,7 +140,7 @@ func (s *machineService) createOne(ctx context.Context, req *apiv1.MachineServic
 			return err
 		}
 		it.addresses(addrs)
-		part, err := partitions.Get(ctx, tx, m.GetPartitionId())
+		part, err := catalog.Partitions.Get(ctx, tx, m.GetPartitionId())
 		if err != nil {
 			return fmt.Errorf("read partition: %w", err)
 		}
@@ -167,27 +166,9 @@ func allocationDocument(alloc *apiv1.MachineAllocation, img *apiv1.Image, layout
 	return &agentv1.MachineAllocation{
 		Id: alloc.GetId(), ProjectId: alloc.GetProjectId(), Hostname: alloc.GetHostname(),
 		Image:  &agentv1.ImageRef{Id: img.GetId(), Os: img.GetOs(), Version: img.GetVersion(), Url: img.GetUrl(), Sha256: img.GetSha256()},
-		Layout: layoutDoc(layout), Networks: nets, SshPublicKeys: alloc.GetSshPublicKeys(), UserData: alloc.GetUserData(),
+		Layout: catalog.LayoutDoc(layout), Networks: nets, SshPublicKeys: alloc.GetSshPublicKeys(), UserData: alloc.GetUserData(),
 		DnsServers: part.GetDnsServers(), NtpServers: part.GetNtpServers(), CreatedAt: alloc.GetCreatedAt(),
 	}
-}
-
-// usableImage reads an image new machines may get.
-func usableImage(ctx context.Context, tx pgx.Tx, id string) (*apiv1.Image, error) {
-	img, err := images.Get(ctx, tx, id)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, status.Errorf(codes.NotFound, "image %s not found", quote(id))
-	}
-	if err != nil {
-		return nil, err
-	}
-	if e := img.GetExpiresAt(); e != nil && e.AsTime().Before(time.Now()) {
-		return nil, status.Errorf(codes.FailedPrecondition, "image %q expired on %s", id, e.AsTime().Format(time.DateOnly))
-	}
-	if img.GetUrl() == "" || img.GetSha256() == "" {
-		return nil, status.Errorf(codes.FailedPrecondition, "image %q has no url or sha256", id)
-	}
-	return img, nil
 }
 
 // machineNetworks reads the networks a machine joins: the project's own
@@ -230,95 +211,4 @@ func (s *machineService) pickWaiting(ctx context.Context, tx pgx.Tx, req *apiv1.
 		return machine.Candidate{}, status.Errorf(codes.ResourceExhausted, "no waiting machine of size %s in partition %s is free", quote(req.GetSizeId()), quote(req.GetPartitionId()))
 	}
 	return picked[0], nil
-}
-
-// chooseLayout picks the filesystem layout: the one asked for, else the
-// first (by id) whose constraints name the size and accept the image,
-// else a default on the machine's first disk.
-func chooseLayout(ctx context.Context, tx pgx.Tx, id string, all []*apiv1.FilesystemLayout, m *apiv1.Machine, img *apiv1.Image) (*apiv1.FilesystemLayout, error) {
-	if id != "" {
-		for _, l := range all {
-			if l.GetId() == id {
-				return l, nil
-			}
-		}
-		return nil, status.Errorf(codes.NotFound, "filesystem layout %s not found", quote(id))
-	}
-	for _, l := range all {
-		c := l.GetConstraints()
-		if !slices.Contains(c.GetSizes(), m.GetSizeId()) {
-			continue
-		}
-		if want, ok := c.GetImages()[img.GetOs()]; ok || len(c.GetImages()) == 0 {
-			if len(c.GetImages()) == 0 || versionAccepts(want, img.GetVersion()) {
-				return l, nil
-			}
-		}
-	}
-	return defaultLayout(m)
-}
-
-// defaultLayout is an EFI system partition and one ext4 root on the first
-// disk (by name): what a machine without a configured layout gets.
-func defaultLayout(m *apiv1.Machine) (*apiv1.FilesystemLayout, error) {
-	disks := m.GetHardware().GetDisks()
-	if len(disks) == 0 {
-		return nil, status.Errorf(codes.FailedPrecondition, "machine %s reported no disks and no filesystem layout applies", m.GetId())
-	}
-	names := make([]string, 0, len(disks))
-	for _, d := range disks {
-		names = append(names, d.GetName())
-	}
-	sort.Strings(names)
-	dev := "/dev/" + names[0]
-	return &apiv1.FilesystemLayout{
-		Id: "default", Name: "default",
-		Disks: []*agentv1.Disk{{Device: dev, WipeOnReinstall: true, Partitions: []*agentv1.DiskPartition{
-			{Number: 1, Label: "efi", SizeBytes: 256 << 20, GptType: "ef00"},
-			{Number: 2, Label: "root", GptType: "8300"},
-		}}},
-		Filesystems: []*agentv1.Filesystem{
-			{Path: "/boot/efi", Device: partitionDevice(dev, 1), Format: "vfat", Label: "efi"},
-			{Path: "/", Device: partitionDevice(dev, 2), Format: "ext4", Label: "root"},
-		},
-	}, nil
-}
-
-func layoutDoc(l *apiv1.FilesystemLayout) *agentv1.Layout {
-	return &agentv1.Layout{Disks: l.GetDisks(), Raids: l.GetRaids(), VolumeGroups: l.GetVolumeGroups(),
-		LogicalVolumes: l.GetLogicalVolumes(), Filesystems: l.GetFilesystems()}
-}
-
-// versionAccepts evaluates a constraint such as ">= 12.0", "< 13", "12.1.0"
-// or "*" against a semantic version.
-func versionAccepts(constraint, version string) bool {
-	c := strings.TrimSpace(constraint)
-	if c == "" || c == "*" {
-		return true
-	}
-	op := "="
-	for _, o := range []string{">=", "<=", "!=", ">", "<", "="} {
-		if rest, ok := strings.CutPrefix(c, o); ok {
-			op, c = o, strings.TrimSpace(rest)
-			break
-		}
-	}
-	want, ok1 := parseSemver(c)
-	have, ok2 := parseSemver(version)
-	if !ok1 || !ok2 {
-		return false
-	}
-	switch op {
-	case ">=":
-		return !have.less(want)
-	case "<=":
-		return !want.less(have)
-	case ">":
-		return want.less(have)
-	case "<":
-		return have.less(want)
-	case "!=":
-		return have.less(want) || want.less(have)
-	}
-	return !have.less(want) && !want.less(have)
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/catalog"
 	"github.com/metalfleet/metalfleet/central/internal/machine"
 	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
@@ -85,11 +86,11 @@ func (a *API) allocateBatch(ctx context.Context, tx pgx.Tx, key allocKey, reqs [
 		// Reservations are counted under their lock, one call at a time.
 		return nil, errUnbatched
 	}
-	part, err := partitions.Get(ctx, tx, key.partition)
+	part, err := catalog.Partitions.Get(ctx, tx, key.partition)
 	if err != nil {
 		return nil, errUnbatched
 	}
-	layouts, err := filesystemLayouts.List(ctx, tx, "TRUE")
+	layouts, err := catalog.ListLayouts(ctx, tx)
 	if err != nil {
 		return nil, fmt.Errorf("read filesystem layouts: %w", err)
 	}

@@ -2,7 +2,6 @@ package service
 
 import (
 	"errors"
-	"fmt"
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
@@ -67,14 +66,19 @@ func (e *InternalError) Detail() string { return e.what + ": " + e.err.Error() }
 func (e *InternalError) GRPCStatus() *status.Status { return status.New(codes.Internal, e.Error()) }
 
 // violations collects field errors of one request: field.Violations with
-// the people API's clipping, since field paths and descriptions may echo
-// request values (map keys, parser errors quoting the input).
+// the people API's clipping and quoting, since field paths and descriptions
+// may echo request values (map keys, parser errors quoting the input).
 type violations struct{ field.Violations }
 
-// add records a bad field, both parts clipped.
-func (v *violations) add(f, format string, args ...any) {
-	v.Add(auth.Clip(f, 4*auth.MaxEcho), "%s", auth.Clip(fmt.Sprintf(format, args...), 4*auth.MaxEcho))
+// people is v clipping and quoting as the people API does, so that the
+// zero violations is ready to use.
+func (v *violations) people() *field.Violations {
+	v.Clip, v.Quote = auth.ClipEcho, auth.Quote
+	return &v.Violations
 }
+
+// add records a bad field, both parts clipped.
+func (v *violations) add(f, format string, args ...any) { v.people().Add(f, format, args...) }
 
 // err returns InvalidArgument naming every bad field, or nil.
 func (v *violations) err() error { return v.Err("") }

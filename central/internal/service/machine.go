@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/catalog"
 	"github.com/metalfleet/metalfleet/central/internal/machine"
 	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
@@ -266,7 +267,7 @@ func (s *machineService) Reinstall(ctx context.Context, req *apiv1.MachineServic
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	err := s.machines.Reinstall(ctx, req.GetId(), req.GetImageId(), usableImage)
+	err := s.machines.Reinstall(ctx, req.GetId(), req.GetImageId(), catalog.UsableImage)
 	if err != nil {
 		return nil, toStatus(err, "machine "+quote(req.GetId()))
 	}

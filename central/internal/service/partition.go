@@ -2,11 +2,10 @@ package service
 
 import (
 	"context"
-	"github.com/jackc/pgx/v5"
-	"net/netip"
-	"net/url"
 
-	"github.com/metalfleet/metalfleet/central/internal/store"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/metalfleet/metalfleet/central/internal/catalog"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -15,53 +14,16 @@ type partitionService struct {
 	apiv1.UnimplementedPartitionServiceServer
 }
 
-var partitions = store.Table[*apiv1.Partition]{Name: "partitions", New: func() *apiv1.Partition { return &apiv1.Partition{} }}
-
-func validatePartition(p *apiv1.Partition) error {
-	var v violations
-	if p == nil {
-		v.add("partition", "required")
-		return v.err()
-	}
-	v.id("partition.id", p.GetId())
-	v.text("partition.name", p.GetName(), 128)
-	v.text("partition.description", p.GetDescription(), 1024)
-	v.text("partition.region", p.GetRegion(), 63)
-	v.labels("partition.labels", p.GetLabels())
-	for _, u := range []struct{ f, val string }{{"partition.boot.kernel_url", p.GetBoot().GetKernelUrl()}, {"partition.boot.initramfs_url", p.GetBoot().GetInitramfsUrl()}} {
-		if u.val == "" {
-			continue
-		}
-		if pu, err := url.Parse(u.val); err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
-			v.add(u.f, "must be an http(s) URL")
-		}
-	}
-	for i, s := range p.GetDnsServers() {
-		if _, err := netip.ParseAddr(s); err != nil {
-			v.add(fieldIndex("partition.dns_servers", i), "not an IP address")
-		}
-	}
-	for i, s := range p.GetNtpServers() {
-		if s == "" || len(s) > 253 {
-			v.add(fieldIndex("partition.ntp_servers", i), "must be a host name or address")
-		}
-	}
-	return v.err()
-}
-
 func (s *partitionService) Create(ctx context.Context, req *apiv1.PartitionServiceCreateRequest) (*apiv1.PartitionServiceCreateResponse, error) {
-	if err := validatePartition(req.GetPartition()); err != nil {
-		return nil, err
-	}
-	out, err := create(ctx, s.API, partitions, req.GetPartition().GetId(), "", req.GetPartition())
+	out, err := catalog.CreatePartition(ctx, s.store, req.GetPartition())
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err, named(catalog.Partitions, req.GetPartition().GetId()))
 	}
 	return &apiv1.PartitionServiceCreateResponse{Partition: out}, nil
 }
 
 func (s *partitionService) Get(ctx context.Context, req *apiv1.PartitionServiceGetRequest) (*apiv1.PartitionServiceGetResponse, error) {
-	out, err := fetch(ctx, s.API, partitions, req.GetId())
+	out, err := fetch(ctx, s.API, catalog.Partitions, req.GetId())
 	if err != nil {
 		return nil, err
 	}
@@ -69,7 +31,7 @@ func (s *partitionService) Get(ctx context.Context, req *apiv1.PartitionServiceG
 }
 
 func (s *partitionService) List(ctx context.Context, _ *apiv1.PartitionServiceListRequest) (*apiv1.PartitionServiceListResponse, error) {
-	out, err := partitions.List(ctx, s.store.Pool(), "TRUE")
+	out, err := catalog.ListPartitions(ctx, s.store.Pool())
 	if err != nil {
 		return nil, toStatus(err, "partitions")
 	}
@@ -77,12 +39,9 @@ func (s *partitionService) List(ctx context.Context, _ *apiv1.PartitionServiceLi
 }
 
 func (s *partitionService) Update(ctx context.Context, req *apiv1.PartitionServiceUpdateRequest) (*apiv1.PartitionServiceUpdateResponse, error) {
-	if err := validatePartition(req.GetPartition()); err != nil {
-		return nil, err
-	}
-	out, err := replace(ctx, s.API, partitions, req.GetPartition().GetId(), "", req.GetPartition())
+	out, err := catalog.UpdatePartition(ctx, s.store, req.GetPartition())
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err, named(catalog.Partitions, req.GetPartition().GetId()))
 	}
 	// The boot configuration reaches the partition's PXE services; if this
 	// fails, central's start and the next update bring them up to date.
@@ -93,9 +52,12 @@ func (s *partitionService) Update(ctx context.Context, req *apiv1.PartitionServi
 }
 
 func (s *partitionService) Delete(ctx context.Context, req *apiv1.PartitionServiceDeleteRequest) (*apiv1.PartitionServiceDeleteResponse, error) {
-	out, err := remove(ctx, s.API, partitions, req.GetId(), "")
+	if req.GetId() == "" {
+		return nil, requiredKey(catalog.Partitions)
+	}
+	out, err := catalog.DeletePartition(ctx, s.store, req.GetId())
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err, named(catalog.Partitions, req.GetId()))
 	}
 	return &apiv1.PartitionServiceDeleteResponse{Partition: out}, nil
 }

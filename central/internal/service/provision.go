@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/metalfleet/metalfleet/central/internal/catalog"
 	"github.com/metalfleet/metalfleet/central/internal/fleet"
 	"github.com/metalfleet/metalfleet/central/internal/fsm"
 	"github.com/metalfleet/metalfleet/central/internal/machine"
@@ -106,7 +107,7 @@ func (p *provisioner) register(ctx context.Context, tx pgx.Tx, a fleet.Agent, f 
 	if err := validateMachineFacts(a.Identity, f); err != nil {
 		return err
 	}
-	sizeID, err := matchSize(ctx, tx, f)
+	sizeID, err := catalog.MatchSize(ctx, tx, f)
 	if err != nil {
 		return err
 	}
@@ -116,21 +117,6 @@ func (p *provisioner) register(ctx context.Context, tx pgx.Tx, a fleet.Agent, f 
 // Claim implements fleet.Claimer (machine.Claim).
 func (p *provisioner) Claim(ctx context.Context, tx pgx.Tx, c fleet.Claim) error {
 	return machine.Claim(ctx, tx, c)
-}
-
-// matchSize picks the size whose constraints the hardware meets; the first
-// by id when several do (sizes should not overlap; docs/machine-lifecycle.md).
-func matchSize(ctx context.Context, tx pgx.Tx, f *agentv1.MachineFacts) (string, error) {
-	all, err := sizes.List(ctx, tx, "TRUE")
-	if err != nil {
-		return "", fmt.Errorf("read sizes: %w", err)
-	}
-	for _, s := range all {
-		if len(s.GetConstraints()) > 0 && sizeMatches(s, f) {
-			return s.GetId(), nil
-		}
-	}
-	return "", nil
 }
 
 // Boot implements fleet.Domain: what a MAC of the PXE service's partition
@@ -166,7 +152,7 @@ func (p *provisioner) Boot(ctx context.Context, a fleet.Agent, req *agentv1.Boot
 			resp.Action = agentv1.BootAction_BOOT_ACTION_DISK
 			return nil
 		}
-		part, err := partitions.Get(ctx, tx, a.Partition)
+		part, err := catalog.Partitions.Get(ctx, tx, a.Partition)
 		if err != nil {
 			return fmt.Errorf("read partition %s: %w", a.Partition, err)
 		}
@@ -217,7 +203,7 @@ func (a *API) refreshPixies(ctx context.Context, tx pgx.Tx, partition string) er
 		return nil
 	}
 	return a.fleet.RefreshPixies(ctx, tx, partition, func(ctx context.Context, partition string) (*agentv1.PixieDocument, error) {
-		part, err := partitions.Get(ctx, tx, partition)
+		part, err := catalog.Partitions.Get(ctx, tx, partition)
 		if err != nil {
 			return nil, fmt.Errorf("read partition %s: %w", partition, err)
 		}

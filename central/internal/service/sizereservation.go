@@ -3,10 +3,8 @@ package service
 import (
 	"context"
 
-	"github.com/google/uuid"
-
 	"github.com/metalfleet/metalfleet/central/internal/auth"
-	"github.com/metalfleet/metalfleet/central/internal/store"
+	"github.com/metalfleet/metalfleet/central/internal/catalog"
 	"github.com/metalfleet/metalfleet/central/internal/tenancy"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
@@ -16,56 +14,17 @@ type sizeReservationService struct {
 	apiv1.UnimplementedSizeReservationServiceServer
 }
 
-var sizeReservations = store.Table[*apiv1.SizeReservation]{Name: "size_reservations", New: func() *apiv1.SizeReservation { return &apiv1.SizeReservation{} }}
-
-// maxReservationAmount bounds a reservation's machine count: more than any
-// partition holds, and far inside the amount column's INT.
-const maxReservationAmount = 100000
-
-func validateSizeReservation(r *apiv1.SizeReservation, create bool) error {
-	var v violations
-	if r == nil {
-		v.add("size_reservation", "required")
-		return v.err()
-	}
-	if create {
-		v.optionalID("size_reservation.id", r.GetId())
-	} else {
-		// Ids are client-chosen or server-made UUIDs; both match the id pattern.
-		v.id("size_reservation.id", r.GetId())
-	}
-	v.id("size_reservation.size_id", r.GetSizeId())
-	v.id("size_reservation.partition_id", r.GetPartitionId())
-	v.uuid("size_reservation.project_id", r.GetProjectId())
-	if r.GetAmount() == 0 || r.GetAmount() > maxReservationAmount {
-		v.add("size_reservation.amount", "must be 1-%d", maxReservationAmount)
-	}
-	v.text("size_reservation.description", r.GetDescription(), 1024)
-	v.labels("size_reservation.labels", r.GetLabels())
-	return v.err()
-}
-
-func reservationCols(r *apiv1.SizeReservation) []store.Col {
-	return []store.Col{{Name: "size_id", Val: r.GetSizeId()}, {Name: "partition_id", Val: r.GetPartitionId()}, {Name: "project_id", Val: r.GetProjectId()}, {Name: "amount", Val: int64(r.GetAmount())}}
-}
-
 func (s *sizeReservationService) Create(ctx context.Context, req *apiv1.SizeReservationServiceCreateRequest) (*apiv1.SizeReservationServiceCreateResponse, error) {
 	r := req.GetSizeReservation()
-	if err := validateSizeReservation(r, true); err != nil {
-		return nil, err
-	}
-	if r.GetId() == "" {
-		r.Id = uuid.NewString()
-	}
-	out, err := create(ctx, s.API, sizeReservations, r.GetId(), r.GetProjectId(), r, reservationCols(r)...)
+	out, err := catalog.CreateSizeReservation(ctx, s.store, r)
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err, named(catalog.SizeReservations, r.GetId()))
 	}
 	return &apiv1.SizeReservationServiceCreateResponse{SizeReservation: out}, nil
 }
 
 func (s *sizeReservationService) Get(ctx context.Context, req *apiv1.SizeReservationServiceGetRequest) (*apiv1.SizeReservationServiceGetResponse, error) {
-	out, err := fetch(ctx, s.API, sizeReservations, req.GetId())
+	out, err := fetch(ctx, s.API, catalog.SizeReservations, req.GetId())
 	if err != nil {
 		return nil, err
 	}
@@ -73,7 +32,7 @@ func (s *sizeReservationService) Get(ctx context.Context, req *apiv1.SizeReserva
 }
 
 func (s *sizeReservationService) List(ctx context.Context, req *apiv1.SizeReservationServiceListRequest) (*apiv1.SizeReservationServiceListResponse, error) {
-	all, err := sizeReservations.List(ctx, s.store.Pool(), "($1 = '' OR project_id = $1)", req.GetProjectId())
+	all, err := catalog.ListSizeReservations(ctx, s.store.Pool(), req.GetProjectId())
 	if err != nil {
 		return nil, toStatus(err, "size reservations")
 	}
@@ -86,25 +45,20 @@ func (s *sizeReservationService) List(ctx context.Context, req *apiv1.SizeReserv
 
 func (s *sizeReservationService) Update(ctx context.Context, req *apiv1.SizeReservationServiceUpdateRequest) (*apiv1.SizeReservationServiceUpdateResponse, error) {
 	r := req.GetSizeReservation()
-	if err := validateSizeReservation(r, false); err != nil {
-		return nil, err
-	}
-	out, err := replace(ctx, s.API, sizeReservations, r.GetId(), r.GetProjectId(), r, reservationCols(r)...)
+	out, err := catalog.UpdateSizeReservation(ctx, s.store, r)
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err, named(catalog.SizeReservations, r.GetId()))
 	}
 	return &apiv1.SizeReservationServiceUpdateResponse{SizeReservation: out}, nil
 }
 
 func (s *sizeReservationService) Delete(ctx context.Context, req *apiv1.SizeReservationServiceDeleteRequest) (*apiv1.SizeReservationServiceDeleteResponse, error) {
-	// The audit row names the project the reservation belonged to.
-	cur, err := fetch(ctx, s.API, sizeReservations, req.GetId())
-	if err != nil {
-		return nil, err
+	if req.GetId() == "" {
+		return nil, requiredKey(catalog.SizeReservations)
 	}
-	out, err := remove(ctx, s.API, sizeReservations, req.GetId(), cur.GetProjectId())
+	out, err := catalog.DeleteSizeReservation(ctx, s.store, req.GetId())
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err, named(catalog.SizeReservations, req.GetId()))
 	}
 	return &apiv1.SizeReservationServiceDeleteResponse{SizeReservation: out}, nil
 }

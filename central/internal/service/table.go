@@ -58,3 +58,7 @@ func fetch[T proto.Message](ctx context.Context, a *API, t store.Table[T], id st
 	out, err := t.Get(ctx, a.store.Pool(), id)
 	return out, toStatus(err, t.Kind()+" "+quote(id))
 }
+
+// named is how errors name object id of t's kind, as the CRUD above names
+// it, for writes a domain package makes.
+func named[T proto.Message](t store.Table[T], id string) string { return t.Kind() + " " + quote(id) }

@@ -3,61 +3,24 @@ package service
 import (
 	"math/big"
 	"net/netip"
-	"regexp"
 	"strconv"
-	"strings"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/field"
 )
 
-// idPattern is what client-chosen ids look like: DNS-label-ish, so they are
-// safe in URLs, hostnames and shell commands.
-var idPattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$`)
+// The people API's shared rules (field.Violations: ID, Text, Labels,
+// UUID), recorded with the request's clipping.
 
-func (v *violations) id(field, val string) {
-	switch {
-	case val == "":
-		v.add(field, "required")
-	case !idPattern.MatchString(val):
-		v.add(field, "must be 1-63 lower-case letters, digits, '.', '_' or '-', starting and ending with a letter or digit")
-	}
-}
+func (v *violations) id(f, val string) { v.people().ID(f, val) }
 
-func (v *violations) optionalID(field, val string) {
-	if val != "" {
-		v.id(field, val)
-	}
-}
+func (v *violations) optionalID(f, val string) { v.people().OptionalID(f, val) }
 
-func (v *violations) text(field, val string, maxLen int) {
-	if len(val) > maxLen {
-		v.add(field, "longer than %d bytes", maxLen)
-	}
-	if strings.ContainsAny(val, "\x00") {
-		v.add(field, "contains NUL")
-	}
-}
+func (v *violations) text(f, val string, maxLen int) { v.people().Text(f, val, maxLen) }
 
-func (v *violations) labels(field string, m map[string]string) {
-	if len(m) > 64 {
-		v.add(field, "more than 64 labels")
-	}
-	for k, val := range m {
-		f := field + "[" + quote(k) + "]"
-		if k == "" || len(k) > 63 {
-			v.add(f, "label keys must be 1-63 bytes")
-		}
-		if len(val) > 255 {
-			v.add(f, "label values must be at most 255 bytes")
-		}
-	}
-}
+func (v *violations) labels(f string, m map[string]string) { v.people().Labels(f, m) }
 
-func (v *violations) uuid(field, val string) {
-	if len(val) != 36 || strings.Count(val, "-") != 4 {
-		v.add(field, "must be a UUID")
-	}
-}
+func (v *violations) uuid(f, val string) { v.people().UUID(f, val) }
 
 // prefix parses a CIDR that must be in canonical (masked) form.
 func (v *violations) prefix(field, val string) (netip.Prefix, bool) {
@@ -77,7 +40,7 @@ func (v *violations) prefix(field, val string) (netip.Prefix, bool) {
 	return p, true
 }
 
-func fieldIndex(field string, i int) string { return field + "[" + strconv.Itoa(i) + "]" }
+func fieldIndex(f string, i int) string { return field.Index(f, i) }
 
 // quote is how a request value appears in status messages and logs:
 // quoted and clipped (auth.Quote, shared with the interceptor).
