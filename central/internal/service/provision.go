@@ -16,7 +16,6 @@ import (
 	"github.com/metalfleet/metalfleet/central/internal/fsm"
 	"github.com/metalfleet/metalfleet/central/internal/machine"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
-	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
 // Provisioning is the fleet's domain: what installers, installed systems
@@ -156,7 +155,7 @@ func (p *provisioner) Boot(ctx context.Context, a fleet.Agent, req *agentv1.Boot
 		if err != nil {
 			return fmt.Errorf("read partition %s: %w", a.Partition, err)
 		}
-		doc := pixieDocument(p.cfg, part)
+		doc := catalog.PixieDocument(p.trust(), part)
 		resp.KernelUrl, resp.InitramfsUrl, resp.Cmdline = doc.GetKernelUrl(), doc.GetInitramfsUrl(), doc.GetCmdline()
 		// The token is good only for this MAC (and the machine that owns
 		// it): whoever else asks for it cannot claim another machine.
@@ -174,30 +173,15 @@ func (p *provisioner) Boot(ctx context.Context, a fleet.Agent, req *agentv1.Boot
 	return resp, nil
 }
 
-// pixieDocument is what a partition's PXE service serves.
-func pixieDocument(cfg Config, part *apiv1.Partition) *agentv1.PixieDocument {
-	cmd := strings.Fields(part.GetBoot().GetCmdline())
-	if len(cfg.Centrals) > 0 {
-		cmd = append(cmd, "metal.central="+strings.Join(cfg.Centrals, ","))
-	}
-	cmd = append(cmd, "metal.partition="+part.GetId())
-	if cfg.CAPin != "" {
-		cmd = append(cmd, "metal.ca="+cfg.CAPin)
-	}
-	return &agentv1.PixieDocument{
-		PartitionId:  part.GetId(),
-		KernelUrl:    part.GetBoot().GetKernelUrl(),
-		InitramfsUrl: part.GetBoot().GetInitramfsUrl(),
-		Cmdline:      strings.Join(cmd, " "),
-		Centrals:     cfg.Centrals,
-		CaSha256:     cfg.CAPin,
-	}
+// trust is what installers are told to find and trust central by.
+func (a *API) trust() catalog.Trust {
+	return catalog.Trust{Centrals: a.cfg.Centrals, CAPin: a.cfg.CAPin}
 }
 
 // refreshPixies brings the documents of the partition's PXE services (all
 // partitions when partition is "") up to date, inside tx. The fleet finds
 // the services and changes their documents; what a document holds is
-// pixieDocument's.
+// catalog.PixieDocument's.
 func (a *API) refreshPixies(ctx context.Context, tx pgx.Tx, partition string) error {
 	if a.fleet == nil {
 		return nil
@@ -207,7 +191,7 @@ func (a *API) refreshPixies(ctx context.Context, tx pgx.Tx, partition string) er
 		if err != nil {
 			return nil, fmt.Errorf("read partition %s: %w", partition, err)
 		}
-		return pixieDocument(a.cfg, part), nil
+		return catalog.PixieDocument(a.trust(), part), nil
 	})
 }
 
