@@ -3,7 +3,6 @@ package service
 import (
 	"errors"
 
-	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -27,7 +26,7 @@ func toStatus(err error, what string) error {
 		return st.GRPCStatus().Err()
 	}
 	switch {
-	case errors.Is(err, pgx.ErrNoRows):
+	case store.IsNotFound(err):
 		return status.Errorf(codes.NotFound, "%s not found", what)
 	case store.IsCode(err, store.CodeUniqueViolation):
 		return status.Errorf(codes.AlreadyExists, "%s already exists (%s)", what, store.Constraint(err))

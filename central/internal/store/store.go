@@ -134,6 +134,10 @@ func IsCode(err error, code string) bool {
 	return errors.As(err, &pgErr) && pgErr.Code == code
 }
 
+// IsNotFound reports whether err says that a read of one row found none
+// (pgx.ErrNoRows), so that callers map it without knowing the driver.
+func IsNotFound(err error) bool { return errors.Is(err, pgx.ErrNoRows) }
+
 // Constraint returns the violated constraint's name, if err names one.
 func Constraint(err error) string {
 	var pgErr *pgconn.PgError
