@@ -122,22 +122,24 @@ b AS (
 // takeFirst returns the taken unit as text.
 const takeFirst = `WITH ` + takeCTE + ` SELECT unit::TEXT FROM taken`
 
-// takeManyCTE takes up to $2 consecutive units from the front of the lowest
+// takeManyCTE takes up to n consecutive units from the front of the lowest
 // range it can lock, as the CTE "taken (unit NUMERIC, ord INT)", ord
 // numbering them from 1: one row lock and one row update (or delete, when
-// they are the range's last units) for all of them. $1 is the pool id.
+// they are the range's last units) for all of them. Its verbs are the
+// guard (%[1]s) and the numbers of the parameters that hold the pool id
+// (%[2]d) and n (%[3]d), so that it can follow a caller's parameters.
 const takeManyCTE = `
 b AS (
-	SELECT start_unit, next_unit, stop_unit, LEAST(stop_unit - next_unit + 1, $2::INT)::INT AS k
-	FROM pool_free WHERE pool_id = $1 AND (%s)
+	SELECT start_unit, next_unit, stop_unit, LEAST(stop_unit - next_unit + 1, $%[3]d::INT)::INT AS k
+	FROM pool_free WHERE pool_id = $%[2]d AND (%[1]s)
 	ORDER BY start_unit LIMIT 1 FOR UPDATE SKIP LOCKED
 ), d AS (
 	DELETE FROM pool_free f USING b
-	WHERE f.pool_id = $1 AND f.start_unit = b.start_unit AND b.next_unit + b.k > b.stop_unit
+	WHERE f.pool_id = $%[2]d AND f.start_unit = b.start_unit AND b.next_unit + b.k > b.stop_unit
 	RETURNING b.next_unit, b.k
 ), u AS (
 	UPDATE pool_free f SET next_unit = b.next_unit + b.k FROM b
-	WHERE f.pool_id = $1 AND f.start_unit = b.start_unit AND b.next_unit + b.k <= b.stop_unit
+	WHERE f.pool_id = $%[2]d AND f.start_unit = b.start_unit AND b.next_unit + b.k <= b.stop_unit
 	RETURNING b.next_unit, b.k
 ), taken AS (
 	SELECT t.next_unit + g.ord - 1 AS unit, g.ord::INT AS ord
@@ -148,19 +150,22 @@ b AS (
 // range no one else holds, if guard (an SQL condition, "" for none) holds,
 // and, in the same statement, lets consume use them: consume is the rest of a WITH query that reads the CTE
 // "taken (unit NUMERIC, ord INT)" (ord = 1, 2, ... in unit order), e.g.
-// ", ins AS (INSERT ... SELECT ... FROM taken RETURNING ...) SELECT ... FROM ins";
-// its parameters start at $3. Fewer than n units come back when the range
+// ", ins AS (INSERT ... SELECT ... FROM taken RETURNING ...) SELECT ... FROM ins".
+// args are the arguments of guard and consume, numbered from $1: the
+// pool id and n are appended to them and numbered after them, so the
+// caller need not know how many the CTE has. Fewer than n units come back when the range
 // has fewer left. One statement is atomic on its own (and CockroachDB
 // retries it server-side), so a caller may run it outside an explicit
 // transaction: the hand-out then costs one round trip, however many units
 // it takes. When every range is locked or the pool is empty, taken is
 // empty and nothing changes (so too when guard is false); callers then fall back to Acquire, which waits
 // and tells exhaustion apart.
-func TakeInto(ctx context.Context, db store.Querier, poolID string, n int, guard, consume string, args ...any) (pgx.Rows, error) {
+func TakeInto(ctx context.Context, db store.Querier, poolID string, n int, guard, consume string, args []any) (pgx.Rows, error) {
 	if guard == "" {
 		guard = "TRUE"
 	}
-	return db.Query(ctx, `WITH `+fmt.Sprintf(takeManyCTE, guard)+consume, append([]any{poolID, n}, args...)...)
+	first := len(args) + 1
+	return db.Query(ctx, `WITH `+fmt.Sprintf(takeManyCTE, guard, first, first+1)+consume, append(args, poolID, n)...)
 }
 
 // Acquire takes the next free unit. Ranges other transactions hold are
@@ -404,7 +409,7 @@ func mustInt(s string) *big.Int {
 // order; for callers that send it in a pipeline (pgx.Batch) with other
 // statements. Read its rows with Units.
 func TakeManySQL(poolID string, n int) (string, []any) {
-	return `WITH ` + fmt.Sprintf(takeManyCTE, "TRUE") + ` SELECT unit::TEXT FROM taken ORDER BY ord`, []any{poolID, n}
+	return `WITH ` + fmt.Sprintf(takeManyCTE, "TRUE", 1, 2) + ` SELECT unit::TEXT FROM taken ORDER BY ord`, []any{poolID, n}
 }
 
 // Units reads the rows of a TakeManySQL statement.

@@ -268,9 +268,10 @@ func (ns *Networks) allocateIPs(ctx context.Context, key ipKey, reqs []ipReq) []
 		cols[6][i] = r.call.RequestID
 	}
 	base := key.prefix.Masked().Addr()
-	rows, err := ipam.TakeInto(ctx, ns.st.Pool(), ipam.IPPoolID(key.prefix), len(reqs), allocateBatchGuard, allocateBatchSQL,
+	pool := ipam.IPPoolID(key.prefix)
+	rows, err := ipam.TakeInto(ctx, ns.st.Pool(), pool, len(reqs), allocateBatchGuard, allocateBatchSQL, []any{
 		cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6],
-		base.String(), ipam.AddrUnit(base).String(), key.network, key.created)
+		base.String(), ipam.AddrUnit(base).String(), key.network, key.created, pool})
 	if err != nil {
 		return outs
 	}
@@ -349,20 +350,21 @@ func (ns *Networks) ReleaseIP(ctx context.Context, addr, asked string) (*apiv1.I
 }
 
 // allocateBatchSQL follows ipam.TakeInto's "taken (unit, ord)": the ord-th
-// call of the batch ($3..$9, arrays in call order) gets the ord-th unit. The
+// call of the batch ($1..$7, arrays in call order) gets the ord-th unit. The
 // address text comes from PostgreSQL's host(), computed from the prefix base
-// ($10, $11), which formats IPv6 the RFC 5952 way, as net/netip does. Every
-// call's IP row and audit row are written by this one statement, so either
-// all of them are or none.
+// ($8, $9), which formats IPv6 the RFC 5952 way, as net/netip does; $10 is
+// the network, $12 the pool the units come from. Every call's IP row and
+// audit row are written by this one statement, so either all of them are
+// or none.
 const allocateBatchSQL = `, req AS (
-	SELECT * FROM unnest($3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[])
+	SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[])
 		WITH ORDINALITY AS r (spec, project_id, type, audit_id, subject, method, request_id, ord)
 ), addr AS (
-	SELECT host($10::INET + (t.unit - $11::NUMERIC)::BIGINT) AS ip, t.unit, r.*
+	SELECT host($8::INET + (t.unit - $9::NUMERIC)::BIGINT) AS ip, t.unit, r.*
 	FROM taken t JOIN req r ON r.ord = t.ord
 ), ins AS (
 	INSERT INTO ips (ip, spec, pool_id, unit, network_id, project_id, type)
-	SELECT ip, jsonb_set(spec::JSONB, '{ip}', to_jsonb(ip)), $1, unit, $12, project_id, type FROM addr
+	SELECT ip, jsonb_set(spec::JSONB, '{ip}', to_jsonb(ip)), $12::TEXT, unit, $10, project_id, type FROM addr
 	RETURNING ip, generation, created_at, updated_at
 ), aud AS (
 	INSERT INTO audit (id, subject, method, request_id, target, project_id)
@@ -371,6 +373,6 @@ const allocateBatchSQL = `, req AS (
 SELECT a.ord, i.ip, i.generation, i.created_at, i.updated_at FROM ins i JOIN addr a ON a.ip = i.ip`
 
 // allocateBatchGuard lets the statement take addresses only while the
-// network row the caller read ($12, $13) still exists: the network may have
+// network row the caller read ($10, $11) still exists: the network may have
 // come from the cache.
-const allocateBatchGuard = `EXISTS (SELECT 1 FROM networks WHERE id = $12 AND created_at = $13)`
+const allocateBatchGuard = `EXISTS (SELECT 1 FROM networks WHERE id = $10 AND created_at = $11)`
