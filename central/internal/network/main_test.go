@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/big"
 	"net/netip"
 	"os"
 	"testing"
@@ -60,9 +59,6 @@ func newLab(t *testing.T) *lab {
 	// The rows of other aggregates a network refers to, written here as
 	// their owners would.
 	if err := st.Tx(ctx, func(tx pgx.Tx) error {
-		if err := ipam.EnsurePool(ctx, tx, ipam.VRFPoolID, ipam.KindVRF, big.NewInt(10000), big.NewInt(10999)); err != nil {
-			return err
-		}
 		_, err := tx.Exec(ctx, `INSERT INTO tenants (id, spec) VALUES ('t', '{}');
 			INSERT INTO projects (id, tenant_id, name, spec) VALUES ('`+project+`', 't', 'a', '{}'), ('`+other+`', 't', 'b', '{}');
 			INSERT INTO partitions (id, spec) VALUES ('p1', '{}'), ('p2', '{}'), ('p3', '{}')`)
@@ -70,7 +66,11 @@ func newLab(t *testing.T) *lab {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	return &lab{t: t, ctx: ctx, st: st, ns: New(st, nil)}
+	ns := New(st, nil)
+	if err := ns.EnsureVRFPool(ctx, 10000, 10999); err != nil {
+		t.Fatal(err)
+	}
+	return &lab{t: t, ctx: ctx, st: st, ns: ns}
 }
 
 // create makes a super, underlay or external network with prefixes.

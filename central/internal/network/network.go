@@ -117,6 +117,15 @@ func networkCols(n *apiv1.Network) []store.Col {
 // id is its VNI on the switches.
 const MaxVNI = 1<<24 - 1
 
+// EnsureVRFPool makes the pool of VRF ids that child networks take from,
+// first to last, unless it exists: central makes it at start, and a pool
+// made before keeps its range.
+func (ns *Networks) EnsureVRFPool(ctx context.Context, first, last uint32) error {
+	return ns.st.Tx(ctx, func(tx pgx.Tx) error {
+		return ipam.EnsurePool(ctx, tx, ipam.VRFPoolID, ipam.KindVRF, big.NewInt(int64(first)), big.NewInt(int64(last)))
+	})
+}
+
 // checkNoOverlap refuses a top-level prefix that shares addresses with another.
 func checkNoOverlap(ctx context.Context, tx pgx.Tx, prefixes []netip.Prefix) error {
 	rows, err := tx.Query(ctx, `SELECT cidr, network_id FROM prefixes WHERE parent_pool IS NULL`)

@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/metalfleet/metalfleet/central/internal/ipam"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -132,5 +133,17 @@ func TestUsage(t *testing.T) {
 		if !proto.Equal(got, tt.want) {
 			t.Errorf("usage of %s = %v, want %v", tt.n.GetId(), got, tt.want)
 		}
+	}
+}
+
+// Central makes the VRF pool at every start; a start with another range
+// leaves the pool as it was first made (newLab made it 10000-10999).
+func TestEnsureVRFPoolKeepsItsRange(t *testing.T) {
+	l := newLab(t)
+	if err := l.ns.EnsureVRFPool(l.ctx, 20000, 20009); err != nil {
+		t.Fatal(err)
+	}
+	if free := l.free(ipam.VRFPoolID); free != 1000 {
+		t.Fatalf("%d VRF ids free, want the first range's 1000", free)
 	}
 }

@@ -9,13 +9,10 @@ import (
 	"fmt"
 	"github.com/metalfleet/metalfleet/central/internal/network"
 	"log/slog"
-	"math/big"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc"
 
-	"github.com/metalfleet/metalfleet/central/internal/ipam"
 	"github.com/metalfleet/metalfleet/central/internal/machine"
 	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
@@ -97,11 +94,7 @@ func New(ctx context.Context, st *store.Store, log *slog.Logger, cfg Config, opt
 		mopts = append(mopts, machine.WithDocs(a.fleet))
 	}
 	a.machines = machine.New(st, cfg.AliveWithin, mopts...)
-	err := st.Tx(ctx, func(tx pgx.Tx) error {
-		return ipam.EnsurePool(ctx, tx, ipam.VRFPoolID, ipam.KindVRF,
-			big.NewInt(int64(cfg.VRFFirst)), big.NewInt(int64(cfg.VRFLast)))
-	})
-	if err != nil {
+	if err := a.networks.EnsureVRFPool(ctx, cfg.VRFFirst, cfg.VRFLast); err != nil {
 		return nil, fmt.Errorf("vrf pool: %w", err)
 	}
 	return a, nil
