@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 )
 
@@ -47,11 +48,11 @@ type MintedBootToken struct {
 	ExpiresAt  time.Time
 }
 
-// MintBootToken stores a new one-time boot token inside tx. A token bound
-// to a MAC supersedes that MAC's unused tokens (only the newest boot of a
-// NIC may claim); a partition holding Config.MaxUnusedBootTokens unused
-// ones is refused with ResourceExhausted.
-func (h *Hub) MintBootToken(ctx context.Context, tx pgx.Tx, t BootToken) (MintedBootToken, error) {
+// MintBootToken stores a new one-time boot token inside tx, the caller's
+// transaction. A token bound to a MAC supersedes that MAC's unused tokens
+// (only the newest boot of a NIC may claim); a partition holding
+// Config.MaxUnusedBootTokens unused ones is refused with ResourceExhausted.
+func (h *Hub) MintBootToken(ctx context.Context, tx store.Querier, t BootToken) (MintedBootToken, error) {
 	if t.MAC != "" {
 		if _, err := tx.Exec(ctx, `DELETE FROM boot_tokens WHERE mac = $1 AND used_at IS NULL`, t.MAC); err != nil {
 			return MintedBootToken{}, fmt.Errorf("supersede boot tokens of %s: %w", t.MAC, err)
@@ -75,6 +76,26 @@ func (h *Hub) MintBootToken(ctx context.Context, tx pgx.Tx, t BootToken) (Minted
 		return MintedBootToken{}, fmt.Errorf("store boot token: %w", err)
 	}
 	h.metrics.bootTokens.WithLabelValues("minted").Inc()
+	return m, nil
+}
+
+// CreateBootToken mints the boot token an admin asked for, with its audit
+// row, in one transaction, once exists has found its partition.
+func (h *Hub) CreateBootToken(ctx context.Context, t BootToken, exists PartitionCheck) (MintedBootToken, error) {
+	var m MintedBootToken
+	err := h.store.Tx(ctx, func(tx pgx.Tx) error {
+		if err := exists(ctx, tx, t.Partition); err != nil {
+			return err
+		}
+		var err error
+		if m, err = h.MintBootToken(ctx, tx, t); err != nil {
+			return err
+		}
+		return store.Audit(ctx, tx, "boot-token/"+m.ID, "")
+	})
+	if err != nil {
+		return MintedBootToken{}, err
+	}
 	return m, nil
 }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -13,22 +12,27 @@ import (
 	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/catalog"
 	"github.com/metalfleet/metalfleet/central/internal/fleet"
+	"github.com/metalfleet/metalfleet/central/internal/machine"
 	"github.com/metalfleet/metalfleet/central/internal/store"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
-// Fleet is what the people API needs of central's agent hub.
+// Fleet is what the people API needs of central's agent hub. The hub is
+// also what the machine aggregate reaches agents' documents through
+// (machine.Docs); the PXE boot decision mints its boot tokens in its own
+// transaction (MintBootToken).
 type Fleet interface {
-	Enroll(ctx context.Context, tx pgx.Tx, kind agentv1.Kind, identity, partition, enrolledBy string) (fleet.Enrolment, error)
-	Change(ctx context.Context, tx pgx.Tx, id string, change func(*agentv1.Desired) (bool, error)) (*agentv1.Desired, error)
-	ChangeMany(ctx context.Context, tx pgx.Tx, ids []string, change func(id string, d *agentv1.Desired) (bool, error)) error
-	Delete(ctx context.Context, tx pgx.Tx, id string) error
-	Liveliness(last *time.Time) apiv1.Liveliness
-	MintBootToken(ctx context.Context, tx pgx.Tx, t fleet.BootToken) (fleet.MintedBootToken, error)
+	machine.Docs
+	EnrollAgent(ctx context.Context, kind agentv1.Kind, identity, partition, enrolledBy string,
+		exists fleet.PartitionCheck, doc fleet.PixieDocument) (*apiv1.Agent, string, error)
+	ConfigureAgent(ctx context.Context, r fleet.Ref, c fleet.SettingsChange) (*apiv1.Agent, error)
+	DeleteAgent(ctx context.Context, r fleet.Ref) (*apiv1.Agent, error)
+	CreateBootToken(ctx context.Context, t fleet.BootToken, exists fleet.PartitionCheck) (fleet.MintedBootToken, error)
+	MintBootToken(ctx context.Context, tx store.Querier, t fleet.BootToken) (fleet.MintedBootToken, error)
 	GetAgent(ctx context.Context, db store.Querier, r fleet.Ref, lock bool) (*apiv1.Agent, error)
 	ListAgents(ctx context.Context, db store.Querier, kind agentv1.Kind, partition string) ([]*apiv1.Agent, error)
-	RefreshPixies(ctx context.Context, tx pgx.Tx, partition string, doc fleet.PixieDocument) error
+	RefreshPixies(ctx context.Context, partition string, doc fleet.PixieDocument) error
 }
 
 type agentService struct {
@@ -48,22 +52,28 @@ func (a *API) needFleet() error {
 	return nil
 }
 
-// getAgent reads the agent ref names: "<uuid>" or "<kind>/<identity>".
-func (a *API) getAgent(ctx context.Context, db store.Querier, field, ref string, lock bool) (*apiv1.Agent, error) {
+// agentRef reads the agent ref names: "<uuid>" or "<kind>/<identity>".
+func agentRef(field, ref string) (fleet.Ref, error) {
 	r, ok := fleet.ParseRef(ref)
 	if !ok {
 		var v violations
 		v.add(field, "must be an agent id or <kind>/<identity>, e.g. switch/leaf01")
-		return nil, v.err()
+		return fleet.Ref{}, v.err()
 	}
-	ag, err := a.fleet.GetAgent(ctx, db, r, lock)
+	return r, nil
+}
+
+// agentError maps the fleet's errors of a call on the agent ref names.
+func agentError(err error, ref string) error {
 	if errors.Is(err, fleet.ErrNoAgent) {
-		return nil, status.Errorf(codes.NotFound, "agent %s not found", quote(ref))
+		return status.Errorf(codes.NotFound, "agent %s not found", quote(ref))
 	}
-	if err != nil {
-		return nil, toStatus(err, "agent")
-	}
-	return ag, nil
+	return toStatus(err, "agent")
+}
+
+// partitionExists is the fleet's check of a request's partition_id.
+func partitionExists(ctx context.Context, q store.Querier, id string) error {
+	return catalog.PartitionExists(ctx, q, "partition_id", id)
 }
 
 func (s *agentService) List(ctx context.Context, req *apiv1.AgentServiceListRequest) (*apiv1.AgentServiceListResponse, error) {
@@ -98,9 +108,13 @@ func (s *agentService) Get(ctx context.Context, req *apiv1.AgentServiceGetReques
 		v.add("events", "at most 1000")
 		return nil, v.err()
 	}
-	ag, err := s.getAgent(ctx, s.store.Pool(), "id", req.GetId(), false)
+	r, err := agentRef("id", req.GetId())
 	if err != nil {
 		return nil, err
+	}
+	ag, err := s.fleet.GetAgent(ctx, s.store.Pool(), r, false)
+	if err != nil {
+		return nil, agentError(err, req.GetId())
 	}
 	events, err := fleet.AgentEvents(ctx, s.store.Pool(), ag.GetId(), n)
 	if err != nil {
@@ -127,29 +141,8 @@ func (s *agentService) Enroll(ctx context.Context, req *apiv1.AgentServiceEnroll
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	var (
-		out    *apiv1.Agent
-		secret string
-	)
-	err := s.store.Tx(ctx, func(tx pgx.Tx) error {
-		if err := catalog.PartitionExists(ctx, tx, "partition_id", req.GetPartitionId()); err != nil {
-			return err
-		}
-		e, err := s.fleet.Enroll(ctx, tx, req.GetKind(), req.GetIdentity(), req.GetPartitionId(), auth.PrincipalFrom(ctx).TokenID)
-		if err != nil {
-			return err
-		}
-		secret = e.Secret
-		if req.GetKind() == agentv1.Kind_KIND_PIXIE {
-			if err := s.refreshPixies(ctx, tx, req.GetPartitionId()); err != nil {
-				return err
-			}
-		}
-		if out, err = s.getAgent(ctx, tx, "id", e.ID, false); err != nil {
-			return err
-		}
-		return store.Audit(ctx, tx, "agent/"+e.ID, "")
-	})
+	out, secret, err := s.fleet.EnrollAgent(ctx, req.GetKind(), req.GetIdentity(), req.GetPartitionId(), auth.PrincipalFrom(ctx).TokenID,
+		partitionExists, s.pixieDocument)
 	if err != nil {
 		return nil, toStatus(err, "agent")
 	}
@@ -170,70 +163,29 @@ func (s *agentService) Configure(ctx context.Context, req *apiv1.AgentServiceCon
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	var out *apiv1.Agent
-	err := s.store.Tx(ctx, func(tx pgx.Tx) error {
-		ag, err := s.getAgent(ctx, tx, "id", req.GetId(), true)
-		if err != nil {
-			return err
-		}
-		_, err = s.fleet.Change(ctx, tx, ag.GetId(), func(d *agentv1.Desired) (bool, error) {
-			changed := false
-			st := d.GetSettings()
-			if req.LogLevel != nil && st.GetLogLevel() != req.GetLogLevel() {
-				st.LogLevel, changed = req.GetLogLevel(), true
-			}
-			if req.GetReplaceLabels() && !equalLabels(st.GetLabels(), req.GetLabels()) {
-				st.Labels, changed = req.GetLabels(), true
-			}
-			if req.GetReportFacts() {
-				st.ReportFactsGeneration++
-				changed = true
-			}
-			return changed, nil
-		})
-		if err != nil {
-			return err
-		}
-		if out, err = s.getAgent(ctx, tx, "id", ag.GetId(), false); err != nil {
-			return err
-		}
-		return store.Audit(ctx, tx, "agent/"+ag.GetId(), "")
-	})
+	r, err := agentRef("id", req.GetId())
 	if err != nil {
-		return nil, toStatus(err, "agent")
+		return nil, err
+	}
+	out, err := s.fleet.ConfigureAgent(ctx, r, fleet.SettingsChange{LogLevel: req.LogLevel,
+		Labels: req.GetLabels(), ReplaceLabels: req.GetReplaceLabels(), ReportFacts: req.GetReportFacts()})
+	if err != nil {
+		return nil, agentError(err, req.GetId())
 	}
 	return &apiv1.AgentServiceConfigureResponse{Agent: out}, nil
-}
-
-func equalLabels(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }
 
 func (s *agentService) Delete(ctx context.Context, req *apiv1.AgentServiceDeleteRequest) (*apiv1.AgentServiceDeleteResponse, error) {
 	if err := s.needFleet(); err != nil {
 		return nil, err
 	}
-	var out *apiv1.Agent
-	err := s.store.Tx(ctx, func(tx pgx.Tx) error {
-		var err error
-		if out, err = s.getAgent(ctx, tx, "id", req.GetId(), true); err != nil {
-			return err
-		}
-		if err := s.fleet.Delete(ctx, tx, out.GetId()); err != nil {
-			return err
-		}
-		return store.Audit(ctx, tx, "agent/"+out.GetId(), "")
-	})
+	r, err := agentRef("id", req.GetId())
 	if err != nil {
-		return nil, toStatus(err, "agent")
+		return nil, err
+	}
+	out, err := s.fleet.DeleteAgent(ctx, r)
+	if err != nil {
+		return nil, agentError(err, req.GetId())
 	}
 	return &apiv1.AgentServiceDeleteResponse{Agent: out}, nil
 }
@@ -259,20 +211,10 @@ func (s *bootTokenService) Create(ctx context.Context, req *apiv1.BootTokenServi
 	if s.fleet == nil {
 		return nil, status.Error(codes.Unimplemented, "this central serves no agent fleet")
 	}
-	var minted fleet.MintedBootToken
-	err := s.store.Tx(ctx, func(tx pgx.Tx) error {
-		if err := catalog.PartitionExists(ctx, tx, "partition_id", req.GetPartitionId()); err != nil {
-			return err
-		}
-		// Not bound to a MAC: an admin's token may enrol any installer of
-		// the partition, but never claim an installed machine.
-		var err error
-		if minted, err = s.fleet.MintBootToken(ctx, tx, fleet.BootToken{Partition: req.GetPartitionId(), TTL: life,
-			CreatedBy: auth.PrincipalFrom(ctx).TokenID}); err != nil {
-			return err
-		}
-		return store.Audit(ctx, tx, "boot-token/"+minted.ID, "")
-	})
+	// Not bound to a MAC: an admin's token may enrol any installer of the
+	// partition, but never claim an installed machine.
+	minted, err := s.fleet.CreateBootToken(ctx, fleet.BootToken{Partition: req.GetPartitionId(), TTL: life,
+		CreatedBy: auth.PrincipalFrom(ctx).TokenID}, partitionExists)
 	if err != nil {
 		return nil, toStatus(err, "boot token")
 	}

@@ -3,8 +3,6 @@ package service
 import (
 	"context"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/metalfleet/metalfleet/central/internal/catalog"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
@@ -45,7 +43,7 @@ func (s *partitionService) Update(ctx context.Context, req *apiv1.PartitionServi
 	}
 	// The boot configuration reaches the partition's PXE services; if this
 	// fails, central's start and the next update bring them up to date.
-	if err := s.store.Tx(ctx, func(tx pgx.Tx) error { return s.refreshPixies(ctx, tx, out.GetId()) }); err != nil {
+	if err := s.refreshPixies(ctx, out.GetId()); err != nil {
 		s.log.Error("update PXE service documents", "partition", out.GetId(), "err", err)
 	}
 	return &apiv1.PartitionServiceUpdateResponse{Partition: out}, nil
