@@ -49,7 +49,8 @@ type MintedBootToken struct {
 }
 
 // MintBootToken stores a new one-time boot token inside tx, the caller's
-// transaction. A token bound to a MAC supersedes that MAC's unused tokens
+// transaction (a store.Querier, so that callers need not name the
+// driver's transaction type). A token bound to a MAC supersedes that MAC's unused tokens
 // (only the newest boot of a NIC may claim); a partition holding
 // Config.MaxUnusedBootTokens unused ones is refused with ResourceExhausted.
 func (h *Hub) MintBootToken(ctx context.Context, tx store.Querier, t BootToken) (MintedBootToken, error) {
