@@ -1,13 +1,17 @@
 // Package machine is the machine aggregate: the only writer of machines,
-// machine_nics, machine_mac_conflicts and machine_events. It registers
-// what installers report, runs their lifecycle events through fsm, picks
-// and allocates machines (one code path for one call and for a batch of
-// them), frees, reinstalls, locks and reserves them.
+// machine_nics, machine_mac_conflicts and machine_events. As the fleet's
+// Domain it registers what installers report (checking their facts,
+// matching the size in the catalog), runs lifecycle events through fsm
+// and tells PXE services what a MAC boots; it picks and allocates
+// machines (one code path for one call and for a batch of them), frees,
+// reinstalls, locks and reserves them.
 //
 // A machine row is written through one door (save): the JSONB spec and
 // the columns that mirror it (project, allocation, state, size, rack)
 // change together, derived from the spec. Events go through Record.
-// The agents' desired documents are reached only through Docs.
+// The agents' desired documents are reached only through Docs, boot
+// tokens only through BootTokens. Refusals are gRPC statuses; store
+// errors come back as they are, for the caller to map.
 package machine
 
 import (
@@ -20,6 +24,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/metalfleet/metalfleet/central/internal/catalog"
+	"github.com/metalfleet/metalfleet/central/internal/fleet"
 	"github.com/metalfleet/metalfleet/central/internal/store"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
@@ -35,12 +41,22 @@ type Docs interface {
 	Liveliness(last *time.Time) apiv1.Liveliness
 }
 
+// BootTokens is what Boot needs of the fleet: the one-time token an
+// installer that boots exchanges for its credential.
+type BootTokens interface {
+	MintBootToken(ctx context.Context, tx pgx.Tx, t fleet.BootToken) (fleet.MintedBootToken, error)
+}
+
 // Machines is the machine aggregate over the store.
 type Machines struct {
 	st          *store.Store
 	docs        Docs
 	aliveWithin time.Duration
 	rules       []Rule
+	// tokens, trust and tokenTTL answer PXE boots (Boot).
+	tokens   BootTokens
+	trust    catalog.Trust
+	tokenTTL time.Duration
 }
 
 // Option configures New.
@@ -52,6 +68,13 @@ func WithDocs(d Docs) Option { return func(m *Machines) { m.docs = d } }
 
 // WithRule adds an allocation rule after the built-in ones.
 func WithRule(r Rule) Option { return func(m *Machines) { m.rules = append(m.rules, r) } }
+
+// WithBoot lets Boot answer PXE services: the installer it boots gets a
+// boot token from tokens, valid for ttl, and the kernel command line that
+// tells it to find and trust central by trust.
+func WithBoot(tokens BootTokens, trust catalog.Trust, ttl time.Duration) Option {
+	return func(m *Machines) { m.tokens, m.trust, m.tokenTTL = tokens, trust, ttl }
+}
 
 // New returns the machine aggregate. aliveWithin is how recent a
 // machine's last contact must be for it to be allocated.

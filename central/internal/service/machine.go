@@ -10,8 +10,10 @@ import (
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/catalog"
+	"github.com/metalfleet/metalfleet/central/internal/fleet"
 	"github.com/metalfleet/metalfleet/central/internal/machine"
 	"github.com/metalfleet/metalfleet/central/internal/store"
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -307,3 +309,24 @@ func (s *machineService) SetState(ctx context.Context, req *apiv1.MachineService
 
 // issueDuplicateMAC: a NIC is reported by two machines.
 const issueDuplicateMAC = machine.IssueDuplicateMAC
+
+// Provisioning is the fleet's domain: the machine aggregate turns what
+// installers, installed systems and PXE services report into machines
+// and their lifecycle, decides which boot token may claim which machine
+// and answers PXE services (docs/machine-lifecycle.md). Attach it to the
+// hub with Hub.Attach.
+func (a *API) Provisioning() fleet.Domain { return provisioning{a.machines} }
+
+// provisioning is the machine aggregate as the fleet's Domain and
+// Claimer, with Boot's errors mapped as the API maps its own: a PXE
+// service hears a store failure as an internal error, not in the
+// database's words.
+type provisioning struct{ *machine.Machines }
+
+func (p provisioning) Boot(ctx context.Context, a fleet.Agent, req *agentv1.BootRequest) (*agentv1.BootResponse, error) {
+	resp, err := p.Machines.Boot(ctx, a, req)
+	if err != nil {
+		return nil, toStatus(err, "boot of "+req.GetMac())
+	}
+	return resp, nil
+}

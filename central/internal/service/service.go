@@ -94,7 +94,7 @@ func New(ctx context.Context, st *store.Store, log *slog.Logger, cfg Config, opt
 	}
 	var mopts []machine.Option
 	if a.fleet != nil {
-		mopts = append(mopts, machine.WithDocs(a.fleet))
+		mopts = append(mopts, machine.WithDocs(a.fleet), machine.WithBoot(a.fleet, a.trust(), cfg.BootTokenTTL))
 	}
 	a.machines = machine.New(st, cfg.AliveWithin, mopts...)
 	err := st.Tx(ctx, func(tx pgx.Tx) error {
