@@ -2,16 +2,15 @@ package service
 
 import (
 	"context"
-	"github.com/metalfleet/metalfleet/central/internal/network"
 	"net"
 	"regexp"
 	"strings"
 	"time"
 
-	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/catalog"
 	"github.com/metalfleet/metalfleet/central/internal/fleet"
 	"github.com/metalfleet/metalfleet/central/internal/machine"
+	"github.com/metalfleet/metalfleet/central/internal/network"
 	"github.com/metalfleet/metalfleet/central/internal/store"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
@@ -220,23 +219,9 @@ func (s *machineService) Create(ctx context.Context, req *apiv1.MachineServiceCr
 	if err := validateCreate(req); err != nil {
 		return nil, err
 	}
-	var id string
-	if req.GetId() == "" {
-		// Concurrent allocations of one size, partition and project share
-		// a transaction (allocBatches); what a batch cannot serve runs on
-		// its own below, which also gives each call its precise error.
-		res, err := s.allocBatches.Do(ctx, allocKey{partition: req.GetPartitionId(), size: req.GetSizeId(), project: req.GetProjectId()},
-			allocReq{req: req, call: auth.CallFrom(ctx)})
-		if err != nil {
-			return nil, toStatus(err, "machine allocation")
-		}
-		id = res.id
-	}
-	if id == "" {
-		var err error
-		if id, err = s.createOne(ctx, req); err != nil {
-			return nil, toStatus(err, "machine allocation")
-		}
+	id, err := s.machines.Allocate(ctx, req)
+	if err != nil {
+		return nil, toStatus(err, "machine allocation")
 	}
 	m, err := s.readMachine(ctx, s.store.Pool(), id)
 	if err != nil {
