@@ -7,10 +7,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/metalfleet/metalfleet/central/internal/catalog"
 	"github.com/metalfleet/metalfleet/central/internal/fleet"
 	"github.com/metalfleet/metalfleet/central/internal/machine"
-	"github.com/metalfleet/metalfleet/central/internal/network"
 	"github.com/metalfleet/metalfleet/central/internal/store"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
@@ -234,7 +232,7 @@ func (s *machineService) Create(ctx context.Context, req *apiv1.MachineServiceCr
 // ones stay with the project, the installed system is rebooted into PXE
 // (reboot intent) where the installer wipes the disks and waits again.
 func (s *machineService) Delete(ctx context.Context, req *apiv1.MachineServiceDeleteRequest) (*apiv1.MachineServiceDeleteResponse, error) {
-	err := s.machines.Free(ctx, req.GetId(), network.ReleaseMachineIPs)
+	err := s.machines.Free(ctx, req.GetId())
 	if err != nil {
 		return nil, toStatus(err, "machine "+quote(req.GetId()))
 	}
@@ -254,7 +252,7 @@ func (s *machineService) Reinstall(ctx context.Context, req *apiv1.MachineServic
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	err := s.machines.Reinstall(ctx, req.GetId(), req.GetImageId(), catalog.UsableImage)
+	err := s.machines.Reinstall(ctx, req.GetId(), req.GetImageId())
 	if err != nil {
 		return nil, toStatus(err, "machine "+quote(req.GetId()))
 	}
