@@ -27,8 +27,8 @@ func (a *API) readMachine(ctx context.Context, db store.Querier, id string) (*ap
 	return m, nil
 }
 
-func (a *API) listMachines(ctx context.Context, where string, args ...any) ([]*apiv1.Machine, error) {
-	out, err := a.machines.List(ctx, where, args...)
+func (a *API) listMachines(ctx context.Context, partition, project, size string) ([]*apiv1.Machine, error) {
+	out, err := a.machines.List(ctx, partition, project, size)
 	if err != nil {
 		return nil, toStatus(err, "machines")
 	}
@@ -45,8 +45,7 @@ func (s *machineService) Get(ctx context.Context, req *apiv1.MachineServiceGetRe
 
 // List shows admins every machine and others their projects' allocated ones.
 func (s *machineService) List(ctx context.Context, req *apiv1.MachineServiceListRequest) (*apiv1.MachineServiceListResponse, error) {
-	all, err := s.listMachines(ctx, "($1 = '' OR m.partition_id = $1) AND ($2 = '' OR m.project_id = $2) AND ($3 = '' OR m.size_id = $3)",
-		req.GetPartitionId(), req.GetProjectId(), req.GetSizeId())
+	all, err := s.listMachines(ctx, req.GetPartitionId(), req.GetProjectId(), req.GetSizeId())
 	if err != nil {
 		return nil, err
 	}
@@ -59,7 +58,7 @@ func (s *machineService) List(ctx context.Context, req *apiv1.MachineServiceList
 
 // Issues lists the issues of every machine (of a partition).
 func (s *machineService) Issues(ctx context.Context, req *apiv1.MachineServiceIssuesRequest) (*apiv1.MachineServiceIssuesResponse, error) {
-	all, err := s.listMachines(ctx, "($1 = '' OR m.partition_id = $1)", req.GetPartitionId())
+	all, err := s.listMachines(ctx, req.GetPartitionId(), "", "")
 	if err != nil {
 		return nil, err
 	}
