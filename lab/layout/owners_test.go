@@ -19,7 +19,8 @@ import (
 // owners names the one package of central that writes each table (DESIGN.md
 // §1: one package per domain aggregate is the only writer of its tables;
 // fleet owns agents and boot tokens). central/internal/machine owns the
-// machine tables, central/internal/network the network tables,
+// machine tables and is the one door to a machine (registration, boot,
+// allocation, free), central/internal/network the network tables,
 // central/internal/catalog the catalogue tables, central/internal/tenancy
 // tenants, projects and tokens, central/internal/fabric the switches.
 var owners = map[string]string{
@@ -39,7 +40,8 @@ var owners = map[string]string{
 	"tenants":  "central/internal/tenancy",
 	"projects": "central/internal/tenancy",
 	"tokens":   "central/internal/tenancy",
-	// The machine aggregate.
+	// The machine aggregate; its allocation writes addresses through
+	// network, never the ips table itself.
 	"machines":              "central/internal/machine",
 	"machine_nics":          "central/internal/machine",
 	"machine_events":        "central/internal/machine",

@@ -122,9 +122,8 @@ func latest(all []*apiv1.Image, includeDeprecated bool, now time.Time) *apiv1.Im
 }
 
 // UsableImage reads an image new machines may get: it exists, has not
-// expired and names where to fetch it and its checksum. It takes a
-// transaction, not any Querier, because it is also the image reader
-// machine.Reinstall is given.
+// expired and names where to fetch it and its checksum. Machine's
+// allocation and reinstall read it inside their transaction.
 func UsableImage(ctx context.Context, tx pgx.Tx, id string) (*apiv1.Image, error) {
 	img, err := Images.Get(ctx, tx, id)
 	if errors.Is(err, pgx.ErrNoRows) {

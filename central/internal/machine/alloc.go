@@ -50,7 +50,7 @@ func (ms *Machines) allocatable(ctx context.Context, tx pgx.Tx, c Candidate) err
 	return nil
 }
 
-// Pick locks up to n waiting, alive, available, unowned machines of the
+// pick locks up to n waiting, alive, available, unowned machines of the
 // size in the partition that the rules accept. Machines go round-robin
 // over racks, the racks where the project has the fewest machines first,
 // at random within a rack, so that a project spreads across racks. SKIP
@@ -61,7 +61,7 @@ func (ms *Machines) allocatable(ctx context.Context, tx pgx.Tx, c Candidate) err
 // meanwhile is never taken. Only the best ranked candidates are looked
 // at, with room for the ones other allocations hold; when that is not
 // enough, all of them.
-func (ms *Machines) Pick(ctx context.Context, tx pgx.Tx, partition, size, project string, n int) ([]Candidate, error) {
+func (ms *Machines) pick(ctx context.Context, tx pgx.Tx, partition, size, project string, n int) ([]Candidate, error) {
 	aliveSince := time.Now().Add(-ms.aliveWithin)
 	out, err := pickFrom(ctx, tx, partition, size, project, aliveSince, n, n+pickSlack)
 	if err == nil && len(out) < n {
@@ -135,9 +135,9 @@ func pickFrom(ctx context.Context, tx pgx.Tx, partition, size, project string, a
 	return out, nil
 }
 
-// PickGiven locks the machine the caller named (of size, when set) and
+// pickGiven locks the machine the caller named (of size, when set) and
 // checks it can be had.
-func (ms *Machines) PickGiven(ctx context.Context, tx pgx.Tx, id, sizeID string) (Candidate, error) {
+func (ms *Machines) pickGiven(ctx context.Context, tx pgx.Tx, id, sizeID string) (Candidate, error) {
 	var (
 		state, prov   string
 		size, agentID *string
@@ -178,24 +178,24 @@ func (ms *Machines) PickGiven(ctx context.Context, tx pgx.Tx, id, sizeID string)
 	return c, nil
 }
 
-// Allocation is one machine's allocation for Allocate.
-type Allocation struct {
+// allocation is one machine's allocation for give.
+type allocation struct {
 	Candidate
-	Alloc *apiv1.MachineAllocation
-	// Labels, when not nil, replace the machine's labels.
-	Labels map[string]string
-	// Doc is what the machine's installer gets to install.
-	Doc *agentv1.MachineAllocation
-	// Call is the API call that asked for it, for the audit row.
-	Call *auth.Call
+	alloc *apiv1.MachineAllocation
+	// labels, when not nil, replace the machine's labels.
+	labels map[string]string
+	// doc is what the machine's installer gets to install.
+	doc *agentv1.MachineAllocation
+	// call is the API call that asked for it, for the audit row.
+	call *auth.Call
 }
 
-// Allocate gives the candidates, locked by Pick or PickGiven, to the
+// give gives the candidates, locked by pick or pickGiven, to the
 // project: the machine rows, their "Allocated" events, their installers'
 // documents and the audit rows, each in one statement whether it is one
 // allocation or a batch of them. It fails when a machine was allocated
 // meanwhile.
-func (ms *Machines) Allocate(ctx context.Context, tx pgx.Tx, project string, as []Allocation) error {
+func (ms *Machines) give(ctx context.Context, tx pgx.Tx, project string, as []allocation) error {
 	rows := make([]saved, len(as))
 	evs := make([]Event, len(as))
 	audits := make([]store.AuditEntry, len(as))
@@ -203,15 +203,15 @@ func (ms *Machines) Allocate(ctx context.Context, tx pgx.Tx, project string, as 
 	machineOf := map[string]string{}
 	for i, a := range as {
 		m := a.Machine
-		m.Allocation = a.Alloc
-		if a.Labels != nil {
-			m.Labels = a.Labels
+		m.Allocation = a.alloc
+		if a.labels != nil {
+			m.Labels = a.labels
 		}
 		rows[i] = saved{m: m}
-		evs[i] = Event{Machine: m.GetId(), Type: "Allocated", Message: AllocatedMessage(a.Alloc)}
-		audits[i] = store.AuditEntry{Call: a.Call, Target: "machine/" + m.GetId()}
+		evs[i] = Event{Machine: m.GetId(), Type: "Allocated", Message: AllocatedMessage(a.alloc)}
+		audits[i] = store.AuditEntry{Call: a.call, Target: "machine/" + m.GetId()}
 		if a.Agent != "" {
-			docs[a.Agent], machineOf[a.Agent] = a.Doc, m.GetId()
+			docs[a.Agent], machineOf[a.Agent] = a.doc, m.GetId()
 		}
 	}
 	n, err := save(ctx, tx, rows, how{unallocated: true, allocation: true})

@@ -12,7 +12,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/catalog"
 	"github.com/metalfleet/metalfleet/central/internal/fsm"
+	"github.com/metalfleet/metalfleet/central/internal/network"
 	"github.com/metalfleet/metalfleet/central/internal/store"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
@@ -42,17 +44,18 @@ func lockOwned(ctx context.Context, tx pgx.Tx, id string) (*apiv1.Machine, strin
 	return m, *agentID, nil
 }
 
-// Free frees an allocated machine: release gives its IPs back (the
-// network's business), the installed system is rebooted into PXE (reboot
-// intent) where the installer wipes the disks and waits again.
-func (ms *Machines) Free(ctx context.Context, id string, release func(ctx context.Context, tx pgx.Tx, machine string) error) error {
+// Free frees an allocated machine: its ephemeral IPs go back to their
+// pools and static ones stay with the project (network), the installed
+// system is rebooted into PXE (reboot intent) where the installer wipes
+// the disks and waits again.
+func (ms *Machines) Free(ctx context.Context, id string) error {
 	return ms.st.Tx(ctx, func(tx pgx.Tx) error {
 		m, agentID, err := lockOwned(ctx, tx, id)
 		if err != nil {
 			return err
 		}
 		project := m.GetAllocation().GetProjectId()
-		if err := release(ctx, tx, m.GetId()); err != nil {
+		if err := network.ReleaseMachineIPs(ctx, tx, m.GetId()); err != nil {
 			return err
 		}
 		m.Allocation = nil
@@ -75,9 +78,9 @@ func (ms *Machines) Free(ctx context.Context, id string, release func(ctx contex
 
 // Reinstall installs an image again under a new allocation id, keeping
 // hostname, networks and IPs; only disks marked wipe_on_reinstall (the
-// primary one) are wiped. imageID "" keeps the allocation's image; image
-// reads an image new machines may get (the catalog's business).
-func (ms *Machines) Reinstall(ctx context.Context, id, imageID string, image func(ctx context.Context, tx pgx.Tx, id string) (*apiv1.Image, error)) error {
+// primary one) are wiped. imageID "" keeps the allocation's image; it
+// must be one new machines may get (catalog.UsableImage).
+func (ms *Machines) Reinstall(ctx context.Context, id, imageID string) error {
 	return ms.st.Tx(ctx, func(tx pgx.Tx) error {
 		m, agentID, err := lockOwned(ctx, tx, id)
 		if err != nil {
@@ -86,7 +89,7 @@ func (ms *Machines) Reinstall(ctx context.Context, id, imageID string, image fun
 		if imageID == "" {
 			imageID = m.GetAllocation().GetImageId()
 		}
-		img, err := image(ctx, tx, imageID)
+		img, err := catalog.UsableImage(ctx, tx, imageID)
 		if err != nil {
 			return err
 		}

@@ -1,18 +1,24 @@
 // Package machine is the machine aggregate: the only writer of machines,
-// machine_nics, machine_mac_conflicts and machine_events. It registers
-// what installers report, runs their lifecycle events through fsm, picks
-// and allocates machines (one code path for one call and for a batch of
-// them), frees, reinstalls, locks and reserves them.
+// machine_nics, machine_mac_conflicts and machine_events, and the one
+// door to a machine. As the fleet's Domain it registers what installers
+// report (checking their facts, matching the size in the catalog), runs
+// lifecycle events through fsm and tells PXE services what a MAC boots;
+// it allocates machines (one code path for one call and for a batch of
+// them: the image and layout from the catalog, the addresses from
+// network), frees, reinstalls, locks and reserves them.
 //
 // A machine row is written through one door (save): the JSONB spec and
 // the columns that mirror it (project, allocation, state, size, rack)
 // change together, derived from the spec. Events go through Record.
-// The agents' desired documents are reached only through Docs.
+// The agents' desired documents are reached only through Docs, boot
+// tokens only through BootTokens. Refusals are gRPC statuses; store
+// errors come back as they are, for the caller to map.
 package machine
 
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"time"
 
@@ -20,6 +26,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/metalfleet/metalfleet/central/internal/catalog"
+	"github.com/metalfleet/metalfleet/central/internal/fleet"
 	"github.com/metalfleet/metalfleet/central/internal/store"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
@@ -35,12 +43,25 @@ type Docs interface {
 	Liveliness(last *time.Time) apiv1.Liveliness
 }
 
-// Machines is the machine aggregate over the store.
+// BootTokens is what Boot needs of the fleet: the one-time token an
+// installer that boots exchanges for its credential.
+type BootTokens interface {
+	MintBootToken(ctx context.Context, q store.Querier, t fleet.BootToken) (fleet.MintedBootToken, error)
+}
+
+// Machines is the machine aggregate over the store. One serves a whole
+// process: its batches combine the process's concurrent allocations.
 type Machines struct {
 	st          *store.Store
+	log         *slog.Logger
 	docs        Docs
 	aliveWithin time.Duration
 	rules       []Rule
+	allocs      *allocBatches
+	// tokens, trust and tokenTTL answer PXE boots (Boot).
+	tokens   BootTokens
+	trust    catalog.Trust
+	tokenTTL time.Duration
 }
 
 // Option configures New.
@@ -53,6 +74,17 @@ func WithDocs(d Docs) Option { return func(m *Machines) { m.docs = d } }
 // WithRule adds an allocation rule after the built-in ones.
 func WithRule(r Rule) Option { return func(m *Machines) { m.rules = append(m.rules, r) } }
 
+// WithLog lets log hear of allocation batches that failed and left their
+// calls to run one by one; without it that is discarded.
+func WithLog(log *slog.Logger) Option { return func(m *Machines) { m.log = log } }
+
+// WithBoot lets Boot answer PXE services: the installer it boots gets a
+// boot token from tokens, valid for ttl, and the kernel command line that
+// tells it to find and trust central by trust.
+func WithBoot(tokens BootTokens, trust catalog.Trust, ttl time.Duration) Option {
+	return func(m *Machines) { m.tokens, m.trust, m.tokenTTL = tokens, trust, ttl }
+}
+
 // New returns the machine aggregate. aliveWithin is how recent a
 // machine's last contact must be for it to be allocated.
 func New(st *store.Store, aliveWithin time.Duration, opts ...Option) *Machines {
@@ -60,6 +92,10 @@ func New(st *store.Store, aliveWithin time.Duration, opts ...Option) *Machines {
 	for _, o := range opts {
 		o(m)
 	}
+	if m.log == nil {
+		m.log = slog.New(slog.DiscardHandler)
+	}
+	m.allocs = store.NewCombiner(allocBatchSize, allocBatchRunning, m.runAllocBatch)
 	return m
 }
 
@@ -194,10 +230,10 @@ func (ms *Machines) setDocument(ctx context.Context, tx pgx.Tx, agentID, machine
 	return ms.setDocuments(ctx, tx, map[string]string{agentID: machine}, func(_ string, md *agentv1.MachineDocument) { edit(md) })
 }
 
-// DBNow is the transaction's time on the database's clock: the time the
+// dbNow is the transaction's time on the database's clock: the time the
 // machine's events are stamped with, so that "events since the allocation"
 // holds whatever the clocks of central's hosts say.
-func DBNow(ctx context.Context, tx pgx.Tx) (time.Time, error) {
+func dbNow(ctx context.Context, tx pgx.Tx) (time.Time, error) {
 	var now time.Time
 	if err := tx.QueryRow(ctx, `SELECT now()`).Scan(&now); err != nil {
 		return now, fmt.Errorf("read time: %w", err)

@@ -99,9 +99,11 @@ func (ms *Machines) Get(ctx context.Context, db store.Querier, id string) (*apiv
 	return ms.scan(db.QueryRow(ctx, selectMachine+` WHERE m.id = $1`, id), time.Now())
 }
 
-// List reads the machines matching where (SQL over "m", the machines).
-func (ms *Machines) List(ctx context.Context, where string, args ...any) ([]*apiv1.Machine, error) {
-	rows, err := ms.st.Pool().Query(ctx, selectMachine+" WHERE "+where+" ORDER BY m.id", args...)
+// List reads the machines of the partition, the project and the size, by
+// id; "" matches any.
+func (ms *Machines) List(ctx context.Context, partition, project, size string) ([]*apiv1.Machine, error) {
+	rows, err := ms.st.Pool().Query(ctx, selectMachine+` WHERE ($1 = '' OR m.partition_id = $1) AND ($2 = '' OR m.project_id = $2)
+		AND ($3 = '' OR m.size_id = $3) ORDER BY m.id`, partition, project, size)
 	if err != nil {
 		return nil, err
 	}

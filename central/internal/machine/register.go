@@ -13,6 +13,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/catalog"
+	"github.com/metalfleet/metalfleet/central/internal/field"
 	"github.com/metalfleet/metalfleet/central/internal/fleet"
 	"github.com/metalfleet/metalfleet/central/internal/fsm"
 	"github.com/metalfleet/metalfleet/central/internal/store"
@@ -20,13 +23,97 @@ import (
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
-// Register stores an installer's hardware (validated by the caller): the
-// machine row (created on first sight), its size (sizeID, matched by the
-// caller from the catalog), rack and NICs; and tells the installer its
-// machine id, which is what it waits for before it wipes and waits.
-func (ms *Machines) Register(ctx context.Context, tx pgx.Tx, a fleet.Agent, f *agentv1.MachineFacts, sizeID string) error {
+// Report implements fleet.Domain: what installers, installed systems and
+// PXE services report becomes machines and their lifecycle
+// (docs/machine-lifecycle.md).
+func (ms *Machines) Report(ctx context.Context, tx pgx.Tx, a fleet.Agent, r *agentv1.Report) error {
+	switch a.Kind {
+	case agentv1.Kind_KIND_INSTALLER:
+		if f := r.GetFacts().GetMachine(); f != nil {
+			if err := ms.register(ctx, tx, a, f); err != nil {
+				return err
+			}
+		}
+		return reportEvents(ctx, tx, a, r.GetEvents(), nil)
+	case agentv1.Kind_KIND_PHONEHOME:
+		// An installed system knows only these two things about itself.
+		return reportEvents(ctx, tx, a, r.GetEvents(), []fsm.State{fsm.PhonedHome, fsm.PlannedReboot})
+	case agentv1.Kind_KIND_PIXIE:
+		return pxeEvents(ctx, tx, a, r.GetEvents())
+	}
+	return nil
+}
+
+// validateFacts checks an installer's hardware report. Everything here
+// comes from the machine and is untrusted.
+func validateFacts(identity string, f *agentv1.MachineFacts) error {
+	const name = "report.facts.machine"
+	v := field.Violations{Clip: auth.ClipEcho, Quote: auth.Quote}
+	if !strings.EqualFold(f.GetUuid(), identity) {
+		v.Add(name+".uuid", "must be the installer's identity %q", identity)
+	}
+	if f.GetCores() == 0 || f.GetCores() > 1<<16 {
+		v.Add(name+".cores", "must be 1-65536")
+	}
+	if f.GetMemoryBytes() == 0 {
+		v.Add(name+".memory_bytes", "must be positive")
+	}
+	if len(f.GetDisks()) > 256 {
+		v.Add(name+".disks", "at most 256")
+	}
+	for i, d := range f.GetDisks() {
+		if d.GetName() == "" || len(d.GetName()) > 64 || strings.ContainsAny(d.GetName(), "/ \x00") {
+			v.Add(field.Index(name+".disks", i)+".name", "1-64 characters, no '/' or spaces")
+		}
+	}
+	if len(f.GetNics()) > 256 {
+		v.Add(name+".nics", "at most 256")
+	}
+	seen := map[string]bool{}
+	for i, n := range f.GetNics() {
+		fi := field.Index(name+".nics", i)
+		hw, err := net.ParseMAC(n.GetMac())
+		switch {
+		case err != nil || len(hw) != 6:
+			v.Add(fi+".mac", "not a 48-bit MAC address")
+		case seen[hw.String()]:
+			v.Add(fi+".mac", "reported twice")
+		default:
+			seen[hw.String()] = true
+		}
+		if len(n.GetName()) > 64 {
+			v.Add(fi+".name", "at most 64 characters")
+		}
+		if len(n.GetNeighbours()) > 16 {
+			v.Add(fi+".neighbours", "at most 16")
+		}
+	}
+	if len(f.GetGpus()) > 64 {
+		v.Add(name+".gpus", "at most 64")
+	}
+	for _, s := range []struct{ name, val string }{
+		{"vendor", f.GetVendor()}, {"product", f.GetProduct()}, {"serial", f.GetSerial()},
+		{"bios.version", f.GetBios().GetVersion()}, {"bmc.address", f.GetBmc().GetAddress()},
+	} {
+		v.Text(name+"."+s.name, s.val, 256)
+	}
+	return v.Err("")
+}
+
+// register checks an installer's hardware report and stores it: the
+// machine row (created on first sight), its size (matched in the
+// catalog), rack and NICs; and tells the installer its machine id, which
+// is what it waits for before it wipes and waits.
+func (ms *Machines) register(ctx context.Context, tx pgx.Tx, a fleet.Agent, f *agentv1.MachineFacts) error {
+	if err := validateFacts(a.Identity, f); err != nil {
+		return err
+	}
+	sizeID, err := catalog.MatchSize(ctx, tx, f)
+	if err != nil {
+		return err
+	}
 	id := strings.ToLower(a.Identity)
-	m, err := Lock(ctx, tx, a)
+	m, err := lock(ctx, tx, a)
 	if err != nil {
 		return err
 	}
@@ -95,7 +182,7 @@ func storeNICs(ctx context.Context, tx pgx.Tx, id string, nics []*agentv1.NICFac
 // token for it can only be a stranger's. A token minted for a MAC unknown
 // at the time cannot claim a machine that has other NICs; one minted for
 // a MAC must find it still the machine's. A machine not yet known is new.
-func Claim(ctx context.Context, tx pgx.Tx, c fleet.Claim) error {
+func (ms *Machines) Claim(ctx context.Context, tx pgx.Tx, c fleet.Claim) error {
 	id := strings.ToLower(c.Identity)
 	var allocated, installed bool
 	err := tx.QueryRow(ctx, `SELECT allocation_id IS NOT NULL, installed FROM machines WHERE id = $1 FOR UPDATE`, id).Scan(&allocated, &installed)
@@ -132,10 +219,10 @@ func Claim(ctx context.Context, tx pgx.Tx, c fleet.Claim) error {
 	return nil
 }
 
-// Lock locks the machine of an installer or phonehome, creating it when
+// lock locks the machine of an installer or phonehome, creating it when
 // the installer reports for the first time. A machine known in another
 // partition is refused: its boot token proved only this one.
-func Lock(ctx context.Context, tx pgx.Tx, a fleet.Agent) (*apiv1.Machine, error) {
+func lock(ctx context.Context, tx pgx.Tx, a fleet.Agent) (*apiv1.Machine, error) {
 	id := strings.ToLower(a.Identity)
 	m, err := Table.GetForUpdate(ctx, tx, id)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -185,9 +272,9 @@ func rackOf(ctx context.Context, tx pgx.Tx, f *agentv1.MachineFacts) (string, er
 	return rack, err
 }
 
-// ReportEvents records lifecycle events the agent reports of its own
+// reportEvents records lifecycle events the agent reports of its own
 // machine. only, when set, lists the events the agent kind may report.
-func ReportEvents(ctx context.Context, tx pgx.Tx, a fleet.Agent, events []*agentv1.Event, only []fsm.State) error {
+func reportEvents(ctx context.Context, tx pgx.Tx, a fleet.Agent, events []*agentv1.Event, only []fsm.State) error {
 	var locked bool
 	for i, e := range events {
 		ev, ok := fsm.Parse(e.GetType())
@@ -198,7 +285,7 @@ func ReportEvents(ctx context.Context, tx pgx.Tx, a fleet.Agent, events []*agent
 			return status.Errorf(codes.InvalidArgument, "report.events[%d].type: a %s agent cannot report %q", i, fleet.KindName(a.Kind), ev)
 		}
 		if !locked {
-			if _, err := Lock(ctx, tx, a); err != nil {
+			if _, err := lock(ctx, tx, a); err != nil {
 				return err
 			}
 			locked = true
@@ -210,10 +297,10 @@ func ReportEvents(ctx context.Context, tx pgx.Tx, a fleet.Agent, events []*agent
 	return nil
 }
 
-// PXEEvents maps a PXE service's "PXE Booting" events by MAC to machines
+// pxeEvents maps a PXE service's "PXE Booting" events by MAC to machines
 // of its partition. Unknown MACs are servers booting for the first time;
 // their event stays in the PXE service's agent log.
-func PXEEvents(ctx context.Context, tx pgx.Tx, a fleet.Agent, events []*agentv1.Event) error {
+func pxeEvents(ctx context.Context, tx pgx.Tx, a fleet.Agent, events []*agentv1.Event) error {
 	for i, e := range events {
 		if e.GetType() != string(fsm.PXEBooting) {
 			continue
@@ -236,20 +323,4 @@ func PXEEvents(ctx context.Context, tx pgx.Tx, a fleet.Agent, events []*agentv1.
 		}
 	}
 	return nil
-}
-
-// BootOf finds the machine that owns mac: its id and partition, and
-// whether it is allocated and installed (it boots its disk). found is
-// false for a MAC no machine has.
-func BootOf(ctx context.Context, tx pgx.Tx, mac string) (id, partition string, installed, found bool, err error) {
-	err = tx.QueryRow(ctx, `SELECT m.id, COALESCE(m.partition_id, ''), m.installed AND m.allocation_id IS NOT NULL
-		FROM machine_nics n JOIN machines m ON m.id = n.machine_id WHERE n.mac = $1`, mac).
-		Scan(&id, &partition, &installed)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return "", "", false, false, nil
-	}
-	if err != nil {
-		return "", "", false, false, fmt.Errorf("find machine of %s: %w", mac, err)
-	}
-	return id, partition, installed, true, nil
 }

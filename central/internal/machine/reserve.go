@@ -12,11 +12,11 @@ import (
 	"github.com/metalfleet/metalfleet/central/internal/auth"
 )
 
-// CheckReservations refuses an allocation that would eat into machines
+// checkReservations refuses an allocation that would eat into machines
 // other projects have reserved. The reservations of the size and partition
 // are locked, so concurrent allocations count one after the other; sizes
 // without reservations take no lock at all.
-func (ms *Machines) CheckReservations(ctx context.Context, tx pgx.Tx, partition, size, project string) error {
+func (ms *Machines) checkReservations(ctx context.Context, tx pgx.Tx, partition, size, project string) error {
 	reserved, err := countsBy(tx.Query(ctx, `SELECT project_id, amount FROM size_reservations WHERE partition_id = $1 AND size_id = $2 ORDER BY id FOR UPDATE`, partition, size))
 	if err != nil {
 		return fmt.Errorf("read reservations: %w", err)
@@ -69,12 +69,12 @@ func countsBy(rows pgx.Rows, err error) (map[string]int, error) {
 	return out, err
 }
 
-// Reserved reports whether the size has reservations in the partition.
-func Reserved(ctx context.Context, tx pgx.Tx, partition, size string) (bool, error) {
-	var reserved bool
+// hasReservations reports whether the size has reservations in the partition.
+func hasReservations(ctx context.Context, tx pgx.Tx, partition, size string) (bool, error) {
+	var held bool
 	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM size_reservations WHERE partition_id = $1 AND size_id = $2)`,
-		partition, size).Scan(&reserved); err != nil {
+		partition, size).Scan(&held); err != nil {
 		return false, fmt.Errorf("read reservations: %w", err)
 	}
-	return reserved, nil
+	return held, nil
 }

@@ -29,7 +29,7 @@ type Fleet interface {
 	ConfigureAgent(ctx context.Context, r fleet.Ref, c fleet.SettingsChange) (*apiv1.Agent, error)
 	DeleteAgent(ctx context.Context, r fleet.Ref) (*apiv1.Agent, error)
 	CreateBootToken(ctx context.Context, t fleet.BootToken, exists fleet.PartitionCheck) (fleet.MintedBootToken, error)
-	MintBootToken(ctx context.Context, tx store.Querier, t fleet.BootToken) (fleet.MintedBootToken, error)
+	machine.BootTokens
 	GetAgent(ctx context.Context, db store.Querier, r fleet.Ref, lock bool) (*apiv1.Agent, error)
 	ListAgents(ctx context.Context, db store.Querier, kind agentv1.Kind, partition string) ([]*apiv1.Agent, error)
 	RefreshPixies(ctx context.Context, partition string, doc fleet.PixieDocument) error

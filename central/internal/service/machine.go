@@ -2,16 +2,15 @@ package service
 
 import (
 	"context"
-	"github.com/metalfleet/metalfleet/central/internal/network"
 	"net"
 	"regexp"
 	"strings"
 	"time"
 
-	"github.com/metalfleet/metalfleet/central/internal/auth"
-	"github.com/metalfleet/metalfleet/central/internal/catalog"
+	"github.com/metalfleet/metalfleet/central/internal/fleet"
 	"github.com/metalfleet/metalfleet/central/internal/machine"
 	"github.com/metalfleet/metalfleet/central/internal/store"
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -28,8 +27,8 @@ func (a *API) readMachine(ctx context.Context, db store.Querier, id string) (*ap
 	return m, nil
 }
 
-func (a *API) listMachines(ctx context.Context, where string, args ...any) ([]*apiv1.Machine, error) {
-	out, err := a.machines.List(ctx, where, args...)
+func (a *API) listMachines(ctx context.Context, partition, project, size string) ([]*apiv1.Machine, error) {
+	out, err := a.machines.List(ctx, partition, project, size)
 	if err != nil {
 		return nil, toStatus(err, "machines")
 	}
@@ -46,8 +45,7 @@ func (s *machineService) Get(ctx context.Context, req *apiv1.MachineServiceGetRe
 
 // List shows admins every machine and others their projects' allocated ones.
 func (s *machineService) List(ctx context.Context, req *apiv1.MachineServiceListRequest) (*apiv1.MachineServiceListResponse, error) {
-	all, err := s.listMachines(ctx, "($1 = '' OR m.partition_id = $1) AND ($2 = '' OR m.project_id = $2) AND ($3 = '' OR m.size_id = $3)",
-		req.GetPartitionId(), req.GetProjectId(), req.GetSizeId())
+	all, err := s.listMachines(ctx, req.GetPartitionId(), req.GetProjectId(), req.GetSizeId())
 	if err != nil {
 		return nil, err
 	}
@@ -60,7 +58,7 @@ func (s *machineService) List(ctx context.Context, req *apiv1.MachineServiceList
 
 // Issues lists the issues of every machine (of a partition).
 func (s *machineService) Issues(ctx context.Context, req *apiv1.MachineServiceIssuesRequest) (*apiv1.MachineServiceIssuesResponse, error) {
-	all, err := s.listMachines(ctx, "($1 = '' OR m.partition_id = $1)", req.GetPartitionId())
+	all, err := s.listMachines(ctx, req.GetPartitionId(), "", "")
 	if err != nil {
 		return nil, err
 	}
@@ -218,23 +216,9 @@ func (s *machineService) Create(ctx context.Context, req *apiv1.MachineServiceCr
 	if err := validateCreate(req); err != nil {
 		return nil, err
 	}
-	var id string
-	if req.GetId() == "" {
-		// Concurrent allocations of one size, partition and project share
-		// a transaction (allocBatches); what a batch cannot serve runs on
-		// its own below, which also gives each call its precise error.
-		res, err := s.allocBatches.Do(ctx, allocKey{partition: req.GetPartitionId(), size: req.GetSizeId(), project: req.GetProjectId()},
-			allocReq{req: req, call: auth.CallFrom(ctx)})
-		if err != nil {
-			return nil, toStatus(err, "machine allocation")
-		}
-		id = res.id
-	}
-	if id == "" {
-		var err error
-		if id, err = s.createOne(ctx, req); err != nil {
-			return nil, toStatus(err, "machine allocation")
-		}
+	id, err := s.machines.Allocate(ctx, req)
+	if err != nil {
+		return nil, toStatus(err, "machine allocation")
 	}
 	m, err := s.readMachine(ctx, s.store.Pool(), id)
 	if err != nil {
@@ -247,7 +231,7 @@ func (s *machineService) Create(ctx context.Context, req *apiv1.MachineServiceCr
 // ones stay with the project, the installed system is rebooted into PXE
 // (reboot intent) where the installer wipes the disks and waits again.
 func (s *machineService) Delete(ctx context.Context, req *apiv1.MachineServiceDeleteRequest) (*apiv1.MachineServiceDeleteResponse, error) {
-	err := s.machines.Free(ctx, req.GetId(), network.ReleaseMachineIPs)
+	err := s.machines.Free(ctx, req.GetId())
 	if err != nil {
 		return nil, toStatus(err, "machine "+quote(req.GetId()))
 	}
@@ -267,7 +251,7 @@ func (s *machineService) Reinstall(ctx context.Context, req *apiv1.MachineServic
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	err := s.machines.Reinstall(ctx, req.GetId(), req.GetImageId(), catalog.UsableImage)
+	err := s.machines.Reinstall(ctx, req.GetId(), req.GetImageId())
 	if err != nil {
 		return nil, toStatus(err, "machine "+quote(req.GetId()))
 	}
@@ -307,3 +291,24 @@ func (s *machineService) SetState(ctx context.Context, req *apiv1.MachineService
 
 // issueDuplicateMAC: a NIC is reported by two machines.
 const issueDuplicateMAC = machine.IssueDuplicateMAC
+
+// Provisioning is the fleet's domain: the machine aggregate turns what
+// installers, installed systems and PXE services report into machines
+// and their lifecycle, decides which boot token may claim which machine
+// and answers PXE services (docs/machine-lifecycle.md). Attach it to the
+// hub with Hub.Attach.
+func (a *API) Provisioning() fleet.Domain { return provisioning{a.machines} }
+
+// provisioning is the machine aggregate as the fleet's Domain and
+// Claimer, with Boot's errors mapped as the API maps its own: a PXE
+// service hears a store failure as an internal error, not in the
+// database's words.
+type provisioning struct{ *machine.Machines }
+
+func (p provisioning) Boot(ctx context.Context, a fleet.Agent, req *agentv1.BootRequest) (*agentv1.BootResponse, error) {
+	resp, err := p.Machines.Boot(ctx, a, req)
+	if err != nil {
+		return nil, toStatus(err, "boot of "+req.GetMac())
+	}
+	return resp, nil
+}

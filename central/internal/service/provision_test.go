@@ -413,7 +413,7 @@ func TestAllocateConcurrently(t *testing.T) {
 				t.Fatalf("round %d: machine %s document %v", round, id, d)
 			}
 		}
-		if batches, calls := l.a.allocBatches.Stats(); batches >= calls {
+		if batches, calls := l.a.machines.AllocBatchStats(); batches >= calls {
 			t.Fatalf("round %d: %d calls in %d batches: concurrent allocations were not combined", round, calls, batches)
 		} else {
 			t.Logf("round %d: %d calls in %d batches", round, calls, batches)
@@ -767,7 +767,7 @@ func benchmarkAllocateMachine(b *testing.B, clients int) {
 		b.Fatal(err)
 	}
 	pgtest.Warm(b, l.a.store.Pool(), clients)
-	runCombined(b, clients, l.a.allocBatches, func() error {
+	runCombined(b, clients, statsFunc(l.a.machines.AllocBatchStats), func() error {
 		_, err := l.create(&apiv1.MachineServiceCreateRequest{Networks: []string{"internet"}})
 		return err
 	})

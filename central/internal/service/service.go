@@ -50,8 +50,6 @@ type API struct {
 	machines *machine.Machines
 	// networks is the network aggregate, the writer of the network tables.
 	networks *network.Networks
-	// Concurrent allocations sharing a pool run as shared statements.
-	allocBatches *allocBatches
 }
 
 // Option configures the API.
@@ -85,13 +83,12 @@ func New(ctx context.Context, st *store.Store, log *slog.Logger, cfg Config, opt
 		log = slog.New(slog.DiscardHandler)
 	}
 	a := &API{store: st, log: log, cfg: cfg, networks: network.New(st, log)}
-	a.allocBatches = store.NewCombiner(allocBatchSize, allocBatchRunning, a.runAllocBatch)
 	for _, o := range opts {
 		o(a)
 	}
-	var mopts []machine.Option
+	mopts := []machine.Option{machine.WithLog(log)}
 	if a.fleet != nil {
-		mopts = append(mopts, machine.WithDocs(a.fleet))
+		mopts = append(mopts, machine.WithDocs(a.fleet), machine.WithBoot(a.fleet, a.trust(), cfg.BootTokenTTL))
 	}
 	a.machines = machine.New(st, cfg.AliveWithin, mopts...)
 	if err := a.networks.EnsureVRFPool(ctx, cfg.VRFFirst, cfg.VRFLast); err != nil {
