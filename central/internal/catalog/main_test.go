@@ -5,10 +5,9 @@ import (
 	"os"
 	"testing"
 
-	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/pgtest"
 	"github.com/metalfleet/metalfleet/central/internal/store"
-	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
+	"github.com/metalfleet/metalfleet/central/internal/storetest"
 )
 
 var pg *pgtest.Cluster
@@ -19,17 +18,7 @@ func TestMain(m *testing.M) { os.Exit(pgtest.Run(m, &pg)) }
 // admin's call, which the audit rows need.
 func newStore(t testing.TB) (context.Context, *store.Store) {
 	t.Helper()
-	ctx := auth.WithCall(context.Background(), &auth.Call{
-		Principal: &auth.Principal{TokenID: "test", Admin: apiv1.Level_LEVEL_EDITOR},
-		Method:    "/test", RequestID: "test",
-	})
-	st, err := store.Open(ctx, pg.NewDatabase(t), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	if err := st.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ctx := storetest.AdminCall(context.Background(), "/test")
+	st := storetest.Open(ctx, t, pg)
 	return ctx, st
 }

@@ -13,11 +13,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/catalog"
 	"github.com/metalfleet/metalfleet/central/internal/fleet"
 	"github.com/metalfleet/metalfleet/central/internal/pgtest"
 	"github.com/metalfleet/metalfleet/central/internal/store"
+	"github.com/metalfleet/metalfleet/central/internal/storetest"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
@@ -45,18 +45,8 @@ type lab struct {
 
 func newLab(t testing.TB) *lab {
 	t.Helper()
-	ctx := auth.WithCall(context.Background(), &auth.Call{
-		Principal: &auth.Principal{TokenID: "test", Admin: apiv1.Level_LEVEL_EDITOR},
-		Method:    "/metalfleet.api.v1.MachineService/Create", RequestID: "test",
-	})
-	st, err := store.Open(ctx, pg.NewDatabase(t), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	if err := st.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ctx := storetest.AdminCall(context.Background(), "/metalfleet.api.v1.MachineService/Create")
+	st := storetest.Open(ctx, t, pg)
 	log := slog.New(slog.DiscardHandler)
 	hub, err := fleet.New(st, log, fleet.Config{Replica: "test"}, fleet.NewNotifyHints(st, log))
 	if err != nil {

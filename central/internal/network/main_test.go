@@ -13,10 +13,10 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/ipam"
 	"github.com/metalfleet/metalfleet/central/internal/pgtest"
 	"github.com/metalfleet/metalfleet/central/internal/store"
+	"github.com/metalfleet/metalfleet/central/internal/storetest"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -44,18 +44,8 @@ type lab struct {
 
 func newLab(t *testing.T) *lab {
 	t.Helper()
-	ctx := auth.WithCall(context.Background(), &auth.Call{
-		Principal: &auth.Principal{TokenID: "test", Admin: apiv1.Level_LEVEL_EDITOR},
-		Method:    "/test", RequestID: "test",
-	})
-	st, err := store.Open(ctx, pg.NewDatabase(t), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	if err := st.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ctx := storetest.AdminCall(context.Background(), "/test")
+	st := storetest.Open(ctx, t, pg)
 	// The rows of other aggregates a network refers to, written here as
 	// their owners would.
 	if err := st.Tx(ctx, func(tx pgx.Tx) error {

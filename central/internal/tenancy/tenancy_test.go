@@ -15,6 +15,7 @@ import (
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/store"
+	"github.com/metalfleet/metalfleet/central/internal/storetest"
 	"github.com/metalfleet/metalfleet/central/internal/tenancy"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
@@ -37,17 +38,11 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	ctx := t.Context()
-	st, err := store.Open(ctx, pg.NewDatabase(t), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	if err := st.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	st := storetest.Open(ctx, t, pg)
 	e := &env{st: st, look: tenancy.NewLookup(st)}
 	var secret string
-	err = st.Tx(ctx, func(tx pgx.Tx) error {
+	err := st.Tx(ctx, func(tx pgx.Tx) error {
+		var err error
 		secret, err = tenancy.MintToken(ctx, tx, &apiv1.Token{AdminRole: editor}, time.Hour)
 		return err
 	})
