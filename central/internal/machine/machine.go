@@ -99,12 +99,6 @@ func New(st *store.Store, aliveWithin time.Duration, opts ...Option) *Machines {
 	return m
 }
 
-// Store is the store the machines live in.
-func (ms *Machines) Store() *store.Store { return ms.st }
-
-// HasDocs reports whether changes reach the agents' documents.
-func (ms *Machines) HasDocs() bool { return ms.docs != nil }
-
 // States maps the state column to the API's machine state.
 var States = map[string]apiv1.MachineState{
 	"available": apiv1.MachineState_MACHINE_STATE_AVAILABLE,
