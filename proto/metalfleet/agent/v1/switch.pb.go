@@ -27,6 +27,7 @@ const (
 type SwitchPortRole int32
 
 const (
+	// SWITCH_PORT_ROLE_UNSPECIFIED: a port without a role is refused.
 	SwitchPortRole_SWITCH_PORT_ROLE_UNSPECIFIED SwitchPortRole = 0
 	// SWITCH_PORT_ROLE_UPLINK: a link to a spine, routed in the default VRF
 	// with an IPv6 link-local address only (BGP unnumbered, peer group
@@ -93,6 +94,7 @@ func (SwitchPortRole) EnumDescriptor() ([]byte, []int) {
 type SwitchAdminState int32
 
 const (
+	// SWITCH_ADMIN_STATE_UNSPECIFIED: up, in a document; not configured, in facts.
 	SwitchAdminState_SWITCH_ADMIN_STATE_UNSPECIFIED SwitchAdminState = 0
 	// SWITCH_ADMIN_STATE_UP: admin_status up.
 	SwitchAdminState_SWITCH_ADMIN_STATE_UP SwitchAdminState = 1
@@ -145,6 +147,7 @@ func (SwitchAdminState) EnumDescriptor() ([]byte, []int) {
 type SwitchOperState int32
 
 const (
+	// SWITCH_OPER_STATE_UNSPECIFIED: not reported.
 	SwitchOperState_SWITCH_OPER_STATE_UNSPECIFIED SwitchOperState = 0
 	// SWITCH_OPER_STATE_UP: the link is up.
 	SwitchOperState_SWITCH_OPER_STATE_UP SwitchOperState = 1
@@ -201,6 +204,7 @@ func (SwitchOperState) EnumDescriptor() ([]byte, []int) {
 type BgpState int32
 
 const (
+	// BGP_STATE_UNSPECIFIED: a state FRR named that this version does not know.
 	BgpState_BGP_STATE_UNSPECIFIED BgpState = 0
 	// BGP_STATE_IDLE: not trying to connect.
 	BgpState_BGP_STATE_IDLE BgpState = 1
