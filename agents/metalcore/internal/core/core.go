@@ -105,6 +105,8 @@ type Core struct {
 	mu      sync.Mutex
 	last    *agentv1.Desired
 	failing bool
+	// changed tells the resync loop that an apply failed or recovered.
+	changed chan struct{}
 
 	facts factState
 }
@@ -177,7 +179,7 @@ func New(cfg Config) (*Core, error) {
 	if err != nil {
 		return nil, fmt.Errorf("core: %w", err)
 	}
-	c := &Core{cfg: cfg, log: cfg.Log, sw: sw, schema: schema, tpl: tpl, frr: applier, runner: cfg.Runner, reg: cfg.Registry}
+	c := &Core{cfg: cfg, log: cfg.Log, sw: sw, schema: schema, tpl: tpl, frr: applier, runner: cfg.Runner, reg: cfg.Registry, changed: make(chan struct{}, 1)}
 	c.metrics = newMetrics(c.reg)
 	c.facts.init()
 	backoff := cfg.AgentBackoff
@@ -205,7 +207,13 @@ func (c *Core) Apply(ctx context.Context, d *agentv1.Desired) error {
 	defer c.mu.Unlock()
 	c.last = d
 	err := c.sync(ctx, d.GetSwitch())
-	c.failing = err != nil
+	if c.failing != (err != nil) {
+		c.failing = err != nil
+		select {
+		case c.changed <- struct{}{}:
+		default:
+		}
+	}
 	return err
 }
 
@@ -302,16 +310,25 @@ func (c *Core) resyncLoop(ctx context.Context) {
 	retry := time.Second
 	for {
 		c.mu.Lock()
+		failing := c.failing
+		c.mu.Unlock()
 		wait := c.cfg.Resync
-		if c.failing {
+		if failing {
 			wait = min(retry, c.cfg.Resync)
-			retry *= 2
+			retry = min(2*retry, c.cfg.Resync)
 		} else {
 			retry = time.Second
 		}
-		c.mu.Unlock()
-		if !agent.Sleep(ctx, wait) {
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
 			return
+		case <-c.changed:
+			// An apply of the runtime failed or recovered: wait anew.
+			t.Stop()
+			continue
+		case <-t.C:
 		}
 		c.mu.Lock()
 		d, was := c.last, c.failing

@@ -397,3 +397,42 @@ func TestSONiCVersion(t *testing.T) {
 		t.Errorf("%q", v)
 	}
 }
+
+// TestRetryAfterFailedReload: the reload fails while FRR is "busy"; the
+// apply is retried with backoff, and when it succeeds central hears so.
+func TestRetryAfterFailedReload(t *testing.T) {
+	l := newLeaf(t)
+	fc := &central{doc: document()}
+	addr := startCentral(t, fc)
+	busy := filepath.Join(l.dir, "busy")
+	if err := os.WriteFile(busy, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := l.config(t, addr)
+	cfg.FRRReload = []string{"sh", "-c", "test ! -e " + busy}
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := run(t, c)
+	defer stop()
+	events := func(typ string) bool {
+		fc.mu.Lock()
+		defer fc.mu.Unlock()
+		for _, e := range fc.events {
+			if e.GetType() == typ {
+				return true
+			}
+		}
+		return false
+	}
+	waitFor(t, "the failed reload reported", func() bool { return events("ApplyFailed") })
+	if _, err := os.Stat(c.frr.File()); err == nil {
+		t.Errorf("frr.conf left in place after the failed reload")
+	}
+	os.Remove(busy)
+	waitFor(t, "the retry reported", func() bool { return events("Synced") })
+	if _, err := os.Stat(c.frr.File()); err != nil {
+		t.Errorf("frr.conf not in place after the retry: %v", err)
+	}
+}
