@@ -96,8 +96,11 @@ func ParseNeighbors(b []byte) ([]*agentv1.BgpSessionFact, error) {
 				vrf = name
 			}
 		}
+		if vrf == "" {
+			continue
+		}
 		for key, raw := range entries {
-			if key == "vrfId" || key == "vrfName" || len(raw) == 0 || raw[0] != '{' {
+			if key == "" || key == "vrfId" || key == "vrfName" || len(raw) == 0 || raw[0] != '{' {
 				continue
 			}
 			var n neighbor
