@@ -12,8 +12,9 @@ PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 
 # Debian packages the build, the tests and `make run` need: ipxe for the PXE
-# service's boot files.
-APT_PKGS := postgresql ca-certificates git ipxe cpio e2fsprogs dosfstools fdisk zstd xz-utils
+# service's boot files; redis-server, frr and frr-pythontools for metal-core's
+# tests (a real CONFIG_DB, FRR's own check of frr.conf, frr-reload.py).
+APT_PKGS := postgresql ca-certificates git ipxe cpio e2fsprogs dosfstools fdisk zstd xz-utils redis-server frr frr-pythontools
 # What booting the installer and the lab image under QEMU needs besides
 # (mdadm, lvm2, dmsetup and xfsprogs are packed into the installer when
 # installed on the build host).
@@ -26,7 +27,7 @@ DATA_DIR  ?= $(if $(ROOT),/var/lib/metalfleet/central,$(CURDIR)/.data/central)
 LISTEN    ?= :8443
 METRICS   ?= 127.0.0.1:9090
 
-BINARIES := metal-central metalctl metal-lab metal-pixie metal-phonehome
+BINARIES := metal-central metalctl metal-lab metal-pixie metal-phonehome metal-core
 
 .PHONY: help
 # Colour only for a terminal (and not with NO_COLOR): piped or redirected
@@ -103,6 +104,7 @@ PKG_metalctl        := ./metalctl/cmd/metalctl
 PKG_metal-lab       := ./lab/cmd/metal-lab
 PKG_metal-pixie     := ./agents/pixie/cmd/metal-pixie
 PKG_metal-phonehome := ./agents/phonehome/cmd/metal-phonehome
+PKG_metal-core      := ./agents/metalcore/cmd/metal-core
 # Static: it is copied into installed systems of any distribution.
 $(BIN)/metal-phonehome: BUILD_ENV := CGO_ENABLED=0
 $(BIN)/metal-phonehome: BUILD_FLAGS := -trimpath -ldflags '-s -w'
@@ -117,7 +119,7 @@ $(BIN)/%: $(GO_SRCS)
 	$(BUILD_ENV) $(GO) build $(BUILD_FLAGS) -o $@ $(PKG_$*)
 
 # Besides central/, what runs concurrently under test gets the race detector.
-RACE_PKGS := ./agents/agent/... ./lab/internal/vm/... ./lab/internal/redfish/... ./lab/internal/lab/...
+RACE_PKGS := ./agents/agent/... ./agents/metalcore/... ./lab/internal/vm/... ./lab/internal/redfish/... ./lab/internal/lab/...
 
 .PHONY: test
 test: deps qemu-deps ## Run all tests (race detector on for central/ and $(RACE_PKGS)) against a real embedded PostgreSQL.

@@ -696,7 +696,10 @@ type Facts struct {
 	// labels are free-form key/values, at most 64.
 	Labels map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// machine is the server's hardware, reported by installers.
-	Machine       *MachineFacts `protobuf:"bytes,16,opt,name=machine,proto3" json:"machine,omitempty"`
+	Machine *MachineFacts `protobuf:"bytes,16,opt,name=machine,proto3" json:"machine,omitempty"`
+	// switch is a leaf's ports, LLDP neighbours and BGP sessions, reported
+	// by metal-core.
+	Switch        *SwitchFacts `protobuf:"bytes,17,opt,name=switch,proto3" json:"switch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -762,6 +765,13 @@ func (x *Facts) GetLabels() map[string]string {
 func (x *Facts) GetMachine() *MachineFacts {
 	if x != nil {
 		return x.Machine
+	}
+	return nil
+}
+
+func (x *Facts) GetSwitch() *SwitchFacts {
+	if x != nil {
+		return x.Switch
 	}
 	return nil
 }
@@ -866,7 +876,9 @@ type Desired struct {
 	// machine is the document of a server's installer and phonehome.
 	Machine *MachineDocument `protobuf:"bytes,16,opt,name=machine,proto3" json:"machine,omitempty"`
 	// pixie is the document of a partition's PXE service.
-	Pixie         *PixieDocument `protobuf:"bytes,17,opt,name=pixie,proto3" json:"pixie,omitempty"`
+	Pixie *PixieDocument `protobuf:"bytes,17,opt,name=pixie,proto3" json:"pixie,omitempty"`
+	// switch is the document of a leaf switch's metal-core.
+	Switch        *SwitchDocument `protobuf:"bytes,18,opt,name=switch,proto3" json:"switch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -932,6 +944,13 @@ func (x *Desired) GetMachine() *MachineDocument {
 func (x *Desired) GetPixie() *PixieDocument {
 	if x != nil {
 		return x.Pixie
+	}
+	return nil
+}
+
+func (x *Desired) GetSwitch() *SwitchDocument {
+	if x != nil {
+		return x.Switch
 	}
 	return nil
 }
@@ -1862,7 +1881,7 @@ var File_metalfleet_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_metalfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1fmetalfleet/agent/v1/agent.proto\x12\x13metalfleet.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!metalfleet/agent/v1/machine.proto\"\xbf\x01\n" +
+	"\x1fmetalfleet/agent/v1/agent.proto\x12\x13metalfleet.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!metalfleet/agent/v1/machine.proto\x1a metalfleet/agent/v1/switch.proto\"\xbf\x01\n" +
 	"\vSyncRequest\x122\n" +
 	"\x05hello\x18\x01 \x01(\v2\x1a.metalfleet.agent.v1.HelloH\x00R\x05hello\x125\n" +
 	"\x06report\x18\x02 \x01(\v2\x1b.metalfleet.agent.v1.ReportH\x00R\x06report\x12>\n" +
@@ -1890,13 +1909,14 @@ const file_metalfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\x05token\x18\x01 \x01(\tH\x00R\x05token\x12\x1f\n" +
 	"\n" +
 	"boot_token\x18\x02 \x01(\tH\x00R\tbootTokenB\b\n" +
-	"\x06secret\"\x9e\x02\n" +
+	"\x06secret\"\xd8\x02\n" +
 	"\x05Facts\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x1c\n" +
 	"\taddresses\x18\x03 \x03(\tR\taddresses\x12>\n" +
 	"\x06labels\x18\x04 \x03(\v2&.metalfleet.agent.v1.Facts.LabelsEntryR\x06labels\x12;\n" +
-	"\amachine\x18\x10 \x01(\v2!.metalfleet.agent.v1.MachineFactsR\amachine\x1a9\n" +
+	"\amachine\x18\x10 \x01(\v2!.metalfleet.agent.v1.MachineFactsR\amachine\x128\n" +
+	"\x06switch\x18\x11 \x01(\v2 .metalfleet.agent.v1.SwitchFactsR\x06switch\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcc\x01\n" +
@@ -1906,14 +1926,15 @@ const file_metalfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\x12heartbeat_interval\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12\x18\n" +
 	"\areplica\x18\x04 \x01(\tR\areplica\x12\x1f\n" +
 	"\vreport_acks\x18\x05 \x01(\bR\n" +
-	"reportAcks\"\x95\x02\n" +
+	"reportAcks\"\xd2\x02\n" +
 	"\aDesired\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x129\n" +
 	"\n" +
 	"changed_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tchangedAt\x129\n" +
 	"\bsettings\x18\x03 \x01(\v2\x1d.metalfleet.agent.v1.SettingsR\bsettings\x12>\n" +
 	"\amachine\x18\x10 \x01(\v2$.metalfleet.agent.v1.MachineDocumentR\amachine\x128\n" +
-	"\x05pixie\x18\x11 \x01(\v2\".metalfleet.agent.v1.PixieDocumentR\x05pixie\"\xce\x01\n" +
+	"\x05pixie\x18\x11 \x01(\v2\".metalfleet.agent.v1.PixieDocumentR\x05pixie\x12;\n" +
+	"\x06switch\x18\x12 \x01(\v2#.metalfleet.agent.v1.SwitchDocumentR\x06switch\"\xce\x01\n" +
 	"\x0fMachineDocument\x12\x1d\n" +
 	"\n" +
 	"machine_id\x18\x01 \x01(\tR\tmachineId\x12F\n" +
@@ -2067,9 +2088,11 @@ var file_metalfleet_agent_v1_agent_proto_goTypes = []any{
 	nil,                           // 23: metalfleet.agent.v1.Facts.LabelsEntry
 	nil,                           // 24: metalfleet.agent.v1.Settings.LabelsEntry
 	(*MachineFacts)(nil),          // 25: metalfleet.agent.v1.MachineFacts
-	(*durationpb.Duration)(nil),   // 26: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
-	(*Layout)(nil),                // 28: metalfleet.agent.v1.Layout
+	(*SwitchFacts)(nil),           // 26: metalfleet.agent.v1.SwitchFacts
+	(*durationpb.Duration)(nil),   // 27: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
+	(*SwitchDocument)(nil),        // 29: metalfleet.agent.v1.SwitchDocument
+	(*Layout)(nil),                // 30: metalfleet.agent.v1.Layout
 }
 var file_metalfleet_agent_v1_agent_proto_depIdxs = []int32{
 	7,  // 0: metalfleet.agent.v1.SyncRequest.hello:type_name -> metalfleet.agent.v1.Hello
@@ -2084,32 +2107,34 @@ var file_metalfleet_agent_v1_agent_proto_depIdxs = []int32{
 	9,  // 9: metalfleet.agent.v1.Hello.facts:type_name -> metalfleet.agent.v1.Facts
 	23, // 10: metalfleet.agent.v1.Facts.labels:type_name -> metalfleet.agent.v1.Facts.LabelsEntry
 	25, // 11: metalfleet.agent.v1.Facts.machine:type_name -> metalfleet.agent.v1.MachineFacts
-	26, // 12: metalfleet.agent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	27, // 13: metalfleet.agent.v1.Desired.changed_at:type_name -> google.protobuf.Timestamp
-	19, // 14: metalfleet.agent.v1.Desired.settings:type_name -> metalfleet.agent.v1.Settings
-	12, // 15: metalfleet.agent.v1.Desired.machine:type_name -> metalfleet.agent.v1.MachineDocument
-	16, // 16: metalfleet.agent.v1.Desired.pixie:type_name -> metalfleet.agent.v1.PixieDocument
-	13, // 17: metalfleet.agent.v1.MachineDocument.allocation:type_name -> metalfleet.agent.v1.MachineAllocation
-	14, // 18: metalfleet.agent.v1.MachineAllocation.image:type_name -> metalfleet.agent.v1.ImageRef
-	28, // 19: metalfleet.agent.v1.MachineAllocation.layout:type_name -> metalfleet.agent.v1.Layout
-	15, // 20: metalfleet.agent.v1.MachineAllocation.networks:type_name -> metalfleet.agent.v1.MachineNetwork
-	27, // 21: metalfleet.agent.v1.MachineAllocation.created_at:type_name -> google.protobuf.Timestamp
-	2,  // 22: metalfleet.agent.v1.BootResponse.action:type_name -> metalfleet.agent.v1.BootAction
-	27, // 23: metalfleet.agent.v1.BootResponse.boot_token_expires_at:type_name -> google.protobuf.Timestamp
-	24, // 24: metalfleet.agent.v1.Settings.labels:type_name -> metalfleet.agent.v1.Settings.LabelsEntry
-	3,  // 25: metalfleet.agent.v1.Report.health:type_name -> metalfleet.agent.v1.Health
-	9,  // 26: metalfleet.agent.v1.Report.facts:type_name -> metalfleet.agent.v1.Facts
-	21, // 27: metalfleet.agent.v1.Report.events:type_name -> metalfleet.agent.v1.Event
-	27, // 28: metalfleet.agent.v1.Event.time:type_name -> google.protobuf.Timestamp
-	4,  // 29: metalfleet.agent.v1.AgentService.Sync:input_type -> metalfleet.agent.v1.SyncRequest
-	17, // 30: metalfleet.agent.v1.AgentService.Boot:input_type -> metalfleet.agent.v1.BootRequest
-	5,  // 31: metalfleet.agent.v1.AgentService.Sync:output_type -> metalfleet.agent.v1.SyncResponse
-	18, // 32: metalfleet.agent.v1.AgentService.Boot:output_type -> metalfleet.agent.v1.BootResponse
-	31, // [31:33] is the sub-list for method output_type
-	29, // [29:31] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	26, // 12: metalfleet.agent.v1.Facts.switch:type_name -> metalfleet.agent.v1.SwitchFacts
+	27, // 13: metalfleet.agent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	28, // 14: metalfleet.agent.v1.Desired.changed_at:type_name -> google.protobuf.Timestamp
+	19, // 15: metalfleet.agent.v1.Desired.settings:type_name -> metalfleet.agent.v1.Settings
+	12, // 16: metalfleet.agent.v1.Desired.machine:type_name -> metalfleet.agent.v1.MachineDocument
+	16, // 17: metalfleet.agent.v1.Desired.pixie:type_name -> metalfleet.agent.v1.PixieDocument
+	29, // 18: metalfleet.agent.v1.Desired.switch:type_name -> metalfleet.agent.v1.SwitchDocument
+	13, // 19: metalfleet.agent.v1.MachineDocument.allocation:type_name -> metalfleet.agent.v1.MachineAllocation
+	14, // 20: metalfleet.agent.v1.MachineAllocation.image:type_name -> metalfleet.agent.v1.ImageRef
+	30, // 21: metalfleet.agent.v1.MachineAllocation.layout:type_name -> metalfleet.agent.v1.Layout
+	15, // 22: metalfleet.agent.v1.MachineAllocation.networks:type_name -> metalfleet.agent.v1.MachineNetwork
+	28, // 23: metalfleet.agent.v1.MachineAllocation.created_at:type_name -> google.protobuf.Timestamp
+	2,  // 24: metalfleet.agent.v1.BootResponse.action:type_name -> metalfleet.agent.v1.BootAction
+	28, // 25: metalfleet.agent.v1.BootResponse.boot_token_expires_at:type_name -> google.protobuf.Timestamp
+	24, // 26: metalfleet.agent.v1.Settings.labels:type_name -> metalfleet.agent.v1.Settings.LabelsEntry
+	3,  // 27: metalfleet.agent.v1.Report.health:type_name -> metalfleet.agent.v1.Health
+	9,  // 28: metalfleet.agent.v1.Report.facts:type_name -> metalfleet.agent.v1.Facts
+	21, // 29: metalfleet.agent.v1.Report.events:type_name -> metalfleet.agent.v1.Event
+	28, // 30: metalfleet.agent.v1.Event.time:type_name -> google.protobuf.Timestamp
+	4,  // 31: metalfleet.agent.v1.AgentService.Sync:input_type -> metalfleet.agent.v1.SyncRequest
+	17, // 32: metalfleet.agent.v1.AgentService.Boot:input_type -> metalfleet.agent.v1.BootRequest
+	5,  // 33: metalfleet.agent.v1.AgentService.Sync:output_type -> metalfleet.agent.v1.SyncResponse
+	18, // 34: metalfleet.agent.v1.AgentService.Boot:output_type -> metalfleet.agent.v1.BootResponse
+	33, // [33:35] is the sub-list for method output_type
+	31, // [31:33] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_metalfleet_agent_v1_agent_proto_init() }
@@ -2118,6 +2143,7 @@ func file_metalfleet_agent_v1_agent_proto_init() {
 		return
 	}
 	file_metalfleet_agent_v1_machine_proto_init()
+	file_metalfleet_agent_v1_switch_proto_init()
 	file_metalfleet_agent_v1_agent_proto_msgTypes[0].OneofWrappers = []any{
 		(*SyncRequest_Hello)(nil),
 		(*SyncRequest_Report)(nil),
