@@ -429,7 +429,7 @@ const allocateChildrenSQL = `WITH net AS (
 	FROM unnest($7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[], $12::TEXT[])
 		AS r (cidr, network_id, family, ip_pool, parent_pool, parent_unit)
 ), aud AS (
-	INSERT INTO audit (id, subject, method, request_id, target, project_id)
+	` + store.AuditInsert + `
 	SELECT * FROM unnest($13::TEXT[], $14::TEXT[], $15::TEXT[], $16::TEXT[], $17::TEXT[], $18::TEXT[])
 ), %s
 SELECT id, generation, created_at, updated_at FROM net`

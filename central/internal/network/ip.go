@@ -367,7 +367,7 @@ const allocateBatchSQL = `, req AS (
 	SELECT ip, jsonb_set(spec::JSONB, '{ip}', to_jsonb(ip)), $12::TEXT, unit, $10, project_id, type FROM addr
 	RETURNING ip, generation, created_at, updated_at
 ), aud AS (
-	INSERT INTO audit (id, subject, method, request_id, target, project_id)
+	` + store.AuditInsert + `
 	SELECT audit_id, subject, method, request_id, 'ip/' || ip, project_id FROM addr
 )
 SELECT a.ord, i.ip, i.generation, i.created_at, i.updated_at FROM ins i JOIN addr a ON a.ip = i.ip`

@@ -25,7 +25,6 @@ import (
 	"github.com/metalfleet/metalfleet/central/internal/server"
 	"github.com/metalfleet/metalfleet/central/internal/store"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
-	schema "github.com/metalfleet/metalfleet/sql"
 )
 
 // TestTLS: a client trusting the CA file gets through; one that does not
@@ -239,7 +238,12 @@ func TestRestart(t *testing.T) {
 	if got.GetTenant().GetId() != "survivor" {
 		t.Fatalf("tenant after restart = %v", got)
 	}
-	migrations, err := store.LoadMigrations(schema.Common(), 0)
+	st, err := store.Open(t.Context(), cfg.DBURL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	migrations, err := st.Migrations()
 	if err != nil {
 		t.Fatal(err)
 	}

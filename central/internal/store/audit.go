@@ -24,6 +24,13 @@ func Audit(ctx context.Context, tx pgx.Tx, target, projectID string) error {
 	return AuditMany(ctx, tx, projectID, []AuditEntry{{Call: c, Target: target}})
 }
 
+// AuditInsert is the head of every statement that writes audit rows; the
+// rows follow it as a query of (id, subject, method, request_id, target,
+// project_id). A domain statement that writes its rows and their audit in
+// one round trip (network's combined hand-outs) embeds it, so that the
+// audit table's shape stays written here, by its owner.
+const AuditInsert = `INSERT INTO audit (id, subject, method, request_id, target, project_id) `
+
 // AuditEntry is one call's audit row in AuditMany.
 type AuditEntry struct {
 	Call   *auth.Call
@@ -41,7 +48,7 @@ func AuditMany(ctx context.Context, tx pgx.Tx, projectID string, entries []Audit
 		}
 		ids[i], subjects[i], methods[i], requestIDs[i], targets[i] = uuid.NewString(), e.Call.Principal.TokenID, e.Call.Method, e.Call.RequestID, e.Target
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO audit (id, subject, method, request_id, target, project_id)
+	if _, err := tx.Exec(ctx, AuditInsert+`
 		SELECT id, subject, method, request_id, target, NULLIF($6, '') FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[])
 			AS x (id, subject, method, request_id, target)`, ids, subjects, methods, requestIDs, targets, projectID); err != nil {
 		return fmt.Errorf("write audit row: %w", err)

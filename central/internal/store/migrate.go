@@ -33,18 +33,28 @@ type Migration struct {
 // CockroachDB lacks; each migration runs in its own transaction together with
 // the row that records it, so a step is applied entirely or not at all.
 func (s *Store) Migrate(ctx context.Context) error {
-	steps, err := LoadMigrations(schema.Common(), 0)
+	steps, err := s.Migrations()
 	if err != nil {
 		return err
+	}
+	return s.Apply(ctx, steps)
+}
+
+// Migrations are the migrations Migrate applies to this store's database:
+// the common ones, and on CockroachDB its own after them.
+func (s *Store) Migrations() ([]Migration, error) {
+	steps, err := LoadMigrations(schema.Common(), 0)
+	if err != nil {
+		return nil, err
 	}
 	if s.cockroach {
 		crdb, err := LoadMigrations(schema.Cockroach(), 10000)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		steps = append(steps, crdb...)
 	}
-	return s.Apply(ctx, steps)
+	return steps, nil
 }
 
 // Apply applies the given migrations that are not applied yet, in order,
