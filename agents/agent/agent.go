@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"sync/atomic"
 	"time"
 
@@ -68,11 +69,19 @@ type Config struct {
 	Metrics *Metrics
 	// MinBackoff and MaxBackoff bound the reconnect delay (defaults 500ms, 30s).
 	MinBackoff, MaxBackoff time.Duration
-	// ConnectTimeout bounds one connection attempt, TCP and TLS (default
-	// 5s; gRPC's own is 20s). An address that swallows the attempt — a
-	// black hole, a source address not usable yet right after boot — must
-	// not keep the agent from the next central for long.
+	// ConnectTimeout bounds the TCP connection setup only (default 5s;
+	// gRPC's own is 20s): an address that swallows the attempt — a black
+	// hole, a source address not usable yet right after boot — must not
+	// keep the agent from the next central for long. It does not cover
+	// the TLS handshake: under a reconnect storm a handshake cut off and
+	// retried throws central's work away (docs/agent-protocol.md).
 	ConnectTimeout time.Duration
+	// HandshakeTimeout bounds what follows TCP up to central's welcome:
+	// the TLS handshake and hello (default 20s). Each attempt that runs
+	// out doubles it, up to MaxHandshakeTimeout (default 2m); a welcome
+	// sets it back. A central that is busy finishing handshakes gets the
+	// time it needs; a silent one is still left.
+	HandshakeTimeout, MaxHandshakeTimeout time.Duration
 	// DialOptions are added to the agent's own.
 	DialOptions []grpc.DialOption
 }
@@ -100,6 +109,9 @@ type Agent struct {
 	credential atomic.Pointer[string]
 	// closeReq carries Close's request to the session holding the stream.
 	closeReq chan chan error
+	// hsTimeout is the handshake timeout of the next attempt; only Run's
+	// goroutine touches it.
+	hsTimeout time.Duration
 }
 
 // New checks cfg and loads the agent's local state.
@@ -128,6 +140,15 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = 30 * time.Second
 	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 20 * time.Second
+	}
+	if cfg.MaxHandshakeTimeout < cfg.HandshakeTimeout {
+		cfg.MaxHandshakeTimeout = max(2*time.Minute, cfg.HandshakeTimeout)
+	}
+	if cfg.TLS != nil {
+		cfg.TLS = withSessionCache(cfg.TLS)
+	}
 	st, err := openState(cfg.StateDir)
 	if err != nil {
 		return nil, err
@@ -144,7 +165,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Token == "" && cfg.BootToken == "" {
 		return nil, errors.New("agent: no credential: give a token or a boot token")
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, state: st, next: rand.N(len(cfg.Centrals)), factsDone: st.factsDone, outbox: newOutbox(cfg.Log, cfg.Metrics), closeReq: make(chan chan error)}
+	a := &Agent{cfg: cfg, log: cfg.Log, state: st, next: rand.N(len(cfg.Centrals)), factsDone: st.factsDone, outbox: newOutbox(cfg.Log, cfg.Metrics), closeReq: make(chan chan error), hsTimeout: cfg.HandshakeTimeout}
 	if cfg.Token != "" {
 		a.credential.Store(&cfg.Token)
 	}
@@ -213,6 +234,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	b := backoff{min: a.cfg.MinBackoff, max: a.cfg.MaxBackoff}
 	defer a.phase.Store(PhaseStopped)
+	// lost is when the agent last had no stream: its start, or the end of
+	// its last stream.
+	lost := time.Now()
 	for {
 		established, err := a.session(ctx)
 		if ctx.Err() != nil || errors.Is(err, errClosed) {
@@ -221,10 +245,20 @@ func (a *Agent) Run(ctx context.Context) error {
 		if refused(err) {
 			return fmt.Errorf("%w: %v", ErrRefused, err)
 		}
-		if established {
+		switch {
+		case established:
 			b.reset()
+			lost = time.Now()
+			a.hsTimeout = a.cfg.HandshakeTimeout
+		case errors.Is(err, errHandshakeTimeout):
+			a.cfg.Metrics.handshakeTimeout()
+			a.hsTimeout = min(2*a.hsTimeout, a.cfg.MaxHandshakeTimeout)
 		}
-		delay := b.next()
+		// The wait never exceeds half the time the agent has been without
+		// a stream: after an outage of a few seconds the fleet returns
+		// within a few seconds, not after the backoff's ceiling, while a
+		// long outage still spreads it over up to MaxBackoff.
+		delay := b.next(max(a.cfg.MinBackoff, time.Since(lost)/2))
 		if hint := retryDelay(err); hint > 0 {
 			// Central asked for at least this much; jitter on top keeps
 			// the agents it shed from coming back together.
@@ -268,14 +302,22 @@ func (a *Agent) dial() (*grpc.ClientConn, string, error) {
 	a.next++
 	creds := insecure.NewCredentials()
 	if a.cfg.TLS != nil {
-		creds = credentials.NewTLS(a.cfg.TLS)
+		creds = countedCreds{credentials.NewTLS(a.cfg.TLS), a.cfg.Metrics}
 	}
+	tcp := net.Dialer{Timeout: a.cfg.ConnectTimeout}
 	opts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
+		// ConnectTimeout covers TCP alone; the session's handshake timer
+		// covers TLS and hello.
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return tcp.DialContext(ctx, "tcp", addr)
+		}),
 		// Finds a dead central (or path) within about a minute even
 		// while the agent has nothing to send.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 45 * time.Second, Timeout: 15 * time.Second, PermitWithoutStream: true}),
-		grpc.WithConnectParams(grpc.ConnectParams{Backoff: grpcbackoff.DefaultConfig, MinConnectTimeout: a.cfg.ConnectTimeout}),
+		// gRPC's own bound on an attempt must not cut the handshake off
+		// before the session's timer does.
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: grpcbackoff.DefaultConfig, MinConnectTimeout: a.cfg.ConnectTimeout + a.hsTimeout}),
 	}, a.cfg.DialOptions...)
 	cc, err := grpc.NewClient(addr, opts...)
 	if err != nil {
@@ -305,11 +347,13 @@ type backoff struct {
 	n        int
 }
 
-func (b *backoff) next() time.Duration {
+// next is the next delay; limit caps the ceiling (but not below min).
+func (b *backoff) next(limit time.Duration) time.Duration {
 	ceil := b.min << min(b.n, 30)
 	if ceil <= 0 || ceil > b.max {
 		ceil = b.max
 	}
+	ceil = max(min(ceil, limit), b.min)
 	b.n++
 	return rand.N(ceil) + 1
 }

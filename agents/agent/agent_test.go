@@ -24,7 +24,7 @@ func TestBackoffIsBoundedFullJitter(t *testing.T) {
 	b := backoff{min: 100 * time.Millisecond, max: 2 * time.Second}
 	var sawSmall bool
 	for i := range 200 {
-		d := b.next()
+		d := b.next(time.Hour)
 		ceil := min(100*time.Millisecond<<min(i, 30), 2*time.Second)
 		if d <= 0 || d > ceil {
 			t.Fatalf("attempt %d: delay %v outside (0, %v]", i, d, ceil)
@@ -37,8 +37,40 @@ func TestBackoffIsBoundedFullJitter(t *testing.T) {
 		t.Error("no short delay after many attempts: jitter is not full")
 	}
 	b.reset()
-	if d := b.next(); d > 100*time.Millisecond {
+	if d := b.next(time.Hour); d > 100*time.Millisecond {
 		t.Fatalf("after reset: %v", d)
+	}
+}
+
+// TestBackoffLimit: the limit caps the ceiling however many failures came
+// before, but never below the minimum.
+func TestBackoffLimit(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		failures int
+		limit    time.Duration
+		ceil     time.Duration
+	}{
+		{name: "limit below the grown ceiling", failures: 20, limit: 300 * time.Millisecond, ceil: 300 * time.Millisecond},
+		{name: "limit above the ceiling", failures: 1, limit: time.Hour, ceil: 200 * time.Millisecond},
+		{name: "limit below the minimum", failures: 20, limit: time.Millisecond, ceil: 100 * time.Millisecond},
+		{name: "limit above the maximum", failures: 20, limit: time.Hour, ceil: 2 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := backoff{min: 100 * time.Millisecond, max: 2 * time.Second, n: tc.failures}
+			var longest time.Duration
+			for range 500 {
+				d := b.next(tc.limit)
+				b.n = tc.failures
+				if d <= 0 || d > tc.ceil {
+					t.Fatalf("delay %v outside (0, %v]", d, tc.ceil)
+				}
+				longest = max(longest, d)
+			}
+			if longest < tc.ceil*3/4 {
+				t.Errorf("longest of 500 delays %v: the ceiling %v is not used", longest, tc.ceil)
+			}
+		})
 	}
 }
 

@@ -172,9 +172,8 @@ func TestCloseAcknowledges(t *testing.T) {
 }
 
 // TestSilentCentralDoesNotHoldTheAgent: a central address that accepts
-// TCP but never answers (as a SYN into a black hole, or a source address
-// not usable yet right after boot) costs one ConnectTimeout, not gRPC's 20
-// seconds, before the agent reaches the next central.
+// TCP but never answers costs one HandshakeTimeout, not gRPC's 20 seconds,
+// before the agent reaches the next central.
 func TestSilentCentralDoesNotHoldTheAgent(t *testing.T) {
 	silent, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -191,7 +190,7 @@ func TestSilentCentralDoesNotHoldTheAgent(t *testing.T) {
 		}
 	}()
 	c, a := collectorAgent(t)
-	a.cfg.ConnectTimeout = 500 * time.Millisecond
+	a.cfg.HandshakeTimeout, a.hsTimeout = 500*time.Millisecond, 500*time.Millisecond
 	a.cfg.Centrals = append([]string{silent.Addr().String()}, a.cfg.Centrals...)
 	a.next = 0 // the silent one first
 	a.Emit(nil, &agentv1.Event{Type: "hello"})

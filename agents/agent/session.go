@@ -17,39 +17,57 @@ import (
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 )
 
+// errHandshakeTimeout ends an attempt that got no welcome within the
+// handshake timeout.
+var errHandshakeTimeout = errors.New("no welcome within the handshake timeout")
+
 // session holds one stream until it fails. established reports whether
 // central welcomed the agent (which resets the backoff).
 func (a *Agent) session(ctx context.Context) (established bool, err error) {
-	a.phase.Store(PhaseDialing)
-	cc, addr, err := a.dial()
-	if err != nil {
-		return false, err
-	}
-	defer cc.Close()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := agentv1.NewAgentServiceClient(cc).Sync(ctx)
-	if err != nil {
-		return false, err
-	}
 	hello := &agentv1.Hello{Kind: a.cfg.Kind, Identity: a.cfg.Identity, LastAppliedRevision: a.applied.Load()}
 	if a.cfg.Token != "" {
 		hello.Credential = &agentv1.Credential{Secret: &agentv1.Credential_Token{Token: a.cfg.Token}}
 	} else {
 		hello.Credential = &agentv1.Credential{Secret: &agentv1.Credential_BootToken{BootToken: a.cfg.BootToken}}
 	}
+	// Collected before dialling: the handshake timer measures central, not
+	// the local machine.
 	if a.cfg.Facts != nil {
 		if hello.Facts, err = a.cfg.Facts(ctx); err != nil {
 			a.log.Warn("collect facts", "err", err)
 		}
 	}
+	a.phase.Store(PhaseDialing)
+	cc, addr, err := a.dial()
+	if err != nil {
+		return false, err
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	// One timer from here to the welcome: TCP (ConnectTimeout bounds that
+	// part on its own), TLS and hello. When it fires the stream's context
+	// ends and the deferred Close abandons the attempt.
+	timeout := a.hsTimeout
+	timer := time.AfterFunc(timeout, func() { cancel(errHandshakeTimeout) })
+	defer timer.Stop()
+	handshakeErr := func(err error) error {
+		if errors.Is(context.Cause(ctx), errHandshakeTimeout) {
+			return fmt.Errorf("%s: %w after %s", addr, errHandshakeTimeout, timeout)
+		}
+		return err
+	}
+	stream, err := agentv1.NewAgentServiceClient(cc).Sync(ctx)
+	if err != nil {
+		return false, handshakeErr(err)
+	}
 	a.phase.Store(PhaseHello)
 	if err := stream.Send(&agentv1.SyncRequest{Msg: &agentv1.SyncRequest_Hello{Hello: hello}}); err != nil {
-		return false, recvErr(stream, err)
+		return false, handshakeErr(recvErr(stream, err))
 	}
 	first, err := stream.Recv()
 	if err != nil {
-		return false, err
+		return false, handshakeErr(err)
 	}
 	w := first.GetWelcome()
 	if w == nil {
@@ -57,12 +75,17 @@ func (a *Agent) session(ctx context.Context) (established bool, err error) {
 	}
 	if tok := w.GetIssuedToken(); tok != "" {
 		// The boot token is spent: without this credential the agent
-		// could never come back, so it is stored before anything else.
+		// could never come back, so it is stored before anything else,
+		// even when the timer below has just fired.
 		a.cfg.Token = tok
 		a.credential.Store(&tok)
 		if err := a.state.saveCredential(tok); err != nil {
 			a.log.Error("store issued credential", "err", err)
 		}
+	}
+	if !timer.Stop() {
+		// Fired between the welcome's arrival and here: the stream is gone.
+		return false, handshakeErr(context.Cause(ctx))
 	}
 	hb := w.GetHeartbeatInterval().AsDuration()
 	if hb <= 0 {
