@@ -244,9 +244,9 @@ func TestHandshakeTimeoutGrows(t *testing.T) {
 	m := NewMetrics(prometheus.NewRegistry())
 	a, err := New(Config{
 		Kind: agentv1.Kind_KIND_INSTALLER, Identity: "m", Centrals: []string{silent.Addr().String()}, Token: "mfa_x", TLS: cliTLS,
-		Reconciler:       ReconcilerFunc(func(context.Context, *agentv1.Desired) error { return nil }),
-		Metrics:          m,
-		MinBackoff:       time.Millisecond, MaxBackoff: 5 * time.Millisecond,
+		Reconciler: ReconcilerFunc(func(context.Context, *agentv1.Desired) error { return nil }),
+		Metrics:    m,
+		MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond,
 		HandshakeTimeout: 100 * time.Millisecond, MaxHandshakeTimeout: 400 * time.Millisecond,
 	})
 	if err != nil {
