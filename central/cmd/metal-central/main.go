@@ -48,6 +48,19 @@ func run() error {
 	fs.DurationVar(&cfg.Fleet.Heartbeat, "agent-heartbeat", def.Heartbeat, "how often agents are asked to send a heartbeat")
 	fs.DurationVar(&cfg.Fleet.Resync, "agent-resync", def.Resync, "how often all connected agents' revisions are compared with the database")
 	fs.IntVar(&cfg.Fleet.MaxHandshakes, "agent-max-handshakes", def.MaxHandshakes, "concurrent agent handshakes before new ones are told to retry later")
+	tr := server.DefaultTransport()
+	var streamWindow, connWindow int
+	var headerTable uint
+	fs.IntVar(&cfg.TLSHandshakeSlots, "tls-handshake-slots", fleet.DefaultTLSSlots(), "TLS handshakes run at once; more wait for a slot (a reconnecting fleet is admitted at the rate central finishes handshakes)")
+	fs.DurationVar(&cfg.TLSHandshakeWait, "tls-handshake-wait", 10*time.Second, "how long a connection waits for a TLS handshake slot before it is closed (the agent retries after its backoff)")
+	fs.IntVar(&tr.ReadBuffer, "grpc-read-buffer", tr.ReadBuffer, "gRPC per-connection read buffer in bytes (0: read straight from TLS)")
+	fs.IntVar(&tr.WriteBuffer, "grpc-write-buffer", tr.WriteBuffer, "gRPC per-connection write buffer in bytes")
+	fs.BoolVar(&tr.SharedWriteBuffer, "grpc-shared-write-buffer", tr.SharedWriteBuffer, "release a connection's write buffer between writes (idle streams hold none)")
+	fs.IntVar(&streamWindow, "grpc-stream-window", 0, "HTTP/2 stream flow-control window in bytes (0: gRPC's dynamic default; minimum 65535)")
+	fs.IntVar(&connWindow, "grpc-conn-window", 0, "HTTP/2 connection flow-control window in bytes (0: gRPC's dynamic default; minimum 65535)")
+	fs.UintVar(&headerTable, "grpc-header-table", 0, "HPACK dynamic header table size in bytes (0: 4096)")
+	fs.DurationVar(&tr.KeepaliveTime, "grpc-keepalive-time", tr.KeepaliveTime, "ping an agent connection idle this long")
+	fs.DurationVar(&tr.KeepaliveTimeout, "grpc-keepalive-timeout", tr.KeepaliveTimeout, "close a connection whose ping is not answered within this")
 	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve Go's /debug/pprof/ on the metrics listener (profiling; keep that listener private)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
@@ -65,6 +78,19 @@ func run() error {
 		return fmt.Errorf("--vrf-first/--vrf-last: want 1 <= first <= last <= 16777215")
 	}
 	cfg.Service.VRFFirst, cfg.Service.VRFLast = uint32(vrfFirst), uint32(vrfLast)
+	for name, v := range map[string]int{"--grpc-stream-window": streamWindow, "--grpc-conn-window": connWindow} {
+		if v < 0 || v > 1<<31-1 {
+			return fmt.Errorf("%s: want 0 to 2147483647 bytes, got %d", name, v)
+		}
+	}
+	if headerTable > 1<<32-1 {
+		return fmt.Errorf("--grpc-header-table: want at most 4294967295 bytes, got %d", headerTable)
+	}
+	if tr.ReadBuffer < 0 || tr.WriteBuffer < 0 {
+		return fmt.Errorf("--grpc-read-buffer/--grpc-write-buffer: want ≥ 0 bytes")
+	}
+	tr.StreamWindow, tr.ConnWindow, tr.HeaderTable = int32(streamWindow), int32(connWindow), uint32(headerTable)
+	cfg.Transport = tr
 
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {

@@ -11,18 +11,27 @@ import (
 // gRPC cannot end one server stream from outside its handler, and the
 // handler's goroutine is busy receiving; closing the connection is what
 // ends a superseded, revoked or shut-down stream. Agents use one
-// connection per stream, so nothing else is lost with it.
-func Creds(inner credentials.TransportCredentials) credentials.TransportCredentials {
-	return closableCreds{inner}
+// connection per stream, so nothing else is lost with it. gate, when not
+// nil, admits the handshakes (see TLSGate).
+func Creds(inner credentials.TransportCredentials, gate *TLSGate) credentials.TransportCredentials {
+	return closableCreds{inner, gate}
 }
 
 type closableCreds struct {
 	credentials.TransportCredentials
+	gate *TLSGate
 }
 
 // ServerHandshake implements credentials.TransportCredentials.
 func (c closableCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	conn, info, err := c.TransportCredentials.ServerHandshake(raw)
+	var (
+		conn net.Conn
+		info credentials.AuthInfo
+	)
+	err := c.gate.handshake(raw, func() (err error) {
+		conn, info, err = c.TransportCredentials.ServerHandshake(raw)
+		return err
+	})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -31,7 +40,7 @@ func (c closableCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.Auth
 
 // Clone implements credentials.TransportCredentials.
 func (c closableCreds) Clone() credentials.TransportCredentials {
-	return closableCreds{c.TransportCredentials.Clone()}
+	return closableCreds{c.TransportCredentials.Clone(), c.gate}
 }
 
 // closableInfo carries the raw connection to the stream handler. Closing

@@ -73,7 +73,7 @@ func startReplica(t *testing.T, url string, cfg fleet.Config, hints fleet.Hints)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &replica{hub: hub, st: st, srv: grpc.NewServer(grpc.Creds(fleet.Creds(insecure.NewCredentials()))), addr: lis.Addr().String()}
+	r := &replica{hub: hub, st: st, srv: grpc.NewServer(grpc.Creds(fleet.Creds(insecure.NewCredentials(), nil))), addr: lis.Addr().String()}
 	hub.Register(r.srv)
 	hub.Start(t.Context())
 	go func() { _ = r.srv.Serve(lis) }()

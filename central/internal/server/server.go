@@ -76,6 +76,71 @@ type Config struct {
 	// Hints replaces the agent hub's change hints (tests); nil picks the
 	// engine's default.
 	Hints fleet.Hints
+	// Transport tunes gRPC's HTTP/2 transport for the agent streams; nil
+	// is DefaultTransport().
+	Transport *Transport
+	// TLSHandshakeSlots and TLSHandshakeWait tune the TLS admission gate
+	// (zero: fleet.NewTLSGate's defaults).
+	TLSHandshakeSlots int
+	TLSHandshakeWait  time.Duration
+}
+
+// Transport is what grpc-go offers to size its HTTP/2 transport; the
+// fields map one to one onto grpc server options (docs/agent-protocol.md
+// says what each gave per stream).
+type Transport struct {
+	// ReadBuffer and WriteBuffer are per-connection buffer sizes (bytes;
+	// 0 reads straight from the TLS connection, which buffers already).
+	ReadBuffer, WriteBuffer int
+	// SharedWriteBuffer releases a connection's write buffer between
+	// writes, so that idle streams hold none.
+	SharedWriteBuffer bool
+	// StreamWindow and ConnWindow are HTTP/2 flow-control windows (bytes;
+	// 0: grpc's dynamic default; below 64 KiB is raised to 64 KiB by grpc).
+	StreamWindow, ConnWindow int32
+	// HeaderTable is the HPACK dynamic table size (bytes; 0: 4096).
+	HeaderTable uint32
+	// KeepaliveTime and KeepaliveTimeout: pings on an idle connection and
+	// how long an answer may take before it is closed.
+	KeepaliveTime, KeepaliveTimeout time.Duration
+}
+
+// DefaultTransport suits thousands of mostly idle, long-lived agent
+// streams: small per-connection buffers (the defaults are 32 KiB each way
+// per connection), write buffers shared between connections, and
+// keepalives that find dead peers without punishing agents that ping.
+func DefaultTransport() *Transport {
+	return &Transport{
+		ReadBuffer:        0,
+		WriteBuffer:       8 << 10,
+		SharedWriteBuffer: true,
+		KeepaliveTime:     time.Minute,
+		KeepaliveTimeout:  20 * time.Second,
+	}
+}
+
+func (t *Transport) options() []grpc.ServerOption {
+	if t == nil {
+		t = DefaultTransport()
+	}
+	opts := []grpc.ServerOption{
+		grpc.ReadBufferSize(t.ReadBuffer),
+		grpc.WriteBufferSize(t.WriteBuffer),
+		grpc.SharedWriteBuffer(t.SharedWriteBuffer),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: t.KeepaliveTime, Timeout: t.KeepaliveTimeout}),
+		// Agents ping every 45 s, with or without a stream.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	}
+	if t.StreamWindow > 0 {
+		opts = append(opts, grpc.InitialWindowSize(t.StreamWindow))
+	}
+	if t.ConnWindow > 0 {
+		opts = append(opts, grpc.InitialConnWindowSize(t.ConnWindow))
+	}
+	if t.HeaderTable > 0 {
+		opts = append(opts, grpc.HeaderTableSize(t.HeaderTable))
+	}
+	return opts
 }
 
 // AdminTokenFile is where the first admin token is written.
@@ -169,12 +234,18 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		return nil, err
 	}
 	creds := insecure.NewCredentials()
+	var gate *fleet.TLSGate
 	if !cfg.InsecurePlaintext {
 		tlsCfg, err := s.tlsConfig(ctx)
 		if err != nil {
 			return nil, err
 		}
+		// Returning agents resume their sessions, also after a restart.
+		if err := pki.SessionTickets(tlsCfg, cfg.DataDir, time.Now); err != nil {
+			return nil, err
+		}
 		creds = credentials.NewTLS(tlsCfg)
+		gate = fleet.NewTLSGate(cfg.TLSHandshakeSlots, cfg.TLSHandshakeWait)
 	}
 	scfg := cfg.Service
 	if scfg.CAPin == "" && s.caFile != "" {
@@ -204,13 +275,16 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	metrics := newMetrics()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), metrics, s.hub.Collector())
+	if gate != nil {
+		reg.MustRegister(gate)
+	}
 	authz := auth.New(look, look, log)
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(metrics.unary(log), recoverUnary(log), authz.Unary()),
 		grpc.ChainStreamInterceptor(authz.Stream()),
 	}
-	opts = append(opts, agentStreamOptions()...)
-	opts = append(opts, grpc.Creds(fleet.Creds(creds)), grpc.ForceServerCodecV2(newLenientCodec()))
+	opts = append(opts, cfg.Transport.options()...)
+	opts = append(opts, grpc.Creds(fleet.Creds(creds, gate)), grpc.ForceServerCodecV2(newLenientCodec()))
 	s.grpc = grpc.NewServer(opts...)
 	api.Register(s.grpc)
 	s.hub.Register(s.grpc)
@@ -452,16 +526,3 @@ func replicaName(given string, addr net.Addr) string {
 	return host
 }
 
-// agentStreamOptions suit thousands of mostly idle, long-lived agent
-// streams: small per-connection buffers (the defaults are 32 KiB each way
-// per connection), write buffers shared between connections, and keepalives
-// that find dead peers without punishing agents that ping.
-func agentStreamOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{
-		grpc.ReadBufferSize(0), // TLS buffers already; a second buffer per connection is waste
-		grpc.WriteBufferSize(8 << 10),
-		grpc.SharedWriteBuffer(true),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	}
-}
