@@ -124,4 +124,3 @@ func TestSessionTicketSecretFile(t *testing.T) {
 		}
 	}
 }
-

@@ -525,4 +525,3 @@ func replicaName(given string, addr net.Addr) string {
 	}
 	return host
 }
-
