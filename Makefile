@@ -158,6 +158,16 @@ run: deps build ## Run metal-central with its embedded PostgreSQL (TLS; prints a
 bench-ipam: deps ## IPAM benchmark against go-ipam and pgbench on one PostgreSQL (see BENCHMARKS.md).
 	bash bench/ipam.sh
 
+# The reconnect guard (issue 13): 2,000 agents, central restarted; fails
+# when the fleet comes back more than 1.5 times slower than it connected
+# cold in the same run, or when fewer than 90 % of the returning agents
+# resume their TLS session. A ratio of one run, not an absolute time.
+FLEET_GUARD_AGENTS ?= 2000
+.PHONY: fleet-guard
+fleet-guard: build ## The fleet's return after a central restart, guarded (2,000 agents, about a minute).
+	$(BIN)/metal-lab fleet --agents $(FLEET_GUARD_AGENTS) --rate 20 --duration 5s --restart \
+		--central-arg=--durable=false --max-return-ratio 1.5 --min-resumed 0.9
+
 .PHONY: bench-fleet
 bench-fleet: ## Agent fleet scale (P1-P3 of docs/agent-protocol.md) with metal-lab fleet; about 15 minutes.
 	bash bench/fleet.sh

@@ -18,7 +18,7 @@ import (
 // central is a metal-central child process.
 type central struct {
 	bin, dataDir, listen string
-	args                 []string
+	args, env            []string
 	log                  io.Writer
 	cmd                  *exec.Cmd
 	exited               chan struct{}
@@ -29,6 +29,9 @@ func (c *central) start(ctx context.Context) error {
 	args := append([]string{"--data-dir", c.dataDir, "--listen", c.listen, "--metrics-listen", ""}, c.args...)
 	cmd := exec.Command(c.bin, args...)
 	cmd.Stderr = c.log
+	if len(c.env) > 0 {
+		cmd.Env = append(os.Environ(), c.env...)
+	}
 	// Dies with the simulator, whatever happens to it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	stdout, err := cmd.StdoutPipe()

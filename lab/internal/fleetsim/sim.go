@@ -10,7 +10,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"github.com/metalfleet/metalfleet/lab/internal/client"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -25,11 +24,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/metalfleet/metalfleet/agents/agent"
+	"github.com/metalfleet/metalfleet/lab/internal/client"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
@@ -42,8 +43,11 @@ type Config struct {
 	WorkDir string
 	// CentralArgs are added to central's command line.
 	CentralArgs []string
-	Agents      int
-	Kind        agentv1.Kind
+	// CentralEnv is added to central's environment (e.g. GOGC=50): the
+	// operator's runtime choices, measured like flags.
+	CentralEnv []string
+	Agents     int
+	Kind       agentv1.Kind
 	// Rate of desired state changes per second during Duration.
 	Rate     float64
 	Duration time.Duration
@@ -85,6 +89,33 @@ type Result struct {
 	RSSRestarted   int64
 	// GaveUp counts agents whose runtime stopped with an error.
 	GaveUp int
+	// ConnectTLS and ReturnTLS are the agents' TLS handshakes during the
+	// cold connect and during the return after the restart.
+	ConnectTLS, ReturnTLS agent.HandshakeCounts
+}
+
+// Return is the time from central serving again after the restart until
+// every agent is back: the fleet's own part of Converge.
+func (r Result) Return() time.Duration { return r.Converge - r.Down }
+
+// ReturnRatio is Return over the cold Connect of the same run: how much
+// slower the fleet comes back than it came first (0 without a restart).
+// Measured in one run, it does not depend on the machine's speed.
+func (r Result) ReturnRatio() float64 {
+	if r.Connect <= 0 || r.Converge <= 0 {
+		return 0
+	}
+	return float64(r.Return()) / float64(r.Connect)
+}
+
+// ResumedShare is the share of the return's completed handshakes that
+// resumed a session (0 without any).
+func (r Result) ResumedShare() float64 {
+	done := r.ReturnTLS.Full + r.ReturnTLS.Resumed
+	if done == 0 {
+		return 0
+	}
+	return float64(r.ReturnTLS.Resumed) / float64(done)
 }
 
 // PerStream is central's RSS growth per connected agent right after all
@@ -114,6 +145,8 @@ type sim struct {
 	applied []atomic.Uint64
 	agents  []*agent.Agent
 	gaveUp  atomic.Int32
+	// metrics are the agents' shared ones, for the handshake counts.
+	metrics *agent.Metrics
 
 	measuring atomic.Bool
 	mu        sync.Mutex
@@ -161,7 +194,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	if err != nil {
 		return res, err
 	}
-	c := &central{bin: cfg.CentralBin, dataDir: filepath.Join(work, "central"), listen: listen, log: logf, args: cfg.CentralArgs}
+	c := &central{bin: cfg.CentralBin, dataDir: filepath.Join(work, "central"), listen: listen, log: logf, args: cfg.CentralArgs, env: cfg.CentralEnv}
 	fmt.Fprintf(cfg.Progress, "starting metal-central on %s (log: %s)\n", listen, logf.Name())
 	if err := c.start(ctx); err != nil {
 		return res, err
@@ -172,7 +205,8 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		}
 	}()
 	res.Agents = cfg.Agents
-	s := &sim{cfg: cfg, received: map[int]time.Time{}, returned: map[int]time.Time{}, log: cfg.Log, want: make([]atomic.Uint64, cfg.Agents), applied: make([]atomic.Uint64, cfg.Agents)}
+	s := &sim{cfg: cfg, received: map[int]time.Time{}, returned: map[int]time.Time{}, log: cfg.Log, want: make([]atomic.Uint64, cfg.Agents), applied: make([]atomic.Uint64, cfg.Agents),
+		metrics: agent.NewMetrics(prometheus.NewRegistry())}
 	tlsCfg, err := agent.PinnedTLS(filepath.Join(c.dataDir, "ca.crt"))
 	if err != nil {
 		return res, err
@@ -209,6 +243,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		return res, err
 	}
 	res.Connect = time.Since(start)
+	res.ConnectTLS = s.metrics.Handshakes()
 	time.Sleep(2 * time.Second)
 	if res.RSSConnected, err = c.rss(); err != nil {
 		return res, err
@@ -255,6 +290,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 
 	if cfg.Restart {
 		fmt.Fprintln(cfg.Progress, "restarting metal-central")
+		before := s.metrics.Handshakes()
 		t0 := time.Now()
 		if err := c.stop(); err != nil {
 			return res, err
@@ -268,6 +304,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 			return res, err
 		}
 		res.Converge = time.Since(t0)
+		res.ReturnTLS = s.metrics.Handshakes().Sub(before)
 		time.Sleep(2 * time.Second)
 		if res.RSSRestarted, err = c.rss(); err != nil {
 			return res, err
@@ -328,6 +365,7 @@ func (s *sim) startAgents(ctx context.Context, wg *sync.WaitGroup, addr string, 
 		a, err := agent.New(agent.Config{
 			Kind: s.cfg.Kind, Identity: s.identity(i), Centrals: []string{addr}, TLS: tlsCfg, Token: secrets[i],
 			Reconciler: agent.ReconcilerFunc(func(_ context.Context, d *agentv1.Desired) error { s.apply(i, d); return nil }),
+			Metrics:    s.metrics,
 			// The simulator's own side of each stream; central's side is
 			// what is measured.
 			DialOptions: []grpc.DialOption{grpc.WithReadBufferSize(4 << 10), grpc.WithWriteBufferSize(4 << 10)},

@@ -35,6 +35,17 @@ func TestSmallFleet(t *testing.T) {
 	if res.GaveUp != 0 || res.Down <= 0 || res.Converge < res.Down {
 		t.Fatalf("restart: gave up %d, down %v, converge %v", res.GaveUp, res.Down, res.Converge)
 	}
+	// The cold connect does full handshakes; the return after the restart
+	// resumes every session (central's ticket keys outlive the process).
+	if res.ConnectTLS.Full != 20 || res.ConnectTLS.Resumed != 0 {
+		t.Errorf("cold connect handshakes %+v, want 20 full", res.ConnectTLS)
+	}
+	if res.ReturnTLS.Resumed != 20 || res.ReturnTLS.Full != 0 || res.ResumedShare() != 1 {
+		t.Errorf("return handshakes %+v, want 20 resumed and no full one", res.ReturnTLS)
+	}
+	if res.ReturnRatio() <= 0 || res.Return() != res.Converge-res.Down {
+		t.Errorf("return %v, ratio %v", res.Return(), res.ReturnRatio())
+	}
 	if res.RSSIdle <= 0 || res.RSSConnected <= 0 {
 		t.Fatalf("RSS idle %d connected %d", res.RSSIdle, res.RSSConnected)
 	}

@@ -4,7 +4,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/metalfleet/metalfleet/agents/agent"
+	"github.com/metalfleet/metalfleet/lab/internal/fleetsim"
 	"github.com/metalfleet/metalfleet/lab/internal/lab"
 )
 
@@ -38,5 +41,35 @@ func TestInstructionsAreCommands(t *testing.T) {
 	}
 	if seen < 2 {
 		t.Fatalf("want the status and down commands, found %d metal-lab lines in:\n%s", seen, l.Instructions())
+	}
+}
+
+func TestFleetGuard(t *testing.T) {
+	ok := fleetsim.Result{Connect: 10 * time.Second, Down: 5 * time.Second, Converge: 17 * time.Second,
+		ReturnTLS: agent.HandshakeCounts{Resumed: 95, Full: 5}}
+	for _, tc := range []struct {
+		name      string
+		r         fleetsim.Result
+		restarted bool
+		ratio     float64
+		share     float64
+		wantErr   string
+	}{
+		{name: "within both bounds", r: ok, restarted: true, ratio: 1.5, share: 0.9},
+		{name: "return too slow", r: ok, restarted: true, ratio: 1.1, wantErr: "1.20 times its cold connect"},
+		{name: "too few resumed", r: ok, restarted: true, share: 0.99, wantErr: "95% of the returning handshakes"},
+		{name: "no checks asked", r: ok, restarted: true},
+		{name: "no restart, ratio not checked", r: fleetsim.Result{Connect: time.Second}, ratio: 1.5, share: 0.9},
+		{name: "agents gave up", r: fleetsim.Result{GaveUp: 3}, wantErr: "3 agents gave up"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := guard(tc.r, tc.restarted, tc.ratio, tc.share)
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("unexpected error: %v", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+			}
+		})
 	}
 }

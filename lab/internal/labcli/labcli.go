@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/metalfleet/metalfleet/agents/agent"
 	"github.com/metalfleet/metalfleet/lab/internal/fleetsim"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 )
@@ -32,6 +33,8 @@ func fleetCmd() *cobra.Command {
 		kind     string
 		jsonOut  string
 		extraArg []string
+		maxRatio float64
+		minShare float64
 	)
 	cmd := &cobra.Command{
 		Use:   "fleet",
@@ -45,7 +48,12 @@ second for --duration through the public API, and reports:
     the agent has the document
   - central's RSS idle and with all streams, and the growth per stream
   - with --restart: the time until central serves again and until every agent
-    holds a new stream and is at its newest revision.`,
+    holds a new stream and is at its newest revision, the return's ratio to
+    the cold connect, and the agents' TLS handshakes (full, resumed).
+
+It fails when an agent gave up, and, as a guard in CI, when the return took
+more than --max-return-ratio times the cold connect or fewer than
+--min-resumed of the returning handshakes resumed a session.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			k, ok := agentv1.Kind_value["KIND_"+strings.ToUpper(kind)]
 			if !ok || k == 0 {
@@ -73,9 +81,11 @@ second for --duration through the public API, and reports:
 					Result fleetsim.Result
 					Cores  int
 				}{cfg, res, runtime.NumCPU()}, "", "  ")
-				return os.WriteFile(jsonOut, append(b, '\n'), 0o644)
+				if err := os.WriteFile(jsonOut, append(b, '\n'), 0o644); err != nil {
+					return err
+				}
 			}
-			return nil
+			return guard(res, cfg.Restart, maxRatio, minShare)
 		},
 	}
 	f := cmd.Flags()
@@ -89,7 +99,29 @@ second for --duration through the public API, and reports:
 	f.StringVar(&cfg.WorkDir, "work-dir", "", "directory for central's data and log (default: a temporary one, removed)")
 	f.StringArrayVar(&extraArg, "central-arg", nil, "extra metal-central flag, repeatable (e.g. --central-arg=--agent-heartbeat=30s)")
 	f.StringVar(&jsonOut, "json", "", "also write the result as JSON to this file")
+	f.StringArrayVar(&cfg.CentralEnv, "central-env", nil, "extra environment variable for metal-central, repeatable (e.g. --central-env=GOGC=50)")
+	f.Float64Var(&maxRatio, "max-return-ratio", 0, "fail when the return after the restart takes more than this many times the cold connect (0: no check)")
+	f.Float64Var(&minShare, "min-resumed", 0, "fail when less than this share of the returning agents' TLS handshakes resumed a session (0: no check)")
 	return cmd
+}
+
+// guard fails a run whose fleet did not come back as it must.
+func guard(r fleetsim.Result, restarted bool, maxRatio, minShare float64) error {
+	if r.GaveUp > 0 {
+		return fmt.Errorf("%d agents gave up", r.GaveUp)
+	}
+	if !restarted {
+		return nil
+	}
+	if maxRatio > 0 && r.ReturnRatio() > maxRatio {
+		return fmt.Errorf("the fleet came back in %s, %.2f times its cold connect of %s: more than --max-return-ratio %.2f",
+			r.Return().Round(time.Millisecond), r.ReturnRatio(), r.Connect.Round(time.Millisecond), maxRatio)
+	}
+	if minShare > 0 && r.ResumedShare() < minShare {
+		return fmt.Errorf("%.0f%% of the returning handshakes resumed a session (%d full, %d resumed): less than --min-resumed %.0f%%",
+			100*r.ResumedShare(), r.ReturnTLS.Full, r.ReturnTLS.Resumed, 100*minShare)
+	}
+	return nil
 }
 
 func findCentral() (string, error) {
@@ -118,6 +150,7 @@ func printResult(w io.Writer, cfg fleetsim.Config, r fleetsim.Result, took time.
 	fmt.Fprintf(tw, "agents\t%d (%s)\n", r.Agents, strings.ToLower(strings.TrimPrefix(cfg.Kind.String(), "KIND_")))
 	fmt.Fprintf(tw, "cores\t%d (central, PostgreSQL and simulator on this box)\n", runtime.NumCPU())
 	fmt.Fprintf(tw, "connect all\t%s\n", r.Connect.Round(time.Millisecond))
+	fmt.Fprintf(tw, "connect TLS handshakes full / resumed / failed / timed out\t%s\n", handshakes(r.ConnectTLS))
 	fmt.Fprintf(tw, "central RSS idle / connected\t%.1f MiB / %.1f MiB\n", float64(r.RSSIdle)/(1<<20), float64(r.RSSConnected)/(1<<20))
 	fmt.Fprintf(tw, "RSS per stream\t%.1f KiB\n", r.PerStream()/1024)
 	if r.RSSSettled > 0 {
@@ -132,11 +165,17 @@ func printResult(w io.Writer, cfg fleetsim.Config, r fleetsim.Result, took time.
 	if cfg.Restart {
 		fmt.Fprintf(tw, "restart: central serving again\t%s\n", r.Down.Round(time.Millisecond))
 		fmt.Fprintf(tw, "restart: all agents back at latest\t%s\n", r.Converge.Round(time.Millisecond))
+		fmt.Fprintf(tw, "restart: return (serving again → all back) / cold connect\t%s / %s = %.2f\n", r.Return().Round(time.Millisecond), r.Connect.Round(time.Millisecond), r.ReturnRatio())
+		fmt.Fprintf(tw, "restart: TLS handshakes full / resumed / failed / timed out\t%s\n", handshakes(r.ReturnTLS))
 		fmt.Fprintf(tw, "central RSS after restart\t%.1f MiB\n", float64(r.RSSRestarted)/(1<<20))
 	}
 	fmt.Fprintf(tw, "agents that gave up\t%d\n", r.GaveUp)
 	fmt.Fprintf(tw, "run took\t%s\n", took.Round(time.Second))
 	tw.Flush()
+}
+
+func handshakes(c agent.HandshakeCounts) string {
+	return fmt.Sprintf("%d / %d / %d / %d", c.Full, c.Resumed, c.Failed, c.TimedOut)
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }
