@@ -82,6 +82,13 @@ type Config struct {
 	// sets it back. A central that is busy finishing handshakes gets the
 	// time it needs; a silent one is still left.
 	HandshakeTimeout, MaxHandshakeTimeout time.Duration
+	// SessionRefresh is how often, while it holds a stream, the agent
+	// makes a short extra TLS connection to central to get a fresh
+	// session ticket (default 24h, ±25 % jitter; negative: never). A
+	// ticket is accepted for about a week: without a refresh, an agent
+	// whose stream outlived that would return from a central restart with
+	// a full handshake, together with the whole fleet.
+	SessionRefresh time.Duration
 	// DialOptions are added to the agent's own.
 	DialOptions []grpc.DialOption
 }
@@ -148,6 +155,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.TLS != nil {
 		cfg.TLS = withSessionCache(cfg.TLS)
+	}
+	if cfg.SessionRefresh == 0 {
+		cfg.SessionRefresh = 24 * time.Hour
 	}
 	st, err := openState(cfg.StateDir)
 	if err != nil {

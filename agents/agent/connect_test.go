@@ -289,3 +289,51 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 	}
 }
+
+// TestSessionRefresh: while it holds its stream, the agent renews its
+// session ticket with short resumed handshakes beside the stream, which
+// stays up; with refreshes off it makes none.
+func TestSessionRefresh(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		refresh time.Duration
+		want    bool
+	}{
+		{name: "every 100ms", refresh: 100 * time.Millisecond, want: true},
+		{name: "off", refresh: -1, want: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srvTLS, cliTLS := testTLS(t)
+			lis, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			tlsCollector(t, lis, srvTLS)
+			m := NewMetrics(prometheus.NewRegistry())
+			a, err := New(Config{
+				Kind: agentv1.Kind_KIND_INSTALLER, Identity: "m", Centrals: []string{lis.Addr().String()}, Token: "mfa_x", TLS: cliTLS,
+				Reconciler: ReconcilerFunc(func(context.Context, *agentv1.Desired) error { return nil }),
+				Metrics:    m, SessionRefresh: tc.refresh,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(t.Context())
+			done := make(chan error, 1)
+			go func() { done <- a.Run(ctx) }()
+			waitFor(t, "connection", a.Connected)
+			time.Sleep(500 * time.Millisecond)
+			got := m.Handshakes()
+			if !a.Connected() || got.Full != 1 || got.Failed != 0 {
+				t.Errorf("connected %v, handshakes %+v: want the stream's one full handshake, nothing failed", a.Connected(), got)
+			}
+			if refreshed := got.Resumed >= 2; refreshed != tc.want {
+				t.Errorf("%d resumed refreshes in 500ms, want them: %v", got.Resumed, tc.want)
+			}
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

@@ -138,10 +138,15 @@ func (a *Agent) session(ctx context.Context) (established bool, err error) {
 	}
 	tick := time.NewTicker(hb)
 	defer tick.Stop()
+	refresh := a.refreshTimer()
+	defer refresh.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return true, ctx.Err()
+		case <-refresh.C:
+			go a.refreshSession(ctx, addr)
+			refresh.Reset(jitter(a.cfg.SessionRefresh))
 		case err := <-recvDone:
 			return true, err
 		case <-tick.C:

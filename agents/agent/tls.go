@@ -6,8 +6,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
+	"time"
 
 	"google.golang.org/grpc/credentials"
 )
@@ -85,4 +87,51 @@ func (c countedCreds) Clone() credentials.TransportCredentials {
 func resumed(info credentials.AuthInfo) bool {
 	ti, ok := info.(credentials.TLSInfo)
 	return ok && ti.State.DidResume
+}
+
+// refreshTimer fires when the session ticket is due for a refresh; never
+// without TLS or with refreshes off.
+func (a *Agent) refreshTimer() *time.Timer {
+	if a.cfg.TLS == nil || a.cfg.SessionRefresh < 0 {
+		t := time.NewTimer(time.Hour)
+		t.Stop()
+		return t
+	}
+	return time.NewTimer(jitter(a.cfg.SessionRefresh))
+}
+
+// jitter is d ±25 %, so that a fleet connected together does not refresh
+// together.
+func jitter(d time.Duration) time.Duration {
+	return d*3/4 + rand.N(d/2+1)
+}
+
+// refreshSession makes a short TLS connection to addr, resuming the kept
+// session, only for the fresh ticket central sends after the handshake.
+// The stream is not touched. Failures only cost the refresh: the next one
+// comes a period later, and the stream goes on.
+func (a *Agent) refreshSession(ctx context.Context, addr string) {
+	cfg := a.cfg.TLS.Clone() // the clone shares the session cache
+	cfg.NextProtos = []string{"h2"}
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.HandshakeTimeout)
+	defer cancel()
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: a.cfg.ConnectTimeout}, Config: cfg}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		a.cfg.Metrics.handshake(handshakeFailed)
+		a.log.Warn("refresh TLS session", "central", addr, "err", err)
+		return
+	}
+	defer c.Close()
+	tc := c.(*tls.Conn)
+	// TLS 1.3 sends the ticket after the handshake, before any data: a
+	// read takes it in (central's HTTP/2 settings follow at once).
+	_ = tc.SetReadDeadline(time.Now().Add(time.Second))
+	_, _ = tc.Read(make([]byte, 1))
+	if tc.ConnectionState().DidResume {
+		a.cfg.Metrics.handshake(handshakeResumed)
+	} else {
+		a.cfg.Metrics.handshake(handshakeFull)
+	}
+	a.log.Debug("TLS session refreshed", "central", addr, "resumed", tc.ConnectionState().DidResume)
 }

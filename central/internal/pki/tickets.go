@@ -27,8 +27,10 @@ const TicketKeyName = "session-ticket.key"
 // no agent can resume its session and the whole fleet comes back with
 // full handshakes at once — the most expensive moment to pay for them.
 // The keys derive from a secret kept in dataDir (made on first use, 0600):
-// one key per UTC day, tickets made today and yesterday are accepted, so a
-// key stolen from memory is useless two days later. Replicas behind one
+// one key per UTC day; tickets of the last ticketDays days are accepted
+// (crypto/tls accepts none older than 7 days anyway), so a day's key
+// stolen from memory is useless a week later. Agents renew their tickets
+// daily while connected (agent.Config.SessionRefresh). Replicas behind one
 // address resume each other's sessions when they share the secret file.
 // now is the clock (time.Now outside tests).
 func SessionTickets(cfg *tls.Config, dataDir string, now func() time.Time) error {
@@ -71,6 +73,9 @@ func ticketSecret(path string) ([]byte, error) {
 	return secret, nil
 }
 
+// ticketDays is how many days' keys decrypt: today's and the six before.
+const ticketDays = 7
+
 // ticketer holds the day's key set: a config only used for its keys, as
 // crypto/tls encrypts and decrypts tickets with a config's keys.
 type ticketer struct {
@@ -86,10 +91,13 @@ func (t *ticketer) keys() *tls.Config {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if day != t.day {
-		yesterday := t.now().UTC().AddDate(0, 0, -1).Format(time.DateOnly)
+		keys := make([][32]byte, ticketDays)
+		for i := range keys {
+			keys[i] = t.derive(t.now().UTC().AddDate(0, 0, -i).Format(time.DateOnly))
+		}
 		c := &tls.Config{}
-		// The first key encrypts; all of them decrypt.
-		c.SetSessionTicketKeys([][32]byte{t.derive(day), t.derive(yesterday)})
+		// The first key, today's, encrypts; all of them decrypt.
+		c.SetSessionTicketKeys(keys)
 		t.day, t.cfg = day, c
 	}
 	return t.cfg

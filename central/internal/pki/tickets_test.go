@@ -58,8 +58,8 @@ func resumes(t *testing.T, addr string, cfg *tls.Config) bool {
 
 // TestSessionTicketsOutliveTheProcess: a session made with one server
 // config resumes on another config from the same data dir (a restarted
-// central) on the same day and the next, not two days later, and not on a
-// config from another data dir.
+// central) on the same day and for six days after, not on the eighth,
+// and not on a config from another data dir.
 func TestSessionTicketsOutliveTheProcess(t *testing.T) {
 	dir := t.TempDir()
 	b := mustEnsure(t, dir, nil, time.Now())
@@ -74,7 +74,8 @@ func TestSessionTicketsOutliveTheProcess(t *testing.T) {
 	}{
 		{name: "same data dir, same day", dir: dir, resumed: true},
 		{name: "same data dir, next day", dir: dir, later: 24 * time.Hour, resumed: true},
-		{name: "same data dir, two days later", dir: dir, later: 48 * time.Hour, resumed: false},
+		{name: "same data dir, six days later", dir: dir, later: 6 * 24 * time.Hour, resumed: true},
+		{name: "same data dir, eight days later", dir: dir, later: 8 * 24 * time.Hour, resumed: false},
 		{name: "another data dir", dir: other, resumed: false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
