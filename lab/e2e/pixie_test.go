@@ -59,7 +59,7 @@ func TestPixieAgainstCentral(t *testing.T) {
 		}
 		return strings.TrimSpace(string(out))
 	}
-	run("partition", "create", "--id", "lab", "--description", "lab", "--boot-cmdline", "console=ttyS0")
+	run("partition", "create", "--id", "lab", "--description", "lab", "--boot-cmdline", "console=ttyS0", "--allow-single-attach")
 	secret := run("agent", "enroll", "--kind", "pixie", "--identity", "pixie-lab", "--partition", "lab", "-o", "template", "--template", "{{.secret}}")
 
 	work := t.TempDir()

@@ -157,7 +157,7 @@ func TestQuickstart(t *testing.T) {
 		}
 	}
 
-	run("partition", "create", "--id", "lab", "--description", "lab partition")
+	run("partition", "create", "--id", "lab", "--description", "lab partition", "--allow-single-attach")
 	run("size", "create", "--id", "s1", "--cores", "1-64", "--memory", "1GiB-1TiB", "--storage", "1GiB-100TiB")
 	sum := "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
 	run("image", "create", "--id", "debian-12", "--os", "debian", "--version", "12.0.0", "--url", "http://images.example/debian-12.tar.zst", "--sha256", sum)

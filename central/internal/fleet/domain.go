@@ -42,9 +42,39 @@ type Domain interface {
 // reports are stored as agent events only and Boot is unavailable.
 func (h *Hub) Attach(d Domain) { h.domain = d }
 
-// domainKind reports whether the domain wants reports of kind k.
-func domainKind(k agentv1.Kind) bool {
-	return k == agentv1.Kind_KIND_INSTALLER || k == agentv1.Kind_KIND_PHONEHOME || k == agentv1.Kind_KIND_PIXIE
+// Reporter turns one kind's reports into domain state, in the
+// transaction that stores the report (see Domain.Report).
+type Reporter interface {
+	Report(ctx context.Context, tx pgx.Tx, a Agent, r *agentv1.Report) error
+}
+
+// ReporterFunc adapts a function to Reporter.
+type ReporterFunc func(ctx context.Context, tx pgx.Tx, a Agent, r *agentv1.Report) error
+
+// Report implements Reporter.
+func (f ReporterFunc) Report(ctx context.Context, tx pgx.Tx, a Agent, r *agentv1.Report) error {
+	return f(ctx, tx, a, r)
+}
+
+// AttachKind routes the reports of kind k to r (the switch fabric takes
+// the switches'). Call it before Start.
+func (h *Hub) AttachKind(k agentv1.Kind, r Reporter) {
+	if h.reporters == nil {
+		h.reporters = map[agentv1.Kind]Reporter{}
+	}
+	h.reporters[k] = r
+}
+
+// reporter is who acts on reports of kind k; nil: nobody, they are
+// stored as agent events only.
+func (h *Hub) reporter(k agentv1.Kind) Reporter {
+	if r, ok := h.reporters[k]; ok {
+		return r
+	}
+	if h.domain != nil && (k == agentv1.Kind_KIND_INSTALLER || k == agentv1.Kind_KIND_PHONEHOME || k == agentv1.Kind_KIND_PIXIE) {
+		return h.domain
+	}
+	return nil
 }
 
 // storeReport writes the report's events and lets the domain act on it,
@@ -55,7 +85,12 @@ func domainKind(k agentv1.Kind) bool {
 // Reports without events write nothing synchronously but facts (which
 // replace what is stored, so storing them twice is harmless).
 func (h *Hub) storeReport(ctx context.Context, c *conn, r *agentv1.Report) (dup bool, err error) {
-	withDomain := h.domain != nil && domainKind(c.kind) && (len(r.GetEvents()) > 0 || r.GetFacts().GetMachine() != nil)
+	// A switch's every report counts: it carries the sync status of the
+	// switch's document (applied revision, the apply's error), and
+	// switches report on change, not on a tick.
+	rep := h.reporter(c.kind)
+	withDomain := rep != nil &&
+		(len(r.GetEvents()) > 0 || r.GetFacts().GetMachine() != nil || c.kind == agentv1.Kind_KIND_SWITCH)
 	if !withDomain && len(r.GetEvents()) == 0 {
 		return false, nil
 	}
@@ -71,7 +106,7 @@ func (h *Hub) storeReport(ctx context.Context, c *conn, r *agentv1.Report) (dup 
 		if !withDomain {
 			return nil
 		}
-		return h.domain.Report(ctx, tx, a, r)
+		return rep.Report(ctx, tx, a, r)
 	})
 	return dup, err
 }

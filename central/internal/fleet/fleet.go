@@ -109,6 +109,7 @@ type Hub struct {
 
 	cfg        Config
 	domain     Domain
+	reporters  map[agentv1.Kind]Reporter
 	store      *store.Store
 	log        *slog.Logger
 	hints      Hints

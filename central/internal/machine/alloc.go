@@ -33,12 +33,7 @@ type Candidate struct {
 type Rule func(ctx context.Context, tx pgx.Tx, c Candidate) error
 
 // builtinRules are the rules every allocation honours.
-func builtinRules() []Rule { return []Rule{bothLinksSeen} }
-
-// bothLinksSeen: a machine is allocatable only when both links to its
-// two leaves are seen (DESIGN.md §5, dual attachment). Placeholder until
-// the switch fabric reports links: it accepts every machine.
-func bothLinksSeen(context.Context, pgx.Tx, Candidate) error { return nil }
+func builtinRules() []Rule { return []Rule{dualAttached} }
 
 // allocatable runs the rules on c.
 func (ms *Machines) allocatable(ctx context.Context, tx pgx.Tx, c Candidate) error {

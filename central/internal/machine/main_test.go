@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -61,7 +62,7 @@ func newLab(t testing.TB) *lab {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := catalog.CreatePartition(ctx, st, &apiv1.Partition{Id: "p1"}); err != nil {
+	if _, err := catalog.CreatePartition(ctx, st, &apiv1.Partition{Id: "p1", AllowSingleAttach: true}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := catalog.CreateSize(ctx, st, &apiv1.Size{Id: "s1", Constraints: []*apiv1.SizeConstraint{
@@ -81,6 +82,13 @@ func newLab(t testing.TB) *lab {
 // does and marks its installer alive. It returns the machine's id.
 func (l *lab) machine(ms *Machines, n int) string {
 	l.t.Helper()
+	return l.machineLinked(ms, n, nil)
+}
+
+// machineLinked is machine with LLDP neighbours on its NICs eth0 and eth1:
+// links[i] is "switch port" for NIC i, "" none.
+func (l *lab) machineLinked(ms *Machines, n int, links []string) string {
+	l.t.Helper()
 	id := uuid.NewString()
 	var ag fleet.Agent
 	if err := l.st.Tx(l.ctx, func(tx pgx.Tx) error {
@@ -97,6 +105,11 @@ func (l *lab) machine(ms *Machines, n int) string {
 			{Name: "eth0", Mac: net.HardwareAddr{0x52, 0x54, 0x00, byte(n >> 8), byte(n), 0}.String()},
 			{Name: "eth1", Mac: net.HardwareAddr{0x52, 0x54, 0x00, byte(n >> 8), byte(n), 1}.String()},
 		},
+	}
+	for i, link := range links {
+		if sw, port, ok := strings.Cut(link, " "); ok {
+			facts.Nics[i].Neighbours = []*agentv1.LLDPNeighbour{{SystemName: sw, PortId: port, ChassisId: "aa:bb:cc:00:00:0" + strconv.Itoa(i)}}
+		}
 	}
 	for _, r := range []*agentv1.Report{
 		{Events: []*agentv1.Event{{Type: "Preparing", Time: timestamppb.Now()}}},

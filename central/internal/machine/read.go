@@ -96,7 +96,23 @@ func (ms *Machines) scan(row pgx.Row, now time.Time) (*apiv1.Machine, error) {
 
 // Get reads a machine as the API shows it.
 func (ms *Machines) Get(ctx context.Context, db store.Querier, id string) (*apiv1.Machine, error) {
-	return ms.scan(db.QueryRow(ctx, selectMachine+` WHERE m.id = $1`, id), time.Now())
+	m, err := ms.scan(db.QueryRow(ctx, selectMachine+` WHERE m.id = $1`, id), time.Now())
+	if err != nil {
+		return nil, err
+	}
+	a, err := readAttachment(ctx, db, m.GetPartitionId())
+	if err != nil {
+		return nil, err
+	}
+	a.addIssue(m)
+	return m, nil
+}
+
+// addIssue adds the dual-attach issue to m, if it has one.
+func (a attachment) addIssue(m *apiv1.Machine) {
+	if msg := a.issue(m); msg != "" {
+		m.Issues = append(m.Issues, &apiv1.MachineIssue{Id: IssueSingleAttach, Description: msg, MachineId: m.GetId()})
+	}
 }
 
 // List reads the machines of the partition, the project and the size, by
@@ -117,7 +133,17 @@ func (ms *Machines) List(ctx context.Context, partition, project, size string) (
 		}
 		out = append(out, m)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	a, err := readAttachment(ctx, ms.st.Pool(), partition)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range out {
+		a.addIssue(m)
+	}
+	return out, nil
 }
 
 // LastSeq is the sequence number of the machine's event before its last

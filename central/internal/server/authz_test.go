@@ -86,7 +86,7 @@ func newMatrixEnv(t *testing.T) *matrixEnv { return newMatrixEnvOn(t, newEnv(t))
 func newMatrixEnvOn(t *testing.T, base *env) *matrixEnv {
 	e := &matrixEnv{env: base}
 	ctx := e.as(t, e.admin)
-	ok(e.api.Partition.Create(ctx, &apiv1.PartitionServiceCreateRequest{Partition: &apiv1.Partition{Id: "fra1"}}))(t)
+	ok(e.api.Partition.Create(ctx, &apiv1.PartitionServiceCreateRequest{Partition: &apiv1.Partition{Id: "fra1", AllowSingleAttach: true}}))(t)
 	ok(e.api.Network.Create(ctx, &apiv1.NetworkServiceCreateRequest{Network: dualStackSuper("super-fra1", "fra1")}))(t)
 	ok(e.api.Network.Create(ctx, &apiv1.NetworkServiceCreateRequest{Network: &apiv1.Network{Id: "internet", Type: typeExternal, Prefixes: []string{"203.0.113.0/24"}}}))(t)
 	ok(e.api.Size.Create(ctx, &apiv1.SizeServiceCreateRequest{Size: &apiv1.Size{Id: "fix", Constraints: []*apiv1.SizeConstraint{cores(4, 16)}}}))(t)

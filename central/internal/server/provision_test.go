@@ -103,7 +103,7 @@ func TestProvisioningOverStreams(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	admin := e.as(t, e.admin)
-	ok(e.api.Partition.Create(admin, &apiv1.PartitionServiceCreateRequest{Partition: &apiv1.Partition{Id: "fra1", Boot: &apiv1.PartitionBootConfig{Cmdline: "console=ttyS0"}}}))(t)
+	ok(e.api.Partition.Create(admin, &apiv1.PartitionServiceCreateRequest{Partition: &apiv1.Partition{Id: "fra1", AllowSingleAttach: true, Boot: &apiv1.PartitionBootConfig{Cmdline: "console=ttyS0"}}}))(t)
 	ok(e.api.Size.Create(admin, &apiv1.SizeServiceCreateRequest{Size: &apiv1.Size{Id: "s1", Constraints: []*apiv1.SizeConstraint{cores(1, 8)}}}))(t)
 	ok(e.api.Image.Create(admin, &apiv1.ImageServiceCreateRequest{Image: image("debian-12", "debian", "12.0.0")}))(t)
 	pix := ok(e.api.Agent.Enroll(admin, &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_PIXIE, Identity: "pixie-fra1", PartitionId: "fra1"}))(t)

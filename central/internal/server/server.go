@@ -34,6 +34,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/fabric"
 	"github.com/metalfleet/metalfleet/central/internal/file"
 	"github.com/metalfleet/metalfleet/central/internal/fleet"
 	"github.com/metalfleet/metalfleet/central/internal/pgembed"
@@ -41,6 +42,7 @@ import (
 	"github.com/metalfleet/metalfleet/central/internal/service"
 	"github.com/metalfleet/metalfleet/central/internal/store"
 	"github.com/metalfleet/metalfleet/central/internal/tenancy"
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -264,6 +266,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		return nil, err
 	}
 	s.hub.Attach(api.Provisioning())
+	s.hub.AttachKind(agentv1.Kind_KIND_SWITCH, fleet.ReporterFunc(func(ctx context.Context, tx pgx.Tx, a fleet.Agent, r *agentv1.Report) error {
+		return fabric.Report(ctx, tx, a.Identity, a.Partition, r)
+	}))
 	if err := api.RefreshPixies(ctx); err != nil {
 		return nil, fmt.Errorf("refresh PXE service documents: %w", err)
 	}

@@ -170,7 +170,7 @@ func TestAllocateIPBatchFailureFallsBack(t *testing.T) {
 func TestAllocateChildNetworksCombined(t *testing.T) {
 	ctx := benchCtx("/metalfleet.api.v1.NetworkService/Allocate")
 	a, project := benchAPI(t, ctx, 32)
-	if _, err := (&partitionService{API: a}).Create(ctx, &apiv1.PartitionServiceCreateRequest{Partition: &apiv1.Partition{Id: "p1"}}); err != nil {
+	if _, err := (&partitionService{API: a}).Create(ctx, &apiv1.PartitionServiceCreateRequest{Partition: &apiv1.Partition{Id: "p1", AllowSingleAttach: true}}); err != nil {
 		t.Fatal(err)
 	}
 	svc := &networkService{API: a}

@@ -99,7 +99,7 @@ func BenchmarkAllocateChildNetwork(b *testing.B) {
 		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
 			ctx := benchCtx("/metalfleet.api.v1.NetworkService/Allocate")
 			a, project := benchAPI(b, ctx, clients)
-			if _, err := (&partitionService{API: a}).Create(ctx, &apiv1.PartitionServiceCreateRequest{Partition: &apiv1.Partition{Id: "bench"}}); err != nil {
+			if _, err := (&partitionService{API: a}).Create(ctx, &apiv1.PartitionServiceCreateRequest{Partition: &apiv1.Partition{Id: "bench", AllowSingleAttach: true}}); err != nil {
 				b.Fatal(err)
 			}
 			svc := &networkService{API: a}

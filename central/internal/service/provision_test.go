@@ -63,7 +63,7 @@ func newLab(t testing.TB, clients int) *lab {
 		}
 	}
 	must((&partitionService{API: a}).Create(ctx, &apiv1.PartitionServiceCreateRequest{Partition: &apiv1.Partition{
-		Id: "p1", Boot: &apiv1.PartitionBootConfig{Cmdline: "console=ttyS0"}, DnsServers: []string{"192.0.2.53"}}}))
+		Id: "p1", Boot: &apiv1.PartitionBootConfig{Cmdline: "console=ttyS0"}, DnsServers: []string{"192.0.2.53"}, AllowSingleAttach: true}}))
 	must((&partitionService{API: a}).Create(ctx, &apiv1.PartitionServiceCreateRequest{Partition: &apiv1.Partition{Id: "p2"}}))
 	must((&sizeService{API: a}).Create(ctx, &apiv1.SizeServiceCreateRequest{Size: &apiv1.Size{Id: "s1", Constraints: []*apiv1.SizeConstraint{
 		{Type: apiv1.SizeConstraintType_SIZE_CONSTRAINT_TYPE_CORES, Min: 1, Max: 8},

@@ -185,7 +185,8 @@ func (l *Lab) setupPartition(ctx context.Context) (string, error) {
 	if desc == "" {
 		desc = "metal-lab " + t.Name
 	}
-	cmds := [][]string{{"partition", "create", "--id", p.ID, "--description", desc, "--boot-cmdline", cmdline}}
+	// The lab's machines have no leaves to be dual attached to yet.
+	cmds := [][]string{{"partition", "create", "--id", p.ID, "--description", desc, "--boot-cmdline", cmdline, "--allow-single-attach"}}
 	for _, s := range p.Sizes {
 		cmds = append(cmds, []string{"size", "create", "--id", s.ID, "--cores", s.Cores, "--memory", s.Memory, "--storage", s.Storage})
 	}

@@ -22,6 +22,12 @@ func partitionResource() resource[*apiv1.Partition] {
 			{header: "DNS", wide: true, value: func(p *apiv1.Partition) string { return strings.Join(p.GetDnsServers(), ",") }},
 			{header: "NTP", wide: true, value: func(p *apiv1.Partition) string { return strings.Join(p.GetNtpServers(), ",") }},
 			{header: "LABELS", wide: true, value: func(p *apiv1.Partition) string { return formatLabels(p.GetLabels()) }},
+			{header: "ATTACH", wide: true, value: func(p *apiv1.Partition) string {
+				if p.GetAllowSingleAttach() {
+					return "single allowed"
+				}
+				return "dual"
+			}},
 			{header: "DESCRIPTION", value: (*apiv1.Partition).GetDescription},
 		},
 		newObj: func() *apiv1.Partition { return &apiv1.Partition{} },
@@ -90,6 +96,7 @@ func (a *app) partitionCreateCommand(r resource[*apiv1.Partition]) *cobra.Comman
 	f.StringVar(&p.Name, "name", "", "display name")
 	f.StringVar(&p.Description, "description", "", "description")
 	f.StringVar(&p.Region, "region", "", "region the partition belongs to")
+	f.BoolVar(&p.AllowSingleAttach, "allow-single-attach", false, "let machines linked to fewer than two switches be allocated (a lab, a partition without a fabric); off: a machine must be dual attached")
 	f.StringArrayVar(&p.DnsServers, "dns-server", nil, "DNS server for machines (repeatable)")
 	f.StringArrayVar(&p.NtpServers, "ntp-server", nil, "NTP server for machines (repeatable)")
 	f.StringVar(&boot.KernelUrl, "boot-kernel-url", "", "PXE kernel URL")

@@ -71,6 +71,9 @@ type Config struct {
 	// ManagementInterface is where the management address is read when
 	// CONFIG_DB's MGMT_INTERFACE has none.
 	ManagementInterface string
+	// Rack is the rack the switch stands in, reported with its facts;
+	// central puts the machines linked to the switch in it.
+	Rack string
 
 	// FactsPoll is the slow poll of ports and LLDP behind the keyspace
 	// notifications (default 30s); BGPPoll how often FRR is asked for

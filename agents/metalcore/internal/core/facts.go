@@ -52,7 +52,7 @@ func (c *Core) collect(ctx context.Context) (*agentv1.Facts, error) {
 	if err != nil {
 		return nil, err
 	}
-	sf := &agentv1.SwitchFacts{Name: dev.Hostname, NamingSchema: string(c.schema), Ports: ports, SonicVersion: sonicVersion(c.cfg.SONiCVersionFile)}
+	sf := &agentv1.SwitchFacts{Name: dev.Hostname, NamingSchema: string(c.schema), Ports: ports, SonicVersion: sonicVersion(c.cfg.SONiCVersionFile), Rack: c.cfg.Rack}
 	if sf.Name == "" {
 		sf.Name = c.cfg.Name
 	}

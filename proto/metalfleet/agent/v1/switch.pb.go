@@ -736,7 +736,10 @@ type SwitchFacts struct {
 	// ports are all ports of CONFIG_DB's PORT table.
 	Ports []*SwitchPortFact `protobuf:"bytes,5,rep,name=ports,proto3" json:"ports,omitempty"`
 	// bgp_sessions are FRR's BGP neighbours in every VRF, read live.
-	BgpSessions   []*BgpSessionFact `protobuf:"bytes,6,rep,name=bgp_sessions,json=bgpSessions,proto3" json:"bgp_sessions,omitempty"`
+	BgpSessions []*BgpSessionFact `protobuf:"bytes,6,rep,name=bgp_sessions,json=bgpSessions,proto3" json:"bgp_sessions,omitempty"`
+	// rack the switch stands in (metal-core's --rack); machines linked to the
+	// switch are in its rack.
+	Rack          string `protobuf:"bytes,7,opt,name=rack,proto3" json:"rack,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -811,6 +814,13 @@ func (x *SwitchFacts) GetBgpSessions() []*BgpSessionFact {
 		return x.BgpSessions
 	}
 	return nil
+}
+
+func (x *SwitchFacts) GetRack() string {
+	if x != nil {
+		return x.Rack
+	}
+	return ""
 }
 
 // SwitchPortFact is one port of the switch.
@@ -1161,14 +1171,15 @@ const file_metalfleet_agent_v1_switch_proto_rawDesc = "" +
 	"\fhold_seconds\x18\x04 \x01(\rR\vholdSeconds\x12\x1d\n" +
 	"\n" +
 	"allowas_in\x18\x05 \x01(\rR\tallowasIn\x12%\n" +
-	"\x0emaximum_prefix\x18\x06 \x01(\rR\rmaximumPrefix\"\x9d\x02\n" +
+	"\x0emaximum_prefix\x18\x06 \x01(\rR\rmaximumPrefix\"\xb1\x02\n" +
 	"\vSwitchFacts\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
 	"\rsonic_version\x18\x02 \x01(\tR\fsonicVersion\x12-\n" +
 	"\x12management_address\x18\x03 \x01(\tR\x11managementAddress\x12#\n" +
 	"\rnaming_schema\x18\x04 \x01(\tR\fnamingSchema\x129\n" +
 	"\x05ports\x18\x05 \x03(\v2#.metalfleet.agent.v1.SwitchPortFactR\x05ports\x12F\n" +
-	"\fbgp_sessions\x18\x06 \x03(\v2#.metalfleet.agent.v1.BgpSessionFactR\vbgpSessions\"\x91\x03\n" +
+	"\fbgp_sessions\x18\x06 \x03(\v2#.metalfleet.agent.v1.BgpSessionFactR\vbgpSessions\x12\x12\n" +
+	"\x04rack\x18\a \x01(\tR\x04rack\"\x91\x03\n" +
 	"\x0eSwitchPortFact\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
 	"\n" +

@@ -1600,15 +1600,25 @@ func (x *MachineServiceIssuesResponse) GetIssues() []*MachineIssue {
 	return nil
 }
 
-// Switch is a leaf or spine switch (read-only here).
+// Switch is a leaf switch as its metal-core reports it (read-only here):
+// created by the first report of its switch agent (kind switch, enrolled by
+// an admin; the agent's identity is the switch's id).
 type Switch struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	PartitionId   string                 `protobuf:"bytes,2,opt,name=partition_id,json=partitionId,proto3" json:"partition_id,omitempty"`
-	Rack          string                 `protobuf:"bytes,3,opt,name=rack,proto3" json:"rack,omitempty"`
-	Ports         []*SwitchPort          `protobuf:"bytes,4,rep,name=ports,proto3" json:"ports,omitempty"`
-	LastSync      *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_sync,json=lastSync,proto3" json:"last_sync,omitempty"`
-	Meta          *Meta                  `protobuf:"bytes,15,opt,name=meta,proto3" json:"meta,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	PartitionId string                 `protobuf:"bytes,2,opt,name=partition_id,json=partitionId,proto3" json:"partition_id,omitempty"`
+	Rack        string                 `protobuf:"bytes,3,opt,name=rack,proto3" json:"rack,omitempty"`
+	Ports       []*SwitchPort          `protobuf:"bytes,4,rep,name=ports,proto3" json:"ports,omitempty"`
+	// last_sync is when metal-core last reported.
+	LastSync *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_sync,json=lastSync,proto3" json:"last_sync,omitempty"`
+	// sonic_version and management_address as the switch reports them.
+	SonicVersion      string `protobuf:"bytes,6,opt,name=sonic_version,json=sonicVersion,proto3" json:"sonic_version,omitempty"`
+	ManagementAddress string `protobuf:"bytes,7,opt,name=management_address,json=managementAddress,proto3" json:"management_address,omitempty"`
+	// bgp_sessions are FRR's sessions, read live on the switch.
+	BgpSessions []*SwitchBgpSession `protobuf:"bytes,8,rep,name=bgp_sessions,json=bgpSessions,proto3" json:"bgp_sessions,omitempty"`
+	// sync is the state of the switch's desired document on the switch.
+	Sync          *SwitchSync `protobuf:"bytes,9,opt,name=sync,proto3" json:"sync,omitempty"`
+	Meta          *Meta       `protobuf:"bytes,15,opt,name=meta,proto3" json:"meta,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1678,6 +1688,34 @@ func (x *Switch) GetLastSync() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Switch) GetSonicVersion() string {
+	if x != nil {
+		return x.SonicVersion
+	}
+	return ""
+}
+
+func (x *Switch) GetManagementAddress() string {
+	if x != nil {
+		return x.ManagementAddress
+	}
+	return ""
+}
+
+func (x *Switch) GetBgpSessions() []*SwitchBgpSession {
+	if x != nil {
+		return x.BgpSessions
+	}
+	return nil
+}
+
+func (x *Switch) GetSync() *SwitchSync {
+	if x != nil {
+		return x.Sync
+	}
+	return nil
+}
+
 func (x *Switch) GetMeta() *Meta {
 	if x != nil {
 		return x.Meta
@@ -1690,8 +1728,20 @@ type SwitchPort struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Mac   string                 `protobuf:"bytes,2,opt,name=mac,proto3" json:"mac,omitempty"`
-	// machine_id connected to the port, if known.
-	MachineId     string `protobuf:"bytes,3,opt,name=machine_id,json=machineId,proto3" json:"machine_id,omitempty"`
+	// machine_id connected to the port, if known: the machine whose NIC
+	// sees this switch and port by LLDP.
+	MachineId string `protobuf:"bytes,3,opt,name=machine_id,json=machineId,proto3" json:"machine_id,omitempty"`
+	// identifier is what a machine on the port sees as LLDP port id.
+	Identifier string `protobuf:"bytes,4,opt,name=identifier,proto3" json:"identifier,omitempty"`
+	// machine_nic is the NIC of machine_id on this port.
+	MachineNic string `protobuf:"bytes,5,opt,name=machine_nic,json=machineNic,proto3" json:"machine_nic,omitempty"`
+	// admin_state and oper_state: "up", "down" or "" (unknown).
+	AdminState string `protobuf:"bytes,6,opt,name=admin_state,json=adminState,proto3" json:"admin_state,omitempty"`
+	OperState  string `protobuf:"bytes,7,opt,name=oper_state,json=operState,proto3" json:"oper_state,omitempty"`
+	SpeedMbps  uint32 `protobuf:"varint,8,opt,name=speed_mbps,json=speedMbps,proto3" json:"speed_mbps,omitempty"`
+	Mtu        uint32 `protobuf:"varint,9,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	// neighbours LLDP learned on the port: "system_name port_id" each.
+	Neighbours    []string `protobuf:"bytes,10,rep,name=neighbours,proto3" json:"neighbours,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1747,6 +1797,229 @@ func (x *SwitchPort) GetMachineId() string {
 	return ""
 }
 
+func (x *SwitchPort) GetIdentifier() string {
+	if x != nil {
+		return x.Identifier
+	}
+	return ""
+}
+
+func (x *SwitchPort) GetMachineNic() string {
+	if x != nil {
+		return x.MachineNic
+	}
+	return ""
+}
+
+func (x *SwitchPort) GetAdminState() string {
+	if x != nil {
+		return x.AdminState
+	}
+	return ""
+}
+
+func (x *SwitchPort) GetOperState() string {
+	if x != nil {
+		return x.OperState
+	}
+	return ""
+}
+
+func (x *SwitchPort) GetSpeedMbps() uint32 {
+	if x != nil {
+		return x.SpeedMbps
+	}
+	return 0
+}
+
+func (x *SwitchPort) GetMtu() uint32 {
+	if x != nil {
+		return x.Mtu
+	}
+	return 0
+}
+
+func (x *SwitchPort) GetNeighbours() []string {
+	if x != nil {
+		return x.Neighbours
+	}
+	return nil
+}
+
+// SwitchBgpSession is one BGP session of a switch.
+type SwitchBgpSession struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// port for BGP unnumbered sessions, else the neighbour's address.
+	Port      string `protobuf:"bytes,1,opt,name=port,proto3" json:"port,omitempty"`
+	Vrf       string `protobuf:"bytes,2,opt,name=vrf,proto3" json:"vrf,omitempty"`
+	PeerGroup string `protobuf:"bytes,3,opt,name=peer_group,json=peerGroup,proto3" json:"peer_group,omitempty"`
+	// state: "established", "idle", "connect", "active", "open-sent", "open-confirm".
+	State            string                 `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	EstablishedSince *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=established_since,json=establishedSince,proto3" json:"established_since,omitempty"`
+	RemoteAs         uint32                 `protobuf:"varint,6,opt,name=remote_as,json=remoteAs,proto3" json:"remote_as,omitempty"`
+	RemoteHostname   string                 `protobuf:"bytes,7,opt,name=remote_hostname,json=remoteHostname,proto3" json:"remote_hostname,omitempty"`
+	PrefixesSent     uint64                 `protobuf:"varint,8,opt,name=prefixes_sent,json=prefixesSent,proto3" json:"prefixes_sent,omitempty"`
+	PrefixesAccepted uint64                 `protobuf:"varint,9,opt,name=prefixes_accepted,json=prefixesAccepted,proto3" json:"prefixes_accepted,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *SwitchBgpSession) Reset() {
+	*x = SwitchBgpSession{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SwitchBgpSession) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SwitchBgpSession) ProtoMessage() {}
+
+func (x *SwitchBgpSession) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SwitchBgpSession.ProtoReflect.Descriptor instead.
+func (*SwitchBgpSession) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *SwitchBgpSession) GetPort() string {
+	if x != nil {
+		return x.Port
+	}
+	return ""
+}
+
+func (x *SwitchBgpSession) GetVrf() string {
+	if x != nil {
+		return x.Vrf
+	}
+	return ""
+}
+
+func (x *SwitchBgpSession) GetPeerGroup() string {
+	if x != nil {
+		return x.PeerGroup
+	}
+	return ""
+}
+
+func (x *SwitchBgpSession) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *SwitchBgpSession) GetEstablishedSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EstablishedSince
+	}
+	return nil
+}
+
+func (x *SwitchBgpSession) GetRemoteAs() uint32 {
+	if x != nil {
+		return x.RemoteAs
+	}
+	return 0
+}
+
+func (x *SwitchBgpSession) GetRemoteHostname() string {
+	if x != nil {
+		return x.RemoteHostname
+	}
+	return ""
+}
+
+func (x *SwitchBgpSession) GetPrefixesSent() uint64 {
+	if x != nil {
+		return x.PrefixesSent
+	}
+	return 0
+}
+
+func (x *SwitchBgpSession) GetPrefixesAccepted() uint64 {
+	if x != nil {
+		return x.PrefixesAccepted
+	}
+	return 0
+}
+
+// SwitchSync is what metal-core last said about applying its document.
+type SwitchSync struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// applied_revision is the revision of the desired document in effect.
+	AppliedRevision uint64 `protobuf:"varint,1,opt,name=applied_revision,json=appliedRevision,proto3" json:"applied_revision,omitempty"`
+	// error is the last apply's error; empty when it succeeded.
+	Error         string                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	ReportedAt    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=reported_at,json=reportedAt,proto3" json:"reported_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SwitchSync) Reset() {
+	*x = SwitchSync{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SwitchSync) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SwitchSync) ProtoMessage() {}
+
+func (x *SwitchSync) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SwitchSync.ProtoReflect.Descriptor instead.
+func (*SwitchSync) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *SwitchSync) GetAppliedRevision() uint64 {
+	if x != nil {
+		return x.AppliedRevision
+	}
+	return 0
+}
+
+func (x *SwitchSync) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *SwitchSync) GetReportedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReportedAt
+	}
+	return nil
+}
+
 type SwitchServiceGetRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1756,7 +2029,7 @@ type SwitchServiceGetRequest struct {
 
 func (x *SwitchServiceGetRequest) Reset() {
 	*x = SwitchServiceGetRequest{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[24]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1768,7 +2041,7 @@ func (x *SwitchServiceGetRequest) String() string {
 func (*SwitchServiceGetRequest) ProtoMessage() {}
 
 func (x *SwitchServiceGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[24]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1781,7 +2054,7 @@ func (x *SwitchServiceGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchServiceGetRequest.ProtoReflect.Descriptor instead.
 func (*SwitchServiceGetRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{24}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SwitchServiceGetRequest) GetId() string {
@@ -1800,7 +2073,7 @@ type SwitchServiceGetResponse struct {
 
 func (x *SwitchServiceGetResponse) Reset() {
 	*x = SwitchServiceGetResponse{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[25]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1812,7 +2085,7 @@ func (x *SwitchServiceGetResponse) String() string {
 func (*SwitchServiceGetResponse) ProtoMessage() {}
 
 func (x *SwitchServiceGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[25]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1825,7 +2098,7 @@ func (x *SwitchServiceGetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchServiceGetResponse.ProtoReflect.Descriptor instead.
 func (*SwitchServiceGetResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{25}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SwitchServiceGetResponse) GetSwitch() *Switch {
@@ -1844,7 +2117,7 @@ type SwitchServiceListRequest struct {
 
 func (x *SwitchServiceListRequest) Reset() {
 	*x = SwitchServiceListRequest{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[26]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1856,7 +2129,7 @@ func (x *SwitchServiceListRequest) String() string {
 func (*SwitchServiceListRequest) ProtoMessage() {}
 
 func (x *SwitchServiceListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[26]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1869,7 +2142,7 @@ func (x *SwitchServiceListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchServiceListRequest.ProtoReflect.Descriptor instead.
 func (*SwitchServiceListRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{26}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SwitchServiceListRequest) GetPartitionId() string {
@@ -1888,7 +2161,7 @@ type SwitchServiceListResponse struct {
 
 func (x *SwitchServiceListResponse) Reset() {
 	*x = SwitchServiceListResponse{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[27]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1900,7 +2173,7 @@ func (x *SwitchServiceListResponse) String() string {
 func (*SwitchServiceListResponse) ProtoMessage() {}
 
 func (x *SwitchServiceListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[27]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1913,7 +2186,7 @@ func (x *SwitchServiceListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchServiceListResponse.ProtoReflect.Descriptor instead.
 func (*SwitchServiceListResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{27}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SwitchServiceListResponse) GetSwitches() []*Switch {
@@ -2041,20 +2314,57 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"\x1bMachineServiceIssuesRequest\x12!\n" +
 	"\fpartition_id\x18\x01 \x01(\tR\vpartitionId\"W\n" +
 	"\x1cMachineServiceIssuesResponse\x127\n" +
-	"\x06issues\x18\x01 \x03(\v2\x1f.metalfleet.api.v1.MachineIssueR\x06issues\"\xea\x01\n" +
+	"\x06issues\x18\x01 \x03(\v2\x1f.metalfleet.api.v1.MachineIssueR\x06issues\"\xb9\x03\n" +
 	"\x06Switch\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fpartition_id\x18\x02 \x01(\tR\vpartitionId\x12\x12\n" +
 	"\x04rack\x18\x03 \x01(\tR\x04rack\x123\n" +
 	"\x05ports\x18\x04 \x03(\v2\x1d.metalfleet.api.v1.SwitchPortR\x05ports\x127\n" +
-	"\tlast_sync\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\blastSync\x12+\n" +
-	"\x04meta\x18\x0f \x01(\v2\x17.metalfleet.api.v1.MetaR\x04meta\"Q\n" +
+	"\tlast_sync\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\blastSync\x12#\n" +
+	"\rsonic_version\x18\x06 \x01(\tR\fsonicVersion\x12-\n" +
+	"\x12management_address\x18\a \x01(\tR\x11managementAddress\x12F\n" +
+	"\fbgp_sessions\x18\b \x03(\v2#.metalfleet.api.v1.SwitchBgpSessionR\vbgpSessions\x121\n" +
+	"\x04sync\x18\t \x01(\v2\x1d.metalfleet.api.v1.SwitchSyncR\x04sync\x12+\n" +
+	"\x04meta\x18\x0f \x01(\v2\x17.metalfleet.api.v1.MetaR\x04meta\"\xa3\x02\n" +
 	"\n" +
 	"SwitchPort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x1d\n" +
 	"\n" +
-	"machine_id\x18\x03 \x01(\tR\tmachineId\")\n" +
+	"machine_id\x18\x03 \x01(\tR\tmachineId\x12\x1e\n" +
+	"\n" +
+	"identifier\x18\x04 \x01(\tR\n" +
+	"identifier\x12\x1f\n" +
+	"\vmachine_nic\x18\x05 \x01(\tR\n" +
+	"machineNic\x12\x1f\n" +
+	"\vadmin_state\x18\x06 \x01(\tR\n" +
+	"adminState\x12\x1d\n" +
+	"\n" +
+	"oper_state\x18\a \x01(\tR\toperState\x12\x1d\n" +
+	"\n" +
+	"speed_mbps\x18\b \x01(\rR\tspeedMbps\x12\x10\n" +
+	"\x03mtu\x18\t \x01(\rR\x03mtu\x12\x1e\n" +
+	"\n" +
+	"neighbours\x18\n" +
+	" \x03(\tR\n" +
+	"neighbours\"\xce\x02\n" +
+	"\x10SwitchBgpSession\x12\x12\n" +
+	"\x04port\x18\x01 \x01(\tR\x04port\x12\x10\n" +
+	"\x03vrf\x18\x02 \x01(\tR\x03vrf\x12\x1d\n" +
+	"\n" +
+	"peer_group\x18\x03 \x01(\tR\tpeerGroup\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\x12G\n" +
+	"\x11established_since\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x10establishedSince\x12\x1b\n" +
+	"\tremote_as\x18\x06 \x01(\rR\bremoteAs\x12'\n" +
+	"\x0fremote_hostname\x18\a \x01(\tR\x0eremoteHostname\x12#\n" +
+	"\rprefixes_sent\x18\b \x01(\x04R\fprefixesSent\x12+\n" +
+	"\x11prefixes_accepted\x18\t \x01(\x04R\x10prefixesAccepted\"\x8a\x01\n" +
+	"\n" +
+	"SwitchSync\x12)\n" +
+	"\x10applied_revision\x18\x01 \x01(\x04R\x0fappliedRevision\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12;\n" +
+	"\vreported_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"reportedAt\")\n" +
 	"\x17SwitchServiceGetRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"M\n" +
 	"\x18SwitchServiceGetResponse\x121\n" +
@@ -2116,7 +2426,7 @@ func file_metalfleet_api_v1_machine_proto_rawDescGZIP() []byte {
 }
 
 var file_metalfleet_api_v1_machine_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_metalfleet_api_v1_machine_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_metalfleet_api_v1_machine_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_metalfleet_api_v1_machine_proto_goTypes = []any{
 	(MachineState)(0),                        // 0: metalfleet.api.v1.MachineState
 	(Liveliness)(0),                          // 1: metalfleet.api.v1.Liveliness
@@ -2145,33 +2455,35 @@ var file_metalfleet_api_v1_machine_proto_goTypes = []any{
 	(*MachineServiceIssuesResponse)(nil),     // 24: metalfleet.api.v1.MachineServiceIssuesResponse
 	(*Switch)(nil),                           // 25: metalfleet.api.v1.Switch
 	(*SwitchPort)(nil),                       // 26: metalfleet.api.v1.SwitchPort
-	(*SwitchServiceGetRequest)(nil),          // 27: metalfleet.api.v1.SwitchServiceGetRequest
-	(*SwitchServiceGetResponse)(nil),         // 28: metalfleet.api.v1.SwitchServiceGetResponse
-	(*SwitchServiceListRequest)(nil),         // 29: metalfleet.api.v1.SwitchServiceListRequest
-	(*SwitchServiceListResponse)(nil),        // 30: metalfleet.api.v1.SwitchServiceListResponse
-	nil,                                      // 31: metalfleet.api.v1.Machine.LabelsEntry
-	nil,                                      // 32: metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
-	(*v1.MachineFacts)(nil),                  // 33: metalfleet.agent.v1.MachineFacts
-	(*timestamppb.Timestamp)(nil),            // 34: google.protobuf.Timestamp
-	(*Meta)(nil),                             // 35: metalfleet.api.v1.Meta
+	(*SwitchBgpSession)(nil),                 // 27: metalfleet.api.v1.SwitchBgpSession
+	(*SwitchSync)(nil),                       // 28: metalfleet.api.v1.SwitchSync
+	(*SwitchServiceGetRequest)(nil),          // 29: metalfleet.api.v1.SwitchServiceGetRequest
+	(*SwitchServiceGetResponse)(nil),         // 30: metalfleet.api.v1.SwitchServiceGetResponse
+	(*SwitchServiceListRequest)(nil),         // 31: metalfleet.api.v1.SwitchServiceListRequest
+	(*SwitchServiceListResponse)(nil),        // 32: metalfleet.api.v1.SwitchServiceListResponse
+	nil,                                      // 33: metalfleet.api.v1.Machine.LabelsEntry
+	nil,                                      // 34: metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
+	(*v1.MachineFacts)(nil),                  // 35: metalfleet.agent.v1.MachineFacts
+	(*timestamppb.Timestamp)(nil),            // 36: google.protobuf.Timestamp
+	(*Meta)(nil),                             // 37: metalfleet.api.v1.Meta
 }
 var file_metalfleet_api_v1_machine_proto_depIdxs = []int32{
 	0,  // 0: metalfleet.api.v1.Machine.state:type_name -> metalfleet.api.v1.MachineState
 	1,  // 1: metalfleet.api.v1.Machine.liveliness:type_name -> metalfleet.api.v1.Liveliness
 	5,  // 2: metalfleet.api.v1.Machine.allocation:type_name -> metalfleet.api.v1.MachineAllocation
-	33, // 3: metalfleet.api.v1.Machine.hardware:type_name -> metalfleet.agent.v1.MachineFacts
-	34, // 4: metalfleet.api.v1.Machine.last_event_at:type_name -> google.protobuf.Timestamp
-	31, // 5: metalfleet.api.v1.Machine.labels:type_name -> metalfleet.api.v1.Machine.LabelsEntry
+	35, // 3: metalfleet.api.v1.Machine.hardware:type_name -> metalfleet.agent.v1.MachineFacts
+	36, // 4: metalfleet.api.v1.Machine.last_event_at:type_name -> google.protobuf.Timestamp
+	33, // 5: metalfleet.api.v1.Machine.labels:type_name -> metalfleet.api.v1.Machine.LabelsEntry
 	2,  // 6: metalfleet.api.v1.Machine.provisioning:type_name -> metalfleet.api.v1.ProvisioningState
 	4,  // 7: metalfleet.api.v1.Machine.issues:type_name -> metalfleet.api.v1.MachineIssue
-	35, // 8: metalfleet.api.v1.Machine.meta:type_name -> metalfleet.api.v1.Meta
-	34, // 9: metalfleet.api.v1.MachineAllocation.created_at:type_name -> google.protobuf.Timestamp
-	34, // 10: metalfleet.api.v1.MachineAllocation.phoned_home_at:type_name -> google.protobuf.Timestamp
-	34, // 11: metalfleet.api.v1.MachineEvent.time:type_name -> google.protobuf.Timestamp
+	37, // 8: metalfleet.api.v1.Machine.meta:type_name -> metalfleet.api.v1.Meta
+	36, // 9: metalfleet.api.v1.MachineAllocation.created_at:type_name -> google.protobuf.Timestamp
+	36, // 10: metalfleet.api.v1.MachineAllocation.phoned_home_at:type_name -> google.protobuf.Timestamp
+	36, // 11: metalfleet.api.v1.MachineEvent.time:type_name -> google.protobuf.Timestamp
 	2,  // 12: metalfleet.api.v1.MachineEvent.state:type_name -> metalfleet.api.v1.ProvisioningState
 	3,  // 13: metalfleet.api.v1.MachineServiceGetResponse.machine:type_name -> metalfleet.api.v1.Machine
 	3,  // 14: metalfleet.api.v1.MachineServiceListResponse.machines:type_name -> metalfleet.api.v1.Machine
-	32, // 15: metalfleet.api.v1.MachineServiceCreateRequest.labels:type_name -> metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
+	34, // 15: metalfleet.api.v1.MachineServiceCreateRequest.labels:type_name -> metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
 	3,  // 16: metalfleet.api.v1.MachineServiceCreateResponse.machine:type_name -> metalfleet.api.v1.Machine
 	3,  // 17: metalfleet.api.v1.MachineServiceDeleteResponse.machine:type_name -> metalfleet.api.v1.Machine
 	3,  // 18: metalfleet.api.v1.MachineServiceReinstallResponse.machine:type_name -> metalfleet.api.v1.Machine
@@ -2182,37 +2494,41 @@ var file_metalfleet_api_v1_machine_proto_depIdxs = []int32{
 	3,  // 23: metalfleet.api.v1.MachineServiceResolveMacResponse.machine:type_name -> metalfleet.api.v1.Machine
 	4,  // 24: metalfleet.api.v1.MachineServiceIssuesResponse.issues:type_name -> metalfleet.api.v1.MachineIssue
 	26, // 25: metalfleet.api.v1.Switch.ports:type_name -> metalfleet.api.v1.SwitchPort
-	34, // 26: metalfleet.api.v1.Switch.last_sync:type_name -> google.protobuf.Timestamp
-	35, // 27: metalfleet.api.v1.Switch.meta:type_name -> metalfleet.api.v1.Meta
-	25, // 28: metalfleet.api.v1.SwitchServiceGetResponse.switch:type_name -> metalfleet.api.v1.Switch
-	25, // 29: metalfleet.api.v1.SwitchServiceListResponse.switches:type_name -> metalfleet.api.v1.Switch
-	7,  // 30: metalfleet.api.v1.MachineService.Get:input_type -> metalfleet.api.v1.MachineServiceGetRequest
-	9,  // 31: metalfleet.api.v1.MachineService.List:input_type -> metalfleet.api.v1.MachineServiceListRequest
-	11, // 32: metalfleet.api.v1.MachineService.Create:input_type -> metalfleet.api.v1.MachineServiceCreateRequest
-	13, // 33: metalfleet.api.v1.MachineService.Delete:input_type -> metalfleet.api.v1.MachineServiceDeleteRequest
-	15, // 34: metalfleet.api.v1.MachineService.Reinstall:input_type -> metalfleet.api.v1.MachineServiceReinstallRequest
-	17, // 35: metalfleet.api.v1.MachineService.SetState:input_type -> metalfleet.api.v1.MachineServiceSetStateRequest
-	19, // 36: metalfleet.api.v1.MachineService.Events:input_type -> metalfleet.api.v1.MachineServiceEventsRequest
-	23, // 37: metalfleet.api.v1.MachineService.Issues:input_type -> metalfleet.api.v1.MachineServiceIssuesRequest
-	21, // 38: metalfleet.api.v1.MachineService.ResolveMac:input_type -> metalfleet.api.v1.MachineServiceResolveMacRequest
-	27, // 39: metalfleet.api.v1.SwitchService.Get:input_type -> metalfleet.api.v1.SwitchServiceGetRequest
-	29, // 40: metalfleet.api.v1.SwitchService.List:input_type -> metalfleet.api.v1.SwitchServiceListRequest
-	8,  // 41: metalfleet.api.v1.MachineService.Get:output_type -> metalfleet.api.v1.MachineServiceGetResponse
-	10, // 42: metalfleet.api.v1.MachineService.List:output_type -> metalfleet.api.v1.MachineServiceListResponse
-	12, // 43: metalfleet.api.v1.MachineService.Create:output_type -> metalfleet.api.v1.MachineServiceCreateResponse
-	14, // 44: metalfleet.api.v1.MachineService.Delete:output_type -> metalfleet.api.v1.MachineServiceDeleteResponse
-	16, // 45: metalfleet.api.v1.MachineService.Reinstall:output_type -> metalfleet.api.v1.MachineServiceReinstallResponse
-	18, // 46: metalfleet.api.v1.MachineService.SetState:output_type -> metalfleet.api.v1.MachineServiceSetStateResponse
-	20, // 47: metalfleet.api.v1.MachineService.Events:output_type -> metalfleet.api.v1.MachineServiceEventsResponse
-	24, // 48: metalfleet.api.v1.MachineService.Issues:output_type -> metalfleet.api.v1.MachineServiceIssuesResponse
-	22, // 49: metalfleet.api.v1.MachineService.ResolveMac:output_type -> metalfleet.api.v1.MachineServiceResolveMacResponse
-	28, // 50: metalfleet.api.v1.SwitchService.Get:output_type -> metalfleet.api.v1.SwitchServiceGetResponse
-	30, // 51: metalfleet.api.v1.SwitchService.List:output_type -> metalfleet.api.v1.SwitchServiceListResponse
-	41, // [41:52] is the sub-list for method output_type
-	30, // [30:41] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	36, // 26: metalfleet.api.v1.Switch.last_sync:type_name -> google.protobuf.Timestamp
+	27, // 27: metalfleet.api.v1.Switch.bgp_sessions:type_name -> metalfleet.api.v1.SwitchBgpSession
+	28, // 28: metalfleet.api.v1.Switch.sync:type_name -> metalfleet.api.v1.SwitchSync
+	37, // 29: metalfleet.api.v1.Switch.meta:type_name -> metalfleet.api.v1.Meta
+	36, // 30: metalfleet.api.v1.SwitchBgpSession.established_since:type_name -> google.protobuf.Timestamp
+	36, // 31: metalfleet.api.v1.SwitchSync.reported_at:type_name -> google.protobuf.Timestamp
+	25, // 32: metalfleet.api.v1.SwitchServiceGetResponse.switch:type_name -> metalfleet.api.v1.Switch
+	25, // 33: metalfleet.api.v1.SwitchServiceListResponse.switches:type_name -> metalfleet.api.v1.Switch
+	7,  // 34: metalfleet.api.v1.MachineService.Get:input_type -> metalfleet.api.v1.MachineServiceGetRequest
+	9,  // 35: metalfleet.api.v1.MachineService.List:input_type -> metalfleet.api.v1.MachineServiceListRequest
+	11, // 36: metalfleet.api.v1.MachineService.Create:input_type -> metalfleet.api.v1.MachineServiceCreateRequest
+	13, // 37: metalfleet.api.v1.MachineService.Delete:input_type -> metalfleet.api.v1.MachineServiceDeleteRequest
+	15, // 38: metalfleet.api.v1.MachineService.Reinstall:input_type -> metalfleet.api.v1.MachineServiceReinstallRequest
+	17, // 39: metalfleet.api.v1.MachineService.SetState:input_type -> metalfleet.api.v1.MachineServiceSetStateRequest
+	19, // 40: metalfleet.api.v1.MachineService.Events:input_type -> metalfleet.api.v1.MachineServiceEventsRequest
+	23, // 41: metalfleet.api.v1.MachineService.Issues:input_type -> metalfleet.api.v1.MachineServiceIssuesRequest
+	21, // 42: metalfleet.api.v1.MachineService.ResolveMac:input_type -> metalfleet.api.v1.MachineServiceResolveMacRequest
+	29, // 43: metalfleet.api.v1.SwitchService.Get:input_type -> metalfleet.api.v1.SwitchServiceGetRequest
+	31, // 44: metalfleet.api.v1.SwitchService.List:input_type -> metalfleet.api.v1.SwitchServiceListRequest
+	8,  // 45: metalfleet.api.v1.MachineService.Get:output_type -> metalfleet.api.v1.MachineServiceGetResponse
+	10, // 46: metalfleet.api.v1.MachineService.List:output_type -> metalfleet.api.v1.MachineServiceListResponse
+	12, // 47: metalfleet.api.v1.MachineService.Create:output_type -> metalfleet.api.v1.MachineServiceCreateResponse
+	14, // 48: metalfleet.api.v1.MachineService.Delete:output_type -> metalfleet.api.v1.MachineServiceDeleteResponse
+	16, // 49: metalfleet.api.v1.MachineService.Reinstall:output_type -> metalfleet.api.v1.MachineServiceReinstallResponse
+	18, // 50: metalfleet.api.v1.MachineService.SetState:output_type -> metalfleet.api.v1.MachineServiceSetStateResponse
+	20, // 51: metalfleet.api.v1.MachineService.Events:output_type -> metalfleet.api.v1.MachineServiceEventsResponse
+	24, // 52: metalfleet.api.v1.MachineService.Issues:output_type -> metalfleet.api.v1.MachineServiceIssuesResponse
+	22, // 53: metalfleet.api.v1.MachineService.ResolveMac:output_type -> metalfleet.api.v1.MachineServiceResolveMacResponse
+	30, // 54: metalfleet.api.v1.SwitchService.Get:output_type -> metalfleet.api.v1.SwitchServiceGetResponse
+	32, // 55: metalfleet.api.v1.SwitchService.List:output_type -> metalfleet.api.v1.SwitchServiceListResponse
+	45, // [45:56] is the sub-list for method output_type
+	34, // [34:45] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_metalfleet_api_v1_machine_proto_init() }
@@ -2227,7 +2543,7 @@ func file_metalfleet_api_v1_machine_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metalfleet_api_v1_machine_proto_rawDesc), len(file_metalfleet_api_v1_machine_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   30,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

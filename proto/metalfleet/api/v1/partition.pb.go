@@ -29,14 +29,18 @@ type Partition struct {
 	Name        string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	Description string                 `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
 	// region groups partitions (e.g. "eu-central").
-	Region        string               `protobuf:"bytes,4,opt,name=region,proto3" json:"region,omitempty"`
-	Boot          *PartitionBootConfig `protobuf:"bytes,5,opt,name=boot,proto3" json:"boot,omitempty"`
-	DnsServers    []string             `protobuf:"bytes,6,rep,name=dns_servers,json=dnsServers,proto3" json:"dns_servers,omitempty"`
-	NtpServers    []string             `protobuf:"bytes,7,rep,name=ntp_servers,json=ntpServers,proto3" json:"ntp_servers,omitempty"`
-	Labels        map[string]string    `protobuf:"bytes,8,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Meta          *Meta                `protobuf:"bytes,15,opt,name=meta,proto3" json:"meta,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Region     string               `protobuf:"bytes,4,opt,name=region,proto3" json:"region,omitempty"`
+	Boot       *PartitionBootConfig `protobuf:"bytes,5,opt,name=boot,proto3" json:"boot,omitempty"`
+	DnsServers []string             `protobuf:"bytes,6,rep,name=dns_servers,json=dnsServers,proto3" json:"dns_servers,omitempty"`
+	NtpServers []string             `protobuf:"bytes,7,rep,name=ntp_servers,json=ntpServers,proto3" json:"ntp_servers,omitempty"`
+	Labels     map[string]string    `protobuf:"bytes,8,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// allow_single_attach lets machines linked to fewer than two switches be
+	// allocated (a lab, a partition without a fabric). Off by default: a
+	// machine must be dual attached, seen by LLDP on two different leaves.
+	AllowSingleAttach bool  `protobuf:"varint,9,opt,name=allow_single_attach,json=allowSingleAttach,proto3" json:"allow_single_attach,omitempty"`
+	Meta              *Meta `protobuf:"bytes,15,opt,name=meta,proto3" json:"meta,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Partition) Reset() {
@@ -123,6 +127,13 @@ func (x *Partition) GetLabels() map[string]string {
 		return x.Labels
 	}
 	return nil
+}
+
+func (x *Partition) GetAllowSingleAttach() bool {
+	if x != nil {
+		return x.AllowSingleAttach
+	}
+	return false
 }
 
 func (x *Partition) GetMeta() *Meta {
@@ -630,7 +641,7 @@ var File_metalfleet_api_v1_partition_proto protoreflect.FileDescriptor
 
 const file_metalfleet_api_v1_partition_proto_rawDesc = "" +
 	"\n" +
-	"!metalfleet/api/v1/partition.proto\x12\x11metalfleet.api.v1\x1a\x1emetalfleet/api/v1/common.proto\"\x91\x03\n" +
+	"!metalfleet/api/v1/partition.proto\x12\x11metalfleet.api.v1\x1a\x1emetalfleet/api/v1/common.proto\"\xc1\x03\n" +
 	"\tPartition\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
@@ -641,7 +652,8 @@ const file_metalfleet_api_v1_partition_proto_rawDesc = "" +
 	"dnsServers\x12\x1f\n" +
 	"\vntp_servers\x18\a \x03(\tR\n" +
 	"ntpServers\x12@\n" +
-	"\x06labels\x18\b \x03(\v2(.metalfleet.api.v1.Partition.LabelsEntryR\x06labels\x12+\n" +
+	"\x06labels\x18\b \x03(\v2(.metalfleet.api.v1.Partition.LabelsEntryR\x06labels\x12.\n" +
+	"\x13allow_single_attach\x18\t \x01(\bR\x11allowSingleAttach\x12+\n" +
 	"\x04meta\x18\x0f \x01(\v2\x17.metalfleet.api.v1.MetaR\x04meta\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
