@@ -3,6 +3,7 @@ package catalog
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"net/url"
 
@@ -48,7 +49,46 @@ func validatePartition(p *apiv1.Partition) error {
 			v.Add(field.Index("partition.ntp_servers", i), "must be a host name or address")
 		}
 	}
+	if f := p.GetFabric(); f != nil {
+		if l := f.GetLoopbacks(); l != "" {
+			if pf, err := netip.ParsePrefix(l); err != nil || !pf.Addr().Is4() || pf.Bits() > 30 || pf.Masked() != pf {
+				v.Add("partition.fabric.loopbacks", "must be an IPv4 prefix of at most /30, e.g. 10.255.0.0/24")
+			}
+		}
+		if vl := f.GetPxeVlan(); vl != 0 && (vl > 4094 || (vl >= 1001 && vl <= 2000)) {
+			v.Add("partition.fabric.pxe_vlan", "must be 1-4094 outside 1001-2000 (the tenant VRFs' VLANs)")
+		}
+		if b := f.GetAsnBase(); b != 0 && b < 4200000000 {
+			v.Add("partition.fabric.asn_base", "must lie in the 4-byte private range (4200000000 and up)")
+		}
+	}
 	return v.Err("")
+}
+
+// Fabric is how a partition numbers its leaves, defaults applied.
+type Fabric struct {
+	ASNBase   uint32
+	Loopbacks netip.Prefix
+	PXEVLAN   uint32
+}
+
+// FabricOf reads the fabric settings of partition id.
+func FabricOf(ctx context.Context, db store.Querier, id string) (Fabric, error) {
+	p, err := Partitions.Get(ctx, db, id)
+	if err != nil {
+		return Fabric{}, fmt.Errorf("partition %s: %w", id, err)
+	}
+	f := Fabric{ASNBase: 4200000000, Loopbacks: netip.MustParsePrefix("10.255.0.0/24"), PXEVLAN: 4000}
+	if b := p.GetFabric().GetAsnBase(); b != 0 {
+		f.ASNBase = b
+	}
+	if l, err := netip.ParsePrefix(p.GetFabric().GetLoopbacks()); err == nil {
+		f.Loopbacks = l
+	}
+	if vl := p.GetFabric().GetPxeVlan(); vl != 0 {
+		f.PXEVLAN = vl
+	}
+	return f, nil
 }
 
 // CreatePartition checks p and stores it with its audit row.

@@ -30,7 +30,9 @@ const (
 // report updates its sync status (the applied revision and the apply's
 // error). Bad facts are an InvalidArgument naming the field, and nothing
 // is stored.
-func Report(ctx context.Context, tx pgx.Tx, identity, partition string, r *agentv1.Report) error {
+// A report with facts derives the switch's document anew (its ports may
+// have changed).
+func Report(ctx context.Context, tx pgx.Tx, docs Docs, identity, partition string, r *agentv1.Report) error {
 	f := r.GetFacts().GetSwitch()
 	if f != nil {
 		if err := validate(f); err != nil {
@@ -56,27 +58,50 @@ func Report(ctx context.Context, tx pgx.Tx, identity, partition string, r *agent
 			return err
 		}
 	}
+	if sw.GetOrdinal() == 0 && partition != "" {
+		if sw.Ordinal, err = nextOrdinal(ctx, tx, partition); err != nil {
+			return err
+		}
+	}
 	sw.Meta = nil
 	spec, err := store.EncodeSpec(sw)
 	if err != nil {
 		return err
 	}
-	var part any = partition
+	var part, ordinal any = partition, sw.GetOrdinal()
 	if partition == "" {
-		part = nil
+		part, ordinal = nil, nil
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO switches (id, partition_id, rack, spec) VALUES ($1, $2, $3, $4)
+	if _, err := tx.Exec(ctx, `INSERT INTO switches (id, partition_id, rack, spec, ordinal) VALUES ($1, $2, $3, $4, $5)
 		ON CONFLICT (id) DO UPDATE SET partition_id = excluded.partition_id, rack = excluded.rack, spec = excluded.spec,
-			generation = switches.generation + 1, updated_at = now()`, identity, part, sw.GetRack(), spec); err != nil {
+			ordinal = excluded.ordinal, generation = switches.generation + 1, updated_at = now()`, identity, part, sw.GetRack(), spec, ordinal); err != nil {
 		return fmt.Errorf("store switch %s: %w", identity, err)
 	}
-	return nil
+	if f == nil {
+		return nil
+	}
+	return Derive(ctx, tx, docs, []string{identity})
+}
+
+// nextOrdinal numbers a new switch of partition: one more than the
+// highest. The partition's row is locked meanwhile, so two switches
+// reporting first at once get different numbers.
+func nextOrdinal(ctx context.Context, tx pgx.Tx, partition string) (uint32, error) {
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM partitions WHERE id = $1 FOR UPDATE`, partition); err != nil {
+		return 0, fmt.Errorf("lock partition %s: %w", partition, err)
+	}
+	var n uint32
+	if err := tx.QueryRow(ctx, `SELECT COALESCE(MAX(ordinal), 0) + 1 FROM switches WHERE partition_id = $1`, partition).Scan(&n); err != nil {
+		return 0, fmt.Errorf("number the switch: %w", err)
+	}
+	return n, nil
 }
 
 // fromFacts puts the reported facts into sw, and for each port the
 // machine whose NIC the switch sees there by LLDP.
 func fromFacts(ctx context.Context, tx pgx.Tx, sw *apiv1.Switch, f *agentv1.SwitchFacts) error {
 	sw.Rack = f.GetRack()
+	sw.Uplinks = f.GetUplinks()
 	sw.SonicVersion = f.GetSonicVersion()
 	sw.ManagementAddress = f.GetManagementAddress()
 	sw.Ports = sw.Ports[:0]
@@ -148,6 +173,12 @@ func validate(f *agentv1.SwitchFacts) error {
 	v.Text(name+".rack", f.GetRack(), 64)
 	v.Text(name+".sonic_version", f.GetSonicVersion(), maxName)
 	v.Text(name+".management_address", f.GetManagementAddress(), maxName)
+	if len(f.GetUplinks()) > 64 {
+		v.Add(name+".uplinks", "at most 64")
+	}
+	for i, u := range f.GetUplinks() {
+		v.Text(field.Index(name+".uplinks", i), u, 64)
+	}
 	if len(f.GetPorts()) > maxPorts {
 		v.Add(name+".ports", "at most %d", maxPorts)
 	}

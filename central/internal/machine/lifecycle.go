@@ -13,6 +13,7 @@ import (
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/catalog"
+	"github.com/metalfleet/metalfleet/central/internal/fabric"
 	"github.com/metalfleet/metalfleet/central/internal/fsm"
 	"github.com/metalfleet/metalfleet/central/internal/network"
 	"github.com/metalfleet/metalfleet/central/internal/store"
@@ -72,6 +73,10 @@ func (ms *Machines) Free(ctx context.Context, id string) error {
 		}); err != nil {
 			return err
 		}
+		// Its ports go back to the PXE VLAN before the installer runs.
+		if err := fabric.DeriveForMachines(ctx, tx, ms.docs, []string{m.GetId()}); err != nil {
+			return err
+		}
 		return store.Audit(ctx, tx, "machine/"+m.GetId(), project)
 	})
 }
@@ -110,6 +115,10 @@ func (ms *Machines) Reinstall(ctx context.Context, id, imageID string) error {
 			md.Allocation.Reinstall = true
 			md.RebootGeneration++
 		}); err != nil {
+			return err
+		}
+		// Its ports go back to the PXE VLAN before the installer runs.
+		if err := fabric.DeriveForMachines(ctx, tx, ms.docs, []string{m.GetId()}); err != nil {
 			return err
 		}
 		return store.Audit(ctx, tx, "machine/"+m.GetId(), alloc.GetProjectId())

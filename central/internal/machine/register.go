@@ -15,6 +15,7 @@ import (
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/catalog"
+	"github.com/metalfleet/metalfleet/central/internal/fabric"
 	"github.com/metalfleet/metalfleet/central/internal/field"
 	"github.com/metalfleet/metalfleet/central/internal/fleet"
 	"github.com/metalfleet/metalfleet/central/internal/fsm"
@@ -34,12 +35,32 @@ func (ms *Machines) Report(ctx context.Context, tx pgx.Tx, a fleet.Agent, r *age
 				return err
 			}
 		}
-		return reportEvents(ctx, tx, a, r.GetEvents(), nil)
+		if err := reportEvents(ctx, tx, a, r.GetEvents(), nil); err != nil {
+			return err
+		}
+		return ms.portsFollow(ctx, tx, a, r.GetEvents())
 	case agentv1.Kind_KIND_PHONEHOME:
 		// An installed system knows only these two things about itself.
-		return reportEvents(ctx, tx, a, r.GetEvents(), []fsm.State{fsm.PhonedHome, fsm.PlannedReboot})
+		if err := reportEvents(ctx, tx, a, r.GetEvents(), []fsm.State{fsm.PhonedHome, fsm.PlannedReboot}); err != nil {
+			return err
+		}
+		return ms.portsFollow(ctx, tx, a, r.GetEvents())
 	case agentv1.Kind_KIND_PIXIE:
 		return pxeEvents(ctx, tx, a, r.GetEvents())
+	}
+	return nil
+}
+
+// portsFollow moves the machine's switch ports when an event changes
+// where they belong: "install done" (Booting New Kernel) and Phoned Home
+// put them into the tenant VRF (metal-stack moves them when the installer
+// reports, just before it boots the installed system), in the transaction
+// that records the event.
+func (ms *Machines) portsFollow(ctx context.Context, tx pgx.Tx, a fleet.Agent, events []*agentv1.Event) error {
+	for _, e := range events {
+		if ev, _ := fsm.Parse(e.GetType()); ev == fsm.BootingNewKernel || ev == fsm.PhonedHome {
+			return fabric.DeriveForMachines(ctx, tx, ms.docs, []string{strings.ToLower(a.Identity)})
+		}
 	}
 	return nil
 }
@@ -130,6 +151,10 @@ func (ms *Machines) register(ctx context.Context, tx pgx.Tx, a fleet.Agent, f *a
 		return err
 	}
 	if err := storeNICs(ctx, tx, id, f.GetNics()); err != nil {
+		return err
+	}
+	// The switches that see its NICs know which machine is on their port.
+	if err := fabric.DeriveForMachines(ctx, tx, ms.docs, []string{id}); err != nil {
 		return err
 	}
 	// The installer learns its machine id.

@@ -267,7 +267,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	}
 	s.hub.Attach(api.Provisioning())
 	s.hub.AttachKind(agentv1.Kind_KIND_SWITCH, fleet.ReporterFunc(func(ctx context.Context, tx pgx.Tx, a fleet.Agent, r *agentv1.Report) error {
-		return fabric.Report(ctx, tx, a.Identity, a.Partition, r)
+		return fabric.Report(ctx, tx, s.hub, a.Identity, a.Partition, r)
 	}))
 	if err := api.RefreshPixies(ctx); err != nil {
 		return nil, fmt.Errorf("refresh PXE service documents: %w", err)

@@ -739,7 +739,11 @@ type SwitchFacts struct {
 	BgpSessions []*BgpSessionFact `protobuf:"bytes,6,rep,name=bgp_sessions,json=bgpSessions,proto3" json:"bgp_sessions,omitempty"`
 	// rack the switch stands in (metal-core's --rack); machines linked to the
 	// switch are in its rack.
-	Rack          string `protobuf:"bytes,7,opt,name=rack,proto3" json:"rack,omitempty"`
+	Rack string `protobuf:"bytes,7,opt,name=rack,proto3" json:"rack,omitempty"`
+	// uplinks are the ports to the spines (metal-core's --uplinks, as
+	// metal-stack's SPINE_UPLINKS): routed in the default VRF, BGP unnumbered
+	// in peer group FABRIC.
+	Uplinks       []string `protobuf:"bytes,8,rep,name=uplinks,proto3" json:"uplinks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -821,6 +825,13 @@ func (x *SwitchFacts) GetRack() string {
 		return x.Rack
 	}
 	return ""
+}
+
+func (x *SwitchFacts) GetUplinks() []string {
+	if x != nil {
+		return x.Uplinks
+	}
+	return nil
 }
 
 // SwitchPortFact is one port of the switch.
@@ -1171,7 +1182,7 @@ const file_metalfleet_agent_v1_switch_proto_rawDesc = "" +
 	"\fhold_seconds\x18\x04 \x01(\rR\vholdSeconds\x12\x1d\n" +
 	"\n" +
 	"allowas_in\x18\x05 \x01(\rR\tallowasIn\x12%\n" +
-	"\x0emaximum_prefix\x18\x06 \x01(\rR\rmaximumPrefix\"\xb1\x02\n" +
+	"\x0emaximum_prefix\x18\x06 \x01(\rR\rmaximumPrefix\"\xcb\x02\n" +
 	"\vSwitchFacts\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
 	"\rsonic_version\x18\x02 \x01(\tR\fsonicVersion\x12-\n" +
@@ -1179,7 +1190,8 @@ const file_metalfleet_agent_v1_switch_proto_rawDesc = "" +
 	"\rnaming_schema\x18\x04 \x01(\tR\fnamingSchema\x129\n" +
 	"\x05ports\x18\x05 \x03(\v2#.metalfleet.agent.v1.SwitchPortFactR\x05ports\x12F\n" +
 	"\fbgp_sessions\x18\x06 \x03(\v2#.metalfleet.agent.v1.BgpSessionFactR\vbgpSessions\x12\x12\n" +
-	"\x04rack\x18\a \x01(\tR\x04rack\"\x91\x03\n" +
+	"\x04rack\x18\a \x01(\tR\x04rack\x12\x18\n" +
+	"\auplinks\x18\b \x03(\tR\auplinks\"\x91\x03\n" +
 	"\x0eSwitchPortFact\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
 	"\n" +

@@ -1617,8 +1617,15 @@ type Switch struct {
 	// bgp_sessions are FRR's sessions, read live on the switch.
 	BgpSessions []*SwitchBgpSession `protobuf:"bytes,8,rep,name=bgp_sessions,json=bgpSessions,proto3" json:"bgp_sessions,omitempty"`
 	// sync is the state of the switch's desired document on the switch.
-	Sync          *SwitchSync `protobuf:"bytes,9,opt,name=sync,proto3" json:"sync,omitempty"`
-	Meta          *Meta       `protobuf:"bytes,15,opt,name=meta,proto3" json:"meta,omitempty"`
+	Sync *SwitchSync `protobuf:"bytes,9,opt,name=sync,proto3" json:"sync,omitempty"`
+	// uplinks are the ports to the spines, as metal-core is configured.
+	Uplinks []string `protobuf:"bytes,10,rep,name=uplinks,proto3" json:"uplinks,omitempty"`
+	// ordinal numbers the switch in its partition; its ASN and loopback
+	// derive from it (the partition's fabric settings).
+	Ordinal       uint32 `protobuf:"varint,11,opt,name=ordinal,proto3" json:"ordinal,omitempty"`
+	Asn           uint32 `protobuf:"varint,12,opt,name=asn,proto3" json:"asn,omitempty"`
+	Loopback      string `protobuf:"bytes,13,opt,name=loopback,proto3" json:"loopback,omitempty"`
+	Meta          *Meta  `protobuf:"bytes,15,opt,name=meta,proto3" json:"meta,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1716,6 +1723,34 @@ func (x *Switch) GetSync() *SwitchSync {
 	return nil
 }
 
+func (x *Switch) GetUplinks() []string {
+	if x != nil {
+		return x.Uplinks
+	}
+	return nil
+}
+
+func (x *Switch) GetOrdinal() uint32 {
+	if x != nil {
+		return x.Ordinal
+	}
+	return 0
+}
+
+func (x *Switch) GetAsn() uint32 {
+	if x != nil {
+		return x.Asn
+	}
+	return 0
+}
+
+func (x *Switch) GetLoopback() string {
+	if x != nil {
+		return x.Loopback
+	}
+	return ""
+}
+
 func (x *Switch) GetMeta() *Meta {
 	if x != nil {
 		return x.Meta
@@ -1741,7 +1776,12 @@ type SwitchPort struct {
 	SpeedMbps  uint32 `protobuf:"varint,8,opt,name=speed_mbps,json=speedMbps,proto3" json:"speed_mbps,omitempty"`
 	Mtu        uint32 `protobuf:"varint,9,opt,name=mtu,proto3" json:"mtu,omitempty"`
 	// neighbours LLDP learned on the port: "system_name port_id" each.
-	Neighbours    []string `protobuf:"bytes,10,rep,name=neighbours,proto3" json:"neighbours,omitempty"`
+	Neighbours []string `protobuf:"bytes,10,rep,name=neighbours,proto3" json:"neighbours,omitempty"`
+	// role and vrf are what the switch's desired document makes of the
+	// port: "uplink", "unprovisioned" (the PXE VLAN), "tenant" (routed in
+	// VRF Vrf<vrf>), "firewall"; "" when the document leaves it alone.
+	Role          string `protobuf:"bytes,11,opt,name=role,proto3" json:"role,omitempty"`
+	Vrf           uint32 `protobuf:"varint,12,opt,name=vrf,proto3" json:"vrf,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1844,6 +1884,20 @@ func (x *SwitchPort) GetNeighbours() []string {
 		return x.Neighbours
 	}
 	return nil
+}
+
+func (x *SwitchPort) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *SwitchPort) GetVrf() uint32 {
+	if x != nil {
+		return x.Vrf
+	}
+	return 0
 }
 
 // SwitchBgpSession is one BGP session of a switch.
@@ -2314,7 +2368,7 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"\x1bMachineServiceIssuesRequest\x12!\n" +
 	"\fpartition_id\x18\x01 \x01(\tR\vpartitionId\"W\n" +
 	"\x1cMachineServiceIssuesResponse\x127\n" +
-	"\x06issues\x18\x01 \x03(\v2\x1f.metalfleet.api.v1.MachineIssueR\x06issues\"\xb9\x03\n" +
+	"\x06issues\x18\x01 \x03(\v2\x1f.metalfleet.api.v1.MachineIssueR\x06issues\"\x9b\x04\n" +
 	"\x06Switch\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fpartition_id\x18\x02 \x01(\tR\vpartitionId\x12\x12\n" +
@@ -2324,8 +2378,13 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"\rsonic_version\x18\x06 \x01(\tR\fsonicVersion\x12-\n" +
 	"\x12management_address\x18\a \x01(\tR\x11managementAddress\x12F\n" +
 	"\fbgp_sessions\x18\b \x03(\v2#.metalfleet.api.v1.SwitchBgpSessionR\vbgpSessions\x121\n" +
-	"\x04sync\x18\t \x01(\v2\x1d.metalfleet.api.v1.SwitchSyncR\x04sync\x12+\n" +
-	"\x04meta\x18\x0f \x01(\v2\x17.metalfleet.api.v1.MetaR\x04meta\"\xa3\x02\n" +
+	"\x04sync\x18\t \x01(\v2\x1d.metalfleet.api.v1.SwitchSyncR\x04sync\x12\x18\n" +
+	"\auplinks\x18\n" +
+	" \x03(\tR\auplinks\x12\x18\n" +
+	"\aordinal\x18\v \x01(\rR\aordinal\x12\x10\n" +
+	"\x03asn\x18\f \x01(\rR\x03asn\x12\x1a\n" +
+	"\bloopback\x18\r \x01(\tR\bloopback\x12+\n" +
+	"\x04meta\x18\x0f \x01(\v2\x17.metalfleet.api.v1.MetaR\x04meta\"\xc9\x02\n" +
 	"\n" +
 	"SwitchPort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
@@ -2347,7 +2406,9 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"\n" +
 	"neighbours\x18\n" +
 	" \x03(\tR\n" +
-	"neighbours\"\xce\x02\n" +
+	"neighbours\x12\x12\n" +
+	"\x04role\x18\v \x01(\tR\x04role\x12\x10\n" +
+	"\x03vrf\x18\f \x01(\rR\x03vrf\"\xce\x02\n" +
 	"\x10SwitchBgpSession\x12\x12\n" +
 	"\x04port\x18\x01 \x01(\tR\x04port\x12\x10\n" +
 	"\x03vrf\x18\x02 \x01(\tR\x03vrf\x12\x1d\n" +

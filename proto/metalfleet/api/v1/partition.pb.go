@@ -37,10 +37,12 @@ type Partition struct {
 	// allow_single_attach lets machines linked to fewer than two switches be
 	// allocated (a lab, a partition without a fabric). Off by default: a
 	// machine must be dual attached, seen by LLDP on two different leaves.
-	AllowSingleAttach bool  `protobuf:"varint,9,opt,name=allow_single_attach,json=allowSingleAttach,proto3" json:"allow_single_attach,omitempty"`
-	Meta              *Meta `protobuf:"bytes,15,opt,name=meta,proto3" json:"meta,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	AllowSingleAttach bool `protobuf:"varint,9,opt,name=allow_single_attach,json=allowSingleAttach,proto3" json:"allow_single_attach,omitempty"`
+	// fabric numbers the partition's leaf switches.
+	Fabric        *PartitionFabric `protobuf:"bytes,10,opt,name=fabric,proto3" json:"fabric,omitempty"`
+	Meta          *Meta            `protobuf:"bytes,15,opt,name=meta,proto3" json:"meta,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Partition) Reset() {
@@ -136,11 +138,86 @@ func (x *Partition) GetAllowSingleAttach() bool {
 	return false
 }
 
+func (x *Partition) GetFabric() *PartitionFabric {
+	if x != nil {
+		return x.Fabric
+	}
+	return nil
+}
+
 func (x *Partition) GetMeta() *Meta {
 	if x != nil {
 		return x.Meta
 	}
 	return nil
+}
+
+// PartitionFabric is how central numbers the leaves of a partition: each
+// switch gets an ordinal n (1, 2, …, kept for good, taken over by a
+// replacement) and from it its ASN and loopback.
+type PartitionFabric struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// asn_base + n is leaf n's BGP AS (default 4200000000: the 4-byte
+	// private range).
+	AsnBase uint32 `protobuf:"varint,1,opt,name=asn_base,json=asnBase,proto3" json:"asn_base,omitempty"`
+	// loopbacks is the IPv4 prefix of the leaves' loopbacks and router ids:
+	// its n-th address is leaf n's (default 10.255.0.0/24).
+	Loopbacks string `protobuf:"bytes,2,opt,name=loopbacks,proto3" json:"loopbacks,omitempty"`
+	// pxe_vlan is the VLAN of unprovisioned machine ports (default 4000).
+	PxeVlan       uint32 `protobuf:"varint,3,opt,name=pxe_vlan,json=pxeVlan,proto3" json:"pxe_vlan,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PartitionFabric) Reset() {
+	*x = PartitionFabric{}
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PartitionFabric) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PartitionFabric) ProtoMessage() {}
+
+func (x *PartitionFabric) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PartitionFabric.ProtoReflect.Descriptor instead.
+func (*PartitionFabric) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_partition_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *PartitionFabric) GetAsnBase() uint32 {
+	if x != nil {
+		return x.AsnBase
+	}
+	return 0
+}
+
+func (x *PartitionFabric) GetLoopbacks() string {
+	if x != nil {
+		return x.Loopbacks
+	}
+	return ""
+}
+
+func (x *PartitionFabric) GetPxeVlan() uint32 {
+	if x != nil {
+		return x.PxeVlan
+	}
+	return 0
 }
 
 // PartitionBootConfig is what PXE-booting machines of the partition boot into.
@@ -155,7 +232,7 @@ type PartitionBootConfig struct {
 
 func (x *PartitionBootConfig) Reset() {
 	*x = PartitionBootConfig{}
-	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[1]
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -167,7 +244,7 @@ func (x *PartitionBootConfig) String() string {
 func (*PartitionBootConfig) ProtoMessage() {}
 
 func (x *PartitionBootConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[1]
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -180,7 +257,7 @@ func (x *PartitionBootConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionBootConfig.ProtoReflect.Descriptor instead.
 func (*PartitionBootConfig) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_partition_proto_rawDescGZIP(), []int{1}
+	return file_metalfleet_api_v1_partition_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *PartitionBootConfig) GetKernelUrl() string {
@@ -213,7 +290,7 @@ type PartitionServiceCreateRequest struct {
 
 func (x *PartitionServiceCreateRequest) Reset() {
 	*x = PartitionServiceCreateRequest{}
-	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[2]
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -225,7 +302,7 @@ func (x *PartitionServiceCreateRequest) String() string {
 func (*PartitionServiceCreateRequest) ProtoMessage() {}
 
 func (x *PartitionServiceCreateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[2]
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -238,7 +315,7 @@ func (x *PartitionServiceCreateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionServiceCreateRequest.ProtoReflect.Descriptor instead.
 func (*PartitionServiceCreateRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_partition_proto_rawDescGZIP(), []int{2}
+	return file_metalfleet_api_v1_partition_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PartitionServiceCreateRequest) GetPartition() *Partition {
@@ -257,7 +334,7 @@ type PartitionServiceCreateResponse struct {
 
 func (x *PartitionServiceCreateResponse) Reset() {
 	*x = PartitionServiceCreateResponse{}
-	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[3]
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -269,7 +346,7 @@ func (x *PartitionServiceCreateResponse) String() string {
 func (*PartitionServiceCreateResponse) ProtoMessage() {}
 
 func (x *PartitionServiceCreateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[3]
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -282,7 +359,7 @@ func (x *PartitionServiceCreateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionServiceCreateResponse.ProtoReflect.Descriptor instead.
 func (*PartitionServiceCreateResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_partition_proto_rawDescGZIP(), []int{3}
+	return file_metalfleet_api_v1_partition_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PartitionServiceCreateResponse) GetPartition() *Partition {
@@ -301,7 +378,7 @@ type PartitionServiceGetRequest struct {
 
 func (x *PartitionServiceGetRequest) Reset() {
 	*x = PartitionServiceGetRequest{}
-	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[4]
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -313,7 +390,7 @@ func (x *PartitionServiceGetRequest) String() string {
 func (*PartitionServiceGetRequest) ProtoMessage() {}
 
 func (x *PartitionServiceGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[4]
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -326,7 +403,7 @@ func (x *PartitionServiceGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionServiceGetRequest.ProtoReflect.Descriptor instead.
 func (*PartitionServiceGetRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_partition_proto_rawDescGZIP(), []int{4}
+	return file_metalfleet_api_v1_partition_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PartitionServiceGetRequest) GetId() string {
@@ -345,7 +422,7 @@ type PartitionServiceGetResponse struct {
 
 func (x *PartitionServiceGetResponse) Reset() {
 	*x = PartitionServiceGetResponse{}
-	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[5]
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -357,7 +434,7 @@ func (x *PartitionServiceGetResponse) String() string {
 func (*PartitionServiceGetResponse) ProtoMessage() {}
 
 func (x *PartitionServiceGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[5]
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -370,7 +447,7 @@ func (x *PartitionServiceGetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionServiceGetResponse.ProtoReflect.Descriptor instead.
 func (*PartitionServiceGetResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_partition_proto_rawDescGZIP(), []int{5}
+	return file_metalfleet_api_v1_partition_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PartitionServiceGetResponse) GetPartition() *Partition {
@@ -388,7 +465,7 @@ type PartitionServiceListRequest struct {
 
 func (x *PartitionServiceListRequest) Reset() {
 	*x = PartitionServiceListRequest{}
-	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[6]
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -400,7 +477,7 @@ func (x *PartitionServiceListRequest) String() string {
 func (*PartitionServiceListRequest) ProtoMessage() {}
 
 func (x *PartitionServiceListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[6]
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -413,7 +490,7 @@ func (x *PartitionServiceListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionServiceListRequest.ProtoReflect.Descriptor instead.
 func (*PartitionServiceListRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_partition_proto_rawDescGZIP(), []int{6}
+	return file_metalfleet_api_v1_partition_proto_rawDescGZIP(), []int{7}
 }
 
 type PartitionServiceListResponse struct {
@@ -425,7 +502,7 @@ type PartitionServiceListResponse struct {
 
 func (x *PartitionServiceListResponse) Reset() {
 	*x = PartitionServiceListResponse{}
-	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[7]
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -437,7 +514,7 @@ func (x *PartitionServiceListResponse) String() string {
 func (*PartitionServiceListResponse) ProtoMessage() {}
 
 func (x *PartitionServiceListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[7]
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -450,7 +527,7 @@ func (x *PartitionServiceListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionServiceListResponse.ProtoReflect.Descriptor instead.
 func (*PartitionServiceListResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_partition_proto_rawDescGZIP(), []int{7}
+	return file_metalfleet_api_v1_partition_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PartitionServiceListResponse) GetPartitions() []*Partition {
@@ -470,7 +547,7 @@ type PartitionServiceUpdateRequest struct {
 
 func (x *PartitionServiceUpdateRequest) Reset() {
 	*x = PartitionServiceUpdateRequest{}
-	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[8]
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -482,7 +559,7 @@ func (x *PartitionServiceUpdateRequest) String() string {
 func (*PartitionServiceUpdateRequest) ProtoMessage() {}
 
 func (x *PartitionServiceUpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[8]
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -495,7 +572,7 @@ func (x *PartitionServiceUpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionServiceUpdateRequest.ProtoReflect.Descriptor instead.
 func (*PartitionServiceUpdateRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_partition_proto_rawDescGZIP(), []int{8}
+	return file_metalfleet_api_v1_partition_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PartitionServiceUpdateRequest) GetPartition() *Partition {
@@ -514,7 +591,7 @@ type PartitionServiceUpdateResponse struct {
 
 func (x *PartitionServiceUpdateResponse) Reset() {
 	*x = PartitionServiceUpdateResponse{}
-	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[9]
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -526,7 +603,7 @@ func (x *PartitionServiceUpdateResponse) String() string {
 func (*PartitionServiceUpdateResponse) ProtoMessage() {}
 
 func (x *PartitionServiceUpdateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[9]
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -539,7 +616,7 @@ func (x *PartitionServiceUpdateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionServiceUpdateResponse.ProtoReflect.Descriptor instead.
 func (*PartitionServiceUpdateResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_partition_proto_rawDescGZIP(), []int{9}
+	return file_metalfleet_api_v1_partition_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PartitionServiceUpdateResponse) GetPartition() *Partition {
@@ -558,7 +635,7 @@ type PartitionServiceDeleteRequest struct {
 
 func (x *PartitionServiceDeleteRequest) Reset() {
 	*x = PartitionServiceDeleteRequest{}
-	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[10]
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -570,7 +647,7 @@ func (x *PartitionServiceDeleteRequest) String() string {
 func (*PartitionServiceDeleteRequest) ProtoMessage() {}
 
 func (x *PartitionServiceDeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[10]
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -583,7 +660,7 @@ func (x *PartitionServiceDeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionServiceDeleteRequest.ProtoReflect.Descriptor instead.
 func (*PartitionServiceDeleteRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_partition_proto_rawDescGZIP(), []int{10}
+	return file_metalfleet_api_v1_partition_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PartitionServiceDeleteRequest) GetId() string {
@@ -602,7 +679,7 @@ type PartitionServiceDeleteResponse struct {
 
 func (x *PartitionServiceDeleteResponse) Reset() {
 	*x = PartitionServiceDeleteResponse{}
-	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[11]
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -614,7 +691,7 @@ func (x *PartitionServiceDeleteResponse) String() string {
 func (*PartitionServiceDeleteResponse) ProtoMessage() {}
 
 func (x *PartitionServiceDeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[11]
+	mi := &file_metalfleet_api_v1_partition_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -627,7 +704,7 @@ func (x *PartitionServiceDeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionServiceDeleteResponse.ProtoReflect.Descriptor instead.
 func (*PartitionServiceDeleteResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_partition_proto_rawDescGZIP(), []int{11}
+	return file_metalfleet_api_v1_partition_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PartitionServiceDeleteResponse) GetPartition() *Partition {
@@ -641,7 +718,7 @@ var File_metalfleet_api_v1_partition_proto protoreflect.FileDescriptor
 
 const file_metalfleet_api_v1_partition_proto_rawDesc = "" +
 	"\n" +
-	"!metalfleet/api/v1/partition.proto\x12\x11metalfleet.api.v1\x1a\x1emetalfleet/api/v1/common.proto\"\xc1\x03\n" +
+	"!metalfleet/api/v1/partition.proto\x12\x11metalfleet.api.v1\x1a\x1emetalfleet/api/v1/common.proto\"\xfd\x03\n" +
 	"\tPartition\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
@@ -653,11 +730,17 @@ const file_metalfleet_api_v1_partition_proto_rawDesc = "" +
 	"\vntp_servers\x18\a \x03(\tR\n" +
 	"ntpServers\x12@\n" +
 	"\x06labels\x18\b \x03(\v2(.metalfleet.api.v1.Partition.LabelsEntryR\x06labels\x12.\n" +
-	"\x13allow_single_attach\x18\t \x01(\bR\x11allowSingleAttach\x12+\n" +
+	"\x13allow_single_attach\x18\t \x01(\bR\x11allowSingleAttach\x12:\n" +
+	"\x06fabric\x18\n" +
+	" \x01(\v2\".metalfleet.api.v1.PartitionFabricR\x06fabric\x12+\n" +
 	"\x04meta\x18\x0f \x01(\v2\x17.metalfleet.api.v1.MetaR\x04meta\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"s\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"e\n" +
+	"\x0fPartitionFabric\x12\x19\n" +
+	"\basn_base\x18\x01 \x01(\rR\aasnBase\x12\x1c\n" +
+	"\tloopbacks\x18\x02 \x01(\tR\tloopbacks\x12\x19\n" +
+	"\bpxe_vlan\x18\x03 \x01(\rR\apxeVlan\"s\n" +
 	"\x13PartitionBootConfig\x12\x1d\n" +
 	"\n" +
 	"kernel_url\x18\x01 \x01(\tR\tkernelUrl\x12#\n" +
@@ -703,49 +786,51 @@ func file_metalfleet_api_v1_partition_proto_rawDescGZIP() []byte {
 	return file_metalfleet_api_v1_partition_proto_rawDescData
 }
 
-var file_metalfleet_api_v1_partition_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_metalfleet_api_v1_partition_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_metalfleet_api_v1_partition_proto_goTypes = []any{
 	(*Partition)(nil),                      // 0: metalfleet.api.v1.Partition
-	(*PartitionBootConfig)(nil),            // 1: metalfleet.api.v1.PartitionBootConfig
-	(*PartitionServiceCreateRequest)(nil),  // 2: metalfleet.api.v1.PartitionServiceCreateRequest
-	(*PartitionServiceCreateResponse)(nil), // 3: metalfleet.api.v1.PartitionServiceCreateResponse
-	(*PartitionServiceGetRequest)(nil),     // 4: metalfleet.api.v1.PartitionServiceGetRequest
-	(*PartitionServiceGetResponse)(nil),    // 5: metalfleet.api.v1.PartitionServiceGetResponse
-	(*PartitionServiceListRequest)(nil),    // 6: metalfleet.api.v1.PartitionServiceListRequest
-	(*PartitionServiceListResponse)(nil),   // 7: metalfleet.api.v1.PartitionServiceListResponse
-	(*PartitionServiceUpdateRequest)(nil),  // 8: metalfleet.api.v1.PartitionServiceUpdateRequest
-	(*PartitionServiceUpdateResponse)(nil), // 9: metalfleet.api.v1.PartitionServiceUpdateResponse
-	(*PartitionServiceDeleteRequest)(nil),  // 10: metalfleet.api.v1.PartitionServiceDeleteRequest
-	(*PartitionServiceDeleteResponse)(nil), // 11: metalfleet.api.v1.PartitionServiceDeleteResponse
-	nil,                                    // 12: metalfleet.api.v1.Partition.LabelsEntry
-	(*Meta)(nil),                           // 13: metalfleet.api.v1.Meta
+	(*PartitionFabric)(nil),                // 1: metalfleet.api.v1.PartitionFabric
+	(*PartitionBootConfig)(nil),            // 2: metalfleet.api.v1.PartitionBootConfig
+	(*PartitionServiceCreateRequest)(nil),  // 3: metalfleet.api.v1.PartitionServiceCreateRequest
+	(*PartitionServiceCreateResponse)(nil), // 4: metalfleet.api.v1.PartitionServiceCreateResponse
+	(*PartitionServiceGetRequest)(nil),     // 5: metalfleet.api.v1.PartitionServiceGetRequest
+	(*PartitionServiceGetResponse)(nil),    // 6: metalfleet.api.v1.PartitionServiceGetResponse
+	(*PartitionServiceListRequest)(nil),    // 7: metalfleet.api.v1.PartitionServiceListRequest
+	(*PartitionServiceListResponse)(nil),   // 8: metalfleet.api.v1.PartitionServiceListResponse
+	(*PartitionServiceUpdateRequest)(nil),  // 9: metalfleet.api.v1.PartitionServiceUpdateRequest
+	(*PartitionServiceUpdateResponse)(nil), // 10: metalfleet.api.v1.PartitionServiceUpdateResponse
+	(*PartitionServiceDeleteRequest)(nil),  // 11: metalfleet.api.v1.PartitionServiceDeleteRequest
+	(*PartitionServiceDeleteResponse)(nil), // 12: metalfleet.api.v1.PartitionServiceDeleteResponse
+	nil,                                    // 13: metalfleet.api.v1.Partition.LabelsEntry
+	(*Meta)(nil),                           // 14: metalfleet.api.v1.Meta
 }
 var file_metalfleet_api_v1_partition_proto_depIdxs = []int32{
-	1,  // 0: metalfleet.api.v1.Partition.boot:type_name -> metalfleet.api.v1.PartitionBootConfig
-	12, // 1: metalfleet.api.v1.Partition.labels:type_name -> metalfleet.api.v1.Partition.LabelsEntry
-	13, // 2: metalfleet.api.v1.Partition.meta:type_name -> metalfleet.api.v1.Meta
-	0,  // 3: metalfleet.api.v1.PartitionServiceCreateRequest.partition:type_name -> metalfleet.api.v1.Partition
-	0,  // 4: metalfleet.api.v1.PartitionServiceCreateResponse.partition:type_name -> metalfleet.api.v1.Partition
-	0,  // 5: metalfleet.api.v1.PartitionServiceGetResponse.partition:type_name -> metalfleet.api.v1.Partition
-	0,  // 6: metalfleet.api.v1.PartitionServiceListResponse.partitions:type_name -> metalfleet.api.v1.Partition
-	0,  // 7: metalfleet.api.v1.PartitionServiceUpdateRequest.partition:type_name -> metalfleet.api.v1.Partition
-	0,  // 8: metalfleet.api.v1.PartitionServiceUpdateResponse.partition:type_name -> metalfleet.api.v1.Partition
-	0,  // 9: metalfleet.api.v1.PartitionServiceDeleteResponse.partition:type_name -> metalfleet.api.v1.Partition
-	2,  // 10: metalfleet.api.v1.PartitionService.Create:input_type -> metalfleet.api.v1.PartitionServiceCreateRequest
-	4,  // 11: metalfleet.api.v1.PartitionService.Get:input_type -> metalfleet.api.v1.PartitionServiceGetRequest
-	6,  // 12: metalfleet.api.v1.PartitionService.List:input_type -> metalfleet.api.v1.PartitionServiceListRequest
-	8,  // 13: metalfleet.api.v1.PartitionService.Update:input_type -> metalfleet.api.v1.PartitionServiceUpdateRequest
-	10, // 14: metalfleet.api.v1.PartitionService.Delete:input_type -> metalfleet.api.v1.PartitionServiceDeleteRequest
-	3,  // 15: metalfleet.api.v1.PartitionService.Create:output_type -> metalfleet.api.v1.PartitionServiceCreateResponse
-	5,  // 16: metalfleet.api.v1.PartitionService.Get:output_type -> metalfleet.api.v1.PartitionServiceGetResponse
-	7,  // 17: metalfleet.api.v1.PartitionService.List:output_type -> metalfleet.api.v1.PartitionServiceListResponse
-	9,  // 18: metalfleet.api.v1.PartitionService.Update:output_type -> metalfleet.api.v1.PartitionServiceUpdateResponse
-	11, // 19: metalfleet.api.v1.PartitionService.Delete:output_type -> metalfleet.api.v1.PartitionServiceDeleteResponse
-	15, // [15:20] is the sub-list for method output_type
-	10, // [10:15] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	2,  // 0: metalfleet.api.v1.Partition.boot:type_name -> metalfleet.api.v1.PartitionBootConfig
+	13, // 1: metalfleet.api.v1.Partition.labels:type_name -> metalfleet.api.v1.Partition.LabelsEntry
+	1,  // 2: metalfleet.api.v1.Partition.fabric:type_name -> metalfleet.api.v1.PartitionFabric
+	14, // 3: metalfleet.api.v1.Partition.meta:type_name -> metalfleet.api.v1.Meta
+	0,  // 4: metalfleet.api.v1.PartitionServiceCreateRequest.partition:type_name -> metalfleet.api.v1.Partition
+	0,  // 5: metalfleet.api.v1.PartitionServiceCreateResponse.partition:type_name -> metalfleet.api.v1.Partition
+	0,  // 6: metalfleet.api.v1.PartitionServiceGetResponse.partition:type_name -> metalfleet.api.v1.Partition
+	0,  // 7: metalfleet.api.v1.PartitionServiceListResponse.partitions:type_name -> metalfleet.api.v1.Partition
+	0,  // 8: metalfleet.api.v1.PartitionServiceUpdateRequest.partition:type_name -> metalfleet.api.v1.Partition
+	0,  // 9: metalfleet.api.v1.PartitionServiceUpdateResponse.partition:type_name -> metalfleet.api.v1.Partition
+	0,  // 10: metalfleet.api.v1.PartitionServiceDeleteResponse.partition:type_name -> metalfleet.api.v1.Partition
+	3,  // 11: metalfleet.api.v1.PartitionService.Create:input_type -> metalfleet.api.v1.PartitionServiceCreateRequest
+	5,  // 12: metalfleet.api.v1.PartitionService.Get:input_type -> metalfleet.api.v1.PartitionServiceGetRequest
+	7,  // 13: metalfleet.api.v1.PartitionService.List:input_type -> metalfleet.api.v1.PartitionServiceListRequest
+	9,  // 14: metalfleet.api.v1.PartitionService.Update:input_type -> metalfleet.api.v1.PartitionServiceUpdateRequest
+	11, // 15: metalfleet.api.v1.PartitionService.Delete:input_type -> metalfleet.api.v1.PartitionServiceDeleteRequest
+	4,  // 16: metalfleet.api.v1.PartitionService.Create:output_type -> metalfleet.api.v1.PartitionServiceCreateResponse
+	6,  // 17: metalfleet.api.v1.PartitionService.Get:output_type -> metalfleet.api.v1.PartitionServiceGetResponse
+	8,  // 18: metalfleet.api.v1.PartitionService.List:output_type -> metalfleet.api.v1.PartitionServiceListResponse
+	10, // 19: metalfleet.api.v1.PartitionService.Update:output_type -> metalfleet.api.v1.PartitionServiceUpdateResponse
+	12, // 20: metalfleet.api.v1.PartitionService.Delete:output_type -> metalfleet.api.v1.PartitionServiceDeleteResponse
+	16, // [16:21] is the sub-list for method output_type
+	11, // [11:16] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_metalfleet_api_v1_partition_proto_init() }
@@ -760,7 +845,7 @@ func file_metalfleet_api_v1_partition_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metalfleet_api_v1_partition_proto_rawDesc), len(file_metalfleet_api_v1_partition_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

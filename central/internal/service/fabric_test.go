@@ -1,0 +1,157 @@
+package service
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/metalfleet/metalfleet/central/internal/fabric"
+	"github.com/metalfleet/metalfleet/central/internal/fleet"
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
+	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
+)
+
+// TestSwitchPortsFollowTheMachine: a dual-attached machine's two leaf
+// ports are in the PXE VLAN while it waits and installs, move into its
+// tenant network's VRF when the installer reports the install done
+// (Booting New Kernel), and go back to the PXE VLAN on reinstall and free
+// — each in the transaction of the change that causes it. Uplinks are
+// uplinks; a port with nothing on it is left alone; each leaf gets its
+// ASN and loopback from its ordinal.
+func TestSwitchPortsFollowTheMachine(t *testing.T) {
+	l := newLab(t, 4)
+	if _, err := (&partitionService{API: l.a}).Update(l.ctx, &apiv1.PartitionServiceUpdateRequest{Partition: &apiv1.Partition{Id: "p1"}}); err != nil {
+		t.Fatal(err)
+	}
+	nets := &networkService{API: l.a}
+	if _, err := nets.Create(l.ctx, &apiv1.NetworkServiceCreateRequest{Network: &apiv1.Network{
+		Id: "super", Type: apiv1.NetworkType_NETWORK_TYPE_SUPER, PartitionId: "p1", Prefixes: []string{"10.128.0.0/16"}, ChildPrefixLengthIpv4: 24,
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	cr, err := nets.Allocate(l.ctx, &apiv1.NetworkServiceAllocateRequest{ProjectId: l.project, PartitionId: "p1", Name: "tenant"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	child := cr.GetNetwork()
+
+	leaves := map[string]fleet.Agent{}
+	for i, name := range []string{"leaf01", "leaf02"} {
+		leaves[name] = l.enroll(agentv1.Kind_KIND_SWITCH, name, "p1")
+		facts := &agentv1.SwitchFacts{Name: name, Rack: "r1", Uplinks: []string{"Ethernet120"}, Ports: []*agentv1.SwitchPortFact{
+			{Name: "Ethernet0", Neighbours: []*agentv1.LLDPNeighbour{{ChassisId: mac(1, i), PortId: mac(1, i)}}},
+			{Name: "Ethernet4"},
+			{Name: "Ethernet120", Neighbours: []*agentv1.LLDPNeighbour{{SystemName: "spine01", PortId: "swp" + string(rune('1'+i))}}},
+		}}
+		r := &agentv1.Report{Facts: &agentv1.Facts{Switch: facts}}
+		if err := l.tx(func(tx pgx.Tx) error { return fabric.Report(l.ctx, tx, l.hub, name, "p1", r) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// The machine, linked to both leaves by LLDP.
+	id := uuid.NewString()
+	ag := l.enroll(agentv1.Kind_KIND_INSTALLER, id, "p1")
+	f := facts(id, 1, 4)
+	f.Nics[0].Neighbours = []*agentv1.LLDPNeighbour{{SystemName: "leaf01", PortId: "Ethernet0"}}
+	f.Nics[1].Neighbours = []*agentv1.LLDPNeighbour{{SystemName: "leaf02", PortId: "Ethernet0"}}
+	for _, step := range []struct {
+		facts *agentv1.MachineFacts
+		event string
+	}{{nil, "Preparing"}, {f, "Registering"}, {nil, "Waiting"}} {
+		if err := l.report(ag, step.facts, step.event); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.a.store.Pool().Exec(l.ctx, `UPDATE agents SET last_contact = now() WHERE id = $1`, ag.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	type port struct {
+		role agentv1.SwitchPortRole
+		vni  uint32
+	}
+	check := func(when string, machinePort port) {
+		t.Helper()
+		for i, name := range []string{"leaf01", "leaf02"} {
+			d := l.doc(leaves[name].ID).GetSwitch()
+			if d.GetAsn() != 4200000001+uint32(i) || d.GetLoopback() != "10.255.0."+string(rune('1'+i)) || d.GetPxeVlanId() != 4000 {
+				t.Fatalf("%s: %s: asn %d loopback %s pxe vlan %d", when, name, d.GetAsn(), d.GetLoopback(), d.GetPxeVlanId())
+			}
+			got := map[string]port{}
+			for _, p := range d.GetPorts() {
+				got[p.GetName()] = port{p.GetRole(), p.GetVrfVni()}
+			}
+			want := map[string]port{"Ethernet0": machinePort, "Ethernet120": {role: agentv1.SwitchPortRole_SWITCH_PORT_ROLE_UPLINK}}
+			if len(got) != len(want) || got["Ethernet0"] != want["Ethernet0"] || got["Ethernet120"] != want["Ethernet120"] {
+				t.Fatalf("%s: %s ports %v, want %v", when, name, got, want)
+			}
+			wantVRFs := 0
+			if machinePort.vni != 0 {
+				wantVRFs = 1
+				v := d.GetVrfs()
+				if len(v) != 1 || v[0].GetVni() != child.GetVrf() || v[0].GetVlanId() != 1001 || !slices.Equal(v[0].GetCidrs(), child.GetPrefixes()) {
+					t.Fatalf("%s: %s vrfs %v", when, name, v)
+				}
+			}
+			if len(d.GetVrfs()) != wantVRFs {
+				t.Fatalf("%s: %s vrfs %v, want %d", when, name, d.GetVrfs(), wantVRFs)
+			}
+		}
+	}
+	pxe := port{role: agentv1.SwitchPortRole_SWITCH_PORT_ROLE_UNPROVISIONED}
+	tenant := port{role: agentv1.SwitchPortRole_SWITCH_PORT_ROLE_TENANT, vni: child.GetVrf()}
+	check("waiting", pxe)
+
+	if _, err := l.create(&apiv1.MachineServiceCreateRequest{Id: id, Networks: []string{child.GetId()}}); err != nil {
+		t.Fatalf("allocate the dual-attached machine: %v", err)
+	}
+	check("allocated", pxe)
+	if err := l.report(ag, nil, "Installing"); err != nil {
+		t.Fatal(err)
+	}
+	check("installing", pxe)
+	if err := l.report(ag, nil, "Booting New Kernel"); err != nil {
+		t.Fatal(err)
+	}
+	check("install done", tenant)
+	rev := l.doc(leaves["leaf01"].ID).GetRevision()
+	ph := fleet.Agent{ID: ag.ID, Kind: agentv1.Kind_KIND_PHONEHOME, Identity: id, Partition: "p1"}
+	if err := l.report(ph, nil, "Phoned Home"); err != nil {
+		t.Fatal(err)
+	}
+	check("phoned home", tenant)
+	if got := l.doc(leaves["leaf01"].ID).GetRevision(); got != rev {
+		t.Fatalf("phoning home changed the switch's document: revision %d → %d", rev, got)
+	}
+	sw, err := (&switchService{API: l.a}).Get(l.ctx, &apiv1.SwitchServiceGetRequest{Id: "leaf01"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := sw.GetSwitch().GetPorts()[0]; p.GetRole() != "tenant" || p.GetVrf() != child.GetVrf() || p.GetMachineId() != id || sw.GetSwitch().GetRack() != "r1" {
+		t.Fatalf("the switch as the API shows it: %v", sw.GetSwitch())
+	}
+
+	svc := &machineService{API: l.a}
+	if _, err := svc.Reinstall(l.ctx, &apiv1.MachineServiceReinstallRequest{Id: id}); err != nil {
+		t.Fatal(err)
+	}
+	check("reinstall", pxe)
+	if err := l.report(ph, nil, "Planned Reboot"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.report(ag, nil, "Preparing", "Registering", "Waiting", "Installing"); err != nil {
+		t.Fatal(err)
+	}
+	check("reinstalling", pxe)
+	if err := l.report(ag, nil, "Booting New Kernel"); err != nil {
+		t.Fatal(err)
+	}
+	check("reinstalled", tenant)
+	if _, err := svc.Delete(l.ctx, &apiv1.MachineServiceDeleteRequest{Id: id}); err != nil {
+		t.Fatal(err)
+	}
+	check("freed", pxe)
+}
