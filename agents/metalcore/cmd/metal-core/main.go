@@ -58,6 +58,14 @@ func run() error {
 	fs.StringVar(&cfg.Vtysh, "vtysh", "vtysh", "FRR's vtysh, asked for the BGP sessions")
 	fs.StringVar(&cfg.SONiCVersionFile, "sonic-version-file", "/etc/sonic/sonic_version.yml", "SONiC's version file (build_version)")
 	fs.StringVar(&cfg.ManagementInterface, "management-interface", "eth0", "interface whose address is reported when CONFIG_DB's MGMT_INTERFACE has none")
+	fs.Func("uplinks", "comma-separated ports to the spines, e.g. Ethernet120,Ethernet124 (metal-stack's SPINE_UPLINKS)", func(v string) error {
+		for u := range strings.SplitSeq(v, ",") {
+			if u = strings.TrimSpace(u); u != "" {
+				cfg.Uplinks = append(cfg.Uplinks, u)
+			}
+		}
+		return nil
+	})
 	fs.StringVar(&cfg.Rack, "rack", "", "the rack the switch stands in (machines linked to it are placed in it)")
 	fs.DurationVar(&cfg.FactsPoll, "facts-poll", 30*time.Second, "slow poll of ports and LLDP behind the keyspace notifications")
 	fs.DurationVar(&cfg.BGPPoll, "bgp-poll", 5*time.Second, "how often FRR is asked for its BGP sessions")

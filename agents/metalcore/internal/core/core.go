@@ -74,6 +74,10 @@ type Config struct {
 	// Rack is the rack the switch stands in, reported with its facts;
 	// central puts the machines linked to the switch in it.
 	Rack string
+	// Uplinks are the ports to the spines (as metal-stack's
+	// SPINE_UPLINKS), reported with the facts: central makes them uplinks
+	// in the switch's document.
+	Uplinks []string
 
 	// FactsPoll is the slow poll of ports and LLDP behind the keyspace
 	// notifications (default 30s); BGPPoll how often FRR is asked for

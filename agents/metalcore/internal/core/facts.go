@@ -52,7 +52,7 @@ func (c *Core) collect(ctx context.Context) (*agentv1.Facts, error) {
 	if err != nil {
 		return nil, err
 	}
-	sf := &agentv1.SwitchFacts{Name: dev.Hostname, NamingSchema: string(c.schema), Ports: ports, SonicVersion: sonicVersion(c.cfg.SONiCVersionFile), Rack: c.cfg.Rack}
+	sf := &agentv1.SwitchFacts{Name: dev.Hostname, NamingSchema: string(c.schema), Ports: ports, SonicVersion: sonicVersion(c.cfg.SONiCVersionFile), Rack: c.cfg.Rack, Uplinks: c.cfg.Uplinks}
 	if sf.Name == "" {
 		sf.Name = c.cfg.Name
 	}
