@@ -122,6 +122,10 @@ func derive(ctx context.Context, tx pgx.Tx, docs Docs, id string) error {
 		default:
 			continue // nothing on it: left alone
 		}
+		if p.GetShut() {
+			// An operator's word wins over any role.
+			dp.AdminState = agentv1.SwitchAdminState_SWITCH_ADMIN_STATE_DOWN
+		}
 		doc.Ports = append(doc.Ports, dp)
 	}
 	agent, err := agentOf(ctx, tx, sw.GetId())

@@ -104,12 +104,17 @@ func fromFacts(ctx context.Context, tx pgx.Tx, sw *apiv1.Switch, f *agentv1.Swit
 	sw.Uplinks = f.GetUplinks()
 	sw.SonicVersion = f.GetSonicVersion()
 	sw.ManagementAddress = f.GetManagementAddress()
-	sw.Ports = sw.Ports[:0]
+	// What an operator set on a port outlives the facts.
+	shut := map[string]bool{}
+	for _, p := range sw.GetPorts() {
+		shut[p.GetName()] = p.GetShut()
+	}
+	sw.Ports = nil
 	var macs []string
 	for _, p := range f.GetPorts() {
 		port := &apiv1.SwitchPort{
 			Name: p.GetName(), Identifier: p.GetIdentifier(), SpeedMbps: p.GetSpeedMbps(), Mtu: p.GetMtu(),
-			AdminState: adminState(p.GetAdminState()), OperState: operState(p.GetOperState()),
+			AdminState: adminState(p.GetAdminState()), OperState: operState(p.GetOperState()), Shut: shut[p.GetName()],
 		}
 		for _, n := range p.GetNeighbours() {
 			port.Neighbours = append(port.Neighbours, strings.TrimSpace(n.GetSystemName()+" "+n.GetPortId()))
@@ -150,7 +155,7 @@ func fromFacts(ctx context.Context, tx pgx.Tx, sw *apiv1.Switch, f *agentv1.Swit
 			p.MachineId, p.MachineNic = o[0], o[1]
 		}
 	}
-	sw.BgpSessions = sw.BgpSessions[:0]
+	sw.BgpSessions = nil
 	for _, b := range f.GetBgpSessions() {
 		s := &apiv1.SwitchBgpSession{
 			Port: b.GetPort(), Vrf: b.GetVrf(), PeerGroup: b.GetPeerGroup(), State: bgpState(b.GetState()),

@@ -378,6 +378,9 @@ func (e *matrixEnv) rows() map[string]struct {
 		"/metalfleet.api.v1.SwitchService/List": {adminOnly, func(t *testing.T, c *caller) error {
 			return discard(e.api.Switch.List(ctx(t, c), &apiv1.SwitchServiceListRequest{}))
 		}},
+		"/metalfleet.api.v1.SwitchService/SetPort": {adminOnly, func(t *testing.T, c *caller) error {
+			return discard(e.api.Switch.SetPort(ctx(t, c), &apiv1.SwitchServiceSetPortRequest{Id: "leaf1", Port: "swp1", Up: true}))
+		}},
 		"/metalfleet.api.v1.AgentService/List": {adminOnly, func(t *testing.T, c *caller) error {
 			return discard(e.api.Agent.List(ctx(t, c), &apiv1.AgentServiceListRequest{}))
 		}},

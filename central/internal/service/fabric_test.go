@@ -6,6 +6,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/metalfleet/metalfleet/central/internal/fabric"
 	"github.com/metalfleet/metalfleet/central/internal/fleet"
@@ -133,6 +135,49 @@ func TestSwitchPortsFollowTheMachine(t *testing.T) {
 	if p := sw.GetSwitch().GetPorts()[0]; p.GetRole() != "tenant" || p.GetVrf() != child.GetVrf() || p.GetMachineId() != id || sw.GetSwitch().GetRack() != "r1" {
 		t.Fatalf("the switch as the API shows it: %v", sw.GetSwitch())
 	}
+
+	// An operator shuts the machine's port on leaf01: down whatever its
+	// role, also after the switch reports its ports again; then up.
+	sws := &switchService{API: l.a}
+	adminOf := func() agentv1.SwitchAdminState {
+		t.Helper()
+		for _, p := range l.doc(leaves["leaf01"].ID).GetSwitch().GetPorts() {
+			if p.GetName() == "Ethernet0" {
+				return p.GetAdminState()
+			}
+		}
+		t.Fatal("Ethernet0 not in leaf01's document")
+		return 0
+	}
+	if _, err := sws.SetPort(l.ctx, &apiv1.SwitchServiceSetPortRequest{Id: "leaf01", Port: "Ethernet0"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := adminOf(); got != agentv1.SwitchAdminState_SWITCH_ADMIN_STATE_DOWN {
+		t.Fatalf("shut port: %v", got)
+	}
+	again := &agentv1.Report{Facts: &agentv1.Facts{Switch: &agentv1.SwitchFacts{Name: "leaf01", Rack: "r1", Uplinks: []string{"Ethernet120"}, Ports: []*agentv1.SwitchPortFact{
+		{Name: "Ethernet0", Neighbours: []*agentv1.LLDPNeighbour{{ChassisId: mac(1, 0), PortId: mac(1, 0)}}},
+		{Name: "Ethernet120", Neighbours: []*agentv1.LLDPNeighbour{{SystemName: "spine01", PortId: "swp1"}}},
+	}}}}
+	if err := l.tx(func(tx pgx.Tx) error { return fabric.Report(l.ctx, tx, l.hub, "leaf01", "p1", again) }); err != nil {
+		t.Fatal(err)
+	}
+	if got := adminOf(); got != agentv1.SwitchAdminState_SWITCH_ADMIN_STATE_DOWN {
+		t.Fatalf("shut port after the switch reported again: %v", got)
+	}
+	if _, err := sws.SetPort(l.ctx, &apiv1.SwitchServiceSetPortRequest{Id: "leaf01", Port: "Ethernet9"}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("unknown port: %v, want InvalidArgument", err)
+	}
+	if _, err := sws.SetPort(l.ctx, &apiv1.SwitchServiceSetPortRequest{Id: "leaf77", Port: "Ethernet0"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("unknown switch: %v, want NotFound", err)
+	}
+	if _, err := sws.SetPort(l.ctx, &apiv1.SwitchServiceSetPortRequest{Id: "leaf01", Port: "Ethernet0", Up: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := adminOf(); got != agentv1.SwitchAdminState_SWITCH_ADMIN_STATE_UP {
+		t.Fatalf("port brought up: %v", got)
+	}
+	check("port up again", tenant)
 
 	svc := &machineService{API: l.a}
 	if _, err := svc.Reinstall(l.ctx, &apiv1.MachineServiceReinstallRequest{Id: id}); err != nil {

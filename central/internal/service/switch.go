@@ -27,3 +27,24 @@ func (s *switchService) List(ctx context.Context, req *apiv1.SwitchServiceListRe
 	}
 	return &apiv1.SwitchServiceListResponse{Switches: out}, nil
 }
+
+func (s *switchService) SetPort(ctx context.Context, req *apiv1.SwitchServiceSetPortRequest) (*apiv1.SwitchServiceSetPortResponse, error) {
+	var v violations
+	v.id("id", req.GetId())
+	v.text("port", req.GetPort(), 64)
+	if req.GetPort() == "" {
+		v.add("port", "required")
+	}
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	var docs fabric.Docs
+	if s.fleet != nil {
+		docs = s.fleet
+	}
+	out, err := fabric.SetPort(ctx, s.store, docs, req.GetId(), req.GetPort(), req.GetUp())
+	if err != nil {
+		return nil, toStatus(err, "switch "+quote(req.GetId()))
+	}
+	return &apiv1.SwitchServiceSetPortResponse{Switch: out}, nil
+}

@@ -1780,8 +1780,11 @@ type SwitchPort struct {
 	// role and vrf are what the switch's desired document makes of the
 	// port: "uplink", "unprovisioned" (the PXE VLAN), "tenant" (routed in
 	// VRF Vrf<vrf>), "firewall"; "" when the document leaves it alone.
-	Role          string `protobuf:"bytes,11,opt,name=role,proto3" json:"role,omitempty"`
-	Vrf           uint32 `protobuf:"varint,12,opt,name=vrf,proto3" json:"vrf,omitempty"`
+	Role string `protobuf:"bytes,11,opt,name=role,proto3" json:"role,omitempty"`
+	Vrf  uint32 `protobuf:"varint,12,opt,name=vrf,proto3" json:"vrf,omitempty"`
+	// shut is set when an operator shut the port down (metalctl switch port
+	// down); the document then keeps it down whatever its role.
+	Shut          bool `protobuf:"varint,13,opt,name=shut,proto3" json:"shut,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1898,6 +1901,13 @@ func (x *SwitchPort) GetVrf() uint32 {
 		return x.Vrf
 	}
 	return 0
+}
+
+func (x *SwitchPort) GetShut() bool {
+	if x != nil {
+		return x.Shut
+	}
+	return false
 }
 
 // SwitchBgpSession is one BGP session of a switch.
@@ -2074,6 +2084,111 @@ func (x *SwitchSync) GetReportedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+type SwitchServiceSetPortRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Port  string                 `protobuf:"bytes,2,opt,name=port,proto3" json:"port,omitempty"`
+	// up brings the port up, false shuts it down.
+	Up            bool `protobuf:"varint,3,opt,name=up,proto3" json:"up,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SwitchServiceSetPortRequest) Reset() {
+	*x = SwitchServiceSetPortRequest{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SwitchServiceSetPortRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SwitchServiceSetPortRequest) ProtoMessage() {}
+
+func (x *SwitchServiceSetPortRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SwitchServiceSetPortRequest.ProtoReflect.Descriptor instead.
+func (*SwitchServiceSetPortRequest) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *SwitchServiceSetPortRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SwitchServiceSetPortRequest) GetPort() string {
+	if x != nil {
+		return x.Port
+	}
+	return ""
+}
+
+func (x *SwitchServiceSetPortRequest) GetUp() bool {
+	if x != nil {
+		return x.Up
+	}
+	return false
+}
+
+type SwitchServiceSetPortResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Switch        *Switch                `protobuf:"bytes,1,opt,name=switch,proto3" json:"switch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SwitchServiceSetPortResponse) Reset() {
+	*x = SwitchServiceSetPortResponse{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SwitchServiceSetPortResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SwitchServiceSetPortResponse) ProtoMessage() {}
+
+func (x *SwitchServiceSetPortResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SwitchServiceSetPortResponse.ProtoReflect.Descriptor instead.
+func (*SwitchServiceSetPortResponse) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *SwitchServiceSetPortResponse) GetSwitch() *Switch {
+	if x != nil {
+		return x.Switch
+	}
+	return nil
+}
+
 type SwitchServiceGetRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -2083,7 +2198,7 @@ type SwitchServiceGetRequest struct {
 
 func (x *SwitchServiceGetRequest) Reset() {
 	*x = SwitchServiceGetRequest{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[26]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2095,7 +2210,7 @@ func (x *SwitchServiceGetRequest) String() string {
 func (*SwitchServiceGetRequest) ProtoMessage() {}
 
 func (x *SwitchServiceGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[26]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2108,7 +2223,7 @@ func (x *SwitchServiceGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchServiceGetRequest.ProtoReflect.Descriptor instead.
 func (*SwitchServiceGetRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{26}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SwitchServiceGetRequest) GetId() string {
@@ -2127,7 +2242,7 @@ type SwitchServiceGetResponse struct {
 
 func (x *SwitchServiceGetResponse) Reset() {
 	*x = SwitchServiceGetResponse{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[27]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2139,7 +2254,7 @@ func (x *SwitchServiceGetResponse) String() string {
 func (*SwitchServiceGetResponse) ProtoMessage() {}
 
 func (x *SwitchServiceGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[27]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2152,7 +2267,7 @@ func (x *SwitchServiceGetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchServiceGetResponse.ProtoReflect.Descriptor instead.
 func (*SwitchServiceGetResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{27}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SwitchServiceGetResponse) GetSwitch() *Switch {
@@ -2171,7 +2286,7 @@ type SwitchServiceListRequest struct {
 
 func (x *SwitchServiceListRequest) Reset() {
 	*x = SwitchServiceListRequest{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[28]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2183,7 +2298,7 @@ func (x *SwitchServiceListRequest) String() string {
 func (*SwitchServiceListRequest) ProtoMessage() {}
 
 func (x *SwitchServiceListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[28]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2196,7 +2311,7 @@ func (x *SwitchServiceListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchServiceListRequest.ProtoReflect.Descriptor instead.
 func (*SwitchServiceListRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{28}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SwitchServiceListRequest) GetPartitionId() string {
@@ -2215,7 +2330,7 @@ type SwitchServiceListResponse struct {
 
 func (x *SwitchServiceListResponse) Reset() {
 	*x = SwitchServiceListResponse{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[29]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2227,7 +2342,7 @@ func (x *SwitchServiceListResponse) String() string {
 func (*SwitchServiceListResponse) ProtoMessage() {}
 
 func (x *SwitchServiceListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[29]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2240,7 +2355,7 @@ func (x *SwitchServiceListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchServiceListResponse.ProtoReflect.Descriptor instead.
 func (*SwitchServiceListResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{29}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SwitchServiceListResponse) GetSwitches() []*Switch {
@@ -2384,7 +2499,7 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"\aordinal\x18\v \x01(\rR\aordinal\x12\x10\n" +
 	"\x03asn\x18\f \x01(\rR\x03asn\x12\x1a\n" +
 	"\bloopback\x18\r \x01(\tR\bloopback\x12+\n" +
-	"\x04meta\x18\x0f \x01(\v2\x17.metalfleet.api.v1.MetaR\x04meta\"\xc9\x02\n" +
+	"\x04meta\x18\x0f \x01(\v2\x17.metalfleet.api.v1.MetaR\x04meta\"\xdd\x02\n" +
 	"\n" +
 	"SwitchPort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
@@ -2408,7 +2523,8 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	" \x03(\tR\n" +
 	"neighbours\x12\x12\n" +
 	"\x04role\x18\v \x01(\tR\x04role\x12\x10\n" +
-	"\x03vrf\x18\f \x01(\rR\x03vrf\"\xce\x02\n" +
+	"\x03vrf\x18\f \x01(\rR\x03vrf\x12\x12\n" +
+	"\x04shut\x18\r \x01(\bR\x04shut\"\xce\x02\n" +
 	"\x10SwitchBgpSession\x12\x12\n" +
 	"\x04port\x18\x01 \x01(\tR\x04port\x12\x10\n" +
 	"\x03vrf\x18\x02 \x01(\tR\x03vrf\x12\x1d\n" +
@@ -2425,7 +2541,13 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"\x10applied_revision\x18\x01 \x01(\x04R\x0fappliedRevision\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12;\n" +
 	"\vreported_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"reportedAt\")\n" +
+	"reportedAt\"Q\n" +
+	"\x1bSwitchServiceSetPortRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\tR\x04port\x12\x0e\n" +
+	"\x02up\x18\x03 \x01(\bR\x02up\"Q\n" +
+	"\x1cSwitchServiceSetPortResponse\x121\n" +
+	"\x06switch\x18\x01 \x01(\v2\x19.metalfleet.api.v1.SwitchR\x06switch\")\n" +
 	"\x17SwitchServiceGetRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"M\n" +
 	"\x18SwitchServiceGetResponse\x121\n" +
@@ -2469,10 +2591,11 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"\x06Events\x12..metalfleet.api.v1.MachineServiceEventsRequest\x1a/.metalfleet.api.v1.MachineServiceEventsResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x01\x1a\x02id\"\amachine0\x01\x12s\n" +
 	"\x06Issues\x12..metalfleet.api.v1.MachineServiceIssuesRequest\x1a/.metalfleet.api.v1.MachineServiceIssuesResponse\"\b\xca\xf3\x18\x04\b\x02\x10\x01\x12\x7f\n" +
 	"\n" +
-	"ResolveMac\x122.metalfleet.api.v1.MachineServiceResolveMacRequest\x1a3.metalfleet.api.v1.MachineServiceResolveMacResponse\"\b\xca\xf3\x18\x04\b\x02\x10\x022\xe6\x01\n" +
+	"ResolveMac\x122.metalfleet.api.v1.MachineServiceResolveMacRequest\x1a3.metalfleet.api.v1.MachineServiceResolveMacResponse\"\b\xca\xf3\x18\x04\b\x02\x10\x022\xdc\x02\n" +
 	"\rSwitchService\x12h\n" +
 	"\x03Get\x12*.metalfleet.api.v1.SwitchServiceGetRequest\x1a+.metalfleet.api.v1.SwitchServiceGetResponse\"\b\xca\xf3\x18\x04\b\x02\x10\x01\x12k\n" +
-	"\x04List\x12+.metalfleet.api.v1.SwitchServiceListRequest\x1a,.metalfleet.api.v1.SwitchServiceListResponse\"\b\xca\xf3\x18\x04\b\x02\x10\x01B@Z>github.com/metalfleet/metalfleet/proto/metalfleet/api/v1;apiv1b\x06proto3"
+	"\x04List\x12+.metalfleet.api.v1.SwitchServiceListRequest\x1a,.metalfleet.api.v1.SwitchServiceListResponse\"\b\xca\xf3\x18\x04\b\x02\x10\x01\x12t\n" +
+	"\aSetPort\x12..metalfleet.api.v1.SwitchServiceSetPortRequest\x1a/.metalfleet.api.v1.SwitchServiceSetPortResponse\"\b\xca\xf3\x18\x04\b\x02\x10\x02B@Z>github.com/metalfleet/metalfleet/proto/metalfleet/api/v1;apiv1b\x06proto3"
 
 var (
 	file_metalfleet_api_v1_machine_proto_rawDescOnce sync.Once
@@ -2487,7 +2610,7 @@ func file_metalfleet_api_v1_machine_proto_rawDescGZIP() []byte {
 }
 
 var file_metalfleet_api_v1_machine_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_metalfleet_api_v1_machine_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_metalfleet_api_v1_machine_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_metalfleet_api_v1_machine_proto_goTypes = []any{
 	(MachineState)(0),                        // 0: metalfleet.api.v1.MachineState
 	(Liveliness)(0),                          // 1: metalfleet.api.v1.Liveliness
@@ -2518,33 +2641,35 @@ var file_metalfleet_api_v1_machine_proto_goTypes = []any{
 	(*SwitchPort)(nil),                       // 26: metalfleet.api.v1.SwitchPort
 	(*SwitchBgpSession)(nil),                 // 27: metalfleet.api.v1.SwitchBgpSession
 	(*SwitchSync)(nil),                       // 28: metalfleet.api.v1.SwitchSync
-	(*SwitchServiceGetRequest)(nil),          // 29: metalfleet.api.v1.SwitchServiceGetRequest
-	(*SwitchServiceGetResponse)(nil),         // 30: metalfleet.api.v1.SwitchServiceGetResponse
-	(*SwitchServiceListRequest)(nil),         // 31: metalfleet.api.v1.SwitchServiceListRequest
-	(*SwitchServiceListResponse)(nil),        // 32: metalfleet.api.v1.SwitchServiceListResponse
-	nil,                                      // 33: metalfleet.api.v1.Machine.LabelsEntry
-	nil,                                      // 34: metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
-	(*v1.MachineFacts)(nil),                  // 35: metalfleet.agent.v1.MachineFacts
-	(*timestamppb.Timestamp)(nil),            // 36: google.protobuf.Timestamp
-	(*Meta)(nil),                             // 37: metalfleet.api.v1.Meta
+	(*SwitchServiceSetPortRequest)(nil),      // 29: metalfleet.api.v1.SwitchServiceSetPortRequest
+	(*SwitchServiceSetPortResponse)(nil),     // 30: metalfleet.api.v1.SwitchServiceSetPortResponse
+	(*SwitchServiceGetRequest)(nil),          // 31: metalfleet.api.v1.SwitchServiceGetRequest
+	(*SwitchServiceGetResponse)(nil),         // 32: metalfleet.api.v1.SwitchServiceGetResponse
+	(*SwitchServiceListRequest)(nil),         // 33: metalfleet.api.v1.SwitchServiceListRequest
+	(*SwitchServiceListResponse)(nil),        // 34: metalfleet.api.v1.SwitchServiceListResponse
+	nil,                                      // 35: metalfleet.api.v1.Machine.LabelsEntry
+	nil,                                      // 36: metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
+	(*v1.MachineFacts)(nil),                  // 37: metalfleet.agent.v1.MachineFacts
+	(*timestamppb.Timestamp)(nil),            // 38: google.protobuf.Timestamp
+	(*Meta)(nil),                             // 39: metalfleet.api.v1.Meta
 }
 var file_metalfleet_api_v1_machine_proto_depIdxs = []int32{
 	0,  // 0: metalfleet.api.v1.Machine.state:type_name -> metalfleet.api.v1.MachineState
 	1,  // 1: metalfleet.api.v1.Machine.liveliness:type_name -> metalfleet.api.v1.Liveliness
 	5,  // 2: metalfleet.api.v1.Machine.allocation:type_name -> metalfleet.api.v1.MachineAllocation
-	35, // 3: metalfleet.api.v1.Machine.hardware:type_name -> metalfleet.agent.v1.MachineFacts
-	36, // 4: metalfleet.api.v1.Machine.last_event_at:type_name -> google.protobuf.Timestamp
-	33, // 5: metalfleet.api.v1.Machine.labels:type_name -> metalfleet.api.v1.Machine.LabelsEntry
+	37, // 3: metalfleet.api.v1.Machine.hardware:type_name -> metalfleet.agent.v1.MachineFacts
+	38, // 4: metalfleet.api.v1.Machine.last_event_at:type_name -> google.protobuf.Timestamp
+	35, // 5: metalfleet.api.v1.Machine.labels:type_name -> metalfleet.api.v1.Machine.LabelsEntry
 	2,  // 6: metalfleet.api.v1.Machine.provisioning:type_name -> metalfleet.api.v1.ProvisioningState
 	4,  // 7: metalfleet.api.v1.Machine.issues:type_name -> metalfleet.api.v1.MachineIssue
-	37, // 8: metalfleet.api.v1.Machine.meta:type_name -> metalfleet.api.v1.Meta
-	36, // 9: metalfleet.api.v1.MachineAllocation.created_at:type_name -> google.protobuf.Timestamp
-	36, // 10: metalfleet.api.v1.MachineAllocation.phoned_home_at:type_name -> google.protobuf.Timestamp
-	36, // 11: metalfleet.api.v1.MachineEvent.time:type_name -> google.protobuf.Timestamp
+	39, // 8: metalfleet.api.v1.Machine.meta:type_name -> metalfleet.api.v1.Meta
+	38, // 9: metalfleet.api.v1.MachineAllocation.created_at:type_name -> google.protobuf.Timestamp
+	38, // 10: metalfleet.api.v1.MachineAllocation.phoned_home_at:type_name -> google.protobuf.Timestamp
+	38, // 11: metalfleet.api.v1.MachineEvent.time:type_name -> google.protobuf.Timestamp
 	2,  // 12: metalfleet.api.v1.MachineEvent.state:type_name -> metalfleet.api.v1.ProvisioningState
 	3,  // 13: metalfleet.api.v1.MachineServiceGetResponse.machine:type_name -> metalfleet.api.v1.Machine
 	3,  // 14: metalfleet.api.v1.MachineServiceListResponse.machines:type_name -> metalfleet.api.v1.Machine
-	34, // 15: metalfleet.api.v1.MachineServiceCreateRequest.labels:type_name -> metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
+	36, // 15: metalfleet.api.v1.MachineServiceCreateRequest.labels:type_name -> metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
 	3,  // 16: metalfleet.api.v1.MachineServiceCreateResponse.machine:type_name -> metalfleet.api.v1.Machine
 	3,  // 17: metalfleet.api.v1.MachineServiceDeleteResponse.machine:type_name -> metalfleet.api.v1.Machine
 	3,  // 18: metalfleet.api.v1.MachineServiceReinstallResponse.machine:type_name -> metalfleet.api.v1.Machine
@@ -2555,41 +2680,44 @@ var file_metalfleet_api_v1_machine_proto_depIdxs = []int32{
 	3,  // 23: metalfleet.api.v1.MachineServiceResolveMacResponse.machine:type_name -> metalfleet.api.v1.Machine
 	4,  // 24: metalfleet.api.v1.MachineServiceIssuesResponse.issues:type_name -> metalfleet.api.v1.MachineIssue
 	26, // 25: metalfleet.api.v1.Switch.ports:type_name -> metalfleet.api.v1.SwitchPort
-	36, // 26: metalfleet.api.v1.Switch.last_sync:type_name -> google.protobuf.Timestamp
+	38, // 26: metalfleet.api.v1.Switch.last_sync:type_name -> google.protobuf.Timestamp
 	27, // 27: metalfleet.api.v1.Switch.bgp_sessions:type_name -> metalfleet.api.v1.SwitchBgpSession
 	28, // 28: metalfleet.api.v1.Switch.sync:type_name -> metalfleet.api.v1.SwitchSync
-	37, // 29: metalfleet.api.v1.Switch.meta:type_name -> metalfleet.api.v1.Meta
-	36, // 30: metalfleet.api.v1.SwitchBgpSession.established_since:type_name -> google.protobuf.Timestamp
-	36, // 31: metalfleet.api.v1.SwitchSync.reported_at:type_name -> google.protobuf.Timestamp
-	25, // 32: metalfleet.api.v1.SwitchServiceGetResponse.switch:type_name -> metalfleet.api.v1.Switch
-	25, // 33: metalfleet.api.v1.SwitchServiceListResponse.switches:type_name -> metalfleet.api.v1.Switch
-	7,  // 34: metalfleet.api.v1.MachineService.Get:input_type -> metalfleet.api.v1.MachineServiceGetRequest
-	9,  // 35: metalfleet.api.v1.MachineService.List:input_type -> metalfleet.api.v1.MachineServiceListRequest
-	11, // 36: metalfleet.api.v1.MachineService.Create:input_type -> metalfleet.api.v1.MachineServiceCreateRequest
-	13, // 37: metalfleet.api.v1.MachineService.Delete:input_type -> metalfleet.api.v1.MachineServiceDeleteRequest
-	15, // 38: metalfleet.api.v1.MachineService.Reinstall:input_type -> metalfleet.api.v1.MachineServiceReinstallRequest
-	17, // 39: metalfleet.api.v1.MachineService.SetState:input_type -> metalfleet.api.v1.MachineServiceSetStateRequest
-	19, // 40: metalfleet.api.v1.MachineService.Events:input_type -> metalfleet.api.v1.MachineServiceEventsRequest
-	23, // 41: metalfleet.api.v1.MachineService.Issues:input_type -> metalfleet.api.v1.MachineServiceIssuesRequest
-	21, // 42: metalfleet.api.v1.MachineService.ResolveMac:input_type -> metalfleet.api.v1.MachineServiceResolveMacRequest
-	29, // 43: metalfleet.api.v1.SwitchService.Get:input_type -> metalfleet.api.v1.SwitchServiceGetRequest
-	31, // 44: metalfleet.api.v1.SwitchService.List:input_type -> metalfleet.api.v1.SwitchServiceListRequest
-	8,  // 45: metalfleet.api.v1.MachineService.Get:output_type -> metalfleet.api.v1.MachineServiceGetResponse
-	10, // 46: metalfleet.api.v1.MachineService.List:output_type -> metalfleet.api.v1.MachineServiceListResponse
-	12, // 47: metalfleet.api.v1.MachineService.Create:output_type -> metalfleet.api.v1.MachineServiceCreateResponse
-	14, // 48: metalfleet.api.v1.MachineService.Delete:output_type -> metalfleet.api.v1.MachineServiceDeleteResponse
-	16, // 49: metalfleet.api.v1.MachineService.Reinstall:output_type -> metalfleet.api.v1.MachineServiceReinstallResponse
-	18, // 50: metalfleet.api.v1.MachineService.SetState:output_type -> metalfleet.api.v1.MachineServiceSetStateResponse
-	20, // 51: metalfleet.api.v1.MachineService.Events:output_type -> metalfleet.api.v1.MachineServiceEventsResponse
-	24, // 52: metalfleet.api.v1.MachineService.Issues:output_type -> metalfleet.api.v1.MachineServiceIssuesResponse
-	22, // 53: metalfleet.api.v1.MachineService.ResolveMac:output_type -> metalfleet.api.v1.MachineServiceResolveMacResponse
-	30, // 54: metalfleet.api.v1.SwitchService.Get:output_type -> metalfleet.api.v1.SwitchServiceGetResponse
-	32, // 55: metalfleet.api.v1.SwitchService.List:output_type -> metalfleet.api.v1.SwitchServiceListResponse
-	45, // [45:56] is the sub-list for method output_type
-	34, // [34:45] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	39, // 29: metalfleet.api.v1.Switch.meta:type_name -> metalfleet.api.v1.Meta
+	38, // 30: metalfleet.api.v1.SwitchBgpSession.established_since:type_name -> google.protobuf.Timestamp
+	38, // 31: metalfleet.api.v1.SwitchSync.reported_at:type_name -> google.protobuf.Timestamp
+	25, // 32: metalfleet.api.v1.SwitchServiceSetPortResponse.switch:type_name -> metalfleet.api.v1.Switch
+	25, // 33: metalfleet.api.v1.SwitchServiceGetResponse.switch:type_name -> metalfleet.api.v1.Switch
+	25, // 34: metalfleet.api.v1.SwitchServiceListResponse.switches:type_name -> metalfleet.api.v1.Switch
+	7,  // 35: metalfleet.api.v1.MachineService.Get:input_type -> metalfleet.api.v1.MachineServiceGetRequest
+	9,  // 36: metalfleet.api.v1.MachineService.List:input_type -> metalfleet.api.v1.MachineServiceListRequest
+	11, // 37: metalfleet.api.v1.MachineService.Create:input_type -> metalfleet.api.v1.MachineServiceCreateRequest
+	13, // 38: metalfleet.api.v1.MachineService.Delete:input_type -> metalfleet.api.v1.MachineServiceDeleteRequest
+	15, // 39: metalfleet.api.v1.MachineService.Reinstall:input_type -> metalfleet.api.v1.MachineServiceReinstallRequest
+	17, // 40: metalfleet.api.v1.MachineService.SetState:input_type -> metalfleet.api.v1.MachineServiceSetStateRequest
+	19, // 41: metalfleet.api.v1.MachineService.Events:input_type -> metalfleet.api.v1.MachineServiceEventsRequest
+	23, // 42: metalfleet.api.v1.MachineService.Issues:input_type -> metalfleet.api.v1.MachineServiceIssuesRequest
+	21, // 43: metalfleet.api.v1.MachineService.ResolveMac:input_type -> metalfleet.api.v1.MachineServiceResolveMacRequest
+	31, // 44: metalfleet.api.v1.SwitchService.Get:input_type -> metalfleet.api.v1.SwitchServiceGetRequest
+	33, // 45: metalfleet.api.v1.SwitchService.List:input_type -> metalfleet.api.v1.SwitchServiceListRequest
+	29, // 46: metalfleet.api.v1.SwitchService.SetPort:input_type -> metalfleet.api.v1.SwitchServiceSetPortRequest
+	8,  // 47: metalfleet.api.v1.MachineService.Get:output_type -> metalfleet.api.v1.MachineServiceGetResponse
+	10, // 48: metalfleet.api.v1.MachineService.List:output_type -> metalfleet.api.v1.MachineServiceListResponse
+	12, // 49: metalfleet.api.v1.MachineService.Create:output_type -> metalfleet.api.v1.MachineServiceCreateResponse
+	14, // 50: metalfleet.api.v1.MachineService.Delete:output_type -> metalfleet.api.v1.MachineServiceDeleteResponse
+	16, // 51: metalfleet.api.v1.MachineService.Reinstall:output_type -> metalfleet.api.v1.MachineServiceReinstallResponse
+	18, // 52: metalfleet.api.v1.MachineService.SetState:output_type -> metalfleet.api.v1.MachineServiceSetStateResponse
+	20, // 53: metalfleet.api.v1.MachineService.Events:output_type -> metalfleet.api.v1.MachineServiceEventsResponse
+	24, // 54: metalfleet.api.v1.MachineService.Issues:output_type -> metalfleet.api.v1.MachineServiceIssuesResponse
+	22, // 55: metalfleet.api.v1.MachineService.ResolveMac:output_type -> metalfleet.api.v1.MachineServiceResolveMacResponse
+	32, // 56: metalfleet.api.v1.SwitchService.Get:output_type -> metalfleet.api.v1.SwitchServiceGetResponse
+	34, // 57: metalfleet.api.v1.SwitchService.List:output_type -> metalfleet.api.v1.SwitchServiceListResponse
+	30, // 58: metalfleet.api.v1.SwitchService.SetPort:output_type -> metalfleet.api.v1.SwitchServiceSetPortResponse
+	47, // [47:59] is the sub-list for method output_type
+	35, // [35:47] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_metalfleet_api_v1_machine_proto_init() }
@@ -2604,7 +2732,7 @@ func file_metalfleet_api_v1_machine_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metalfleet_api_v1_machine_proto_rawDesc), len(file_metalfleet_api_v1_machine_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   32,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -461,8 +461,9 @@ var MachineService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	SwitchService_Get_FullMethodName  = "/metalfleet.api.v1.SwitchService/Get"
-	SwitchService_List_FullMethodName = "/metalfleet.api.v1.SwitchService/List"
+	SwitchService_Get_FullMethodName     = "/metalfleet.api.v1.SwitchService/Get"
+	SwitchService_List_FullMethodName    = "/metalfleet.api.v1.SwitchService/List"
+	SwitchService_SetPort_FullMethodName = "/metalfleet.api.v1.SwitchService/SetPort"
 )
 
 // SwitchServiceClient is the client API for SwitchService service.
@@ -473,6 +474,9 @@ const (
 type SwitchServiceClient interface {
 	Get(ctx context.Context, in *SwitchServiceGetRequest, opts ...grpc.CallOption) (*SwitchServiceGetResponse, error)
 	List(ctx context.Context, in *SwitchServiceListRequest, opts ...grpc.CallOption) (*SwitchServiceListResponse, error)
+	// SetPort shuts a port down or brings it back up: the switch's document
+	// keeps it so until the next SetPort.
+	SetPort(ctx context.Context, in *SwitchServiceSetPortRequest, opts ...grpc.CallOption) (*SwitchServiceSetPortResponse, error)
 }
 
 type switchServiceClient struct {
@@ -503,6 +507,16 @@ func (c *switchServiceClient) List(ctx context.Context, in *SwitchServiceListReq
 	return out, nil
 }
 
+func (c *switchServiceClient) SetPort(ctx context.Context, in *SwitchServiceSetPortRequest, opts ...grpc.CallOption) (*SwitchServiceSetPortResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SwitchServiceSetPortResponse)
+	err := c.cc.Invoke(ctx, SwitchService_SetPort_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SwitchServiceServer is the server API for SwitchService service.
 // All implementations must embed UnimplementedSwitchServiceServer
 // for forward compatibility.
@@ -511,6 +525,9 @@ func (c *switchServiceClient) List(ctx context.Context, in *SwitchServiceListReq
 type SwitchServiceServer interface {
 	Get(context.Context, *SwitchServiceGetRequest) (*SwitchServiceGetResponse, error)
 	List(context.Context, *SwitchServiceListRequest) (*SwitchServiceListResponse, error)
+	// SetPort shuts a port down or brings it back up: the switch's document
+	// keeps it so until the next SetPort.
+	SetPort(context.Context, *SwitchServiceSetPortRequest) (*SwitchServiceSetPortResponse, error)
 	mustEmbedUnimplementedSwitchServiceServer()
 }
 
@@ -526,6 +543,9 @@ func (UnimplementedSwitchServiceServer) Get(context.Context, *SwitchServiceGetRe
 }
 func (UnimplementedSwitchServiceServer) List(context.Context, *SwitchServiceListRequest) (*SwitchServiceListResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method List not implemented")
+}
+func (UnimplementedSwitchServiceServer) SetPort(context.Context, *SwitchServiceSetPortRequest) (*SwitchServiceSetPortResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetPort not implemented")
 }
 func (UnimplementedSwitchServiceServer) mustEmbedUnimplementedSwitchServiceServer() {}
 func (UnimplementedSwitchServiceServer) testEmbeddedByValue()                       {}
@@ -584,6 +604,24 @@ func _SwitchService_List_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SwitchService_SetPort_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SwitchServiceSetPortRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SwitchServiceServer).SetPort(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SwitchService_SetPort_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SwitchServiceServer).SetPort(ctx, req.(*SwitchServiceSetPortRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SwitchService_ServiceDesc is the grpc.ServiceDesc for SwitchService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -598,6 +636,10 @@ var SwitchService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "List",
 			Handler:    _SwitchService_List_Handler,
+		},
+		{
+			MethodName: "SetPort",
+			Handler:    _SwitchService_SetPort_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
