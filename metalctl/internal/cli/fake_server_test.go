@@ -267,10 +267,20 @@ func tokens() []*apiv1.Token {
 func switches() []*apiv1.Switch {
 	return []*apiv1.Switch{{
 		Id: "leaf01", PartitionId: "lab", Rack: "r01", LastSync: ts(time.Hour), Meta: meta(),
+		Ordinal: 1, Asn: 4200000001, Loopback: "10.255.0.1", Uplinks: []string{"Ethernet120"},
+		Sync: &apiv1.SwitchSync{AppliedRevision: 7, ReportedAt: ts(time.Hour)},
 		Ports: []*apiv1.SwitchPort{
-			{Name: "swp1", Mac: "aa:bb:cc:00:00:01", MachineId: "m1"},
-			{Name: "swp2", Mac: "aa:bb:cc:00:00:02"},
+			{Name: "Ethernet0", Mac: "aa:bb:cc:00:00:01", MachineId: "m1", MachineNic: "eth0", Role: "tenant", Vrf: 10000,
+				AdminState: "up", OperState: "up", Neighbours: []string{"aa:bb:cc:00:00:01"}},
+			{Name: "Ethernet4", Mac: "aa:bb:cc:00:00:02", Role: "unprovisioned", Shut: true, AdminState: "down", OperState: "down"},
+			{Name: "Ethernet120", Role: "uplink", AdminState: "up", OperState: "up", Neighbours: []string{"spine01 swp1"}},
 		},
+		BgpSessions: []*apiv1.SwitchBgpSession{
+			{Port: "Ethernet120", Vrf: "default", PeerGroup: "FABRIC", State: "established", RemoteAs: 4200000100, PrefixesSent: 3, PrefixesAccepted: 12},
+		},
+	}, {
+		Id: "leaf02", PartitionId: "lab", Rack: "r01", LastSync: ts(2 * time.Hour), Meta: meta(), Ordinal: 2, Asn: 4200000002, Loopback: "10.255.0.2",
+		Sync: &apiv1.SwitchSync{AppliedRevision: 6, Error: "port Ethernet8: unknown on the switch"},
 	}}
 }
 
@@ -636,6 +646,19 @@ type switchSrv struct {
 
 func (switchSrv) List(context.Context, *apiv1.SwitchServiceListRequest) (*apiv1.SwitchServiceListResponse, error) {
 	return &apiv1.SwitchServiceListResponse{Switches: switches()}, nil
+}
+
+func (switchSrv) Get(_ context.Context, r *apiv1.SwitchServiceGetRequest) (*apiv1.SwitchServiceGetResponse, error) {
+	for _, s := range switches() {
+		if s.GetId() == r.GetId() {
+			return &apiv1.SwitchServiceGetResponse{Switch: s}, nil
+		}
+	}
+	return nil, status.Errorf(codes.NotFound, "switch %q not found", r.GetId())
+}
+
+func (switchSrv) SetPort(_ context.Context, r *apiv1.SwitchServiceSetPortRequest) (*apiv1.SwitchServiceSetPortResponse, error) {
+	return &apiv1.SwitchServiceSetPortResponse{Switch: switches()[0]}, nil
 }
 
 type auditSrv struct {
