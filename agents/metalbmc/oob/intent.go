@@ -79,11 +79,15 @@ func (s *Service) steps(m *machine) []step {
 	var out []step
 	if b := m.boot; b != nil {
 		out = append(out, step{kind: kindBoot, gen: b.GetGeneration(), repeatable: true, what: "boot " + b.GetDevice().String(),
-			run: func(ctx context.Context, ep driver.Endpoint, c driver.Creds) error { return s.drv.Boot(ctx, ep, c, b.GetDevice()) }})
+			run: func(ctx context.Context, ep driver.Endpoint, c driver.Creds) error {
+				return s.drv.Boot(ctx, ep, c, b.GetDevice())
+			}})
 	}
 	if l := m.identify; l != nil {
 		out = append(out, step{kind: kindIdentify, gen: l.GetGeneration(), repeatable: true, what: fmt.Sprintf("identify on=%v", l.GetOn()),
-			run: func(ctx context.Context, ep driver.Endpoint, c driver.Creds) error { return s.drv.Identify(ctx, ep, c, l.GetOn()) }})
+			run: func(ctx context.Context, ep driver.Endpoint, c driver.Creds) error {
+				return s.drv.Identify(ctx, ep, c, l.GetOn())
+			}})
 	}
 	if p := m.power; p != nil {
 		a := p.GetAction()
