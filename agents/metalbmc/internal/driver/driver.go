@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"regexp"
 	"strings"
 	"time"
 
@@ -143,16 +144,26 @@ func bracket(host string) string {
 	return host
 }
 
-// authError tells a refused login from other failures; bmclib and gofish
-// only say it in their messages.
+// authError tells a refused login from other failures; bmclib, gofish
+// and ipmitool only say it in their messages, which can be pages of a
+// BMC's JSON: a refused login is reported in one line.
 func authError(err error) error {
 	if err == nil {
 		return nil
 	}
 	s := err.Error()
-	for _, sign := range []string{"401", "Unauthorized", "NoValidSession", "RAKP", "Unable to establish IPMI v2", "password"} {
-		if strings.Contains(s, sign) {
-			return fmt.Errorf("%w: %s", ErrCredentials, clean(s))
+	// A 401 status in gofish's and bmclib's messages ("401: {...}"), not
+	// in an address or port (127.0.0.1:40123). Compiled here, not in a
+	// package variable: errors are rare.
+	if regexp.MustCompile(`(^|[^:\d.])401([^\d]|$)`).MatchString(s) {
+		return fmt.Errorf("%w: HTTP 401", ErrCredentials)
+	}
+	for _, sign := range []struct{ text, short string }{
+		{"Unauthorized", "unauthorized"}, {"NoValidSession", "no valid session"},
+		{"RAKP", "IPMI RAKP authentication failed"}, {"Unable to establish IPMI v2", "IPMI v2 session refused"},
+	} {
+		if strings.Contains(s, sign.text) {
+			return fmt.Errorf("%w: %s", ErrCredentials, sign.short)
 		}
 	}
 	return errors.New(clean(s))
