@@ -303,7 +303,11 @@ func TestMetalBMCExactlyOnceAcrossRestart(t *testing.T) {
 	if err != nil || !strings.Contains(string(j), `"generation":7,"phase":"started"`) {
 		t.Fatalf("journal while the reset is under way: %s, %v", j, err)
 	}
-	r.stop() // the BMC still acts: the journal keeps "started"
+	// The BMC still acts: the journal keeps "started". The stop takes
+	// ~10 s: when its PowerCycle call fails, bmclib's Redfish reset falls
+	// back to off, waits up to 10 s (not bounded by ctx) and powers on,
+	// and Run waits for calls under way.
+	r.stop()
 	close(g.release)
 	if j, _ := os.ReadFile(filepath.Join(dir, oob.JournalFile)); strings.Contains(string(j), `"phase":"done"`) {
 		t.Fatalf("journal after the stop: %s", j)
