@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os/exec"
 	"regexp"
 	"strings"
 	"time"
@@ -101,11 +102,17 @@ func (b *Bmclib) timeout() time.Duration {
 	return 30 * time.Second
 }
 
+// ipmitool is the binary's path: bmclib wants a path it can stat, not a
+// name to look up.
 func (b *Bmclib) ipmitool() string {
-	if b.IpmitoolPath != "" {
-		return b.IpmitoolPath
+	name := b.IpmitoolPath
+	if name == "" {
+		name = "ipmitool"
 	}
-	return "ipmitool"
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	return name
 }
 
 // splitAddress splits a normalised address into the scheme-and-host bmclib
@@ -160,7 +167,7 @@ func authError(err error) error {
 	}
 	for _, sign := range []struct{ text, short string }{
 		{"Unauthorized", "unauthorized"}, {"NoValidSession", "no valid session"},
-		{"RAKP", "IPMI RAKP authentication failed"}, {"Unable to establish IPMI v2", "IPMI v2 session refused"},
+		{"RAKP 2 HMAC is invalid", "IPMI RAKP authentication failed"}, {"unauthorized name", "IPMI user unknown"},
 	} {
 		if strings.Contains(s, sign.text) {
 			return fmt.Errorf("%w: %s", ErrCredentials, sign.short)

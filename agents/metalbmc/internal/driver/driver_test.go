@@ -19,8 +19,11 @@ func TestAuthError(t *testing.T) {
 		{`Get "https://127.0.0.1:40123/redfish/v1/": connection reset`, false},
 		{`dial tcp 10.0.4.1:401: connection refused`, false},
 		{`dial tcp 10.0.0.401: no route`, false},
-		{`Error: Unable to establish IPMI v2 / RMCP+ session`, true},
-		{`RAKP 2 HMAC is invalid`, true},
+		// ipmitool says this for a wrong password and for no answer alike;
+		// only its verbose output tells them apart.
+		{`Error: Unable to establish IPMI v2 / RMCP+ session`, false},
+		{`> RAKP 2 HMAC is invalid Error: Unable to establish IPMI v2 / RMCP+ session`, true},
+		{`RAKP 2 message indicates an error : unauthorized name`, true},
 		{`i/o timeout`, false},
 	} {
 		err := authError(errors.New(tc.in))

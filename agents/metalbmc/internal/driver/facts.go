@@ -178,7 +178,10 @@ func led(s string) agentv1.BmcLed {
 // so that it shows in no process list.
 func (b *Bmclib) runIpmitool(ctx context.Context, ep Endpoint, c Creds, args ...string) (string, error) {
 	_, host, port := splitAddress(ep)
-	full := []string{"-I", "lanplus", "-H", host, "-p", port, "-U", c.User, "-E", "-N", "2", "-R", "2"}
+	// -v: only the verbose output tells a refused password ("RAKP 2 HMAC
+	// is invalid") from a BMC that does not answer; both end in "Unable
+	// to establish IPMI v2 / RMCP+ session".
+	full := []string{"-I", "lanplus", "-H", host, "-p", port, "-U", c.User, "-E", "-N", "2", "-R", "2", "-v"}
 	if b.IpmiCipherSuite != "" {
 		full = append(full, "-C", b.IpmiCipherSuite)
 	}
@@ -187,13 +190,29 @@ func (b *Bmclib) runIpmitool(ctx context.Context, ep Endpoint, c Creds, args ...
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(errb.String())
+		msg := ipmiError(errb.String())
 		if msg == "" {
 			msg = err.Error()
 		}
 		return "", fmt.Errorf("ipmitool %s: %w", strings.Join(args, " "), authError(errors.New(msg)))
 	}
 	return out.String(), nil
+}
+
+// ipmiError keeps the lines of ipmitool's verbose stderr that say what
+// went wrong.
+func ipmiError(stderr string) string {
+	var keep []string
+	for _, l := range strings.Split(stderr, "\n") {
+		l = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(l), ">"))
+		if strings.Contains(l, "RAKP") || strings.Contains(l, "rror") || strings.Contains(l, "failed") || strings.Contains(l, "nauthorized") {
+			keep = append(keep, l)
+		}
+	}
+	if len(keep) == 0 {
+		return strings.TrimSpace(stderr)
+	}
+	return strings.Join(keep, "; ")
 }
 
 // ipmiFields parses ipmitool's "Key : value" lines.
