@@ -172,15 +172,25 @@ func TestIPMIProvider(t *testing.T) {
 		gen    uint64
 		check  func() bool
 	}{
-		{"boot pxe", func() { m.Boot = &agentv1.BmcBootIntent{Generation: 1, Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_PXE} },
+		{"boot pxe", func() {
+			m.Boot = &agentv1.BmcBootIntent{Generation: 1, Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_PXE}
+		},
 			agentv1.BmcIntentKind_BMC_INTENT_KIND_BOOT, 1, func() bool { return readFile(sim, "boot") == "pxe" }},
-		{"power on", func() { m.Power = &agentv1.BmcPowerIntent{Generation: 1, Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_ON} },
+		{"power on", func() {
+			m.Power = &agentv1.BmcPowerIntent{Generation: 1, Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_ON}
+		},
 			agentv1.BmcIntentKind_BMC_INTENT_KIND_POWER, 1, func() bool { return readFile(sim, "power") == "1" }},
-		{"boot disk", func() { m.Boot = &agentv1.BmcBootIntent{Generation: 2, Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_DISK} },
+		{"boot disk", func() {
+			m.Boot = &agentv1.BmcBootIntent{Generation: 2, Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_DISK}
+		},
 			agentv1.BmcIntentKind_BMC_INTENT_KIND_BOOT, 2, func() bool { return readFile(sim, "boot") == "default" || readFile(sim, "boot") == "disk" }},
-		{"cycle", func() { m.Power = &agentv1.BmcPowerIntent{Generation: 2, Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_CYCLE} },
+		{"cycle", func() {
+			m.Power = &agentv1.BmcPowerIntent{Generation: 2, Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_CYCLE}
+		},
 			agentv1.BmcIntentKind_BMC_INTENT_KIND_POWER, 2, func() bool { return strings.HasSuffix(readFile(sim, "calls"), "power 0\npower 1") }},
-		{"power off", func() { m.Power = &agentv1.BmcPowerIntent{Generation: 3, Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_OFF} },
+		{"power off", func() {
+			m.Power = &agentv1.BmcPowerIntent{Generation: 3, Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_OFF}
+		},
 			agentv1.BmcIntentKind_BMC_INTENT_KIND_POWER, 3, func() bool { return readFile(sim, "power") == "0" }},
 	} {
 		st.change()

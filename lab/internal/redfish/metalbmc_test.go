@@ -16,8 +16,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/metalfleet/metalfleet/agents/metalbmc/oob"
-	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	"github.com/metalfleet/metalfleet/lab/internal/vm"
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 )
 
 // These tests drive metal-bmc's library (agents/metalbmc/oob) against the
@@ -187,7 +187,9 @@ func TestMetalBMCIntents(t *testing.T) {
 		return res
 	}
 	ok := agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_SUCCEEDED
-	power := func(gen uint64, a agentv1.BmcPowerAction) { m.Power = &agentv1.BmcPowerIntent{Generation: gen, Action: a} }
+	power := func(gen uint64, a agentv1.BmcPowerAction) {
+		m.Power = &agentv1.BmcPowerIntent{Generation: gen, Action: a}
+	}
 
 	steps := []struct {
 		name   string
@@ -200,9 +202,13 @@ func TestMetalBMCIntents(t *testing.T) {
 	}{
 		{"power on", func() { power(1, agentv1.BmcPowerAction_BMC_POWER_ACTION_ON) }, agentv1.BmcIntentKind_BMC_INTENT_KIND_POWER, 1, ok,
 			func() bool { st, _, _, _ := f.snapshot(); return st == vm.On }, ""},
-		{"boot pxe", func() { m.Boot = &agentv1.BmcBootIntent{Generation: 1, Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_PXE} }, agentv1.BmcIntentKind_BMC_INTENT_KIND_BOOT, 1, ok,
+		{"boot pxe", func() {
+			m.Boot = &agentv1.BmcBootIntent{Generation: 1, Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_PXE}
+		}, agentv1.BmcIntentKind_BMC_INTENT_KIND_BOOT, 1, ok,
 			func() bool { _, d, p, _ := f.snapshot(); return d == vm.BootPXE && !p }, ""},
-		{"boot disk", func() { m.Boot = &agentv1.BmcBootIntent{Generation: 2, Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_DISK} }, agentv1.BmcIntentKind_BMC_INTENT_KIND_BOOT, 2, ok,
+		{"boot disk", func() {
+			m.Boot = &agentv1.BmcBootIntent{Generation: 2, Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_DISK}
+		}, agentv1.BmcIntentKind_BMC_INTENT_KIND_BOOT, 2, ok,
 			func() bool { _, d, _, _ := f.snapshot(); return d == vm.BootDisk }, ""},
 		{"identify on", func() { m.Identify = &agentv1.BmcIdentifyIntent{Generation: 1, On: true} }, agentv1.BmcIntentKind_BMC_INTENT_KIND_IDENTIFY, 1, ok,
 			func() bool { return s.indicatorLED() == "Lit" }, ""},
@@ -216,7 +222,9 @@ func TestMetalBMCIntents(t *testing.T) {
 			func() bool { st, _, _, _ := f.snapshot(); return st == vm.Off }, ""},
 		// The lab's machines boot only from network or disk: the BMC
 		// refuses BiosSetup, and the result says so.
-		{"boot bios", func() { m.Boot = &agentv1.BmcBootIntent{Generation: 3, Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_BIOS} }, agentv1.BmcIntentKind_BMC_INTENT_KIND_BOOT, 3,
+		{"boot bios", func() {
+			m.Boot = &agentv1.BmcBootIntent{Generation: 3, Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_BIOS}
+		}, agentv1.BmcIntentKind_BMC_INTENT_KIND_BOOT, 3,
 			agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_FAILED, nil, "boot bios"},
 		// bmclib v2.3.5's Redfish provider installs no firmware.
 		{"firmware", func() {
