@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -214,10 +215,11 @@ func TestMetalBMCIntents(t *testing.T) {
 			func() bool { return s.indicatorLED() == "Lit" }, ""},
 		{"identify off", func() { m.Identify = &agentv1.BmcIdentifyIntent{Generation: 2} }, agentv1.BmcIntentKind_BMC_INTENT_KIND_IDENTIFY, 2, ok,
 			func() bool { return s.indicatorLED() == "Off" }, ""},
+		// Reset is ForceRestart, cycle PowerCycle (bmclib's words swapped).
 		{"reset", func() { power(2, agentv1.BmcPowerAction_BMC_POWER_ACTION_RESET) }, agentv1.BmcIntentKind_BMC_INTENT_KIND_POWER, 2, ok,
-			func() bool { _, _, _, c := f.snapshot(); return c[len(c)-1] == "PowerCycle" }, ""},
-		{"cycle", func() { power(3, agentv1.BmcPowerAction_BMC_POWER_ACTION_CYCLE) }, agentv1.BmcIntentKind_BMC_INTENT_KIND_POWER, 3, ok,
 			func() bool { _, _, _, c := f.snapshot(); return c[len(c)-1] == "Reset" }, ""},
+		{"cycle", func() { power(3, agentv1.BmcPowerAction_BMC_POWER_ACTION_CYCLE) }, agentv1.BmcIntentKind_BMC_INTENT_KIND_POWER, 3, ok,
+			func() bool { _, _, _, c := f.snapshot(); return c[len(c)-1] == "PowerCycle" }, ""},
 		{"power off", func() { power(4, agentv1.BmcPowerAction_BMC_POWER_ACTION_OFF) }, agentv1.BmcIntentKind_BMC_INTENT_KIND_POWER, 4, ok,
 			func() bool { st, _, _, _ := f.snapshot(); return st == vm.Off }, ""},
 		// The lab's machines boot only from network or disk: the BMC
@@ -290,9 +292,9 @@ func (g *gatedSystem) PowerCycle(ctx context.Context) error {
 	return g.fakeSystem.PowerCycle(ctx)
 }
 
-// TestMetalBMCExactlyOnceAcrossRestart stops metal-bmc while a reset
+// TestMetalBMCExactlyOnceAcrossRestart stops metal-bmc while a cycle
 // (which must not run twice) is under way: the journal says "started";
-// the next metal-bmc does not reset again and reports the generation as
+// the next metal-bmc does not cycle again and reports the generation as
 // interrupted. A power-on under way is repeated instead (twice is once).
 func TestMetalBMCExactlyOnceAcrossRestart(t *testing.T) {
 	f := newFake()
@@ -302,7 +304,7 @@ func TestMetalBMCExactlyOnceAcrossRestart(t *testing.T) {
 	g := &gatedSystem{fakeSystem: f, entered: make(chan struct{}), release: make(chan struct{})}
 	_, addr := labBMC(t, g)
 	dir := t.TempDir()
-	m := &agentv1.BmcMachine{MachineId: machineUUID, Power: &agentv1.BmcPowerIntent{Generation: 7, Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_RESET}}
+	m := &agentv1.BmcMachine{MachineId: machineUUID, Power: &agentv1.BmcPowerIntent{Generation: 7, Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_CYCLE}}
 	// A short call timeout: stopping waits for the call under way, which
 	// the gated BMC holds until it times out.
 	r := startBMC(t, dir, bmcDoc(addr, pass, m), func(c *oob.Config) { c.Timeout = time.Second })
@@ -312,9 +314,9 @@ func TestMetalBMCExactlyOnceAcrossRestart(t *testing.T) {
 		t.Fatalf("journal while the reset is under way: %s, %v", j, err)
 	}
 	// The BMC still acts: the journal keeps "started". The stop takes
-	// ~10 s: when its PowerCycle call fails, bmclib's Redfish reset falls
-	// back to off, waits up to 10 s (not bounded by ctx) and powers on,
-	// and Run waits for calls under way.
+	// ~10 s: when its PowerCycle call fails, bmclib falls back to off,
+	// waits up to 10 s (not bounded by ctx) and powers on, and Run waits
+	// for calls under way.
 	r.stop()
 	close(g.release)
 	if j, _ := os.ReadFile(filepath.Join(dir, oob.JournalFile)); strings.Contains(string(j), `"phase":"done"`) {
@@ -417,4 +419,72 @@ func TestMetalBMCUnreachableBackoff(t *testing.T) {
 		t.Errorf("%d polls, %d connections in 2 s", polls, conns.Load())
 	}
 	t.Logf("%d polls, %d connections in 2 s; last error %q", polls, conns.Load(), b.GetLastError())
+}
+
+// TestMetalBMCKilledMidIntent is the kill the issue asks for: metal-bmc
+// runs in a child process (this test binary again) and is killed with
+// SIGKILL while the BMC executes a cycle, between "started" and "done" in
+// its journal. The next metal-bmc neither cycles again nor forgets the
+// generation.
+func TestMetalBMCKilledMidIntent(t *testing.T) {
+	if os.Getenv("METALBMC_CHILD_DIR") != "" {
+		return // the child's part is TestMetalBMCChild
+	}
+	f := newFake()
+	if err := f.PowerOn(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	g := &gatedSystem{fakeSystem: f, entered: make(chan struct{}), release: make(chan struct{})}
+	_, addr := labBMC(t, g)
+	dir := t.TempDir()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	child := exec.Command(exe, "-test.run=^TestMetalBMCChild$", "-test.count=1")
+	child.Env = append(os.Environ(), "METALBMC_CHILD_DIR="+dir, "METALBMC_CHILD_ADDR="+addr)
+	child.Stdout, child.Stderr = os.Stderr, os.Stderr
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-g.entered:
+	case <-time.After(30 * time.Second):
+		_ = child.Process.Kill()
+		t.Fatal("the child never reached the BMC")
+	}
+	j, _ := os.ReadFile(filepath.Join(dir, oob.JournalFile))
+	if !strings.Contains(string(j), `"generation":9,"phase":"started"`) {
+		t.Errorf("journal before the kill: %s", j)
+	}
+	if err := child.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = child.Wait()
+	close(g.release)
+
+	m := &agentv1.BmcMachine{MachineId: machineUUID, Power: &agentv1.BmcPowerIntent{Generation: 9, Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_CYCLE}}
+	r := startBMC(t, dir, bmcDoc(addr, pass, m), nil)
+	var res *agentv1.BmcIntentResult
+	eventually(t, "interrupted result", func() bool {
+		facts, _ := r.col.snapshot()
+		res = result(facts, agentv1.BmcIntentKind_BMC_INTENT_KIND_POWER)
+		return res.GetOutcome() == agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_INTERRUPTED
+	})
+	time.Sleep(300 * time.Millisecond)
+	if _, _, _, calls := f.snapshot(); strings.Count(strings.Join(calls, ","), "PowerCycle") != 1 {
+		t.Errorf("calls %q: want exactly one PowerCycle", calls)
+	}
+}
+
+// TestMetalBMCChild is the child of TestMetalBMCKilledMidIntent: a
+// metal-bmc that cycles the machine until it is killed.
+func TestMetalBMCChild(t *testing.T) {
+	dir, addr := os.Getenv("METALBMC_CHILD_DIR"), os.Getenv("METALBMC_CHILD_ADDR")
+	if dir == "" {
+		t.Skip("run by TestMetalBMCKilledMidIntent")
+	}
+	m := &agentv1.BmcMachine{MachineId: machineUUID, Power: &agentv1.BmcPowerIntent{Generation: 9, Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_CYCLE}}
+	startBMC(t, dir, bmcDoc(addr, pass, m), nil)
+	time.Sleep(time.Minute) // killed long before
 }

@@ -57,8 +57,10 @@ func (b *Bmclib) with(ctx context.Context, ep Endpoint, c Creds, f func(ctx cont
 	return f(ctx, cl)
 }
 
-// Power executes a power action through bmclib; what reset and cycle
-// mean on the wire is the provider's (docs/bmc.md).
+// Power executes a power action through bmclib. Reset is a hard reset of
+// a running machine and cycle is off then on, on both protocols; bmclib's
+// own words mean the opposite on Redfish (its "reset" sends PowerCycle,
+// its "cycle" ForceRestart), so they are swapped there.
 func (b *Bmclib) Power(ctx context.Context, ep Endpoint, c Creds, a agentv1.BmcPowerAction) error {
 	state, ok := map[agentv1.BmcPowerAction]string{
 		agentv1.BmcPowerAction_BMC_POWER_ACTION_ON:    "on",
@@ -68,6 +70,14 @@ func (b *Bmclib) Power(ctx context.Context, ep Endpoint, c Creds, a agentv1.BmcP
 	}[a]
 	if !ok {
 		return fmt.Errorf("power action %v: unknown", a)
+	}
+	if !ep.ipmi() {
+		switch state {
+		case "reset":
+			state = "cycle"
+		case "cycle":
+			state = "reset"
+		}
 	}
 	return b.with(ctx, ep, c, func(ctx context.Context, cl *bmclib.Client) error {
 		done, err := cl.SetPowerState(ctx, state)
