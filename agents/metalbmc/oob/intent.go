@@ -307,10 +307,16 @@ func (s *Service) results(doc *document, pending map[string][]*agentv1.BmcIntent
 	return out
 }
 
+// firmwareDownload bounds the download of one firmware image.
+const firmwareDownload = 30 * time.Minute
+
 // firmware downloads the image (bounded, checked against its sha256 when
 // given) into the state dir and hands it to the driver.
 func (s *Service) firmware(ctx context.Context, ep driver.Endpoint, c driver.Creds, f *agentv1.BmcFirmwareIntent) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.GetUrl(), nil)
+	// The download is bounded in time as the BMC calls are in size.
+	dctx, cancel := context.WithTimeout(ctx, firmwareDownload)
+	defer cancel()
+	req, err := http.NewRequestWithContext(dctx, http.MethodGet, f.GetUrl(), nil)
 	if err != nil {
 		return fmt.Errorf("firmware image: %w", err)
 	}

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -98,6 +99,9 @@ type Service struct {
 	changed    bool
 	lastReport time.Time
 	leaseErr   string
+	// leaseCache is the last parse of the lease file (read every tick
+	// otherwise: a large file would cost a parse per second).
+	leaseCache leaseCache
 
 	wake chan struct{}
 	// psem and isem bound polls and intent executions.
@@ -226,10 +230,42 @@ func (s *Service) currentDoc() *document {
 	return s.doc
 }
 
-// leases reads the lease file; an error is logged once per change and
-// reported, and the last good list is kept.
+type leaseCache struct {
+	mod     time.Time
+	size    int64
+	cidrs   string
+	at      time.Time
+	targets []discover.Target
+}
+
+// leaseReparse is how often an unchanged lease file is parsed again:
+// leases expire with time, not only with writes.
+const leaseReparse = 10 * time.Second
+
+// leases reads the lease file when it changed (or leaseReparse passed);
+// on an error the caller keeps the BMCs it knew.
 func (s *Service) leases(doc *document) ([]discover.Target, error) {
-	return discover.ReadLeases(s.cfg.LeaseFile, time.Now(), doc.leaseCIDRs)
+	if s.cfg.LeaseFile == "" {
+		return nil, nil
+	}
+	fi, err := os.Stat(s.cfg.LeaseFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lease file: %w", err)
+	}
+	cidrs := fmt.Sprint(doc.leaseCIDRs)
+	now := time.Now()
+	c := &s.leaseCache
+	if c.at.IsZero() || !fi.ModTime().Equal(c.mod) || fi.Size() != c.size || cidrs != c.cidrs || now.Sub(c.at) >= leaseReparse {
+		t, err := discover.ReadLeases(s.cfg.LeaseFile, now, doc.leaseCIDRs)
+		if err != nil {
+			return nil, err
+		}
+		*c = leaseCache{mod: fi.ModTime(), size: fi.Size(), cidrs: cidrs, at: now, targets: t}
+	}
+	return c.targets, nil
 }
 
 // String keeps a Service out of logs as a whole.
