@@ -252,6 +252,8 @@ func (s *Service) execute(ctx context.Context, machineID string, ep driver.Endpo
 // finish journals the outcome of a step, counts it, and tells central in
 // an event about the machine and in the next facts.
 func (s *Service) finish(k journal.Key, st step, outcome, msg string) {
+	// The message may quote the BMC: made fit for a report first.
+	msg = text(msg, maxError)
 	if err := s.journal.Finish(k, st.gen, outcome, msg); err != nil {
 		s.log.Error("journal: outcome not recorded", "machine", k.Machine, "intent", st.kind, "generation", st.gen, "err", err)
 	}

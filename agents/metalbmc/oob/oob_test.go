@@ -334,3 +334,17 @@ func TestBackoffGrowsAndIsBounded(t *testing.T) {
 		}
 	}
 }
+
+func TestTextFromBMC(t *testing.T) {
+	for in, want := range map[string]string{
+		"Dell Inc.":              "Dell Inc.",
+		"SN\x00123":              "SN123",
+		"bad\xffutf8":            "bad\uFFFDutf8",
+		"line\nbreak\x1b[31m":    "line break[31m",
+		strings.Repeat("é", 200): strings.Repeat("é", 128),
+	} {
+		if got := text(in, maxText); got != want {
+			t.Errorf("text(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"sort"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -135,7 +136,7 @@ func (s *Service) poll(ctx context.Context, doc *document, t *target, tg discove
 		s.metrics.polls.WithLabelValues("error").Inc()
 		t.failures++
 		t.next = now.Add(s.backoff(t.failures))
-		nf.Reachable, nf.LastError, nf.Failures = false, err.Error(), uint32(t.failures)
+		nf.Reachable, nf.LastError, nf.Failures = false, text(err.Error(), maxError), uint32(t.failures)
 		if t.failures == 1 || old == nil || old.GetLastError() != nf.LastError {
 			s.log.Warn("BMC unreachable", "address", tg.Address, "failures", t.failures, "retry_in", t.next.Sub(now).Round(time.Millisecond), "err", err)
 		}
@@ -146,9 +147,15 @@ func (s *Service) poll(ctx context.Context, doc *document, t *target, tg discove
 		}
 		t.failures = 0
 		t.next = now.Add(interval)
-		nf.MachineUuid, nf.Vendor, nf.Model, nf.Serial = f.UUID, f.Vendor, f.Model, f.Serial
-		nf.BmcVersion, nf.BiosVersion, nf.PowerState, nf.PowerWatts = f.BMCVersion, f.BIOSVersion, f.Power, f.Watts
-		nf.PowerSupplies, nf.IdentifyLed = f.PSUs, f.LED
+		nf.MachineUuid, nf.Vendor, nf.Model, nf.Serial = text(f.UUID, maxText), text(f.Vendor, maxText), text(f.Model, maxText), text(f.Serial, maxText)
+		nf.BmcVersion, nf.BiosVersion, nf.PowerState, nf.PowerWatts = text(f.BMCVersion, maxText), text(f.BIOSVersion, maxText), f.Power, f.Watts
+		nf.PowerSupplies, nf.IdentifyLed = nil, f.LED
+		for i, p := range f.PSUs {
+			if i == maxPSUs {
+				break
+			}
+			nf.PowerSupplies = append(nf.PowerSupplies, &agentv1.BmcPowerSupply{Id: text(p.GetId(), maxText), Health: text(p.GetHealth(), maxText), CapacityWatts: p.GetCapacityWatts()})
+		}
 		nf.Reachable, nf.LastError, nf.Failures = true, "", 0
 		nf.LastSeen = timestamppb.New(now)
 	}
@@ -157,6 +164,36 @@ func (s *Service) poll(ctx context.Context, doc *document, t *target, tg discove
 		s.changed = true
 	}
 	t.fact = nf
+}
+
+// Bounds of what a BMC says, so that one broken or hostile BMC cannot
+// make the partition's report too large or unstorable.
+const (
+	maxText  = 256
+	maxError = 1024
+	maxPSUs  = 16
+)
+
+// text makes a string a BMC returned fit for a report: valid UTF-8 (proto
+// refuses anything else, which would drop the whole report), no NUL or
+// other control characters (central refuses a NUL: PostgreSQL cannot
+// store it), at most n bytes.
+func text(s string, n int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	s = strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f {
+			if r == '\n' || r == '\t' {
+				return ' '
+			}
+			return -1
+		}
+		return r
+	}, s)
+	if len(s) > n {
+		s = s[:n]
+		s = strings.ToValidUTF8(s, "")
+	}
+	return s
 }
 
 // backoff is how long to wait after n failures in a row: MinBackoff
