@@ -208,14 +208,17 @@ func (s *Service) backoff(n int) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-// sameFact compares facts without the times every poll moves: a change
-// is what central should hear about at once.
+// sameFact compares facts without the times every poll moves and the
+// power draw, which follows the machine's load all the time: a change is
+// what central should hear about at once; the draw goes with the periodic
+// report.
 func sameFact(a, b *agentv1.BmcFact) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
 	a, b = proto.Clone(a).(*agentv1.BmcFact), proto.Clone(b).(*agentv1.BmcFact)
 	a.LastSeen, a.NextPoll, b.LastSeen, b.NextPoll = nil, nil, nil, nil
+	a.PowerWatts, b.PowerWatts = 0, 0
 	return proto.Equal(a, b)
 }
 
