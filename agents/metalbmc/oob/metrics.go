@@ -12,6 +12,7 @@ type metrics struct {
 	polls         *prometheus.CounterVec
 	pollSeconds   prometheus.Histogram
 	targets       prometheus.Gauge
+	unreachable   prometheus.Gauge
 	intents       *prometheus.CounterVec
 	intentSeconds *prometheus.HistogramVec
 	reports       prometheus.Counter
@@ -25,6 +26,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Duration of one BMC poll.", Buckets: prometheus.ExponentialBuckets(0.01, 2, 14)}),
 		targets: prometheus.NewGauge(prometheus.GaugeOpts{Name: "metalfleet_bmc_targets",
 			Help: "BMCs known (static, machines' own and leased)."}),
+		unreachable: prometheus.NewGauge(prometheus.GaugeOpts{Name: "metalfleet_bmc_unreachable",
+			Help: "BMCs whose last poll failed."}),
 		intents: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "metalfleet_bmc_intents_total",
 			Help: "Intents finished by kind and outcome (succeeded, failed, interrupted)."}, []string{"kind", "outcome"}),
 		intentSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "metalfleet_bmc_intent_seconds",
@@ -35,7 +38,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.polls, m.pollSeconds, m.targets, m.intents, m.intentSeconds, m.reports} {
+	for _, c := range []prometheus.Collector{m.polls, m.pollSeconds, m.targets, m.unreachable, m.intents, m.intentSeconds, m.reports} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("oob metrics: %w", err)
 		}

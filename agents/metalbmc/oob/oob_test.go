@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/metalfleet/metalfleet/agents/metalbmc/internal/driver"
@@ -265,7 +266,10 @@ func TestIntentsOncePerGeneration(t *testing.T) {
 // does not answer is pending with the reason, and runs once it answers.
 func TestIntentWaitsForUnreachableBMC(t *testing.T) {
 	drv := &countingDriver{down: map[string]bool{"10.0.0.1": true}}
-	s, stop := runService(t, t.TempDir(), drv, func(c *Config) { c.MinBackoff, c.MaxBackoff = 20*time.Millisecond, 40*time.Millisecond })
+	reg := prometheus.NewRegistry()
+	s, stop := runService(t, t.TempDir(), drv, func(c *Config) {
+		c.MinBackoff, c.MaxBackoff, c.Metrics = 20*time.Millisecond, 40*time.Millisecond, reg
+	})
 	defer stop()
 	doc := &agentv1.BmcDocument{Machines: []*agentv1.BmcMachine{{MachineId: addrUUID("10.0.0.1"), Bmc: &agentv1.BmcEndpoint{Address: "10.0.0.1"},
 		Identify: &agentv1.BmcIdentifyIntent{Generation: 1, On: true}}}}
@@ -277,6 +281,7 @@ func TestIntentWaitsForUnreachableBMC(t *testing.T) {
 		return len(m) == 1 && m[0].GetResults()[0].GetOutcome() == agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_PENDING &&
 			strings.Contains(m[0].GetResults()[0].GetMessage(), "connection refused")
 	})
+	wait(t, "the unreachable gauge", func() bool { return gauge(t, reg, "metalfleet_bmc_unreachable") == 1 })
 	drv.mu.Lock()
 	drv.down = nil
 	drv.mu.Unlock()
@@ -287,6 +292,25 @@ func TestIntentWaitsForUnreachableBMC(t *testing.T) {
 	if _, _, a := drv.snapshot(); len(a) != 1 {
 		t.Errorf("actions %q", a)
 	}
+	wait(t, "the unreachable gauge back to 0", func() bool { return gauge(t, reg, "metalfleet_bmc_unreachable") == 0 })
+	if n := gauge(t, reg, "metalfleet_bmc_targets"); n != 1 {
+		t.Errorf("metalfleet_bmc_targets = %v", n)
+	}
+}
+
+// gauge reads an unlabelled gauge from reg.
+func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	return -1
 }
 
 // TestLeasesDiscovered: BMCs come and go with pixie's lease file.

@@ -74,7 +74,14 @@ func (s *Service) refresh(_ context.Context) {
 			s.changed = true
 		}
 	}
+	down := 0
+	for _, t := range s.targets {
+		if t.fact != nil && !t.fact.GetReachable() {
+			down++
+		}
+	}
 	s.metrics.targets.Set(float64(len(s.targets)))
+	s.metrics.unreachable.Set(float64(down))
 }
 
 // schedulePolls starts a poll of every due target; at most Parallel run
