@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/metalfleet/metalfleet/agents/metalbmc/oob"
@@ -487,4 +488,57 @@ func TestMetalBMCChild(t *testing.T) {
 	m := &agentv1.BmcMachine{MachineId: machineUUID, Power: &agentv1.BmcPowerIntent{Generation: 9, Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_CYCLE}}
 	startBMC(t, dir, bmcDoc(addr, pass, m), nil)
 	time.Sleep(time.Minute) // killed long before
+}
+
+// TestMetalBMCSessions: with --redfish-sessions metal-bmc logs in with a
+// session per call and logs out again: the BMC holds no session after
+// polls and an intent (a BMC holds only a few).
+func TestMetalBMCSessions(t *testing.T) {
+	f := newFake()
+	reg := prometheus.NewRegistry()
+	s := newServer(t, f, reg)
+	ts := httptest.NewTLSServer(s)
+	defer ts.Close()
+	addr := strings.TrimPrefix(ts.URL, "https://")
+	m := &agentv1.BmcMachine{MachineId: machineUUID, Power: &agentv1.BmcPowerIntent{Generation: 1, Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_ON}}
+	r := startBMC(t, t.TempDir(), bmcDoc(addr, pass, m), func(c *oob.Config) { c.RedfishSessions = true })
+	eventually(t, "power on through a session", func() bool {
+		facts, _ := r.col.snapshot()
+		return result(facts, agentv1.BmcIntentKind_BMC_INTENT_KIND_POWER).GetOutcome() == agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_SUCCEEDED
+	})
+	if st, _, _, _ := f.snapshot(); st != vm.On {
+		t.Errorf("power %s", st)
+	}
+	r.stop()
+	s.mu.Lock()
+	n := len(s.sessions)
+	s.mu.Unlock()
+	if n != 0 {
+		t.Errorf("%d sessions left on the BMC", n)
+	}
+	logins, logouts := 0.0, 0.0
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "metalfleet_bmc_requests_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			l := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				l[lp.GetName()] = lp.GetValue()
+			}
+			switch {
+			case l["method"] == "POST" && l["resource"] == "sessions" && l["code"] == "201":
+				logins += m.GetCounter().GetValue()
+			case l["method"] == "DELETE" && l["resource"] == "session":
+				logouts += m.GetCounter().GetValue()
+			}
+		}
+	}
+	if logins == 0 || logins != logouts {
+		t.Errorf("%v logins, %v logouts", logins, logouts)
+	}
 }
