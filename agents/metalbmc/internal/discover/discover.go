@@ -73,16 +73,21 @@ func ParseAddress(s string, proto agentv1.BmcProtocol) (string, error) {
 		}
 		scheme, s = u.Scheme+"://", u.Host
 	}
-	host, port := s, ""
+	host, port, hasPort := s, "", false
 	if h, p, err := net.SplitHostPort(s); err == nil {
-		host, port = h, p
+		host, port, hasPort = h, p, true
+	} else if inner, ok := strings.CutPrefix(s, "["); ok && strings.HasSuffix(inner, "]") {
+		host = strings.TrimSuffix(inner, "]")
+		if a, err := netip.ParseAddr(host); err != nil || !a.Is6() {
+			return "", fmt.Errorf("address %q: brackets hold only an IPv6 address", s)
+		}
 	} else if a, err := netip.ParseAddr(s); err == nil && a.Is6() {
 		host = a.String()
 	}
 	if host == "" {
 		return "", fmt.Errorf("address %q: no host", s)
 	}
-	if port != "" {
+	if hasPort {
 		n, err := strconv.Atoi(port)
 		if err != nil || n < 1 || n > 65535 {
 			return "", fmt.Errorf("address %q: port %q is not 1-65535", s, port)
@@ -91,6 +96,9 @@ func ParseAddress(s string, proto agentv1.BmcProtocol) (string, error) {
 	if a, err := netip.ParseAddr(host); err == nil {
 		if a.Zone() != "" {
 			return "", fmt.Errorf("address %q: zoned addresses are not supported", s)
+		}
+		if a.IsUnspecified() || a.IsMulticast() {
+			return "", fmt.Errorf("address %q: not a host's address", s)
 		}
 		host = a.Unmap().String()
 	} else if !validHostname(host) {
