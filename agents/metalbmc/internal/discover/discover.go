@@ -1,11 +1,13 @@
 // Package discover finds a partition's BMCs: the static list of the
 // document plus the active leases of the BMC network's DHCP server. In the
 // lab and in small sites that server is metal-pixie, whose lease file
-// (leases.json, version 1) is read here; it is read, never written, so a
-// metal-bmc next to a pixie cannot disturb it.
+// (leases.json, version 1) is read here; ISC dhcpd's dhcpd.leases (what
+// metal-stack's metal-bmc reads) is read as well. Lease files are read,
+// never written, so metal-bmc cannot disturb the DHCP server.
 package discover
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -158,11 +160,19 @@ func Leases(b []byte, now time.Time, cidrs []netip.Prefix) ([]Target, error) {
 		return nil, fmt.Errorf("lease file larger than %d bytes", maxLeaseFile)
 	}
 	var f leaseFile
-	if err := json.Unmarshal(b, &f); err != nil {
-		return nil, fmt.Errorf("parse lease file: %w", err)
-	}
-	if f.Version != 1 {
-		return nil, fmt.Errorf("lease file version %d, want 1", f.Version)
+	if t := bytes.TrimSpace(b); len(t) > 0 && t[0] != '{' && t[0] != '[' {
+		ls, err := iscLeases(b)
+		if err != nil {
+			return nil, err
+		}
+		f = leaseFile{Version: 1, Leases: ls}
+	} else {
+		if err := json.Unmarshal(b, &f); err != nil {
+			return nil, fmt.Errorf("parse lease file: %w", err)
+		}
+		if f.Version != 1 {
+			return nil, fmt.Errorf("lease file version %d, want 1", f.Version)
+		}
 	}
 	newest := map[string]lease{} // by MAC, or by key when it has none
 	for _, l := range f.Leases {
@@ -206,6 +216,82 @@ func containsAny(ps []netip.Prefix, a netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+// iscLeases reads ISC dhcpd's lease file: "lease ADDR { ... }" blocks with
+// "ends", "binding state" and "hardware ethernet". dhcpd appends a block
+// per change, so a later block of an address replaces an earlier one. A
+// lease in another binding state than active is not a BMC now; one that
+// never ends gets a far expiry.
+func iscLeases(b []byte) ([]lease, error) {
+	var (
+		out []lease
+		cur *lease
+		ok  bool
+	)
+	byAddr := map[netip.Addr]int{}
+	for n, raw := range strings.Split(string(b), "\n") {
+		line := strings.TrimSpace(raw)
+		if i := strings.Index(line, "#"); i >= 0 {
+			line = strings.TrimSpace(line[:i])
+		}
+		switch {
+		case line == "":
+		case cur == nil && strings.HasPrefix(line, "lease "):
+			f := strings.Fields(line)
+			if len(f) != 3 || f[2] != "{" {
+				return nil, fmt.Errorf("dhcpd.leases line %d: want \"lease ADDR {\"", n+1)
+			}
+			a, err := netip.ParseAddr(f[1])
+			if err != nil {
+				return nil, fmt.Errorf("dhcpd.leases line %d: %w", n+1, err)
+			}
+			cur, ok = &lease{Key: "isc:" + a.String(), Addr: a}, true
+		case cur == nil:
+			// Other top-level statements (server-duid, authoring-byte-order…).
+		case line == "}":
+			if !ok {
+				// Not active: expired for the caller, and it replaces an
+				// earlier active block of the address.
+				cur.Expires = time.Time{}
+			}
+			if i, seen := byAddr[cur.Addr]; seen {
+				out[i] = *cur
+			} else {
+				byAddr[cur.Addr] = len(out)
+				out = append(out, *cur)
+			}
+			cur = nil
+		case strings.HasPrefix(line, "ends "):
+			v := strings.TrimSuffix(strings.TrimSpace(strings.TrimPrefix(line, "ends ")), ";")
+			switch f := strings.Fields(v); {
+			case v == "never":
+				cur.Expires = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+			case len(f) == 2 && f[0] == "epoch":
+				sec, err := strconv.ParseInt(f[1], 10, 64)
+				if err != nil {
+					return nil, fmt.Errorf("dhcpd.leases line %d: %w", n+1, err)
+				}
+				cur.Expires = time.Unix(sec, 0).UTC()
+			case len(f) == 3:
+				t, err := time.Parse("2006/01/02 15:04:05", f[1]+" "+f[2])
+				if err != nil {
+					return nil, fmt.Errorf("dhcpd.leases line %d: %w", n+1, err)
+				}
+				cur.Expires = t
+			default:
+				return nil, fmt.Errorf("dhcpd.leases line %d: cannot read %q", n+1, line)
+			}
+		case strings.HasPrefix(line, "binding state "):
+			ok = strings.TrimSuffix(strings.TrimPrefix(line, "binding state "), ";") == "active"
+		case strings.HasPrefix(line, "hardware ethernet "):
+			cur.MAC = strings.TrimSuffix(strings.TrimPrefix(line, "hardware ethernet "), ";")
+		}
+	}
+	if cur != nil {
+		return nil, errors.New("dhcpd.leases: the last lease block is not closed")
+	}
+	return out, nil
 }
 
 // ReadLeases reads the lease file at path; a missing file has no leases

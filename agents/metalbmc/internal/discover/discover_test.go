@@ -106,3 +106,58 @@ func TestMergeStaticWins(t *testing.T) {
 		t.Errorf("Merge = %+v", got)
 	}
 }
+
+func TestISCLeases(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	file := `# The format of this file is documented in the dhcpd.leases(5) manual page.
+authoring-byte-order little-endian;
+server-duid "\\000\\001";
+
+lease 10.1.0.11 {
+  starts 4 2026/01/01 11:00:00;
+  ends 4 2026/01/01 13:00:00;
+  binding state active;
+  next binding state free;
+  hardware ethernet aa:00:00:00:00:01;
+  client-hostname "bmc-1";
+}
+lease 10.1.0.12 {
+  starts 4 2026/01/01 09:00:00;
+  ends 4 2026/01/01 10:00:00;
+  binding state free;
+  hardware ethernet aa:00:00:00:00:02;
+}
+lease 10.1.0.13 {
+  ends never;
+  binding state active;
+  hardware ethernet aa:00:00:00:00:03;
+}
+lease 10.1.0.14 {
+  ends epoch 1767272400; # 2026/01/01 13:00:00
+  binding state active;
+  hardware ethernet aa:00:00:00:00:04;
+}
+lease 10.1.0.11 {
+  ends 4 2026/01/01 13:00:00;
+  binding state free;
+  hardware ethernet aa:00:00:00:00:01;
+}
+`
+	ts, err := Leases([]byte(file), now, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, tg := range ts {
+		got = append(got, tg.Address+"/"+tg.MAC)
+	}
+	// .11 was freed by its later block, .12 is free and expired.
+	if want := "10.1.0.13/aa:00:00:00:00:03 10.1.0.14/aa:00:00:00:00:04"; strings.Join(got, " ") != want {
+		t.Errorf("leases = %v, want %s", got, want)
+	}
+	for _, bad := range []string{"lease 10.1.0.1 {\n ends 4 2026/01/01 13:00:00;\n", "lease x {\n}\n", "lease 10.1.0.1 {\n ends someday;\n}\n"} {
+		if _, err := Leases([]byte(bad), now, nil); err == nil {
+			t.Errorf("Leases(%q) succeeded", bad)
+		}
+	}
+}

@@ -38,6 +38,8 @@ func FuzzLeases(f *testing.F) {
 	f.Add(`{"version":1,"leases":[{"key":"v4:1","mac":"AA:BB","addr":"10.0.0.1","expires":"2030-01-01T00:00:00Z"}]}`)
 	f.Add(`{"version":1,"leases":[{"key":"","addr":"fe80::1%eth0","expires":"2030-01-01T00:00:00Z"}]}`)
 	f.Add(`{"version":1,"leases":null}`)
+	f.Add("lease 10.0.0.1 {\n ends 4 2030/01/01 00:00:00;\n binding state active;\n hardware ethernet aa:bb:cc:dd:ee:ff;\n}\n")
+	f.Add("lease fd00::1 {\n ends epoch 1900000000;\n}\nlease 10.0.0.1 {\n ends never;\n}\n")
 	f.Fuzz(func(t *testing.T, s string) {
 		ts, err := Leases([]byte(s), time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), nil)
 		if err != nil {
