@@ -2,9 +2,13 @@ package oob
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -370,5 +374,60 @@ func TestTextFromBMC(t *testing.T) {
 		if got := text(in, maxText); got != want {
 			t.Errorf("text(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestFirmwareImage: the image is downloaded, checked against its sha256
+// and bounded in size before anything reaches the BMC.
+func TestFirmwareImage(t *testing.T) {
+	image := []byte("firmware image v2")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/missing" {
+			http.NotFound(w, r)
+			return
+		}
+		_, _ = w.Write(image)
+	}))
+	defer srv.Close()
+	sum := sha256.Sum256(image)
+	good := hex.EncodeToString(sum[:])
+	for _, tc := range []struct {
+		name, path, sha string
+		max             int64
+		want            agentv1.BmcIntentOutcome
+		msg             string
+	}{
+		{"checked", "/bmc.bin", good, 0, agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_SUCCEEDED, ""},
+		{"unchecked", "/bmc.bin", "", 0, agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_SUCCEEDED, ""},
+		{"wrong sha256", "/bmc.bin", strings.Repeat("0", 64), 0, agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_FAILED, "sha256 mismatch"},
+		{"too large", "/bmc.bin", "", 4, agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_FAILED, "larger than 4 bytes"},
+		{"not found", "/missing", "", 0, agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_FAILED, "404"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			drv := &countingDriver{}
+			s, stop := runService(t, t.TempDir(), drv, func(c *Config) { c.MaxFirmware = tc.max })
+			defer stop()
+			doc := &agentv1.BmcDocument{Machines: []*agentv1.BmcMachine{{MachineId: addrUUID("10.0.0.1"), Bmc: &agentv1.BmcEndpoint{Address: "10.0.0.1"},
+				Firmware: &agentv1.BmcFirmwareIntent{Generation: 1, Component: agentv1.BmcFirmwareComponent_BMC_FIRMWARE_COMPONENT_BMC, Url: srv.URL + tc.path, Sha256: tc.sha}}}}
+			if err := s.Apply(context.Background(), &agentv1.Desired{Bmc: doc}); err != nil {
+				t.Fatal(err)
+			}
+			var res *agentv1.BmcIntentResult
+			wait(t, "the firmware result", func() bool {
+				m := s.Facts().GetMachines()
+				if len(m) == 1 && m[0].GetResults()[0].GetOutcome() != agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_PENDING {
+					res = m[0].GetResults()[0]
+				}
+				return res != nil
+			})
+			if res.GetOutcome() != tc.want || !strings.Contains(res.GetMessage(), tc.msg) {
+				t.Fatalf("result %v", res)
+			}
+			_, _, actions := drv.snapshot()
+			sent := len(actions) == 1 && actions[0] == "10.0.0.1 BMC_FIRMWARE_COMPONENT_BMC firmware image v2"
+			if sent != (tc.want == agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_SUCCEEDED) {
+				t.Errorf("actions %q", actions)
+			}
+		})
 	}
 }
