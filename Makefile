@@ -13,8 +13,9 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 
 # Debian packages the build, the tests and `make run` need: ipxe for the PXE
 # service's boot files; redis-server, frr and frr-pythontools for metal-core's
-# tests (a real CONFIG_DB, FRR's own check of frr.conf, frr-reload.py).
-APT_PKGS := postgresql ca-certificates git ipxe cpio e2fsprogs dosfstools fdisk zstd xz-utils redis-server frr frr-pythontools
+# tests (a real CONFIG_DB, FRR's own check of frr.conf, frr-reload.py);
+# ipmitool and openipmi (ipmi_sim) for metal-bmc's IPMI provider and its test.
+APT_PKGS := postgresql ca-certificates git ipxe cpio e2fsprogs dosfstools fdisk zstd xz-utils redis-server frr frr-pythontools ipmitool openipmi
 # What booting the installer and the lab image under QEMU needs besides
 # (mdadm, lvm2, dmsetup and xfsprogs are packed into the installer when
 # installed on the build host).
@@ -27,7 +28,7 @@ DATA_DIR  ?= $(if $(ROOT),/var/lib/metalfleet/central,$(CURDIR)/.data/central)
 LISTEN    ?= :8443
 METRICS   ?= 127.0.0.1:9090
 
-BINARIES := metal-central metalctl metal-lab metal-pixie metal-phonehome metal-core
+BINARIES := metal-central metalctl metal-lab metal-pixie metal-phonehome metal-core metal-bmc
 
 .PHONY: help
 # Colour only for a terminal (and not with NO_COLOR): piped or redirected
@@ -105,6 +106,7 @@ PKG_metal-lab       := ./lab/cmd/metal-lab
 PKG_metal-pixie     := ./agents/pixie/cmd/metal-pixie
 PKG_metal-phonehome := ./agents/phonehome/cmd/metal-phonehome
 PKG_metal-core      := ./agents/metalcore/cmd/metal-core
+PKG_metal-bmc       := ./agents/metalbmc/cmd/metal-bmc
 # Static: it is copied into installed systems of any distribution.
 $(BIN)/metal-phonehome: BUILD_ENV := CGO_ENABLED=0
 $(BIN)/metal-phonehome: BUILD_FLAGS := -trimpath -ldflags '-s -w'

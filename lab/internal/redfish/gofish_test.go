@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -150,5 +151,69 @@ func TestGofish(t *testing.T) {
 				t.Errorf("%d sessions after Logout", n)
 			}
 		})
+	}
+}
+
+// TestGofishInventory reads and sets what metal-bmc reports besides
+// power: the BIOS and BMC versions, the power draw and PSUs, and the
+// identify LED (gofish PATCHes IndicatorLED alone).
+func TestGofishInventory(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	f := newFake()
+	s := newServer(t, f, nil)
+	ts := httptest.NewTLSServer(s)
+	defer ts.Close()
+	c, err := gofish.ConnectContext(ctx, gofish.ClientConfig{Endpoint: ts.URL, Username: user, Password: pass, Insecure: true, BasicAuth: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	systems, err := c.Service.Systems()
+	if err != nil || len(systems) != 1 {
+		t.Fatalf("Systems = %v, %v", systems, err)
+	}
+	sys := systems[0]
+	if sys.BIOSVersion != "metal-lab-bios 1.0" || sys.IndicatorLED != "Off" {
+		t.Errorf("BiosVersion %q IndicatorLED %q", sys.BIOSVersion, sys.IndicatorLED)
+	}
+	bios, err := sys.Bios()
+	if err != nil || bios.Attributes["BootMode"] != "UEFI" {
+		t.Errorf("Bios = %+v, %v", bios, err)
+	}
+	sys.IndicatorLED = "Blinking"
+	if err := sys.Update(); err != nil {
+		t.Fatal(err)
+	}
+	if sys, err = redfish.GetComputerSystem(c, sys.ODataID); err != nil || sys.IndicatorLED != "Blinking" {
+		t.Errorf("IndicatorLED after PATCH = %q, %v", sys.IndicatorLED, err)
+	}
+	if w := do(s, req{method: "PATCH", path: sys1, body: `{"IndicatorLED":"Disco"}`, auth: "basic"}); w.Code != 400 || !strings.Contains(errorText(t, w), "PropertyValueNotInList") {
+		t.Errorf("PATCH IndicatorLED Disco = %d %s", w.Code, w.Body)
+	}
+
+	chassis, err := c.Service.Chassis()
+	if err != nil || len(chassis) != 1 {
+		t.Fatalf("Chassis = %v, %v", chassis, err)
+	}
+	for _, tc := range []struct {
+		on    bool
+		watts float32
+	}{{false, wattsOff}, {true, wattsOn}} {
+		if tc.on {
+			if err := sys.Reset(redfish.OnResetType); err != nil {
+				t.Fatal(err)
+			}
+		}
+		p, err := chassis[0].Power()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(p.PowerControl) != 1 || p.PowerControl[0].PowerConsumedWatts != tc.watts || len(p.PowerSupplies) != 2 || p.PowerSupplies[1].Status.Health != "OK" {
+			t.Errorf("on=%v: Power = %+v", tc.on, p)
+		}
+	}
+	managers, err := c.Service.Managers()
+	if err != nil || len(managers) != 1 || managers[0].FirmwareVersion != "metal-lab" {
+		t.Errorf("Managers = %v, %v", managers, err)
 	}
 }

@@ -3,9 +3,10 @@
 // whose power and boot override it drives (a QEMU machine in the lab).
 //
 // Resources: the service root, one ComputerSystem with
-// #ComputerSystem.Reset and a PATCHable Boot override, one Manager (the
-// BMC), one Chassis, and a SessionService. Clients authenticate with a
-// session (X-Auth-Token) or HTTP Basic.
+// #ComputerSystem.Reset, a PATCHable Boot override and identify LED
+// (IndicatorLED) and its Bios, one Manager (the BMC), one Chassis with
+// its Power (draw and two PSUs), and a SessionService. Clients
+// authenticate with a session (X-Auth-Token) or HTTP Basic.
 package redfish
 
 import (
@@ -48,6 +49,10 @@ type Config struct {
 	// BootMode is the firmware's, "UEFI" (default) or "Legacy"; it is
 	// the only BootSourceOverrideMode a PATCH may ask for.
 	BootMode string
+	// BIOSVersion and BMCVersion are the firmware versions served
+	// (System.BiosVersion, Manager.FirmwareVersion); defaults
+	// "metal-lab-bios 1.0" and "metal-lab".
+	BIOSVersion, BMCVersion string
 	// SessionTimeout ends idle sessions; default 30 minutes.
 	SessionTimeout time.Duration
 	Log            *slog.Logger
@@ -82,6 +87,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	sessions map[[32]byte]*session // by the token's SHA-256
+	led      string                // IndicatorLED: Off, Lit or Blinking
 	now      func() time.Time
 
 	bgCtx    context.Context // graceful actions; cancelled by Close (they then force)
@@ -99,6 +105,12 @@ func New(cfg Config, sys System) (*Server, error) {
 	}
 	if cfg.BootMode == "" {
 		cfg.BootMode = "UEFI"
+	}
+	if cfg.BIOSVersion == "" {
+		cfg.BIOSVersion = "metal-lab-bios 1.0"
+	}
+	if cfg.BMCVersion == "" {
+		cfg.BMCVersion = "metal-lab"
 	}
 	if cfg.SessionTimeout == 0 {
 		cfg.SessionTimeout = 30 * time.Minute
@@ -128,6 +140,7 @@ func New(cfg Config, sys System) (*Server, error) {
 		userHash:    sha256.Sum256([]byte(cfg.User)),
 		passHash:    sha256.Sum256([]byte(cfg.Password)),
 		sessions:    map[[32]byte]*session{},
+		led:         "Off",
 		now:         time.Now,
 	}
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
@@ -151,6 +164,8 @@ func (s *Server) Close(ctx context.Context) error {
 func (s *Server) systemPath() string  { return systemsPath + "/" + s.cfg.ID }
 func (s *Server) resetPath() string   { return s.systemPath() + "/Actions/ComputerSystem.Reset" }
 func (s *Server) chassisPath() string { return chassisPath + "/" + s.cfg.ID }
+func (s *Server) biosPath() string    { return s.systemPath() + "/Bios" }
+func (s *Server) powerPath() string   { return s.chassisPath() + "/Power" }
 func (s *Server) managerPath() string { return managersPath + "/" + managerID }
 
 type handler func(http.ResponseWriter, *http.Request)
@@ -165,6 +180,10 @@ func (s *Server) route(path string) (string, map[string]handler) {
 		return "systems", map[string]handler{http.MethodGet: s.getSystems}
 	case s.systemPath():
 		return "system", map[string]handler{http.MethodGet: s.getSystem, http.MethodPatch: s.patchSystem}
+	case s.biosPath():
+		return "bios", map[string]handler{http.MethodGet: s.getBios}
+	case s.powerPath():
+		return "power", map[string]handler{http.MethodGet: s.getPower}
 	case s.resetPath():
 		return "reset", map[string]handler{http.MethodPost: s.postReset}
 	case managersPath:

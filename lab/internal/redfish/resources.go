@@ -97,17 +97,21 @@ func (s *Server) powerState(r *http.Request) (vm.PowerState, error) {
 func (s *Server) systemDoc(ps vm.PowerState) map[string]any {
 	enabled, target := s.bootOverride()
 	return map[string]any{
-		"@odata.id":    s.systemPath(),
-		"@odata.type":  "#ComputerSystem.v1_13_0.ComputerSystem",
-		"Id":           s.cfg.ID,
-		"Name":         s.cfg.Name,
-		"SystemType":   "Physical",
-		"UUID":         s.cfg.UUID,
-		"Manufacturer": "Metalfleet",
-		"Model":        "QEMU lab machine",
-		"SerialNumber": s.cfg.SerialNumber,
-		"PowerState":   string(ps),
-		"Status":       okStatus(),
+		"@odata.id":                            s.systemPath(),
+		"@odata.type":                          "#ComputerSystem.v1_13_0.ComputerSystem",
+		"Id":                                   s.cfg.ID,
+		"Name":                                 s.cfg.Name,
+		"SystemType":                           "Physical",
+		"UUID":                                 s.cfg.UUID,
+		"Manufacturer":                         "Metalfleet",
+		"Model":                                "QEMU lab machine",
+		"SerialNumber":                         s.cfg.SerialNumber,
+		"PowerState":                           string(ps),
+		"Status":                               okStatus(),
+		"BiosVersion":                          s.cfg.BIOSVersion,
+		"IndicatorLED":                         s.indicatorLED(),
+		"IndicatorLED@Redfish.AllowableValues": ledValues(),
+		"Bios":                                 link(s.biosPath()),
 		"Boot": map[string]any{
 			"BootSourceOverrideEnabled":                        enabled,
 			"BootSourceOverrideTarget":                         target,
@@ -151,7 +155,7 @@ func (s *Server) getManager(w http.ResponseWriter, _ *http.Request) {
 		"ManagerType":     "BMC",
 		"Manufacturer":    "Metalfleet",
 		"Model":           "metal-lab Redfish BMC",
-		"FirmwareVersion": "metal-lab",
+		"FirmwareVersion": s.cfg.BMCVersion,
 		"UUID":            s.serviceUUID,
 		"PowerState":      "On",
 		"Status":          okStatus(),
@@ -183,9 +187,80 @@ func (s *Server) getChassis(w http.ResponseWriter, r *http.Request) {
 		"SerialNumber": s.cfg.SerialNumber,
 		"PowerState":   string(ps),
 		"Status":       okStatus(),
+		"Power":        link(s.powerPath()),
 		"Links": map[string]any{
 			"ComputerSystems": []odataID{link(s.systemPath())},
 			"ManagedBy":       []odataID{link(s.managerPath())},
 		},
+	})
+}
+
+// ledValues are the IndicatorLED values the system accepts.
+func ledValues() []string { return []string{"Off", "Lit", "Blinking"} }
+
+func (s *Server) indicatorLED() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.led
+}
+
+// getBios serves the system's BIOS resource: its version and the one
+// attribute a QEMU machine has, the firmware's boot mode.
+func (s *Server) getBios(w http.ResponseWriter, _ *http.Request) {
+	s.writeJSON(w, http.StatusOK, map[string]any{
+		"@odata.id":         s.biosPath(),
+		"@odata.type":       "#Bios.v1_1_0.Bios",
+		"Id":                "Bios",
+		"Name":              "BIOS Configuration",
+		"Description":       s.cfg.BIOSVersion,
+		"AttributeRegistry": "MetalLabBiosAttributeRegistry.v1_0_0",
+		"Attributes":        map[string]any{"BootMode": s.cfg.BootMode},
+	})
+}
+
+// Power draw the chassis reports: a running machine draws more than one
+// that is off (the BMC itself still draws), so the number follows the
+// power state as a real one would.
+const (
+	wattsOn  = 180
+	wattsOff = 12
+	psuWatts = 800
+)
+
+// getPower serves the chassis' Power: the draw and two healthy PSUs.
+func (s *Server) getPower(w http.ResponseWriter, r *http.Request) {
+	ps, err := s.powerState(r)
+	if err != nil {
+		s.fail(w, http.StatusInternalServerError, internalError(err))
+		return
+	}
+	watts := wattsOff
+	if ps == vm.On {
+		watts = wattsOn
+	}
+	psu := func(id string) map[string]any {
+		return map[string]any{
+			"@odata.id":          s.powerPath() + "#/PowerSupplies/" + id,
+			"MemberId":           id,
+			"Name":               "PSU" + id,
+			"Manufacturer":       "Metalfleet",
+			"Model":              "metal-lab PSU",
+			"PowerCapacityWatts": psuWatts,
+			"Status":             okStatus(),
+		}
+	}
+	s.writeJSON(w, http.StatusOK, map[string]any{
+		"@odata.id":   s.powerPath(),
+		"@odata.type": "#Power.v1_5_0.Power",
+		"Id":          "Power",
+		"Name":        "Power",
+		"PowerControl": []map[string]any{{
+			"@odata.id":          s.powerPath() + "#/PowerControl/0",
+			"MemberId":           "0",
+			"Name":               "System Power Control",
+			"PowerConsumedWatts": watts,
+			"Status":             okStatus(),
+		}},
+		"PowerSupplies": []map[string]any{psu("0"), psu("1")},
 	})
 }

@@ -67,13 +67,14 @@ func notInList(prop, value string, allowed []string, why string) message {
 // systemReadOnly are the ComputerSystem properties we serve but do not
 // let clients change.
 func systemReadOnly() []string {
-	return []string{"Id", "Name", "SystemType", "UUID", "Manufacturer", "Model", "SerialNumber", "PowerState", "Status", "Links", "Actions"}
+	return []string{"Id", "Name", "SystemType", "UUID", "Manufacturer", "Model", "SerialNumber", "PowerState", "Status", "Links", "Actions", "BiosVersion", "Bios"}
 }
 
 // patchSystem changes the boot override: Boot.BootSourceOverrideEnabled
 // (Disabled, Once, Continuous), Boot.BootSourceOverrideTarget (None,
-// Pxe, Hdd) and Boot.BootSourceOverrideMode (only the firmware's). A
-// request with any refused property changes nothing.
+// Pxe, Hdd) and Boot.BootSourceOverrideMode (only the firmware's), and
+// the identify LED, IndicatorLED (Off, Lit, Blinking). A request with any
+// refused property changes nothing.
 func (s *Server) patchSystem(w http.ResponseWriter, r *http.Request) {
 	body, ok := s.readObject(w, r)
 	if !ok {
@@ -81,22 +82,33 @@ func (s *Server) patchSystem(w http.ResponseWriter, r *http.Request) {
 	}
 	var errs []message
 	var bootRaw json.RawMessage
+	led := ""
 	for _, k := range sortedKeys(body) {
 		switch {
 		case k == "Boot":
 			bootRaw = body[k]
+		case k == "IndicatorLED":
+			v, bad := stringValue(body[k], k)
+			switch {
+			case bad != nil:
+				errs = append(errs, *bad)
+			case !slices.Contains(ledValues(), v):
+				errs = append(errs, notInList(k, v, ledValues(), ""))
+			default:
+				led = v
+			}
 		case strings.HasPrefix(k, "@odata."):
 			// Clients echo annotations back; they change nothing.
 		case slices.Contains(systemReadOnly(), k):
 			errs = append(errs, msg("PropertyNotWritable", fmt.Sprintf("The property %s is a read only property and cannot be assigned a value.", k),
 				"Remove the property from the request body and resubmit the request if the operation failed.", k).related("#/"+k))
 		default:
-			errs = append(errs, msg("PropertyUnknown", fmt.Sprintf("The property %s is not in the list of valid properties for the resource (this BMC can change Boot only).", k),
+			errs = append(errs, msg("PropertyUnknown", fmt.Sprintf("The property %s is not in the list of valid properties for the resource (this BMC can change Boot and IndicatorLED only).", k),
 				"Remove the unknown property from the request body and resubmit the request if the operation failed.", k).related("#/"+k))
 		}
 	}
-	if bootRaw == nil && len(errs) == 0 {
-		errs = append(errs, msg("EmptyJSON", "The request body submitted contained no property this BMC can change; it can change Boot.",
+	if bootRaw == nil && led == "" && len(errs) == 0 {
+		errs = append(errs, msg("EmptyJSON", "The request body submitted contained no property this BMC can change; it can change Boot and IndicatorLED.",
 			"Add properties in the JSON object and resubmit the request."))
 	}
 	var given map[string]string
@@ -107,6 +119,16 @@ func (s *Server) patchSystem(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(errs) > 0 {
 		s.fail(w, http.StatusBadRequest, errs...)
+		return
+	}
+	if led != "" {
+		s.mu.Lock()
+		s.led = led
+		s.mu.Unlock()
+		s.log.Info("indicator LED", "state", led, "remote", r.RemoteAddr)
+	}
+	if bootRaw == nil {
+		s.getSystem(w, r)
 		return
 	}
 

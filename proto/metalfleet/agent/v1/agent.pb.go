@@ -699,7 +699,10 @@ type Facts struct {
 	Machine *MachineFacts `protobuf:"bytes,16,opt,name=machine,proto3" json:"machine,omitempty"`
 	// switch is a leaf's ports, LLDP neighbours and BGP sessions, reported
 	// by metal-core.
-	Switch        *SwitchFacts `protobuf:"bytes,17,opt,name=switch,proto3" json:"switch,omitempty"`
+	Switch *SwitchFacts `protobuf:"bytes,17,opt,name=switch,proto3" json:"switch,omitempty"`
+	// bmc is a partition's BMCs and the results of their intents, reported
+	// by metal-bmc.
+	Bmc           *BmcFacts `protobuf:"bytes,18,opt,name=bmc,proto3" json:"bmc,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -772,6 +775,13 @@ func (x *Facts) GetMachine() *MachineFacts {
 func (x *Facts) GetSwitch() *SwitchFacts {
 	if x != nil {
 		return x.Switch
+	}
+	return nil
+}
+
+func (x *Facts) GetBmc() *BmcFacts {
+	if x != nil {
+		return x.Bmc
 	}
 	return nil
 }
@@ -878,7 +888,9 @@ type Desired struct {
 	// pixie is the document of a partition's PXE service.
 	Pixie *PixieDocument `protobuf:"bytes,17,opt,name=pixie,proto3" json:"pixie,omitempty"`
 	// switch is the document of a leaf switch's metal-core.
-	Switch        *SwitchDocument `protobuf:"bytes,18,opt,name=switch,proto3" json:"switch,omitempty"`
+	Switch *SwitchDocument `protobuf:"bytes,18,opt,name=switch,proto3" json:"switch,omitempty"`
+	// bmc is the document of a partition's metal-bmc.
+	Bmc           *BmcDocument `protobuf:"bytes,19,opt,name=bmc,proto3" json:"bmc,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -951,6 +963,13 @@ func (x *Desired) GetPixie() *PixieDocument {
 func (x *Desired) GetSwitch() *SwitchDocument {
 	if x != nil {
 		return x.Switch
+	}
+	return nil
+}
+
+func (x *Desired) GetBmc() *BmcDocument {
+	if x != nil {
+		return x.Bmc
 	}
 	return nil
 }
@@ -1881,7 +1900,7 @@ var File_metalfleet_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_metalfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1fmetalfleet/agent/v1/agent.proto\x12\x13metalfleet.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!metalfleet/agent/v1/machine.proto\x1a metalfleet/agent/v1/switch.proto\"\xbf\x01\n" +
+	"\x1fmetalfleet/agent/v1/agent.proto\x12\x13metalfleet.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dmetalfleet/agent/v1/bmc.proto\x1a!metalfleet/agent/v1/machine.proto\x1a metalfleet/agent/v1/switch.proto\"\xbf\x01\n" +
 	"\vSyncRequest\x122\n" +
 	"\x05hello\x18\x01 \x01(\v2\x1a.metalfleet.agent.v1.HelloH\x00R\x05hello\x125\n" +
 	"\x06report\x18\x02 \x01(\v2\x1b.metalfleet.agent.v1.ReportH\x00R\x06report\x12>\n" +
@@ -1909,14 +1928,15 @@ const file_metalfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\x05token\x18\x01 \x01(\tH\x00R\x05token\x12\x1f\n" +
 	"\n" +
 	"boot_token\x18\x02 \x01(\tH\x00R\tbootTokenB\b\n" +
-	"\x06secret\"\xd8\x02\n" +
+	"\x06secret\"\x89\x03\n" +
 	"\x05Facts\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x1c\n" +
 	"\taddresses\x18\x03 \x03(\tR\taddresses\x12>\n" +
 	"\x06labels\x18\x04 \x03(\v2&.metalfleet.agent.v1.Facts.LabelsEntryR\x06labels\x12;\n" +
 	"\amachine\x18\x10 \x01(\v2!.metalfleet.agent.v1.MachineFactsR\amachine\x128\n" +
-	"\x06switch\x18\x11 \x01(\v2 .metalfleet.agent.v1.SwitchFactsR\x06switch\x1a9\n" +
+	"\x06switch\x18\x11 \x01(\v2 .metalfleet.agent.v1.SwitchFactsR\x06switch\x12/\n" +
+	"\x03bmc\x18\x12 \x01(\v2\x1d.metalfleet.agent.v1.BmcFactsR\x03bmc\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcc\x01\n" +
@@ -1926,7 +1946,7 @@ const file_metalfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\x12heartbeat_interval\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12\x18\n" +
 	"\areplica\x18\x04 \x01(\tR\areplica\x12\x1f\n" +
 	"\vreport_acks\x18\x05 \x01(\bR\n" +
-	"reportAcks\"\xd2\x02\n" +
+	"reportAcks\"\x86\x03\n" +
 	"\aDesired\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x129\n" +
 	"\n" +
@@ -1934,7 +1954,8 @@ const file_metalfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\bsettings\x18\x03 \x01(\v2\x1d.metalfleet.agent.v1.SettingsR\bsettings\x12>\n" +
 	"\amachine\x18\x10 \x01(\v2$.metalfleet.agent.v1.MachineDocumentR\amachine\x128\n" +
 	"\x05pixie\x18\x11 \x01(\v2\".metalfleet.agent.v1.PixieDocumentR\x05pixie\x12;\n" +
-	"\x06switch\x18\x12 \x01(\v2#.metalfleet.agent.v1.SwitchDocumentR\x06switch\"\xce\x01\n" +
+	"\x06switch\x18\x12 \x01(\v2#.metalfleet.agent.v1.SwitchDocumentR\x06switch\x122\n" +
+	"\x03bmc\x18\x13 \x01(\v2 .metalfleet.agent.v1.BmcDocumentR\x03bmc\"\xce\x01\n" +
 	"\x0fMachineDocument\x12\x1d\n" +
 	"\n" +
 	"machine_id\x18\x01 \x01(\tR\tmachineId\x12F\n" +
@@ -2089,10 +2110,12 @@ var file_metalfleet_agent_v1_agent_proto_goTypes = []any{
 	nil,                           // 24: metalfleet.agent.v1.Settings.LabelsEntry
 	(*MachineFacts)(nil),          // 25: metalfleet.agent.v1.MachineFacts
 	(*SwitchFacts)(nil),           // 26: metalfleet.agent.v1.SwitchFacts
-	(*durationpb.Duration)(nil),   // 27: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
-	(*SwitchDocument)(nil),        // 29: metalfleet.agent.v1.SwitchDocument
-	(*Layout)(nil),                // 30: metalfleet.agent.v1.Layout
+	(*BmcFacts)(nil),              // 27: metalfleet.agent.v1.BmcFacts
+	(*durationpb.Duration)(nil),   // 28: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
+	(*SwitchDocument)(nil),        // 30: metalfleet.agent.v1.SwitchDocument
+	(*BmcDocument)(nil),           // 31: metalfleet.agent.v1.BmcDocument
+	(*Layout)(nil),                // 32: metalfleet.agent.v1.Layout
 }
 var file_metalfleet_agent_v1_agent_proto_depIdxs = []int32{
 	7,  // 0: metalfleet.agent.v1.SyncRequest.hello:type_name -> metalfleet.agent.v1.Hello
@@ -2108,33 +2131,35 @@ var file_metalfleet_agent_v1_agent_proto_depIdxs = []int32{
 	23, // 10: metalfleet.agent.v1.Facts.labels:type_name -> metalfleet.agent.v1.Facts.LabelsEntry
 	25, // 11: metalfleet.agent.v1.Facts.machine:type_name -> metalfleet.agent.v1.MachineFacts
 	26, // 12: metalfleet.agent.v1.Facts.switch:type_name -> metalfleet.agent.v1.SwitchFacts
-	27, // 13: metalfleet.agent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	28, // 14: metalfleet.agent.v1.Desired.changed_at:type_name -> google.protobuf.Timestamp
-	19, // 15: metalfleet.agent.v1.Desired.settings:type_name -> metalfleet.agent.v1.Settings
-	12, // 16: metalfleet.agent.v1.Desired.machine:type_name -> metalfleet.agent.v1.MachineDocument
-	16, // 17: metalfleet.agent.v1.Desired.pixie:type_name -> metalfleet.agent.v1.PixieDocument
-	29, // 18: metalfleet.agent.v1.Desired.switch:type_name -> metalfleet.agent.v1.SwitchDocument
-	13, // 19: metalfleet.agent.v1.MachineDocument.allocation:type_name -> metalfleet.agent.v1.MachineAllocation
-	14, // 20: metalfleet.agent.v1.MachineAllocation.image:type_name -> metalfleet.agent.v1.ImageRef
-	30, // 21: metalfleet.agent.v1.MachineAllocation.layout:type_name -> metalfleet.agent.v1.Layout
-	15, // 22: metalfleet.agent.v1.MachineAllocation.networks:type_name -> metalfleet.agent.v1.MachineNetwork
-	28, // 23: metalfleet.agent.v1.MachineAllocation.created_at:type_name -> google.protobuf.Timestamp
-	2,  // 24: metalfleet.agent.v1.BootResponse.action:type_name -> metalfleet.agent.v1.BootAction
-	28, // 25: metalfleet.agent.v1.BootResponse.boot_token_expires_at:type_name -> google.protobuf.Timestamp
-	24, // 26: metalfleet.agent.v1.Settings.labels:type_name -> metalfleet.agent.v1.Settings.LabelsEntry
-	3,  // 27: metalfleet.agent.v1.Report.health:type_name -> metalfleet.agent.v1.Health
-	9,  // 28: metalfleet.agent.v1.Report.facts:type_name -> metalfleet.agent.v1.Facts
-	21, // 29: metalfleet.agent.v1.Report.events:type_name -> metalfleet.agent.v1.Event
-	28, // 30: metalfleet.agent.v1.Event.time:type_name -> google.protobuf.Timestamp
-	4,  // 31: metalfleet.agent.v1.AgentService.Sync:input_type -> metalfleet.agent.v1.SyncRequest
-	17, // 32: metalfleet.agent.v1.AgentService.Boot:input_type -> metalfleet.agent.v1.BootRequest
-	5,  // 33: metalfleet.agent.v1.AgentService.Sync:output_type -> metalfleet.agent.v1.SyncResponse
-	18, // 34: metalfleet.agent.v1.AgentService.Boot:output_type -> metalfleet.agent.v1.BootResponse
-	33, // [33:35] is the sub-list for method output_type
-	31, // [31:33] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	27, // 13: metalfleet.agent.v1.Facts.bmc:type_name -> metalfleet.agent.v1.BmcFacts
+	28, // 14: metalfleet.agent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	29, // 15: metalfleet.agent.v1.Desired.changed_at:type_name -> google.protobuf.Timestamp
+	19, // 16: metalfleet.agent.v1.Desired.settings:type_name -> metalfleet.agent.v1.Settings
+	12, // 17: metalfleet.agent.v1.Desired.machine:type_name -> metalfleet.agent.v1.MachineDocument
+	16, // 18: metalfleet.agent.v1.Desired.pixie:type_name -> metalfleet.agent.v1.PixieDocument
+	30, // 19: metalfleet.agent.v1.Desired.switch:type_name -> metalfleet.agent.v1.SwitchDocument
+	31, // 20: metalfleet.agent.v1.Desired.bmc:type_name -> metalfleet.agent.v1.BmcDocument
+	13, // 21: metalfleet.agent.v1.MachineDocument.allocation:type_name -> metalfleet.agent.v1.MachineAllocation
+	14, // 22: metalfleet.agent.v1.MachineAllocation.image:type_name -> metalfleet.agent.v1.ImageRef
+	32, // 23: metalfleet.agent.v1.MachineAllocation.layout:type_name -> metalfleet.agent.v1.Layout
+	15, // 24: metalfleet.agent.v1.MachineAllocation.networks:type_name -> metalfleet.agent.v1.MachineNetwork
+	29, // 25: metalfleet.agent.v1.MachineAllocation.created_at:type_name -> google.protobuf.Timestamp
+	2,  // 26: metalfleet.agent.v1.BootResponse.action:type_name -> metalfleet.agent.v1.BootAction
+	29, // 27: metalfleet.agent.v1.BootResponse.boot_token_expires_at:type_name -> google.protobuf.Timestamp
+	24, // 28: metalfleet.agent.v1.Settings.labels:type_name -> metalfleet.agent.v1.Settings.LabelsEntry
+	3,  // 29: metalfleet.agent.v1.Report.health:type_name -> metalfleet.agent.v1.Health
+	9,  // 30: metalfleet.agent.v1.Report.facts:type_name -> metalfleet.agent.v1.Facts
+	21, // 31: metalfleet.agent.v1.Report.events:type_name -> metalfleet.agent.v1.Event
+	29, // 32: metalfleet.agent.v1.Event.time:type_name -> google.protobuf.Timestamp
+	4,  // 33: metalfleet.agent.v1.AgentService.Sync:input_type -> metalfleet.agent.v1.SyncRequest
+	17, // 34: metalfleet.agent.v1.AgentService.Boot:input_type -> metalfleet.agent.v1.BootRequest
+	5,  // 35: metalfleet.agent.v1.AgentService.Sync:output_type -> metalfleet.agent.v1.SyncResponse
+	18, // 36: metalfleet.agent.v1.AgentService.Boot:output_type -> metalfleet.agent.v1.BootResponse
+	35, // [35:37] is the sub-list for method output_type
+	33, // [33:35] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_metalfleet_agent_v1_agent_proto_init() }
@@ -2142,6 +2167,7 @@ func file_metalfleet_agent_v1_agent_proto_init() {
 	if File_metalfleet_agent_v1_agent_proto != nil {
 		return
 	}
+	file_metalfleet_agent_v1_bmc_proto_init()
 	file_metalfleet_agent_v1_machine_proto_init()
 	file_metalfleet_agent_v1_switch_proto_init()
 	file_metalfleet_agent_v1_agent_proto_msgTypes[0].OneofWrappers = []any{
