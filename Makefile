@@ -27,7 +27,7 @@ DATA_DIR  ?= $(if $(ROOT),/var/lib/metalfleet/central,$(CURDIR)/.data/central)
 LISTEN    ?= :8443
 METRICS   ?= 127.0.0.1:9090
 
-BINARIES := metal-central metalctl metal-lab metal-pixie metal-phonehome metal-core
+BINARIES := metal-central metalctl metal-lab metal-pixie metal-phonehome metal-core sonic-emu
 
 .PHONY: help
 # Colour only for a terminal (and not with NO_COLOR): piped or redirected
@@ -105,9 +105,13 @@ PKG_metal-lab       := ./lab/cmd/metal-lab
 PKG_metal-pixie     := ./agents/pixie/cmd/metal-pixie
 PKG_metal-phonehome := ./agents/phonehome/cmd/metal-phonehome
 PKG_metal-core      := ./agents/metalcore/cmd/metal-core
+PKG_sonic-emu       := ./lab/cmd/sonic-emu
 # Static: it is copied into installed systems of any distribution.
 $(BIN)/metal-phonehome: BUILD_ENV := CGO_ENABLED=0
 $(BIN)/metal-phonehome: BUILD_FLAGS := -trimpath -ldflags '-s -w'
+# Static: it runs in the lab's router guests (lab/image/build-router.sh).
+$(BIN)/sonic-emu: BUILD_ENV := CGO_ENABLED=0
+$(BIN)/sonic-emu: BUILD_FLAGS := -trimpath -ldflags '-s -w'
 
 .PHONY: build
 build: $(addprefix $(BIN)/,$(BINARIES)) ## Build every binary into bin/ (those whose sources changed).

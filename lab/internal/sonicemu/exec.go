@@ -61,3 +61,22 @@ func (e *Executor) log() *slog.Logger {
 	}
 	return e.Log
 }
+
+// Rename gives netdevs the names CONFIG_DB's PORT table uses (eth1 →
+// Ethernet0). On SONiC the platform creates the port netdevs with those
+// names; a QEMU guest's NICs are ethN. A device already renamed (a restart
+// of the emulation) is left alone. A device must be down to be renamed.
+func (e *Executor) Rename(ctx context.Context, names map[string]string) error {
+	var errs []error
+	for _, from := range sorted(names) {
+		to := names[from]
+		err := e.Apply(ctx, []Cmd{
+			{Args: []string{"ip", "link", "set", "dev", from, "down"}, Tolerate: missing},
+			{Args: []string{"ip", "link", "set", "dev", from, "name", to}, Tolerate: missing},
+		})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("rename %s to %s: %w", from, to, err))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -32,7 +32,7 @@ func (c Cmd) String() string { return strings.Join(c.Args, " ") }
 // thing to remove is gone.
 var (
 	exists  = []string{"File exists"}
-	missing = []string{"Cannot find device", "does not exist", "Cannot assign requested address", "No such device"}
+	missing = []string{"Cannot find device", "does not exist", "Cannot assign requested address", "No such device", "ddress not found"}
 )
 
 // VXLANDevice is the Linux name of the VXLAN device that carries VLAN vid
