@@ -28,7 +28,7 @@ DATA_DIR  ?= $(if $(ROOT),/var/lib/metalfleet/central,$(CURDIR)/.data/central)
 LISTEN    ?= :8443
 METRICS   ?= 127.0.0.1:9090
 
-BINARIES := metal-central metalctl metal-lab metal-pixie metal-phonehome metal-core metal-bmc
+BINARIES := metal-central metalctl metal-lab metal-pixie metal-phonehome metal-core metal-bmc sonic-emu
 
 .PHONY: help
 # Colour only for a terminal (and not with NO_COLOR): piped or redirected
@@ -107,9 +107,13 @@ PKG_metal-pixie     := ./agents/pixie/cmd/metal-pixie
 PKG_metal-phonehome := ./agents/phonehome/cmd/metal-phonehome
 PKG_metal-core      := ./agents/metalcore/cmd/metal-core
 PKG_metal-bmc       := ./agents/metalbmc/cmd/metal-bmc
+PKG_sonic-emu       := ./lab/cmd/sonic-emu
 # Static: it is copied into installed systems of any distribution.
 $(BIN)/metal-phonehome: BUILD_ENV := CGO_ENABLED=0
 $(BIN)/metal-phonehome: BUILD_FLAGS := -trimpath -ldflags '-s -w'
+# Static: it runs in the lab's router guests (lab/image/build-router.sh).
+$(BIN)/sonic-emu: BUILD_ENV := CGO_ENABLED=0
+$(BIN)/sonic-emu: BUILD_FLAGS := -trimpath -ldflags '-s -w'
 
 .PHONY: build
 build: $(addprefix $(BIN)/,$(BINARIES)) ## Build every binary into bin/ (those whose sources changed).

@@ -1,0 +1,79 @@
+// Command sonic-emu is the lab's SONiC emulation on a leaf: it renders
+// CONFIG_DB onto Linux as SONiC's managers would (lab/internal/sonicemu,
+// docs/lab.md "The SONiC emulation").
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/metalfleet/metalfleet/lab/internal/sonicemu"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "sonic-emu:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("sonic-emu", flag.ExitOnError)
+	dbConfig := fs.String("db-config", sonicemu.DefaultDBConfig, "SONiC's database_config.json")
+	netns := fs.String("netns", "", "run the commands in this network namespace (default: the current one)")
+	resync := fs.Duration("resync", 30*time.Second, "how often everything is rendered again (heals drift and lost notifications)")
+	rename := fs.String("rename", "", "netdevs to rename to CONFIG_DB's port names first, comma-separated from=to (eth1=Ethernet0)")
+	once := fs.Bool("once", false, "render once and exit")
+	dryRun := fs.Bool("dry-run", false, "print the full plan and exit, running nothing")
+	debug := fs.Bool("debug", false, "log every command")
+	_ = fs.Parse(args)
+
+	level := slog.LevelInfo
+	if *debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	c, sep, err := sonicemu.Open(*dbConfig)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if *dryRun {
+		s, bad, err := sonicemu.Read(ctx, c, sep)
+		if err != nil {
+			return err
+		}
+		fmt.Print(sonicemu.Format(sonicemu.Plan(sonicemu.State{}, s)))
+		return errors.Join(bad...)
+	}
+	x := &sonicemu.Executor{Netns: *netns, Log: log}
+	if *rename != "" {
+		names := map[string]string{}
+		for _, p := range strings.Split(*rename, ",") {
+			from, to, ok := strings.Cut(strings.TrimSpace(p), "=")
+			if !ok || from == "" || to == "" {
+				return fmt.Errorf("--rename: %q is not from=to", p)
+			}
+			names[from] = to
+		}
+		if err := x.Rename(ctx, names); err != nil {
+			return err
+		}
+	}
+	e := &sonicemu.Emulator{Client: c, Sep: sep, Apply: x, Resync: *resync, Log: log}
+	if *once {
+		_, err := e.Sync(ctx, true)
+		return err
+	}
+	return e.Run(ctx)
+}
