@@ -66,6 +66,8 @@ func run() error {
 		}
 		return nil
 	})
+	fs.IntVar(&cfg.RelayPort, "relay-port", 4443, "agent relay for installed systems in tenant VRFs, on each tenant port's link-local address (0: off)")
+	fs.IntVar(&cfg.RelayPerPort, "relay-per-port", 8, "open relayed connections one switch port may hold")
 	fs.StringVar(&cfg.Rack, "rack", "", "the rack the switch stands in (machines linked to it are placed in it)")
 	fs.DurationVar(&cfg.FactsPoll, "facts-poll", 30*time.Second, "slow poll of ports and LLDP behind the keyspace notifications")
 	fs.DurationVar(&cfg.BGPPoll, "bgp-poll", 5*time.Second, "how often FRR is asked for its BGP sessions")

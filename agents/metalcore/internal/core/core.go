@@ -26,6 +26,7 @@ import (
 
 	"github.com/metalfleet/metalfleet/agents/agent"
 	"github.com/metalfleet/metalfleet/agents/metalcore/internal/frr"
+	"github.com/metalfleet/metalfleet/agents/metalcore/internal/relay"
 	"github.com/metalfleet/metalfleet/agents/metalcore/internal/sonic"
 	"github.com/metalfleet/metalfleet/agents/metalcore/internal/spec"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
@@ -79,6 +80,11 @@ type Config struct {
 	// in the switch's document.
 	Uplinks []string
 
+	// RelayPort is the port of the agent relay on each tenant port's
+	// link-local address (docs/network.md, "The agent relay"); 0 turns
+	// the relay off. RelayPerPort bounds a port's open connections.
+	RelayPort, RelayPerPort int
+
 	// FactsPoll is the slow poll of ports and LLDP behind the keyspace
 	// notifications (default 30s); BGPPoll how often FRR is asked for
 	// its sessions (default 5s); Resync how often the document in effect
@@ -116,6 +122,7 @@ type Core struct {
 	changed chan struct{}
 
 	facts factState
+	relay *relay.Relay
 }
 
 // New checks cfg and opens the switch's databases (connections are made on
@@ -188,6 +195,15 @@ func New(cfg Config) (*Core, error) {
 	}
 	c := &Core{cfg: cfg, log: cfg.Log, sw: sw, schema: schema, tpl: tpl, frr: applier, runner: cfg.Runner, reg: cfg.Registry, changed: make(chan struct{}, 1)}
 	c.metrics = newMetrics(c.reg)
+	if cfg.RelayPort > 0 {
+		// The relay forwards to the endpoints metal-core itself uses.
+		c.relay, err = relay.New(relay.Config{Port: cfg.RelayPort, PerPort: cfg.RelayPerPort, Upstreams: cfg.Centrals,
+			Log: cfg.Log.With("part", "relay"), Metrics: relay.NewMetrics(c.reg)})
+		if err != nil {
+			sw.Close()
+			return nil, fmt.Errorf("core: %w", err)
+		}
+	}
 	c.facts.init()
 	backoff := cfg.AgentBackoff
 	c.agent, err = agent.New(agent.Config{
@@ -261,6 +277,19 @@ func (c *Core) sync(ctx context.Context, doc *agentv1.SwitchDocument) error {
 	if changed {
 		c.metrics.reloaded()
 	}
+	if c.relay != nil {
+		// After the ports moved: a tenant port is in its VRF now, with
+		// its link-local address.
+		var tenant []string
+		for _, p := range sp.Ports {
+			if p.Role == agentv1.SwitchPortRole_SWITCH_PORT_ROLE_TENANT {
+				tenant = append(tenant, p.Name)
+			}
+		}
+		if err := c.relay.Set(ctx, tenant); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	c.log.Debug("switch document applied", "writes", res.Writes, "frr_reloaded", changed, "ports", len(sp.Ports), "vrfs", len(sp.VRFs), "took", time.Since(start))
 	if res.Writes > 0 || changed {
 		c.log.Info("switch changed", "configdb_writes", res.Writes, "frr_reloaded", changed, "took", time.Since(start))
@@ -294,6 +323,9 @@ func mapKeys[V any](m map[string]V) func(func(string) bool) {
 // refusing the agent) or nil.
 func (c *Core) Run(ctx context.Context) error {
 	defer c.sw.Close()
+	if c.relay != nil {
+		defer c.relay.Close()
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup

@@ -37,7 +37,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/metalfleet/metalfleet/agents/pixie/internal/lease"
-	"github.com/metalfleet/metalfleet/agents/pixie/internal/nettest"
+	"github.com/metalfleet/metalfleet/agents/agent/nettest"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 )
 
