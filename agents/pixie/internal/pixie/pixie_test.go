@@ -36,8 +36,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/metalfleet/metalfleet/agents/pixie/internal/lease"
 	"github.com/metalfleet/metalfleet/agents/agent/nettest"
+	"github.com/metalfleet/metalfleet/agents/pixie/internal/lease"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 )
 
