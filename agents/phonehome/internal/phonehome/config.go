@@ -25,6 +25,9 @@ type File struct {
 	CAPEM     string   `json:"ca_pem"`
 	// Token is the machine's agent credential; it never goes into a log.
 	Token string `json:"token"`
+	// RelayPort, when set, is the port of the leaves' agent relays: the
+	// phone-home dials its default routers on it first (Endpoints).
+	RelayPort int `json:"relay_port,omitempty"`
 
 	pool *x509.CertPool
 }
@@ -78,6 +81,9 @@ func ParseFile(b []byte) (*File, error) {
 			return nil, fmt.Errorf("centrals[%d] %q: %w", i, c, err)
 		}
 	}
+	if f.RelayPort < 0 || f.RelayPort > 65535 {
+		return nil, errors.New("relay_port: 0 (none) or 1-65535")
+	}
 	if strings.TrimSpace(f.Token) == "" {
 		return nil, errors.New("token missing")
 	}
@@ -93,7 +99,15 @@ func ParseFile(b []byte) (*File, error) {
 // TLS trusts only the CA of the file, not the system roots: the machine
 // must not take orders from any server with a publicly valid certificate.
 func (f *File) TLS() *tls.Config {
-	return &tls.Config{RootCAs: f.pool, MinVersion: tls.VersionTLS12}
+	c := &tls.Config{RootCAs: f.pool, MinVersion: tls.VersionTLS12}
+	if f.RelayPort != 0 {
+		// Through a relay the address dialled is the leaf's; the
+		// certificate to verify is still central's.
+		if host, _, err := net.SplitHostPort(f.Centrals[0]); err == nil {
+			c.ServerName = host
+		}
+	}
+	return c
 }
 
 func parseCAs(s string) (*x509.CertPool, error) {

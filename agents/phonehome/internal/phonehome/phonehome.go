@@ -78,6 +78,9 @@ type Options struct {
 	// default to os.Hostname and /proc/uptime.
 	Hostname func() (string, error)
 	Uptime   func() (time.Duration, error)
+	// RoutesFile is the kernel's IPv6 routing table, where the leaves'
+	// relays are found (default /proc/net/ipv6_route).
+	RoutesFile string
 	// MinBackoff, MaxBackoff and DialOptions go to the runtime.
 	MinBackoff, MaxBackoff time.Duration
 	DialOptions            []grpc.DialOption
@@ -119,6 +122,9 @@ func New(opts Options) (*Phonehome, error) {
 	if opts.FlushTimeout <= 0 {
 		opts.FlushTimeout = DefaultFlushTimeout
 	}
+	if opts.RoutesFile == "" {
+		opts.RoutesFile = "/proc/net/ipv6_route"
+	}
 	if opts.Facts == nil {
 		opts.Facts = agent.HostFacts(opts.Version)
 	}
@@ -154,7 +160,7 @@ func New(opts Options) (*Phonehome, error) {
 	a, err := agent.New(agent.Config{
 		Kind:        agentv1.Kind_KIND_PHONEHOME,
 		Identity:    opts.File.MachineID,
-		Centrals:    opts.File.Centrals,
+		Centrals:    opts.File.Endpoints(opts.RoutesFile),
 		TLS:         opts.File.TLS(),
 		Token:       opts.File.Token,
 		StateDir:    opts.StateDir,
