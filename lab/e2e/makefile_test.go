@@ -60,7 +60,7 @@ func TestMakeRebuildsOnlyWhatChanged(t *testing.T) {
 	dir := t.TempDir()
 	vars := []string{"BIN=" + dir + "/bin", "INSTALLER_DIR=" + dir + "/installer", "LAB_IMAGE_DIR=" + dir + "/lab-image"}
 	future := time.Now().Add(time.Hour)
-	for _, f := range []string{"bin/metal-central", "bin/metalctl", "bin/metal-lab", "bin/metal-pixie", "bin/metal-phonehome", "bin/metal-core",
+	for _, f := range []string{"bin/metal-central", "bin/metalctl", "bin/metal-lab", "bin/metal-pixie", "bin/metal-phonehome", "bin/metal-core", "bin/metal-bmc", "bin/sonic-emu",
 		"installer/vmlinuz", "installer/initramfs.cpio.gz", "lab-image/metal-lab-image.tar.zst"} {
 		p := filepath.Join(dir, f)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
@@ -85,10 +85,12 @@ func TestMakeRebuildsOnlyWhatChanged(t *testing.T) {
 		{"agent runtime", "agents/agent/agent.go", []string{
 			"go build -o " + dir + "/bin/metal-central", "go build -o " + dir + "/bin/metalctl", "go build -o " + dir + "/bin/metal-lab",
 			"go build -o " + dir + "/bin/metal-pixie", "go build -trimpath -ldflags '-s -w' -o " + dir + "/bin/metal-phonehome", "go build -o " + dir + "/bin/metal-core",
+			"go build -o " + dir + "/bin/metal-bmc", "go build -trimpath -ldflags '-s -w' -o " + dir + "/bin/sonic-emu",
 			"installer/build/build.sh"}},
 		{"metalctl", "metalctl/internal/cli/root.go", []string{
 			"go build -o " + dir + "/bin/metal-central", "go build -o " + dir + "/bin/metalctl", "go build -o " + dir + "/bin/metal-lab",
-			"go build -o " + dir + "/bin/metal-pixie", "go build -trimpath -ldflags '-s -w' -o " + dir + "/bin/metal-phonehome", "go build -o " + dir + "/bin/metal-core"}},
+			"go build -o " + dir + "/bin/metal-pixie", "go build -trimpath -ldflags '-s -w' -o " + dir + "/bin/metal-phonehome", "go build -o " + dir + "/bin/metal-core",
+			"go build -o " + dir + "/bin/metal-bmc", "go build -trimpath -ldflags '-s -w' -o " + dir + "/bin/sonic-emu"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"-n", "--no-print-directory", "-C", "../.."}, vars...)
