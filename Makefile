@@ -125,7 +125,7 @@ $(BIN)/%: $(GO_SRCS)
 	$(BUILD_ENV) $(GO) build $(BUILD_FLAGS) -o $@ $(PKG_$*)
 
 # Besides central/, what runs concurrently under test gets the race detector.
-RACE_PKGS := ./agents/agent/... ./agents/metalcore/... ./lab/internal/vm/... ./lab/internal/redfish/... ./lab/internal/lab/...
+RACE_PKGS := ./agents/agent/... ./agents/metalcore/... ./agents/metalbmc/... ./lab/internal/vm/... ./lab/internal/redfish/... ./lab/internal/lab/...
 
 .PHONY: test
 test: deps qemu-deps ## Run all tests (race detector on for central/ and $(RACE_PKGS)) against a real embedded PostgreSQL.

@@ -75,7 +75,7 @@ func startFleetCentral(t *testing.T, listen string, extra ...string) *fleetCentr
 		}
 	})
 	f.cc = adminConn(t, f.dir, listen)
-	if _, err := apiv1.NewPartitionServiceClient(f.cc).Create(t.Context(), &apiv1.PartitionServiceCreateRequest{Partition: &apiv1.Partition{Id: "p1"}}); err != nil {
+	if _, err := apiv1.NewPartitionServiceClient(f.cc).Create(t.Context(), &apiv1.PartitionServiceCreateRequest{Partition: &apiv1.Partition{Id: "p1", AllowSingleAttach: true}}); err != nil {
 		t.Fatal(err)
 	}
 	var err error

@@ -130,7 +130,7 @@ func TestProvisionWithRealCentralAndPixie(t *testing.T) {
 	go isrv.Serve(il)
 	defer isrv.Close()
 
-	must("partition", "create", "--id", "lab", "--description", "chain test", "--boot-cmdline", "console=ttyS0 panic=1", "--dns-server", "10.0.2.3")
+	must("partition", "create", "--id", "lab", "--description", "chain test", "--boot-cmdline", "console=ttyS0 panic=1", "--dns-server", "10.0.2.3", "--allow-single-attach")
 	must("size", "create", "--id", "s1", "--cores", "1-8", "--memory", "256MiB-8GiB", "--storage", "1GiB-100GiB")
 	must("image", "create", "--id", "lab-1", "--os", "metal-lab", "--version", "1.0.0",
 		"--url", "http://"+il.Addr().String()+"/metal-lab-image.tar.zst", "--sha256", imageSHA)
