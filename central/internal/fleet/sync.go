@@ -223,6 +223,20 @@ func (h *Hub) authenticate(ctx context.Context, hello *agentv1.Hello, c *conn) (
 		c.tokenHash = hash
 		welcome.AgentId = c.id
 	}
+	if rep, ok := h.reporters[hello.GetKind()]; ok && hello.GetFacts() != nil {
+		// A kind whose facts make domain state (a switch's ports) has them
+		// acted on at once: an agent that finds nothing changed reports no
+		// facts again, and its document may depend on them.
+		a := Agent{ID: c.id, Kind: hello.GetKind(), Identity: hello.GetIdentity(), Partition: c.partition}
+		r := &agentv1.Report{AppliedRevision: hello.GetLastAppliedRevision(), Facts: hello.GetFacts()}
+		if err := h.store.Tx(ctx, func(tx pgx.Tx) error { return rep.Report(ctx, tx, a, r) }); err != nil {
+			return nil, nil, asStatus(err)
+		}
+		// The facts may have changed the document.
+		if err := h.store.Pool().QueryRow(ctx, `SELECT desired FROM agents WHERE id = $1`, c.id).Scan(&raw); err != nil {
+			return nil, nil, status.Errorf(codes.Internal, "read desired document: %v", err)
+		}
+	}
 	d, err := decode(raw)
 	if err != nil {
 		return nil, nil, status.Errorf(codes.Internal, "%v", err)

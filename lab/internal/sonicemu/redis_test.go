@@ -15,7 +15,7 @@ import (
 // startRedis runs a real redis-server on a unix socket in the test's
 // directory, writes the database_config.json a switch would have for it
 // and returns CONFIG_DB's client through Open, as the binary connects.
-// (agents/metalcore/internal/redistest does the same for metal-core; Go's
+// (agents/metalcore/redistest does the same for metal-core; Go's
 // internal rule keeps lab/ from importing it.)
 func startRedis(t *testing.T) (*redis.Client, string) {
 	t.Helper()

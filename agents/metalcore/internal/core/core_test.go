@@ -16,7 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/metalfleet/metalfleet/agents/metalcore/internal/frr"
-	"github.com/metalfleet/metalfleet/agents/metalcore/internal/redistest"
+	"github.com/metalfleet/metalfleet/agents/metalcore/redistest"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 )
 

@@ -4,7 +4,7 @@ import (
 	"context"
 	"testing"
 
-	"github.com/metalfleet/metalfleet/agents/metalcore/internal/redistest"
+	"github.com/metalfleet/metalfleet/agents/metalcore/redistest"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 )
 

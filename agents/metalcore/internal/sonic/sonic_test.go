@@ -14,8 +14,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/metalfleet/metalfleet/agents/metalcore/internal/redistest"
 	"github.com/metalfleet/metalfleet/agents/metalcore/internal/spec"
+	"github.com/metalfleet/metalfleet/agents/metalcore/redistest"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 )
 
