@@ -31,13 +31,13 @@ func value(t *testing.T, m prometheus.Metric) float64 {
 func TestTLSGateAdmitsWaitsAndSheds(t *testing.T) {
 	g := NewTLSGate(2, 100*time.Millisecond)
 	hold := make(chan struct{})
-	var running sync.WaitGroup
+	var running, finished sync.WaitGroup
 	for range 2 {
 		raw, _ := net.Pipe()
 		running.Add(1)
-		go func() {
+		finished.Go(func() {
 			_ = g.handshake(raw, func() error { running.Done(); <-hold; return nil })
-		}()
+		})
 	}
 	running.Wait()
 
@@ -68,12 +68,13 @@ func TestTLSGateAdmitsWaitsAndSheds(t *testing.T) {
 		t.Fatalf("waiting handshake: %v, want its own error", err)
 	}
 	close(hold)
+	finished.Wait()
 	for name, want := range map[string]struct {
 		c    prometheus.Metric
 		want float64
 	}{
 		"started":   {g.started, 3},
-		"completed": {g.completed, 1},
+		"completed": {g.completed, 2},
 		"failed":    {g.failed, 1},
 		"waiting":   {g.waiting, 0},
 	} {
