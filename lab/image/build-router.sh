@@ -70,8 +70,8 @@ unpack() { # unpack PACKAGE -> directory holding its files
 }
 
 R=$WORK/root
-mkdir -p "$R"/{bin,sbin,etc,dev,proc,sys,run,tmp,root,var/lib,var/log,usr/bin,usr/sbin,usr/local/bin,lib/modules,lib64,usr/lib/x86_64-linux-gnu}
-chmod 1777 "$R/tmp"
+mkdir -p "$R"/{bin,sbin,etc,dev,proc,sys,run,tmp,var/tmp,root,var/lib,var/log,usr/bin,usr/sbin,usr/local/bin,lib/modules,lib64,usr/lib/x86_64-linux-gnu}
+chmod 1777 "$R/tmp" "$R/var/tmp"
 ln -s ../run "$R/var/run"
 ln -s usr/lib/x86_64-linux-gnu "$R/lib/x86_64-linux-gnu"
 
@@ -132,13 +132,11 @@ take redis-tools /usr/bin/redis-check-rdb /usr/bin/redis-server
 take redis-tools /usr/bin/redis-cli
 for d in zebra bgpd staticd; do take frr /usr/lib/frr/$d; done
 take frr /usr/bin/vtysh
-# FRR's own library and the modules it may load.
-for f in $(cd "$(unpack frr)" && find usr/lib/x86_64-linux-gnu -name 'libfrr*.so*' -type f); do take frr "/$f"; done
 
 install -m 0755 "$SONIC_EMU" "$R/usr/local/bin/sonic-emu"
 install -m 0755 "$METAL_CORE" "$R/usr/local/bin/metal-core"
-# Debug info is half of it and the guest never needs it.
-command -v strip >/dev/null && strip --strip-debug "$R/usr/local/bin/metal-core"
+# Symbols and debug info are two thirds of it and the guest never needs it.
+command -v strip >/dev/null && strip "$R/usr/local/bin/metal-core"
 # metal-core may be linked against libc (cgo): its libraries too.
 while read -r lib path; do
 	[[ -z "$path" || -n "${LIBDONE[$lib]:-}" ]] && continue
@@ -157,7 +155,7 @@ fi
 # --- kernel modules ------------------------------------------------------------------------
 select_modules "$R/lib/modules" virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
 	failover net_failover virtio_net virtio_rng \
-	llc stp garp mrp 8021q bridge udp_tunnel ip6_udp_tunnel vxlan vrf dummy
+	llc stp garp mrp 8021q bridge udp_tunnel ip6_udp_tunnel vxlan vrf dummy veth
 say "modules (${#MODS_LOADED[@]}): ${MODS_LOADED[*]}"
 [[ ${#MODS_MISSING[@]} == 0 ]] || die "modules missing from $KVER: ${MODS_MISSING[*]}"
 

@@ -48,7 +48,7 @@ up=$(echo "$(date +%s.%N) - $start" | bc)
 if [[ -n "$TEST" ]]; then
 	wait "$QPID" || true
 	QPID=
-	sed -n '/metal-router: test start/,$p' "$WORK/console"
+	cat "$WORK/console"
 	printf 'tests done %.1f s after QEMU started\n' "$up"
 	grep -q 'metal-router: test exit 0' "$WORK/console"
 	exit
