@@ -38,7 +38,7 @@ export SOURCE_DATE_EPOCH
 
 # shellcheck source=installer/build/lib.sh
 source "$ROOT/installer/build/lib.sh"
-for tool in dpkg-deb dpkg cpio gzip ldd apt-get; do
+for tool in dpkg-deb dpkg cpio gzip ldd apt-get strip; do
 	command -v "$tool" >/dev/null || die "$tool missing"
 done
 [[ -x "$SONIC_EMU" && -x "$METAL_CORE" ]] || die "build sonic-emu and metal-core first (make build): $SONIC_EMU $METAL_CORE"
@@ -106,7 +106,7 @@ take() {
 	[[ -e "$dir$src" ]] || die "$pkg has no $src"
 	mkdir -p "$R$(dirname "$dst")"
 	cp -L "$dir$src" "$R$dst"
-	file -L "$R$dst" | grep -q ELF || return 0
+	[[ "$(head -c4 "$R$dst" | tail -c3)" == ELF ]] || return 0
 	while read -r lib path; do
 		[[ -n "$path" ]] || continue
 		[[ "$path" == "not" ]] && die "$src: library $lib not found on the build host (install $pkg)"
@@ -136,7 +136,7 @@ take frr /usr/bin/vtysh
 install -m 0755 "$SONIC_EMU" "$R/usr/local/bin/sonic-emu"
 install -m 0755 "$METAL_CORE" "$R/usr/local/bin/metal-core"
 # Symbols and debug info are two thirds of it and the guest never needs it.
-command -v strip >/dev/null && strip "$R/usr/local/bin/metal-core"
+strip "$R/usr/local/bin/metal-core"
 # metal-core may be linked against libc (cgo): its libraries too.
 while read -r lib path; do
 	[[ -z "$path" || -n "${LIBDONE[$lib]:-}" ]] && continue

@@ -11,13 +11,17 @@
 # against its own kernel instead and powers off; the test log is printed.
 #
 # Environment: IMG (default build/router-image), MEM (MiB, default 256),
-# IDLE (seconds, default 30), NICS (virtio NICs, default 2), TEST.
+# IDLE (seconds, default 30), NICS (virtio NICs, default 2), ACCEL (default
+# tcg; tcg,tb-size=64 bounds TCG's translation cache), APPEND (more kernel
+# command line: metal.bare starts no daemons, for comparison), TEST.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 IMG=${IMG:-$ROOT/build/router-image}
 MEM=${MEM:-256}
 IDLE=${IDLE:-30}
 NICS=${NICS:-2}
+ACCEL=${ACCEL:-tcg}
+APPEND=${APPEND:-}
 TEST=${TEST:-}
 WORK=$(mktemp -d)
 QPID=
@@ -30,10 +34,10 @@ for ((i = 0; i < NICS; i++)); do
 	# each, so the guest has eth0.. as a leaf has its ports.
 	nics+=(-netdev "hubport,id=n$i,hubid=$i" -device "virtio-net-pci,netdev=n$i,mac=52:54:00:12:00:$(printf %02x "$i")")
 done
-append="console=ttyS0 quiet panic=-1 metal.hostname=leaf01"
+append="console=ttyS0 quiet panic=-1 metal.hostname=leaf01 $APPEND"
 [[ -n "$TEST" ]] && append+=" metal.router_test"
 start=$(date +%s.%N)
-qemu-system-x86_64 -accel tcg -cpu max -m "$MEM" -smp 1 -display none -monitor none \
+qemu-system-x86_64 -accel "$ACCEL" -cpu max -m "$MEM" -smp 1 -display none -monitor none \
 	-serial "file:$WORK/console" -no-reboot -kernel "$IMG/vmlinuz" -initrd "$IMG/router.cpio.gz" \
 	-append "$append" "${nics[@]}" &
 QPID=$!
@@ -57,10 +61,14 @@ grep 'metal-router' "$WORK/console"
 printf 'boot: %.2f s from the QEMU command to "%s"\n' "$up" "$pattern"
 hz=$(getconf CLK_TCK)
 ticks() { awk '{print $14 + $15}' "/proc/$QPID/stat"; }
-# Let the daemons settle first, as a lab does not measure its first second.
-sleep 2
+# Let the daemons settle first (rcS prints the guest's memory 5 s after up).
+for _ in $(seq 200); do grep -q 'metal-router: memory' "$WORK/console" && break; sleep 0.05; done
+grep 'metal-router: memory' "$WORK/console" || true
 t0=$(ticks); s0=$(date +%s.%N)
 sleep "$IDLE"
 t1=$(ticks); s1=$(date +%s.%N)
 echo "idle: $(echo "scale=2; ($t1 - $t0) * 100 / $hz / ($s1 - $s0)" | bc) % of one core over ${IDLE} s (QEMU pid $QPID, utime+stime)"
+# The guest's own account of its idle time per process (rcS, 30 s).
+for _ in $(seq 200); do grep -q 'metal-router: ticks after' "$WORK/console" && break; sleep 0.05; done
+grep -a 'metal-router: ticks' "$WORK/console" || true
 echo "memory: QEMU VmRSS $(awk '/VmRSS/{print $2, $3}' "/proc/$QPID/status") with -m $MEM"
