@@ -49,6 +49,10 @@ until grep -q "$pattern" "$WORK/console" 2>/dev/null; do
 	sleep 0.05
 done
 up=$(echo "$(date +%s.%N) - $start" | bc)
+hz=$(getconf CLK_TCK)
+# The CPU QEMU spent to get there: unlike the wall clock, it does not grow
+# when other work shares the cores.
+upcpu=$(awk -v hz="$hz" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$QPID/stat" 2>/dev/null || echo "?")
 if [[ -n "$TEST" ]]; then
 	wait "$QPID" || true
 	QPID=
@@ -58,8 +62,7 @@ if [[ -n "$TEST" ]]; then
 	exit
 fi
 grep 'metal-router' "$WORK/console"
-printf 'boot: %.2f s from the QEMU command to "%s"\n' "$up" "$pattern"
-hz=$(getconf CLK_TCK)
+printf 'boot: %.2f s from the QEMU command to "%s" (QEMU used %s s of CPU by then; load average %s)\n' "$up" "$pattern" "$upcpu" "$(cut -d' ' -f1 /proc/loadavg)"
 ticks() { awk '{print $14 + $15}' "/proc/$QPID/stat"; }
 # Let the daemons settle first (rcS prints the guest's memory 5 s after up).
 for _ in $(seq 200); do grep -q 'metal-router: memory' "$WORK/console" && break; sleep 0.05; done
