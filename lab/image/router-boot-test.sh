@@ -11,7 +11,7 @@
 # against its own kernel instead and powers off; the test log is printed.
 #
 # Environment: IMG (default build/router-image), MEM (MiB, default 256),
-# IDLE (seconds, default 30), NICS (virtio NICs, default 2), ACCEL (default
+# CONSOLE (copy the console log there), IDLE (seconds, default 30), NICS (virtio NICs, default 2), ACCEL (default
 # tcg; tcg,tb-size=64 bounds TCG's translation cache), APPEND (more kernel
 # command line: metal.bare starts no daemons, for comparison), TEST.
 set -euo pipefail
@@ -25,7 +25,12 @@ APPEND=${APPEND:-}
 TEST=${TEST:-}
 WORK=$(mktemp -d)
 QPID=
-cleanup() { [[ -n "$QPID" ]] && kill "$QPID" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
+cleanup() {
+	[[ -n "$QPID" ]] && kill "$QPID" 2>/dev/null
+	wait 2>/dev/null
+	[[ -n "${CONSOLE:-}" ]] && cp "$WORK/console" "$CONSOLE"
+	rm -rf "$WORK"
+}
 trap cleanup EXIT
 
 nics=()
