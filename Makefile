@@ -215,6 +215,26 @@ lab-image-test: installer-image lab-image qemu-deps ## Boot the lab image (direc
 provision-e2e: installer-image lab-image qemu-deps ## The provisioning chain for real: central, pixie, the installer in QEMU, create --wait until Phoned Home.
 	METALFLEET_E2E=1 $(GO) test -count=1 -v -timeout 30m -run 'TestProvisionWithRealCentralAndPixie|TestInstallLabImageInQEMU' ./lab/image
 
+# The lab's router guest (leaves, spine, exit): kernel + one initramfs.
+ROUTER_IMAGE_DIR  ?= build/router-image
+ROUTER_IMAGE      := $(ROUTER_IMAGE_DIR)/vmlinuz $(ROUTER_IMAGE_DIR)/router.cpio.gz
+ROUTER_IMAGE_SRCS := installer/build/lib.sh lab/image/build-router.sh $(shell find lab/image/router -type f 2>/dev/null) $(KERNEL)
+
+.PHONY: lab-router-image
+lab-router-image: $(ROUTER_IMAGE) ## The lab's router guest: build/router-image/{vmlinuz,router.cpio.gz} (redis, FRR, sonic-emu, metal-core), when its sources changed; reproducible.
+
+$(ROUTER_IMAGE) &: $(ROUTER_IMAGE_SRCS) $(BIN)/sonic-emu $(BIN)/metal-core | apt-deps
+	OUT=$(abspath $(ROUTER_IMAGE_DIR)) SONIC_EMU=$(BIN)/sonic-emu METAL_CORE=$(BIN)/metal-core bash lab/image/build-router.sh
+
+.PHONY: lab-router-test
+lab-router-test: $(BIN)/sonic-emu $(BIN)/metal-core qemu-deps | apt-deps ## Boot the router guest with the SONiC emulation's tests inside (real VRF, VXLAN, vlan filtering), then measure the plain guest (boot, idle CPU, memory).
+	@mkdir -p build
+	CGO_ENABLED=0 $(GO) test -c -o build/sonicemu.test ./lab/internal/sonicemu
+	OUT=$(abspath build/router-image-test) TEST_BIN=$(abspath build/sonicemu.test) SONIC_EMU=$(BIN)/sonic-emu METAL_CORE=$(BIN)/metal-core bash lab/image/build-router.sh
+	TEST=1 MEM=384 IMG=$(abspath build/router-image-test) bash lab/image/router-boot-test.sh
+	$(MAKE) lab-router-image
+	bash lab/image/router-boot-test.sh
+
 LAB_TOPOLOGY ?= lab/topologies/mini.yaml
 
 .PHONY: lab

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Boots the lab's router guest (build/router-image, lab/image/build-router.sh)
+# under QEMU TCG and measures it (docs/lab.md "Leaves as QEMU guests:
+# measured"):
+#   boot    seconds from the QEMU command to "metal-router: <host> up" on the
+#           console (Redis, sonic-emu, zebra, bgpd, staticd started)
+#   idle    the QEMU process's CPU (utime+stime of /proc/<pid>/stat) over
+#           IDLE seconds after boot, as % of one core
+#   memory  the QEMU process's VmRSS, and the guest's MemTotal/MemAvailable
+# With TEST=1 the guest runs the emulation's tests (lab/internal/sonicemu)
+# against its own kernel instead and powers off; the test log is printed.
+#
+# Environment: IMG (default build/router-image), MEM (MiB, default 256),
+# CONSOLE (copy the console log there), IDLE (seconds, default 30), NICS (virtio NICs, default 2), ACCEL (default
+# tcg; tcg,tb-size=64 bounds TCG's translation cache), APPEND (more kernel
+# command line: metal.bare starts no daemons, for comparison), TEST.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+IMG=${IMG:-$ROOT/build/router-image}
+MEM=${MEM:-256}
+IDLE=${IDLE:-30}
+NICS=${NICS:-2}
+ACCEL=${ACCEL:-tcg}
+APPEND=${APPEND:-}
+TEST=${TEST:-}
+WORK=$(mktemp -d)
+QPID=
+cleanup() {
+	[[ -n "$QPID" ]] && kill "$QPID" 2>/dev/null
+	wait 2>/dev/null
+	[[ -n "${CONSOLE:-}" ]] && cp "$WORK/console" "$CONSOLE"
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+nics=()
+for ((i = 0; i < NICS; i++)); do
+	# Unconnected NICs (a socket nobody listens on would fail): a hub port
+	# each, so the guest has eth0.. as a leaf has its ports.
+	nics+=(-netdev "hubport,id=n$i,hubid=$i" -device "virtio-net-pci,netdev=n$i,mac=52:54:00:12:00:$(printf %02x "$i")")
+done
+append="console=ttyS0 quiet panic=-1 metal.hostname=leaf01 $APPEND"
+[[ -n "$TEST" ]] && append+=" metal.router_test"
+start=$(date +%s.%N)
+qemu-system-x86_64 -accel "$ACCEL" -cpu max -m "$MEM" -smp 1 -display none -monitor none \
+	-serial "file:$WORK/console" -no-reboot -kernel "$IMG/vmlinuz" -initrd "$IMG/router.cpio.gz" \
+	-append "$append" "${nics[@]}" &
+QPID=$!
+pattern='metal-router: leaf01 up'
+[[ -n "$TEST" ]] && pattern='metal-router: test exit'
+until grep -q "$pattern" "$WORK/console" 2>/dev/null; do
+	kill -0 "$QPID" 2>/dev/null || { cat "$WORK/console"; echo "QEMU exited before $pattern" >&2; exit 1; }
+	if (($(echo "$(date +%s.%N) - $start > 300" | bc))); then cat "$WORK/console"; echo "timeout" >&2; exit 1; fi
+	sleep 0.05
+done
+up=$(echo "$(date +%s.%N) - $start" | bc)
+hz=$(getconf CLK_TCK)
+# The CPU QEMU spent to get there: unlike the wall clock, it does not grow
+# when other work shares the cores.
+upcpu=$(awk -v hz="$hz" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$QPID/stat" 2>/dev/null || echo "?")
+if [[ -n "$TEST" ]]; then
+	wait "$QPID" || true
+	QPID=
+	cat "$WORK/console"
+	printf 'tests done %.1f s after QEMU started\n' "$up"
+	grep -q 'metal-router: test exit 0' "$WORK/console"
+	exit
+fi
+grep 'metal-router' "$WORK/console"
+printf 'boot: %.2f s from the QEMU command to "%s" (QEMU used %s s of CPU by then; load average %s)\n' "$up" "$pattern" "$upcpu" "$(cut -d' ' -f1 /proc/loadavg)"
+ticks() { awk '{print $14 + $15}' "/proc/$QPID/stat"; }
+# Let the daemons settle first (rcS prints the guest's memory 5 s after up).
+for _ in $(seq 200); do grep -q 'metal-router: memory' "$WORK/console" && break; sleep 0.05; done
+grep 'metal-router: memory' "$WORK/console" || true
+t0=$(ticks); s0=$(date +%s.%N)
+sleep "$IDLE"
+t1=$(ticks); s1=$(date +%s.%N)
+echo "idle: $(echo "scale=2; ($t1 - $t0) * 100 / $hz / ($s1 - $s0)" | bc) % of one core over ${IDLE} s (QEMU pid $QPID, utime+stime)"
+# The guest's own account of its idle time per process (rcS, 30 s).
+for _ in $(seq 200); do grep -q 'metal-router: ticks after' "$WORK/console" && break; sleep 0.05; done
+grep -a 'metal-router: ticks' "$WORK/console" || true
+echo "memory: QEMU VmRSS $(awk '/VmRSS/{print $2, $3}' "/proc/$QPID/status") with -m $MEM"
