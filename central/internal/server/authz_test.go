@@ -381,6 +381,13 @@ func (e *matrixEnv) rows() map[string]struct {
 		"/metalfleet.api.v1.SwitchService/SetPort": {adminOnly, func(t *testing.T, c *caller) error {
 			return discard(e.api.Switch.SetPort(ctx(t, c), &apiv1.SwitchServiceSetPortRequest{Id: "leaf1", Port: "swp1", Up: true}))
 		}},
+		"/metalfleet.api.v1.BMCService/GetSettings": {adminOnly, func(t *testing.T, c *caller) error {
+			return discard(e.api.BMC.GetSettings(ctx(t, c), &apiv1.BMCServiceGetSettingsRequest{PartitionId: "fra1"}))
+		}},
+		"/metalfleet.api.v1.BMCService/SetSettings": {adminOnly, func(t *testing.T, c *caller) error {
+			return discard(e.api.BMC.SetSettings(ctx(t, c), &apiv1.BMCServiceSetSettingsRequest{Settings: &apiv1.PartitionBMC{
+				PartitionId: "fra1", User: "root", Password: "secret"}}))
+		}},
 		"/metalfleet.api.v1.AgentService/List": {adminOnly, func(t *testing.T, c *caller) error {
 			return discard(e.api.Agent.List(ctx(t, c), &apiv1.AgentServiceListRequest{}))
 		}},

@@ -1,0 +1,166 @@
+package server_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
+	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
+)
+
+// storedBMCDoc is the bmc document in the desired document of metal-bmc
+// agent identity, as stored (with the password the API redacts).
+func storedBMCDoc(t *testing.T, e *env, identity string) (*agentv1.BmcDocument, uint64) {
+	t.Helper()
+	var (
+		raw []byte
+		rev int64
+	)
+	if err := e.db.QueryRow(context.Background(), `SELECT desired, desired_revision FROM agents WHERE kind = 'bmc' AND identity = $1`, identity).Scan(&raw, &rev); err != nil {
+		t.Fatal(err)
+	}
+	d := &agentv1.Desired{}
+	if err := protojson.Unmarshal(raw, d); err != nil {
+		t.Fatal(err)
+	}
+	return d.GetBmc(), uint64(rev)
+}
+
+// TestBMCSettings: a partition's BMC credentials, static BMCs and lease
+// prefixes reach the documents of its metal-bmc agents — those enrolled
+// before (in the transaction of the change) and after (at enrolment) —
+// while no read returns the password; an empty password keeps it; an
+// unchanged setting does not raise the agents' revisions; hostile input
+// is refused naming the field and never echoing a credential.
+func TestBMCSettings(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	admin := e.as(t, e.admin)
+	for _, p := range []string{"fra1", "ams1"} {
+		ok(e.api.Partition.Create(admin, &apiv1.PartitionServiceCreateRequest{Partition: &apiv1.Partition{Id: p}}))(t)
+	}
+	early := ok(e.api.Agent.Enroll(admin, &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_BMC, Identity: "bmc-fra1", PartitionId: "fra1"}))(t)
+	ok(e.api.Agent.Enroll(admin, &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_BMC, Identity: "bmc-ams1", PartitionId: "ams1"}))(t)
+	if doc, _ := storedBMCDoc(t, e, "bmc-fra1"); doc.GetPartitionId() != "fra1" || doc.GetCredentials() != nil {
+		t.Fatalf("document at enrolment without settings: %v", doc)
+	}
+	// The agent is connected while the settings change: it receives them.
+	bmcAgent := openAgent(t, e, &agentv1.Hello{Kind: agentv1.Kind_KIND_BMC, Identity: "bmc-fra1",
+		Credential: &agentv1.Credential{Secret: &agentv1.Credential_Token{Token: early.GetSecret()}}})
+
+	const password = "s3cr3t-pa55"
+	set := &apiv1.PartitionBMC{PartitionId: "fra1", User: "metal", Password: password,
+		StaticBmcs:          []*apiv1.PartitionBMCEndpoint{{Address: "10.1.0.5"}, {Address: "https://[2001:db8::5]:8443"}, {Address: "bmc7.example:623", Ipmi: true}},
+		LeaseCidrs:          []string{"10.1.0.0/24"},
+		PollIntervalSeconds: 30,
+	}
+	got := ok(e.api.BMC.SetSettings(admin, &apiv1.BMCServiceSetSettingsRequest{Settings: set}))(t).GetSettings()
+	if got.GetPassword() != "" || !got.GetPasswordSet() || got.GetUser() != "metal" || len(got.GetStaticBmcs()) != 3 ||
+		!got.GetStaticBmcs()[2].GetIpmi() || got.GetPollIntervalSeconds() != 30 || got.GetUpdatedAt() == nil {
+		t.Fatalf("SetSettings answered %v", got)
+	}
+	read := ok(e.api.BMC.GetSettings(admin, &apiv1.BMCServiceGetSettingsRequest{PartitionId: "fra1"}))(t).GetSettings()
+	if read.GetPassword() != "" || !read.GetPasswordSet() || read.GetLeaseCidrs()[0] != "10.1.0.0/24" {
+		t.Fatalf("GetSettings %v", read)
+	}
+	if other := ok(e.api.BMC.GetSettings(admin, &apiv1.BMCServiceGetSettingsRequest{PartitionId: "ams1"}))(t).GetSettings(); other.GetPasswordSet() || other.GetUser() != "" {
+		t.Fatalf("another partition's settings: %v", other)
+	}
+
+	doc, rev := storedBMCDoc(t, e, "bmc-fra1")
+	want := func(doc *agentv1.BmcDocument) {
+		t.Helper()
+		if doc.GetPartitionId() != "fra1" || doc.GetCredentials().GetUser() != "metal" || doc.GetCredentials().GetPassword() != password ||
+			len(doc.GetStaticBmcs()) != 3 || doc.GetStaticBmcs()[2].GetProtocol() != agentv1.BmcProtocol_BMC_PROTOCOL_IPMI ||
+			doc.GetStaticBmcs()[0].GetProtocol() != agentv1.BmcProtocol_BMC_PROTOCOL_REDFISH ||
+			doc.GetPollInterval().AsDuration() != 30*time.Second || len(doc.GetLeaseCidrs()) != 1 {
+			t.Fatalf("bmc document %v", doc)
+		}
+	}
+	want(doc)
+	if d, _ := storedBMCDoc(t, e, "bmc-ams1"); d.GetCredentials() != nil {
+		t.Fatalf("the other partition's agent got %v", d)
+	}
+	// The connected agent receives the document with the password.
+	deadline := time.After(10 * time.Second)
+	for received := false; !received; {
+		select {
+		case d := <-bmcAgent.docs:
+			received = d.GetBmc().GetCredentials().GetPassword() == password
+		case <-deadline:
+			t.Fatal("the connected metal-bmc did not receive its document")
+		}
+	}
+	// A person reading the agent sees no password.
+	ag := ok(e.api.Agent.Get(admin, &apiv1.AgentServiceGetRequest{Id: "bmc/bmc-fra1"}))(t).GetAgent()
+	if p := ag.GetDesired().GetBmc().GetCredentials().GetPassword(); p != "<redacted>" || strings.Contains(protojson.Format(ag), password) {
+		t.Fatalf("agent read shows the password: %q", p)
+	}
+	list := ok(e.api.Agent.List(admin, &apiv1.AgentServiceListRequest{Kind: agentv1.Kind_KIND_BMC}))(t)
+	if strings.Contains(protojson.Format(list), password) {
+		t.Fatal("agent list shows the password")
+	}
+
+	// The same settings again, with an empty password: it is kept and no
+	// document changes.
+	again := &apiv1.PartitionBMC{PartitionId: "fra1", User: "metal", StaticBmcs: set.GetStaticBmcs(), LeaseCidrs: set.GetLeaseCidrs(), PollIntervalSeconds: 30}
+	ok(e.api.BMC.SetSettings(admin, &apiv1.BMCServiceSetSettingsRequest{Settings: again}))(t)
+	doc2, rev2 := storedBMCDoc(t, e, "bmc-fra1")
+	want(doc2)
+	if rev2 != rev {
+		t.Errorf("unchanged settings raised the revision %d → %d", rev, rev2)
+	}
+
+	// A metal-bmc enrolled later gets the settings at once.
+	ok(e.api.Agent.Enroll(admin, &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_BMC, Identity: "bmc-fra1-b", PartitionId: "fra1"}))(t)
+	late, _ := storedBMCDoc(t, e, "bmc-fra1-b")
+	want(late)
+
+	// Each write is audited, without the request.
+	if n := e.count(t, `SELECT count(*) FROM audit WHERE target = 'partition-bmc/fra1' AND method = '/metalfleet.api.v1.BMCService/SetSettings'`); n != 2 {
+		t.Errorf("%d audit rows, want 2", n)
+	}
+
+	// Hostile input: the field is named, a credential never echoed.
+	long := strings.Repeat("x", 300)
+	for _, tc := range []struct {
+		name  string
+		in    *apiv1.PartitionBMC
+		field string
+		code  codes.Code
+	}{
+		{"no settings", nil, "settings", codes.InvalidArgument},
+		{"no partition", &apiv1.PartitionBMC{}, "settings.partition_id", codes.InvalidArgument},
+		{"unknown partition", &apiv1.PartitionBMC{PartitionId: "nope"}, "settings.partition_id", codes.NotFound},
+		{"password with newline", &apiv1.PartitionBMC{PartitionId: "fra1", Password: "a\nsecretvalue"}, "settings.password", codes.InvalidArgument},
+		{"long user", &apiv1.PartitionBMC{PartitionId: "fra1", User: long}, "settings.user", codes.InvalidArgument},
+		{"password_set given", &apiv1.PartitionBMC{PartitionId: "fra1", PasswordSet: true}, "settings.password_set", codes.InvalidArgument},
+		{"empty address", &apiv1.PartitionBMC{PartitionId: "fra1", StaticBmcs: []*apiv1.PartitionBMCEndpoint{{}}}, "settings.static_bmcs[0].address", codes.InvalidArgument},
+		{"address with space", &apiv1.PartitionBMC{PartitionId: "fra1", StaticBmcs: []*apiv1.PartitionBMCEndpoint{{Address: "10.0.0.1 "}}}, "settings.static_bmcs[0].address", codes.InvalidArgument},
+		{"bad port", &apiv1.PartitionBMC{PartitionId: "fra1", StaticBmcs: []*apiv1.PartitionBMCEndpoint{{Address: "h"}, {Address: "h:99999"}}}, "settings.static_bmcs[1].address", codes.InvalidArgument},
+		{"url with user", &apiv1.PartitionBMC{PartitionId: "fra1", StaticBmcs: []*apiv1.PartitionBMCEndpoint{{Address: "https://u:p@h"}}}, "settings.static_bmcs[0].address", codes.InvalidArgument},
+		{"ipmi url", &apiv1.PartitionBMC{PartitionId: "fra1", StaticBmcs: []*apiv1.PartitionBMCEndpoint{{Address: "https://h", Ipmi: true}}}, "settings.static_bmcs[0].address", codes.InvalidArgument},
+		{"twice", &apiv1.PartitionBMC{PartitionId: "fra1", StaticBmcs: []*apiv1.PartitionBMCEndpoint{{Address: "h"}, {Address: "h"}}}, "settings.static_bmcs[1].address", codes.InvalidArgument},
+		{"bad cidr", &apiv1.PartitionBMC{PartitionId: "fra1", LeaseCidrs: []string{"10.0.0.1/24"}}, "settings.lease_cidrs[0]", codes.InvalidArgument},
+		{"poll too long", &apiv1.PartitionBMC{PartitionId: "fra1", PollIntervalSeconds: 3601}, "settings.poll_interval_seconds", codes.InvalidArgument},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := e.api.BMC.SetSettings(admin, &apiv1.BMCServiceSetSettingsRequest{Settings: tc.in})
+			wantCode(t, err, tc.code)
+			if !strings.Contains(err.Error(), tc.field) {
+				t.Errorf("error %v does not name %s", err, tc.field)
+			}
+			if strings.Contains(err.Error(), "secretvalue") {
+				t.Errorf("error %v echoes the password", err)
+			}
+		})
+	}
+	if d, _ := storedBMCDoc(t, e, "bmc-fra1"); d.GetCredentials().GetPassword() != password {
+		t.Error("a refused request changed the document")
+	}
+}
