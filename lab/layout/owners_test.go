@@ -34,6 +34,7 @@ var owners = map[string]string{
 	"switches": "central/internal/fabric",
 	// Out-of-band control: the partitions' BMC settings.
 	"partition_bmc": "central/internal/bmc",
+	"machine_bmcs":  "central/internal/bmc",
 	// The network aggregate.
 	"networks": "central/internal/network",
 	"prefixes": "central/internal/network",

@@ -101,10 +101,11 @@ func (h *Hub) reporter(k agentv1.Kind) Reporter {
 func (h *Hub) storeReport(ctx context.Context, c *conn, r *agentv1.Report) (dup bool, err error) {
 	// A switch's every report counts: it carries the sync status of the
 	// switch's document (applied revision, the apply's error), and
-	// switches report on change, not on a tick.
+	// switches report on change, not on a tick. metal-bmc's facts carry
+	// its BMCs and intent results.
 	rep := h.reporter(c.kind)
 	withDomain := rep != nil &&
-		(len(r.GetEvents()) > 0 || r.GetFacts().GetMachine() != nil || c.kind == agentv1.Kind_KIND_SWITCH)
+		(len(r.GetEvents()) > 0 || r.GetFacts().GetMachine() != nil || r.GetFacts().GetBmc() != nil || c.kind == agentv1.Kind_KIND_SWITCH)
 	if !withDomain && len(r.GetEvents()) == 0 {
 		return false, nil
 	}

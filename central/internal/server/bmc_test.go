@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -162,5 +163,132 @@ func TestBMCSettings(t *testing.T) {
 	}
 	if d, _ := storedBMCDoc(t, e, "bmc-fra1"); d.GetCredentials().GetPassword() != password {
 		t.Error("a refused request changed the document")
+	}
+}
+
+// waitMachines lists machines as ctx's caller until cond holds.
+func waitMachines(t *testing.T, e *env, ctx context.Context, cond func([]*apiv1.Machine) bool) []*apiv1.Machine {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := e.api.Machine.List(ctx, &apiv1.MachineServiceListRequest{})
+		if err == nil && cond(resp.GetMachines()) {
+			return resp.GetMachines()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("machines not as wanted within 10 s: %v %v", resp.GetMachines(), err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestBMCFacts: metal-bmc's facts are stored per BMC by the machine UUID
+// the BMC returns: a machine known only from its BMC is listed (to admins)
+// in state "known from BMC" before its first PXE boot, with its power
+// state and the rest in describe; a registered machine shows its BMC's
+// facts; an unreachable BMC is an issue on its machine; a finished intent
+// is a machine event once, also when the report comes again; a BMC no
+// longer reported is forgotten; hostile facts end the stream naming the
+// field.
+func TestBMCFacts(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	admin := e.as(t, e.admin)
+	ok(e.api.Partition.Create(admin, &apiv1.PartitionServiceCreateRequest{Partition: &apiv1.Partition{Id: "fra1"}}))(t)
+	enrolled := ok(e.api.Agent.Enroll(admin, &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_BMC, Identity: "bmc-fra1", PartitionId: "fra1"}))(t)
+	const (
+		fresh      = "0b5a1c7e-0000-4000-8000-000000000001" // known only from its BMC
+		down       = "0b5a1c7e-0000-4000-8000-000000000002" // its BMC does not answer
+		registered = "0b5a1c7e-0000-4000-8000-000000000003"
+	)
+	e.exec(t, `INSERT INTO machines (id, partition_id, spec) VALUES ($1, 'fra1', $2)`, registered, `{"id":"`+registered+`","partitionId":"fra1"}`)
+	a := openAgent(t, e, &agentv1.Hello{Kind: agentv1.Kind_KIND_BMC, Identity: "bmc-fra1",
+		Credential: &agentv1.Credential{Secret: &agentv1.Credential_Token{Token: enrolled.GetSecret()}}})
+	send := func(f *agentv1.BmcFacts) {
+		t.Helper()
+		if err := a.stream.Send(&agentv1.SyncRequest{Msg: &agentv1.SyncRequest_Report{Report: &agentv1.Report{
+			AppliedRevision: 1, Health: agentv1.Health_HEALTH_OK, Facts: &agentv1.Facts{Bmc: f}}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := &agentv1.BmcIntentResult{Kind: agentv1.BmcIntentKind_BMC_INTENT_KIND_POWER, Generation: 1,
+		Outcome: agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_SUCCEEDED, Message: "power cycle"}
+	facts := &agentv1.BmcFacts{
+		Bmcs: []*agentv1.BmcFact{
+			{MachineUuid: fresh, Address: "10.1.0.11:443", Source: "lease", Vendor: "Supermicro", Model: "X11", Serial: "S1",
+				BmcVersion: "1.2", BiosVersion: "3.4", PowerState: agentv1.BmcPowerState_BMC_POWER_STATE_OFF, PowerWatts: 12, Reachable: true,
+				PowerSupplies: []*agentv1.BmcPowerSupply{{Id: "PSU1", Health: "OK", CapacityWatts: 800}}},
+			{MachineUuid: down, Address: "10.1.0.12:443", Reachable: false, LastError: "dial tcp: i/o timeout", Failures: 3},
+			{MachineUuid: strings.ToUpper(registered), Address: "10.1.0.13:443", PowerState: agentv1.BmcPowerState_BMC_POWER_STATE_ON, Reachable: true},
+			{Address: "10.1.0.14:443", LastError: "never answered"}, // never read: no UUID, no row
+		},
+		Machines: []*agentv1.BmcMachineResults{{MachineId: registered, Results: []*agentv1.BmcIntentResult{done,
+			{Kind: agentv1.BmcIntentKind_BMC_INTENT_KIND_BOOT, Generation: 1, Outcome: agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_PENDING}}}},
+	}
+	send(facts)
+	// Registered and BMC-only machines are two reads: wait for both.
+	list := waitMachines(t, e, admin, func(ms []*apiv1.Machine) bool {
+		return len(ms) == 3 && slices.ContainsFunc(ms, func(m *apiv1.Machine) bool { return m.GetBmc() != nil && m.GetId() == registered })
+	})
+	byID := map[string]*apiv1.Machine{}
+	for _, m := range list {
+		byID[m.GetId()] = m
+	}
+	if m := byID[fresh]; m.GetProvisioning() != apiv1.ProvisioningState_PROVISIONING_STATE_KNOWN_FROM_BMC || m.GetPartitionId() != "fra1" ||
+		m.GetBmc().GetVendor() != "Supermicro" || m.GetBmc().GetPowerState() != agentv1.BmcPowerState_BMC_POWER_STATE_OFF || len(m.GetIssues()) != 0 {
+		t.Errorf("machine known from its BMC: %v", m)
+	}
+	if m := byID[down]; m.GetProvisioning() != apiv1.ProvisioningState_PROVISIONING_STATE_KNOWN_FROM_BMC ||
+		len(m.GetIssues()) != 1 || m.GetIssues()[0].GetId() != "bmc-unreachable" || !strings.Contains(m.GetIssues()[0].GetDescription(), "i/o timeout") {
+		t.Errorf("machine with an unreachable BMC: %v", m)
+	}
+	if m := byID[registered]; m.GetProvisioning() == apiv1.ProvisioningState_PROVISIONING_STATE_KNOWN_FROM_BMC ||
+		m.GetBmc().GetPowerState() != agentv1.BmcPowerState_BMC_POWER_STATE_ON || len(m.GetBmcResults()) != 2 {
+		t.Errorf("registered machine: %v; rows %d", m, e.count(t, `SELECT count(*) FROM machine_bmcs WHERE machine_uuid = $1`, registered))
+	}
+	got := ok(e.api.Machine.Get(admin, &apiv1.MachineServiceGetRequest{Id: fresh}))(t).GetMachine()
+	if got.GetBmc().GetBiosVersion() != "3.4" || len(got.GetBmc().GetPowerSupplies()) != 1 {
+		t.Errorf("describe of a machine known from its BMC: %v", got)
+	}
+	// Only admins see machines nobody owns.
+	if ms := ok(e.api.Machine.List(e.as(t, e.p1Owner), &apiv1.MachineServiceListRequest{}))(t).GetMachines(); len(ms) != 0 {
+		t.Errorf("a project owner sees %v", ms)
+	}
+	// The finished power intent is an event once; the pending boot none.
+	events := func() int {
+		return e.count(t, `SELECT count(*) FROM machine_events WHERE machine_id = $1 AND event LIKE 'BMC %'`, registered)
+	}
+	if n := events(); n != 1 {
+		t.Fatalf("%d BMC events, want 1", n)
+	}
+	facts.Bmcs = facts.Bmcs[:3] // the same again, minus the BMC never read
+	send(facts)
+	facts.Bmcs = []*agentv1.BmcFact{facts.Bmcs[0], facts.Bmcs[2]} // the unreachable one is gone
+	send(facts)
+	waitMachines(t, e, admin, func(ms []*apiv1.Machine) bool { return len(ms) == 2 })
+	if n := events(); n != 1 {
+		t.Errorf("%d BMC events after the report came again, want 1", n)
+	}
+	var ev, msg string
+	if err := e.db.QueryRow(context.Background(), `SELECT event, message FROM machine_events WHERE machine_id = $1 AND event LIKE 'BMC %'`, registered).Scan(&ev, &msg); err != nil {
+		t.Fatal(err)
+	}
+	if ev != "BMC power" || !strings.Contains(msg, "generation 1: succeeded") {
+		t.Errorf("event %q %q", ev, msg)
+	}
+
+	// Hostile facts end the stream naming the field; nothing changes.
+	send(&agentv1.BmcFacts{Bmcs: []*agentv1.BmcFact{{MachineUuid: "../../etc", Reachable: true}}})
+	select {
+	case err := <-a.errs:
+		wantCode(t, err, codes.InvalidArgument)
+		if !strings.Contains(err.Error(), "report.facts.bmc.bmcs[0].machine_uuid") {
+			t.Errorf("error %v does not name the field", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("malformed facts did not end the stream")
+	}
+	if ms := ok(e.api.Machine.List(admin, &apiv1.MachineServiceListRequest{}))(t).GetMachines(); len(ms) != 2 {
+		t.Errorf("after hostile facts: %v", ms)
 	}
 }

@@ -36,6 +36,7 @@ import (
 	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/bmc"
 	"github.com/metalfleet/metalfleet/central/internal/fabric"
+	"github.com/metalfleet/metalfleet/central/internal/machine"
 	"github.com/metalfleet/metalfleet/central/internal/file"
 	"github.com/metalfleet/metalfleet/central/internal/fleet"
 	"github.com/metalfleet/metalfleet/central/internal/pgembed"
@@ -269,6 +270,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	s.hub.Attach(api.Provisioning())
 	s.hub.AttachKind(agentv1.Kind_KIND_SWITCH, fleet.ReporterFunc(func(ctx context.Context, tx pgx.Tx, a fleet.Agent, r *agentv1.Report) error {
 		return fabric.Report(ctx, tx, s.hub, a.Identity, a.Partition, r)
+	}))
+	s.hub.AttachKind(agentv1.Kind_KIND_BMC, fleet.ReporterFunc(func(ctx context.Context, tx pgx.Tx, a fleet.Agent, r *agentv1.Report) error {
+		return bmc.Report(ctx, tx, machine.NoteIfKnown, a.ID, a.Partition, r)
 	}))
 	// A metal-bmc gets its partition's BMC settings as it is enrolled.
 	s.hub.AttachEnrol(agentv1.Kind_KIND_BMC, func(ctx context.Context, tx pgx.Tx, _, partition string) error {

@@ -144,6 +144,10 @@ const (
 	ProvisioningState_PROVISIONING_STATE_PLANNED_REBOOT     ProvisioningState = 8
 	ProvisioningState_PROVISIONING_STATE_MACHINE_RECLAIM    ProvisioningState = 9
 	ProvisioningState_PROVISIONING_STATE_CRASHED            ProvisioningState = 10
+	// PROVISIONING_STATE_KNOWN_FROM_BMC: the partition's metal-bmc found
+	// the machine's BMC, the machine has not PXE-booted yet (no registration,
+	// no hardware facts but the BMC's).
+	ProvisioningState_PROVISIONING_STATE_KNOWN_FROM_BMC ProvisioningState = 11
 )
 
 // Enum value maps for ProvisioningState.
@@ -160,6 +164,7 @@ var (
 		8:  "PROVISIONING_STATE_PLANNED_REBOOT",
 		9:  "PROVISIONING_STATE_MACHINE_RECLAIM",
 		10: "PROVISIONING_STATE_CRASHED",
+		11: "PROVISIONING_STATE_KNOWN_FROM_BMC",
 	}
 	ProvisioningState_value = map[string]int32{
 		"PROVISIONING_STATE_UNSPECIFIED":        0,
@@ -173,6 +178,7 @@ var (
 		"PROVISIONING_STATE_PLANNED_REBOOT":     8,
 		"PROVISIONING_STATE_MACHINE_RECLAIM":    9,
 		"PROVISIONING_STATE_CRASHED":            10,
+		"PROVISIONING_STATE_KNOWN_FROM_BMC":     11,
 	}
 )
 
@@ -226,8 +232,16 @@ type Machine struct {
 	// issues found with the machine: crash loop, stuck in a state, ...
 	Issues []*MachineIssue `protobuf:"bytes,13,rep,name=issues,proto3" json:"issues,omitempty"`
 	// state_reason says why an operator locked or reserved the machine.
-	StateReason   string `protobuf:"bytes,14,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
-	Meta          *Meta  `protobuf:"bytes,15,opt,name=meta,proto3" json:"meta,omitempty"`
+	StateReason string `protobuf:"bytes,14,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
+	Meta        *Meta  `protobuf:"bytes,15,opt,name=meta,proto3" json:"meta,omitempty"`
+	// bmc is what the partition's metal-bmc last read from the machine's
+	// BMC (keyed by the UUID the BMC returns): power state, vendor, model,
+	// firmware versions, power draw, PSUs, the identify LED, whether it
+	// answers. Empty when no BMC reported the machine.
+	Bmc *v1.BmcFact `protobuf:"bytes,16,opt,name=bmc,proto3" json:"bmc,omitempty"`
+	// bmc_results are the results of the newest generation of each of the
+	// machine's BMC intents (power, boot, identify, firmware).
+	BmcResults    []*v1.BmcIntentResult `protobuf:"bytes,17,rep,name=bmc_results,json=bmcResults,proto3" json:"bmc_results,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -363,6 +377,20 @@ func (x *Machine) GetStateReason() string {
 func (x *Machine) GetMeta() *Meta {
 	if x != nil {
 		return x.Meta
+	}
+	return nil
+}
+
+func (x *Machine) GetBmc() *v1.BmcFact {
+	if x != nil {
+		return x.Bmc
+	}
+	return nil
+}
+
+func (x *Machine) GetBmcResults() []*v1.BmcIntentResult {
+	if x != nil {
+		return x.BmcResults
 	}
 	return nil
 }
@@ -2369,7 +2397,7 @@ var File_metalfleet_api_v1_machine_proto protoreflect.FileDescriptor
 
 const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"\n" +
-	"\x1fmetalfleet/api/v1/machine.proto\x12\x11metalfleet.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emetalfleet/api/v1/common.proto\x1a!metalfleet/agent/v1/machine.proto\"\x91\x06\n" +
+	"\x1fmetalfleet/api/v1/machine.proto\x12\x11metalfleet.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emetalfleet/api/v1/common.proto\x1a\x1dmetalfleet/agent/v1/bmc.proto\x1a!metalfleet/agent/v1/machine.proto\"\x88\a\n" +
 	"\aMachine\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fpartition_id\x18\x02 \x01(\tR\vpartitionId\x12\x17\n" +
@@ -2391,7 +2419,10 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"\fprovisioning\x18\f \x01(\x0e2$.metalfleet.api.v1.ProvisioningStateR\fprovisioning\x127\n" +
 	"\x06issues\x18\r \x03(\v2\x1f.metalfleet.api.v1.MachineIssueR\x06issues\x12!\n" +
 	"\fstate_reason\x18\x0e \x01(\tR\vstateReason\x12+\n" +
-	"\x04meta\x18\x0f \x01(\v2\x17.metalfleet.api.v1.MetaR\x04meta\x1a9\n" +
+	"\x04meta\x18\x0f \x01(\v2\x17.metalfleet.api.v1.MetaR\x04meta\x12.\n" +
+	"\x03bmc\x18\x10 \x01(\v2\x1c.metalfleet.agent.v1.BmcFactR\x03bmc\x12E\n" +
+	"\vbmc_results\x18\x11 \x03(\v2$.metalfleet.agent.v1.BmcIntentResultR\n" +
+	"bmcResults\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"_\n" +
@@ -2566,7 +2597,7 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"\x16LIVELINESS_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10LIVELINESS_ALIVE\x10\x01\x12\x13\n" +
 	"\x0fLIVELINESS_DEAD\x10\x02\x12\x16\n" +
-	"\x12LIVELINESS_UNKNOWN\x10\x03*\xa2\x03\n" +
+	"\x12LIVELINESS_UNKNOWN\x10\x03*\xc9\x03\n" +
 	"\x11ProvisioningState\x12\"\n" +
 	"\x1ePROVISIONING_STATE_UNSPECIFIED\x10\x00\x12\"\n" +
 	"\x1ePROVISIONING_STATE_PXE_BOOTING\x10\x01\x12 \n" +
@@ -2579,7 +2610,8 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"!PROVISIONING_STATE_PLANNED_REBOOT\x10\b\x12&\n" +
 	"\"PROVISIONING_STATE_MACHINE_RECLAIM\x10\t\x12\x1e\n" +
 	"\x1aPROVISIONING_STATE_CRASHED\x10\n" +
-	"2\x86\t\n" +
+	"\x12%\n" +
+	"!PROVISIONING_STATE_KNOWN_FROM_BMC\x10\v2\x86\t\n" +
 	"\x0eMachineService\x12w\n" +
 	"\x03Get\x12+.metalfleet.api.v1.MachineServiceGetRequest\x1a,.metalfleet.api.v1.MachineServiceGetResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x01\x1a\x02id\"\amachine\x12k\n" +
 	"\x04List\x12,.metalfleet.api.v1.MachineServiceListRequest\x1a-.metalfleet.api.v1.MachineServiceListResponse\"\x06\xca\xf3\x18\x02\b\x01\x12\x88\x01\n" +
@@ -2652,6 +2684,8 @@ var file_metalfleet_api_v1_machine_proto_goTypes = []any{
 	(*v1.MachineFacts)(nil),                  // 37: metalfleet.agent.v1.MachineFacts
 	(*timestamppb.Timestamp)(nil),            // 38: google.protobuf.Timestamp
 	(*Meta)(nil),                             // 39: metalfleet.api.v1.Meta
+	(*v1.BmcFact)(nil),                       // 40: metalfleet.agent.v1.BmcFact
+	(*v1.BmcIntentResult)(nil),               // 41: metalfleet.agent.v1.BmcIntentResult
 }
 var file_metalfleet_api_v1_machine_proto_depIdxs = []int32{
 	0,  // 0: metalfleet.api.v1.Machine.state:type_name -> metalfleet.api.v1.MachineState
@@ -2663,61 +2697,63 @@ var file_metalfleet_api_v1_machine_proto_depIdxs = []int32{
 	2,  // 6: metalfleet.api.v1.Machine.provisioning:type_name -> metalfleet.api.v1.ProvisioningState
 	4,  // 7: metalfleet.api.v1.Machine.issues:type_name -> metalfleet.api.v1.MachineIssue
 	39, // 8: metalfleet.api.v1.Machine.meta:type_name -> metalfleet.api.v1.Meta
-	38, // 9: metalfleet.api.v1.MachineAllocation.created_at:type_name -> google.protobuf.Timestamp
-	38, // 10: metalfleet.api.v1.MachineAllocation.phoned_home_at:type_name -> google.protobuf.Timestamp
-	38, // 11: metalfleet.api.v1.MachineEvent.time:type_name -> google.protobuf.Timestamp
-	2,  // 12: metalfleet.api.v1.MachineEvent.state:type_name -> metalfleet.api.v1.ProvisioningState
-	3,  // 13: metalfleet.api.v1.MachineServiceGetResponse.machine:type_name -> metalfleet.api.v1.Machine
-	3,  // 14: metalfleet.api.v1.MachineServiceListResponse.machines:type_name -> metalfleet.api.v1.Machine
-	36, // 15: metalfleet.api.v1.MachineServiceCreateRequest.labels:type_name -> metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
-	3,  // 16: metalfleet.api.v1.MachineServiceCreateResponse.machine:type_name -> metalfleet.api.v1.Machine
-	3,  // 17: metalfleet.api.v1.MachineServiceDeleteResponse.machine:type_name -> metalfleet.api.v1.Machine
-	3,  // 18: metalfleet.api.v1.MachineServiceReinstallResponse.machine:type_name -> metalfleet.api.v1.Machine
-	0,  // 19: metalfleet.api.v1.MachineServiceSetStateRequest.state:type_name -> metalfleet.api.v1.MachineState
-	3,  // 20: metalfleet.api.v1.MachineServiceSetStateResponse.machine:type_name -> metalfleet.api.v1.Machine
-	6,  // 21: metalfleet.api.v1.MachineServiceEventsResponse.event:type_name -> metalfleet.api.v1.MachineEvent
-	3,  // 22: metalfleet.api.v1.MachineServiceEventsResponse.machine:type_name -> metalfleet.api.v1.Machine
-	3,  // 23: metalfleet.api.v1.MachineServiceResolveMacResponse.machine:type_name -> metalfleet.api.v1.Machine
-	4,  // 24: metalfleet.api.v1.MachineServiceIssuesResponse.issues:type_name -> metalfleet.api.v1.MachineIssue
-	26, // 25: metalfleet.api.v1.Switch.ports:type_name -> metalfleet.api.v1.SwitchPort
-	38, // 26: metalfleet.api.v1.Switch.last_sync:type_name -> google.protobuf.Timestamp
-	27, // 27: metalfleet.api.v1.Switch.bgp_sessions:type_name -> metalfleet.api.v1.SwitchBgpSession
-	28, // 28: metalfleet.api.v1.Switch.sync:type_name -> metalfleet.api.v1.SwitchSync
-	39, // 29: metalfleet.api.v1.Switch.meta:type_name -> metalfleet.api.v1.Meta
-	38, // 30: metalfleet.api.v1.SwitchBgpSession.established_since:type_name -> google.protobuf.Timestamp
-	38, // 31: metalfleet.api.v1.SwitchSync.reported_at:type_name -> google.protobuf.Timestamp
-	25, // 32: metalfleet.api.v1.SwitchServiceSetPortResponse.switch:type_name -> metalfleet.api.v1.Switch
-	25, // 33: metalfleet.api.v1.SwitchServiceGetResponse.switch:type_name -> metalfleet.api.v1.Switch
-	25, // 34: metalfleet.api.v1.SwitchServiceListResponse.switches:type_name -> metalfleet.api.v1.Switch
-	7,  // 35: metalfleet.api.v1.MachineService.Get:input_type -> metalfleet.api.v1.MachineServiceGetRequest
-	9,  // 36: metalfleet.api.v1.MachineService.List:input_type -> metalfleet.api.v1.MachineServiceListRequest
-	11, // 37: metalfleet.api.v1.MachineService.Create:input_type -> metalfleet.api.v1.MachineServiceCreateRequest
-	13, // 38: metalfleet.api.v1.MachineService.Delete:input_type -> metalfleet.api.v1.MachineServiceDeleteRequest
-	15, // 39: metalfleet.api.v1.MachineService.Reinstall:input_type -> metalfleet.api.v1.MachineServiceReinstallRequest
-	17, // 40: metalfleet.api.v1.MachineService.SetState:input_type -> metalfleet.api.v1.MachineServiceSetStateRequest
-	19, // 41: metalfleet.api.v1.MachineService.Events:input_type -> metalfleet.api.v1.MachineServiceEventsRequest
-	23, // 42: metalfleet.api.v1.MachineService.Issues:input_type -> metalfleet.api.v1.MachineServiceIssuesRequest
-	21, // 43: metalfleet.api.v1.MachineService.ResolveMac:input_type -> metalfleet.api.v1.MachineServiceResolveMacRequest
-	31, // 44: metalfleet.api.v1.SwitchService.Get:input_type -> metalfleet.api.v1.SwitchServiceGetRequest
-	33, // 45: metalfleet.api.v1.SwitchService.List:input_type -> metalfleet.api.v1.SwitchServiceListRequest
-	29, // 46: metalfleet.api.v1.SwitchService.SetPort:input_type -> metalfleet.api.v1.SwitchServiceSetPortRequest
-	8,  // 47: metalfleet.api.v1.MachineService.Get:output_type -> metalfleet.api.v1.MachineServiceGetResponse
-	10, // 48: metalfleet.api.v1.MachineService.List:output_type -> metalfleet.api.v1.MachineServiceListResponse
-	12, // 49: metalfleet.api.v1.MachineService.Create:output_type -> metalfleet.api.v1.MachineServiceCreateResponse
-	14, // 50: metalfleet.api.v1.MachineService.Delete:output_type -> metalfleet.api.v1.MachineServiceDeleteResponse
-	16, // 51: metalfleet.api.v1.MachineService.Reinstall:output_type -> metalfleet.api.v1.MachineServiceReinstallResponse
-	18, // 52: metalfleet.api.v1.MachineService.SetState:output_type -> metalfleet.api.v1.MachineServiceSetStateResponse
-	20, // 53: metalfleet.api.v1.MachineService.Events:output_type -> metalfleet.api.v1.MachineServiceEventsResponse
-	24, // 54: metalfleet.api.v1.MachineService.Issues:output_type -> metalfleet.api.v1.MachineServiceIssuesResponse
-	22, // 55: metalfleet.api.v1.MachineService.ResolveMac:output_type -> metalfleet.api.v1.MachineServiceResolveMacResponse
-	32, // 56: metalfleet.api.v1.SwitchService.Get:output_type -> metalfleet.api.v1.SwitchServiceGetResponse
-	34, // 57: metalfleet.api.v1.SwitchService.List:output_type -> metalfleet.api.v1.SwitchServiceListResponse
-	30, // 58: metalfleet.api.v1.SwitchService.SetPort:output_type -> metalfleet.api.v1.SwitchServiceSetPortResponse
-	47, // [47:59] is the sub-list for method output_type
-	35, // [35:47] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	40, // 9: metalfleet.api.v1.Machine.bmc:type_name -> metalfleet.agent.v1.BmcFact
+	41, // 10: metalfleet.api.v1.Machine.bmc_results:type_name -> metalfleet.agent.v1.BmcIntentResult
+	38, // 11: metalfleet.api.v1.MachineAllocation.created_at:type_name -> google.protobuf.Timestamp
+	38, // 12: metalfleet.api.v1.MachineAllocation.phoned_home_at:type_name -> google.protobuf.Timestamp
+	38, // 13: metalfleet.api.v1.MachineEvent.time:type_name -> google.protobuf.Timestamp
+	2,  // 14: metalfleet.api.v1.MachineEvent.state:type_name -> metalfleet.api.v1.ProvisioningState
+	3,  // 15: metalfleet.api.v1.MachineServiceGetResponse.machine:type_name -> metalfleet.api.v1.Machine
+	3,  // 16: metalfleet.api.v1.MachineServiceListResponse.machines:type_name -> metalfleet.api.v1.Machine
+	36, // 17: metalfleet.api.v1.MachineServiceCreateRequest.labels:type_name -> metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
+	3,  // 18: metalfleet.api.v1.MachineServiceCreateResponse.machine:type_name -> metalfleet.api.v1.Machine
+	3,  // 19: metalfleet.api.v1.MachineServiceDeleteResponse.machine:type_name -> metalfleet.api.v1.Machine
+	3,  // 20: metalfleet.api.v1.MachineServiceReinstallResponse.machine:type_name -> metalfleet.api.v1.Machine
+	0,  // 21: metalfleet.api.v1.MachineServiceSetStateRequest.state:type_name -> metalfleet.api.v1.MachineState
+	3,  // 22: metalfleet.api.v1.MachineServiceSetStateResponse.machine:type_name -> metalfleet.api.v1.Machine
+	6,  // 23: metalfleet.api.v1.MachineServiceEventsResponse.event:type_name -> metalfleet.api.v1.MachineEvent
+	3,  // 24: metalfleet.api.v1.MachineServiceEventsResponse.machine:type_name -> metalfleet.api.v1.Machine
+	3,  // 25: metalfleet.api.v1.MachineServiceResolveMacResponse.machine:type_name -> metalfleet.api.v1.Machine
+	4,  // 26: metalfleet.api.v1.MachineServiceIssuesResponse.issues:type_name -> metalfleet.api.v1.MachineIssue
+	26, // 27: metalfleet.api.v1.Switch.ports:type_name -> metalfleet.api.v1.SwitchPort
+	38, // 28: metalfleet.api.v1.Switch.last_sync:type_name -> google.protobuf.Timestamp
+	27, // 29: metalfleet.api.v1.Switch.bgp_sessions:type_name -> metalfleet.api.v1.SwitchBgpSession
+	28, // 30: metalfleet.api.v1.Switch.sync:type_name -> metalfleet.api.v1.SwitchSync
+	39, // 31: metalfleet.api.v1.Switch.meta:type_name -> metalfleet.api.v1.Meta
+	38, // 32: metalfleet.api.v1.SwitchBgpSession.established_since:type_name -> google.protobuf.Timestamp
+	38, // 33: metalfleet.api.v1.SwitchSync.reported_at:type_name -> google.protobuf.Timestamp
+	25, // 34: metalfleet.api.v1.SwitchServiceSetPortResponse.switch:type_name -> metalfleet.api.v1.Switch
+	25, // 35: metalfleet.api.v1.SwitchServiceGetResponse.switch:type_name -> metalfleet.api.v1.Switch
+	25, // 36: metalfleet.api.v1.SwitchServiceListResponse.switches:type_name -> metalfleet.api.v1.Switch
+	7,  // 37: metalfleet.api.v1.MachineService.Get:input_type -> metalfleet.api.v1.MachineServiceGetRequest
+	9,  // 38: metalfleet.api.v1.MachineService.List:input_type -> metalfleet.api.v1.MachineServiceListRequest
+	11, // 39: metalfleet.api.v1.MachineService.Create:input_type -> metalfleet.api.v1.MachineServiceCreateRequest
+	13, // 40: metalfleet.api.v1.MachineService.Delete:input_type -> metalfleet.api.v1.MachineServiceDeleteRequest
+	15, // 41: metalfleet.api.v1.MachineService.Reinstall:input_type -> metalfleet.api.v1.MachineServiceReinstallRequest
+	17, // 42: metalfleet.api.v1.MachineService.SetState:input_type -> metalfleet.api.v1.MachineServiceSetStateRequest
+	19, // 43: metalfleet.api.v1.MachineService.Events:input_type -> metalfleet.api.v1.MachineServiceEventsRequest
+	23, // 44: metalfleet.api.v1.MachineService.Issues:input_type -> metalfleet.api.v1.MachineServiceIssuesRequest
+	21, // 45: metalfleet.api.v1.MachineService.ResolveMac:input_type -> metalfleet.api.v1.MachineServiceResolveMacRequest
+	31, // 46: metalfleet.api.v1.SwitchService.Get:input_type -> metalfleet.api.v1.SwitchServiceGetRequest
+	33, // 47: metalfleet.api.v1.SwitchService.List:input_type -> metalfleet.api.v1.SwitchServiceListRequest
+	29, // 48: metalfleet.api.v1.SwitchService.SetPort:input_type -> metalfleet.api.v1.SwitchServiceSetPortRequest
+	8,  // 49: metalfleet.api.v1.MachineService.Get:output_type -> metalfleet.api.v1.MachineServiceGetResponse
+	10, // 50: metalfleet.api.v1.MachineService.List:output_type -> metalfleet.api.v1.MachineServiceListResponse
+	12, // 51: metalfleet.api.v1.MachineService.Create:output_type -> metalfleet.api.v1.MachineServiceCreateResponse
+	14, // 52: metalfleet.api.v1.MachineService.Delete:output_type -> metalfleet.api.v1.MachineServiceDeleteResponse
+	16, // 53: metalfleet.api.v1.MachineService.Reinstall:output_type -> metalfleet.api.v1.MachineServiceReinstallResponse
+	18, // 54: metalfleet.api.v1.MachineService.SetState:output_type -> metalfleet.api.v1.MachineServiceSetStateResponse
+	20, // 55: metalfleet.api.v1.MachineService.Events:output_type -> metalfleet.api.v1.MachineServiceEventsResponse
+	24, // 56: metalfleet.api.v1.MachineService.Issues:output_type -> metalfleet.api.v1.MachineServiceIssuesResponse
+	22, // 57: metalfleet.api.v1.MachineService.ResolveMac:output_type -> metalfleet.api.v1.MachineServiceResolveMacResponse
+	32, // 58: metalfleet.api.v1.SwitchService.Get:output_type -> metalfleet.api.v1.SwitchServiceGetResponse
+	34, // 59: metalfleet.api.v1.SwitchService.List:output_type -> metalfleet.api.v1.SwitchServiceListResponse
+	30, // 60: metalfleet.api.v1.SwitchService.SetPort:output_type -> metalfleet.api.v1.SwitchServiceSetPortResponse
+	49, // [49:61] is the sub-list for method output_type
+	37, // [37:49] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_metalfleet_api_v1_machine_proto_init() }
