@@ -35,6 +35,7 @@ var owners = map[string]string{
 	// Out-of-band control: the partitions' BMC settings.
 	"partition_bmc": "central/internal/bmc",
 	"machine_bmcs":  "central/internal/bmc",
+	"bmc_intents":   "central/internal/bmc",
 	// The network aggregate.
 	"networks": "central/internal/network",
 	"prefixes": "central/internal/network",

@@ -167,6 +167,9 @@ func Document(ctx context.Context, q store.Querier, partition string) (*agentv1.
 		}
 		doc.StaticBmcs = append(doc.StaticBmcs, &agentv1.BmcEndpoint{Address: e.Address, Protocol: p})
 	}
+	if doc.Machines, err = intents(ctx, q, partition); err != nil {
+		return nil, err
+	}
 	if s.pollSeconds > 0 {
 		doc.PollInterval = durationpb.New(time.Duration(s.pollSeconds) * time.Second)
 	}

@@ -292,3 +292,102 @@ func TestBMCFacts(t *testing.T) {
 		t.Errorf("after hostile facts: %v", ms)
 	}
 }
+
+// TestBMCIntents: power, boot, identify and firmware calls raise the
+// machine's intents, each to its next generation, in the partition's
+// metal-bmc document (with the credentials); free raises PXE + reset and
+// reinstall PXE + cycle; a machine known only from its BMC takes intents
+// too (admins); hostile input names the field.
+func TestBMCIntents(t *testing.T) {
+	t.Parallel()
+	e := newMatrixEnv(t)
+	admin := e.as(t, e.admin)
+	ok(e.api.Agent.Enroll(admin, &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_BMC, Identity: "bmc-intents", PartitionId: "fra1"}))(t)
+	ok(e.api.BMC.SetSettings(admin, &apiv1.BMCServiceSetSettingsRequest{Settings: &apiv1.PartitionBMC{PartitionId: "fra1", User: "u", Password: "p"}}))(t)
+	discard := func(_ any, err error) error { return err }
+	id := e.allocatedMachine(t, e.p1)
+	owner := e.as(t, e.p1Owner)
+	intent := func() *agentv1.BmcMachine {
+		t.Helper()
+		doc, _ := storedBMCDoc(t, e.env, "bmc-intents")
+		if doc.GetCredentials().GetPassword() != "p" {
+			t.Fatalf("document lost its credentials: %v", doc)
+		}
+		for _, m := range doc.GetMachines() {
+			if m.GetMachineId() == id {
+				return m
+			}
+		}
+		return nil
+	}
+	p := ok(e.api.Machine.Power(owner, &apiv1.MachineServicePowerRequest{Id: id, Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_OFF}))(t)
+	if p.GetGeneration() != 1 || p.GetMachine().GetId() != id {
+		t.Fatalf("Power answered %v", p)
+	}
+	p = ok(e.api.Machine.Power(owner, &apiv1.MachineServicePowerRequest{Id: id, Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_ON}))(t)
+	ok(e.api.Machine.Boot(owner, &apiv1.MachineServiceBootRequest{Id: id, Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_DISK}))(t)
+	ok(e.api.Machine.Identify(owner, &apiv1.MachineServiceIdentifyRequest{Id: id, On: true}))(t)
+	ok(e.api.Machine.UpdateFirmware(owner, &apiv1.MachineServiceUpdateFirmwareRequest{Id: id, Component: agentv1.BmcFirmwareComponent_BMC_FIRMWARE_COMPONENT_BMC,
+		Url: "https://fw.example/bmc.bin", Sha256: strings.Repeat("ab", 32)}))(t)
+	m := intent()
+	if p.GetGeneration() != 2 || m.GetPower().GetGeneration() != 2 || m.GetPower().GetAction() != agentv1.BmcPowerAction_BMC_POWER_ACTION_ON ||
+		m.GetBoot().GetGeneration() != 1 || m.GetBoot().GetDevice() != agentv1.BmcBootDevice_BMC_BOOT_DEVICE_DISK ||
+		m.GetIdentify().GetGeneration() != 1 || !m.GetIdentify().GetOn() ||
+		m.GetFirmware().GetGeneration() != 1 || m.GetFirmware().GetUrl() != "https://fw.example/bmc.bin" {
+		t.Fatalf("intents %v", m)
+	}
+
+	// Reinstall: PXE and a power cycle, in the reinstall's transaction.
+	ok(e.api.Machine.Reinstall(owner, &apiv1.MachineServiceReinstallRequest{Id: id}))(t)
+	m = intent()
+	if m.GetPower().GetGeneration() != 3 || m.GetPower().GetAction() != agentv1.BmcPowerAction_BMC_POWER_ACTION_CYCLE ||
+		m.GetBoot().GetGeneration() != 2 || m.GetBoot().GetDevice() != agentv1.BmcBootDevice_BMC_BOOT_DEVICE_PXE {
+		t.Fatalf("after reinstall: %v", m)
+	}
+	// Free: PXE and a reset.
+	ok(e.api.Machine.Delete(owner, &apiv1.MachineServiceDeleteRequest{Id: id}))(t)
+	m = intent()
+	if m.GetPower().GetGeneration() != 4 || m.GetPower().GetAction() != agentv1.BmcPowerAction_BMC_POWER_ACTION_RESET ||
+		m.GetBoot().GetGeneration() != 3 || m.GetBoot().GetDevice() != agentv1.BmcBootDevice_BMC_BOOT_DEVICE_PXE || m.GetIdentify().GetGeneration() != 1 {
+		t.Fatalf("after free: %v", m)
+	}
+
+	// Refused: hostile input names the field; an unknown machine is
+	// NotFound; a machine whose id is no UUID has no BMC.
+	for _, tc := range []struct {
+		name  string
+		call  func() error
+		code  codes.Code
+		field string
+	}{
+		{"bad action", func() error {
+			return discard(e.api.Machine.Power(admin, &apiv1.MachineServicePowerRequest{Id: id, Action: 9}))
+		}, codes.InvalidArgument, "action"},
+		{"no device", func() error {
+			return discard(e.api.Machine.Boot(admin, &apiv1.MachineServiceBootRequest{Id: id}))
+		}, codes.InvalidArgument, "device"},
+		{"ftp url", func() error {
+			return discard(e.api.Machine.UpdateFirmware(admin, &apiv1.MachineServiceUpdateFirmwareRequest{Id: id, Component: 1, Url: "ftp://x/y"}))
+		}, codes.InvalidArgument, "url"},
+		{"url with credentials", func() error {
+			return discard(e.api.Machine.UpdateFirmware(admin, &apiv1.MachineServiceUpdateFirmwareRequest{Id: id, Component: 1, Url: "https://u:p@x/y"}))
+		}, codes.InvalidArgument, "url"},
+		{"bad sha256", func() error {
+			return discard(e.api.Machine.UpdateFirmware(admin, &apiv1.MachineServiceUpdateFirmwareRequest{Id: id, Component: 2, Url: "https://x/y", Sha256: "AB"}))
+		}, codes.InvalidArgument, "sha256"},
+		{"unknown machine", func() error {
+			return discard(e.api.Machine.Identify(admin, &apiv1.MachineServiceIdentifyRequest{Id: "0b5a1c7e-0000-4000-8000-00000000ffff"}))
+		}, codes.NotFound, "not found"},
+		{"id no uuid", func() error {
+			return discard(e.api.Machine.Identify(admin, &apiv1.MachineServiceIdentifyRequest{Id: "m-p1"}))
+		}, codes.FailedPrecondition, "UUID"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.call()
+			wantCode(t, err, tc.code)
+			if !strings.Contains(err.Error(), tc.field) {
+				t.Errorf("error %v does not name %s", err, tc.field)
+			}
+		})
+	}
+}

@@ -297,7 +297,7 @@ func withRequestID(ctx context.Context, id string) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, "x-request-id", id)
 }
 
-var mutatingVerbs = []string{"Create", "Update", "Delete", "Allocate", "Release", "Revoke", "Enroll", "Configure", "Reinstall", "SetState", "ResolveMac", "SetPort", "SetSettings"}
+var mutatingVerbs = []string{"Create", "Update", "Delete", "Allocate", "Release", "Revoke", "Enroll", "Configure", "Reinstall", "SetState", "ResolveMac", "SetPort", "SetSettings", "Power", "Boot", "Identify", "UpdateFirmware"}
 
 func isMutating(fullMethod string) bool {
 	return slices.Contains(mutatingVerbs, fullMethod[strings.LastIndex(fullMethod, "/")+1:])
