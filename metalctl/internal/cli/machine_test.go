@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -141,6 +142,37 @@ func TestMachineRequests(t *testing.T) {
 			args:   []string{"machine", "issues", "--partition", "lab"},
 			method: "MachineService/Issues",
 			want:   &apiv1.MachineServiceIssuesRequest{PartitionId: "lab"},
+		},
+		{
+			name:   "power cycle",
+			args:   []string{"machine", "power", "cycle", "m1"},
+			method: "MachineService/Power",
+			want:   &apiv1.MachineServicePowerRequest{Id: "m1", Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_CYCLE},
+		},
+		{
+			name:   "power off",
+			args:   []string{"machine", "power", "off", "m1"},
+			method: "MachineService/Power",
+			want:   &apiv1.MachineServicePowerRequest{Id: "m1", Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_OFF},
+		},
+		{
+			name:   "boot bios",
+			args:   []string{"machine", "boot", "bios", "m2"},
+			method: "MachineService/Boot",
+			want:   &apiv1.MachineServiceBootRequest{Id: "m2", Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_BIOS},
+		},
+		{
+			name:   "identify on",
+			args:   []string{"machine", "identify", "on", "m1"},
+			method: "MachineService/Identify",
+			want:   &apiv1.MachineServiceIdentifyRequest{Id: "m1", On: true},
+		},
+		{
+			name:   "update bmc firmware",
+			args:   []string{"machine", "update-firmware", "bmc", "m1", "--url", "https://fw.example/bmc.bin", "--sha256", "ab"},
+			method: "MachineService/UpdateFirmware",
+			want: &apiv1.MachineServiceUpdateFirmwareRequest{Id: "m1", Component: agentv1.BmcFirmwareComponent_BMC_FIRMWARE_COMPONENT_BMC,
+				Url: "https://fw.example/bmc.bin", Sha256: "ab"},
 		},
 		{
 			name:   "logs limit",
