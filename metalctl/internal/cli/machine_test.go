@@ -558,3 +558,28 @@ func TestBarView(t *testing.T) {
 		<-copied
 	}
 }
+
+// TestPartitionBMC: "partition bmc set" reads the password from a file,
+// never a flag, sends the settings whole, and prints no password.
+func TestPartitionBMC(t *testing.T) {
+	t.Parallel()
+	pw := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pw, []byte("s3cr3t\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, addr := startFake(t)
+	r := runAt(t, addr, "partition", "bmc", "set", "fra1", "--user", "metal", "--password-file", pw,
+		"--static", "10.1.0.5", "--static-ipmi", "10.1.0.6:623", "--lease-cidr", "10.1.0.0/24", "--poll-interval", "1m")
+	mustSucceed(t, r)
+	checkRequest(t, onlyCall(t, f, "BMCService/SetSettings"), &apiv1.BMCServiceSetSettingsRequest{Settings: &apiv1.PartitionBMC{
+		PartitionId: "fra1", User: "metal", Password: "s3cr3t", LeaseCidrs: []string{"10.1.0.0/24"}, PollIntervalSeconds: 60,
+		StaticBmcs: []*apiv1.PartitionBMCEndpoint{{Address: "10.1.0.5"}, {Address: "10.1.0.6:623", Ipmi: true}}}})
+	if strings.Contains(r.stdout, "s3cr3t") || !strings.Contains(r.stdout, "set") || !strings.Contains(r.stdout, "10.1.0.6:623 (ipmi)") {
+		t.Errorf("output:\n%s", r.stdout)
+	}
+	r = runAt(t, addr, "partition", "bmc", "show", "fra1", "-o", "json")
+	mustSucceed(t, r)
+	if !strings.Contains(r.stdout, `"passwordSet": true`) && !strings.Contains(r.stdout, `"password_set": true`) {
+		t.Errorf("show:\n%s", r.stdout)
+	}
+}
