@@ -118,18 +118,24 @@ func RaiseFor(ctx context.Context, st *store.Store, docs Docs, id string, in Int
 	return out, err
 }
 
-// intents reads the intents of partition's machines, by id.
+// intents reads the intents of partition's machines, by id, without the
+// ones metal-bmc reported finished: a metal-bmc that lost its journal (a
+// new host, a lost disk) must not run them again, and nothing else would
+// stop it (docs/bmc.md, "Central").
 func intents(ctx context.Context, q store.Querier, partition string) ([]*agentv1.BmcMachine, error) {
-	rows, err := q.Query(ctx, `SELECT intent FROM bmc_intents WHERE partition_id = $1 ORDER BY machine_uuid`, partition)
+	rows, err := q.Query(ctx, `SELECT i.intent, COALESCE(b.results, '[]') FROM bmc_intents i
+		LEFT JOIN machine_bmcs b ON b.machine_uuid = i.machine_uuid
+		WHERE i.partition_id = $1 ORDER BY i.machine_uuid`, partition)
 	if err != nil {
 		return nil, fmt.Errorf("bmc intents of partition %s: %w", partition, err)
 	}
-	raws, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
-	if err != nil {
-		return nil, fmt.Errorf("bmc intents of partition %s: %w", partition, err)
-	}
-	out := make([]*agentv1.BmcMachine, 0, len(raws))
-	for _, raw := range raws {
+	defer rows.Close()
+	var out []*agentv1.BmcMachine
+	for rows.Next() {
+		var raw, results []byte
+		if err := rows.Scan(&raw, &results); err != nil {
+			return nil, fmt.Errorf("bmc intents of partition %s: %w", partition, err)
+		}
 		m := &agentv1.BmcMachine{}
 		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(raw, m); err != nil {
 			return nil, fmt.Errorf("decode bmc intents: %w", err)
@@ -137,7 +143,42 @@ func intents(ctx context.Context, q store.Querier, partition string) ([]*agentv1
 		if strings.TrimSpace(m.GetMachineId()) == "" {
 			continue // a row whose first Raise did not commit its intent
 		}
+		rs, err := decodeResults(results)
+		if err != nil {
+			return nil, err
+		}
+		if dropFinished(m, rs) {
+			continue
+		}
 		out = append(out, m)
 	}
-	return out, nil
+	return out, rows.Err()
+}
+
+// dropFinished removes from m each intent whose generation metal-bmc
+// reported finished (succeeded, failed or interrupted: none of them runs
+// again) and says whether none is left.
+func dropFinished(m *agentv1.BmcMachine, rs []*agentv1.BmcIntentResult) bool {
+	done := func(kind agentv1.BmcIntentKind, gen uint64) bool {
+		for _, x := range rs {
+			if x.GetKind() == kind && x.GetGeneration() >= gen &&
+				x.GetOutcome() != agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_PENDING && x.GetOutcome() != agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_UNSPECIFIED {
+				return true
+			}
+		}
+		return false
+	}
+	if done(agentv1.BmcIntentKind_BMC_INTENT_KIND_POWER, m.GetPower().GetGeneration()) {
+		m.Power = nil
+	}
+	if done(agentv1.BmcIntentKind_BMC_INTENT_KIND_BOOT, m.GetBoot().GetGeneration()) {
+		m.Boot = nil
+	}
+	if done(agentv1.BmcIntentKind_BMC_INTENT_KIND_IDENTIFY, m.GetIdentify().GetGeneration()) {
+		m.Identify = nil
+	}
+	if done(agentv1.BmcIntentKind_BMC_INTENT_KIND_FIRMWARE, m.GetFirmware().GetGeneration()) {
+		m.Firmware = nil
+	}
+	return m.Power == nil && m.Boot == nil && m.Identify == nil && m.Firmware == nil
 }

@@ -35,7 +35,11 @@ type Events func(ctx context.Context, tx pgx.Tx, machine, event, message string)
 // forgets them. An intent result not seen before (a new generation, or a
 // pending one that finished) becomes a machine event through events, once.
 // Bad facts are an InvalidArgument naming the field, and nothing is stored.
-func Report(ctx context.Context, tx pgx.Tx, events Events, agentID, partition string, r *agentv1.Report) error {
+//
+// A result that finished an intent also derives the partition's documents
+// anew: the finished intent leaves them (intents), so that a metal-bmc that
+// lost its journal does not run it again.
+func Report(ctx context.Context, tx pgx.Tx, docs Docs, events Events, agentID, partition string, r *agentv1.Report) error {
 	f := r.GetFacts().GetBmc()
 	if f == nil {
 		return nil
@@ -68,10 +72,13 @@ func Report(ctx context.Context, tx pgx.Tx, events Events, agentID, partition st
 		ids = append(ids, id)
 	}
 	slices.Sort(ids) // a fixed lock order against a concurrent report
+	finished := false
 	for _, id := range ids {
-		if err := save(ctx, tx, events, agentID, partition, id, facts[id], results[id]); err != nil {
+		fin, err := save(ctx, tx, events, agentID, partition, id, facts[id], results[id])
+		if err != nil {
 			return err
 		}
+		finished = finished || fin
 	}
 	// Results of machines whose BMC this report has no facts for (its
 	// intents wait for the BMC) still become events.
@@ -79,55 +86,56 @@ func Report(ctx context.Context, tx pgx.Tx, events Events, agentID, partition st
 		if _, ok := facts[id]; ok {
 			continue
 		}
-		if err := resultEvents(ctx, tx, events, id, nil, rs); err != nil {
+		if _, err := resultEvents(ctx, tx, events, id, nil, rs); err != nil {
 			return err
 		}
 	}
 	if _, err := tx.Exec(ctx, `DELETE FROM machine_bmcs WHERE agent_id = $1 AND NOT (machine_uuid = ANY($2))`, agentID, ids); err != nil {
 		return fmt.Errorf("forget bmcs: %w", err)
 	}
-	return nil
+	if !finished {
+		return nil
+	}
+	return Derive(ctx, tx, docs, partition)
 }
 
-// save writes one BMC's row and the events of its machine's new results.
-func save(ctx context.Context, tx pgx.Tx, events Events, agentID, partition, id string, b *agentv1.BmcFact, rs []*agentv1.BmcIntentResult) error {
+// save writes one BMC's row and the events of its machine's new results;
+// finished says a result finished an intent.
+func save(ctx context.Context, tx pgx.Tx, events Events, agentID, partition, id string, b *agentv1.BmcFact, rs []*agentv1.BmcIntentResult) (finished bool, err error) {
 	var before []byte
-	err := tx.QueryRow(ctx, `SELECT results FROM machine_bmcs WHERE machine_uuid = $1 FOR UPDATE`, id).Scan(&before)
+	err = tx.QueryRow(ctx, `SELECT results FROM machine_bmcs WHERE machine_uuid = $1 FOR UPDATE`, id).Scan(&before)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return fmt.Errorf("read bmc %s: %w", id, err)
+		return false, fmt.Errorf("read bmc %s: %w", id, err)
 	}
 	old, err := decodeResults(before)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if rs == nil {
 		rs = old // no word on the results this time: keep them
 	}
 	fact, err := protojson.Marshal(b)
 	if err != nil {
-		return fmt.Errorf("encode bmc fact: %w", err)
+		return false, fmt.Errorf("encode bmc fact: %w", err)
 	}
 	js, err := encodeResults(rs)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO machine_bmcs (machine_uuid, partition_id, agent_id, reachable, fact, results, updated_at)
 		VALUES ($1, $2, $3, $4, $5, $6, now())
 		ON CONFLICT (machine_uuid) DO UPDATE SET partition_id = excluded.partition_id, agent_id = excluded.agent_id,
 			reachable = excluded.reachable, fact = excluded.fact, results = excluded.results, updated_at = excluded.updated_at`,
 		id, partition, agentID, b.GetReachable(), fact, js); err != nil {
-		return fmt.Errorf("store bmc %s: %w", id, err)
+		return false, fmt.Errorf("store bmc %s: %w", id, err)
 	}
 	return resultEvents(ctx, tx, events, id, old, rs)
 }
 
 // resultEvents records an event per finished result that old (the stored
-// results) did not hold; old nil for a machine without a row reads them
-// from the machine's row, when there is one.
-func resultEvents(ctx context.Context, tx pgx.Tx, events Events, id string, old, rs []*agentv1.BmcIntentResult) error {
-	if events == nil {
-		return nil
-	}
+// results) did not hold, and says whether there was one.
+func resultEvents(ctx context.Context, tx pgx.Tx, events Events, id string, old, rs []*agentv1.BmcIntentResult) (bool, error) {
+	news := false
 	for _, x := range rs {
 		if x.GetOutcome() == agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_PENDING || x.GetGeneration() == 0 {
 			continue
@@ -138,15 +146,19 @@ func resultEvents(ctx context.Context, tx pgx.Tx, events Events, id string, old,
 		if seen {
 			continue
 		}
+		news = true
+		if events == nil {
+			continue
+		}
 		msg := fmt.Sprintf("generation %d: %s", x.GetGeneration(), Word(x.GetOutcome().String(), "BMC_INTENT_OUTCOME_"))
 		if x.GetMessage() != "" {
 			msg += ": " + x.GetMessage()
 		}
 		if err := events(ctx, tx, id, "BMC "+Word(x.GetKind().String(), "BMC_INTENT_KIND_"), msg); err != nil {
-			return err
+			return false, err
 		}
 	}
-	return nil
+	return news, nil
 }
 
 // Word is an enum value's name as a lower-case word without its prefix.

@@ -302,7 +302,7 @@ func TestBMCIntents(t *testing.T) {
 	t.Parallel()
 	e := newMatrixEnv(t)
 	admin := e.as(t, e.admin)
-	ok(e.api.Agent.Enroll(admin, &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_BMC, Identity: "bmc-intents", PartitionId: "fra1"}))(t)
+	enrolled := ok(e.api.Agent.Enroll(admin, &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_BMC, Identity: "bmc-intents", PartitionId: "fra1"}))(t)
 	ok(e.api.BMC.SetSettings(admin, &apiv1.BMCServiceSetSettingsRequest{Settings: &apiv1.PartitionBMC{PartitionId: "fra1", User: "u", Password: "p"}}))(t)
 	discard := func(_ any, err error) error { return err }
 	id := e.allocatedMachine(t, e.p1)
@@ -350,6 +350,55 @@ func TestBMCIntents(t *testing.T) {
 	if m.GetPower().GetGeneration() != 4 || m.GetPower().GetAction() != agentv1.BmcPowerAction_BMC_POWER_ACTION_RESET ||
 		m.GetBoot().GetGeneration() != 3 || m.GetBoot().GetDevice() != agentv1.BmcBootDevice_BMC_BOOT_DEVICE_PXE || m.GetIdentify().GetGeneration() != 1 {
 		t.Fatalf("after free: %v", m)
+	}
+
+	// Finished intents leave the document (a metal-bmc that lost its
+	// journal must not run them again); a new generation comes back.
+	a := openAgent(t, e.env, &agentv1.Hello{Kind: agentv1.Kind_KIND_BMC, Identity: "bmc-intents",
+		Credential: &agentv1.Credential{Secret: &agentv1.Credential_Token{Token: enrolled.GetSecret()}}})
+	report := func(rs ...*agentv1.BmcIntentResult) {
+		t.Helper()
+		if err := a.stream.Send(&agentv1.SyncRequest{Msg: &agentv1.SyncRequest_Report{Report: &agentv1.Report{AppliedRevision: 1, Facts: &agentv1.Facts{Bmc: &agentv1.BmcFacts{
+			Bmcs:     []*agentv1.BmcFact{{MachineUuid: id, Address: "10.1.0.9", Reachable: true}},
+			Machines: []*agentv1.BmcMachineResults{{MachineId: id, Results: rs}}}}}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitIntent := func(cond func(*agentv1.BmcMachine) bool) *agentv1.BmcMachine {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			m := intent()
+			if cond(m) {
+				return m
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("intents not as wanted within 10 s: %v", m)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	result := func(kind agentv1.BmcIntentKind, gen uint64, o agentv1.BmcIntentOutcome) *agentv1.BmcIntentResult {
+		return &agentv1.BmcIntentResult{Kind: kind, Generation: gen, Outcome: o}
+	}
+	report(result(agentv1.BmcIntentKind_BMC_INTENT_KIND_POWER, 4, agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_SUCCEEDED),
+		result(agentv1.BmcIntentKind_BMC_INTENT_KIND_BOOT, 3, agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_SUCCEEDED),
+		result(agentv1.BmcIntentKind_BMC_INTENT_KIND_IDENTIFY, 1, agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_PENDING))
+	m = waitIntent(func(m *agentv1.BmcMachine) bool { return m.GetPower() == nil })
+	if m.GetBoot() != nil || m.GetIdentify().GetGeneration() != 1 || m.GetFirmware().GetGeneration() != 1 {
+		t.Fatalf("after power and boot finished: %v", m)
+	}
+	report(result(agentv1.BmcIntentKind_BMC_INTENT_KIND_POWER, 4, agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_SUCCEEDED),
+		result(agentv1.BmcIntentKind_BMC_INTENT_KIND_BOOT, 3, agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_SUCCEEDED),
+		result(agentv1.BmcIntentKind_BMC_INTENT_KIND_IDENTIFY, 1, agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_SUCCEEDED),
+		result(agentv1.BmcIntentKind_BMC_INTENT_KIND_FIRMWARE, 1, agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_FAILED))
+	waitIntent(func(m *agentv1.BmcMachine) bool { return m == nil })
+	p = ok(e.api.Machine.Power(admin, &apiv1.MachineServicePowerRequest{Id: id, Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_ON}))(t)
+	if m := intent(); p.GetGeneration() != 5 || m.GetPower().GetGeneration() != 5 || m.GetBoot() != nil || m.GetIdentify() != nil {
+		t.Fatalf("a new generation after all finished: %v (answer %d)", m, p.GetGeneration())
+	}
+	if n := e.count(t, `SELECT count(*) FROM machine_events WHERE machine_id = $1 AND event LIKE 'BMC %'`, id); n != 4 {
+		t.Errorf("%d BMC events, want 4 (power, boot, identify, firmware)", n)
 	}
 
 	// Refused: hostile input names the field; an unknown machine is

@@ -272,7 +272,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		return fabric.Report(ctx, tx, s.hub, a.Identity, a.Partition, r)
 	}))
 	s.hub.AttachKind(agentv1.Kind_KIND_BMC, fleet.ReporterFunc(func(ctx context.Context, tx pgx.Tx, a fleet.Agent, r *agentv1.Report) error {
-		return bmc.Report(ctx, tx, machine.NoteIfKnown, a.ID, a.Partition, r)
+		return bmc.Report(ctx, tx, s.hub, machine.NoteIfKnown, a.ID, a.Partition, r)
 	}))
 	// A metal-bmc gets its partition's BMC settings as it is enrolled.
 	s.hub.AttachEnrol(agentv1.Kind_KIND_BMC, func(ctx context.Context, tx pgx.Tx, _, partition string) error {
