@@ -123,9 +123,7 @@ func RaiseFor(ctx context.Context, st *store.Store, docs Docs, id string, in Int
 // new host, a lost disk) must not run them again, and nothing else would
 // stop it (docs/bmc.md, "Central").
 func intents(ctx context.Context, q store.Querier, partition string) ([]*agentv1.BmcMachine, error) {
-	rows, err := q.Query(ctx, `SELECT i.intent, COALESCE(b.results, '[]') FROM bmc_intents i
-		LEFT JOIN machine_bmcs b ON b.machine_uuid = i.machine_uuid
-		WHERE i.partition_id = $1 ORDER BY i.machine_uuid`, partition)
+	rows, err := q.Query(ctx, `SELECT intent, results FROM bmc_intents WHERE partition_id = $1 ORDER BY machine_uuid`, partition)
 	if err != nil {
 		return nil, fmt.Errorf("bmc intents of partition %s: %w", partition, err)
 	}

@@ -1,6 +1,7 @@
 package bmc
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -32,8 +33,10 @@ type Events func(ctx context.Context, tx pgx.Tx, machine, event, message string)
 // transaction that stores the report: each BMC's facts replace the row of
 // the machine UUID it returned (a BMC never read yet has none and is
 // skipped); BMCs this agent no longer reports are forgotten, as metal-bmc
-// forgets them. An intent result not seen before (a new generation, or a
-// pending one that finished) becomes a machine event through events, once.
+// forgets them. The intent results are kept with the machine's intents
+// (bmc_intents: results of machines central raised no intent for are
+// ignored); a result not seen before (a new generation, or a pending one
+// that finished) becomes a machine event through events, once.
 // Bad facts are an InvalidArgument naming the field, and nothing is stored.
 //
 // A result that finished an intent also derives the partition's documents
@@ -63,35 +66,36 @@ func Report(ctx context.Context, tx pgx.Tx, docs Docs, events Events, agentID, p
 			facts[id] = b
 		}
 	}
-	results := map[string][]*agentv1.BmcIntentResult{}
-	for _, m := range f.GetMachines() {
-		results[strings.ToLower(m.GetMachineId())] = m.GetResults()
-	}
 	ids := make([]string, 0, len(facts))
 	for id := range facts {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids) // a fixed lock order against a concurrent report
-	finished := false
 	for _, id := range ids {
-		fin, err := save(ctx, tx, events, agentID, partition, id, facts[id], results[id])
+		fact, err := protojson.Marshal(facts[id])
 		if err != nil {
-			return err
+			return fmt.Errorf("encode bmc fact: %w", err)
 		}
-		finished = finished || fin
-	}
-	// Results of machines whose BMC this report has no facts for (its
-	// intents wait for the BMC) still become events.
-	for id, rs := range results {
-		if _, ok := facts[id]; ok {
-			continue
-		}
-		if _, err := resultEvents(ctx, tx, events, id, nil, rs); err != nil {
-			return err
+		if _, err := tx.Exec(ctx, `INSERT INTO machine_bmcs (machine_uuid, partition_id, agent_id, reachable, fact, updated_at)
+			VALUES ($1, $2, $3, $4, $5, now())
+			ON CONFLICT (machine_uuid) DO UPDATE SET partition_id = excluded.partition_id, agent_id = excluded.agent_id,
+				reachable = excluded.reachable, fact = excluded.fact, updated_at = excluded.updated_at`,
+			id, partition, agentID, facts[id].GetReachable(), fact); err != nil {
+			return fmt.Errorf("store bmc %s: %w", id, err)
 		}
 	}
 	if _, err := tx.Exec(ctx, `DELETE FROM machine_bmcs WHERE agent_id = $1 AND NOT (machine_uuid = ANY($2))`, agentID, ids); err != nil {
 		return fmt.Errorf("forget bmcs: %w", err)
+	}
+	machines := slices.Clone(f.GetMachines())
+	slices.SortFunc(machines, func(a, b *agentv1.BmcMachineResults) int { return strings.Compare(a.GetMachineId(), b.GetMachineId()) })
+	finished := false
+	for _, m := range machines {
+		fin, err := saveResults(ctx, tx, events, strings.ToLower(m.GetMachineId()), m.GetResults())
+		if err != nil {
+			return err
+		}
+		finished = finished || fin
 	}
 	if !finished {
 		return nil
@@ -99,37 +103,37 @@ func Report(ctx context.Context, tx pgx.Tx, docs Docs, events Events, agentID, p
 	return Derive(ctx, tx, docs, partition)
 }
 
-// save writes one BMC's row and the events of its machine's new results;
-// finished says a result finished an intent.
-func save(ctx context.Context, tx pgx.Tx, events Events, agentID, partition, id string, b *agentv1.BmcFact, rs []*agentv1.BmcIntentResult) (finished bool, err error) {
+// saveResults stores machine id's intent results with its intents and
+// records the new ones as events; finished says one finished an intent.
+// A machine central raised no intent for has no row, and its results are
+// not central's (a document of an earlier database): ignored.
+func saveResults(ctx context.Context, tx pgx.Tx, events Events, id string, rs []*agentv1.BmcIntentResult) (bool, error) {
 	var before []byte
-	err = tx.QueryRow(ctx, `SELECT results FROM machine_bmcs WHERE machine_uuid = $1 FOR UPDATE`, id).Scan(&before)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return false, fmt.Errorf("read bmc %s: %w", id, err)
+	err := tx.QueryRow(ctx, `SELECT results FROM bmc_intents WHERE machine_uuid = $1 FOR UPDATE`, id).Scan(&before)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read bmc results of %s: %w", id, err)
 	}
 	old, err := decodeResults(before)
 	if err != nil {
 		return false, err
 	}
-	if rs == nil {
-		rs = old // no word on the results this time: keep them
-	}
-	fact, err := protojson.Marshal(b)
+	finished, err := resultEvents(ctx, tx, events, id, old, rs)
 	if err != nil {
-		return false, fmt.Errorf("encode bmc fact: %w", err)
+		return false, err
 	}
 	js, err := encodeResults(rs)
 	if err != nil {
 		return false, err
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO machine_bmcs (machine_uuid, partition_id, agent_id, reachable, fact, results, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, now())
-		ON CONFLICT (machine_uuid) DO UPDATE SET partition_id = excluded.partition_id, agent_id = excluded.agent_id,
-			reachable = excluded.reachable, fact = excluded.fact, results = excluded.results, updated_at = excluded.updated_at`,
-		id, partition, agentID, b.GetReachable(), fact, js); err != nil {
-		return false, fmt.Errorf("store bmc %s: %w", id, err)
+	if !bytes.Equal(js, before) {
+		if _, err := tx.Exec(ctx, `UPDATE bmc_intents SET results = $2 WHERE machine_uuid = $1`, id, js); err != nil {
+			return false, fmt.Errorf("store bmc results of %s: %w", id, err)
+		}
 	}
-	return resultEvents(ctx, tx, events, id, old, rs)
+	return finished, nil
 }
 
 // resultEvents records an event per finished result that old (the stored
@@ -137,7 +141,8 @@ func save(ctx context.Context, tx pgx.Tx, events Events, agentID, partition, id 
 func resultEvents(ctx context.Context, tx pgx.Tx, events Events, id string, old, rs []*agentv1.BmcIntentResult) (bool, error) {
 	news := false
 	for _, x := range rs {
-		if x.GetOutcome() == agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_PENDING || x.GetGeneration() == 0 {
+		if x.GetOutcome() == agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_PENDING || x.GetOutcome() == agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_UNSPECIFIED ||
+			x.GetGeneration() == 0 {
 			continue
 		}
 		seen := slices.ContainsFunc(old, func(o *agentv1.BmcIntentResult) bool {

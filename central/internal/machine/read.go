@@ -26,12 +26,13 @@ const selectMachine = `SELECT m.spec, m.generation, m.created_at, m.updated_at, 
 	COALESCE((SELECT e.error FROM machine_events e WHERE e.machine_id = m.id AND e.seq = m.event_seq), ''),
 	ARRAY(SELECT c.mac || ' ' || c.machine_id || ' ' || c.owner_id FROM machine_mac_conflicts c WHERE c.machine_id = m.id
 		UNION ALL SELECT c.mac || ' ' || c.machine_id || ' ' || c.owner_id FROM machine_mac_conflicts c WHERE c.owner_id = m.id),
-	b.fact, b.results
+	b.fact, (SELECT i.results FROM bmc_intents i WHERE i.machine_uuid = m.id)
 	FROM machines m LEFT JOIN agents a ON a.id = m.agent_id LEFT JOIN machine_bmcs b ON b.machine_uuid = m.id`
 
 // selectBMCOnly reads the machines known only from their BMCs (metal-bmc
 // read the BMC, the machine never PXE-booted): no machine row yet.
-const selectBMCOnly = `SELECT b.machine_uuid, b.partition_id, b.fact, b.results, b.updated_at FROM machine_bmcs b
+const selectBMCOnly = `SELECT b.machine_uuid, b.partition_id, b.fact, (SELECT i.results FROM bmc_intents i WHERE i.machine_uuid = b.machine_uuid),
+	b.updated_at FROM machine_bmcs b
 	WHERE NOT EXISTS (SELECT 1 FROM machines m WHERE m.id = b.machine_uuid)`
 
 // IssueBMCUnreachable: the machine's BMC does not answer metal-bmc's polls.
@@ -239,17 +240,10 @@ func (ms *Machines) EventsAfter(ctx context.Context, id string, after int64) ([]
 	return out, rows.Err()
 }
 
-// withBMC adds what metal-bmc read from the machine's BMC (fact, results:
-// machine_bmcs' JSON; nil for none) to m, and an issue when the BMC does
-// not answer.
+// withBMC adds what metal-bmc read from the machine's BMC (fact:
+// machine_bmcs' JSON) and its intents' results (bmc_intents' JSON) to m,
+// each nil for none, and an issue when the BMC does not answer.
 func withBMC(m *apiv1.Machine, fact, results []byte) error {
-	if fact == nil {
-		return nil
-	}
-	m.Bmc = &agentv1.BmcFact{}
-	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(fact, m.Bmc); err != nil {
-		return fmt.Errorf("decode bmc fact of machine %s: %w", m.GetId(), err)
-	}
 	var list []json.RawMessage
 	if len(results) > 0 {
 		if err := json.Unmarshal(results, &list); err != nil {
@@ -262,6 +256,13 @@ func withBMC(m *apiv1.Machine, fact, results []byte) error {
 			return fmt.Errorf("decode bmc result of machine %s: %w", m.GetId(), err)
 		}
 		m.BmcResults = append(m.BmcResults, x)
+	}
+	if fact == nil {
+		return nil
+	}
+	m.Bmc = &agentv1.BmcFact{}
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(fact, m.Bmc); err != nil {
+		return fmt.Errorf("decode bmc fact of machine %s: %w", m.GetId(), err)
 	}
 	if !m.GetBmc().GetReachable() {
 		desc := fmt.Sprintf("its BMC at %s does not answer", m.GetBmc().GetAddress())

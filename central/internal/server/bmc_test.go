@@ -202,6 +202,10 @@ func TestBMCFacts(t *testing.T) {
 		registered = "0b5a1c7e-0000-4000-8000-000000000003"
 	)
 	e.exec(t, `INSERT INTO machines (id, partition_id, spec) VALUES ($1, 'fra1', $2)`, registered, `{"id":"`+registered+`","partitionId":"fra1"}`)
+	// Results count for intents central raised: power generation 1.
+	if g := ok(e.api.Machine.Power(admin, &apiv1.MachineServicePowerRequest{Id: registered, Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_CYCLE}))(t).GetGeneration(); g != 1 {
+		t.Fatalf("generation %d", g)
+	}
 	a := openAgent(t, e, &agentv1.Hello{Kind: agentv1.Kind_KIND_BMC, Identity: "bmc-fra1",
 		Credential: &agentv1.Credential{Secret: &agentv1.Credential_Token{Token: enrolled.GetSecret()}}})
 	send := func(f *agentv1.BmcFacts) {
@@ -266,8 +270,18 @@ func TestBMCFacts(t *testing.T) {
 	facts.Bmcs = []*agentv1.BmcFact{facts.Bmcs[0], facts.Bmcs[2]} // the unreachable one is gone
 	send(facts)
 	waitMachines(t, e, admin, func(ms []*apiv1.Machine) bool { return len(ms) == 2 })
+	// The registered machine's BMC gone from the facts, its results still
+	// reported: still one event.
+	facts.Bmcs = facts.Bmcs[:1]
+	send(facts)
+	waitMachines(t, e, admin, func(ms []*apiv1.Machine) bool {
+		return len(ms) == 2 && slices.ContainsFunc(ms, func(m *apiv1.Machine) bool { return m.GetId() == registered && m.GetBmc() == nil })
+	})
 	if n := events(); n != 1 {
 		t.Errorf("%d BMC events after the report came again, want 1", n)
+	}
+	if m := ok(e.api.Machine.Get(admin, &apiv1.MachineServiceGetRequest{Id: registered}))(t).GetMachine(); len(m.GetBmcResults()) != 2 {
+		t.Errorf("results of a machine whose BMC is gone: %v", m.GetBmcResults())
 	}
 	var ev, msg string
 	if err := e.db.QueryRow(context.Background(), `SELECT event, message FROM machine_events WHERE machine_id = $1 AND event LIKE 'BMC %'`, registered).Scan(&ev, &msg); err != nil {

@@ -8,8 +8,6 @@ CREATE TABLE machine_bmcs (
     agent_id      TEXT NOT NULL REFERENCES agents (id) ON DELETE CASCADE,
     reachable     BOOLEAN NOT NULL,
     fact          JSONB NOT NULL,
-    -- results: the newest result per intent kind (BmcIntentResult, JSON).
-    results       JSONB NOT NULL DEFAULT '[]',
     updated_at    TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX machine_bmcs_partition ON machine_bmcs (partition_id);

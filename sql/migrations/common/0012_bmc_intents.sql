@@ -7,6 +7,9 @@ CREATE TABLE bmc_intents (
     machine_uuid  TEXT PRIMARY KEY,
     partition_id  TEXT NOT NULL REFERENCES partitions (id) ON DELETE CASCADE,
     intent        JSONB NOT NULL DEFAULT '{}',
+    -- results: metal-bmc's newest result per intent kind (BmcIntentResult
+    -- JSON), as last reported; a result not in here yet is a machine event.
+    results       JSONB NOT NULL DEFAULT '[]',
     updated_at    TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX bmc_intents_partition ON bmc_intents (partition_id);
