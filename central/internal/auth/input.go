@@ -46,8 +46,6 @@ var listCaps = map[protoreflect.FullName]int{
 	"metalfleet.api.v1.Partition.dns_servers":                          16,
 	"metalfleet.api.v1.Partition.ntp_servers":                          16,
 	"metalfleet.api.v1.Size.constraints":                               64,
-	// A partition's BMCs at fixed addresses: as many as metal-bmc takes.
-	"metalfleet.api.v1.PartitionBMC.static_bmcs": 10000,
 }
 
 // CheckInput applies the generic input rules to a request: every string

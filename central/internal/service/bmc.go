@@ -22,7 +22,12 @@ type bmcService struct {
 // beyond its own (docs/bmc.md), so central refuses it first, naming the field.
 const (
 	maxBMCCredential = 256
-	maxStaticBMCs    = 10000
+	// The API's bound on any list (auth.MaxElements); metal-bmc takes
+	// up to 10,000, leases bring the rest.
+	maxStaticBMCs = 1000
+	// maxBMCViolations bounds what one bad request is told: the first
+	// few bad entries, not one line per entry of a long list.
+	maxBMCViolations = 16
 	maxBMCAddress    = 256
 	maxLeaseCIDRs    = 256
 	maxPollSeconds   = 3600
@@ -88,6 +93,9 @@ func checkBMCSettings(v *violations, in *apiv1.PartitionBMC) {
 	} else {
 		seen := map[string]int{}
 		for i, e := range in.GetStaticBmcs() {
+			if len(v.List()) >= maxBMCViolations {
+				break
+			}
 			f := fieldIndex("settings.static_bmcs", i) + ".address"
 			if msg := badBMCAddress(e.GetAddress(), e.GetIpmi()); msg != "" {
 				v.add(f, "%s", msg)
@@ -103,6 +111,9 @@ func checkBMCSettings(v *violations, in *apiv1.PartitionBMC) {
 		v.add("settings.lease_cidrs", "%d entries, at most %d", n, maxLeaseCIDRs)
 	} else {
 		for i, c := range in.GetLeaseCidrs() {
+			if len(v.List()) >= maxBMCViolations {
+				break
+			}
 			v.prefix(fieldIndex("settings.lease_cidrs", i), c)
 		}
 	}
