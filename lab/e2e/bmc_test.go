@@ -15,9 +15,10 @@ import (
 
 // TestMetalBMCAgainstCentral runs the metal-bmc binary as an enrolled
 // agent of kind bmc against the real metal-central: it connects, and the
-// BMCs it finds in a pixie lease file reach central as facts. Central does
-// not derive a bmc document yet (no credentials, no intents), so the BMC
-// is reported unreachable; that it is reported at all is what this checks.
+// BMCs it finds in a pixie lease file reach central as facts (nothing
+// listens at the leased address, so the BMC is reported unreachable); the
+// partition's BMC settings then reach metal-bmc in its document, which it
+// applies (its applied revision catches up, its health stays OK).
 func TestMetalBMCAgainstCentral(t *testing.T) {
 	f := startFleetCentral(t, "")
 	ctx := t.Context()
@@ -70,5 +71,22 @@ func TestMetalBMCAgainstCentral(t *testing.T) {
 	})
 	if fact.GetAddress() != "127.0.0.9" || fact.GetSource() != "lease" || fact.GetMac() != "aa:bb:cc:00:00:01" || fact.GetReachable() {
 		t.Errorf("fact at central: %v", fact)
+	}
+
+	if _, err := apiv1.NewBMCServiceClient(f.cc).SetSettings(ctx, &apiv1.BMCServiceSetSettingsRequest{Settings: &apiv1.PartitionBMC{
+		PartitionId: "p1", User: "metal", Password: "e2e-secret", LeaseCidrs: []string{"127.0.0.0/8"}, PollIntervalSeconds: 5}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "metal-bmc applying its partition's BMC settings", func() bool {
+		got, err := agents.Get(ctx, &apiv1.AgentServiceGetRequest{Id: "bmc/bmc-p1"})
+		if err != nil {
+			return false
+		}
+		ag := got.GetAgent()
+		return ag.GetDesired().GetBmc().GetCredentials().GetUser() == "metal" && ag.GetAppliedRevision() == ag.GetDesiredRevision() &&
+			ag.GetHealth() != agentv1.Health_HEALTH_ERROR
+	})
+	if strings.Contains(logs.String(), "e2e-secret") {
+		t.Error("metal-bmc logged the BMC password")
 	}
 }

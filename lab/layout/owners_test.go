@@ -32,6 +32,10 @@ var owners = map[string]string{
 	"filesystem_layouts": "central/internal/catalog",
 	// The switch fabric.
 	"switches": "central/internal/fabric",
+	// Out-of-band control: the partitions' BMC settings.
+	"partition_bmc": "central/internal/bmc",
+	"machine_bmcs":  "central/internal/bmc",
+	"bmc_intents":   "central/internal/bmc",
 	// The network aggregate.
 	"networks": "central/internal/network",
 	"prefixes": "central/internal/network",

@@ -65,6 +65,20 @@ func (h *Hub) AttachKind(k agentv1.Kind, r Reporter) {
 	h.reporters[k] = r
 }
 
+// EnrolHook gives an agent an admin just enrolled (or re-enrolled) its
+// document, in the enrolment's transaction: metal-bmc's document holds its
+// partition's BMC settings from its first connection on.
+type EnrolHook func(ctx context.Context, tx pgx.Tx, agentID, partition string) error
+
+// AttachEnrol runs hook when an agent of kind k is enrolled. Call it
+// before Start.
+func (h *Hub) AttachEnrol(k agentv1.Kind, hook EnrolHook) {
+	if h.enrolled == nil {
+		h.enrolled = map[agentv1.Kind]EnrolHook{}
+	}
+	h.enrolled[k] = hook
+}
+
 // reporter is who acts on reports of kind k; nil: nobody, they are
 // stored as agent events only.
 func (h *Hub) reporter(k agentv1.Kind) Reporter {
@@ -87,10 +101,11 @@ func (h *Hub) reporter(k agentv1.Kind) Reporter {
 func (h *Hub) storeReport(ctx context.Context, c *conn, r *agentv1.Report) (dup bool, err error) {
 	// A switch's every report counts: it carries the sync status of the
 	// switch's document (applied revision, the apply's error), and
-	// switches report on change, not on a tick.
+	// switches report on change, not on a tick. metal-bmc's facts carry
+	// its BMCs and intent results.
 	rep := h.reporter(c.kind)
 	withDomain := rep != nil &&
-		(len(r.GetEvents()) > 0 || r.GetFacts().GetMachine() != nil || c.kind == agentv1.Kind_KIND_SWITCH)
+		(len(r.GetEvents()) > 0 || r.GetFacts().GetMachine() != nil || r.GetFacts().GetBmc() != nil || c.kind == agentv1.Kind_KIND_SWITCH)
 	if !withDomain && len(r.GetEvents()) == 0 {
 		return false, nil
 	}

@@ -60,6 +60,11 @@ func (h *Hub) EnrollAgent(ctx context.Context, kind agentv1.Kind, identity, part
 				return err
 			}
 		}
+		if hook := h.enrolled[kind]; hook != nil {
+			if err := hook(ctx, tx, e.ID, partition); err != nil {
+				return err
+			}
+		}
 		if out, err = h.GetAgent(ctx, tx, Ref{ID: e.ID}, false); err != nil {
 			return err
 		}

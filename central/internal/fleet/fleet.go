@@ -107,9 +107,11 @@ func (c Config) withDefaults() Config {
 type Hub struct {
 	agentv1.UnimplementedAgentServiceServer
 
-	cfg        Config
-	domain     Domain
-	reporters  map[agentv1.Kind]Reporter
+	cfg       Config
+	domain    Domain
+	reporters map[agentv1.Kind]Reporter
+	// enrolled derive the first document of a new agent of a kind (AttachEnrol).
+	enrolled   map[agentv1.Kind]EnrolHook
 	store      *store.Store
 	log        *slog.Logger
 	hints      Hints

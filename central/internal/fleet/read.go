@@ -91,9 +91,17 @@ func (h *Hub) scanAgent(row pgx.Row) (*apiv1.Agent, error) {
 	if ag.Desired, err = decode(desired); err != nil {
 		return nil, err
 	}
+	// metal-bmc's document carries its partition's BMC password: it goes
+	// to the agent only, never to a person reading the agent.
+	if c := ag.GetDesired().GetBmc().GetCredentials(); c.GetPassword() != "" {
+		c.Password = Redacted
+	}
 	ag.Meta = &apiv1.Meta{CreatedAt: timestamppb.New(created), UpdatedAt: timestamppb.New(updated), Generation: uint64(desiredR)}
 	return &ag, nil
 }
+
+// Redacted stands for a secret a read does not return.
+const Redacted = "<redacted>"
 
 // GetAgent reads the agent r names; lock holds its row for the rest of
 // the transaction db is. An agent that does not exist is ErrNoAgent.

@@ -2,6 +2,7 @@ package machine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -47,6 +48,21 @@ func Record(ctx context.Context, tx pgx.Tx, evs ...Event) error {
 		}
 	}
 	return flush()
+}
+
+// NoteIfKnown logs a note outside the state machine (metal-bmc's intent
+// results, "BMC power") on machine id, locking its row; a machine that is
+// not registered (known only from its BMC) has no log and is skipped.
+func NoteIfKnown(ctx context.Context, tx pgx.Tx, id, event, message string) error {
+	var one int
+	err := tx.QueryRow(ctx, `SELECT 1 FROM machines WHERE id = $1 FOR UPDATE`, id).Scan(&one)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("lock machine %s: %w", id, err)
+	}
+	return logNotes(ctx, tx, []Event{{Machine: id, Type: event, Message: message}})
 }
 
 // logNotes logs events outside the state machine, the state unchanged,

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/bmc"
 	"github.com/metalfleet/metalfleet/central/internal/catalog"
 	"github.com/metalfleet/metalfleet/central/internal/fabric"
 	"github.com/metalfleet/metalfleet/central/internal/fsm"
@@ -77,6 +78,11 @@ func (ms *Machines) Free(ctx context.Context, id string) error {
 		if err := fabric.DeriveForMachines(ctx, tx, ms.docs, []string{m.GetId()}); err != nil {
 			return err
 		}
+		// Out of band too: PXE next, and a reset, so that a machine whose
+		// system no longer answers its reboot intent is reclaimed all the same.
+		if err := ms.bmcReboot(ctx, tx, m, agentv1.BmcPowerAction_BMC_POWER_ACTION_RESET); err != nil {
+			return err
+		}
 		return store.Audit(ctx, tx, "machine/"+m.GetId(), project)
 	})
 }
@@ -121,8 +127,35 @@ func (ms *Machines) Reinstall(ctx context.Context, id, imageID string) error {
 		if err := fabric.DeriveForMachines(ctx, tx, ms.docs, []string{m.GetId()}); err != nil {
 			return err
 		}
+		// PXE next and a power cycle through the BMC (a reinstall starts
+		// from a cold machine, as issue 15 asks).
+		if err := ms.bmcReboot(ctx, tx, m, agentv1.BmcPowerAction_BMC_POWER_ACTION_CYCLE); err != nil {
+			return err
+		}
 		return store.Audit(ctx, tx, "machine/"+m.GetId(), alloc.GetProjectId())
 	})
+}
+
+// bmcReboot raises the machine's BMC intents "next boot PXE" and power,
+// in tx (bmc.Raise: the partition's metal-bmc document changes with the
+// free or reinstall). A machine whose id is not a UUID has no BMC that
+// could report it and gets none.
+func (ms *Machines) bmcReboot(ctx context.Context, tx pgx.Tx, m *apiv1.Machine, power agentv1.BmcPowerAction) error {
+	if m.GetPartitionId() == "" {
+		return nil
+	}
+	var docs bmc.Docs
+	if ms.docs != nil {
+		docs = ms.docs
+	}
+	_, err := bmc.Raise(ctx, tx, docs, m.GetId(), m.GetPartitionId(), bmc.Intent{
+		Boot:  &agentv1.BmcBootIntent{Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_PXE},
+		Power: &agentv1.BmcPowerIntent{Action: power},
+	})
+	if errors.Is(err, bmc.ErrNotAddressable) {
+		return nil
+	}
+	return err
 }
 
 // SetState locks, reserves or releases a machine (state is one of

@@ -2,16 +2,20 @@ package machine
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/metalfleet/metalfleet/central/internal/fsm"
 	"github.com/metalfleet/metalfleet/central/internal/store"
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -21,8 +25,18 @@ const selectMachine = `SELECT m.spec, m.generation, m.created_at, m.updated_at, 
 	m.provisioning, m.last_event, m.last_event_at, m.crashes, a.last_contact, m.project_id IS NOT NULL,
 	COALESCE((SELECT e.error FROM machine_events e WHERE e.machine_id = m.id AND e.seq = m.event_seq), ''),
 	ARRAY(SELECT c.mac || ' ' || c.machine_id || ' ' || c.owner_id FROM machine_mac_conflicts c WHERE c.machine_id = m.id
-		UNION ALL SELECT c.mac || ' ' || c.machine_id || ' ' || c.owner_id FROM machine_mac_conflicts c WHERE c.owner_id = m.id)
-	FROM machines m LEFT JOIN agents a ON a.id = m.agent_id`
+		UNION ALL SELECT c.mac || ' ' || c.machine_id || ' ' || c.owner_id FROM machine_mac_conflicts c WHERE c.owner_id = m.id),
+	b.fact, (SELECT i.results FROM bmc_intents i WHERE i.machine_uuid = m.id)
+	FROM machines m LEFT JOIN agents a ON a.id = m.agent_id LEFT JOIN machine_bmcs b ON b.machine_uuid = m.id`
+
+// selectBMCOnly reads the machines known only from their BMCs (metal-bmc
+// read the BMC, the machine never PXE-booted): no machine row yet.
+const selectBMCOnly = `SELECT b.machine_uuid, b.partition_id, b.fact, (SELECT i.results FROM bmc_intents i WHERE i.machine_uuid = b.machine_uuid),
+	b.updated_at FROM machine_bmcs b
+	WHERE NOT EXISTS (SELECT 1 FROM machines m WHERE m.id = b.machine_uuid)`
+
+// IssueBMCUnreachable: the machine's BMC does not answer metal-bmc's polls.
+const IssueBMCUnreachable = "bmc-unreachable"
 
 // IssueDuplicateMAC: a NIC is reported by two machines (storeNICs).
 const IssueDuplicateMAC = "duplicate-mac"
@@ -52,8 +66,10 @@ func (ms *Machines) scan(row pgx.Row, now time.Time) (*apiv1.Machine, error) {
 		allocated        bool
 		lastErr          string
 		conflicts        []string
+		fact, results    []byte
 	)
-	if err := row.Scan(&spec, &gen, &created, &updated, &sizeID, &rack, &state, &prov, &ev, &evAt, &crashes, &contact, &allocated, &lastErr, &conflicts); err != nil {
+	if err := row.Scan(&spec, &gen, &created, &updated, &sizeID, &rack, &state, &prov, &ev, &evAt, &crashes, &contact, &allocated, &lastErr, &conflicts,
+		&fact, &results); err != nil {
 		return nil, err
 	}
 	m := &apiv1.Machine{}
@@ -82,6 +98,9 @@ func (ms *Machines) scan(row pgx.Row, now time.Time) (*apiv1.Machine, error) {
 	for _, is := range fsm.Issues(v, now) {
 		m.Issues = append(m.Issues, &apiv1.MachineIssue{Id: is.ID, Description: is.Description, MachineId: m.GetId()})
 	}
+	if err := withBMC(m, fact, results); err != nil {
+		return nil, err
+	}
 	slices.Sort(conflicts)
 	for _, c := range conflicts {
 		f := strings.Fields(c) // mac, reporter, owner
@@ -97,6 +116,10 @@ func (ms *Machines) scan(row pgx.Row, now time.Time) (*apiv1.Machine, error) {
 // Get reads a machine as the API shows it.
 func (ms *Machines) Get(ctx context.Context, db store.Querier, id string) (*apiv1.Machine, error) {
 	m, err := ms.scan(db.QueryRow(ctx, selectMachine+` WHERE m.id = $1`, id), time.Now())
+	if errors.Is(err, pgx.ErrNoRows) {
+		// Not registered yet: maybe known from its BMC.
+		return scanBMCOnly(db.QueryRow(ctx, selectBMCOnly+` AND b.machine_uuid = $1`, id))
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -143,7 +166,38 @@ func (ms *Machines) List(ctx context.Context, partition, project, size string) (
 	for _, m := range out {
 		a.addIssue(m)
 	}
+	if project != "" || size != "" {
+		return out, nil // a machine known from its BMC has neither
+	}
+	bmcOnly, err := ms.listBMCOnly(ctx, partition)
+	if err != nil {
+		return nil, err
+	}
+	if len(bmcOnly) == 0 {
+		return out, nil
+	}
+	out = append(out, bmcOnly...)
+	slices.SortFunc(out, func(x, y *apiv1.Machine) int { return strings.Compare(x.GetId(), y.GetId()) })
 	return out, nil
+}
+
+// listBMCOnly reads the machines of partition ("" any) known only from
+// their BMCs.
+func (ms *Machines) listBMCOnly(ctx context.Context, partition string) ([]*apiv1.Machine, error) {
+	rows, err := ms.st.Pool().Query(ctx, selectBMCOnly+` AND ($1 = '' OR b.partition_id = $1) ORDER BY b.machine_uuid`, partition)
+	if err != nil {
+		return nil, fmt.Errorf("machines known from their BMCs: %w", err)
+	}
+	defer rows.Close()
+	var out []*apiv1.Machine
+	for rows.Next() {
+		m, err := scanBMCOnly(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
 }
 
 // LastSeq is the sequence number of the machine's event before its last
@@ -184,4 +238,60 @@ func (ms *Machines) EventsAfter(ctx context.Context, id string, after int64) ([]
 		out = append(out, e)
 	}
 	return out, rows.Err()
+}
+
+// withBMC adds what metal-bmc read from the machine's BMC (fact:
+// machine_bmcs' JSON) and its intents' results (bmc_intents' JSON) to m,
+// each nil for none, and an issue when the BMC does not answer.
+func withBMC(m *apiv1.Machine, fact, results []byte) error {
+	var list []json.RawMessage
+	if len(results) > 0 {
+		if err := json.Unmarshal(results, &list); err != nil {
+			return fmt.Errorf("decode bmc results of machine %s: %w", m.GetId(), err)
+		}
+	}
+	for _, raw := range list {
+		x := &agentv1.BmcIntentResult{}
+		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(raw, x); err != nil {
+			return fmt.Errorf("decode bmc result of machine %s: %w", m.GetId(), err)
+		}
+		m.BmcResults = append(m.BmcResults, x)
+	}
+	if fact == nil {
+		return nil
+	}
+	m.Bmc = &agentv1.BmcFact{}
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(fact, m.Bmc); err != nil {
+		return fmt.Errorf("decode bmc fact of machine %s: %w", m.GetId(), err)
+	}
+	if !m.GetBmc().GetReachable() {
+		desc := fmt.Sprintf("its BMC at %s does not answer", m.GetBmc().GetAddress())
+		if e := m.GetBmc().GetLastError(); e != "" {
+			desc += ": " + e
+		}
+		if n := m.GetBmc().GetFailures(); n > 0 {
+			desc += fmt.Sprintf(" (%d polls in a row)", n)
+		}
+		m.Issues = append(m.Issues, &apiv1.MachineIssue{Id: IssueBMCUnreachable, Description: desc, MachineId: m.GetId()})
+	}
+	return nil
+}
+
+// scanBMCOnly reads a row of selectBMCOnly as a machine in state "known
+// from BMC".
+func scanBMCOnly(row pgx.Row) (*apiv1.Machine, error) {
+	var (
+		id, partition string
+		fact, results []byte
+		updated       time.Time
+	)
+	if err := row.Scan(&id, &partition, &fact, &results, &updated); err != nil {
+		return nil, err
+	}
+	m := &apiv1.Machine{Id: id, PartitionId: partition, Provisioning: apiv1.ProvisioningState_PROVISIONING_STATE_KNOWN_FROM_BMC,
+		Liveliness: apiv1.Liveliness_LIVELINESS_UNKNOWN, Meta: meta(1, updated, updated)}
+	if err := withBMC(m, fact, results); err != nil {
+		return nil, err
+	}
+	return m, nil
 }

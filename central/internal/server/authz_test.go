@@ -344,6 +344,19 @@ func (e *matrixEnv) rows() map[string]struct {
 			id := e.allocatedMachine(t, e.p1)
 			return discard(e.api.Machine.Reinstall(ctx(t, c), &apiv1.MachineServiceReinstallRequest{Id: id}))
 		}},
+		"/metalfleet.api.v1.MachineService/Power": {projectWrite, func(t *testing.T, c *caller) error {
+			return discard(e.api.Machine.Power(ctx(t, c), &apiv1.MachineServicePowerRequest{Id: e.allocatedMachine(t, e.p1), Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_CYCLE}))
+		}},
+		"/metalfleet.api.v1.MachineService/Boot": {projectWrite, func(t *testing.T, c *caller) error {
+			return discard(e.api.Machine.Boot(ctx(t, c), &apiv1.MachineServiceBootRequest{Id: e.allocatedMachine(t, e.p1), Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_PXE}))
+		}},
+		"/metalfleet.api.v1.MachineService/Identify": {projectWrite, func(t *testing.T, c *caller) error {
+			return discard(e.api.Machine.Identify(ctx(t, c), &apiv1.MachineServiceIdentifyRequest{Id: e.allocatedMachine(t, e.p1), On: true}))
+		}},
+		"/metalfleet.api.v1.MachineService/UpdateFirmware": {projectWrite, func(t *testing.T, c *caller) error {
+			return discard(e.api.Machine.UpdateFirmware(ctx(t, c), &apiv1.MachineServiceUpdateFirmwareRequest{Id: e.allocatedMachine(t, e.p1),
+				Component: agentv1.BmcFirmwareComponent_BMC_FIRMWARE_COMPONENT_BIOS, Url: "https://fw.example/bios.bin"}))
+		}},
 		"/metalfleet.api.v1.MachineService/SetState": {adminOnly, func(t *testing.T, c *caller) error {
 			return discard(e.api.Machine.SetState(ctx(t, c), &apiv1.MachineServiceSetStateRequest{Id: "m-p1", State: apiv1.MachineState_MACHINE_STATE_RESERVED, Reason: "matrix"}))
 		}},
@@ -380,6 +393,13 @@ func (e *matrixEnv) rows() map[string]struct {
 		}},
 		"/metalfleet.api.v1.SwitchService/SetPort": {adminOnly, func(t *testing.T, c *caller) error {
 			return discard(e.api.Switch.SetPort(ctx(t, c), &apiv1.SwitchServiceSetPortRequest{Id: "leaf1", Port: "swp1", Up: true}))
+		}},
+		"/metalfleet.api.v1.BMCService/GetSettings": {adminOnly, func(t *testing.T, c *caller) error {
+			return discard(e.api.BMC.GetSettings(ctx(t, c), &apiv1.BMCServiceGetSettingsRequest{PartitionId: "fra1"}))
+		}},
+		"/metalfleet.api.v1.BMCService/SetSettings": {adminOnly, func(t *testing.T, c *caller) error {
+			return discard(e.api.BMC.SetSettings(ctx(t, c), &apiv1.BMCServiceSetSettingsRequest{Settings: &apiv1.PartitionBMC{
+				PartitionId: "fra1", User: "root", Password: "secret"}}))
 		}},
 		"/metalfleet.api.v1.AgentService/List": {adminOnly, func(t *testing.T, c *caller) error {
 			return discard(e.api.Agent.List(ctx(t, c), &apiv1.AgentServiceListRequest{}))

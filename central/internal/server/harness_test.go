@@ -52,6 +52,7 @@ type clients struct {
 	Token            apiv1.TokenServiceClient
 	Machine          apiv1.MachineServiceClient
 	Switch           apiv1.SwitchServiceClient
+	BMC              apiv1.BMCServiceClient
 	Audit            apiv1.AuditServiceClient
 	Agent            apiv1.AgentServiceClient
 	BootToken        apiv1.BootTokenServiceClient
@@ -72,6 +73,7 @@ func newClients(cc grpc.ClientConnInterface) *clients {
 		Token:            apiv1.NewTokenServiceClient(cc),
 		Machine:          apiv1.NewMachineServiceClient(cc),
 		Switch:           apiv1.NewSwitchServiceClient(cc),
+		BMC:              apiv1.NewBMCServiceClient(cc),
 		Audit:            apiv1.NewAuditServiceClient(cc),
 		Agent:            apiv1.NewAgentServiceClient(cc),
 		BootToken:        apiv1.NewBootTokenServiceClient(cc),
@@ -295,7 +297,7 @@ func withRequestID(ctx context.Context, id string) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, "x-request-id", id)
 }
 
-var mutatingVerbs = []string{"Create", "Update", "Delete", "Allocate", "Release", "Revoke", "Enroll", "Configure", "Reinstall", "SetState", "ResolveMac", "SetPort"}
+var mutatingVerbs = []string{"Create", "Update", "Delete", "Allocate", "Release", "Revoke", "Enroll", "Configure", "Reinstall", "SetState", "ResolveMac", "SetPort", "SetSettings", "Power", "Boot", "Identify", "UpdateFirmware"}
 
 func isMutating(fullMethod string) bool {
 	return slices.Contains(mutatingVerbs, fullMethod[strings.LastIndex(fullMethod, "/")+1:])
@@ -384,6 +386,10 @@ func auditTarget(reply proto.Message) (target, project string) {
 		idField := od.Fields().ByName("id")
 		if idField == nil {
 			idField = od.Fields().ByName("ip")
+		}
+		if idField == nil {
+			// A partition's settings (PartitionBMC) are named by their partition.
+			idField = od.Fields().ByName("partition_id")
 		}
 		id := obj.Get(idField).String()
 		if od.Name() == "Project" {

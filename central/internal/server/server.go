@@ -34,9 +34,11 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/bmc"
 	"github.com/metalfleet/metalfleet/central/internal/fabric"
 	"github.com/metalfleet/metalfleet/central/internal/file"
 	"github.com/metalfleet/metalfleet/central/internal/fleet"
+	"github.com/metalfleet/metalfleet/central/internal/machine"
 	"github.com/metalfleet/metalfleet/central/internal/pgembed"
 	"github.com/metalfleet/metalfleet/central/internal/pki"
 	"github.com/metalfleet/metalfleet/central/internal/service"
@@ -269,6 +271,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	s.hub.AttachKind(agentv1.Kind_KIND_SWITCH, fleet.ReporterFunc(func(ctx context.Context, tx pgx.Tx, a fleet.Agent, r *agentv1.Report) error {
 		return fabric.Report(ctx, tx, s.hub, a.Identity, a.Partition, r)
 	}))
+	s.hub.AttachKind(agentv1.Kind_KIND_BMC, fleet.ReporterFunc(func(ctx context.Context, tx pgx.Tx, a fleet.Agent, r *agentv1.Report) error {
+		return bmc.Report(ctx, tx, s.hub, machine.NoteIfKnown, a.ID, a.Partition, r)
+	}))
+	// A metal-bmc gets its partition's BMC settings as it is enrolled.
+	s.hub.AttachEnrol(agentv1.Kind_KIND_BMC, func(ctx context.Context, tx pgx.Tx, _, partition string) error {
+		return bmc.Derive(ctx, tx, s.hub, partition)
+	})
 	if err := api.RefreshPixies(ctx); err != nil {
 		return nil, fmt.Errorf("refresh PXE service documents: %w", err)
 	}

@@ -111,6 +111,7 @@ func (a *API) Register(s grpc.ServiceRegistrar) {
 	apiv1.RegisterTokenServiceServer(s, &tokenService{API: a})
 	apiv1.RegisterMachineServiceServer(s, &machineService{API: a})
 	apiv1.RegisterSwitchServiceServer(s, &switchService{API: a})
+	apiv1.RegisterBMCServiceServer(s, &bmcService{API: a})
 	apiv1.RegisterAuditServiceServer(s, &auditService{API: a})
 	apiv1.RegisterAgentServiceServer(s, &agentService{API: a})
 	apiv1.RegisterBootTokenServiceServer(s, &bootTokenService{API: a})

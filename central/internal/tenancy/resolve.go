@@ -36,7 +36,10 @@ func resolveQuery(resource string) (string, bool) {
 	case "size_reservation":
 		return `SELECT r.project_id, p.tenant_id, FALSE FROM size_reservations r JOIN projects p ON p.id = r.project_id WHERE r.id = $1`, true
 	case "machine":
-		return `SELECT COALESCE(m.project_id, ''), COALESCE(p.tenant_id, ''), FALSE FROM machines m LEFT JOIN projects p ON p.id = m.project_id WHERE m.id = $1`, true
+		// A machine known only from its BMC (not registered yet) belongs to
+		// nobody: admins only.
+		return `SELECT COALESCE(m.project_id, ''), COALESCE(p.tenant_id, ''), FALSE FROM machines m LEFT JOIN projects p ON p.id = m.project_id WHERE m.id = $1
+			UNION ALL SELECT '', '', FALSE FROM machine_bmcs b WHERE b.machine_uuid = $1 AND NOT EXISTS (SELECT 1 FROM machines m WHERE m.id = $1)`, true
 	}
 	return "", false
 }

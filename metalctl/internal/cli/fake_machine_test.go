@@ -201,6 +201,26 @@ func (machineSrv) Reinstall(_ context.Context, r *apiv1.MachineServiceReinstallR
 	return &apiv1.MachineServiceReinstallResponse{Machine: m}, nil
 }
 
+func (machineSrv) Power(_ context.Context, r *apiv1.MachineServicePowerRequest) (*apiv1.MachineServicePowerResponse, error) {
+	m, err := find("machine", machines(), r.GetId())
+	return &apiv1.MachineServicePowerResponse{Machine: m, Generation: 1}, err
+}
+
+func (machineSrv) Boot(_ context.Context, r *apiv1.MachineServiceBootRequest) (*apiv1.MachineServiceBootResponse, error) {
+	m, err := find("machine", machines(), r.GetId())
+	return &apiv1.MachineServiceBootResponse{Machine: m, Generation: 1}, err
+}
+
+func (machineSrv) Identify(_ context.Context, r *apiv1.MachineServiceIdentifyRequest) (*apiv1.MachineServiceIdentifyResponse, error) {
+	m, err := find("machine", machines(), r.GetId())
+	return &apiv1.MachineServiceIdentifyResponse{Machine: m, Generation: 1}, err
+}
+
+func (machineSrv) UpdateFirmware(_ context.Context, r *apiv1.MachineServiceUpdateFirmwareRequest) (*apiv1.MachineServiceUpdateFirmwareResponse, error) {
+	m, err := find("machine", machines(), r.GetId())
+	return &apiv1.MachineServiceUpdateFirmwareResponse{Machine: m, Generation: 1}, err
+}
+
 func (machineSrv) SetState(_ context.Context, r *apiv1.MachineServiceSetStateRequest) (*apiv1.MachineServiceSetStateResponse, error) {
 	m, err := find("machine", machines(), r.GetId())
 	if err != nil {

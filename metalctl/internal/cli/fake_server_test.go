@@ -120,6 +120,7 @@ func startFake(t *testing.T, opts ...grpc.ServerOption) (*fake, string) {
 	apiv1.RegisterTokenServiceServer(s, tokenSrv{f: f})
 	apiv1.RegisterMachineServiceServer(s, machineSrv{f: f})
 	apiv1.RegisterSwitchServiceServer(s, switchSrv{})
+	apiv1.RegisterBMCServiceServer(s, bmcSrv{})
 	apiv1.RegisterAuditServiceServer(s, auditSrv{})
 	apiv1.RegisterAgentServiceServer(s, agentSrv{})
 	apiv1.RegisterBootTokenServiceServer(s, bootTokenSrv{})
@@ -638,6 +639,21 @@ func (s tokenSrv) Revoke(_ context.Context, r *apiv1.TokenServiceRevokeRequest) 
 
 func (s tokenSrv) Whoami(context.Context, *apiv1.TokenServiceWhoamiRequest) (*apiv1.TokenServiceWhoamiResponse, error) {
 	return &apiv1.TokenServiceWhoamiResponse{Token: tokens()[0]}, nil
+}
+
+// bmcSrv answers like central: the password never comes back.
+type bmcSrv struct {
+	apiv1.UnimplementedBMCServiceServer
+}
+
+func (bmcSrv) GetSettings(_ context.Context, r *apiv1.BMCServiceGetSettingsRequest) (*apiv1.BMCServiceGetSettingsResponse, error) {
+	return &apiv1.BMCServiceGetSettingsResponse{Settings: &apiv1.PartitionBMC{PartitionId: r.GetPartitionId(), User: "metal", PasswordSet: true}}, nil
+}
+
+func (bmcSrv) SetSettings(_ context.Context, r *apiv1.BMCServiceSetSettingsRequest) (*apiv1.BMCServiceSetSettingsResponse, error) {
+	out := proto.Clone(r.GetSettings()).(*apiv1.PartitionBMC)
+	out.PasswordSet, out.Password = r.GetSettings().GetPassword() != "", ""
+	return &apiv1.BMCServiceSetSettingsResponse{Settings: out}, nil
 }
 
 type switchSrv struct {

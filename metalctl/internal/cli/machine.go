@@ -113,6 +113,7 @@ brackets, the issues central found (crash-loop, stuck, no-size, ...).`
 	cmd.AddCommand(list, describeCommand(a, r), a.machineCreateCommand(r), del, a.machineReinstallCommand(r),
 		a.machineLogsCommand(), a.machineIssuesCommand())
 	cmd.AddCommand(a.machineStateCommands(r)...)
+	cmd.AddCommand(a.machineBMCCommands(r)...)
 	return cmd
 }
 

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -141,6 +142,37 @@ func TestMachineRequests(t *testing.T) {
 			args:   []string{"machine", "issues", "--partition", "lab"},
 			method: "MachineService/Issues",
 			want:   &apiv1.MachineServiceIssuesRequest{PartitionId: "lab"},
+		},
+		{
+			name:   "power cycle",
+			args:   []string{"machine", "power", "cycle", "m1"},
+			method: "MachineService/Power",
+			want:   &apiv1.MachineServicePowerRequest{Id: "m1", Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_CYCLE},
+		},
+		{
+			name:   "power off",
+			args:   []string{"machine", "power", "off", "m1"},
+			method: "MachineService/Power",
+			want:   &apiv1.MachineServicePowerRequest{Id: "m1", Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_OFF},
+		},
+		{
+			name:   "boot bios",
+			args:   []string{"machine", "boot", "bios", "m2"},
+			method: "MachineService/Boot",
+			want:   &apiv1.MachineServiceBootRequest{Id: "m2", Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_BIOS},
+		},
+		{
+			name:   "identify on",
+			args:   []string{"machine", "identify", "on", "m1"},
+			method: "MachineService/Identify",
+			want:   &apiv1.MachineServiceIdentifyRequest{Id: "m1", On: true},
+		},
+		{
+			name:   "update bmc firmware",
+			args:   []string{"machine", "update-firmware", "bmc", "m1", "--url", "https://fw.example/bmc.bin", "--sha256", "ab"},
+			method: "MachineService/UpdateFirmware",
+			want: &apiv1.MachineServiceUpdateFirmwareRequest{Id: "m1", Component: agentv1.BmcFirmwareComponent_BMC_FIRMWARE_COMPONENT_BMC,
+				Url: "https://fw.example/bmc.bin", Sha256: "ab"},
 		},
 		{
 			name:   "logs limit",
@@ -524,5 +556,30 @@ func TestBarView(t *testing.T) {
 		slave.Close()
 		master.Close()
 		<-copied
+	}
+}
+
+// TestPartitionBMC: "partition bmc set" reads the password from a file,
+// never a flag, sends the settings whole, and prints no password.
+func TestPartitionBMC(t *testing.T) {
+	t.Parallel()
+	pw := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pw, []byte("s3cr3t\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, addr := startFake(t)
+	r := runAt(t, addr, "partition", "bmc", "set", "fra1", "--user", "metal", "--password-file", pw,
+		"--static", "10.1.0.5", "--static-ipmi", "10.1.0.6:623", "--lease-cidr", "10.1.0.0/24", "--poll-interval", "1m")
+	mustSucceed(t, r)
+	checkRequest(t, onlyCall(t, f, "BMCService/SetSettings"), &apiv1.BMCServiceSetSettingsRequest{Settings: &apiv1.PartitionBMC{
+		PartitionId: "fra1", User: "metal", Password: "s3cr3t", LeaseCidrs: []string{"10.1.0.0/24"}, PollIntervalSeconds: 60,
+		StaticBmcs: []*apiv1.PartitionBMCEndpoint{{Address: "10.1.0.5"}, {Address: "10.1.0.6:623", Ipmi: true}}}})
+	if strings.Contains(r.stdout, "s3cr3t") || !strings.Contains(r.stdout, "set") || !strings.Contains(r.stdout, "10.1.0.6:623 (ipmi)") {
+		t.Errorf("output:\n%s", r.stdout)
+	}
+	r = runAt(t, addr, "partition", "bmc", "show", "fra1", "-o", "json")
+	mustSucceed(t, r)
+	if !strings.Contains(r.stdout, `"passwordSet": true`) && !strings.Contains(r.stdout, `"password_set": true`) {
+		t.Errorf("show:\n%s", r.stdout)
 	}
 }

@@ -58,7 +58,8 @@ func (a *app) newPartitionCommand() *cobra.Command {
 		resp, err := apiv1.NewPartitionServiceClient(cc).List(ctx, &apiv1.PartitionServiceListRequest{})
 		return resp.GetPartitions(), err
 	})
-	cmd.AddCommand(list, describeCommand(a, r), a.partitionCreateCommand(r), applyCommand(a, r), deleteCommand(a, r, "delete", "rm"))
+	cmd.AddCommand(list, describeCommand(a, r), a.partitionCreateCommand(r), applyCommand(a, r), deleteCommand(a, r, "delete", "rm"),
+		a.newPartitionBMCCommand())
 	return cmd
 }
 

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"sigs.k8s.io/yaml"
@@ -140,5 +141,24 @@ func TestInputReadsWhatOutputPrints(t *testing.T) {
 				t.Errorf("protojson form: %v", err)
 			}
 		})
+	}
+}
+
+// TestBMCWords: the words metalctl shows for what central reports from
+// metal-bmc — a machine known only from its BMC, power states, LEDs.
+func TestBMCWords(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		e    protoreflect.Enum
+		want string
+	}{
+		{apiv1.ProvisioningState_PROVISIONING_STATE_KNOWN_FROM_BMC, "known-from-bmc"},
+		{agentv1.BmcPowerState_BMC_POWER_STATE_OFF, "off"},
+		{agentv1.BmcLed_BMC_LED_LIT, "lit"},
+		{agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_INTERRUPTED, "interrupted"},
+	} {
+		if got := enumShort(tc.e); got != tc.want {
+			t.Errorf("%v: %q, want %q", tc.e, got, tc.want)
+		}
 	}
 }

@@ -144,6 +144,10 @@ const (
 	ProvisioningState_PROVISIONING_STATE_PLANNED_REBOOT     ProvisioningState = 8
 	ProvisioningState_PROVISIONING_STATE_MACHINE_RECLAIM    ProvisioningState = 9
 	ProvisioningState_PROVISIONING_STATE_CRASHED            ProvisioningState = 10
+	// PROVISIONING_STATE_KNOWN_FROM_BMC: the partition's metal-bmc found
+	// the machine's BMC, the machine has not PXE-booted yet (no registration,
+	// no hardware facts but the BMC's).
+	ProvisioningState_PROVISIONING_STATE_KNOWN_FROM_BMC ProvisioningState = 11
 )
 
 // Enum value maps for ProvisioningState.
@@ -160,6 +164,7 @@ var (
 		8:  "PROVISIONING_STATE_PLANNED_REBOOT",
 		9:  "PROVISIONING_STATE_MACHINE_RECLAIM",
 		10: "PROVISIONING_STATE_CRASHED",
+		11: "PROVISIONING_STATE_KNOWN_FROM_BMC",
 	}
 	ProvisioningState_value = map[string]int32{
 		"PROVISIONING_STATE_UNSPECIFIED":        0,
@@ -173,6 +178,7 @@ var (
 		"PROVISIONING_STATE_PLANNED_REBOOT":     8,
 		"PROVISIONING_STATE_MACHINE_RECLAIM":    9,
 		"PROVISIONING_STATE_CRASHED":            10,
+		"PROVISIONING_STATE_KNOWN_FROM_BMC":     11,
 	}
 )
 
@@ -226,8 +232,16 @@ type Machine struct {
 	// issues found with the machine: crash loop, stuck in a state, ...
 	Issues []*MachineIssue `protobuf:"bytes,13,rep,name=issues,proto3" json:"issues,omitempty"`
 	// state_reason says why an operator locked or reserved the machine.
-	StateReason   string `protobuf:"bytes,14,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
-	Meta          *Meta  `protobuf:"bytes,15,opt,name=meta,proto3" json:"meta,omitempty"`
+	StateReason string `protobuf:"bytes,14,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
+	Meta        *Meta  `protobuf:"bytes,15,opt,name=meta,proto3" json:"meta,omitempty"`
+	// bmc is what the partition's metal-bmc last read from the machine's
+	// BMC (keyed by the UUID the BMC returns): power state, vendor, model,
+	// firmware versions, power draw, PSUs, the identify LED, whether it
+	// answers. Empty when no BMC reported the machine.
+	Bmc *v1.BmcFact `protobuf:"bytes,16,opt,name=bmc,proto3" json:"bmc,omitempty"`
+	// bmc_results are the results of the newest generation of each of the
+	// machine's BMC intents (power, boot, identify, firmware).
+	BmcResults    []*v1.BmcIntentResult `protobuf:"bytes,17,rep,name=bmc_results,json=bmcResults,proto3" json:"bmc_results,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -363,6 +377,20 @@ func (x *Machine) GetStateReason() string {
 func (x *Machine) GetMeta() *Meta {
 	if x != nil {
 		return x.Meta
+	}
+	return nil
+}
+
+func (x *Machine) GetBmc() *v1.BmcFact {
+	if x != nil {
+		return x.Bmc
+	}
+	return nil
+}
+
+func (x *Machine) GetBmcResults() []*v1.BmcIntentResult {
+	if x != nil {
+		return x.BmcResults
 	}
 	return nil
 }
@@ -1195,6 +1223,442 @@ func (x *MachineServiceReinstallResponse) GetMachine() *Machine {
 	return nil
 }
 
+type MachineServicePowerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Action        v1.BmcPowerAction      `protobuf:"varint,2,opt,name=action,proto3,enum=metalfleet.agent.v1.BmcPowerAction" json:"action,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineServicePowerRequest) Reset() {
+	*x = MachineServicePowerRequest{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServicePowerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServicePowerRequest) ProtoMessage() {}
+
+func (x *MachineServicePowerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServicePowerRequest.ProtoReflect.Descriptor instead.
+func (*MachineServicePowerRequest) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *MachineServicePowerRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *MachineServicePowerRequest) GetAction() v1.BmcPowerAction {
+	if x != nil {
+		return x.Action
+	}
+	return v1.BmcPowerAction(0)
+}
+
+type MachineServicePowerResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Machine *Machine               `protobuf:"bytes,1,opt,name=machine,proto3" json:"machine,omitempty"`
+	// generation of the intent raised; its result is in machine.bmc_results
+	// and the machine's events.
+	Generation    uint64 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineServicePowerResponse) Reset() {
+	*x = MachineServicePowerResponse{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServicePowerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServicePowerResponse) ProtoMessage() {}
+
+func (x *MachineServicePowerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServicePowerResponse.ProtoReflect.Descriptor instead.
+func (*MachineServicePowerResponse) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *MachineServicePowerResponse) GetMachine() *Machine {
+	if x != nil {
+		return x.Machine
+	}
+	return nil
+}
+
+func (x *MachineServicePowerResponse) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+type MachineServiceBootRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Device        v1.BmcBootDevice       `protobuf:"varint,2,opt,name=device,proto3,enum=metalfleet.agent.v1.BmcBootDevice" json:"device,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineServiceBootRequest) Reset() {
+	*x = MachineServiceBootRequest{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServiceBootRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServiceBootRequest) ProtoMessage() {}
+
+func (x *MachineServiceBootRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServiceBootRequest.ProtoReflect.Descriptor instead.
+func (*MachineServiceBootRequest) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *MachineServiceBootRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *MachineServiceBootRequest) GetDevice() v1.BmcBootDevice {
+	if x != nil {
+		return x.Device
+	}
+	return v1.BmcBootDevice(0)
+}
+
+type MachineServiceBootResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Machine       *Machine               `protobuf:"bytes,1,opt,name=machine,proto3" json:"machine,omitempty"`
+	Generation    uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineServiceBootResponse) Reset() {
+	*x = MachineServiceBootResponse{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServiceBootResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServiceBootResponse) ProtoMessage() {}
+
+func (x *MachineServiceBootResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServiceBootResponse.ProtoReflect.Descriptor instead.
+func (*MachineServiceBootResponse) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *MachineServiceBootResponse) GetMachine() *Machine {
+	if x != nil {
+		return x.Machine
+	}
+	return nil
+}
+
+func (x *MachineServiceBootResponse) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+type MachineServiceIdentifyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	On            bool                   `protobuf:"varint,2,opt,name=on,proto3" json:"on,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineServiceIdentifyRequest) Reset() {
+	*x = MachineServiceIdentifyRequest{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServiceIdentifyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServiceIdentifyRequest) ProtoMessage() {}
+
+func (x *MachineServiceIdentifyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServiceIdentifyRequest.ProtoReflect.Descriptor instead.
+func (*MachineServiceIdentifyRequest) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *MachineServiceIdentifyRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *MachineServiceIdentifyRequest) GetOn() bool {
+	if x != nil {
+		return x.On
+	}
+	return false
+}
+
+type MachineServiceIdentifyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Machine       *Machine               `protobuf:"bytes,1,opt,name=machine,proto3" json:"machine,omitempty"`
+	Generation    uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineServiceIdentifyResponse) Reset() {
+	*x = MachineServiceIdentifyResponse{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServiceIdentifyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServiceIdentifyResponse) ProtoMessage() {}
+
+func (x *MachineServiceIdentifyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServiceIdentifyResponse.ProtoReflect.Descriptor instead.
+func (*MachineServiceIdentifyResponse) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *MachineServiceIdentifyResponse) GetMachine() *Machine {
+	if x != nil {
+		return x.Machine
+	}
+	return nil
+}
+
+func (x *MachineServiceIdentifyResponse) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+type MachineServiceUpdateFirmwareRequest struct {
+	state     protoimpl.MessageState  `protogen:"open.v1"`
+	Id        string                  `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Component v1.BmcFirmwareComponent `protobuf:"varint,2,opt,name=component,proto3,enum=metalfleet.agent.v1.BmcFirmwareComponent" json:"component,omitempty"`
+	// url of the image, http or https, without credentials.
+	Url string `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
+	// sha256 of the image, 64 lower-case hex digits; optional.
+	Sha256        string `protobuf:"bytes,4,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineServiceUpdateFirmwareRequest) Reset() {
+	*x = MachineServiceUpdateFirmwareRequest{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServiceUpdateFirmwareRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServiceUpdateFirmwareRequest) ProtoMessage() {}
+
+func (x *MachineServiceUpdateFirmwareRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServiceUpdateFirmwareRequest.ProtoReflect.Descriptor instead.
+func (*MachineServiceUpdateFirmwareRequest) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *MachineServiceUpdateFirmwareRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *MachineServiceUpdateFirmwareRequest) GetComponent() v1.BmcFirmwareComponent {
+	if x != nil {
+		return x.Component
+	}
+	return v1.BmcFirmwareComponent(0)
+}
+
+func (x *MachineServiceUpdateFirmwareRequest) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *MachineServiceUpdateFirmwareRequest) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+type MachineServiceUpdateFirmwareResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Machine       *Machine               `protobuf:"bytes,1,opt,name=machine,proto3" json:"machine,omitempty"`
+	Generation    uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineServiceUpdateFirmwareResponse) Reset() {
+	*x = MachineServiceUpdateFirmwareResponse{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServiceUpdateFirmwareResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServiceUpdateFirmwareResponse) ProtoMessage() {}
+
+func (x *MachineServiceUpdateFirmwareResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServiceUpdateFirmwareResponse.ProtoReflect.Descriptor instead.
+func (*MachineServiceUpdateFirmwareResponse) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *MachineServiceUpdateFirmwareResponse) GetMachine() *Machine {
+	if x != nil {
+		return x.Machine
+	}
+	return nil
+}
+
+func (x *MachineServiceUpdateFirmwareResponse) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
 type MachineServiceSetStateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1207,7 +1671,7 @@ type MachineServiceSetStateRequest struct {
 
 func (x *MachineServiceSetStateRequest) Reset() {
 	*x = MachineServiceSetStateRequest{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[14]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1219,7 +1683,7 @@ func (x *MachineServiceSetStateRequest) String() string {
 func (*MachineServiceSetStateRequest) ProtoMessage() {}
 
 func (x *MachineServiceSetStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[14]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1232,7 +1696,7 @@ func (x *MachineServiceSetStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MachineServiceSetStateRequest.ProtoReflect.Descriptor instead.
 func (*MachineServiceSetStateRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{14}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *MachineServiceSetStateRequest) GetId() string {
@@ -1265,7 +1729,7 @@ type MachineServiceSetStateResponse struct {
 
 func (x *MachineServiceSetStateResponse) Reset() {
 	*x = MachineServiceSetStateResponse{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[15]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1277,7 +1741,7 @@ func (x *MachineServiceSetStateResponse) String() string {
 func (*MachineServiceSetStateResponse) ProtoMessage() {}
 
 func (x *MachineServiceSetStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[15]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1290,7 +1754,7 @@ func (x *MachineServiceSetStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MachineServiceSetStateResponse.ProtoReflect.Descriptor instead.
 func (*MachineServiceSetStateResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{15}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *MachineServiceSetStateResponse) GetMachine() *Machine {
@@ -1313,7 +1777,7 @@ type MachineServiceEventsRequest struct {
 
 func (x *MachineServiceEventsRequest) Reset() {
 	*x = MachineServiceEventsRequest{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[16]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1325,7 +1789,7 @@ func (x *MachineServiceEventsRequest) String() string {
 func (*MachineServiceEventsRequest) ProtoMessage() {}
 
 func (x *MachineServiceEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[16]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1338,7 +1802,7 @@ func (x *MachineServiceEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MachineServiceEventsRequest.ProtoReflect.Descriptor instead.
 func (*MachineServiceEventsRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{16}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *MachineServiceEventsRequest) GetId() string {
@@ -1373,7 +1837,7 @@ type MachineServiceEventsResponse struct {
 
 func (x *MachineServiceEventsResponse) Reset() {
 	*x = MachineServiceEventsResponse{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[17]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1385,7 +1849,7 @@ func (x *MachineServiceEventsResponse) String() string {
 func (*MachineServiceEventsResponse) ProtoMessage() {}
 
 func (x *MachineServiceEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[17]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1398,7 +1862,7 @@ func (x *MachineServiceEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MachineServiceEventsResponse.ProtoReflect.Descriptor instead.
 func (*MachineServiceEventsResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{17}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *MachineServiceEventsResponse) GetEvent() *MachineEvent {
@@ -1426,7 +1890,7 @@ type MachineServiceResolveMacRequest struct {
 
 func (x *MachineServiceResolveMacRequest) Reset() {
 	*x = MachineServiceResolveMacRequest{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[18]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1438,7 +1902,7 @@ func (x *MachineServiceResolveMacRequest) String() string {
 func (*MachineServiceResolveMacRequest) ProtoMessage() {}
 
 func (x *MachineServiceResolveMacRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[18]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1451,7 +1915,7 @@ func (x *MachineServiceResolveMacRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MachineServiceResolveMacRequest.ProtoReflect.Descriptor instead.
 func (*MachineServiceResolveMacRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{18}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *MachineServiceResolveMacRequest) GetMac() string {
@@ -1477,7 +1941,7 @@ type MachineServiceResolveMacResponse struct {
 
 func (x *MachineServiceResolveMacResponse) Reset() {
 	*x = MachineServiceResolveMacResponse{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[19]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1489,7 +1953,7 @@ func (x *MachineServiceResolveMacResponse) String() string {
 func (*MachineServiceResolveMacResponse) ProtoMessage() {}
 
 func (x *MachineServiceResolveMacResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[19]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1502,7 +1966,7 @@ func (x *MachineServiceResolveMacResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MachineServiceResolveMacResponse.ProtoReflect.Descriptor instead.
 func (*MachineServiceResolveMacResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{19}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *MachineServiceResolveMacResponse) GetMachine() *Machine {
@@ -1521,7 +1985,7 @@ type MachineServiceIssuesRequest struct {
 
 func (x *MachineServiceIssuesRequest) Reset() {
 	*x = MachineServiceIssuesRequest{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[20]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1533,7 +1997,7 @@ func (x *MachineServiceIssuesRequest) String() string {
 func (*MachineServiceIssuesRequest) ProtoMessage() {}
 
 func (x *MachineServiceIssuesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[20]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1546,7 +2010,7 @@ func (x *MachineServiceIssuesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MachineServiceIssuesRequest.ProtoReflect.Descriptor instead.
 func (*MachineServiceIssuesRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{20}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *MachineServiceIssuesRequest) GetPartitionId() string {
@@ -1565,7 +2029,7 @@ type MachineServiceIssuesResponse struct {
 
 func (x *MachineServiceIssuesResponse) Reset() {
 	*x = MachineServiceIssuesResponse{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[21]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1577,7 +2041,7 @@ func (x *MachineServiceIssuesResponse) String() string {
 func (*MachineServiceIssuesResponse) ProtoMessage() {}
 
 func (x *MachineServiceIssuesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[21]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1590,7 +2054,7 @@ func (x *MachineServiceIssuesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MachineServiceIssuesResponse.ProtoReflect.Descriptor instead.
 func (*MachineServiceIssuesResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{21}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *MachineServiceIssuesResponse) GetIssues() []*MachineIssue {
@@ -1632,7 +2096,7 @@ type Switch struct {
 
 func (x *Switch) Reset() {
 	*x = Switch{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[22]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1644,7 +2108,7 @@ func (x *Switch) String() string {
 func (*Switch) ProtoMessage() {}
 
 func (x *Switch) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[22]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1657,7 +2121,7 @@ func (x *Switch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Switch.ProtoReflect.Descriptor instead.
 func (*Switch) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{22}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Switch) GetId() string {
@@ -1791,7 +2255,7 @@ type SwitchPort struct {
 
 func (x *SwitchPort) Reset() {
 	*x = SwitchPort{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[23]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1803,7 +2267,7 @@ func (x *SwitchPort) String() string {
 func (*SwitchPort) ProtoMessage() {}
 
 func (x *SwitchPort) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[23]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1816,7 +2280,7 @@ func (x *SwitchPort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchPort.ProtoReflect.Descriptor instead.
 func (*SwitchPort) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{23}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SwitchPort) GetName() string {
@@ -1930,7 +2394,7 @@ type SwitchBgpSession struct {
 
 func (x *SwitchBgpSession) Reset() {
 	*x = SwitchBgpSession{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[24]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1942,7 +2406,7 @@ func (x *SwitchBgpSession) String() string {
 func (*SwitchBgpSession) ProtoMessage() {}
 
 func (x *SwitchBgpSession) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[24]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1955,7 +2419,7 @@ func (x *SwitchBgpSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchBgpSession.ProtoReflect.Descriptor instead.
 func (*SwitchBgpSession) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{24}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SwitchBgpSession) GetPort() string {
@@ -2035,7 +2499,7 @@ type SwitchSync struct {
 
 func (x *SwitchSync) Reset() {
 	*x = SwitchSync{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[25]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2047,7 +2511,7 @@ func (x *SwitchSync) String() string {
 func (*SwitchSync) ProtoMessage() {}
 
 func (x *SwitchSync) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[25]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2060,7 +2524,7 @@ func (x *SwitchSync) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchSync.ProtoReflect.Descriptor instead.
 func (*SwitchSync) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{25}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SwitchSync) GetAppliedRevision() uint64 {
@@ -2096,7 +2560,7 @@ type SwitchServiceSetPortRequest struct {
 
 func (x *SwitchServiceSetPortRequest) Reset() {
 	*x = SwitchServiceSetPortRequest{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[26]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2108,7 +2572,7 @@ func (x *SwitchServiceSetPortRequest) String() string {
 func (*SwitchServiceSetPortRequest) ProtoMessage() {}
 
 func (x *SwitchServiceSetPortRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[26]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2121,7 +2585,7 @@ func (x *SwitchServiceSetPortRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchServiceSetPortRequest.ProtoReflect.Descriptor instead.
 func (*SwitchServiceSetPortRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{26}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SwitchServiceSetPortRequest) GetId() string {
@@ -2154,7 +2618,7 @@ type SwitchServiceSetPortResponse struct {
 
 func (x *SwitchServiceSetPortResponse) Reset() {
 	*x = SwitchServiceSetPortResponse{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[27]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2166,7 +2630,7 @@ func (x *SwitchServiceSetPortResponse) String() string {
 func (*SwitchServiceSetPortResponse) ProtoMessage() {}
 
 func (x *SwitchServiceSetPortResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[27]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2179,7 +2643,7 @@ func (x *SwitchServiceSetPortResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchServiceSetPortResponse.ProtoReflect.Descriptor instead.
 func (*SwitchServiceSetPortResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{27}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SwitchServiceSetPortResponse) GetSwitch() *Switch {
@@ -2198,7 +2662,7 @@ type SwitchServiceGetRequest struct {
 
 func (x *SwitchServiceGetRequest) Reset() {
 	*x = SwitchServiceGetRequest{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[28]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2210,7 +2674,7 @@ func (x *SwitchServiceGetRequest) String() string {
 func (*SwitchServiceGetRequest) ProtoMessage() {}
 
 func (x *SwitchServiceGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[28]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2223,7 +2687,7 @@ func (x *SwitchServiceGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchServiceGetRequest.ProtoReflect.Descriptor instead.
 func (*SwitchServiceGetRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{28}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SwitchServiceGetRequest) GetId() string {
@@ -2242,7 +2706,7 @@ type SwitchServiceGetResponse struct {
 
 func (x *SwitchServiceGetResponse) Reset() {
 	*x = SwitchServiceGetResponse{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[29]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2254,7 +2718,7 @@ func (x *SwitchServiceGetResponse) String() string {
 func (*SwitchServiceGetResponse) ProtoMessage() {}
 
 func (x *SwitchServiceGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[29]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2267,7 +2731,7 @@ func (x *SwitchServiceGetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchServiceGetResponse.ProtoReflect.Descriptor instead.
 func (*SwitchServiceGetResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{29}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SwitchServiceGetResponse) GetSwitch() *Switch {
@@ -2286,7 +2750,7 @@ type SwitchServiceListRequest struct {
 
 func (x *SwitchServiceListRequest) Reset() {
 	*x = SwitchServiceListRequest{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[30]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2298,7 +2762,7 @@ func (x *SwitchServiceListRequest) String() string {
 func (*SwitchServiceListRequest) ProtoMessage() {}
 
 func (x *SwitchServiceListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[30]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2311,7 +2775,7 @@ func (x *SwitchServiceListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchServiceListRequest.ProtoReflect.Descriptor instead.
 func (*SwitchServiceListRequest) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{30}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SwitchServiceListRequest) GetPartitionId() string {
@@ -2330,7 +2794,7 @@ type SwitchServiceListResponse struct {
 
 func (x *SwitchServiceListResponse) Reset() {
 	*x = SwitchServiceListResponse{}
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[31]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2342,7 +2806,7 @@ func (x *SwitchServiceListResponse) String() string {
 func (*SwitchServiceListResponse) ProtoMessage() {}
 
 func (x *SwitchServiceListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[31]
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2355,7 +2819,7 @@ func (x *SwitchServiceListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchServiceListResponse.ProtoReflect.Descriptor instead.
 func (*SwitchServiceListResponse) Descriptor() ([]byte, []int) {
-	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{31}
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SwitchServiceListResponse) GetSwitches() []*Switch {
@@ -2369,7 +2833,7 @@ var File_metalfleet_api_v1_machine_proto protoreflect.FileDescriptor
 
 const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"\n" +
-	"\x1fmetalfleet/api/v1/machine.proto\x12\x11metalfleet.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emetalfleet/api/v1/common.proto\x1a!metalfleet/agent/v1/machine.proto\"\x91\x06\n" +
+	"\x1fmetalfleet/api/v1/machine.proto\x12\x11metalfleet.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emetalfleet/api/v1/common.proto\x1a\x1dmetalfleet/agent/v1/bmc.proto\x1a!metalfleet/agent/v1/machine.proto\"\x88\a\n" +
 	"\aMachine\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fpartition_id\x18\x02 \x01(\tR\vpartitionId\x12\x17\n" +
@@ -2391,7 +2855,10 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"\fprovisioning\x18\f \x01(\x0e2$.metalfleet.api.v1.ProvisioningStateR\fprovisioning\x127\n" +
 	"\x06issues\x18\r \x03(\v2\x1f.metalfleet.api.v1.MachineIssueR\x06issues\x12!\n" +
 	"\fstate_reason\x18\x0e \x01(\tR\vstateReason\x12+\n" +
-	"\x04meta\x18\x0f \x01(\v2\x17.metalfleet.api.v1.MetaR\x04meta\x1a9\n" +
+	"\x04meta\x18\x0f \x01(\v2\x17.metalfleet.api.v1.MetaR\x04meta\x12.\n" +
+	"\x03bmc\x18\x10 \x01(\v2\x1c.metalfleet.agent.v1.BmcFactR\x03bmc\x12E\n" +
+	"\vbmc_results\x18\x11 \x03(\v2$.metalfleet.agent.v1.BmcIntentResultR\n" +
+	"bmcResults\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"_\n" +
@@ -2461,7 +2928,41 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\bimage_id\x18\x02 \x01(\tR\aimageId\"W\n" +
 	"\x1fMachineServiceReinstallResponse\x124\n" +
-	"\amachine\x18\x01 \x01(\v2\x1a.metalfleet.api.v1.MachineR\amachine\"~\n" +
+	"\amachine\x18\x01 \x01(\v2\x1a.metalfleet.api.v1.MachineR\amachine\"i\n" +
+	"\x1aMachineServicePowerRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12;\n" +
+	"\x06action\x18\x02 \x01(\x0e2#.metalfleet.agent.v1.BmcPowerActionR\x06action\"s\n" +
+	"\x1bMachineServicePowerResponse\x124\n" +
+	"\amachine\x18\x01 \x01(\v2\x1a.metalfleet.api.v1.MachineR\amachine\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x02 \x01(\x04R\n" +
+	"generation\"g\n" +
+	"\x19MachineServiceBootRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12:\n" +
+	"\x06device\x18\x02 \x01(\x0e2\".metalfleet.agent.v1.BmcBootDeviceR\x06device\"r\n" +
+	"\x1aMachineServiceBootResponse\x124\n" +
+	"\amachine\x18\x01 \x01(\v2\x1a.metalfleet.api.v1.MachineR\amachine\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x02 \x01(\x04R\n" +
+	"generation\"?\n" +
+	"\x1dMachineServiceIdentifyRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x0e\n" +
+	"\x02on\x18\x02 \x01(\bR\x02on\"v\n" +
+	"\x1eMachineServiceIdentifyResponse\x124\n" +
+	"\amachine\x18\x01 \x01(\v2\x1a.metalfleet.api.v1.MachineR\amachine\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x02 \x01(\x04R\n" +
+	"generation\"\xa8\x01\n" +
+	"#MachineServiceUpdateFirmwareRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12G\n" +
+	"\tcomponent\x18\x02 \x01(\x0e2).metalfleet.agent.v1.BmcFirmwareComponentR\tcomponent\x12\x10\n" +
+	"\x03url\x18\x03 \x01(\tR\x03url\x12\x16\n" +
+	"\x06sha256\x18\x04 \x01(\tR\x06sha256\"|\n" +
+	"$MachineServiceUpdateFirmwareResponse\x124\n" +
+	"\amachine\x18\x01 \x01(\v2\x1a.metalfleet.api.v1.MachineR\amachine\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x02 \x01(\x04R\n" +
+	"generation\"~\n" +
 	"\x1dMachineServiceSetStateRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x125\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1f.metalfleet.api.v1.MachineStateR\x05state\x12\x16\n" +
@@ -2566,7 +3067,7 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"\x16LIVELINESS_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10LIVELINESS_ALIVE\x10\x01\x12\x13\n" +
 	"\x0fLIVELINESS_DEAD\x10\x02\x12\x16\n" +
-	"\x12LIVELINESS_UNKNOWN\x10\x03*\xa2\x03\n" +
+	"\x12LIVELINESS_UNKNOWN\x10\x03*\xc9\x03\n" +
 	"\x11ProvisioningState\x12\"\n" +
 	"\x1ePROVISIONING_STATE_UNSPECIFIED\x10\x00\x12\"\n" +
 	"\x1ePROVISIONING_STATE_PXE_BOOTING\x10\x01\x12 \n" +
@@ -2579,14 +3080,19 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"!PROVISIONING_STATE_PLANNED_REBOOT\x10\b\x12&\n" +
 	"\"PROVISIONING_STATE_MACHINE_RECLAIM\x10\t\x12\x1e\n" +
 	"\x1aPROVISIONING_STATE_CRASHED\x10\n" +
-	"2\x86\t\n" +
+	"\x12%\n" +
+	"!PROVISIONING_STATE_KNOWN_FROM_BMC\x10\v2\xa5\r\n" +
 	"\x0eMachineService\x12w\n" +
 	"\x03Get\x12+.metalfleet.api.v1.MachineServiceGetRequest\x1a,.metalfleet.api.v1.MachineServiceGetResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x01\x1a\x02id\"\amachine\x12k\n" +
 	"\x04List\x12,.metalfleet.api.v1.MachineServiceListRequest\x1a-.metalfleet.api.v1.MachineServiceListResponse\"\x06\xca\xf3\x18\x02\b\x01\x12\x88\x01\n" +
 	"\x06Create\x12..metalfleet.api.v1.MachineServiceCreateRequest\x1a/.metalfleet.api.v1.MachineServiceCreateResponse\"\x1d\xca\xf3\x18\x19\b\x03\x10\x02\x1a\n" +
 	"project_id\"\aproject\x12\x80\x01\n" +
 	"\x06Delete\x12..metalfleet.api.v1.MachineServiceDeleteRequest\x1a/.metalfleet.api.v1.MachineServiceDeleteResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x02\x1a\x02id\"\amachine\x12\x89\x01\n" +
-	"\tReinstall\x121.metalfleet.api.v1.MachineServiceReinstallRequest\x1a2.metalfleet.api.v1.MachineServiceReinstallResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x02\x1a\x02id\"\amachine\x12y\n" +
+	"\tReinstall\x121.metalfleet.api.v1.MachineServiceReinstallRequest\x1a2.metalfleet.api.v1.MachineServiceReinstallResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x02\x1a\x02id\"\amachine\x12}\n" +
+	"\x05Power\x12-.metalfleet.api.v1.MachineServicePowerRequest\x1a..metalfleet.api.v1.MachineServicePowerResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x02\x1a\x02id\"\amachine\x12z\n" +
+	"\x04Boot\x12,.metalfleet.api.v1.MachineServiceBootRequest\x1a-.metalfleet.api.v1.MachineServiceBootResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x02\x1a\x02id\"\amachine\x12\x86\x01\n" +
+	"\bIdentify\x120.metalfleet.api.v1.MachineServiceIdentifyRequest\x1a1.metalfleet.api.v1.MachineServiceIdentifyResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x02\x1a\x02id\"\amachine\x12\x98\x01\n" +
+	"\x0eUpdateFirmware\x126.metalfleet.api.v1.MachineServiceUpdateFirmwareRequest\x1a7.metalfleet.api.v1.MachineServiceUpdateFirmwareResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x02\x1a\x02id\"\amachine\x12y\n" +
 	"\bSetState\x120.metalfleet.api.v1.MachineServiceSetStateRequest\x1a1.metalfleet.api.v1.MachineServiceSetStateResponse\"\b\xca\xf3\x18\x04\b\x02\x10\x02\x12\x82\x01\n" +
 	"\x06Events\x12..metalfleet.api.v1.MachineServiceEventsRequest\x1a/.metalfleet.api.v1.MachineServiceEventsResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x01\x1a\x02id\"\amachine0\x01\x12s\n" +
 	"\x06Issues\x12..metalfleet.api.v1.MachineServiceIssuesRequest\x1a/.metalfleet.api.v1.MachineServiceIssuesResponse\"\b\xca\xf3\x18\x04\b\x02\x10\x01\x12\x7f\n" +
@@ -2610,114 +3116,144 @@ func file_metalfleet_api_v1_machine_proto_rawDescGZIP() []byte {
 }
 
 var file_metalfleet_api_v1_machine_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_metalfleet_api_v1_machine_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_metalfleet_api_v1_machine_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_metalfleet_api_v1_machine_proto_goTypes = []any{
-	(MachineState)(0),                        // 0: metalfleet.api.v1.MachineState
-	(Liveliness)(0),                          // 1: metalfleet.api.v1.Liveliness
-	(ProvisioningState)(0),                   // 2: metalfleet.api.v1.ProvisioningState
-	(*Machine)(nil),                          // 3: metalfleet.api.v1.Machine
-	(*MachineIssue)(nil),                     // 4: metalfleet.api.v1.MachineIssue
-	(*MachineAllocation)(nil),                // 5: metalfleet.api.v1.MachineAllocation
-	(*MachineEvent)(nil),                     // 6: metalfleet.api.v1.MachineEvent
-	(*MachineServiceGetRequest)(nil),         // 7: metalfleet.api.v1.MachineServiceGetRequest
-	(*MachineServiceGetResponse)(nil),        // 8: metalfleet.api.v1.MachineServiceGetResponse
-	(*MachineServiceListRequest)(nil),        // 9: metalfleet.api.v1.MachineServiceListRequest
-	(*MachineServiceListResponse)(nil),       // 10: metalfleet.api.v1.MachineServiceListResponse
-	(*MachineServiceCreateRequest)(nil),      // 11: metalfleet.api.v1.MachineServiceCreateRequest
-	(*MachineServiceCreateResponse)(nil),     // 12: metalfleet.api.v1.MachineServiceCreateResponse
-	(*MachineServiceDeleteRequest)(nil),      // 13: metalfleet.api.v1.MachineServiceDeleteRequest
-	(*MachineServiceDeleteResponse)(nil),     // 14: metalfleet.api.v1.MachineServiceDeleteResponse
-	(*MachineServiceReinstallRequest)(nil),   // 15: metalfleet.api.v1.MachineServiceReinstallRequest
-	(*MachineServiceReinstallResponse)(nil),  // 16: metalfleet.api.v1.MachineServiceReinstallResponse
-	(*MachineServiceSetStateRequest)(nil),    // 17: metalfleet.api.v1.MachineServiceSetStateRequest
-	(*MachineServiceSetStateResponse)(nil),   // 18: metalfleet.api.v1.MachineServiceSetStateResponse
-	(*MachineServiceEventsRequest)(nil),      // 19: metalfleet.api.v1.MachineServiceEventsRequest
-	(*MachineServiceEventsResponse)(nil),     // 20: metalfleet.api.v1.MachineServiceEventsResponse
-	(*MachineServiceResolveMacRequest)(nil),  // 21: metalfleet.api.v1.MachineServiceResolveMacRequest
-	(*MachineServiceResolveMacResponse)(nil), // 22: metalfleet.api.v1.MachineServiceResolveMacResponse
-	(*MachineServiceIssuesRequest)(nil),      // 23: metalfleet.api.v1.MachineServiceIssuesRequest
-	(*MachineServiceIssuesResponse)(nil),     // 24: metalfleet.api.v1.MachineServiceIssuesResponse
-	(*Switch)(nil),                           // 25: metalfleet.api.v1.Switch
-	(*SwitchPort)(nil),                       // 26: metalfleet.api.v1.SwitchPort
-	(*SwitchBgpSession)(nil),                 // 27: metalfleet.api.v1.SwitchBgpSession
-	(*SwitchSync)(nil),                       // 28: metalfleet.api.v1.SwitchSync
-	(*SwitchServiceSetPortRequest)(nil),      // 29: metalfleet.api.v1.SwitchServiceSetPortRequest
-	(*SwitchServiceSetPortResponse)(nil),     // 30: metalfleet.api.v1.SwitchServiceSetPortResponse
-	(*SwitchServiceGetRequest)(nil),          // 31: metalfleet.api.v1.SwitchServiceGetRequest
-	(*SwitchServiceGetResponse)(nil),         // 32: metalfleet.api.v1.SwitchServiceGetResponse
-	(*SwitchServiceListRequest)(nil),         // 33: metalfleet.api.v1.SwitchServiceListRequest
-	(*SwitchServiceListResponse)(nil),        // 34: metalfleet.api.v1.SwitchServiceListResponse
-	nil,                                      // 35: metalfleet.api.v1.Machine.LabelsEntry
-	nil,                                      // 36: metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
-	(*v1.MachineFacts)(nil),                  // 37: metalfleet.agent.v1.MachineFacts
-	(*timestamppb.Timestamp)(nil),            // 38: google.protobuf.Timestamp
-	(*Meta)(nil),                             // 39: metalfleet.api.v1.Meta
+	(MachineState)(0),                            // 0: metalfleet.api.v1.MachineState
+	(Liveliness)(0),                              // 1: metalfleet.api.v1.Liveliness
+	(ProvisioningState)(0),                       // 2: metalfleet.api.v1.ProvisioningState
+	(*Machine)(nil),                              // 3: metalfleet.api.v1.Machine
+	(*MachineIssue)(nil),                         // 4: metalfleet.api.v1.MachineIssue
+	(*MachineAllocation)(nil),                    // 5: metalfleet.api.v1.MachineAllocation
+	(*MachineEvent)(nil),                         // 6: metalfleet.api.v1.MachineEvent
+	(*MachineServiceGetRequest)(nil),             // 7: metalfleet.api.v1.MachineServiceGetRequest
+	(*MachineServiceGetResponse)(nil),            // 8: metalfleet.api.v1.MachineServiceGetResponse
+	(*MachineServiceListRequest)(nil),            // 9: metalfleet.api.v1.MachineServiceListRequest
+	(*MachineServiceListResponse)(nil),           // 10: metalfleet.api.v1.MachineServiceListResponse
+	(*MachineServiceCreateRequest)(nil),          // 11: metalfleet.api.v1.MachineServiceCreateRequest
+	(*MachineServiceCreateResponse)(nil),         // 12: metalfleet.api.v1.MachineServiceCreateResponse
+	(*MachineServiceDeleteRequest)(nil),          // 13: metalfleet.api.v1.MachineServiceDeleteRequest
+	(*MachineServiceDeleteResponse)(nil),         // 14: metalfleet.api.v1.MachineServiceDeleteResponse
+	(*MachineServiceReinstallRequest)(nil),       // 15: metalfleet.api.v1.MachineServiceReinstallRequest
+	(*MachineServiceReinstallResponse)(nil),      // 16: metalfleet.api.v1.MachineServiceReinstallResponse
+	(*MachineServicePowerRequest)(nil),           // 17: metalfleet.api.v1.MachineServicePowerRequest
+	(*MachineServicePowerResponse)(nil),          // 18: metalfleet.api.v1.MachineServicePowerResponse
+	(*MachineServiceBootRequest)(nil),            // 19: metalfleet.api.v1.MachineServiceBootRequest
+	(*MachineServiceBootResponse)(nil),           // 20: metalfleet.api.v1.MachineServiceBootResponse
+	(*MachineServiceIdentifyRequest)(nil),        // 21: metalfleet.api.v1.MachineServiceIdentifyRequest
+	(*MachineServiceIdentifyResponse)(nil),       // 22: metalfleet.api.v1.MachineServiceIdentifyResponse
+	(*MachineServiceUpdateFirmwareRequest)(nil),  // 23: metalfleet.api.v1.MachineServiceUpdateFirmwareRequest
+	(*MachineServiceUpdateFirmwareResponse)(nil), // 24: metalfleet.api.v1.MachineServiceUpdateFirmwareResponse
+	(*MachineServiceSetStateRequest)(nil),        // 25: metalfleet.api.v1.MachineServiceSetStateRequest
+	(*MachineServiceSetStateResponse)(nil),       // 26: metalfleet.api.v1.MachineServiceSetStateResponse
+	(*MachineServiceEventsRequest)(nil),          // 27: metalfleet.api.v1.MachineServiceEventsRequest
+	(*MachineServiceEventsResponse)(nil),         // 28: metalfleet.api.v1.MachineServiceEventsResponse
+	(*MachineServiceResolveMacRequest)(nil),      // 29: metalfleet.api.v1.MachineServiceResolveMacRequest
+	(*MachineServiceResolveMacResponse)(nil),     // 30: metalfleet.api.v1.MachineServiceResolveMacResponse
+	(*MachineServiceIssuesRequest)(nil),          // 31: metalfleet.api.v1.MachineServiceIssuesRequest
+	(*MachineServiceIssuesResponse)(nil),         // 32: metalfleet.api.v1.MachineServiceIssuesResponse
+	(*Switch)(nil),                               // 33: metalfleet.api.v1.Switch
+	(*SwitchPort)(nil),                           // 34: metalfleet.api.v1.SwitchPort
+	(*SwitchBgpSession)(nil),                     // 35: metalfleet.api.v1.SwitchBgpSession
+	(*SwitchSync)(nil),                           // 36: metalfleet.api.v1.SwitchSync
+	(*SwitchServiceSetPortRequest)(nil),          // 37: metalfleet.api.v1.SwitchServiceSetPortRequest
+	(*SwitchServiceSetPortResponse)(nil),         // 38: metalfleet.api.v1.SwitchServiceSetPortResponse
+	(*SwitchServiceGetRequest)(nil),              // 39: metalfleet.api.v1.SwitchServiceGetRequest
+	(*SwitchServiceGetResponse)(nil),             // 40: metalfleet.api.v1.SwitchServiceGetResponse
+	(*SwitchServiceListRequest)(nil),             // 41: metalfleet.api.v1.SwitchServiceListRequest
+	(*SwitchServiceListResponse)(nil),            // 42: metalfleet.api.v1.SwitchServiceListResponse
+	nil,                                          // 43: metalfleet.api.v1.Machine.LabelsEntry
+	nil,                                          // 44: metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
+	(*v1.MachineFacts)(nil),                      // 45: metalfleet.agent.v1.MachineFacts
+	(*timestamppb.Timestamp)(nil),                // 46: google.protobuf.Timestamp
+	(*Meta)(nil),                                 // 47: metalfleet.api.v1.Meta
+	(*v1.BmcFact)(nil),                           // 48: metalfleet.agent.v1.BmcFact
+	(*v1.BmcIntentResult)(nil),                   // 49: metalfleet.agent.v1.BmcIntentResult
+	(v1.BmcPowerAction)(0),                       // 50: metalfleet.agent.v1.BmcPowerAction
+	(v1.BmcBootDevice)(0),                        // 51: metalfleet.agent.v1.BmcBootDevice
+	(v1.BmcFirmwareComponent)(0),                 // 52: metalfleet.agent.v1.BmcFirmwareComponent
 }
 var file_metalfleet_api_v1_machine_proto_depIdxs = []int32{
 	0,  // 0: metalfleet.api.v1.Machine.state:type_name -> metalfleet.api.v1.MachineState
 	1,  // 1: metalfleet.api.v1.Machine.liveliness:type_name -> metalfleet.api.v1.Liveliness
 	5,  // 2: metalfleet.api.v1.Machine.allocation:type_name -> metalfleet.api.v1.MachineAllocation
-	37, // 3: metalfleet.api.v1.Machine.hardware:type_name -> metalfleet.agent.v1.MachineFacts
-	38, // 4: metalfleet.api.v1.Machine.last_event_at:type_name -> google.protobuf.Timestamp
-	35, // 5: metalfleet.api.v1.Machine.labels:type_name -> metalfleet.api.v1.Machine.LabelsEntry
+	45, // 3: metalfleet.api.v1.Machine.hardware:type_name -> metalfleet.agent.v1.MachineFacts
+	46, // 4: metalfleet.api.v1.Machine.last_event_at:type_name -> google.protobuf.Timestamp
+	43, // 5: metalfleet.api.v1.Machine.labels:type_name -> metalfleet.api.v1.Machine.LabelsEntry
 	2,  // 6: metalfleet.api.v1.Machine.provisioning:type_name -> metalfleet.api.v1.ProvisioningState
 	4,  // 7: metalfleet.api.v1.Machine.issues:type_name -> metalfleet.api.v1.MachineIssue
-	39, // 8: metalfleet.api.v1.Machine.meta:type_name -> metalfleet.api.v1.Meta
-	38, // 9: metalfleet.api.v1.MachineAllocation.created_at:type_name -> google.protobuf.Timestamp
-	38, // 10: metalfleet.api.v1.MachineAllocation.phoned_home_at:type_name -> google.protobuf.Timestamp
-	38, // 11: metalfleet.api.v1.MachineEvent.time:type_name -> google.protobuf.Timestamp
-	2,  // 12: metalfleet.api.v1.MachineEvent.state:type_name -> metalfleet.api.v1.ProvisioningState
-	3,  // 13: metalfleet.api.v1.MachineServiceGetResponse.machine:type_name -> metalfleet.api.v1.Machine
-	3,  // 14: metalfleet.api.v1.MachineServiceListResponse.machines:type_name -> metalfleet.api.v1.Machine
-	36, // 15: metalfleet.api.v1.MachineServiceCreateRequest.labels:type_name -> metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
-	3,  // 16: metalfleet.api.v1.MachineServiceCreateResponse.machine:type_name -> metalfleet.api.v1.Machine
-	3,  // 17: metalfleet.api.v1.MachineServiceDeleteResponse.machine:type_name -> metalfleet.api.v1.Machine
-	3,  // 18: metalfleet.api.v1.MachineServiceReinstallResponse.machine:type_name -> metalfleet.api.v1.Machine
-	0,  // 19: metalfleet.api.v1.MachineServiceSetStateRequest.state:type_name -> metalfleet.api.v1.MachineState
-	3,  // 20: metalfleet.api.v1.MachineServiceSetStateResponse.machine:type_name -> metalfleet.api.v1.Machine
-	6,  // 21: metalfleet.api.v1.MachineServiceEventsResponse.event:type_name -> metalfleet.api.v1.MachineEvent
-	3,  // 22: metalfleet.api.v1.MachineServiceEventsResponse.machine:type_name -> metalfleet.api.v1.Machine
-	3,  // 23: metalfleet.api.v1.MachineServiceResolveMacResponse.machine:type_name -> metalfleet.api.v1.Machine
-	4,  // 24: metalfleet.api.v1.MachineServiceIssuesResponse.issues:type_name -> metalfleet.api.v1.MachineIssue
-	26, // 25: metalfleet.api.v1.Switch.ports:type_name -> metalfleet.api.v1.SwitchPort
-	38, // 26: metalfleet.api.v1.Switch.last_sync:type_name -> google.protobuf.Timestamp
-	27, // 27: metalfleet.api.v1.Switch.bgp_sessions:type_name -> metalfleet.api.v1.SwitchBgpSession
-	28, // 28: metalfleet.api.v1.Switch.sync:type_name -> metalfleet.api.v1.SwitchSync
-	39, // 29: metalfleet.api.v1.Switch.meta:type_name -> metalfleet.api.v1.Meta
-	38, // 30: metalfleet.api.v1.SwitchBgpSession.established_since:type_name -> google.protobuf.Timestamp
-	38, // 31: metalfleet.api.v1.SwitchSync.reported_at:type_name -> google.protobuf.Timestamp
-	25, // 32: metalfleet.api.v1.SwitchServiceSetPortResponse.switch:type_name -> metalfleet.api.v1.Switch
-	25, // 33: metalfleet.api.v1.SwitchServiceGetResponse.switch:type_name -> metalfleet.api.v1.Switch
-	25, // 34: metalfleet.api.v1.SwitchServiceListResponse.switches:type_name -> metalfleet.api.v1.Switch
-	7,  // 35: metalfleet.api.v1.MachineService.Get:input_type -> metalfleet.api.v1.MachineServiceGetRequest
-	9,  // 36: metalfleet.api.v1.MachineService.List:input_type -> metalfleet.api.v1.MachineServiceListRequest
-	11, // 37: metalfleet.api.v1.MachineService.Create:input_type -> metalfleet.api.v1.MachineServiceCreateRequest
-	13, // 38: metalfleet.api.v1.MachineService.Delete:input_type -> metalfleet.api.v1.MachineServiceDeleteRequest
-	15, // 39: metalfleet.api.v1.MachineService.Reinstall:input_type -> metalfleet.api.v1.MachineServiceReinstallRequest
-	17, // 40: metalfleet.api.v1.MachineService.SetState:input_type -> metalfleet.api.v1.MachineServiceSetStateRequest
-	19, // 41: metalfleet.api.v1.MachineService.Events:input_type -> metalfleet.api.v1.MachineServiceEventsRequest
-	23, // 42: metalfleet.api.v1.MachineService.Issues:input_type -> metalfleet.api.v1.MachineServiceIssuesRequest
-	21, // 43: metalfleet.api.v1.MachineService.ResolveMac:input_type -> metalfleet.api.v1.MachineServiceResolveMacRequest
-	31, // 44: metalfleet.api.v1.SwitchService.Get:input_type -> metalfleet.api.v1.SwitchServiceGetRequest
-	33, // 45: metalfleet.api.v1.SwitchService.List:input_type -> metalfleet.api.v1.SwitchServiceListRequest
-	29, // 46: metalfleet.api.v1.SwitchService.SetPort:input_type -> metalfleet.api.v1.SwitchServiceSetPortRequest
-	8,  // 47: metalfleet.api.v1.MachineService.Get:output_type -> metalfleet.api.v1.MachineServiceGetResponse
-	10, // 48: metalfleet.api.v1.MachineService.List:output_type -> metalfleet.api.v1.MachineServiceListResponse
-	12, // 49: metalfleet.api.v1.MachineService.Create:output_type -> metalfleet.api.v1.MachineServiceCreateResponse
-	14, // 50: metalfleet.api.v1.MachineService.Delete:output_type -> metalfleet.api.v1.MachineServiceDeleteResponse
-	16, // 51: metalfleet.api.v1.MachineService.Reinstall:output_type -> metalfleet.api.v1.MachineServiceReinstallResponse
-	18, // 52: metalfleet.api.v1.MachineService.SetState:output_type -> metalfleet.api.v1.MachineServiceSetStateResponse
-	20, // 53: metalfleet.api.v1.MachineService.Events:output_type -> metalfleet.api.v1.MachineServiceEventsResponse
-	24, // 54: metalfleet.api.v1.MachineService.Issues:output_type -> metalfleet.api.v1.MachineServiceIssuesResponse
-	22, // 55: metalfleet.api.v1.MachineService.ResolveMac:output_type -> metalfleet.api.v1.MachineServiceResolveMacResponse
-	32, // 56: metalfleet.api.v1.SwitchService.Get:output_type -> metalfleet.api.v1.SwitchServiceGetResponse
-	34, // 57: metalfleet.api.v1.SwitchService.List:output_type -> metalfleet.api.v1.SwitchServiceListResponse
-	30, // 58: metalfleet.api.v1.SwitchService.SetPort:output_type -> metalfleet.api.v1.SwitchServiceSetPortResponse
-	47, // [47:59] is the sub-list for method output_type
-	35, // [35:47] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	47, // 8: metalfleet.api.v1.Machine.meta:type_name -> metalfleet.api.v1.Meta
+	48, // 9: metalfleet.api.v1.Machine.bmc:type_name -> metalfleet.agent.v1.BmcFact
+	49, // 10: metalfleet.api.v1.Machine.bmc_results:type_name -> metalfleet.agent.v1.BmcIntentResult
+	46, // 11: metalfleet.api.v1.MachineAllocation.created_at:type_name -> google.protobuf.Timestamp
+	46, // 12: metalfleet.api.v1.MachineAllocation.phoned_home_at:type_name -> google.protobuf.Timestamp
+	46, // 13: metalfleet.api.v1.MachineEvent.time:type_name -> google.protobuf.Timestamp
+	2,  // 14: metalfleet.api.v1.MachineEvent.state:type_name -> metalfleet.api.v1.ProvisioningState
+	3,  // 15: metalfleet.api.v1.MachineServiceGetResponse.machine:type_name -> metalfleet.api.v1.Machine
+	3,  // 16: metalfleet.api.v1.MachineServiceListResponse.machines:type_name -> metalfleet.api.v1.Machine
+	44, // 17: metalfleet.api.v1.MachineServiceCreateRequest.labels:type_name -> metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
+	3,  // 18: metalfleet.api.v1.MachineServiceCreateResponse.machine:type_name -> metalfleet.api.v1.Machine
+	3,  // 19: metalfleet.api.v1.MachineServiceDeleteResponse.machine:type_name -> metalfleet.api.v1.Machine
+	3,  // 20: metalfleet.api.v1.MachineServiceReinstallResponse.machine:type_name -> metalfleet.api.v1.Machine
+	50, // 21: metalfleet.api.v1.MachineServicePowerRequest.action:type_name -> metalfleet.agent.v1.BmcPowerAction
+	3,  // 22: metalfleet.api.v1.MachineServicePowerResponse.machine:type_name -> metalfleet.api.v1.Machine
+	51, // 23: metalfleet.api.v1.MachineServiceBootRequest.device:type_name -> metalfleet.agent.v1.BmcBootDevice
+	3,  // 24: metalfleet.api.v1.MachineServiceBootResponse.machine:type_name -> metalfleet.api.v1.Machine
+	3,  // 25: metalfleet.api.v1.MachineServiceIdentifyResponse.machine:type_name -> metalfleet.api.v1.Machine
+	52, // 26: metalfleet.api.v1.MachineServiceUpdateFirmwareRequest.component:type_name -> metalfleet.agent.v1.BmcFirmwareComponent
+	3,  // 27: metalfleet.api.v1.MachineServiceUpdateFirmwareResponse.machine:type_name -> metalfleet.api.v1.Machine
+	0,  // 28: metalfleet.api.v1.MachineServiceSetStateRequest.state:type_name -> metalfleet.api.v1.MachineState
+	3,  // 29: metalfleet.api.v1.MachineServiceSetStateResponse.machine:type_name -> metalfleet.api.v1.Machine
+	6,  // 30: metalfleet.api.v1.MachineServiceEventsResponse.event:type_name -> metalfleet.api.v1.MachineEvent
+	3,  // 31: metalfleet.api.v1.MachineServiceEventsResponse.machine:type_name -> metalfleet.api.v1.Machine
+	3,  // 32: metalfleet.api.v1.MachineServiceResolveMacResponse.machine:type_name -> metalfleet.api.v1.Machine
+	4,  // 33: metalfleet.api.v1.MachineServiceIssuesResponse.issues:type_name -> metalfleet.api.v1.MachineIssue
+	34, // 34: metalfleet.api.v1.Switch.ports:type_name -> metalfleet.api.v1.SwitchPort
+	46, // 35: metalfleet.api.v1.Switch.last_sync:type_name -> google.protobuf.Timestamp
+	35, // 36: metalfleet.api.v1.Switch.bgp_sessions:type_name -> metalfleet.api.v1.SwitchBgpSession
+	36, // 37: metalfleet.api.v1.Switch.sync:type_name -> metalfleet.api.v1.SwitchSync
+	47, // 38: metalfleet.api.v1.Switch.meta:type_name -> metalfleet.api.v1.Meta
+	46, // 39: metalfleet.api.v1.SwitchBgpSession.established_since:type_name -> google.protobuf.Timestamp
+	46, // 40: metalfleet.api.v1.SwitchSync.reported_at:type_name -> google.protobuf.Timestamp
+	33, // 41: metalfleet.api.v1.SwitchServiceSetPortResponse.switch:type_name -> metalfleet.api.v1.Switch
+	33, // 42: metalfleet.api.v1.SwitchServiceGetResponse.switch:type_name -> metalfleet.api.v1.Switch
+	33, // 43: metalfleet.api.v1.SwitchServiceListResponse.switches:type_name -> metalfleet.api.v1.Switch
+	7,  // 44: metalfleet.api.v1.MachineService.Get:input_type -> metalfleet.api.v1.MachineServiceGetRequest
+	9,  // 45: metalfleet.api.v1.MachineService.List:input_type -> metalfleet.api.v1.MachineServiceListRequest
+	11, // 46: metalfleet.api.v1.MachineService.Create:input_type -> metalfleet.api.v1.MachineServiceCreateRequest
+	13, // 47: metalfleet.api.v1.MachineService.Delete:input_type -> metalfleet.api.v1.MachineServiceDeleteRequest
+	15, // 48: metalfleet.api.v1.MachineService.Reinstall:input_type -> metalfleet.api.v1.MachineServiceReinstallRequest
+	17, // 49: metalfleet.api.v1.MachineService.Power:input_type -> metalfleet.api.v1.MachineServicePowerRequest
+	19, // 50: metalfleet.api.v1.MachineService.Boot:input_type -> metalfleet.api.v1.MachineServiceBootRequest
+	21, // 51: metalfleet.api.v1.MachineService.Identify:input_type -> metalfleet.api.v1.MachineServiceIdentifyRequest
+	23, // 52: metalfleet.api.v1.MachineService.UpdateFirmware:input_type -> metalfleet.api.v1.MachineServiceUpdateFirmwareRequest
+	25, // 53: metalfleet.api.v1.MachineService.SetState:input_type -> metalfleet.api.v1.MachineServiceSetStateRequest
+	27, // 54: metalfleet.api.v1.MachineService.Events:input_type -> metalfleet.api.v1.MachineServiceEventsRequest
+	31, // 55: metalfleet.api.v1.MachineService.Issues:input_type -> metalfleet.api.v1.MachineServiceIssuesRequest
+	29, // 56: metalfleet.api.v1.MachineService.ResolveMac:input_type -> metalfleet.api.v1.MachineServiceResolveMacRequest
+	39, // 57: metalfleet.api.v1.SwitchService.Get:input_type -> metalfleet.api.v1.SwitchServiceGetRequest
+	41, // 58: metalfleet.api.v1.SwitchService.List:input_type -> metalfleet.api.v1.SwitchServiceListRequest
+	37, // 59: metalfleet.api.v1.SwitchService.SetPort:input_type -> metalfleet.api.v1.SwitchServiceSetPortRequest
+	8,  // 60: metalfleet.api.v1.MachineService.Get:output_type -> metalfleet.api.v1.MachineServiceGetResponse
+	10, // 61: metalfleet.api.v1.MachineService.List:output_type -> metalfleet.api.v1.MachineServiceListResponse
+	12, // 62: metalfleet.api.v1.MachineService.Create:output_type -> metalfleet.api.v1.MachineServiceCreateResponse
+	14, // 63: metalfleet.api.v1.MachineService.Delete:output_type -> metalfleet.api.v1.MachineServiceDeleteResponse
+	16, // 64: metalfleet.api.v1.MachineService.Reinstall:output_type -> metalfleet.api.v1.MachineServiceReinstallResponse
+	18, // 65: metalfleet.api.v1.MachineService.Power:output_type -> metalfleet.api.v1.MachineServicePowerResponse
+	20, // 66: metalfleet.api.v1.MachineService.Boot:output_type -> metalfleet.api.v1.MachineServiceBootResponse
+	22, // 67: metalfleet.api.v1.MachineService.Identify:output_type -> metalfleet.api.v1.MachineServiceIdentifyResponse
+	24, // 68: metalfleet.api.v1.MachineService.UpdateFirmware:output_type -> metalfleet.api.v1.MachineServiceUpdateFirmwareResponse
+	26, // 69: metalfleet.api.v1.MachineService.SetState:output_type -> metalfleet.api.v1.MachineServiceSetStateResponse
+	28, // 70: metalfleet.api.v1.MachineService.Events:output_type -> metalfleet.api.v1.MachineServiceEventsResponse
+	32, // 71: metalfleet.api.v1.MachineService.Issues:output_type -> metalfleet.api.v1.MachineServiceIssuesResponse
+	30, // 72: metalfleet.api.v1.MachineService.ResolveMac:output_type -> metalfleet.api.v1.MachineServiceResolveMacResponse
+	40, // 73: metalfleet.api.v1.SwitchService.Get:output_type -> metalfleet.api.v1.SwitchServiceGetResponse
+	42, // 74: metalfleet.api.v1.SwitchService.List:output_type -> metalfleet.api.v1.SwitchServiceListResponse
+	38, // 75: metalfleet.api.v1.SwitchService.SetPort:output_type -> metalfleet.api.v1.SwitchServiceSetPortResponse
+	60, // [60:76] is the sub-list for method output_type
+	44, // [44:60] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_metalfleet_api_v1_machine_proto_init() }
@@ -2732,7 +3268,7 @@ func file_metalfleet_api_v1_machine_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metalfleet_api_v1_machine_proto_rawDesc), len(file_metalfleet_api_v1_machine_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   34,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -19,15 +19,19 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	MachineService_Get_FullMethodName        = "/metalfleet.api.v1.MachineService/Get"
-	MachineService_List_FullMethodName       = "/metalfleet.api.v1.MachineService/List"
-	MachineService_Create_FullMethodName     = "/metalfleet.api.v1.MachineService/Create"
-	MachineService_Delete_FullMethodName     = "/metalfleet.api.v1.MachineService/Delete"
-	MachineService_Reinstall_FullMethodName  = "/metalfleet.api.v1.MachineService/Reinstall"
-	MachineService_SetState_FullMethodName   = "/metalfleet.api.v1.MachineService/SetState"
-	MachineService_Events_FullMethodName     = "/metalfleet.api.v1.MachineService/Events"
-	MachineService_Issues_FullMethodName     = "/metalfleet.api.v1.MachineService/Issues"
-	MachineService_ResolveMac_FullMethodName = "/metalfleet.api.v1.MachineService/ResolveMac"
+	MachineService_Get_FullMethodName            = "/metalfleet.api.v1.MachineService/Get"
+	MachineService_List_FullMethodName           = "/metalfleet.api.v1.MachineService/List"
+	MachineService_Create_FullMethodName         = "/metalfleet.api.v1.MachineService/Create"
+	MachineService_Delete_FullMethodName         = "/metalfleet.api.v1.MachineService/Delete"
+	MachineService_Reinstall_FullMethodName      = "/metalfleet.api.v1.MachineService/Reinstall"
+	MachineService_Power_FullMethodName          = "/metalfleet.api.v1.MachineService/Power"
+	MachineService_Boot_FullMethodName           = "/metalfleet.api.v1.MachineService/Boot"
+	MachineService_Identify_FullMethodName       = "/metalfleet.api.v1.MachineService/Identify"
+	MachineService_UpdateFirmware_FullMethodName = "/metalfleet.api.v1.MachineService/UpdateFirmware"
+	MachineService_SetState_FullMethodName       = "/metalfleet.api.v1.MachineService/SetState"
+	MachineService_Events_FullMethodName         = "/metalfleet.api.v1.MachineService/Events"
+	MachineService_Issues_FullMethodName         = "/metalfleet.api.v1.MachineService/Issues"
+	MachineService_ResolveMac_FullMethodName     = "/metalfleet.api.v1.MachineService/ResolveMac"
 )
 
 // MachineServiceClient is the client API for MachineService service.
@@ -47,6 +51,17 @@ type MachineServiceClient interface {
 	// Reinstall installs an image again, keeping the allocation; only the
 	// primary disk is wiped.
 	Reinstall(ctx context.Context, in *MachineServiceReinstallRequest, opts ...grpc.CallOption) (*MachineServiceReinstallResponse, error)
+	// Power switches the machine on or off, resets or power-cycles it
+	// through its BMC (the partition's metal-bmc, docs/bmc.md): it raises
+	// the machine's power intent to a new generation, executed once.
+	Power(ctx context.Context, in *MachineServicePowerRequest, opts ...grpc.CallOption) (*MachineServicePowerResponse, error)
+	// Boot sets the device of the machine's next boot through its BMC.
+	Boot(ctx context.Context, in *MachineServiceBootRequest, opts ...grpc.CallOption) (*MachineServiceBootResponse, error)
+	// Identify switches the machine's identify LED on or off.
+	Identify(ctx context.Context, in *MachineServiceIdentifyRequest, opts ...grpc.CallOption) (*MachineServiceIdentifyResponse, error)
+	// UpdateFirmware installs BIOS or BMC firmware from a URL through the
+	// machine's BMC, where its provider supports it.
+	UpdateFirmware(ctx context.Context, in *MachineServiceUpdateFirmwareRequest, opts ...grpc.CallOption) (*MachineServiceUpdateFirmwareResponse, error)
 	// SetState locks, reserves or releases a machine (admin).
 	SetState(ctx context.Context, in *MachineServiceSetStateRequest, opts ...grpc.CallOption) (*MachineServiceSetStateResponse, error)
 	// Events lists the provisioning event log; with follow it streams new
@@ -119,6 +134,46 @@ func (c *machineServiceClient) Reinstall(ctx context.Context, in *MachineService
 	return out, nil
 }
 
+func (c *machineServiceClient) Power(ctx context.Context, in *MachineServicePowerRequest, opts ...grpc.CallOption) (*MachineServicePowerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MachineServicePowerResponse)
+	err := c.cc.Invoke(ctx, MachineService_Power_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *machineServiceClient) Boot(ctx context.Context, in *MachineServiceBootRequest, opts ...grpc.CallOption) (*MachineServiceBootResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MachineServiceBootResponse)
+	err := c.cc.Invoke(ctx, MachineService_Boot_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *machineServiceClient) Identify(ctx context.Context, in *MachineServiceIdentifyRequest, opts ...grpc.CallOption) (*MachineServiceIdentifyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MachineServiceIdentifyResponse)
+	err := c.cc.Invoke(ctx, MachineService_Identify_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *machineServiceClient) UpdateFirmware(ctx context.Context, in *MachineServiceUpdateFirmwareRequest, opts ...grpc.CallOption) (*MachineServiceUpdateFirmwareResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MachineServiceUpdateFirmwareResponse)
+	err := c.cc.Invoke(ctx, MachineService_UpdateFirmware_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *machineServiceClient) SetState(ctx context.Context, in *MachineServiceSetStateRequest, opts ...grpc.CallOption) (*MachineServiceSetStateResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(MachineServiceSetStateResponse)
@@ -185,6 +240,17 @@ type MachineServiceServer interface {
 	// Reinstall installs an image again, keeping the allocation; only the
 	// primary disk is wiped.
 	Reinstall(context.Context, *MachineServiceReinstallRequest) (*MachineServiceReinstallResponse, error)
+	// Power switches the machine on or off, resets or power-cycles it
+	// through its BMC (the partition's metal-bmc, docs/bmc.md): it raises
+	// the machine's power intent to a new generation, executed once.
+	Power(context.Context, *MachineServicePowerRequest) (*MachineServicePowerResponse, error)
+	// Boot sets the device of the machine's next boot through its BMC.
+	Boot(context.Context, *MachineServiceBootRequest) (*MachineServiceBootResponse, error)
+	// Identify switches the machine's identify LED on or off.
+	Identify(context.Context, *MachineServiceIdentifyRequest) (*MachineServiceIdentifyResponse, error)
+	// UpdateFirmware installs BIOS or BMC firmware from a URL through the
+	// machine's BMC, where its provider supports it.
+	UpdateFirmware(context.Context, *MachineServiceUpdateFirmwareRequest) (*MachineServiceUpdateFirmwareResponse, error)
 	// SetState locks, reserves or releases a machine (admin).
 	SetState(context.Context, *MachineServiceSetStateRequest) (*MachineServiceSetStateResponse, error)
 	// Events lists the provisioning event log; with follow it streams new
@@ -221,6 +287,18 @@ func (UnimplementedMachineServiceServer) Delete(context.Context, *MachineService
 }
 func (UnimplementedMachineServiceServer) Reinstall(context.Context, *MachineServiceReinstallRequest) (*MachineServiceReinstallResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Reinstall not implemented")
+}
+func (UnimplementedMachineServiceServer) Power(context.Context, *MachineServicePowerRequest) (*MachineServicePowerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Power not implemented")
+}
+func (UnimplementedMachineServiceServer) Boot(context.Context, *MachineServiceBootRequest) (*MachineServiceBootResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Boot not implemented")
+}
+func (UnimplementedMachineServiceServer) Identify(context.Context, *MachineServiceIdentifyRequest) (*MachineServiceIdentifyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Identify not implemented")
+}
+func (UnimplementedMachineServiceServer) UpdateFirmware(context.Context, *MachineServiceUpdateFirmwareRequest) (*MachineServiceUpdateFirmwareResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateFirmware not implemented")
 }
 func (UnimplementedMachineServiceServer) SetState(context.Context, *MachineServiceSetStateRequest) (*MachineServiceSetStateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetState not implemented")
@@ -345,6 +423,78 @@ func _MachineService_Reinstall_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MachineService_Power_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MachineServicePowerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MachineServiceServer).Power(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MachineService_Power_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MachineServiceServer).Power(ctx, req.(*MachineServicePowerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MachineService_Boot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MachineServiceBootRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MachineServiceServer).Boot(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MachineService_Boot_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MachineServiceServer).Boot(ctx, req.(*MachineServiceBootRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MachineService_Identify_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MachineServiceIdentifyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MachineServiceServer).Identify(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MachineService_Identify_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MachineServiceServer).Identify(ctx, req.(*MachineServiceIdentifyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MachineService_UpdateFirmware_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MachineServiceUpdateFirmwareRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MachineServiceServer).UpdateFirmware(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MachineService_UpdateFirmware_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MachineServiceServer).UpdateFirmware(ctx, req.(*MachineServiceUpdateFirmwareRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _MachineService_SetState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(MachineServiceSetStateRequest)
 	if err := dec(in); err != nil {
@@ -436,6 +586,22 @@ var MachineService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Reinstall",
 			Handler:    _MachineService_Reinstall_Handler,
+		},
+		{
+			MethodName: "Power",
+			Handler:    _MachineService_Power_Handler,
+		},
+		{
+			MethodName: "Boot",
+			Handler:    _MachineService_Boot_Handler,
+		},
+		{
+			MethodName: "Identify",
+			Handler:    _MachineService_Identify_Handler,
+		},
+		{
+			MethodName: "UpdateFirmware",
+			Handler:    _MachineService_UpdateFirmware_Handler,
 		},
 		{
 			MethodName: "SetState",
