@@ -188,6 +188,13 @@ func Derive(ctx context.Context, tx pgx.Tx, docs Docs, partition string) error {
 	if err != nil {
 		return fmt.Errorf("bmc agents of partition %s: %w", partition, err)
 	}
+	return DeriveFor(ctx, tx, docs, partition, ids)
+}
+
+// DeriveFor is Derive for the metal-bmc agents ids of partition alone: an
+// enrolment derives the new agent's document, not every agent's again
+// (which made enrolling n agents cost n² document reads).
+func DeriveFor(ctx context.Context, tx pgx.Tx, docs Docs, partition string, ids []string) error {
 	if len(ids) == 0 || docs == nil {
 		return nil
 	}

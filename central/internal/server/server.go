@@ -275,8 +275,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		return bmc.Report(ctx, tx, s.hub, machine.NoteIfKnown, a.ID, a.Partition, r)
 	}))
 	// A metal-bmc gets its partition's BMC settings as it is enrolled.
-	s.hub.AttachEnrol(agentv1.Kind_KIND_BMC, func(ctx context.Context, tx pgx.Tx, _, partition string) error {
-		return bmc.Derive(ctx, tx, s.hub, partition)
+	s.hub.AttachEnrol(agentv1.Kind_KIND_BMC, func(ctx context.Context, tx pgx.Tx, id, partition string) error {
+		return bmc.DeriveFor(ctx, tx, s.hub, partition, []string{id})
 	})
 	if err := api.RefreshPixies(ctx); err != nil {
 		return nil, fmt.Errorf("refresh PXE service documents: %w", err)
