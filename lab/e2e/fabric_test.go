@@ -43,15 +43,16 @@ func fabricPort(machine int) string { return "Ethernet" + strconv.Itoa(4*machine
 func startLeaf(t *testing.T, f *fleetCentral, core, name string, nic, machines int) *leaf {
 	t.Helper()
 	l := &leaf{name: name, redis: redistest.Start(t)}
+	uplink := fabricPort(machines) // after the machines' ports
 	cfg := map[string]map[string]string{
 		"DEVICE_METADATA|localhost": {"hostname": name, "docker_routing_config_mode": "split"},
 		"VLAN|Vlan4000":             {"vlanid": "4000"},
 		"VXLAN_TUNNEL|vtep":         {"src_ip": "10.255.0.1"},
-		"PORT|Ethernet120":          {"alias": "Eth31/1", "mtu": "9216", "admin_status": "up", "speed": "100000", "lanes": "120,121,122,123"},
+		"PORT|" + uplink:            {"alias": "Uplink1", "mtu": "9216", "admin_status": "up", "speed": "100000", "lanes": "1000"},
 	}
 	appl := map[string]map[string]string{
-		"PORT_TABLE:Ethernet120":       {"oper_status": "up"},
-		"LLDP_ENTRY_TABLE:Ethernet120": {"lldp_rem_sys_name": "spine01", "lldp_rem_port_id": "swp1", "lldp_rem_chassis_id": "aa:bb:cc:dd:ee:01"},
+		"PORT_TABLE:" + uplink:       {"oper_status": "up"},
+		"LLDP_ENTRY_TABLE:" + uplink: {"lldp_rem_sys_name": "spine01", "lldp_rem_port_id": "swp1", "lldp_rem_chassis_id": "aa:bb:cc:dd:ee:01"},
 	}
 	for i := range machines {
 		p := fabricPort(i)
@@ -78,7 +79,7 @@ func startLeaf(t *testing.T, f *fleetCentral, core, name string, nic, machines i
 		"--state-dir", filepath.Join(dir, "state"), "--db-config", l.redis.DBConfig, "--naming-schema", "name",
 		"--frr-conf", filepath.Join(dir, "frr", "frr.conf"), "--frr-validate", "true", "--frr-reload", "true", "--vtysh", "true",
 		"--bgp-poll", "1h", "--facts-poll", "1s", "--sonic-version-file", filepath.Join(dir, "none"),
-		"--metrics-listen", "", "--relay-port", "0", "--uplinks", "Ethernet120", "--rack", "r1", "--log-level", "debug")
+		"--metrics-listen", "", "--relay-port", "0", "--uplinks", uplink, "--rack", "r1", "--log-level", "debug")
 	logf, err := os.Create(filepath.Join(dir, "metal-core.log"))
 	if err != nil {
 		t.Fatal(err)
