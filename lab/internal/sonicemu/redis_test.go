@@ -2,62 +2,24 @@ package sonicemu
 
 import (
 	"context"
-	"encoding/json"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/metalfleet/metalfleet/agents/metalcore/redistest"
 )
 
-// startRedis runs a real redis-server on a unix socket in the test's
-// directory, writes the database_config.json a switch would have for it
-// and returns CONFIG_DB's client through Open, as the binary connects.
-// (agents/metalcore/redistest does the same for metal-core; Go's
-// internal rule keeps lab/ from importing it.)
+// startRedis runs a real redis-server (metal-core's test server, with the
+// database_config.json a switch would have for it) and returns CONFIG_DB's
+// client through Open, as the binary connects.
 func startRedis(t *testing.T) (*redis.Client, string) {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Skip("redis-server not installed (make deps installs Debian's redis-server)")
-	}
-	dir, err := os.MkdirTemp("", "semu")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "redis.sock")
-	cmd := exec.Command(bin, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700",
-		"--save", "", "--appendonly", "no", "--dir", dir, "--databases", "16", "--loglevel", "warning")
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("redis-server: %v", err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	cfg, _ := json.Marshal(map[string]any{
-		"INSTANCES": map[string]any{"redis": map[string]any{"hostname": "127.0.0.1", "port": 6379, "unix_socket_path": sock}},
-		"DATABASES": map[string]any{
-			"APPL_DB":   map[string]any{"id": 0, "separator": ":", "instance": "redis"},
-			"CONFIG_DB": map[string]any{"id": 4, "separator": "|", "instance": "redis"},
-		},
-	})
-	path := filepath.Join(dir, "database_config.json")
-	if err := os.WriteFile(path, cfg, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	c, sep, err := Open(path)
+	srv := redistest.Start(t)
+	c, sep, err := Open(srv.DBConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	deadline := time.Now().Add(10 * time.Second)
-	for c.Ping(context.Background()).Err() != nil {
-		if time.Now().After(deadline) {
-			t.Fatal("redis-server did not answer within 10s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 	return c, sep
 }
 
