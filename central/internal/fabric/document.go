@@ -39,11 +39,10 @@ const installDone = string(fsm.BootingNewKernel)
 
 // portMachine is the machine on a switch port, as the document needs it.
 type portMachine struct {
-	id, nic   string
-	tenant    bool   // its ports belong in its tenant VRF now
-	vni       uint32 // its tenant network's VRF (0: none)
-	cidrs     []string
-	networkID string
+	id, nic string
+	tenant  bool   // its ports belong in its tenant VRF now
+	vni     uint32 // its tenant network's VRF (0: none)
+	cidrs   []string
 }
 
 // Derive computes the desired documents of switches ids from the domain
@@ -198,7 +197,7 @@ func machinesOn(ctx context.Context, tx pgx.Tx, sw *apiv1.Switch) (map[string]po
 	// allocation's networks: its VRF is the one its ports are routed in.
 	rows, err := tx.Query(ctx, `SELECT n.mac, m.id, n.name,
 			m.allocation_id IS NOT NULL AND (m.installed OR m.provisioning = $2),
-			COALESCE(c.vrf, 0), COALESCE(c.id, ''),
+			COALESCE(c.vrf, 0),
 			COALESCE(ARRAY(SELECT cidr FROM prefixes WHERE network_id = c.id ORDER BY cidr), '{}')
 		FROM machine_nics n JOIN machines m ON m.id = n.machine_id
 		LEFT JOIN LATERAL (SELECT id, vrf FROM networks WHERE type = 'child'
@@ -215,7 +214,7 @@ func machinesOn(ctx context.Context, tx pgx.Tx, sw *apiv1.Switch) (map[string]po
 			m   portMachine
 			vrf int64
 		)
-		if err := rows.Scan(&mac, &m.id, &m.nic, &m.tenant, &vrf, &m.networkID, &m.cidrs); err != nil {
+		if err := rows.Scan(&mac, &m.id, &m.nic, &m.tenant, &vrf, &m.cidrs); err != nil {
 			return nil, fmt.Errorf("machines on the ports: %w", err)
 		}
 		m.vni = uint32(vrf)
