@@ -3,6 +3,7 @@ package lab
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/metalfleet/metalfleet/lab/internal/netlab"
 	"github.com/metalfleet/metalfleet/lab/internal/topo"
@@ -67,6 +68,13 @@ func buildNetwork(t *topo.Topology) error {
 			addrs = cidrs(n.MgmtIPv4, n.MgmtIPv6)
 		case topo.KindMachine:
 			inside, addrs = bmcIface, cidrs(n.BMCIPv4, n.BMCIPv6)
+		case topo.KindLeaf, topo.KindSpine, topo.KindExit:
+			if !t.Fabric() {
+				continue
+			}
+			// A router guest's management port: the guest's eth0 holds
+			// the addresses (a tap bridged with this veth, below).
+			inside = routerMgmt
 		default:
 			continue
 		}
@@ -88,15 +96,20 @@ func buildNetwork(t *topo.Topology) error {
 			return fmt.Errorf("link %s ↔ %s: %w", a, b, err)
 		}
 	}
+	routers := t.Routers()
 	for _, name := range nodes {
 		n, ns := t.Node(name), t.Namespace(name)
-		switch n.Kind {
-		case topo.KindLeaf:
+		switch {
+		case n.Kind == topo.KindLeaf && !t.Fabric():
 			if err := netlab.Bridge(ns, leafBridge, t.Ifaces(name)...); err != nil {
 				return err
 			}
-		case topo.KindMachine:
-			for _, iface := range t.Ifaces(name) {
+		case n.Kind == topo.KindMachine || slices.Contains(routers, name):
+			ifaces := t.Ifaces(name)
+			if n.Kind != topo.KindMachine {
+				ifaces = append([]string{routerMgmt}, ifaces...)
+			}
+			for _, iface := range ifaces {
 				if err := netlab.Bridge(ns, bridgeOf(iface), iface); err != nil {
 					return err
 				}
@@ -104,8 +117,39 @@ func buildNetwork(t *topo.Topology) error {
 					return err
 				}
 			}
-		case topo.KindPixie:
+		case n.Kind == topo.KindPixie && t.Fabric():
+			if err := buildRelayedPXE(t); err != nil {
+				return err
+			}
+		case n.Kind == topo.KindPixie:
 			if err := buildPixieNet(t, name); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// buildRelayedPXE routes a fabric's PXE network from central and pixie to
+// the leaves' management addresses (one path per leaf): the leaves hold
+// its gateway on their Vlan4000 and relay DHCP to pixie.
+func buildRelayedPXE(t *topo.Topology) error {
+	px := t.Node(t.Pixie())
+	var v4, v6 []string
+	for _, l := range t.Nodes(topo.KindLeaf) {
+		n := t.Node(l)
+		v4 = append(v4, n.MgmtIPv4)
+		if n.MgmtIPv6 != "" {
+			v6 = append(v6, n.MgmtIPv6)
+		}
+	}
+	for _, node := range []string{t.Central(), t.Pixie()} {
+		ns := t.Namespace(node)
+		if err := netlab.RouteMulti(ns, netip.MustParsePrefix(px.PXEIPv4).Masked().String(), v4...); err != nil {
+			return err
+		}
+		if px.PXEIPv6 != "" && len(v6) > 0 && t.Node(node).MgmtIPv6 != "" {
+			if err := netlab.RouteMulti(ns, netip.MustParsePrefix(px.PXEIPv6).Masked().String(), v6...); err != nil {
 				return err
 			}
 		}

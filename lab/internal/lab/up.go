@@ -21,7 +21,10 @@ import (
 // Timings are how long the phases of Up took.
 type Timings struct {
 	Network, Central, Setup, Pixie, BMCs time.Duration
-	PoweredOn                            time.Time
+	// Routers: a fabric's router guests booted, the leaves registered
+	// and provisioned (from their boot on, alongside pixie's start).
+	Routers   time.Duration
+	PoweredOn time.Time
 }
 
 // ErrRunning is Up's answer for a lab that is up already, when it was not
@@ -107,11 +110,25 @@ func (l *Lab) Up(ctx context.Context, recreate bool) (Timings, error) {
 	}
 	tm.Setup = time.Since(start)
 
+	if l.top.Fabric() {
+		start = time.Now()
+		if err := l.startRouters(ctx); err != nil {
+			return tm, err
+		}
+	}
+
 	start = time.Now()
 	if err := l.startPixie(ctx, secret); err != nil {
 		return tm, err
 	}
 	tm.Pixie = time.Since(start)
+
+	if l.top.Fabric() {
+		if err := l.provisionLeaves(ctx); err != nil {
+			return tm, err
+		}
+		tm.Routers = time.Since(start)
+	}
 
 	start = time.Now()
 	if err := l.startBMCs(ctx); err != nil {
@@ -185,8 +202,12 @@ func (l *Lab) setupPartition(ctx context.Context) (string, error) {
 	if desc == "" {
 		desc = "metal-lab " + t.Name
 	}
-	// The lab's machines have no leaves to be dual attached to yet.
-	cmds := [][]string{{"partition", "create", "--id", p.ID, "--description", desc, "--boot-cmdline", cmdline, "--allow-single-attach"}}
+	cmds := [][]string{{"partition", "create", "--id", p.ID, "--description", desc, "--boot-cmdline", cmdline}}
+	if !t.Fabric() {
+		// Without a fabric the machines have no switches to be dual
+		// attached to.
+		cmds[0] = append(cmds[0], "--allow-single-attach")
+	}
 	for _, s := range p.Sizes {
 		cmds = append(cmds, []string{"size", "create", "--id", s.ID, "--cores", s.Cores, "--memory", s.Memory, "--storage", s.Storage})
 	}
@@ -251,11 +272,23 @@ func (l *Lab) startPixie(ctx context.Context, secret string) error {
 	router := netip.MustParsePrefix(n.PXEIPv4).Addr().String()
 	args := []string{l.bin("metal-pixie"), "--name", l.pixieName(), "--central", l.centralAddr(),
 		"--ca", filepath.Join(l.centralDir(), "ca.crt"), "--token-file", tokenFile,
-		"--state-dir", filepath.Join(l.dir, "pixie"), "--interface", pxeBridge,
-		"--dhcp4-range", n.DHCP4Range, "--router", router, "--ra",
+		"--state-dir", filepath.Join(l.dir, "pixie"),
+		"--dhcp4-range", n.DHCP4Range, "--router", router,
 		"--http-listen", ":80", "--tftp-listen", ":69",
 		"--kernel", filepath.Join(l.cfg.Root, "build/installer/vmlinuz"),
 		"--initramfs", filepath.Join(l.cfg.Root, "build/installer/initramfs.cpio.gz")}
+	if t.Fabric() {
+		// Behind the leaves' DHCP relays: pixie listens on its management
+		// port; the leaves hold the PXE network's gateway and send its
+		// router advertisements.
+		args = append(args, "--interface", mgmtIface, "--server-ip", n.MgmtIPv4,
+			"--subnet", netip.MustParsePrefix(n.PXEIPv4).Masked().String())
+		if n.MgmtIPv6 != "" {
+			args = append(args, "--server-ip6", n.MgmtIPv6)
+		}
+	} else {
+		args = append(args, "--interface", pxeBridge, "--ra")
+	}
 	if n.DHCP6Range != "" {
 		args = append(args, "--dhcp6-range", n.DHCP6Range)
 	}

@@ -406,6 +406,32 @@ func Route(ns, dst, via string) error {
 	})
 }
 
+// RouteMulti adds a route to dst over several gateways at once (ECMP;
+// one gateway is a plain route).
+func RouteMulti(ns, dst string, vias ...string) error {
+	if len(vias) == 1 {
+		return Route(ns, dst, vias[0])
+	}
+	p, err := netip.ParsePrefix(dst)
+	if err != nil {
+		return fmt.Errorf("route %q: %w", dst, err)
+	}
+	r := &netlink.Route{Dst: &net.IPNet{IP: p.Masked().Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+	for _, v := range vias {
+		gw := net.ParseIP(v)
+		if gw == nil {
+			return fmt.Errorf("route %s: gateway %q is no address", dst, v)
+		}
+		r.MultiPath = append(r.MultiPath, &netlink.NexthopInfo{Gw: gw})
+	}
+	return withHandle(ns, func(h *netlink.Handle) error {
+		if err := h.RouteAdd(r); err != nil {
+			return fmt.Errorf("route %s via %s in %s: %w", dst, strings.Join(vias, ", "), nsName(ns), err)
+		}
+		return nil
+	})
+}
+
 // Sysctl writes a net sysctl (e.g. "net/ipv4/ip_forward") inside ns.
 func Sysctl(ns, key, value string) error {
 	return Do(ns, func() error {

@@ -25,9 +25,16 @@ import (
 const (
 	KindCentral = "central" // metal-central with its embedded PostgreSQL
 	KindPixie   = "pixie"   // the partition's metal-pixie; routes its PXE network to mgmt
-	KindLeaf    = "leaf"    // a leaf switch: a bridge over its ports (metal-core later)
+	KindLeaf    = "leaf"    // a leaf switch: a bridge over its ports, or a router guest in a fabric
+	KindSpine   = "spine"   // a fabric's spine: a router guest peering with the leaves
+	KindExit    = "exit"    // a fabric's exit router: holds the external network
 	KindMachine = "machine" // a QEMU server with its BMC on mgmt
 )
+
+// A topology with a spine is a fabric: its leaves, spine and exit are
+// router guests (QEMU: Redis with CONFIG_DB, the SONiC emulation, FRR; the
+// leaves run metal-core), the PXE network is the leaves' Vlan4000 relayed
+// to pixie, and pixie has no links, only its management address.
 
 // Topology is a whole lab.
 type Topology struct {
@@ -91,9 +98,15 @@ type Network struct {
 type Node struct {
 	Kind string `json:"kind"`
 
-	// central, pixie
+	// central, pixie, a fabric's leaves (their management port eth0)
 	MgmtIPv4 string `json:"mgmt-ipv4,omitempty"`
 	MgmtIPv6 string `json:"mgmt-ipv6,omitempty"`
+
+	// a fabric's leaves: the rack they stand in (metal-core --rack)
+	Rack string `json:"rack,omitempty"`
+	// a fabric's exit: the external network it holds (address/prefix on
+	// its loopback, announced to the fabric)
+	External []string `json:"external,omitempty"`
 
 	// pixie: its PXE network (a bridge over its links), DHCP ranges and
 	// the gateway addresses of the partition's networks it routes.
@@ -103,7 +116,7 @@ type Node struct {
 	DHCP6Range string   `json:"dhcp6-range,omitempty"`
 	Gateways   []string `json:"gateways,omitempty"`
 
-	// machine
+	// machine; Memory also for router guests (default 256)
 	UUID     string `json:"uuid,omitempty"`
 	Memory   int    `json:"memory,omitempty"` // MiB
 	CPUs     int    `json:"cpus,omitempty"`
@@ -185,6 +198,9 @@ func Parse(b []byte) (*Topology, error) {
 	if err := t.checkLinks(); err != nil {
 		return nil, err
 	}
+	if err := t.checkFabric(); err != nil {
+		return nil, err
+	}
 	if err := t.checkAddresses(); err != nil {
 		return nil, err
 	}
@@ -259,6 +275,23 @@ func (t *Topology) fillNode(name string, n *Node) error {
 			}
 		}
 	case KindLeaf:
+		if n.MgmtIPv4 != "" {
+			if err := needAddr("mgmt-ipv4", n.MgmtIPv4, t.Mgmt.IPv4Subnet); err != nil {
+				return err
+			}
+		}
+		if n.Memory == 0 {
+			n.Memory = 256
+		}
+	case KindSpine, KindExit:
+		for i, e := range n.External {
+			if _, err := netip.ParsePrefix(e); err != nil {
+				return fmt.Errorf("external[%d] %q: want address/prefix", i, e)
+			}
+		}
+		if n.Memory == 0 {
+			n.Memory = 256
+		}
 	case KindMachine:
 		if n.UUID == "" {
 			n.UUID = uuid.NewSHA1(uuid.NameSpaceOID, []byte("metal-lab/"+t.Name+"/"+name)).String()
@@ -301,7 +334,7 @@ func (t *Topology) fillNode(name string, n *Node) error {
 			n.MACs[ifname] = hw.String()
 		}
 	default:
-		return fmt.Errorf("kind %q: want central, pixie, leaf or machine", n.Kind)
+		return fmt.Errorf("kind %q: want central, pixie, leaf, spine, exit or machine", n.Kind)
 	}
 	return nil
 }
@@ -353,9 +386,10 @@ func (t *Topology) checkLinks() error {
 		}
 		slices.Sort(kinds[:])
 		switch kinds {
-		case [2]string{KindLeaf, KindMachine}, [2]string{KindLeaf, KindPixie}, [2]string{KindLeaf, KindLeaf}:
+		case [2]string{KindLeaf, KindMachine}, [2]string{KindLeaf, KindPixie}, [2]string{KindLeaf, KindLeaf},
+			[2]string{KindLeaf, KindSpine}, [2]string{KindExit, KindSpine}:
 		default:
-			return fmt.Errorf("topology.links[%d]: a %s cannot be linked to a %s (machines and pixie attach to leaves; central is on mgmt)", i, kinds[0], kinds[1])
+			return fmt.Errorf("topology.links[%d]: a %s cannot be linked to a %s (machines and pixie attach to leaves, leaves and exits to spines; central is on mgmt)", i, kinds[0], kinds[1])
 		}
 	}
 	for name, n := range t.Topology.Nodes {
@@ -498,4 +532,91 @@ func ParseBytes(s string) (int64, error) {
 		return 0, fmt.Errorf("%q: want a positive size like 4GiB", s)
 	}
 	return v * mult, nil
+}
+
+// Fabric tells whether the topology is a routed fabric (it has a spine).
+func (t *Topology) Fabric() bool { return len(t.Nodes(KindSpine)) > 0 }
+
+// Routers are the nodes that run as router guests: in a fabric the
+// leaves, spines and exits.
+func (t *Topology) Routers() []string {
+	if !t.Fabric() {
+		return nil
+	}
+	var out []string
+	for _, n := range t.NodeNames() {
+		switch t.Node(n).Kind {
+		case KindLeaf, KindSpine, KindExit:
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// swpRE is a router guest's port in the topology: swpN, the N-th front
+// panel port, which the guest names Ethernet<4(N-1)> as SONiC does for
+// 4-lane ports.
+var swpRE = regexp.MustCompile(`^swp([1-9][0-9]{0,2})$`)
+
+// SONiCPort is the SONiC name of a router guest's port swpN.
+func SONiCPort(iface string) (string, bool) {
+	m := swpRE.FindStringSubmatch(iface)
+	if m == nil {
+		return "", false
+	}
+	n, _ := strconv.Atoi(m[1])
+	return "Ethernet" + strconv.Itoa(4*(n-1)), true
+}
+
+// Peer is the endpoint at the other end of node:iface's link.
+func (t *Topology) Peer(node, iface string) (Endpoint, bool) {
+	for _, l := range t.Links() {
+		for i, e := range l {
+			if e.Node == node && e.Iface == iface {
+				return l[1-i], true
+			}
+		}
+	}
+	return Endpoint{}, false
+}
+
+// checkFabric: in a fabric the router guests' ports are swpN, pixie has no
+// links (the leaves relay DHCP to it), every leaf has a management address
+// (metal-core talks to central over it) and an uplink to a spine.
+func (t *Topology) checkFabric() error {
+	if !t.Fabric() {
+		for _, n := range t.NodeNames() {
+			if k := t.Node(n).Kind; k == KindExit {
+				return fmt.Errorf("topology.nodes.%s: an exit needs a spine (a fabric)", n)
+			}
+		}
+		return nil
+	}
+	if ifs := t.Ifaces(t.Pixie()); len(ifs) > 0 {
+		return fmt.Errorf("topology.nodes.%s: in a fabric pixie has no links (the leaves relay DHCP to its management address); it has %s", t.Pixie(), strings.Join(ifs, ", "))
+	}
+	for _, name := range t.Routers() {
+		n := t.Node(name)
+		for _, iface := range t.Ifaces(name) {
+			if _, ok := SONiCPort(iface); !ok {
+				return fmt.Errorf("topology.nodes.%s: port %s: a router guest's ports are swp1, swp2, … (Ethernet0, Ethernet4, … inside)", name, iface)
+			}
+		}
+		if n.Kind != KindLeaf {
+			continue
+		}
+		if n.MgmtIPv4 == "" {
+			return fmt.Errorf("topology.nodes.%s: mgmt-ipv4: a fabric's leaf needs a management address (metal-core reaches central over it)", name)
+		}
+		up := false
+		for _, iface := range t.Ifaces(name) {
+			if p, ok := t.Peer(name, iface); ok && t.Node(p.Node).Kind == KindSpine {
+				up = true
+			}
+		}
+		if !up {
+			return fmt.Errorf("topology.nodes.%s: a fabric's leaf needs a link to a spine", name)
+		}
+	}
+	return nil
 }

@@ -73,7 +73,8 @@ func TestParseRefusesBadTopologies(t *testing.T) {
 	}{
 		{"valid", " EXTRA", "", ""},
 		{"unknown field", " EXTRA", ", colour: red", "colour"},
-		{"unknown kind", "kind: leaf}", "kind: spine}", `kind "spine"`},
+		{"unknown kind", "kind: leaf}", "kind: switch}", `kind "switch"`},
+		{"exit without a fabric", "leaf01: {kind: leaf}", "leaf01: {kind: leaf}\n    x1: {kind: exit}", "an exit needs a spine"},
 		{"bmc outside mgmt", "bmc-ipv4: 172.30.0.101 EXTRA", "bmc-ipv4: 10.9.9.9", "not in the management subnet"},
 		{"duplicate address", "bmc-ipv4: 172.30.0.101 EXTRA", "bmc-ipv4: 172.30.0.10", "already central's"},
 		{"link to unknown node", `"m1:eth0", "leaf01:swp1"`, `"m9:eth0", "leaf01:swp1"`, `no node "m9"`},
@@ -113,5 +114,83 @@ func TestParseBytes(t *testing.T) {
 		if _, err := ParseBytes(in); err == nil {
 			t.Errorf("ParseBytes(%q) accepted", in)
 		}
+	}
+}
+
+func TestFabric(t *testing.T) {
+	top, err := Load("../../topologies/fabric.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !top.Fabric() {
+		t.Fatal("fabric.yaml is no fabric")
+	}
+	if got, want := strings.Join(top.Routers(), ","), "exit01,leaf01,leaf02,spine01"; got != want {
+		t.Fatalf("routers %s, want %s", got, want)
+	}
+	if p, ok := top.Peer("leaf01", "swp49"); !ok || p != (Endpoint{"spine01", "swp1"}) {
+		t.Fatalf("peer of leaf01:swp49 = %v %v", p, ok)
+	}
+	for in, want := range map[string]string{"swp1": "Ethernet0", "swp2": "Ethernet4", "swp49": "Ethernet192"} {
+		if got, ok := SONiCPort(in); !ok || got != want {
+			t.Errorf("SONiCPort(%s) = %s %v, want %s", in, got, ok, want)
+		}
+	}
+	for _, in := range []string{"swp0", "eth1", "swp", "swp1000"} {
+		if _, ok := SONiCPort(in); ok {
+			t.Errorf("SONiCPort(%s) accepted", in)
+		}
+	}
+	mini, err := Load("../../topologies/mini.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mini.Fabric() || len(mini.Routers()) != 0 {
+		t.Fatal("mini.yaml is a fabric")
+	}
+}
+
+const fabric = `
+name: f
+mgmt: {ipv4-subnet: 172.30.0.0/24}
+partition:
+  id: lab
+  sizes: [{id: s1, cores: 1-8, memory: 1GiB-2GiB, storage: 1GiB-9GiB}]
+  images: [{id: i, os: o, version: "1", file: f}]
+  networks: [{id: n, type: external, prefixes: [10.2.0.0/24]}]
+  tenant: t1
+  project: p1
+topology:
+  nodes:
+    central: {kind: central, mgmt-ipv4: 172.30.0.10}
+    pixie: {kind: pixie, mgmt-ipv4: 172.30.0.11, pxe-ipv4: 10.1.0.1/24, dhcp4-range: 10.1.0.100-10.1.0.199}
+    leaf01: {kind: leaf, mgmt-ipv4: 172.30.0.21}
+    spine01: {kind: spine}
+    m1: {kind: machine, bmc-ipv4: 172.30.0.101}
+  links:
+    - endpoints: ["leaf01:swp49", "spine01:swp1"]
+    - endpoints: ["m1:eth0", "leaf01:swp1"]
+`
+
+func TestFabricRules(t *testing.T) {
+	tests := []struct{ name, from, to, want string }{
+		{"valid", "", "", ""},
+		{"port not swpN", `"m1:eth0", "leaf01:swp1"`, `"m1:eth0", "leaf01:port1"`, "a router guest's ports are swp1"},
+		{"pixie linked", `"m1:eth0", "leaf01:swp1"]`, `"m1:eth0", "leaf01:swp1"]` + "\n" + `    - endpoints: ["pixie:pxe1", "leaf01:swp2"]`, "pixie has no links"},
+		{"leaf without mgmt", "leaf01: {kind: leaf, mgmt-ipv4: 172.30.0.21}", "leaf01: {kind: leaf}", "needs a management address"},
+		{"leaf without uplink", `"leaf01:swp49", "spine01:swp1"`, `"m1:eth1", "leaf01:swp49"`, "needs a link to a spine"},
+		{"machine to spine", `"m1:eth0", "leaf01:swp1"`, `"m1:eth0", "spine01:swp2"`, "cannot be linked"},
+		{"bad external", "spine01: {kind: spine}", "spine01: {kind: spine, external: [x]}", `external[0] "x"`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(strings.Replace(fabric, tc.from, tc.to, 1)))
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("valid fabric refused: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("err = %v, want one containing %q", err, tc.want)
+			}
+		})
 	}
 }
