@@ -160,6 +160,7 @@ func fromFacts(ctx context.Context, tx pgx.Tx, sw *apiv1.Switch, f *agentv1.Swit
 		s := &apiv1.SwitchBgpSession{
 			Port: b.GetPort(), Vrf: b.GetVrf(), PeerGroup: b.GetPeerGroup(), State: bgpState(b.GetState()),
 			EstablishedSince: b.GetEstablishedSince(), RemoteAs: b.GetRemoteAs(), RemoteHostname: b.GetRemoteHostname(),
+			AddressFamilies: b.GetAddressFamilies(),
 		}
 		for _, af := range b.GetAddressFamilies() {
 			s.PrefixesSent += af.GetPrefixesSent()

@@ -224,6 +224,13 @@ func (l *Lab) setupPartition(ctx context.Context) (string, error) {
 		for _, pr := range n.Prefixes {
 			args = append(args, "--prefix", pr)
 		}
+		if n.Type == "super" {
+			// Tenants' networks are allocated from it in the partition.
+			args = append(args, "--partition", p.ID)
+		}
+		for _, l := range n.ChildPrefixLength {
+			args = append(args, "--child-prefix-length", l)
+		}
 		cmds = append(cmds, args)
 	}
 	cmds = append(cmds, []string{"tenant", "create", "--id", p.Tenant})

@@ -92,6 +92,9 @@ type Network struct {
 	ID       string   `json:"id"`
 	Type     string   `json:"type"`
 	Prefixes []string `json:"prefixes"`
+	// ChildPrefixLength of a super network's children: N or ipv4=N /
+	// ipv6=N, as `metalctl network create --child-prefix-length` takes it.
+	ChildPrefixLength []string `json:"child-prefix-length,omitempty"`
 }
 
 // Node is one node; which fields apply depends on its kind.

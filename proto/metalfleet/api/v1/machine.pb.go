@@ -2388,8 +2388,11 @@ type SwitchBgpSession struct {
 	RemoteHostname   string                 `protobuf:"bytes,7,opt,name=remote_hostname,json=remoteHostname,proto3" json:"remote_hostname,omitempty"`
 	PrefixesSent     uint64                 `protobuf:"varint,8,opt,name=prefixes_sent,json=prefixesSent,proto3" json:"prefixes_sent,omitempty"`
 	PrefixesAccepted uint64                 `protobuf:"varint,9,opt,name=prefixes_accepted,json=prefixesAccepted,proto3" json:"prefixes_accepted,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// address_families are the counters per address family (FRR's names:
+	// ipv4Unicast, ipv6Unicast, l2VpnEvpn); the totals above sum them.
+	AddressFamilies []*v1.BgpAddressFamilyFact `protobuf:"bytes,10,rep,name=address_families,json=addressFamilies,proto3" json:"address_families,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *SwitchBgpSession) Reset() {
@@ -2483,6 +2486,13 @@ func (x *SwitchBgpSession) GetPrefixesAccepted() uint64 {
 		return x.PrefixesAccepted
 	}
 	return 0
+}
+
+func (x *SwitchBgpSession) GetAddressFamilies() []*v1.BgpAddressFamilyFact {
+	if x != nil {
+		return x.AddressFamilies
+	}
+	return nil
 }
 
 // SwitchSync is what metal-core last said about applying its document.
@@ -2833,7 +2843,7 @@ var File_metalfleet_api_v1_machine_proto protoreflect.FileDescriptor
 
 const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"\n" +
-	"\x1fmetalfleet/api/v1/machine.proto\x12\x11metalfleet.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emetalfleet/api/v1/common.proto\x1a\x1dmetalfleet/agent/v1/bmc.proto\x1a!metalfleet/agent/v1/machine.proto\"\x88\a\n" +
+	"\x1fmetalfleet/api/v1/machine.proto\x12\x11metalfleet.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emetalfleet/api/v1/common.proto\x1a\x1dmetalfleet/agent/v1/bmc.proto\x1a!metalfleet/agent/v1/machine.proto\x1a metalfleet/agent/v1/switch.proto\"\x88\a\n" +
 	"\aMachine\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fpartition_id\x18\x02 \x01(\tR\vpartitionId\x12\x17\n" +
@@ -3025,7 +3035,7 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"neighbours\x12\x12\n" +
 	"\x04role\x18\v \x01(\tR\x04role\x12\x10\n" +
 	"\x03vrf\x18\f \x01(\rR\x03vrf\x12\x12\n" +
-	"\x04shut\x18\r \x01(\bR\x04shut\"\xce\x02\n" +
+	"\x04shut\x18\r \x01(\bR\x04shut\"\xa4\x03\n" +
 	"\x10SwitchBgpSession\x12\x12\n" +
 	"\x04port\x18\x01 \x01(\tR\x04port\x12\x10\n" +
 	"\x03vrf\x18\x02 \x01(\tR\x03vrf\x12\x1d\n" +
@@ -3036,7 +3046,9 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"\tremote_as\x18\x06 \x01(\rR\bremoteAs\x12'\n" +
 	"\x0fremote_hostname\x18\a \x01(\tR\x0eremoteHostname\x12#\n" +
 	"\rprefixes_sent\x18\b \x01(\x04R\fprefixesSent\x12+\n" +
-	"\x11prefixes_accepted\x18\t \x01(\x04R\x10prefixesAccepted\"\x8a\x01\n" +
+	"\x11prefixes_accepted\x18\t \x01(\x04R\x10prefixesAccepted\x12T\n" +
+	"\x10address_families\x18\n" +
+	" \x03(\v2).metalfleet.agent.v1.BgpAddressFamilyFactR\x0faddressFamilies\"\x8a\x01\n" +
 	"\n" +
 	"SwitchSync\x12)\n" +
 	"\x10applied_revision\x18\x01 \x01(\x04R\x0fappliedRevision\x12\x14\n" +
@@ -3171,6 +3183,7 @@ var file_metalfleet_api_v1_machine_proto_goTypes = []any{
 	(v1.BmcPowerAction)(0),                       // 50: metalfleet.agent.v1.BmcPowerAction
 	(v1.BmcBootDevice)(0),                        // 51: metalfleet.agent.v1.BmcBootDevice
 	(v1.BmcFirmwareComponent)(0),                 // 52: metalfleet.agent.v1.BmcFirmwareComponent
+	(*v1.BgpAddressFamilyFact)(nil),              // 53: metalfleet.agent.v1.BgpAddressFamilyFact
 }
 var file_metalfleet_api_v1_machine_proto_depIdxs = []int32{
 	0,  // 0: metalfleet.api.v1.Machine.state:type_name -> metalfleet.api.v1.MachineState
@@ -3213,47 +3226,48 @@ var file_metalfleet_api_v1_machine_proto_depIdxs = []int32{
 	36, // 37: metalfleet.api.v1.Switch.sync:type_name -> metalfleet.api.v1.SwitchSync
 	47, // 38: metalfleet.api.v1.Switch.meta:type_name -> metalfleet.api.v1.Meta
 	46, // 39: metalfleet.api.v1.SwitchBgpSession.established_since:type_name -> google.protobuf.Timestamp
-	46, // 40: metalfleet.api.v1.SwitchSync.reported_at:type_name -> google.protobuf.Timestamp
-	33, // 41: metalfleet.api.v1.SwitchServiceSetPortResponse.switch:type_name -> metalfleet.api.v1.Switch
-	33, // 42: metalfleet.api.v1.SwitchServiceGetResponse.switch:type_name -> metalfleet.api.v1.Switch
-	33, // 43: metalfleet.api.v1.SwitchServiceListResponse.switches:type_name -> metalfleet.api.v1.Switch
-	7,  // 44: metalfleet.api.v1.MachineService.Get:input_type -> metalfleet.api.v1.MachineServiceGetRequest
-	9,  // 45: metalfleet.api.v1.MachineService.List:input_type -> metalfleet.api.v1.MachineServiceListRequest
-	11, // 46: metalfleet.api.v1.MachineService.Create:input_type -> metalfleet.api.v1.MachineServiceCreateRequest
-	13, // 47: metalfleet.api.v1.MachineService.Delete:input_type -> metalfleet.api.v1.MachineServiceDeleteRequest
-	15, // 48: metalfleet.api.v1.MachineService.Reinstall:input_type -> metalfleet.api.v1.MachineServiceReinstallRequest
-	17, // 49: metalfleet.api.v1.MachineService.Power:input_type -> metalfleet.api.v1.MachineServicePowerRequest
-	19, // 50: metalfleet.api.v1.MachineService.Boot:input_type -> metalfleet.api.v1.MachineServiceBootRequest
-	21, // 51: metalfleet.api.v1.MachineService.Identify:input_type -> metalfleet.api.v1.MachineServiceIdentifyRequest
-	23, // 52: metalfleet.api.v1.MachineService.UpdateFirmware:input_type -> metalfleet.api.v1.MachineServiceUpdateFirmwareRequest
-	25, // 53: metalfleet.api.v1.MachineService.SetState:input_type -> metalfleet.api.v1.MachineServiceSetStateRequest
-	27, // 54: metalfleet.api.v1.MachineService.Events:input_type -> metalfleet.api.v1.MachineServiceEventsRequest
-	31, // 55: metalfleet.api.v1.MachineService.Issues:input_type -> metalfleet.api.v1.MachineServiceIssuesRequest
-	29, // 56: metalfleet.api.v1.MachineService.ResolveMac:input_type -> metalfleet.api.v1.MachineServiceResolveMacRequest
-	39, // 57: metalfleet.api.v1.SwitchService.Get:input_type -> metalfleet.api.v1.SwitchServiceGetRequest
-	41, // 58: metalfleet.api.v1.SwitchService.List:input_type -> metalfleet.api.v1.SwitchServiceListRequest
-	37, // 59: metalfleet.api.v1.SwitchService.SetPort:input_type -> metalfleet.api.v1.SwitchServiceSetPortRequest
-	8,  // 60: metalfleet.api.v1.MachineService.Get:output_type -> metalfleet.api.v1.MachineServiceGetResponse
-	10, // 61: metalfleet.api.v1.MachineService.List:output_type -> metalfleet.api.v1.MachineServiceListResponse
-	12, // 62: metalfleet.api.v1.MachineService.Create:output_type -> metalfleet.api.v1.MachineServiceCreateResponse
-	14, // 63: metalfleet.api.v1.MachineService.Delete:output_type -> metalfleet.api.v1.MachineServiceDeleteResponse
-	16, // 64: metalfleet.api.v1.MachineService.Reinstall:output_type -> metalfleet.api.v1.MachineServiceReinstallResponse
-	18, // 65: metalfleet.api.v1.MachineService.Power:output_type -> metalfleet.api.v1.MachineServicePowerResponse
-	20, // 66: metalfleet.api.v1.MachineService.Boot:output_type -> metalfleet.api.v1.MachineServiceBootResponse
-	22, // 67: metalfleet.api.v1.MachineService.Identify:output_type -> metalfleet.api.v1.MachineServiceIdentifyResponse
-	24, // 68: metalfleet.api.v1.MachineService.UpdateFirmware:output_type -> metalfleet.api.v1.MachineServiceUpdateFirmwareResponse
-	26, // 69: metalfleet.api.v1.MachineService.SetState:output_type -> metalfleet.api.v1.MachineServiceSetStateResponse
-	28, // 70: metalfleet.api.v1.MachineService.Events:output_type -> metalfleet.api.v1.MachineServiceEventsResponse
-	32, // 71: metalfleet.api.v1.MachineService.Issues:output_type -> metalfleet.api.v1.MachineServiceIssuesResponse
-	30, // 72: metalfleet.api.v1.MachineService.ResolveMac:output_type -> metalfleet.api.v1.MachineServiceResolveMacResponse
-	40, // 73: metalfleet.api.v1.SwitchService.Get:output_type -> metalfleet.api.v1.SwitchServiceGetResponse
-	42, // 74: metalfleet.api.v1.SwitchService.List:output_type -> metalfleet.api.v1.SwitchServiceListResponse
-	38, // 75: metalfleet.api.v1.SwitchService.SetPort:output_type -> metalfleet.api.v1.SwitchServiceSetPortResponse
-	60, // [60:76] is the sub-list for method output_type
-	44, // [44:60] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	53, // 40: metalfleet.api.v1.SwitchBgpSession.address_families:type_name -> metalfleet.agent.v1.BgpAddressFamilyFact
+	46, // 41: metalfleet.api.v1.SwitchSync.reported_at:type_name -> google.protobuf.Timestamp
+	33, // 42: metalfleet.api.v1.SwitchServiceSetPortResponse.switch:type_name -> metalfleet.api.v1.Switch
+	33, // 43: metalfleet.api.v1.SwitchServiceGetResponse.switch:type_name -> metalfleet.api.v1.Switch
+	33, // 44: metalfleet.api.v1.SwitchServiceListResponse.switches:type_name -> metalfleet.api.v1.Switch
+	7,  // 45: metalfleet.api.v1.MachineService.Get:input_type -> metalfleet.api.v1.MachineServiceGetRequest
+	9,  // 46: metalfleet.api.v1.MachineService.List:input_type -> metalfleet.api.v1.MachineServiceListRequest
+	11, // 47: metalfleet.api.v1.MachineService.Create:input_type -> metalfleet.api.v1.MachineServiceCreateRequest
+	13, // 48: metalfleet.api.v1.MachineService.Delete:input_type -> metalfleet.api.v1.MachineServiceDeleteRequest
+	15, // 49: metalfleet.api.v1.MachineService.Reinstall:input_type -> metalfleet.api.v1.MachineServiceReinstallRequest
+	17, // 50: metalfleet.api.v1.MachineService.Power:input_type -> metalfleet.api.v1.MachineServicePowerRequest
+	19, // 51: metalfleet.api.v1.MachineService.Boot:input_type -> metalfleet.api.v1.MachineServiceBootRequest
+	21, // 52: metalfleet.api.v1.MachineService.Identify:input_type -> metalfleet.api.v1.MachineServiceIdentifyRequest
+	23, // 53: metalfleet.api.v1.MachineService.UpdateFirmware:input_type -> metalfleet.api.v1.MachineServiceUpdateFirmwareRequest
+	25, // 54: metalfleet.api.v1.MachineService.SetState:input_type -> metalfleet.api.v1.MachineServiceSetStateRequest
+	27, // 55: metalfleet.api.v1.MachineService.Events:input_type -> metalfleet.api.v1.MachineServiceEventsRequest
+	31, // 56: metalfleet.api.v1.MachineService.Issues:input_type -> metalfleet.api.v1.MachineServiceIssuesRequest
+	29, // 57: metalfleet.api.v1.MachineService.ResolveMac:input_type -> metalfleet.api.v1.MachineServiceResolveMacRequest
+	39, // 58: metalfleet.api.v1.SwitchService.Get:input_type -> metalfleet.api.v1.SwitchServiceGetRequest
+	41, // 59: metalfleet.api.v1.SwitchService.List:input_type -> metalfleet.api.v1.SwitchServiceListRequest
+	37, // 60: metalfleet.api.v1.SwitchService.SetPort:input_type -> metalfleet.api.v1.SwitchServiceSetPortRequest
+	8,  // 61: metalfleet.api.v1.MachineService.Get:output_type -> metalfleet.api.v1.MachineServiceGetResponse
+	10, // 62: metalfleet.api.v1.MachineService.List:output_type -> metalfleet.api.v1.MachineServiceListResponse
+	12, // 63: metalfleet.api.v1.MachineService.Create:output_type -> metalfleet.api.v1.MachineServiceCreateResponse
+	14, // 64: metalfleet.api.v1.MachineService.Delete:output_type -> metalfleet.api.v1.MachineServiceDeleteResponse
+	16, // 65: metalfleet.api.v1.MachineService.Reinstall:output_type -> metalfleet.api.v1.MachineServiceReinstallResponse
+	18, // 66: metalfleet.api.v1.MachineService.Power:output_type -> metalfleet.api.v1.MachineServicePowerResponse
+	20, // 67: metalfleet.api.v1.MachineService.Boot:output_type -> metalfleet.api.v1.MachineServiceBootResponse
+	22, // 68: metalfleet.api.v1.MachineService.Identify:output_type -> metalfleet.api.v1.MachineServiceIdentifyResponse
+	24, // 69: metalfleet.api.v1.MachineService.UpdateFirmware:output_type -> metalfleet.api.v1.MachineServiceUpdateFirmwareResponse
+	26, // 70: metalfleet.api.v1.MachineService.SetState:output_type -> metalfleet.api.v1.MachineServiceSetStateResponse
+	28, // 71: metalfleet.api.v1.MachineService.Events:output_type -> metalfleet.api.v1.MachineServiceEventsResponse
+	32, // 72: metalfleet.api.v1.MachineService.Issues:output_type -> metalfleet.api.v1.MachineServiceIssuesResponse
+	30, // 73: metalfleet.api.v1.MachineService.ResolveMac:output_type -> metalfleet.api.v1.MachineServiceResolveMacResponse
+	40, // 74: metalfleet.api.v1.SwitchService.Get:output_type -> metalfleet.api.v1.SwitchServiceGetResponse
+	42, // 75: metalfleet.api.v1.SwitchService.List:output_type -> metalfleet.api.v1.SwitchServiceListResponse
+	38, // 76: metalfleet.api.v1.SwitchService.SetPort:output_type -> metalfleet.api.v1.SwitchServiceSetPortResponse
+	61, // [61:77] is the sub-list for method output_type
+	45, // [45:61] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_metalfleet_api_v1_machine_proto_init() }
