@@ -32,8 +32,10 @@ type Result struct {
 	// Free is `metalctl machine delete` of the machine switched off until
 	// it waits again: the BMC driver's grace period, a PXE boot through the
 	// BMC, the installer's wipe.
-	Free  time.Duration
-	Total time.Duration
+	Free time.Duration
+	// Fabric: what a fabric's run measured (topologies with a spine).
+	Fabric FabricResult `json:",omitzero"`
+	Total  time.Duration
 }
 
 // E2E builds the lab, runs a machine's whole life against it, and tears it
@@ -64,9 +66,12 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 		return res, err
 	}
 	defer cc.Close()
-	e := &e2e{Lab: l, api: apiv1.NewMachineServiceClient(cc), byUUID: map[string]string{}}
+	e := &e2e{Lab: l, api: apiv1.NewMachineServiceClient(cc), switches: apiv1.NewSwitchServiceClient(cc), byUUID: map[string]string{}}
 	for _, m := range l.top.Nodes(topo.KindMachine) {
 		e.byUUID[l.top.Node(m).UUID] = m
+	}
+	if l.top.Fabric() {
+		return res, l.e2eFabric(ctx, e, &res)
 	}
 
 	// 1. Every machine PXE-boots the installer, registers with correct
@@ -179,8 +184,9 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 
 type e2e struct {
 	*Lab
-	api    apiv1.MachineServiceClient
-	byUUID map[string]string // machine id → node
+	api      apiv1.MachineServiceClient
+	switches apiv1.SwitchServiceClient
+	byUUID   map[string]string // machine id → node
 }
 
 func (e *e2e) get(ctx context.Context, uuid string) (*apiv1.Machine, error) {

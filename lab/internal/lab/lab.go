@@ -136,6 +136,16 @@ func (l *Lab) checkPrerequisites() error {
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		missing = append(missing, "qemu-system-x86_64 (apt-get install qemu-system-x86)")
 	}
+	if l.top.Fabric() {
+		for _, f := range []string{"build/router-image/vmlinuz", "build/router-image/router.cpio.gz"} {
+			if _, err := os.Stat(filepath.Join(l.cfg.Root, f)); err != nil {
+				missing = append(missing, f+" (make lab-router-image)")
+			}
+		}
+		if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+			missing = append(missing, "mkfs.ext4 (apt-get install e2fsprogs)")
+		}
+	}
 	if len(missing) > 0 {
 		return fmt.Errorf("missing: %s", strings.Join(missing, ", "))
 	}
