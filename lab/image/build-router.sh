@@ -2,8 +2,9 @@
 # Builds the lab's router guest (docs/lab.md "Leaves as QEMU guests"): a
 # Debian cloud kernel and one initramfs that holds a whole leaf — busybox,
 # iproute2, redis-server (CONFIG_DB), FRR (zebra, bgpd, staticd, vtysh),
-# sonic-emu (the lab's SONiC emulation) and metal-core — booted directly
-# with QEMU's -kernel/-initrd, no disk:
+# lldpd, ISC's dhcrelay, sonic-emu (the lab's SONiC emulation) and
+# metal-core — booted directly with QEMU's -kernel/-initrd; an optional
+# ext4 lab disk (/dev/vda) carries its settings and keeps its logs:
 #   build/router-image/vmlinuz
 #   build/router-image/router.cpio.gz (+ .sha256)
 #
@@ -112,6 +113,11 @@ take() {
 		[[ "$path" == "not" ]] && die "$src: library $lib not found on the build host (install $pkg)"
 		[[ -n "${LIBDONE[$lib]:-}" ]] && continue
 		LIBDONE[$lib]=1
+		if [[ "$path" == "$dir"/* ]]; then
+			# A library of the package itself (liblldpctl of lldpd).
+			install -D -m 0755 "$(readlink -f "$path")" "$R/usr/lib/x86_64-linux-gnu/$lib"
+			continue
+		fi
 		lpkg=$(libpkg "$path") || die "no Debian package ships $path ($src)"
 		ldir=$(unpack "$lpkg")
 		f=$(find "$ldir" -name "$lib" \( -type f -o -type l \) | head -1)
@@ -132,6 +138,22 @@ take redis-tools /usr/bin/redis-check-rdb /usr/bin/redis-server
 take redis-tools /usr/bin/redis-cli
 for d in zebra bgpd staticd; do take frr /usr/lib/frr/$d; done
 take frr /usr/bin/vtysh
+# LLDP as SONiC's lldp container: lldpd, and lldpcli, which configures it
+# and which sonic-emu reads the neighbours from.
+take lldpd /usr/sbin/lldpd
+take lldpd /usr/sbin/lldpcli
+# lldpcli links libxml2 (for -f xml), which links ICU, whose
+# libicudata.so.72 is 31 MB of locale tables — half the image again.
+# Nothing the guest runs converts text with ICU (lldpcli prints JSON), so
+# a stub with the one symbol libicuuc needs to load stands in for it
+# (docs/lab.md). Without a C compiler the real one stays.
+if [[ -f "$R/usr/lib/x86_64-linux-gnu/libicudata.so.72" ]] && command -v cc >/dev/null; then
+	printf '/* stands in for ICU data the router guest never reads */\n__attribute__((aligned(16))) const unsigned char icudt72_dat[32];\n' >"$WORK/icustub.c"
+	cc -shared -fPIC -O2 -s -Wl,-soname,libicudata.so.72 -Wl,--build-id=none -o "$R/usr/lib/x86_64-linux-gnu/libicudata.so.72" "$WORK/icustub.c"
+	say "libicudata.so.72: a stub (lldpcli never uses ICU)"
+fi
+# DHCP relay, as SONiC's dhcp_relay container: sonic-emu runs it per VLAN.
+take isc-dhcp-relay /usr/sbin/dhcrelay
 
 install -m 0755 "$SONIC_EMU" "$R/usr/local/bin/sonic-emu"
 install -m 0755 "$METAL_CORE" "$R/usr/local/bin/metal-core"
@@ -155,14 +177,15 @@ fi
 # --- kernel modules ------------------------------------------------------------------------
 select_modules "$R/lib/modules" virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
 	failover net_failover virtio_net virtio_rng \
-	llc stp garp mrp 8021q bridge udp_tunnel ip6_udp_tunnel vxlan vrf dummy veth
+	llc stp garp mrp 8021q bridge udp_tunnel ip6_udp_tunnel vxlan vrf dummy veth \
+	virtio_blk crc16 mbcache jbd2 crc32c_generic libcrc32c ext4
 say "modules (${#MODS_LOADED[@]}): ${MODS_LOADED[*]}"
 [[ ${#MODS_MISSING[@]} == 0 ]] || die "modules missing from $KVER: ${MODS_MISSING[*]}"
 
 # --- configuration -------------------------------------------------------------------------
 cp -a "$HERE/router/." "$R/"
-printf 'root::0:0:root:/root:/bin/sh\nfrr:x:100:101:frr:/run/frr:/bin/false\nredis:x:101:102:redis:/var/lib/redis:/bin/false\n' >"$R/etc/passwd"
-printf 'root:x:0:\nfrr:x:101:frr\nfrrvty:x:102:frr\nredis:x:103:\n' >"$R/etc/group"
+printf 'root::0:0:root:/root:/bin/sh\nfrr:x:100:101:frr:/run/frr:/bin/false\nredis:x:101:102:redis:/var/lib/redis:/bin/false\n_lldpd:x:102:104:lldpd:/run/lldpd:/bin/false\n' >"$R/etc/passwd"
+printf 'root:x:0:\nfrr:x:101:frr\nfrrvty:x:102:frr\nredis:x:103:\n_lldpd:x:104:\n' >"$R/etc/group"
 ln -s sonic/frr "$R/etc/frr"
 cat >"$R/etc/os-release" <<OS
 NAME="Metalfleet lab router"

@@ -9,11 +9,17 @@
 #   memory  the QEMU process's VmRSS, and the guest's MemTotal/MemAvailable
 # With TEST=1 the guest runs the emulation's tests (lab/internal/sonicemu)
 # against its own kernel instead and powers off; the test log is printed.
+# With DISK=1 it checks the lab disk (docs/lab.md "The lab disk"): a
+# directory of settings made into an ext4 image as the lab makes it
+# (mkfs.ext4 -d), booted as /dev/vda; the guest takes its host name,
+# port names, CONFIG_DB rows and frr.conf from it, writes what it rendered
+# back and powers off; the host reads that back with debugfs.
 #
 # Environment: IMG (default build/router-image), MEM (MiB, default 256),
 # CONSOLE (copy the console log there), IDLE (seconds, default 30), NICS (virtio NICs, default 2), ACCEL (default
 # tcg; tcg,tb-size=64 bounds TCG's translation cache), APPEND (more kernel
-# command line: metal.bare starts no daemons, for comparison), TEST.
+# command line: metal.bare starts no daemons, for comparison), TEST, DISK
+# (1, or an existing lab disk image to boot with).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 IMG=${IMG:-$ROOT/build/router-image}
@@ -23,6 +29,8 @@ NICS=${NICS:-2}
 ACCEL=${ACCEL:-tcg}
 APPEND=${APPEND:-}
 TEST=${TEST:-}
+DISK=${DISK:-}
+HOST=leaf01
 WORK=$(mktemp -d)
 QPID=
 cleanup() {
@@ -41,12 +49,38 @@ for ((i = 0; i < NICS; i++)); do
 done
 append="console=ttyS0 quiet panic=-1 metal.hostname=leaf01 $APPEND"
 [[ -n "$TEST" ]] && append+=" metal.router_test"
+disk=()
+if [[ "$DISK" == 1 ]]; then
+	# The lab disk as the lab makes one: every setting a file, and ones that
+	# contradict the kernel command line (metal.hostname=leaf01), which the
+	# disk's must win over.
+	HOST=lab01
+	d=$WORK/disk
+	mkdir -p "$d"
+	echo "$HOST" >"$d/hostname"
+	echo "eth0=Ethernet0,eth1=Ethernet4" >"$d/rename"
+	cat >"$d/configdb.txt" <<-'ROWS'
+		HSET "PORT|Ethernet0" mtu 9000 admin_status up
+		HSET "PORT|Ethernet4" mtu 9000 admin_status up
+		HSET "VLAN|Vlan4000" vlanid 4000
+		HSET "VLAN_MEMBER|Vlan4000|Ethernet0" tagging_mode untagged
+		HSET "VLAN_INTERFACE|Vlan4000" NULL NULL
+		HSET "VLAN_INTERFACE|Vlan4000|10.255.0.1/24" NULL NULL
+	ROWS
+	printf 'frr defaults datacenter\nhostname %s-frr\n!\nrouter bgp 4200000001\n bgp router-id 10.0.0.1\n!\n' "$HOST" >"$d/frr.conf"
+	echo off >"$d/lldpd"
+	mkfs.ext4 -q -d "$d" -F "$WORK/lab.img" 64M
+	DISK=$WORK/lab.img
+	append+=" metal.show metal.poweroff"
+fi
+[[ -n "$DISK" ]] && disk=(-drive "file=$DISK,if=virtio,format=raw")
 start=$(date +%s.%N)
 qemu-system-x86_64 -accel "$ACCEL" -cpu max -m "$MEM" -smp 1 -display none -monitor none \
 	-serial "file:$WORK/console" -no-reboot -kernel "$IMG/vmlinuz" -initrd "$IMG/router.cpio.gz" \
-	-append "$append" "${nics[@]}" &
+	-append "$append" "${nics[@]}" "${disk[@]}" &
 QPID=$!
-pattern='metal-router: leaf01 up'
+pattern="metal-router: $HOST up"
+[[ -n "$DISK" && "$append" == *metal.poweroff* ]] && pattern='metal-router: poweroff'
 [[ -n "$TEST" ]] && pattern='metal-router: test exit'
 until grep -q "$pattern" "$WORK/console" 2>/dev/null; do
 	kill -0 "$QPID" 2>/dev/null || { cat "$WORK/console"; echo "QEMU exited before $pattern" >&2; exit 1; }
@@ -65,6 +99,23 @@ if [[ -n "$TEST" ]]; then
 	printf 'tests done %.1f s after QEMU started\n' "$up"
 	grep -q 'metal-router: test exit 0' "$WORK/console"
 	exit
+fi
+if [[ "$pattern" == *poweroff* ]]; then
+	wait "$QPID" || true
+	QPID=
+	grep -a 'metal-router' "$WORK/console"
+	fail() { echo "lab disk: $*" >&2; exit 1; }
+	grep -q "metal-router: $HOST up" "$WORK/console" || fail "host name $HOST not taken from the disk"
+	show=$(debugfs -R 'cat /log/show.txt' "$DISK" 2>/dev/null)
+	echo "$show"
+	# The rows of configdb.txt rendered: the port renamed from eth0 and in
+	# the VLAN, the SVI with its address.
+	grep -Eq '^Vlan4000@Bridge +[A-Z]+ +10\.255\.0\.1/24' <<<"$show" || fail "Vlan4000 with 10.255.0.1/24 not in the guest's show.txt"
+	grep -Eq '^Ethernet0 ' <<<"$show" || fail "Ethernet0 (renamed from eth0) missing"
+	grep -q "hostname $HOST-frr" <<<"$show" || fail "FRR did not run the disk's frr.conf"
+	debugfs -R 'ls -l /log' "$DISK" 2>/dev/null | grep -q 'sonic-emu.log' || fail "no /log/sonic-emu.log written back"
+	echo "lab disk: OK (host name, CONFIG_DB rows rendered, frr.conf, logs written back)"
+	exit 0
 fi
 grep 'metal-router' "$WORK/console"
 printf 'boot: %.2f s from the QEMU command to "%s" (QEMU used %s s of CPU by then; load average %s)\n' "$up" "$pattern" "$upcpu" "$(cut -d' ' -f1 /proc/loadavg)"
