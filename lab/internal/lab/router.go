@@ -81,7 +81,7 @@ func (l *Lab) routerDisk(dir, name, secret string) error {
 		"rename":   strings.Join(rename, ",") + "\n",
 	}
 	var rc strings.Builder
-	rc.WriteString("#!/bin/sh\n# Written by metal-lab: the management port.\nip link set eth0 up\n")
+	rc.WriteString("#!/bin/sh\n# Written by metal-lab: the management port.\n/sbin/ip link set eth0 up\n")
 	var rows []string
 	rows = append(rows, fmt.Sprintf(`HSET "DEVICE_METADATA|localhost" hostname %s hwsku metal-lab-router platform x86_64-metal_lab-r0 docker_routing_config_mode split type %s`, name, map[string]string{topo.KindLeaf: "LeafRouter", topo.KindSpine: "SpineRouter", topo.KindExit: "BorderRouter"}[n.Kind]))
 	for i, iface := range nics[1:] {
@@ -91,7 +91,7 @@ func (l *Lab) routerDisk(dir, name, secret string) error {
 	switch n.Kind {
 	case topo.KindLeaf:
 		for _, a := range l.mgmtCIDRs(n) {
-			fmt.Fprintf(&rc, "ip addr add %s dev eth0\n", a)
+			fmt.Fprintf(&rc, "/sbin/ip addr add %s dev eth0\n", a)
 		}
 		// The emulation's Redis answers on the management port too: the
 		// lab writes the rows that depend on the leaf's loopback (known
