@@ -38,7 +38,7 @@ func relayed4(t testing.TB) (*Server4, *prometheus.Registry) {
 	return s, reg
 }
 
-func count(t *testing.T, reg *prometheus.Registry, result string) float64 {
+func count(t *testing.T, reg *prometheus.Registry, kind, result string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -49,16 +49,16 @@ func count(t *testing.T, reg *prometheus.Registry, result string) float64 {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			var kind, res string
+			var k, res string
 			for _, l := range m.GetLabel() {
 				switch l.GetName() {
 				case "kind":
-					kind = l.GetValue()
+					k = l.GetValue()
 				case "result":
 					res = l.GetValue()
 				}
 			}
-			if kind == "dhcp4" && res == result {
+			if k == kind && res == result {
 				return m.GetCounter().GetValue()
 			}
 		}
@@ -159,7 +159,7 @@ func TestRelayed4(t *testing.T) {
 		{"relay of another network", discover(t, "52:54:00:00:10:05", relay("10.9.0.1")...), "10.9.0.1", "", "foreign_relay"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			before := count(t, reg, tc.result)
+			before := count(t, reg, "dhcp4", tc.result)
 			resp, dst := s.Handle(tc.req, netip.MustParseAddr(tc.from))
 			switch {
 			case tc.dst == "" && resp != nil:
@@ -167,7 +167,7 @@ func TestRelayed4(t *testing.T) {
 			case tc.dst != "" && (resp == nil || dst.String() != tc.dst):
 				t.Fatalf("reply %v to %v, want one to %s", resp, dst, tc.dst)
 			}
-			if got := count(t, reg, tc.result); got != before+1 {
+			if got := count(t, reg, "dhcp4", tc.result); got != before+1 {
 				t.Fatalf("requests_total{result=%q} went %v -> %v, want +1", tc.result, before, got)
 			}
 		})

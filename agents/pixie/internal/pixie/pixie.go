@@ -546,7 +546,8 @@ func (p *Pixie) Start(ctx context.Context) error {
 			return fail(fmt.Errorf("pixie: %w", err))
 		}
 		s6, err := dhcp.NewServer6(dhcp.Config6{
-			Interface: cfg.Interface, ServerMAC: ifi.HardwareAddr, Pool: lease.Pool{Range: cfg.Range6, Exclude: []netip.Addr{cfg.ServerIP6}},
+			Interface: cfg.Interface, Prefix: cfg.Subnet6, RelayedOnly: cfg.RelayedOnly, ServerIP: cfg.ServerIP6,
+			ServerMAC: ifi.HardwareAddr, Pool: lease.Pool{Range: cfg.Range6, Exclude: []netip.Addr{cfg.ServerIP6}},
 			DNS: cfg.DNS6, LeaseTime: cfg.LeaseTime, Boot: boot6, Leases: p.leases, Log: p.log.With("part", "dhcp6"), Metrics: p.metrics,
 		})
 		if err != nil {
