@@ -151,6 +151,7 @@ func TestRelayed4(t *testing.T) {
 		result string
 	}{
 		{"unicast renewal from the leased address", renew(addr.String()), addr.String(), addr.String() + ":68", "ack"},
+		{"renewal of an address outside the pool: NAK unicast, not broadcast on the management network", renew("10.1.0.200"), "10.1.0.200", "10.1.0.200:68", "nak"},
 		{"renewal naming an address it is not sent from", renew(addr.String()), "172.30.0.99", "", "not_relayed"},
 		{"renewal from outside the PXE network", renew("172.30.0.99"), "172.30.0.99", "", "not_relayed"},
 		{"broadcast DISCOVER on the management network", discover(t, "52:54:00:00:10:02", pxe...), "0.0.0.0", "", "not_relayed"},

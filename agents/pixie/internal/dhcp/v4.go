@@ -365,7 +365,10 @@ func (s *Server4) dest(req, resp *dhcpv4.DHCPv4) *net.UDPAddr {
 	if gi := ip4(req.GatewayIPAddr); gi.IsValid() && !gi.IsUnspecified() {
 		return &net.UDPAddr{IP: gi.AsSlice(), Port: dhcpv4.ServerPort}
 	}
-	if ci := ip4(req.ClientIPAddr); resp != nil && ci.IsValid() && !ci.IsUnspecified() {
+	// A NAK is broadcast (RFC 2131 4.3.2), except with RelayedOnly: a
+	// broadcast would stay on the management network, and the renewing
+	// client sits behind a router, where only its address reaches it.
+	if ci := ip4(req.ClientIPAddr); (resp != nil || s.cfg.RelayedOnly) && ci.IsValid() && !ci.IsUnspecified() {
 		return &net.UDPAddr{IP: ci.AsSlice(), Port: dhcpv4.ClientPort}
 	}
 	return &net.UDPAddr{IP: net.IPv4bcast, Port: dhcpv4.ClientPort}
