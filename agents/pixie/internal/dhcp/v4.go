@@ -187,7 +187,7 @@ func (s *Server4) handle(req *dhcpv4.DHCPv4, from netip.Addr) (*dhcpv4.DHCPv4, *
 		return nil, nil, "foreign_relay"
 	}
 	if !relayed && s.cfg.RelayedOnly && !s.renewal(req, from) {
-		log.Debug("dhcp4: request not relayed ignored (relayed only)", "from", from, "mac", req.ClientHWAddr, "type", req.MessageType())
+		log.Debug("dhcp4: request not relayed ignored (relayed only)", "from", from, "mac", req.ClientHWAddr.String(), "type", req.MessageType())
 		return nil, nil, "not_relayed"
 	}
 	if relayed {
