@@ -130,14 +130,20 @@ func run() error {
 		}
 	}
 	if subnet != "" {
-		if cfg.Subnet, err = netip.ParsePrefix(subnet); err != nil || !cfg.Subnet.Addr().Is4() {
-			return fmt.Errorf("--subnet: want an IPv4 prefix: %v", err)
+		if cfg.Subnet, err = netip.ParsePrefix(subnet); err != nil {
+			return fmt.Errorf("--subnet: %w", err)
+		}
+		if !cfg.Subnet.Addr().Is4() {
+			return fmt.Errorf("--subnet: %s is not an IPv4 prefix", subnet)
 		}
 		cfg.Subnet = cfg.Subnet.Masked()
 	}
 	if subnet6 != "" {
-		if cfg.Subnet6, err = netip.ParsePrefix(subnet6); err != nil || !cfg.Subnet6.Addr().Is6() || cfg.Subnet6.Addr().Is4In6() {
-			return fmt.Errorf("--subnet6: want an IPv6 prefix: %v", err)
+		if cfg.Subnet6, err = netip.ParsePrefix(subnet6); err != nil {
+			return fmt.Errorf("--subnet6: %w", err)
+		}
+		if !cfg.Subnet6.Addr().Is6() || cfg.Subnet6.Addr().Is4In6() {
+			return fmt.Errorf("--subnet6: %s is not an IPv6 prefix", subnet6)
 		}
 		cfg.Subnet6 = cfg.Subnet6.Masked()
 	}
