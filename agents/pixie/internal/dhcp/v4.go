@@ -97,9 +97,15 @@ func NewServer4(cfg Config4) (*Server4, error) {
 
 // Listen opens the server socket on the interface (port 67, broadcast
 // allowed, bound to the device so that replies to 255.255.255.255 leave
-// through it).
+// through it). With RelayedOnly it binds ServerIP, where relays and
+// renewing clients send to: broadcasts on the interface's network do not
+// even reach pixie.
 func (s *Server4) Listen() (net.PacketConn, error) {
-	conn, err := server4.NewIPv4UDPConn(s.cfg.Interface, &net.UDPAddr{IP: net.IPv4zero, Port: dhcpv4.ServerPort})
+	ip := net.IPv4zero
+	if s.cfg.RelayedOnly {
+		ip = s.cfg.ServerIP.AsSlice()
+	}
+	conn, err := server4.NewIPv4UDPConn(s.cfg.Interface, &net.UDPAddr{IP: ip, Port: dhcpv4.ServerPort})
 	if err != nil {
 		return nil, fmt.Errorf("dhcp4: listen on %s: %w", s.cfg.Interface, err)
 	}

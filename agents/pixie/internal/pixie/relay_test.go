@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 	"github.com/pin/tftp/v3"
 	"google.golang.org/grpc"
@@ -334,4 +335,55 @@ also request dhcp6.bootfile-url;
 			t.Fatal("management host has a lease")
 		}
 	})
+
+	t.Run("an unrelayed DISCOVER sent to pixie's address is ignored and counted", func(t *testing.T) {
+		before := requests(t, p, "dhcp4", "not_relayed")
+		hw, _ := net.ParseMAC("52:54:00:00:77:01")
+		d, err := dhcpv4.NewDiscovery(hw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := up.Do(func() error {
+			conn, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.ParseIP(srv4), Port: 67})
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			if _, err := conn.Write(d.ToBytes()); err != nil {
+				return err
+			}
+			_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+			if n, err := conn.Read(make([]byte, 1500)); err == nil {
+				return fmt.Errorf("got a %d-byte answer", n)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "not_relayed counted", func() bool { return requests(t, p, "dhcp4", "not_relayed") == before+1 })
+	})
+}
+
+// requests reads metalfleet_pixie_requests_total{kind,result} from p.
+func requests(t *testing.T, p *Pixie, kind, result string) float64 {
+	t.Helper()
+	mfs, err := p.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "metalfleet_pixie_requests_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["kind"] == kind && labels["result"] == result {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
 }
