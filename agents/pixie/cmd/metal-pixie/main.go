@@ -175,7 +175,7 @@ func run() error {
 	if err := p.Start(ctx); err != nil {
 		return err
 	}
-	fmt.Printf("metal-pixie %s serving HTTP on %s\n", cfg.Name, p.HTTPAddr())
+	fmt.Printf("metal-pixie %s serving HTTP on %v\n", cfg.Name, p.HTTPAddrs())
 	return p.Wait()
 }
 
