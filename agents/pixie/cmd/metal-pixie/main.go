@@ -29,13 +29,14 @@ func main() {
 
 func run() error {
 	var (
-		cfg                                    pixie.Config
-		centrals, tokenFile, caFile            string
-		insecure                               bool
-		range4, range6, serverIP, serverIP6    string
-		subnet, routers, dns, dns6, raPrefixes string
-		imagePrefixes, logLevel, logFormat     string
-		kernel, initramfs                      string
+		cfg                                 pixie.Config
+		centrals, tokenFile, caFile         string
+		insecure                            bool
+		range4, range6, serverIP, serverIP6 string
+		subnet, subnet6, routers, dns, dns6 string
+		raPrefixes                          string
+		imagePrefixes, logLevel, logFormat  string
+		kernel, initramfs                   string
 	)
 	fs := flag.NewFlagSet("metal-pixie", flag.ExitOnError)
 	fs.StringVar(&cfg.Name, "name", "", "agent `identity`, as enrolled with metalctl agent enroll --kind pixie --identity <name> --partition <p> (required)")
@@ -47,11 +48,13 @@ func run() error {
 	fs.StringVar(&cfg.StateDir, "state-dir", "/var/lib/metal-pixie", "leases, cached boot decisions, the agent's credential and desired document")
 	fs.StringVar(&cfg.CacheDir, "cache-dir", "", "installer artifacts and images (default <state-dir>/cache)")
 
-	fs.StringVar(&cfg.Interface, "interface", "", "the PXE network's interface (DHCP and router advertisements are bound to it)")
+	fs.StringVar(&cfg.Interface, "interface", "", "the PXE network's interface (DHCP and router advertisements are bound to it); with --relayed-only the one the DHCP relays reach pixie on")
+	fs.BoolVar(&cfg.RelayedOnly, "relayed-only", false, "the PXE network is routed and its leaves relay DHCP to pixie: answer only relayed DHCP (no broadcasts on --interface, no --ra); needs --server-ip, --subnet, --router (DHCPv4) and --server-ip6, --subnet6 (DHCPv6); HTTP and TFTP listen on the server addresses")
 	fs.StringVar(&range4, "dhcp4-range", "", "DHCPv4 pool, first-last (empty: no DHCPv4)")
-	fs.StringVar(&serverIP, "server-ip", "", "pixie's IPv4 address on the PXE network (default: the interface's first)")
-	fs.StringVar(&subnet, "subnet", "", "the IPv4 PXE network, CIDR (default: the interface's prefix of --server-ip)")
-	fs.StringVar(&routers, "router", "", "DHCPv4 routers (option 3), comma-separated")
+	fs.StringVar(&serverIP, "server-ip", "", "pixie's IPv4 address as machines reach it: server identifier, next-server, boot URLs (default: the interface's first; with --relayed-only pixie's routed address, required)")
+	fs.StringVar(&subnet, "subnet", "", "the IPv4 PXE network, CIDR; relays with a giaddr in it are served (default: the interface's prefix of --server-ip; required with --relayed-only)")
+	fs.StringVar(&subnet6, "subnet6", "", "the IPv6 PXE network, CIDR; relays with a link-address in it are served (default: the interface's prefix of --server-ip6; required with --relayed-only)")
+	fs.StringVar(&routers, "router", "", "DHCPv4 routers (option 3), comma-separated; with --relayed-only the leaves' addresses on the PXE network (required)")
 	fs.StringVar(&dns, "dns", "", "DHCPv4 DNS servers (option 6), comma-separated")
 	fs.StringVar(&cfg.Domain, "domain", "", "DHCPv4 domain name (option 15)")
 	fs.DurationVar(&cfg.LeaseTime, "lease-time", time.Hour, "DHCP lease time (v4 and v6)")
@@ -130,7 +133,19 @@ func run() error {
 		if cfg.Subnet, err = netip.ParsePrefix(subnet); err != nil {
 			return fmt.Errorf("--subnet: %w", err)
 		}
+		if !cfg.Subnet.Addr().Is4() {
+			return fmt.Errorf("--subnet: %s is not an IPv4 prefix", subnet)
+		}
 		cfg.Subnet = cfg.Subnet.Masked()
+	}
+	if subnet6 != "" {
+		if cfg.Subnet6, err = netip.ParsePrefix(subnet6); err != nil {
+			return fmt.Errorf("--subnet6: %w", err)
+		}
+		if !cfg.Subnet6.Addr().Is6() || cfg.Subnet6.Addr().Is4In6() {
+			return fmt.Errorf("--subnet6: %s is not an IPv6 prefix", subnet6)
+		}
+		cfg.Subnet6 = cfg.Subnet6.Masked()
 	}
 	for flagName, v := range map[string]struct {
 		s   string
@@ -160,7 +175,7 @@ func run() error {
 	if err := p.Start(ctx); err != nil {
 		return err
 	}
-	fmt.Printf("metal-pixie %s serving HTTP on %s\n", cfg.Name, p.HTTPAddr())
+	fmt.Printf("metal-pixie %s serving HTTP on %v\n", cfg.Name, p.HTTPAddrs())
 	return p.Wait()
 }
 

@@ -72,7 +72,7 @@ func TestBootAnswers4(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newServer4(t)
 			req := discover(t, "52:54:00:00:00:01", tc.mods...)
-			offer, dst := s.Handle(req)
+			offer, dst := s.Handle(req, netip.Addr{})
 			if offer == nil {
 				t.Fatal("no offer")
 			}
@@ -107,12 +107,12 @@ func TestBootAnswers4(t *testing.T) {
 func TestRequestFlow4(t *testing.T) {
 	s := newServer4(t)
 	pxe := []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00000")), dhcpv4.WithOption(dhcpv4.OptClientArch(iana.INTEL_X86PC))}
-	offer, _ := s.Handle(discover(t, "52:54:00:00:00:01", pxe...))
+	offer, _ := s.Handle(discover(t, "52:54:00:00:00:01", pxe...), netip.Addr{})
 	req, err := dhcpv4.NewRequestFromOffer(offer, pxe...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ack, _ := s.Handle(req)
+	ack, _ := s.Handle(req, netip.Addr{})
 	if ack == nil || ack.MessageType() != dhcpv4.MessageTypeAck || !ack.YourIPAddr.Equal(offer.YourIPAddr) || ack.BootFileNameOption() != "undionly.kpxe" {
 		t.Fatalf("ack %v", ack)
 	}
@@ -123,43 +123,43 @@ func TestRequestFlow4(t *testing.T) {
 	hw2, _ := net.ParseMAC("52:54:00:00:00:02")
 	other, _ := dhcpv4.New(dhcpv4.WithHwAddr(hw2), dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
 		dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(offer.YourIPAddr)))
-	nak, dst := s.Handle(other)
+	nak, dst := s.Handle(other, netip.Addr{})
 	if nak == nil || nak.MessageType() != dhcpv4.MessageTypeNak || dst.String() != "255.255.255.255:68" {
 		t.Fatalf("conflicting request: %v to %v", nak, dst)
 	}
 	// A request for another server's offer is none of pixie's business.
 	elsewhere, _ := dhcpv4.New(dhcpv4.WithHwAddr(hw2), dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
 		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.ParseIP("192.0.2.99"))), dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.ParseIP("192.0.2.15"))))
-	if resp, _ := s.Handle(elsewhere); resp != nil {
+	if resp, _ := s.Handle(elsewhere, netip.Addr{}); resp != nil {
 		t.Fatalf("answered a request for another server: %v", resp.Summary())
 	}
 	// Renewing: unicast from the client's address, answered unicast.
 	hw1, _ := net.ParseMAC("52:54:00:00:00:01")
 	renew, _ := dhcpv4.New(dhcpv4.WithHwAddr(hw1), dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest), dhcpv4.WithClientIP(offer.YourIPAddr))
-	ack, dst = s.Handle(renew)
+	ack, dst = s.Handle(renew, netip.Addr{})
 	if ack == nil || ack.MessageType() != dhcpv4.MessageTypeAck || dst.String() != offer.YourIPAddr.String()+":68" {
 		t.Fatalf("renew: %v to %v", ack, dst)
 	}
 	// Relayed from a foreign network: ignored; from this one: answered to the relay.
 	foreign := discover(t, "52:54:00:00:00:03", dhcpv4.WithGatewayIP(net.ParseIP("10.9.9.9")))
-	if resp, _ := s.Handle(foreign); resp != nil {
+	if resp, _ := s.Handle(foreign, netip.Addr{}); resp != nil {
 		t.Fatal("answered a relay of another network")
 	}
 	local := discover(t, "52:54:00:00:00:03", dhcpv4.WithGatewayIP(net.ParseIP("192.0.2.2")))
-	if resp, dst := s.Handle(local); resp == nil || dst.String() != "192.0.2.2:67" {
+	if resp, dst := s.Handle(local, netip.Addr{}); resp == nil || dst.String() != "192.0.2.2:67" {
 		t.Fatalf("relay of this network: %v to %v", resp, dst)
 	}
 	// Not Ethernet: ignored.
 	tr := discover(t, "52:54:00:00:00:04", dhcpv4.WithHWType(iana.HWTypeIEEE802))
-	if resp, _ := s.Handle(tr); resp != nil {
+	if resp, _ := s.Handle(tr, netip.Addr{}); resp != nil {
 		t.Fatal("answered a non-Ethernet client")
 	}
 	// Release keeps the binding for the client.
 	rel, _ := dhcpv4.New(dhcpv4.WithHwAddr(hw1), dhcpv4.WithMessageType(dhcpv4.MessageTypeRelease), dhcpv4.WithClientIP(offer.YourIPAddr))
-	if resp, _ := s.Handle(rel); resp != nil {
+	if resp, _ := s.Handle(rel, netip.Addr{}); resp != nil {
 		t.Fatal("answered a release")
 	}
-	if again, _ := s.Handle(discover(t, "52:54:00:00:00:01")); again == nil || !again.YourIPAddr.Equal(offer.YourIPAddr) {
+	if again, _ := s.Handle(discover(t, "52:54:00:00:00:01"), netip.Addr{}); again == nil || !again.YourIPAddr.Equal(offer.YourIPAddr) {
 		t.Fatalf("released client got %v", again)
 	}
 }
@@ -177,7 +177,7 @@ func FuzzHandle4(f *testing.F) {
 		if err != nil {
 			return
 		}
-		resp, dst := s.Handle(req)
+		resp, dst := s.Handle(req, netip.Addr{})
 		if resp == nil {
 			return
 		}

@@ -24,21 +24,30 @@ const offerHold = time.Minute
 
 // Config4 configures the DHCPv4 server.
 type Config4 struct {
-	// Interface is the PXE network's interface; the socket is bound to it.
+	// Interface is where requests arrive; the socket is bound to it. It
+	// is the PXE network itself, or with RelayedOnly the network the
+	// relays reach pixie on.
 	Interface string
-	// ServerIP is pixie's address there: server identifier, siaddr (TFTP).
+	// ServerIP is pixie's address as clients reach it: server identifier,
+	// siaddr (TFTP).
 	ServerIP netip.Addr
-	// Prefix is the PXE network (its mask goes to clients).
-	Prefix    netip.Prefix
-	Pool      lease.Pool
-	Routers   []netip.Addr
-	DNS       []netip.Addr
-	Domain    string
-	LeaseTime time.Duration
-	Boot      Boot
-	Leases    *lease.Store
-	Log       *slog.Logger
-	Metrics   *metric.Metrics
+	// Prefix is the PXE network (its mask goes to clients); relays are
+	// served when their giaddr lies in it.
+	Prefix netip.Prefix
+	// RelayedOnly serves only what relays forward (and the unicast
+	// renewals of clients that got their address through one): Interface
+	// is not the PXE network, and a broadcast seen there comes from a
+	// host that must not be PXE-booted by accident.
+	RelayedOnly bool
+	Pool        lease.Pool
+	Routers     []netip.Addr
+	DNS         []netip.Addr
+	Domain      string
+	LeaseTime   time.Duration
+	Boot        Boot
+	Leases      *lease.Store
+	Log         *slog.Logger
+	Metrics     *metric.Metrics
 }
 
 // Server4 answers DHCPv4.
@@ -60,6 +69,21 @@ func NewServer4(cfg Config4) (*Server4, error) {
 	if cfg.Leases == nil {
 		return nil, errors.New("dhcp4: lease store required")
 	}
+	for _, r := range cfg.Routers {
+		if !cfg.Prefix.Contains(r) {
+			return nil, fmt.Errorf("dhcp4: router %s is not inside %s", r, cfg.Prefix)
+		}
+	}
+	if cfg.RelayedOnly {
+		// Relayed clients reach pixie only through a router; without one
+		// they get an address and nothing to fetch the boot file from.
+		if len(cfg.Routers) == 0 {
+			return nil, errors.New("dhcp4: relayed only: routers (the relays' addresses on the PXE network) required")
+		}
+		if cfg.Prefix.Contains(cfg.ServerIP) {
+			return nil, fmt.Errorf("dhcp4: relayed only: server address %s is inside the PXE network %s", cfg.ServerIP, cfg.Prefix)
+		}
+	}
 	if cfg.LeaseTime <= 0 {
 		cfg.LeaseTime = time.Hour
 	}
@@ -73,9 +97,15 @@ func NewServer4(cfg Config4) (*Server4, error) {
 
 // Listen opens the server socket on the interface (port 67, broadcast
 // allowed, bound to the device so that replies to 255.255.255.255 leave
-// through it).
+// through it). With RelayedOnly it binds ServerIP, where relays and
+// renewing clients send to: broadcasts on the interface's network do not
+// even reach pixie.
 func (s *Server4) Listen() (net.PacketConn, error) {
-	conn, err := server4.NewIPv4UDPConn(s.cfg.Interface, &net.UDPAddr{IP: net.IPv4zero, Port: dhcpv4.ServerPort})
+	ip := net.IPv4zero
+	if s.cfg.RelayedOnly {
+		ip = s.cfg.ServerIP.AsSlice()
+	}
+	conn, err := server4.NewIPv4UDPConn(s.cfg.Interface, &net.UDPAddr{IP: ip, Port: dhcpv4.ServerPort})
 	if err != nil {
 		return nil, fmt.Errorf("dhcp4: listen on %s: %w", s.cfg.Interface, err)
 	}
@@ -103,10 +133,14 @@ func (s *Server4) Serve(ctx context.Context, conn net.PacketConn) error {
 		req, err := dhcpv4.FromBytes(buf[:n])
 		if err != nil {
 			s.cfg.Metrics.Request("dhcp4", "malformed")
-			s.cfg.Log.Debug("dhcp4: malformed packet dropped", "peer", peer, "bytes", n, "err", err)
+			s.cfg.Log.Debug("dhcp4: malformed packet dropped", "peer", peer, "bytes", n, "err", bounded([]byte(err.Error()), maxLogBytes))
 			continue
 		}
-		resp, dst := s.Handle(req)
+		var from netip.Addr
+		if ua, ok := peer.(*net.UDPAddr); ok {
+			from = ip4(ua.IP)
+		}
+		resp, dst := s.Handle(req, from)
 		if resp == nil {
 			continue
 		}
@@ -116,15 +150,33 @@ func (s *Server4) Serve(ctx context.Context, conn net.PacketConn) error {
 	}
 }
 
-// Handle answers one request: the reply and where it goes, or nil when
-// the request gets no answer.
-func (s *Server4) Handle(req *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, *net.UDPAddr) {
-	resp, dst, result := s.handle(req)
+// Handle answers one request that came from the (IP source) address
+// from: the reply and where it goes, or nil when the request gets no
+// answer.
+func (s *Server4) Handle(req *dhcpv4.DHCPv4, from netip.Addr) (*dhcpv4.DHCPv4, *net.UDPAddr) {
+	resp, dst, result := s.handle(req, from)
 	s.cfg.Metrics.Request("dhcp4", result)
 	return resp, dst
 }
 
-func (s *Server4) handle(req *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, *net.UDPAddr, string) {
+// renewal reports whether req is a client of the PXE network talking to
+// pixie directly, as RFC 2131 has a bound client do (REQUEST when
+// renewing, RELEASE, INFORM): unicast from its address, which it got
+// through a relay. Anything else without a relay did not come from the
+// PXE network.
+func (s *Server4) renewal(req *dhcpv4.DHCPv4, from netip.Addr) bool {
+	ci := ip4(req.ClientIPAddr)
+	if !ci.IsValid() || ci != from || !s.cfg.Prefix.Contains(ci) {
+		return false
+	}
+	switch req.MessageType() {
+	case dhcpv4.MessageTypeRequest, dhcpv4.MessageTypeRelease, dhcpv4.MessageTypeInform:
+		return true
+	}
+	return false
+}
+
+func (s *Server4) handle(req *dhcpv4.DHCPv4, from netip.Addr) (*dhcpv4.DHCPv4, *net.UDPAddr, string) {
 	log := s.cfg.Log
 	if req.OpCode != dhcpv4.OpcodeBootRequest {
 		return nil, nil, "ignored"
@@ -133,10 +185,24 @@ func (s *Server4) handle(req *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, *net.UDPAddr, stri
 		log.Debug("dhcp4: not an Ethernet client", "hwtype", req.HWType)
 		return nil, nil, "ignored"
 	}
-	if gi := ip4(req.GatewayIPAddr); gi.IsValid() && !gi.IsUnspecified() && !s.cfg.Prefix.Contains(gi) {
+	gi := ip4(req.GatewayIPAddr)
+	relayed := gi.IsValid() && !gi.IsUnspecified()
+	if relayed && !s.cfg.Prefix.Contains(gi) {
 		// A relay from another network: pixie's pool is this network's.
 		log.Debug("dhcp4: relayed request from another network ignored", "giaddr", gi)
-		return nil, nil, "ignored"
+		return nil, nil, "foreign_relay"
+	}
+	if !relayed && s.cfg.RelayedOnly && !s.renewal(req, from) {
+		log.Debug("dhcp4: request not relayed ignored (relayed only)", "from", from, "mac", req.ClientHWAddr.String(), "type", req.MessageType())
+		return nil, nil, "not_relayed"
+	}
+	if relayed {
+		log = log.With("giaddr", gi)
+		if ri := req.RelayAgentInfo(); ri != nil {
+			// The relay's circuit (e.g. SONiC's "Vlan4000:Ethernet8")
+			// says which switch port the machine is on.
+			log = log.With("circuit", bounded(ri.Get(dhcpv4.AgentCircuitIDSubOption), 64), "remote", bounded(ri.Get(dhcpv4.AgentRemoteIDSubOption), 64))
+		}
 	}
 	mac := req.ClientHWAddr.String()
 	key := "v4:" + mac
@@ -261,7 +327,7 @@ func (s *Server4) reply(req *dhcpv4.DHCPv4, c client, mt dhcpv4.MessageType, yia
 		)
 	}
 	if len(cfg.Routers) > 0 {
-		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptRouter(ips(cfg.Routers)...)))
+		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptRouter(ips(routersFor(cfg.Routers, ip4(req.GatewayIPAddr)))...)))
 	}
 	if len(cfg.DNS) > 0 {
 		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptDNS(ips(cfg.DNS)...)))
@@ -305,10 +371,26 @@ func (s *Server4) dest(req, resp *dhcpv4.DHCPv4) *net.UDPAddr {
 	if gi := ip4(req.GatewayIPAddr); gi.IsValid() && !gi.IsUnspecified() {
 		return &net.UDPAddr{IP: gi.AsSlice(), Port: dhcpv4.ServerPort}
 	}
-	if ci := ip4(req.ClientIPAddr); resp != nil && ci.IsValid() && !ci.IsUnspecified() {
+	// A NAK is broadcast (RFC 2131 4.3.2), except with RelayedOnly: a
+	// broadcast would stay on the management network, and the renewing
+	// client sits behind a router, where only its address reaches it.
+	if ci := ip4(req.ClientIPAddr); (resp != nil || s.cfg.RelayedOnly) && ci.IsValid() && !ci.IsUnspecified() {
 		return &net.UDPAddr{IP: ci.AsSlice(), Port: dhcpv4.ClientPort}
 	}
 	return &net.UDPAddr{IP: net.IPv4bcast, Port: dhcpv4.ClientPort}
+}
+
+// routersFor puts the relay that carried a request first among the
+// routers: clients use the first, and the relay is the one router that
+// surely sits on the client's segment of the PXE network.
+func routersFor(routers []netip.Addr, giaddr netip.Addr) []netip.Addr {
+	for i, r := range routers {
+		if r == giaddr && i > 0 {
+			out := append([]netip.Addr{r}, routers[:i]...)
+			return append(out, routers[i+1:]...)
+		}
+	}
+	return routers
 }
 
 func ips(as []netip.Addr) []net.IP {

@@ -21,7 +21,17 @@ import (
 
 // Config6 configures the DHCPv6 server (stateful addresses from a pool).
 type Config6 struct {
+	// Interface is where messages arrive: the PXE network, or with
+	// RelayedOnly the network the relays reach pixie on.
 	Interface string
+	// Prefix is the IPv6 PXE network: Relay-Forwards whose link-address
+	// lies in it are answered (invalid: relays are ignored).
+	Prefix netip.Prefix
+	// RelayedOnly answers nothing but Relay-Forwards, and Listen binds
+	// ServerIP (pixie's routed address) instead of joining the servers'
+	// multicast group: clients on Interface's link are not PXE clients.
+	RelayedOnly bool
+	ServerIP    netip.Addr
 	// ServerMAC makes pixie's DUID (DUID-LL of the interface).
 	ServerMAC net.HardwareAddr
 	Pool      lease.Pool
@@ -50,6 +60,12 @@ func NewServer6(cfg Config6) (*Server6, error) {
 	if cfg.Leases == nil {
 		return nil, errors.New("dhcp6: lease store required")
 	}
+	if cfg.Prefix.IsValid() && (!cfg.Prefix.Addr().Is6() || !cfg.Prefix.Contains(cfg.Pool.Range.First) || !cfg.Prefix.Contains(cfg.Pool.Range.Last)) {
+		return nil, fmt.Errorf("dhcp6: range %s is not inside %s", cfg.Pool.Range, cfg.Prefix)
+	}
+	if cfg.RelayedOnly && (!cfg.Prefix.IsValid() || !cfg.ServerIP.Is6()) {
+		return nil, errors.New("dhcp6: relayed only: the PXE network's prefix and pixie's IPv6 address required")
+	}
 	if cfg.LeaseTime <= 0 {
 		cfg.LeaseTime = time.Hour
 	}
@@ -59,11 +75,20 @@ func NewServer6(cfg Config6) (*Server6, error) {
 	return &Server6{cfg: cfg, duid: &dhcpv6.DUIDLL{HWType: iana.HWTypeEthernet, LinkLayerAddr: cfg.ServerMAC}}, nil
 }
 
-// Listen opens [::]:547 on the interface and joins the servers' group.
+// Listen opens [::]:547 on the interface and joins the servers' group;
+// with RelayedOnly it opens [ServerIP]:547 on the interface, where the
+// relays send to, and joins nothing.
 func (s *Server6) Listen() (net.PacketConn, error) {
 	ifi, err := net.InterfaceByName(s.cfg.Interface)
 	if err != nil {
 		return nil, fmt.Errorf("dhcp6: %w", err)
+	}
+	if s.cfg.RelayedOnly {
+		conn, err := server6.NewIPv6UDPConn(s.cfg.Interface, &net.UDPAddr{IP: s.cfg.ServerIP.AsSlice(), Port: dhcpv6.DefaultServerPort})
+		if err != nil {
+			return nil, fmt.Errorf("dhcp6: listen on [%s]:%d on %s: %w", s.cfg.ServerIP, dhcpv6.DefaultServerPort, s.cfg.Interface, err)
+		}
+		return conn, nil
 	}
 	conn, err := server6.NewIPv6UDPConn(s.cfg.Interface, &net.UDPAddr{IP: net.IPv6unspecified, Port: dhcpv6.DefaultServerPort})
 	if err != nil {
@@ -92,28 +117,47 @@ func (s *Server6) Serve(ctx context.Context, conn net.PacketConn) error {
 		msg, err := dhcpv6.FromBytes(buf[:n])
 		if err != nil {
 			s.cfg.Metrics.Request("dhcp6", "malformed")
-			s.cfg.Log.Debug("dhcp6: malformed packet dropped", "peer", peer, "bytes", n, "err", err)
+			s.cfg.Log.Debug("dhcp6: malformed packet dropped", "peer", peer, "bytes", n, "err", bounded([]byte(err.Error()), maxLogBytes))
 			continue
 		}
-		m, ok := msg.(*dhcpv6.Message)
-		if !ok {
-			// Relayed messages: pixie serves its own link only.
-			s.cfg.Metrics.Request("dhcp6", "ignored")
-			continue
+		var (
+			resp dhcpv6.DHCPv6
+			dst  = peer
+		)
+		switch m := msg.(type) {
+		case *dhcpv6.Message:
+			if r := s.Handle(m); r != nil {
+				resp = r
+			}
+		case *dhcpv6.RelayMessage:
+			ua, _ := peer.(*net.UDPAddr)
+			if ua == nil {
+				continue
+			}
+			var to netip.AddrPort
+			if resp, to = s.HandleRelay(m, ua.AddrPort()); resp != nil {
+				dst = net.UDPAddrFromAddrPort(to)
+			}
 		}
-		resp := s.Handle(m)
 		if resp == nil {
 			continue
 		}
-		if _, err := conn.WriteTo(resp.ToBytes(), peer); err != nil {
-			s.cfg.Log.Warn("dhcp6: send reply", "to", peer, "err", err)
+		if _, err := conn.WriteTo(resp.ToBytes(), dst); err != nil {
+			s.cfg.Log.Warn("dhcp6: send reply", "to", dst, "err", err)
 		}
 	}
 }
 
 // Handle answers one message (nil: no answer).
+// With RelayedOnly, a message that no relay carried comes from the
+// network pixie's interface is on, not from the PXE network: ignored.
 func (s *Server6) Handle(m *dhcpv6.Message) *dhcpv6.Message {
-	resp, result := s.handle(m)
+	if s.cfg.RelayedOnly {
+		s.cfg.Metrics.Request("dhcp6", "not_relayed")
+		s.cfg.Log.Debug("dhcp6: message not relayed ignored (relayed only)", "type", m.Type())
+		return nil
+	}
+	resp, result := s.handle(m, "")
 	s.cfg.Metrics.Request("dhcp6", result)
 	return resp
 }
@@ -134,8 +178,13 @@ func mac6(m *dhcpv6.Message) string {
 	return ""
 }
 
-func classify6(m *dhcpv6.Message) client {
-	c := client{mac: mac6(m)}
+// classify6 reads what m says about its client's boot; mac is the
+// client's MAC when a relay told it, else it comes from the DUID.
+func classify6(m *dhcpv6.Message, mac string) client {
+	if mac == "" {
+		mac = mac6(m)
+	}
+	c := client{mac: mac}
 	if archs := m.Options.ArchTypes(); len(archs) > 0 {
 		c.arch, c.hasArch = archs[0], true
 	}
@@ -152,7 +201,7 @@ func classify6(m *dhcpv6.Message) client {
 	return c
 }
 
-func (s *Server6) handle(m *dhcpv6.Message) (*dhcpv6.Message, string) {
+func (s *Server6) handle(m *dhcpv6.Message, mac string) (*dhcpv6.Message, string) {
 	cid := m.Options.ClientID()
 	if cid == nil {
 		return nil, "ignored"
@@ -160,7 +209,7 @@ func (s *Server6) handle(m *dhcpv6.Message) (*dhcpv6.Message, string) {
 	log := s.cfg.Log.With("duid", hex.EncodeToString(cid.ToBytes()), "xid", m.TransactionID.String())
 	sid := m.Options.ServerID()
 	ours := sid != nil && sid.Equal(s.duid)
-	c := classify6(m)
+	c := classify6(m, mac)
 
 	var (
 		typ    dhcpv6.MessageType

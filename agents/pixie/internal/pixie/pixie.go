@@ -52,21 +52,33 @@ type Config struct {
 	// Version is reported to central as a fact.
 	Version string
 
-	// Interface is the PXE network's interface (DHCP, RA).
+	// Interface is the PXE network's interface (DHCP, RA); with
+	// RelayedOnly the one the relays reach pixie on.
 	Interface string
+	// RelayedOnly: the PXE network is routed, its leaves relay DHCP to
+	// pixie, and Interface is not on it. Pixie then answers only relayed
+	// requests (and relayed clients' unicast renewals), sends no router
+	// advertisements, takes nothing from Interface's addresses (ServerIP,
+	// Subnet, Routers for DHCPv4, ServerIP6 and Subnet6 for DHCPv6 are
+	// required) and binds HTTP and TFTP listen addresses without a host to
+	// its server addresses.
+	RelayedOnly bool
 	// Range4 enables DHCPv4 when set; Range6 DHCPv6.
 	Range4, Range6 lease.Range
-	// ServerIP and ServerIP6 are pixie's addresses on the PXE network
-	// (default: the interface's first IPv4 / global IPv6 address).
+	// ServerIP and ServerIP6 are pixie's addresses as the machines reach
+	// it: on the PXE network (default: the interface's first IPv4 /
+	// global IPv6 address), with RelayedOnly its routed addresses.
 	ServerIP, ServerIP6 netip.Addr
 	// Subnet is the IPv4 PXE network (default: the interface's prefix
-	// holding ServerIP).
-	Subnet    netip.Prefix
-	Routers   []netip.Addr
-	DNS       []netip.Addr
-	DNS6      []netip.Addr
-	Domain    string
-	LeaseTime time.Duration
+	// holding ServerIP); Subnet6 the IPv6 one (default: the interface's
+	// prefix holding ServerIP6). Relays are served whose giaddr or
+	// link-address lies in them.
+	Subnet, Subnet6 netip.Prefix
+	Routers         []netip.Addr
+	DNS             []netip.Addr
+	DNS6            []netip.Addr
+	Domain          string
+	LeaseTime       time.Duration
 
 	// RA sends router advertisements on Interface for RAPrefixes (default:
 	// the prefix holding ServerIP6).
@@ -114,11 +126,11 @@ type Pixie struct {
 	doc     atomic.Pointer[agentv1.PixieDocument]
 	fetch   chan struct{}
 
-	httpAddr net.Addr
-	wg       sync.WaitGroup
-	cancel   context.CancelFunc
-	errMu    sync.Mutex
-	err      error
+	httpAddrs []net.Addr
+	wg        sync.WaitGroup
+	cancel    context.CancelFunc
+	errMu     sync.Mutex
+	err       error
 }
 
 // New checks cfg, fills in defaults from the interface and opens pixie's
@@ -220,33 +232,51 @@ func New(cfg Config) (*Pixie, error) {
 	return p, nil
 }
 
-// fillNetwork takes what was not configured from the interface.
-func fillNetwork(cfg *Config) error {
-	need4 := cfg.Range4.First.IsValid() && (!cfg.ServerIP.IsValid() || !cfg.Subnet.IsValid())
-	need6 := (cfg.Range6.First.IsValid() || cfg.RA) && (!cfg.ServerIP6.IsValid() || cfg.RA && len(cfg.RAPrefixes) == 0)
-	if (cfg.Range4.First.IsValid() || cfg.Range6.First.IsValid() || cfg.RA) && cfg.Interface == "" {
-		return errors.New("pixie: DHCP and router advertisements need --interface")
-	}
-	if !need4 && !need6 {
-		return nil
-	}
-	ifi, err := net.InterfaceByName(cfg.Interface)
+// ifacePrefixes are the addresses of the interface name with their
+// prefix lengths.
+func ifacePrefixes(name string) ([]netip.Prefix, error) {
+	ifi, err := net.InterfaceByName(name)
 	if err != nil {
-		return fmt.Errorf("pixie: %w", err)
+		return nil, fmt.Errorf("pixie: --interface: %w", err)
 	}
 	addrs, err := ifi.Addrs()
 	if err != nil {
-		return fmt.Errorf("pixie: addresses of %s: %w", cfg.Interface, err)
+		return nil, fmt.Errorf("pixie: addresses of %s: %w", name, err)
 	}
+	var out []netip.Prefix
 	for _, a := range addrs {
 		ipn, ok := a.(*net.IPNet)
 		if !ok {
 			continue
 		}
 		ip, _ := netip.AddrFromSlice(ipn.IP)
-		ip = ip.Unmap()
 		ones, _ := ipn.Mask.Size()
-		pfx := netip.PrefixFrom(ip, ones).Masked()
+		out = append(out, netip.PrefixFrom(ip.Unmap(), ones))
+	}
+	return out, nil
+}
+
+// fillNetwork takes what was not configured from the interface, and
+// checks that the interface is what the mode says it is.
+func fillNetwork(cfg *Config) error {
+	serves4, serves6 := cfg.Range4.First.IsValid(), cfg.Range6.First.IsValid()
+	if (serves4 || serves6 || cfg.RA) && cfg.Interface == "" {
+		return errors.New("pixie: DHCP and router advertisements need --interface")
+	}
+	if cfg.RelayedOnly {
+		return checkRelayed(cfg)
+	}
+	if !serves4 && !serves6 && !cfg.RA {
+		return nil
+	}
+	pfxs, err := ifacePrefixes(cfg.Interface)
+	if err != nil {
+		return err
+	}
+	need4 := serves4 && (!cfg.ServerIP.IsValid() || !cfg.Subnet.IsValid())
+	need6 := (serves6 || cfg.RA) && (!cfg.ServerIP6.IsValid() || cfg.RA && len(cfg.RAPrefixes) == 0 || serves6 && !cfg.Subnet6.IsValid())
+	for _, p := range pfxs {
+		ip, pfx := p.Addr(), p.Masked()
 		switch {
 		case ip.Is4() && need4:
 			if !cfg.ServerIP.IsValid() {
@@ -262,13 +292,104 @@ func fillNetwork(cfg *Config) error {
 			if cfg.RA && len(cfg.RAPrefixes) == 0 && pfx.Contains(cfg.ServerIP6) {
 				cfg.RAPrefixes = []netip.Prefix{pfx}
 			}
+			if serves6 && !cfg.Subnet6.IsValid() && pfx.Contains(cfg.ServerIP6) {
+				cfg.Subnet6 = pfx
+			}
 		}
 	}
 	if need4 && (!cfg.ServerIP.IsValid() || !cfg.Subnet.IsValid()) {
 		return fmt.Errorf("pixie: no IPv4 address on %s for DHCPv4: give --server-ip and --subnet", cfg.Interface)
 	}
-	if cfg.Range6.First.IsValid() && !cfg.ServerIP6.IsValid() {
+	if serves6 && !cfg.ServerIP6.IsValid() {
 		return fmt.Errorf("pixie: no global IPv6 address on %s for DHCPv6: give --server-ip6", cfg.Interface)
+	}
+	// Directly on the PXE network, pixie answers broadcasts on its
+	// interface; an interface without an address in the PXE network is
+	// a routed PXE network, which is --relayed-only's job. Pixie does not
+	// switch modes by itself: an address that is missing at start (or a
+	// typo in --subnet) would otherwise silently stop the PXE link being
+	// served, or start answering broadcasts on another network.
+	for _, c := range []struct {
+		on   bool
+		pfx  netip.Prefix
+		flag string
+	}{{serves4, cfg.Subnet, "--subnet"}, {serves6 && cfg.Subnet6.IsValid(), cfg.Subnet6, "--subnet6"}} {
+		if c.on && !holds(pfxs, c.pfx) {
+			return fmt.Errorf("pixie: --interface %s holds no address in %s %s: for a PXE network reached through DHCP relays give --relayed-only", cfg.Interface, c.flag, c.pfx)
+		}
+	}
+	return nil
+}
+
+// holds reports whether one of addrs lies in pfx.
+func holds(addrs []netip.Prefix, pfx netip.Prefix) bool {
+	for _, a := range addrs {
+		if pfx.Contains(a.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
+// checkRelayed checks a relayed-only configuration: everything about the
+// PXE network is given, nothing of it is on the interface.
+func checkRelayed(cfg *Config) error {
+	serves4, serves6 := cfg.Range4.First.IsValid(), cfg.Range6.First.IsValid()
+	switch {
+	case cfg.RA:
+		return errors.New("pixie: --ra with --relayed-only: --interface is not the PXE network; the leaves send the router advertisements there")
+	case !serves4 && !serves6:
+		return errors.New("pixie: --relayed-only needs --dhcp4-range or --dhcp6-range")
+	}
+	type check struct {
+		bad bool
+		msg string
+	}
+	var checks []check
+	if serves4 {
+		checks = append(checks,
+			check{!cfg.ServerIP.IsValid(), "--relayed-only needs --server-ip: pixie's IPv4 address as the relays and machines reach it"},
+			check{!cfg.Subnet.IsValid(), "--relayed-only needs --subnet: the IPv4 PXE network the relays serve"},
+			check{len(cfg.Routers) == 0, "--relayed-only needs --router: the relays' (leaves') addresses on the PXE network, the machines' route to pixie"},
+		)
+		if cfg.ServerIP.IsValid() && cfg.Subnet.IsValid() {
+			checks = append(checks,
+				check{cfg.Subnet.Contains(cfg.ServerIP), fmt.Sprintf("--server-ip %s is inside --subnet %s: with --relayed-only pixie is not on the PXE network", cfg.ServerIP, cfg.Subnet)},
+				check{!cfg.Subnet.Contains(cfg.Range4.First) || !cfg.Subnet.Contains(cfg.Range4.Last), fmt.Sprintf("--dhcp4-range %s is not inside --subnet %s", cfg.Range4, cfg.Subnet)})
+			for _, r := range cfg.Routers {
+				checks = append(checks, check{!cfg.Subnet.Contains(r), fmt.Sprintf("--router %s is not inside --subnet %s", r, cfg.Subnet)})
+			}
+		}
+	}
+	if serves6 {
+		checks = append(checks,
+			check{!cfg.ServerIP6.IsValid(), "--relayed-only needs --server-ip6: pixie's IPv6 address as the relays and machines reach it"},
+			check{!cfg.Subnet6.IsValid(), "--relayed-only needs --subnet6: the IPv6 PXE network the relays serve (their link-address)"})
+		if cfg.ServerIP6.IsValid() && cfg.Subnet6.IsValid() {
+			checks = append(checks,
+				check{!cfg.Subnet6.Addr().Is6(), fmt.Sprintf("--subnet6 %s is not IPv6", cfg.Subnet6)},
+				check{cfg.Subnet6.Contains(cfg.ServerIP6), fmt.Sprintf("--server-ip6 %s is inside --subnet6 %s: with --relayed-only pixie is not on the PXE network", cfg.ServerIP6, cfg.Subnet6)},
+				check{!cfg.Subnet6.Contains(cfg.Range6.First) || !cfg.Subnet6.Contains(cfg.Range6.Last), fmt.Sprintf("--dhcp6-range %s is not inside --subnet6 %s", cfg.Range6, cfg.Subnet6)})
+		}
+	}
+	for _, c := range checks {
+		if c.bad {
+			return errors.New("pixie: " + c.msg)
+		}
+	}
+	pfxs, err := ifacePrefixes(cfg.Interface)
+	if err != nil {
+		return err
+	}
+	for _, a := range pfxs {
+		for _, c := range []struct {
+			pfx  netip.Prefix
+			flag string
+		}{{cfg.Subnet, "--subnet"}, {cfg.Subnet6, "--subnet6"}} {
+			if c.pfx.IsValid() && c.pfx.Contains(a.Addr()) {
+				return fmt.Errorf("pixie: --relayed-only, but --interface %s holds %s inside %s %s: pixie is on the PXE network there; drop --relayed-only", cfg.Interface, a.Addr(), c.flag, c.pfx)
+			}
+		}
 	}
 	return nil
 }
@@ -299,8 +420,55 @@ func (p *Pixie) Apply(_ context.Context, d *agentv1.Desired) error {
 // Document is the pixie document in effect (nil: none yet).
 func (p *Pixie) Document() *agentv1.PixieDocument { return p.doc.Load() }
 
-// HTTPAddr is where the HTTP server listens (after Start).
-func (p *Pixie) HTTPAddr() net.Addr { return p.httpAddr }
+// HTTPAddr is where the HTTP server listens (after Start); the first
+// address when it listens on several (HTTPAddrs).
+func (p *Pixie) HTTPAddr() net.Addr {
+	if len(p.httpAddrs) == 0 {
+		return nil
+	}
+	return p.httpAddrs[0]
+}
+
+// HTTPAddrs are all addresses the HTTP server listens on (after Start).
+func (p *Pixie) HTTPAddrs() []net.Addr { return p.httpAddrs }
+
+// httpPort is the HTTP port clients of one family reach: that of the
+// listener on an address of the family, else of a wildcard one.
+func (p *Pixie) httpPort(v6 bool) int {
+	port := 0
+	for _, a := range p.httpAddrs {
+		ta := a.(*net.TCPAddr)
+		ip, _ := netip.AddrFromSlice(ta.IP)
+		switch {
+		case ip.IsUnspecified() && port == 0:
+			port = ta.Port
+		case !ip.IsUnspecified() && ip.Unmap().Is6() == v6:
+			return ta.Port
+		}
+	}
+	return port
+}
+
+// listenAddrs expands a listen address: with RelayedOnly one without a
+// host becomes one per server address. The boot URLs and siaddr name
+// those addresses, and the management host pixie runs on may sit on
+// other networks that have no business with its boot services.
+func (p *Pixie) listenAddrs(listen string) ([]string, error) {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return nil, err
+	}
+	if !p.cfg.RelayedOnly || host != "" {
+		return []string{listen}, nil
+	}
+	var out []string
+	for _, ip := range []netip.Addr{p.cfg.ServerIP, p.cfg.ServerIP6} {
+		if ip.IsValid() {
+			out = append(out, net.JoinHostPort(ip.String(), port))
+		}
+	}
+	return out, nil
+}
 
 // Leases is the lease store (tests, debugging).
 func (p *Pixie) Leases() *lease.Store { return p.leases }
@@ -330,15 +498,22 @@ func (p *Pixie) Start(ctx context.Context) error {
 		return err
 	}
 
-	hl, err := net.Listen("tcp", cfg.HTTPListen)
+	httpAddrs, err := p.listenAddrs(cfg.HTTPListen)
 	if err != nil {
-		return fail(fmt.Errorf("pixie: http: %w", err))
+		return fail(fmt.Errorf("pixie: --http-listen: %w", err))
 	}
-	closers = append(closers, func() { hl.Close() })
-	p.httpAddr = hl.Addr()
-	port := hl.Addr().(*net.TCPAddr).Port
-	boot4 := dhcp.Boot{BaseURL: baseURL(cfg.PublicURL, cfg.ServerIP, port), BIOSFile: cfg.BIOSFile, EFIFile: cfg.EFIFile}
-	boot6 := dhcp.Boot{BaseURL: baseURL(cfg.PublicURL6, cfg.ServerIP6, port), BIOSFile: cfg.BIOSFile, EFIFile: cfg.EFIFile}
+	var hls []net.Listener
+	for _, a := range httpAddrs {
+		hl, err := net.Listen("tcp", a)
+		if err != nil {
+			return fail(fmt.Errorf("pixie: http: %w", err))
+		}
+		closers = append(closers, func() { hl.Close() })
+		hls = append(hls, hl)
+		p.httpAddrs = append(p.httpAddrs, hl.Addr())
+	}
+	boot4 := dhcp.Boot{BaseURL: baseURL(cfg.PublicURL, cfg.ServerIP, p.httpPort(false)), BIOSFile: cfg.BIOSFile, EFIFile: cfg.EFIFile}
+	boot6 := dhcp.Boot{BaseURL: baseURL(cfg.PublicURL6, cfg.ServerIP6, p.httpPort(true)), BIOSFile: cfg.BIOSFile, EFIFile: cfg.EFIFile}
 	if cfg.ServerIP6.IsValid() {
 		boot6.TFTPHost = "[" + cfg.ServerIP6.String() + "]"
 	}
@@ -351,7 +526,7 @@ func (p *Pixie) Start(ctx context.Context) error {
 
 	if cfg.Range4.First.IsValid() {
 		s4, err := dhcp.NewServer4(dhcp.Config4{
-			Interface: cfg.Interface, ServerIP: cfg.ServerIP, Prefix: cfg.Subnet, Pool: lease.Pool{Range: cfg.Range4},
+			Interface: cfg.Interface, ServerIP: cfg.ServerIP, Prefix: cfg.Subnet, RelayedOnly: cfg.RelayedOnly, Pool: lease.Pool{Range: cfg.Range4},
 			Routers: cfg.Routers, DNS: cfg.DNS, Domain: cfg.Domain, LeaseTime: cfg.LeaseTime, Boot: boot4,
 			Leases: p.leases, Log: p.log.With("part", "dhcp4"), Metrics: p.metrics,
 		})
@@ -371,7 +546,8 @@ func (p *Pixie) Start(ctx context.Context) error {
 			return fail(fmt.Errorf("pixie: %w", err))
 		}
 		s6, err := dhcp.NewServer6(dhcp.Config6{
-			Interface: cfg.Interface, ServerMAC: ifi.HardwareAddr, Pool: lease.Pool{Range: cfg.Range6, Exclude: []netip.Addr{cfg.ServerIP6}},
+			Interface: cfg.Interface, Prefix: cfg.Subnet6, RelayedOnly: cfg.RelayedOnly, ServerIP: cfg.ServerIP6,
+			ServerMAC: ifi.HardwareAddr, Pool: lease.Pool{Range: cfg.Range6, Exclude: []netip.Addr{cfg.ServerIP6}},
 			DNS: cfg.DNS6, LeaseTime: cfg.LeaseTime, Boot: boot6, Leases: p.leases, Log: p.log.With("part", "dhcp6"), Metrics: p.metrics,
 		})
 		if err != nil {
@@ -386,23 +562,34 @@ func (p *Pixie) Start(ctx context.Context) error {
 	}
 	if cfg.TFTPListen != "" {
 		ts := tftp.New(cfg.IPXEDir, p.log.With("part", "tftp"), p.metrics)
-		host, tport, err := net.SplitHostPort(cfg.TFTPListen)
+		addrs, err := p.listenAddrs(cfg.TFTPListen)
 		if err != nil {
-			return fail(fmt.Errorf("pixie: tftp listen %q: %w", cfg.TFTPListen, err))
+			return fail(fmt.Errorf("pixie: --tftp-listen: %w", err))
 		}
-		// The TFTP library keys its IPv4/IPv6 handling on the socket, so
-		// each family gets its own.
-		nets := []string{"udp4"}
-		if cfg.Range6.First.IsValid() && host == "" {
-			nets = append(nets, "udp6")
-		}
-		for _, network := range nets {
-			conn, err := net.ListenPacket(network, net.JoinHostPort(host, tport))
-			if err != nil {
-				return fail(fmt.Errorf("pixie: tftp: %w", err))
+		for _, a := range addrs {
+			host, tport, _ := net.SplitHostPort(a)
+			// The TFTP library keys its IPv4/IPv6 handling on the socket,
+			// so each family gets its own.
+			var nets []string
+			switch ip, err := netip.ParseAddr(host); {
+			case err == nil && ip.Is6() && !ip.Is4In6():
+				nets = []string{"udp6"}
+			case err == nil:
+				nets = []string{"udp4"}
+			default:
+				nets = []string{"udp4"}
+				if cfg.Range6.First.IsValid() && host == "" {
+					nets = append(nets, "udp6")
+				}
 			}
-			closers = append(closers, func() { conn.Close() })
-			servers = append(servers, server{"tftp-" + network, func(ctx context.Context) error { return ts.Serve(ctx, conn) }})
+			for _, network := range nets {
+				conn, err := net.ListenPacket(network, net.JoinHostPort(host, tport))
+				if err != nil {
+					return fail(fmt.Errorf("pixie: tftp: %w", err))
+				}
+				closers = append(closers, func() { conn.Close() })
+				servers = append(servers, server{"tftp-" + network, func(ctx context.Context) error { return ts.Serve(ctx, conn) }})
+			}
 		}
 	}
 	if cfg.RA {
@@ -443,10 +630,18 @@ func (p *Pixie) Start(ctx context.Context) error {
 				}
 			})
 			defer stop()
-			if err := hs.Serve(hl); !errors.Is(err, http.ErrServerClosed) {
-				return err
+			errs := make(chan error, len(hls))
+			for _, hl := range hls {
+				go func() { errs <- hs.Serve(hl) }()
 			}
-			return nil
+			var first error
+			for range hls {
+				if err := <-errs; !errors.Is(err, http.ErrServerClosed) && first == nil {
+					first = err
+					hs.Close() // the other listeners stop with it
+				}
+			}
+			return first
 		}},
 		server{"agent", p.agent.Run},
 		server{"prefetch", p.prefetch},
@@ -468,7 +663,7 @@ func (p *Pixie) Start(ctx context.Context) error {
 			}
 		}()
 	}
-	p.log.Info("metal-pixie serving", "name", cfg.Name, "http", p.httpAddr, "dhcp4", rangeOrOff(cfg.Range4), "dhcp6", rangeOrOff(cfg.Range6),
+	p.log.Info("metal-pixie serving", "name", cfg.Name, "http", p.httpAddrs, "relayed_only", cfg.RelayedOnly, "dhcp4", rangeOrOff(cfg.Range4), "dhcp6", rangeOrOff(cfg.Range6),
 		"tftp", cfg.TFTPListen, "ra", cfg.RA, "boot_url", boot4.BaseURL, "boot_url6", boot6.BaseURL)
 	return nil
 }

@@ -1,0 +1,68 @@
+package pixie
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/metalfleet/metalfleet/agents/pixie/internal/lease"
+)
+
+// TestFillNetworkModes checks the combinations of the network flags on
+// the loopback interface (127.0.0.1/8, ::1/128): it stands in for a
+// management interface that holds none of the PXE network's addresses.
+func TestFillNetworkModes(t *testing.T) {
+	r4, _ := lease.ParseRange("10.1.0.100-10.1.0.199")
+	r6, _ := lease.ParseRange("fd00:10:1::100-fd00:10:1::1ff")
+	a := netip.MustParseAddr
+	relayed := func() Config {
+		return Config{Interface: "lo", RelayedOnly: true, Range4: r4, Range6: r6,
+			ServerIP: a("127.0.0.1"), Subnet: netip.MustParsePrefix("10.1.0.0/24"), Routers: []netip.Addr{a("10.1.0.1")},
+			ServerIP6: a("::1"), Subnet6: netip.MustParsePrefix("fd00:10:1::/64")}
+	}
+	for _, tc := range []struct {
+		name string
+		cfg  func() Config
+		want string // "" = valid
+	}{
+		{"relayed only, both families", relayed, ""},
+		{"relayed only, v4 only", func() Config {
+			c := relayed()
+			c.Range6, c.ServerIP6, c.Subnet6 = lease.Range{}, netip.Addr{}, netip.Prefix{}
+			return c
+		}, ""},
+		{"relayed only with --ra", func() Config { c := relayed(); c.RA = true; return c }, "--ra with --relayed-only"},
+		{"relayed only, no pool", func() Config { c := relayed(); c.Range4, c.Range6 = lease.Range{}, lease.Range{}; return c }, "needs --dhcp4-range or --dhcp6-range"},
+		{"relayed only, no --server-ip", func() Config { c := relayed(); c.ServerIP = netip.Addr{}; return c }, "needs --server-ip:"},
+		{"relayed only, no --subnet", func() Config { c := relayed(); c.Subnet = netip.Prefix{}; return c }, "needs --subnet:"},
+		{"relayed only, no --router", func() Config { c := relayed(); c.Routers = nil; return c }, "needs --router"},
+		{"relayed only, router elsewhere", func() Config { c := relayed(); c.Routers = []netip.Addr{a("10.2.0.1")}; return c }, "--router 10.2.0.1 is not inside --subnet 10.1.0.0/24"},
+		{"relayed only, server on the PXE network", func() Config { c := relayed(); c.ServerIP = a("10.1.0.2"); return c }, "--server-ip 10.1.0.2 is inside --subnet"},
+		{"relayed only, range elsewhere", func() Config { c := relayed(); c.Range4, _ = lease.ParseRange("10.2.0.1-10.2.0.9"); return c }, "--dhcp4-range 10.2.0.1-10.2.0.9 is not inside --subnet"},
+		{"relayed only, no --server-ip6", func() Config { c := relayed(); c.ServerIP6 = netip.Addr{}; return c }, "needs --server-ip6"},
+		{"relayed only, no --subnet6", func() Config { c := relayed(); c.Subnet6 = netip.Prefix{}; return c }, "needs --subnet6"},
+		{"relayed only, v6 range elsewhere", func() Config { c := relayed(); c.Range6, _ = lease.ParseRange("fd00:99::1-fd00:99::9"); return c }, "--dhcp6-range fd00:99::1-fd00:99::9 is not inside --subnet6"},
+		{"relayed only, but the interface is on the PXE network", func() Config {
+			c := relayed()
+			c.Subnet, c.Routers, c.ServerIP = netip.MustParsePrefix("127.0.0.0/8"), []netip.Addr{a("127.0.0.254")}, a("10.9.9.9")
+			c.Range4, _ = lease.ParseRange("127.0.0.100-127.0.0.199")
+			return c
+		}, "--interface lo holds 127.0.0.1 inside --subnet 127.0.0.0/8"},
+		{"relayed only, no such interface", func() Config { c := relayed(); c.Interface = "nope0"; return c }, "--interface"},
+		{"direct, --subnet not on the interface", func() Config {
+			return Config{Interface: "lo", Range4: r4, ServerIP: a("127.0.0.1"), Subnet: netip.MustParsePrefix("10.1.0.0/24")}
+		}, "holds no address in --subnet 10.1.0.0/24: for a PXE network reached through DHCP relays give --relayed-only"},
+		{"direct, from the interface", func() Config {
+			r, _ := lease.ParseRange("127.0.0.100-127.0.0.199")
+			return Config{Interface: "lo", Range4: r}
+		}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := tc.cfg()
+			err := fillNetwork(&cfg)
+			if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+				t.Fatalf("err %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
