@@ -288,10 +288,10 @@ func (l *Lab) startPixie(ctx context.Context, secret string) error {
 		// Behind the leaves' DHCP relays: pixie listens on its management
 		// port; the leaves hold the PXE network's gateway and send its
 		// router advertisements.
-		args = append(args, "--interface", mgmtIface, "--server-ip", n.MgmtIPv4,
+		args = append(args, "--relayed-only", "--interface", mgmtIface, "--server-ip", n.MgmtIPv4,
 			"--subnet", netip.MustParsePrefix(n.PXEIPv4).Masked().String())
-		if n.MgmtIPv6 != "" {
-			args = append(args, "--server-ip6", n.MgmtIPv6)
+		if n.MgmtIPv6 != "" && n.PXEIPv6 != "" && n.DHCP6Range != "" {
+			args = append(args, "--server-ip6", n.MgmtIPv6, "--subnet6", netip.MustParsePrefix(n.PXEIPv6).Masked().String())
 		}
 	} else {
 		args = append(args, "--interface", pxeBridge, "--ra")
