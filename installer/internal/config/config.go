@@ -35,6 +35,8 @@ type Phonehome struct {
 	// Binary is the metal-phonehome binary to copy; empty skips the copy
 	// (an installer built without it).
 	Binary string
+	// RelayPort is the leaves' agent relay port (0: none).
+	RelayPort int
 }
 
 // System is what the installer knows of the machine beyond the document.
@@ -46,6 +48,11 @@ type System struct {
 	// renaming) and its MAC, which the networkd config matches on.
 	NIC string
 	MAC string
+	// Uplinks are the machine's other NICs: brought up with IPv6
+	// link-local addressing only, accepting router advertisements, so
+	// that metal-phonehome reaches the agent relay of the leaf behind each
+	// of them (it fails over between the leaves).
+	Uplinks []string
 }
 
 // Paths inside the installed system.
@@ -151,6 +158,11 @@ func plan(target string, doc *agentv1.MachineDocument, ph Phonehome, sys System)
 	if strings.ContainsAny(sys.NIC, "/ \t\n") {
 		return nil, fmt.Errorf("bad interface name %q", sys.NIC)
 	}
+	for _, u := range sys.Uplinks {
+		if u == "" || u == sys.NIC || len(u) > 15 || strings.ContainsAny(u, "/ \t\n") {
+			return nil, fmt.Errorf("bad uplink interface name %q", u)
+		}
+	}
 	var dns []netip.Addr
 	for _, s := range a.GetDnsServers() {
 		ip, err := netip.ParseAddr(s)
@@ -188,7 +200,8 @@ func plan(target string, doc *agentv1.MachineDocument, ph Phonehome, sys System)
 		Centrals  []string `json:"centrals"`
 		CAPEM     string   `json:"ca_pem"`
 		Token     string   `json:"token"`
-	}{ph.MachineID, ph.Centrals, string(ph.CAPEM), ph.Token}, "", "  ")
+		RelayPort int      `json:"relay_port,omitempty"`
+	}{ph.MachineID, ph.Centrals, string(ph.CAPEM), ph.Token, ph.RelayPort}, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("encode phonehome config: %w", err)
 	}
@@ -211,9 +224,12 @@ func plan(target string, doc *agentv1.MachineDocument, ph Phonehome, sys System)
 		{path: AuthorizedKeys, mode: 0o600, data: []byte(keys.String())},
 		{path: InstallRecord, mode: 0o600, data: append(record, '\n')},
 		{path: "etc/systemd/network/10-metal-" + sys.NIC + ".network", mode: 0o644, data: []byte(networkd(a.GetId(), sys, addrs, dns))},
-		{path: IfupdownConfig, mode: 0o644, data: []byte(ifupdown(a.GetId(), sys.NIC, addrs))},
+		{path: IfupdownConfig, mode: 0o644, data: []byte(ifupdown(a.GetId(), sys.NIC, addrs) + ifupdownUplinks(sys.Uplinks))},
 		{path: PhonehomeConfig, mode: 0o600, data: append(phJSON, '\n')},
 		{path: PhonehomeUnit, mode: 0o644, data: []byte(phonehomeService)},
+	}
+	for _, u := range sys.Uplinks {
+		files = append(files, file{path: "etc/systemd/network/20-metal-" + u + ".network", mode: 0o644, data: []byte(networkdUplink(a.GetId(), u))})
 	}
 	if len(dns) > 0 {
 		files = append(files, resolv(target, dns))

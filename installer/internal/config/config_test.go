@@ -42,10 +42,10 @@ func goodPhonehome(t *testing.T) Phonehome {
 		t.Fatal(err)
 	}
 	return Phonehome{MachineID: "4c4c4544-0000-1111-2222-333344445555", Centrals: []string{"central:8443", "[2001:db8::1]:8443"},
-		CAPEM: []byte("-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n"), Token: secret, Binary: bin}
+		CAPEM: []byte("-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n"), Token: secret, Binary: bin, RelayPort: 4443}
 }
 
-var goodSystem = System{Fstab: "UUID=abc / ext4 defaults 0 1\n", NIC: "eth0", MAC: "52:54:00:12:34:56"}
+var goodSystem = System{Fstab: "UUID=abc / ext4 defaults 0 1\n", NIC: "eth0", MAC: "52:54:00:12:34:56", Uplinks: []string{"eth1"}}
 
 func read(t *testing.T, root, p string) (string, os.FileMode) {
 	t.Helper()
@@ -108,7 +108,10 @@ func TestWrite(t *testing.T) {
 			"auto lo\niface lo inet loopback\n\nauto eth0\n",
 			"iface eth0 inet static\n\taddress 203.0.113.10\n\tnetmask 255.255.255.0\n\tgateway 203.0.113.1\n\tup ip addr add 10.0.1.5/22 dev eth0\n",
 			"iface eth0 inet6 static\n\taddress 2001:db8::5\n\tnetmask 64\n\tgateway 2001:db8::1\n",
+			// The other NIC: up, link-local only, learning its leaf from RAs.
+			"\nauto eth1\niface eth1 inet6 manual\n\tup ip link set dev eth1 up\n",
 		}},
+		{"etc/systemd/network/20-metal-eth1.network", 0o644, []string{"[Match]\nName=eth1\n", "LinkLocalAddressing=ipv6\nIPv6AcceptRA=yes\n"}},
 		{PhonehomeUnit, 0o644, []string{"ExecStart=/usr/local/bin/metal-phonehome\n", "WantedBy=multi-user.target\n"}},
 		{PhonehomeBinary, 0o755, []string{"=\x7fELF fake"}},
 	} {
@@ -143,7 +146,7 @@ func TestWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	if phj["machine_id"] != ph.MachineID || phj["token"] != secret || phj["ca_pem"] != string(ph.CAPEM) ||
-		len(phj["centrals"].([]any)) != 2 {
+		len(phj["centrals"].([]any)) != 2 || phj["relay_port"] != float64(4443) {
 		t.Errorf("phonehome.json %v", phj)
 	}
 
@@ -228,6 +231,8 @@ func TestWriteRejectsBadInputBeforeWriting(t *testing.T) {
 		"phonehome binary missing": {ph: func(p *Phonehome) { p.Binary = "/nonexistent/metal-phonehome" }},
 		"no nic":                   {sys: func(s *System) { s.NIC = "" }},
 		"nic with slash":           {sys: func(s *System) { s.NIC = "../../etc/passwd" }},
+		"uplink with slash":        {sys: func(s *System) { s.Uplinks = []string{"../x"} }},
+		"uplink is the nic":        {sys: func(s *System) { s.Uplinks = []string{s.NIC} }},
 	} {
 		t.Run(name, func(t *testing.T) {
 			target := t.TempDir()

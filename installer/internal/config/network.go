@@ -170,3 +170,21 @@ func ifupdown(allocation, nic string, addrs []address) string {
 	}
 	return b.String()
 }
+
+// networkdUplink brings up one of the machine's other NICs with IPv6
+// link-local addressing only, accepting router advertisements: its leaf's
+// agent relay is reached at the router's link-local address.
+func networkdUplink(allocation, nic string) string {
+	return fmt.Sprintf("# Written by the Metalfleet installer for allocation %s.\n[Match]\nName=%s\n\n[Network]\nLinkLocalAddressing=ipv6\nIPv6AcceptRA=yes\n", allocation, nic)
+}
+
+// ifupdownUplinks brings up the machine's other NICs without addresses:
+// the kernel gives them their IPv6 link-local address and learns the
+// leaf's from its router advertisements.
+func ifupdownUplinks(nics []string) string {
+	var b strings.Builder
+	for _, n := range nics {
+		fmt.Fprintf(&b, "\nauto %s\niface %s inet6 manual\n\tup ip link set dev %s up\n", n, n, n)
+	}
+	return b.String()
+}

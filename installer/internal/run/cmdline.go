@@ -27,14 +27,22 @@ type Cmdline struct {
 	// Plaintext (metal.plaintext=1) talks to a central started with
 	// --insecure-plaintext; only for labs, it replaces the CA pin.
 	Plaintext bool
+	// RelayPort (metal.relay_port=, default DefaultRelayPort, 0: none) is
+	// the port of the leaves' agent relays, written into the installed
+	// system's phone-home configuration: in a tenant VRF they are its only
+	// way to central.
+	RelayPort int
 }
+
+// DefaultRelayPort is metal-core's default --relay-port.
+const DefaultRelayPort = 4443
 
 // ParseCmdline reads a /proc/cmdline. Unknown keys belong to the kernel or
 // to others and are ignored; the metal.* keys are checked here so that a
 // wrong boot configuration fails with a clear message at once instead of as
 // a dial error much later.
 func ParseCmdline(s string) (Cmdline, error) {
-	var c Cmdline
+	c := Cmdline{RelayPort: DefaultRelayPort}
 	var errs []error
 	for _, f := range splitCmdline(s) {
 		key, val, _ := strings.Cut(f, "=")
@@ -60,6 +68,13 @@ func ParseCmdline(s string) (Cmdline, error) {
 			c.BootToken = val
 		case "metal.plaintext":
 			c.Plaintext = val == "1" || val == "true" || val == "yes"
+		case "metal.relay_port":
+			n, err := strconv.Atoi(val)
+			if err != nil || n < 0 || n > 65535 {
+				errs = append(errs, fmt.Errorf("metal.relay_port %q: want 0 (none) or a port 1-65535", val))
+				continue
+			}
+			c.RelayPort = n
 		}
 	}
 	if len(c.Centrals) == 0 {
@@ -102,6 +117,7 @@ func (c Cmdline) LogValue() slog.Value {
 		slog.String("pixie", c.Pixie),
 		slog.String("boot_token", tok),
 		slog.Bool("plaintext", c.Plaintext),
+		slog.Int("relay_port", c.RelayPort),
 	)
 }
 

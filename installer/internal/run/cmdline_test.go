@@ -20,15 +20,24 @@ func TestParseCmdline(t *testing.T) {
 			in: "BOOT_IMAGE=vmlinuz initrd=initramfs.cpio.gz console=ttyS0 metal.central=10.0.0.1:8443,[2001:db8::1]:8443 " +
 				"metal.partition=fra-1 metal.ca=" + strings.ToUpper(pin) + " metal.pixie=http://10.0.0.2:8080/ metal.boot_token=mfb_abc\n",
 			want: Cmdline{Centrals: []string{"10.0.0.1:8443", "[2001:db8::1]:8443"}, Partition: "fra-1", CA: pin,
-				Pixie: "http://10.0.0.2:8080", BootToken: "mfb_abc"},
+				Pixie: "http://10.0.0.2:8080", BootToken: "mfb_abc", RelayPort: DefaultRelayPort},
 		},
+		"relay port": {
+			in:   "metal.central=c:1 metal.partition=p metal.plaintext=1 metal.relay_port=5443",
+			want: Cmdline{Centrals: []string{"c:1"}, Partition: "p", Plaintext: true, RelayPort: 5443},
+		},
+		"no relay": {
+			in:   "metal.central=c:1 metal.partition=p metal.plaintext=1 metal.relay_port=0",
+			want: Cmdline{Centrals: []string{"c:1"}, Partition: "p", Plaintext: true},
+		},
+		"bad relay port": {in: "metal.central=c:1 metal.partition=p metal.plaintext=1 metal.relay_port=70000", err: "metal.relay_port"},
 		"quoted value": {
 			in:   `metal.central="central.example:443" metal.partition=p metal.plaintext=1`,
-			want: Cmdline{Centrals: []string{"central.example:443"}, Partition: "p", Plaintext: true},
+			want: Cmdline{Centrals: []string{"central.example:443"}, Partition: "p", Plaintext: true, RelayPort: DefaultRelayPort},
 		},
 		"no boot token is fine": {
 			in:   "metal.central=c:1 metal.partition=p metal.ca=" + pin + " metal.pixie=https://pixie",
-			want: Cmdline{Centrals: []string{"c:1"}, Partition: "p", CA: pin, Pixie: "https://pixie"},
+			want: Cmdline{Centrals: []string{"c:1"}, Partition: "p", CA: pin, Pixie: "https://pixie", RelayPort: DefaultRelayPort},
 		},
 		"missing central":   {in: "metal.partition=p metal.plaintext=1", err: "metal.central missing"},
 		"empty central":     {in: "metal.central= metal.partition=p metal.plaintext=1", err: "metal.central missing"},

@@ -427,8 +427,14 @@ func (r *runner) install(ctx context.Context, doc *agentv1.MachineDocument) erro
 	if err != nil {
 		return err
 	}
-	ph := config.Phonehome{MachineID: doc.GetMachineId(), Centrals: r.cfg.Cmdline.Centrals, CAPEM: r.caPEM, Token: tok, Binary: r.cfg.PhonehomeBinary}
+	ph := config.Phonehome{MachineID: doc.GetMachineId(), Centrals: r.cfg.Cmdline.Centrals, CAPEM: r.caPEM, Token: tok,
+		Binary: r.cfg.PhonehomeBinary, RelayPort: r.cfg.Cmdline.RelayPort}
 	sys := config.System{Fstab: inst.Fstab, NIC: r.lease.Interface, MAC: r.lease.MAC.String()}
+	for _, n := range r.mf.GetNics() {
+		if n.GetName() != "" && n.GetName() != sys.NIC {
+			sys.Uplinks = append(sys.Uplinks, n.GetName())
+		}
+	}
 	if err := r.hw.WriteConfig(ctx, inst.Target, doc, ph, sys); err != nil {
 		return fmt.Errorf("write config: %w", err)
 	}

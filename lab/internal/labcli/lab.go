@@ -191,6 +191,10 @@ func printE2E(cmd *cobra.Command, r lab.Result) {
 	}
 	fmt.Fprintf(w, "lab timings (accel %s):\n", r.Accel)
 	fmt.Fprintf(w, "  up: network %s, central %s, setup %s, pixie %s, BMCs %s\n", s(r.Up.Network), s(r.Up.Central), s(r.Up.Setup), s(r.Up.Pixie), s(r.Up.BMCs))
+	if r.Up.Routers > 0 {
+		fmt.Fprintf(w, "  router guests booted, leaves registered and provisioned: %s\n", s(r.Up.Routers))
+		fmt.Fprintf(w, "  leaves registered → BGP Established with EVPN routes: %s\n", s(r.Fabric.Fabric))
+	}
 	for _, m := range slices.Sorted(maps.Keys(r.Waiting)) {
 		fmt.Fprintf(w, "  power-on → Waiting %s: %s\n", m, s(r.Waiting[m]))
 	}
