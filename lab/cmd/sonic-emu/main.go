@@ -40,6 +40,8 @@ func run(ctx context.Context, args []string) error {
 	lldp := fs.Bool("lldp", true, "read lldpd's neighbours (lldpcli) into APPL_DB LLDP_ENTRY_TABLE")
 	lldpSocket := fs.String("lldp-socket", "", "lldpd's control socket (default lldpd's own)")
 	poll := fs.Duration("appl-poll", 10*time.Second, "how often APPL_DB is written in full (besides link and LLDP events)")
+	dhcrelay := fs.String("dhcrelay", "dhcrelay", "ISC's dhcrelay, run per VLAN with dhcp_servers@/dhcpv6_servers@ (empty: no DHCP relay)")
+	logDir := fs.String("log-dir", "", "directory of the relays' logs (dhcrelay-Vlan<id>-v4.log; default: discarded)")
 	_ = fs.Parse(args)
 
 	level := slog.LevelInfo
@@ -75,6 +77,13 @@ func run(ctx context.Context, args []string) error {
 		}
 	}
 	e := &sonicemu.Emulator{Client: c, Sep: sep, Apply: x, Resync: *resync, Log: log}
+	if *dhcrelay != "" && !*once {
+		e.Relays = &sonicemu.Relays{
+			Starter:   &sonicemu.ExecStarter{Path: *dhcrelay, Netns: *netns, LogDir: *logDir},
+			Upstreams: &sonicemu.RouteUpstreams{Netns: *netns},
+			Log:       log.With("part", "dhcp-relay"),
+		}
+	}
 	if *once {
 		_, err := e.Sync(ctx, true)
 		return err
