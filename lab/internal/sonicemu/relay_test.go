@@ -73,7 +73,7 @@ func (r routes) Upstream(_ context.Context, a netip.Addr) ([]string, error) {
 func TestRelaySpecs(t *testing.T) {
 	up := routes{
 		"10.1.0.2": {"Ethernet120"}, "10.1.0.3": {"Ethernet120", "Ethernet124"}, // ECMP
-		"fd00::2": {"Ethernet124", "Ethernet120"},
+		"fd00::2":  {"Ethernet124", "Ethernet120"},
 		"10.2.0.1": {"Vlan4000"}, // routed back into the VLAN: not an upstream
 	}
 	pxe := func(servers, v6 string, addrs ...string) string {
