@@ -104,7 +104,11 @@ if [[ "$pattern" == *poweroff* ]]; then
 	wait "$QPID" || true
 	QPID=
 	grep -a 'metal-router' "$WORK/console"
-	fail() { echo "lab disk: $*" >&2; exit 1; }
+	fail() {
+		debugfs -R "cat /log/sonic-emu.log" "$DISK" 2>/dev/null | tail -20 >&2
+		echo "lab disk: $*" >&2
+		exit 1
+	}
 	grep -q "metal-router: $HOST up" "$WORK/console" || fail "host name $HOST not taken from the disk"
 	show=$(debugfs -R 'cat /log/show.txt' "$DISK" 2>/dev/null)
 	echo "$show"
@@ -114,6 +118,13 @@ if [[ "$pattern" == *poweroff* ]]; then
 	grep -Eq '^Ethernet0 ' <<<"$show" || fail "Ethernet0 (renamed from eth0) missing"
 	grep -q "hostname $HOST-frr" <<<"$show" || fail "FRR did not run the disk's frr.conf"
 	debugfs -R 'ls -l /log' "$DISK" 2>/dev/null | grep -q 'sonic-emu.log' || fail "no /log/sonic-emu.log written back"
+	# The ports' state the emulation wrote into APPL_DB (hub ports have a
+	# carrier: both up).
+	appl=$(debugfs -R 'cat /log/appl_db.txt' "$DISK" 2>/dev/null)
+	echo "$appl"
+	for p in Ethernet0 Ethernet4; do
+		grep -Eq "^PORT_TABLE:$p .*oper_status up" <<<"$appl" || fail "APPL_DB PORT_TABLE:$p not oper_status up"
+	done
 	echo "lab disk: OK (host name, CONFIG_DB rows rendered, frr.conf, logs written back)"
 	exit 0
 fi

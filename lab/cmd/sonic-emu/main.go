@@ -36,6 +36,12 @@ func run(ctx context.Context, args []string) error {
 	once := fs.Bool("once", false, "render once and exit")
 	dryRun := fs.Bool("dry-run", false, "print the full plan and exit, running nothing")
 	debug := fs.Bool("debug", false, "log every command")
+	observe := fs.Bool("appl-db", true, "write the ports' oper state (and LLDP neighbours) into APPL_DB")
+	lldp := fs.Bool("lldp", true, "read lldpd's neighbours (lldpcli) into APPL_DB LLDP_ENTRY_TABLE")
+	lldpSocket := fs.String("lldp-socket", "", "lldpd's control socket (default lldpd's own)")
+	poll := fs.Duration("appl-poll", 10*time.Second, "how often APPL_DB is written in full (besides link and LLDP events)")
+	dhcrelay := fs.String("dhcrelay", "dhcrelay", "ISC's dhcrelay, run per VLAN with dhcp_servers@/dhcpv6_servers@ (empty: no DHCP relay)")
+	logDir := fs.String("log-dir", "", "directory of the relays' logs (dhcrelay-Vlan<id>-v4.log; default: discarded)")
 	_ = fs.Parse(args)
 
 	level := slog.LevelInfo
@@ -71,9 +77,37 @@ func run(ctx context.Context, args []string) error {
 		}
 	}
 	e := &sonicemu.Emulator{Client: c, Sep: sep, Apply: x, Resync: *resync, Log: log}
+	if *dhcrelay != "" && !*once {
+		e.Relays = &sonicemu.Relays{
+			Starter:   &sonicemu.ExecStarter{Path: *dhcrelay, Netns: *netns, LogDir: *logDir},
+			Upstreams: &sonicemu.RouteUpstreams{Netns: *netns},
+			Log:       log.With("part", "dhcp-relay"),
+		}
+	}
 	if *once {
 		_, err := e.Sync(ctx, true)
 		return err
 	}
-	return e.Run(ctx)
+	if !*observe {
+		return e.Run(ctx)
+	}
+	appl, asep, err := sonicemu.OpenAppl(*dbConfig)
+	if err != nil {
+		return err
+	}
+	defer appl.Close()
+	o := &sonicemu.Observer{
+		Config: c, ConfigSep: sep, Appl: &sonicemu.Writer{Client: appl, Sep: asep},
+		Links: &sonicemu.NetlinkLinks{Netns: *netns, Log: log}, Poll: *poll, Log: log.With("part", "appl"),
+	}
+	if *lldp {
+		o.LLDP = &sonicemu.LLDPCli{Socket: *lldpSocket, Log: log}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- o.Run(ctx) }()
+	err = e.Run(ctx)
+	cancel()
+	return errors.Join(err, <-done)
 }

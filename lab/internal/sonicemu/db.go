@@ -26,8 +26,12 @@ import (
 // DefaultDBConfig is where SONiC keeps its database_config.json.
 const DefaultDBConfig = "/var/run/redis/sonic-db/database_config.json"
 
-// configDB is the database the emulation reads.
-const configDB = "CONFIG_DB"
+// The databases the emulation uses: it reads CONFIG_DB and writes what
+// SONiC's daemons observe (port oper state, LLDP neighbours) into APPL_DB.
+const (
+	configDB = "CONFIG_DB"
+	applDB   = "APPL_DB"
+)
 
 // dbConfig is SONiC's database_config.json. metal-core has its own reader
 // (agents/metalcore/internal/sonic), which lab/ cannot import (Go's
@@ -48,6 +52,19 @@ type dbConfig struct {
 // Open connects to CONFIG_DB as database_config.json at path describes
 // it and returns the client and the key separator.
 func Open(path string) (*redis.Client, string, error) {
+	return OpenDB(path, configDB)
+}
+
+// OpenAppl connects to APPL_DB (database 0, ":" on SONiC) as
+// database_config.json at path describes it.
+func OpenAppl(path string) (*redis.Client, string, error) {
+	return OpenDB(path, applDB)
+}
+
+// OpenDB connects to the database name (CONFIG_DB, APPL_DB, …) as
+// database_config.json at path describes it and returns the client and
+// the database's key separator.
+func OpenDB(path, name string) (*redis.Client, string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, "", fmt.Errorf("database config: %w", err)
@@ -56,13 +73,13 @@ func Open(path string) (*redis.Client, string, error) {
 	if err := json.Unmarshal(b, &c); err != nil {
 		return nil, "", fmt.Errorf("database config %s: %w", path, err)
 	}
-	db, ok := c.Databases[configDB]
+	db, ok := c.Databases[name]
 	if !ok {
-		return nil, "", fmt.Errorf("database config %s: no %s", path, configDB)
+		return nil, "", fmt.Errorf("database config %s: no %s", path, name)
 	}
 	inst, ok := c.Instances[db.Instance]
 	if !ok {
-		return nil, "", fmt.Errorf("database config %s: %s: no instance %q", path, configDB, db.Instance)
+		return nil, "", fmt.Errorf("database config %s: %s: no instance %q", path, name, db.Instance)
 	}
 	o := &redis.Options{
 		DB: db.ID, ClientName: "sonic-emu",
@@ -80,7 +97,11 @@ func Open(path string) (*redis.Client, string, error) {
 	}
 	sep := db.Separator
 	if sep == "" {
-		sep = "|"
+		// SONiC's defaults: "|" for CONFIG_DB and STATE_DB, ":" for the rest.
+		sep = ":"
+		if name == configDB || name == "STATE_DB" {
+			sep = "|"
+		}
 	}
 	return redis.NewClient(o), sep, nil
 }

@@ -54,6 +54,11 @@ type VRF struct {
 type VLAN struct {
 	MTU     int
 	AdminUp bool
+	// DHCPServers and DHCPv6Servers are dhcp_servers@ and
+	// dhcpv6_servers@ (comma-separated lists): SONiC's dhcp_relay
+	// container relays the VLAN's DHCP to them.
+	DHCPServers   []netip.Addr
+	DHCPv6Servers []netip.Addr
 	// Members maps a port to true when it is tagged.
 	Members map[string]bool
 }
@@ -188,6 +193,17 @@ func Parse(rows map[string]map[string]string, sep string) (State, []error) {
 			v.MTU, _ = strconv.Atoi(f["mtu"])
 			// vlanmgrd brings a VLAN up unless admin_status says down.
 			v.AdminUp = f["admin_status"] != "down"
+			// A garbled server list is reported and the valid entries
+			// kept: one typo does not take a VLAN's DHCP down.
+			var errs []error
+			v.DHCPServers, errs = servers(f["dhcp_servers@"], true)
+			for _, e := range errs {
+				fail("dhcp_servers@: %v", e)
+			}
+			v.DHCPv6Servers, errs = servers(f["dhcpv6_servers@"], false)
+			for _, e := range errs {
+				fail("dhcpv6_servers@: %v", e)
+			}
 			if v.Members == nil {
 				v.Members = map[string]bool{}
 			}
@@ -263,4 +279,33 @@ func Parse(rows map[string]map[string]string, sep string) (State, []error) {
 		}
 	}
 	return s, bad
+}
+
+// servers parses a comma-separated list of IPv4 (v4) or IPv6 addresses.
+func servers(list string, v4 bool) ([]netip.Addr, []error) {
+	var out []netip.Addr
+	var errs []error
+	for _, f := range strings.Split(list, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		a, err := netip.ParseAddr(f)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%q is not an address", f))
+		case a.Zone() != "":
+			errs = append(errs, fmt.Errorf("%q: no zone in a server address", f))
+		case v4 && !a.Is4():
+			errs = append(errs, fmt.Errorf("%q is not IPv4", f))
+		case !v4 && (!a.Is6() || a.Is4In6()):
+			errs = append(errs, fmt.Errorf("%q is not IPv6", f))
+		case !a.IsGlobalUnicast() && !a.IsPrivate():
+			errs = append(errs, fmt.Errorf("%q is not a unicast address", f))
+		case slices.Contains(out, a):
+		default:
+			out = append(out, a)
+		}
+	}
+	return out, errs
 }

@@ -29,9 +29,15 @@ type Emulator struct {
 	// Settle is how long a burst of notifications may last before the
 	// render (0: 50 ms): metal-core writes a document in a few pipelines.
 	Settle time.Duration
-	Log    *slog.Logger
+	// Relays, when set, runs the DHCP relays the VLANs ask for; it is
+	// updated on every Sync and every RelayCheck (0: 5 s), which picks up
+	// routes to the servers that appeared or changed (BGP converging).
+	Relays     *Relays
+	RelayCheck time.Duration
+	Log        *slog.Logger
 
 	applied State
+	desired State
 	synced  bool
 }
 
@@ -46,6 +52,12 @@ func (e *Emulator) Sync(ctx context.Context, full bool) ([]Cmd, error) {
 	}
 	for _, b := range bad {
 		e.log().Warn("row ignored", "err", b)
+	}
+	e.desired = desired
+	if e.Relays != nil {
+		// After the render (deferred): a relay needs its SVI. Whether or
+		// not the render failed: one bad port blocks no VLAN's DHCP.
+		defer e.Relays.Update(ctx, desired)
 	}
 	plan := Plan(e.applied, desired)
 	if full || !e.synced {
@@ -86,11 +98,24 @@ func (e *Emulator) Run(ctx context.Context) error {
 	}
 	tick := time.NewTicker(resync)
 	defer tick.Stop()
+	var relayC <-chan time.Time
+	if e.Relays != nil {
+		defer e.Relays.Close()
+		check := e.RelayCheck
+		if check <= 0 {
+			check = 5 * time.Second
+		}
+		rt := time.NewTicker(check)
+		defer rt.Stop()
+		relayC = rt.C
+	}
 	var settleC <-chan time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-relayC:
+			e.Relays.Update(ctx, e.desired)
 		case m, ok := <-events:
 			if !ok {
 				return errors.New("keyspace subscription closed")
