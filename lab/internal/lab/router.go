@@ -99,19 +99,39 @@ func (l *Lab) routerDisk(dir, name, secret string) error {
 		// would.
 		fmt.Fprintf(&rc, "(i=0; until redis-cli -s /run/redis/redis.sock config set bind \"127.0.0.1 %s\" >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 200 ] && exit 1; sleep 0.1; done; redis-cli -s /run/redis/redis.sock config set protected-mode no >/dev/null) &\n", n.MgmtIPv4)
 		pixie := t.Node(t.Pixie())
-		v4 := netip.MustParsePrefix(pixie.PXEIPv4)
 		relay := fmt.Sprintf(`HSET "VLAN|Vlan%d" vlanid %d dhcp_servers@ %s`, pxeVLAN, pxeVLAN, pixie.MgmtIPv4)
-		if pixie.MgmtIPv6 != "" {
+		if pixie.MgmtIPv6 != "" && pixie.PXEIPv6 != "" {
 			relay += " dhcpv6_servers@ " + pixie.MgmtIPv6
 		}
-		rows = append(rows, relay,
-			fmt.Sprintf(`HSET "VLAN_INTERFACE|Vlan%d" NULL NULL`, pxeVLAN),
-			fmt.Sprintf(`HSET "VLAN_INTERFACE|Vlan%d|%s" NULL NULL`, pxeVLAN, v4))
-		if pixie.PXEIPv6 != "" {
-			rows = append(rows, fmt.Sprintf(`HSET "VLAN_INTERFACE|Vlan%d|%s" NULL NULL`, pxeVLAN, netip.MustParsePrefix(pixie.PXEIPv6)))
+		rows = append(rows, relay, fmt.Sprintf(`HSET "VLAN_INTERFACE|Vlan%d" NULL NULL`, pxeVLAN))
+		for _, a := range l.pxeSVI(name) {
+			rows = append(rows, fmt.Sprintf(`HSET "VLAN_INTERFACE|Vlan%d|%s" NULL NULL`, pxeVLAN, a))
 		}
 		rows = append(rows, `HSET "VXLAN_EVPN_NVO|nvo" source_vtep vtep`)
+		// The switch's provisioning puts every machine port into the PXE
+		// VLAN: a server about to PXE-boot for the first time sends no
+		// LLDP, so central does not know it yet and metal-core leaves the
+		// ports its document does not name as they are.
+		for _, iface := range nics[1:] {
+			if p, ok := t.Peer(name, iface); ok && t.Node(p.Node).Kind == topo.KindMachine {
+				s, _ := topo.SONiCPort(iface)
+				rows = append(rows, fmt.Sprintf(`HSET "PORT|%s" mtu 9000 admin_status up`, s),
+					fmt.Sprintf(`HSET "VLAN_MEMBER|Vlan%d|%s" tagging_mode untagged`, pxeVLAN, s))
+			}
+		}
 		files["frr.conf"] = fmt.Sprintf("frr defaults datacenter\nhostname %s\n!\nline vty\n!\n", name)
+		// metal-core renders frr.conf from its built-in template plus the
+		// PXE VLAN's router advertisements (managed: addresses from
+		// pixie's DHCPv6; A=0), as an operator's --frr-template would.
+		tmpl, err := os.ReadFile(filepath.Join(l.cfg.Root, "agents/metalcore/internal/frr/frr.conf.tmpl"))
+		if err != nil {
+			return fmt.Errorf("metal-core's frr.conf template: %w", err)
+		}
+		ra := fmt.Sprintf("\ninterface Vlan%d\n ipv6 nd ra-interval 6\n no ipv6 nd suppress-ra\n ipv6 nd managed-config-flag\n ipv6 nd other-config-flag\n", pxeVLAN)
+		if pixie.PXEIPv6 != "" {
+			ra += fmt.Sprintf(" ipv6 nd prefix %s no-autoconfig\n", netip.MustParsePrefix(pixie.PXEIPv6).Masked())
+		}
+		files["frr.tmpl"] = string(tmpl) + ra + "!\n"
 		ca, err := os.ReadFile(filepath.Join(l.centralDir(), "ca.crt"))
 		if err != nil {
 			return err
@@ -126,7 +146,7 @@ func (l *Lab) routerDisk(dir, name, secret string) error {
 			}
 		}
 		flags := []string{"--name", name, "--central", l.centralAddr(), "--ca", "/lab/ca.pem", "--token-file", "/lab/token",
-			"--naming-schema", "name", "--uplinks", strings.Join(uplinks, ","), "--frr-reload=/lab/frr-reload",
+			"--naming-schema", "name", "--uplinks", strings.Join(uplinks, ","), "--frr-reload=/lab/frr-reload", "--frr-template", "/lab/frr.tmpl",
 			"--metrics-listen", net.JoinHostPort(n.MgmtIPv4, "2112")}
 		if n.Rack != "" {
 			flags = append(flags, "--rack", n.Rack)
@@ -356,4 +376,41 @@ func writeConfigDB(ctx context.Context, addr string, cmds [][]string) error {
 		return fmt.Errorf("CONFIG_DB at %s: %w", addr, err)
 	}
 	return nil
+}
+
+// pxeSVI are a leaf's addresses on the PXE VLAN: the i-th leaf takes the
+// i-th host address of the PXE prefixes (pixie's pxe-ipv4/-ipv6 name the
+// prefixes and the first leaf's address). Each leaf has its own: the VLAN
+// is stretched over both, and one address twice would fail IPv6's
+// duplicate address detection.
+func (l *Lab) pxeSVI(leaf string) []string {
+	t := l.top
+	px := t.Node(t.Pixie())
+	i := slices.Index(t.Nodes(topo.KindLeaf), leaf)
+	var out []string
+	for _, a := range []string{px.PXEIPv4, px.PXEIPv6} {
+		if a == "" {
+			continue
+		}
+		p := netip.MustParsePrefix(a)
+		addr := p.Addr()
+		for range i {
+			addr = addr.Next()
+		}
+		out = append(out, netip.PrefixFrom(addr, p.Bits()).String())
+	}
+	return out
+}
+
+// pxeRouters are the leaves' PXE addresses of one family: pixie's routers.
+func (l *Lab) pxeRouters(v6 bool) []string {
+	var out []string
+	for _, leaf := range l.top.Nodes(topo.KindLeaf) {
+		for _, a := range l.pxeSVI(leaf) {
+			if p := netip.MustParsePrefix(a); p.Addr().Is6() == v6 {
+				out = append(out, p.Addr().String())
+			}
+		}
+	}
+	return out
 }

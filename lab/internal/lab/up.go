@@ -280,7 +280,7 @@ func (l *Lab) startPixie(ctx context.Context, secret string) error {
 	args := []string{l.bin("metal-pixie"), "--name", l.pixieName(), "--central", l.centralAddr(),
 		"--ca", filepath.Join(l.centralDir(), "ca.crt"), "--token-file", tokenFile,
 		"--state-dir", filepath.Join(l.dir, "pixie"),
-		"--dhcp4-range", n.DHCP4Range, "--router", router,
+		"--dhcp4-range", n.DHCP4Range,
 		"--http-listen", ":80", "--tftp-listen", ":69",
 		"--kernel", filepath.Join(l.cfg.Root, "build/installer/vmlinuz"),
 		"--initramfs", filepath.Join(l.cfg.Root, "build/installer/initramfs.cpio.gz")}
@@ -288,6 +288,7 @@ func (l *Lab) startPixie(ctx context.Context, secret string) error {
 		// Behind the leaves' DHCP relays: pixie listens on its management
 		// port; the leaves hold the PXE network's gateway and send its
 		// router advertisements.
+		router = strings.Join(l.pxeRouters(false), ",")
 		args = append(args, "--relayed-only", "--interface", mgmtIface, "--server-ip", n.MgmtIPv4,
 			"--subnet", netip.MustParsePrefix(n.PXEIPv4).Masked().String())
 		if n.MgmtIPv6 != "" && n.PXEIPv6 != "" && n.DHCP6Range != "" {
@@ -296,6 +297,7 @@ func (l *Lab) startPixie(ctx context.Context, secret string) error {
 	} else {
 		args = append(args, "--interface", pxeBridge, "--ra")
 	}
+	args = append(args, "--router", router)
 	if n.DHCP6Range != "" {
 		args = append(args, "--dhcp6-range", n.DHCP6Range)
 	}
