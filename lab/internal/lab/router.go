@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -36,6 +37,9 @@ const (
 	spineASNBase = 4200000100
 	exitASNBase  = 4200000200
 	routerMAC    = "52:54:00:fa:"
+	// routerShellPort is the guests' command channel on the management
+	// network (leaves only: spines and exits have no management address).
+	routerShellPort = 2323
 )
 
 // routerNICs are a router guest's NICs in order: eth0 the management port,
@@ -94,6 +98,10 @@ func (l *Lab) routerDisk(dir, name, secret string) error {
 		for _, a := range l.mgmtCIDRs(n) {
 			fmt.Fprintf(&rc, "/sbin/ip addr add %s dev eth0\n", a)
 		}
+		// The lab's command channel into the guest (RouterExec; the e2e
+		// reads FRR's and Linux's state through it): a shell per TCP
+		// connection on the management port. Lab only: unauthenticated root.
+		fmt.Fprintf(&rc, "nc -ll -p %d -e /bin/sh >/dev/null 2>&1 &\n", routerShellPort)
 		// The emulation's Redis answers on the management port too: the
 		// lab writes the rows that depend on the leaf's loopback (known
 		// once central numbered the switch) as an operator's provisioning
@@ -450,4 +458,29 @@ func (l *Lab) pxeRouters(v6 bool) []string {
 		}
 	}
 	return out
+}
+
+// RouterExec runs a shell command in a leaf's guest over its command
+// channel and returns what it printed (stdout and stderr).
+func (l *Lab) RouterExec(ctx context.Context, name, command string) (string, error) {
+	n := l.top.Node(name)
+	if n.Kind != topo.KindLeaf || n.MgmtIPv4 == "" || !l.top.Fabric() {
+		return "", fmt.Errorf("%s is no leaf of a fabric", name)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(n.MgmtIPv4, strconv.Itoa(routerShellPort)))
+	if err != nil {
+		return "", fmt.Errorf("%s's command channel: %w", name, err)
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	if _, err := io.WriteString(c, "export PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; ( "+command+" ) 2>&1; exit\n"); err != nil {
+		return "", err
+	}
+	out, err := io.ReadAll(c)
+	return string(out), err
 }

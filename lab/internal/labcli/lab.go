@@ -298,3 +298,25 @@ func serveCmd() *cobra.Command {
 	cmd.Flags().StringArrayVar(&files, "file", nil, "/url/path=/file/to/serve (repeatable)")
 	return cmd
 }
+
+func execCmd() *cobra.Command {
+	var f labFlags
+	cmd := &cobra.Command{
+		Use:   "exec LEAF COMMAND...",
+		Short: "Run a shell command in a fabric leaf's router guest (its command channel on mgmt)",
+		Example: `  metal-lab exec leaf01 vtysh -c "'show bgp l2vpn evpn summary'" -t lab/topologies/fabric.yaml
+  metal-lab exec leaf01 ip -br link show master Vrf104001 -t lab/topologies/fabric.yaml`,
+		Args: cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := f.open(cmd)
+			if err != nil {
+				return err
+			}
+			out, err := l.RouterExec(cmd.Context(), args[0], strings.Join(args[1:], " "))
+			fmt.Fprint(cmd.OutOrStdout(), out)
+			return err
+		},
+	}
+	f.add(cmd)
+	return cmd
+}
