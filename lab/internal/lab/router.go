@@ -3,7 +3,6 @@ package lab
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -366,42 +365,21 @@ func (l *Lab) provisionLeaves(ctx context.Context) error {
 		l.progress("leaf %s: registered, loopback %s written to its CONFIG_DB", name, lo)
 	}
 	// Machines powered on before a leaf rendered its PXE VLAN would find
-	// no DHCP relay, and their firmware gives up after one try: wait until
-	// each leaf's machine ports are up (the emulation writes APPL_DB's
-	// PORT_TABLE once it rendered them; the relay starts with them).
+	// no DHCP relay, and their firmware tries PXE once: wait until each
+	// leaf's emulation started its relays (after it rendered the VLAN and
+	// the ports).
 	for _, name := range t.Nodes(topo.KindLeaf) {
-		var ports []string
-		for _, iface := range t.Ifaces(name) {
-			if p, ok := t.Peer(name, iface); ok && t.Node(p.Node).Kind == topo.KindMachine {
-				s, _ := topo.SONiCPort(iface)
-				ports = append(ports, s)
+		if err := waitFor(ctx, 5*time.Minute, "the PXE VLAN's DHCP relay on "+name, func() (bool, error) {
+			out, err := l.RouterExec(ctx, name, "ps")
+			if err != nil {
+				return false, err
 			}
-		}
-		addr := net.JoinHostPort(t.Node(name).MgmtIPv4, "6379")
-		if err := waitFor(ctx, 5*time.Minute, "machine ports of "+name+" up in its APPL_DB", func() (bool, error) {
-			return portsUp(ctx, addr, ports)
+			return strings.Contains(out, "dhcrelay -d -4"), nil
 		}); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// portsUp tells whether APPL_DB (database 0, ':' separator) of the Redis
-// at addr has every port's oper_status up.
-func portsUp(ctx context.Context, addr string, ports []string) (bool, error) {
-	c := redis.NewClient(&redis.Options{Addr: addr, DB: 0, DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, MaxRetries: -1})
-	defer c.Close()
-	for _, p := range ports {
-		st, err := c.HGet(ctx, "PORT_TABLE:"+p, "oper_status").Result()
-		if errors.Is(err, redis.Nil) || (err == nil && st != "up") {
-			return false, nil
-		}
-		if err != nil {
-			return false, err
-		}
-	}
-	return true, nil
 }
 
 // writeConfigDB runs the commands against CONFIG_DB (database 4) of the
