@@ -1,12 +1,20 @@
 package lab
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/metalfleet/metalfleet/lab/internal/topo"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
@@ -21,6 +29,11 @@ type FabricResult struct {
 	// Attached lists each machine's switch connections as central saw
 	// them: "leaf01/Ethernet0".
 	Attached map[string][]string
+	// Probe: what the tenant probe saw.
+	Probe ProbeResult
+	// Failover: a leaf's restart until the installed system phoned home
+	// through the other leaf's relay.
+	Failover time.Duration
 }
 
 // checkFabric waits until every leaf's uplink sessions are Established
@@ -182,8 +195,217 @@ func (l *Lab) e2eFabric(ctx context.Context, e *e2e, res *Result) error {
 		}
 		l.progress("e2e: %s (one link) is registered and refused for allocation", m)
 	}
-	if len(single) == len(l.top.Nodes(topo.KindMachine)) {
+	var dual string
+	for _, m := range l.top.Nodes(topo.KindMachine) {
+		if len(l.top.Ifaces(m)) >= 2 {
+			dual = m
+			break
+		}
+	}
+	if dual == "" {
 		return errors.New("no dual-attached machine in the topology")
 	}
+	uuid := l.top.Node(dual).UUID
+
+	// A tenant's network (its own VRF) and a machine allocated into it: it
+	// installs over the PXE VLAN; at "install done" both its leaf ports
+	// move into the VRF; its installed system phones home through the
+	// leaves' agent relay, its only way to central from there.
+	netID, vni, prefixes, err := e.tenant(ctx, "tenant-1")
+	if err != nil {
+		return err
+	}
+	vrf := fmt.Sprintf("Vrf%d", vni)
+	p := l.top.Partition
+	allocStart := time.Now()
+	out, err := l.metalctl(ctx, "machine", "create", "--id", uuid, "--project", l.state.Project, "--partition", p.ID,
+		"--size", p.Sizes[0].ID, "--image", p.Images[0].ID, "--networks", netID, "--hostname", "web-1", "--wait", "--wait-timeout", "10m")
+	res.Allocate = time.Since(allocStart)
+	if err != nil {
+		return e.failure(ctx, uuid, fmt.Errorf("%w: %s", err, out))
+	}
+	l.progress("e2e: %s allocated into %s and Phoned Home through the leaves' relay %.1f s after create", dual, vrf, res.Allocate.Seconds())
+	if err := e.checkPorts(ctx, dual, vrf); err != nil {
+		return e.failure(ctx, uuid, err)
+	}
+	l.progress("e2e: both leaf ports of %s are routed in %s (CONFIG_DB and the leaves' Linux)", dual, vrf)
+
+	// From the tenant VRF nothing on the management side answers; the
+	// relay does, with central's certificate.
+	pr, err := l.probeTenant(ctx, dual, l.top.Ifaces(dual)[0], prefixes)
+	if err != nil {
+		return e.failure(ctx, uuid, fmt.Errorf("tenant isolation: %w", err))
+	}
+	res.Fabric.Probe = pr
+	l.progress("e2e: from %s's tenant port: %d management endpoints refused (%s); the relay %s answered with central's certificate",
+		dual, len(pr.Refused), strings.Join(pr.Refused, " "), pr.Relay)
+
+	// One leaf restarts: the installed system reaches central through the
+	// other leaf's relay.
+	leaf := e.leafPorts(dual)[0][0]
+	other := e.leafPorts(dual)[1][0]
+	before, err := e.relayConnections(ctx, other)
+	if err != nil {
+		return err
+	}
+	failStart := time.Now()
+	if err := l.restartRouter(ctx, leaf); err != nil {
+		return err
+	}
+	if err := waitFor(ctx, 3*time.Minute, fmt.Sprintf("%s phoning home through %s's relay while %s restarts", dual, other, leaf), func() (bool, error) {
+		n, err := e.relayConnections(ctx, other)
+		return n > before, err
+	}); err != nil {
+		return e.failure(ctx, uuid, err)
+	}
+	res.Fabric.Failover = time.Since(failStart)
+	l.progress("e2e: %s restarted; %s reconnected through %s's relay in %.1f s", leaf, dual, other, res.Fabric.Failover.Seconds())
+	if err := l.waitRoutersUp(ctx, 4*time.Minute); err != nil {
+		return err
+	}
+	if err := l.provisionLeaf(ctx, leaf); err != nil {
+		return err
+	}
+	if err := e.checkPorts(ctx, dual, vrf); err != nil {
+		return e.failure(ctx, uuid, fmt.Errorf("after %s's restart: %w", leaf, err))
+	}
+
+	// Freeing: the ports go back to the PXE VLAN, the machine reboots into
+	// the installer (central's reboot intent reaches it through the relay)
+	// and waits again.
+	freeStart := time.Now()
+	if _, err := l.metalctl(ctx, "machine", "delete", uuid); err != nil {
+		return e.failure(ctx, uuid, err)
+	}
+	if err := e.waitState(ctx, uuid, apiv1.ProvisioningState_PROVISIONING_STATE_WAITING, 8*time.Minute, func(m *apiv1.Machine) bool {
+		return m.GetAllocation() == nil
+	}); err != nil {
+		return e.failure(ctx, uuid, err)
+	}
+	res.Free = time.Since(freeStart)
+	if err := e.checkPorts(ctx, dual, ""); err != nil {
+		return e.failure(ctx, uuid, err)
+	}
+	l.progress("e2e: freed: %s's ports are back in the PXE VLAN and it is Waiting again after %.1f s", dual, res.Free.Seconds())
 	return nil
+}
+
+// relayConnections is how many connections a leaf's agent relay has
+// carried (metal-core's metric on its management address).
+func (e *e2e) relayConnections(ctx context.Context, leaf string) (float64, error) {
+	url := "http://" + net.JoinHostPort(e.top.Node(leaf).MgmtIPv4, "2112") + "/metrics"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("metal-core metrics of %s: %w", leaf, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	if err != nil {
+		return 0, err
+	}
+	var sum float64
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "metalfleet_metalcore_relay_connections_total") {
+			f := strings.Fields(line)
+			v, err := strconv.ParseFloat(f[len(f)-1], 64)
+			if err == nil {
+				sum += v
+			}
+		}
+	}
+	return sum, nil
+}
+
+// tenant allocates a tenant network (a child of the partition's super
+// network: its own VRF on the leaves) and returns its id and VNI.
+func (e *e2e) tenant(ctx context.Context, name string) (string, uint32, []string, error) {
+	out, err := e.metalctl(ctx, "network", "allocate", "--project", e.state.Project, "--partition", e.top.Partition.ID, "--name", name, "-o", "json")
+	if err != nil {
+		return "", 0, nil, err
+	}
+	var n struct {
+		ID       string   `json:"id"`
+		VRF      uint32   `json:"vrf"`
+		Prefixes []string `json:"prefixes"`
+	}
+	if err := json.Unmarshal([]byte(out), &n); err != nil || n.ID == "" || n.VRF == 0 {
+		return "", 0, nil, fmt.Errorf("network allocate: %v: %s", err, out)
+	}
+	return n.ID, n.VRF, n.Prefixes, nil
+}
+
+// leafPorts are the (leaf, SONiC port) pairs a machine is linked to.
+func (e *e2e) leafPorts(machine string) [][2]string {
+	var out [][2]string
+	for _, iface := range e.top.Ifaces(machine) {
+		p, _ := e.top.Peer(machine, iface)
+		port, _ := topo.SONiCPort(p.Iface)
+		out = append(out, [2]string{p.Node, port})
+	}
+	return out
+}
+
+// checkPorts verifies where a machine's leaf ports are, in CONFIG_DB (what
+// metal-core wrote) and in the leaf's Linux (what the emulation rendered):
+// routed in vrf, or (vrf "") untagged members of the PXE VLAN.
+func (e *e2e) checkPorts(ctx context.Context, machine, vrf string) error {
+	var why string
+	err := waitFor(ctx, time.Minute, fmt.Sprintf("%s's leaf ports in %s", machine, cmp.Or(vrf, "the PXE VLAN")), func() (bool, error) {
+		for _, lp := range e.leafPorts(machine) {
+			leaf, port := lp[0], lp[1]
+			rows, err := readConfigDB(ctx, net.JoinHostPort(e.top.Node(leaf).MgmtIPv4, "6379"),
+				"INTERFACE|"+port, fmt.Sprintf("VLAN_MEMBER|Vlan%d|%s", pxeVLAN, port))
+			if err != nil {
+				return false, err
+			}
+			intf, member := rows[0], rows[1]
+			linux, err := e.RouterExec(ctx, leaf, "ip -o link show dev "+port)
+			if err != nil {
+				return false, err
+			}
+			if vrf != "" {
+				if intf["vrf_name"] != vrf || len(member) > 0 {
+					why = fmt.Sprintf("%s CONFIG_DB: INTERFACE|%s %v, VLAN_MEMBER %v; want routed in %s", leaf, port, intf, member, vrf)
+					return false, nil
+				}
+				if !strings.Contains(linux, "master "+vrf+" ") {
+					why = fmt.Sprintf("%s Linux: %s not in %s: %s", leaf, port, vrf, strings.TrimSpace(linux))
+					return false, nil
+				}
+				continue
+			}
+			if len(intf) > 0 || member["tagging_mode"] != "untagged" {
+				why = fmt.Sprintf("%s CONFIG_DB: INTERFACE|%s %v, VLAN_MEMBER %v; want an untagged member of the PXE VLAN", leaf, port, intf, member)
+				return false, nil
+			}
+			if !strings.Contains(linux, "master Bridge ") {
+				why = fmt.Sprintf("%s Linux: %s not in the bridge: %s", leaf, port, strings.TrimSpace(linux))
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("%w: %s", err, why)
+	}
+	return nil
+}
+
+// readConfigDB reads rows of CONFIG_DB (database 4) at addr.
+func readConfigDB(ctx context.Context, addr string, keys ...string) ([]map[string]string, error) {
+	c := redis.NewClient(&redis.Options{Addr: addr, DB: 4, DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, MaxRetries: -1})
+	defer c.Close()
+	out := make([]map[string]string, len(keys))
+	for i, k := range keys {
+		m, err := c.HGetAll(ctx, k).Result()
+		if err != nil {
+			return nil, fmt.Errorf("CONFIG_DB at %s: %s: %w", addr, k, err)
+		}
+		out[i] = m
+	}
+	return out, nil
 }

@@ -333,53 +333,59 @@ func (l *Lab) provisionLeaves(ctx context.Context) error {
 		return err
 	}
 	for _, name := range t.Nodes(topo.KindLeaf) {
-		var lo string
-		if err := waitFor(ctx, 2*time.Minute, "leaf "+name+" registered with central (log: "+filepath.Join(l.routerDir(name), "disk")+"; guest console: "+filepath.Join(l.routerDir(name), "console.log")+")", func() (bool, error) {
-			out, err := l.metalctl(ctx, "switch", "describe", name, "-o", "json")
-			if err != nil {
-				return false, err
-			}
-			var sw struct {
-				Loopback string `json:"loopback"`
-			}
-			if err := json.Unmarshal([]byte(out), &sw); err != nil {
-				return false, fmt.Errorf("switch describe %s: %w", name, err)
-			}
-			lo = sw.Loopback
-			return lo != "", nil
-		}); err != nil {
-			return err
-		}
-		rows := [][]string{
-			{"HSET", "LOOPBACK_INTERFACE|Loopback0", "NULL", "NULL"},
-			{"HSET", "LOOPBACK_INTERFACE|Loopback0|" + lo + "/32", "NULL", "NULL"},
-			{"HSET", "VXLAN_TUNNEL|vtep", "src_ip", lo},
-			{"HSET", fmt.Sprintf("VXLAN_TUNNEL_MAP|vtep|map_%d_Vlan%d", pxeVNI, pxeVLAN), "vlan", fmt.Sprintf("Vlan%d", pxeVLAN), "vni", strconv.Itoa(pxeVNI)},
-		}
-		addr := net.JoinHostPort(t.Node(name).MgmtIPv4, "6379")
-		if err := waitFor(ctx, time.Minute, "CONFIG_DB of "+name+" on "+addr, func() (bool, error) {
-			return true, writeConfigDB(ctx, addr, rows)
-		}); err != nil {
-			return err
-		}
-		l.progress("leaf %s: registered, loopback %s written to its CONFIG_DB", name, lo)
-	}
-	// Machines powered on before a leaf rendered its PXE VLAN would find
-	// no DHCP relay, and their firmware tries PXE once: wait until each
-	// leaf's emulation started its relays (after it rendered the VLAN and
-	// the ports).
-	for _, name := range t.Nodes(topo.KindLeaf) {
-		if err := waitFor(ctx, 5*time.Minute, "the PXE VLAN's DHCP relay on "+name, func() (bool, error) {
-			out, err := l.RouterExec(ctx, name, "ps")
-			if err != nil {
-				return false, err
-			}
-			return strings.Contains(out, "dhcrelay -d -4"), nil
-		}); err != nil {
+		if err := l.provisionLeaf(ctx, name); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// provisionLeaf writes a registered leaf's loopback rows into its CONFIG_DB
+// and waits for its PXE VLAN's DHCP relay. Its Redis lives in the guest's
+// RAM, so a restarted leaf is provisioned again.
+func (l *Lab) provisionLeaf(ctx context.Context, name string) error {
+	t := l.top
+	var lo string
+	if err := waitFor(ctx, 2*time.Minute, "leaf "+name+" registered with central (guest console: "+filepath.Join(l.routerDir(name), "console.log")+")", func() (bool, error) {
+		out, err := l.metalctl(ctx, "switch", "describe", name, "-o", "json")
+		if err != nil {
+			return false, err
+		}
+		var sw struct {
+			Loopback string `json:"loopback"`
+		}
+		if err := json.Unmarshal([]byte(out), &sw); err != nil {
+			return false, fmt.Errorf("switch describe %s: %w", name, err)
+		}
+		lo = sw.Loopback
+		return lo != "", nil
+	}); err != nil {
+		return err
+	}
+	rows := [][]string{
+		{"HSET", "LOOPBACK_INTERFACE|Loopback0", "NULL", "NULL"},
+		{"HSET", "LOOPBACK_INTERFACE|Loopback0|" + lo + "/32", "NULL", "NULL"},
+		{"HSET", "VXLAN_TUNNEL|vtep", "src_ip", lo},
+		{"HSET", fmt.Sprintf("VXLAN_TUNNEL_MAP|vtep|map_%d_Vlan%d", pxeVNI, pxeVLAN), "vlan", fmt.Sprintf("Vlan%d", pxeVLAN), "vni", strconv.Itoa(pxeVNI)},
+	}
+	addr := net.JoinHostPort(t.Node(name).MgmtIPv4, "6379")
+	if err := waitFor(ctx, 3*time.Minute, "CONFIG_DB of "+name+" on "+addr, func() (bool, error) {
+		return true, writeConfigDB(ctx, addr, rows)
+	}); err != nil {
+		return err
+	}
+	l.progress("leaf %s: registered, loopback %s written to its CONFIG_DB", name, lo)
+	// Machines powered on before a leaf rendered its PXE VLAN would find
+	// no DHCP relay, and their firmware tries PXE once: wait until the
+	// leaf's emulation started its relay (after it rendered the VLAN and
+	// the ports).
+	return waitFor(ctx, 5*time.Minute, "the PXE VLAN's DHCP relay on "+name, func() (bool, error) {
+		out, err := l.RouterExec(ctx, name, "ps")
+		if err != nil {
+			return false, err
+		}
+		return strings.Contains(out, "dhcrelay -d -4"), nil
+	})
 }
 
 // writeConfigDB runs the commands against CONFIG_DB (database 4) of the
@@ -461,4 +467,19 @@ func (l *Lab) RouterExec(ctx context.Context, name, command string) (string, err
 	}
 	out, err := io.ReadAll(c)
 	return string(out), err
+}
+
+// restartRouter stops a router guest's QEMU (the lab's own process, by
+// PID) and boots it again from its lab disk, as a switch that reboots. A
+// leaf's Redis starts empty but for the lab disk's rows: provisionLeaf
+// writes the rest again.
+func (l *Lab) restartRouter(ctx context.Context, name string) error {
+	for _, p := range l.state.Procs {
+		if p.Name == "router-"+name && p.Alive() {
+			if err := p.stop(5 * time.Second); err != nil {
+				return fmt.Errorf("stop router %s: %w", name, err)
+			}
+		}
+	}
+	return l.bootRouter(name)
 }

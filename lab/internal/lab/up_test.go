@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,5 +56,16 @@ func TestUpLeavesARunningLabAlone(t *testing.T) {
 				t.Errorf("Up on a running lab changed its state or daemons: %+v", l.state)
 			}
 		})
+	}
+}
+
+func TestLastButOne(t *testing.T) {
+	for in, want := range map[string]string{
+		"10.128.0.0/24": "10.128.0.254", "10.128.4.0/22": "10.128.7.254",
+		"fd00:10:128::/64": "fd00:10:128:0:ffff:ffff:ffff:fffe", "10.0.0.0/31": "10.0.0.0",
+	} {
+		if got := lastButOne(netip.MustParsePrefix(in)).String(); got != want {
+			t.Errorf("lastButOne(%s) = %s, want %s", in, got, want)
+		}
 	}
 }
