@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
@@ -88,6 +89,9 @@ func derive(ctx context.Context, tx pgx.Tx, docs Docs, id string) error {
 	}
 	loopback, err := nthAddr(fab.Loopbacks, sw.GetOrdinal())
 	if err != nil {
+		return err
+	}
+	if err := portsSeenByMachines(ctx, tx, sw); err != nil {
 		return err
 	}
 	machines, err := machinesOn(ctx, tx, sw)
@@ -256,4 +260,39 @@ func save(ctx context.Context, tx pgx.Tx, sw *apiv1.Switch) error {
 		return fmt.Errorf("store switch %s: %w", sw.GetId(), err)
 	}
 	return nil
+}
+
+// portsSeenByMachines completes the ports whose machine the switch does
+// not see by LLDP (no MAC: nothing on the machine sends LLDP while it
+// PXE-boots or installs — the installer only listens) from the other side:
+// a machine NIC whose LLDP neighbour is this switch and one of its port
+// identifiers is on that port. The switch's own view wins where it has one.
+func portsSeenByMachines(ctx context.Context, tx pgx.Tx, sw *apiv1.Switch) error {
+	byIdent := map[string]*apiv1.SwitchPort{}
+	for _, p := range sw.GetPorts() {
+		if p.GetMac() == "" && p.GetIdentifier() != "" {
+			byIdent[p.GetIdentifier()] = p
+		}
+	}
+	if len(byIdent) == 0 {
+		return nil
+	}
+	rows, err := tx.Query(ctx, `SELECT nic->>'mac', nb->>'portId'
+		FROM machines m, jsonb_array_elements(COALESCE(m.spec->'hardware'->'nics', '[]'::jsonb)) AS nic,
+			jsonb_array_elements(COALESCE(nic->'neighbours', '[]'::jsonb)) AS nb
+		WHERE m.partition_id = $1 AND nb->>'systemName' = $2`, sw.GetPartitionId(), sw.GetId())
+	if err != nil {
+		return fmt.Errorf("machines seeing the switch: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var mac, port string
+		if err := rows.Scan(&mac, &port); err != nil {
+			return fmt.Errorf("machines seeing the switch: %w", err)
+		}
+		if p := byIdent[port]; p != nil && p.GetMac() == "" {
+			p.Mac = strings.ToLower(mac)
+		}
+	}
+	return rows.Err()
 }

@@ -200,3 +200,85 @@ func TestSwitchPortsFollowTheMachine(t *testing.T) {
 	}
 	check("freed", pxe)
 }
+
+// TestSwitchPortsFromTheMachinesLLDP: nothing on a machine sends LLDP
+// while it PXE-boots and installs, so its leaves do not see it; the
+// machine's own neighbours (switch name, port identifier) put it on the
+// ports, and its ports still move into its VRF at install done.
+func TestSwitchPortsFromTheMachinesLLDP(t *testing.T) {
+	l := newLab(t, 4)
+	nets := &networkService{API: l.a}
+	if _, err := nets.Create(l.ctx, &apiv1.NetworkServiceCreateRequest{Network: &apiv1.Network{
+		Id: "super", Type: apiv1.NetworkType_NETWORK_TYPE_SUPER, PartitionId: "p1", Prefixes: []string{"10.128.0.0/16"}, ChildPrefixLengthIpv4: 24,
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	cr, err := nets.Allocate(l.ctx, &apiv1.NetworkServiceAllocateRequest{ProjectId: l.project, PartitionId: "p1", Name: "tenant"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaves := map[string]fleet.Agent{}
+	report := func(name string) {
+		t.Helper()
+		facts := &agentv1.SwitchFacts{Name: name, Rack: "r1", Uplinks: []string{"Ethernet120"}, Ports: []*agentv1.SwitchPortFact{
+			{Name: "Ethernet0", Identifier: "Ethernet0"}, {Name: "Ethernet4", Identifier: "Ethernet4"}, {Name: "Ethernet120", Identifier: "Ethernet120"},
+		}}
+		if err := l.tx(func(tx pgx.Tx) error {
+			return fabric.Report(l.ctx, tx, l.hub, name, "p1", &agentv1.Report{Facts: &agentv1.Facts{Switch: facts}})
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"leaf01", "leaf02"} {
+		leaves[name] = l.enroll(agentv1.Kind_KIND_SWITCH, name, "p1")
+		report(name)
+	}
+	id := uuid.NewString()
+	ag := l.enroll(agentv1.Kind_KIND_INSTALLER, id, "p1")
+	f := facts(id, 1, 4)
+	f.Nics[0].Neighbours = []*agentv1.LLDPNeighbour{{SystemName: "leaf01", PortId: "Ethernet0"}}
+	f.Nics[1].Neighbours = []*agentv1.LLDPNeighbour{{SystemName: "leaf02", PortId: "Ethernet0"}}
+	for _, step := range []struct {
+		facts *agentv1.MachineFacts
+		event string
+	}{{nil, "Preparing"}, {f, "Registering"}, {nil, "Waiting"}} {
+		if err := l.report(ag, step.facts, step.event); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.a.store.Pool().Exec(l.ctx, `UPDATE agents SET last_contact = now() WHERE id = $1`, ag.ID); err != nil {
+		t.Fatal(err)
+	}
+	roles := func(when string, want agentv1.SwitchPortRole) {
+		t.Helper()
+		for _, name := range []string{"leaf01", "leaf02"} {
+			var got []string
+			for _, p := range l.doc(leaves[name].ID).GetSwitch().GetPorts() {
+				got = append(got, p.GetName()+"="+p.GetRole().String())
+			}
+			if !slices.Contains(got, "Ethernet0="+want.String()) || slices.ContainsFunc(got, func(s string) bool { return s[:9] == "Ethernet4" }) {
+				t.Fatalf("%s: %s ports %v, want Ethernet0 %s and Ethernet4 left alone", when, name, got, want)
+			}
+		}
+	}
+	// The switches report again (they do on every change and poll).
+	report("leaf01")
+	report("leaf02")
+	roles("waiting", agentv1.SwitchPortRole_SWITCH_PORT_ROLE_UNPROVISIONED)
+	sw, err := (&switchService{API: l.a}).Get(l.ctx, &apiv1.SwitchServiceGetRequest{Id: "leaf02"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := sw.GetSwitch().GetPorts()[0]; p.GetName() != "Ethernet0" || p.GetMachineId() != id || p.GetMac() != f.Nics[1].GetMac() {
+		t.Fatalf("leaf02's Ethernet0 as the API shows it: %v", p)
+	}
+	if _, err := l.create(&apiv1.MachineServiceCreateRequest{Id: id, Networks: []string{cr.GetNetwork().GetId()}}); err != nil {
+		t.Fatalf("allocate: %v", err)
+	}
+	for _, ev := range []string{"Installing", "Booting New Kernel"} {
+		if err := l.report(ag, nil, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	roles("install done", agentv1.SwitchPortRole_SWITCH_PORT_ROLE_TENANT)
+}
