@@ -106,7 +106,7 @@ func (b *Broker) Collector() prometheus.Collector { return b.metrics }
 // session is one console, from the person's open to its end.
 type session struct {
 	id, machine, partition, agentID, project, allocation string
-	protocol                                              agentv1.BmcProtocol
+	protocol                                             agentv1.BmcProtocol
 
 	// joined receives metal-bmc's stream once; toUser and toAgent are the
 	// bounded queues between the two streams' goroutines.
@@ -137,7 +137,6 @@ type PeopleStream interface {
 	Send(*apiv1.MachineServiceConsoleResponse) error
 	Recv() (*apiv1.MachineServiceConsoleRequest, error)
 }
-
 
 // target is what a session needs to know of its machine.
 type target struct {
