@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http/httptest"
@@ -215,7 +216,7 @@ func TestConsoleThroughMetalBMC(t *testing.T) {
 	must(os.WriteFile(tokenFile, []byte(enr.GetSecret()), 0o600))
 	cmd := exec.Command(bin, "--name", "bmc-p1", "--central", f.listen, "--ca", filepath.Join(f.dir, "ca.crt"), "--token-file", tokenFile,
 		"--state-dir", filepath.Join(dir, "state"), "--metrics-listen", "", "--min-backoff", "1s", "--bmc-timeout", "10s",
-		"--console-ssh-port", sshPort, "--log-level", "debug")
+		"--console-ssh-port", sshPort, "--ipmi-cipher-suite", "3", "--log-level", "debug")
 	var logs syncBuffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	must(cmd.Start())
@@ -347,9 +348,145 @@ func TestConsoleThroughMetalBMC(t *testing.T) {
 	if !found {
 		t.Errorf("audit of machine/%s: %v, want the console's row", id, audit.GetEntries())
 	}
+
+	// An IPMI BMC: OpenIPMI's ipmi_sim with serial-over-LAN to a TCP port
+	// the test plays the machine's serial port on. metal-bmc reads the
+	// machine's UUID from "mc guid", which ipmitool prints byte-reversed.
+	if _, err := exec.LookPath("ipmi_sim"); err != nil {
+		t.Log("ipmi_sim not installed (make deps): the IPMI console is not tested end to end")
+		return
+	}
+	ipmiID, ipmiInst := register(3)
+	_, err = mc.Create(ctx, &apiv1.MachineServiceCreateRequest{Id: ipmiID, ProjectId: pid, ImageId: "debian-12", Networks: []string{child.GetNetwork().GetId()}})
+	must(err)
+	ipmiInst.await("allocation", func(d *agentv1.Desired) bool { return d.GetMachine().GetAllocation() != nil })
+	ipmiAddr, ipmiSerial := startIPMISim(t, ipmiID, user, password)
+	_, err = apiv1.NewBMCServiceClient(f.cc).SetSettings(ctx, &apiv1.BMCServiceSetSettingsRequest{Settings: &apiv1.PartitionBMC{
+		PartitionId: "p1", User: user, PollIntervalSeconds: 2,
+		StaticBmcs: []*apiv1.PartitionBMCEndpoint{{Address: hs.URL}, {Address: ipmiAddr, Ipmi: true}}}})
+	must(err)
+	waitFor(t, "the IPMI machine's BMC reported to central", func() bool {
+		got, err := mc.Get(ctx, &apiv1.MachineServiceGetRequest{Id: ipmiID})
+		return err == nil && got.GetMachine().GetBmc().GetReachable() && got.GetMachine().GetBmc().GetProtocol() == agentv1.BmcProtocol_BMC_PROTOCOL_IPMI
+	})
+	s, first, err = open(editor, &apiv1.MachineServiceConsoleRequest{Id: ipmiID, Window: &agentv1.ConsoleWindow{Rows: 30, Cols: 100}})
+	must(err)
+	if first.GetStarted().GetProtocol() != agentv1.BmcProtocol_BMC_PROTOCOL_IPMI {
+		t.Fatalf("first answer %v, want started over IPMI", first)
+	}
+	var serialConn net.Conn
+	select {
+	case serialConn = <-ipmiSerial:
+		t.Cleanup(func() { serialConn.Close() })
+	case <-time.After(60 * time.Second):
+		t.Fatal("ipmi_sim's SOL did not connect to the serial port")
+	}
+	must(s.Send(&apiv1.MachineServiceConsoleRequest{Data: []byte("sol-keys\r")}))
+	readUntil(t, "keystrokes at the machine over SOL", serialConn.Read, "sol-keys")
+	_, err = serialConn.Write([]byte("sol-output\r\n"))
+	must(err)
+	pending = nil
+	readUntil(t, "the machine's output over SOL at the user", func(b []byte) (int, error) {
+		if len(pending) == 0 {
+			resp, err := s.Recv()
+			if err != nil {
+				return 0, err
+			}
+			pending = resp.GetData()
+		}
+		n := copy(b, pending)
+		pending = pending[n:]
+		return n, nil
+	}, "sol-output")
+	_, err = mc.Delete(ctx, &apiv1.MachineServiceDeleteRequest{Id: ipmiID})
+	must(err)
+	end = nil
+	for end == nil {
+		resp, err := s.Recv()
+		if err != nil {
+			t.Fatalf("IPMI console after free: %v, want an end message first", err)
+		}
+		end = resp.GetEnd()
+	}
+	if !strings.Contains(end.GetReason(), "allocation changed") {
+		t.Errorf("IPMI end reason %q, want the allocation change", end.GetReason())
+	}
 	if strings.Contains(logs.String(), password) {
 		t.Error("metal-bmc logged the BMC password")
 	}
+}
+
+// startIPMISim runs ipmi_sim as the BMC of machine id (its GUID is the
+// id's bytes reversed, as ipmitool decodes them), with SOL to a TCP port
+// whose connections arrive on the returned channel.
+func startIPMISim(t *testing.T, id, user, password string) (string, chan net.Conn) {
+	t.Helper()
+	dir := t.TempDir()
+	u := uuid.MustParse(id)
+	var guid strings.Builder
+	for i := 15; i >= 0; i-- {
+		fmt.Fprintf(&guid, "%02x", u[i])
+	}
+	serial, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { serial.Close() })
+	conns := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := serial.Accept()
+			if err != nil {
+				return
+			}
+			conns <- c
+		}
+	}()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := pc.LocalAddr().(*net.UDPAddr).Port
+	pc.Close()
+	chassis := "#!/bin/sh\ncase $2 in get) for p in \"$@\"; do [ \"$p\" = power ] && echo power:1; [ \"$p\" = boot ] && echo boot:default; done;; esac; exit 0\n"
+	files := map[string]string{
+		"chassis.sh": chassis,
+		"lan.conf": fmt.Sprintf(`name "console-e2e"
+set_working_mc 0x20
+startlan 1
+  addr 127.0.0.1 %d
+  priv_limit admin
+  allowed_auths_admin none md2 md5 straight
+  guid %s
+endlan
+chassis_control "%s 0x20"
+sol "tcp:%s" 115200
+user 2 true %q %q admin 10 none md2 md5 straight
+`, port, guid.String(), filepath.Join(dir, "chassis.sh"), serial.Addr().String(), user, password),
+		"sim.emu": "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nmc_enable 0x20\n",
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, "state"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("ipmi_sim", "-c", filepath.Join(dir, "lan.conf"), "-f", filepath.Join(dir, "sim.emu"), "-s", filepath.Join(dir, "state"), "-n")
+	var log syncBuffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("ipmi_sim:\n%s", log.String())
+		}
+	})
+	return fmt.Sprintf("127.0.0.1:%d", port), conns
 }
 
 // syncBuffer is a bytes.Buffer safe for a child's two output streams.
