@@ -329,3 +329,71 @@ func TestConsoleRefusals(t *testing.T) {
 		cancel()
 	}
 }
+
+// heldBMC records opens and never dials back: the test plays metal-bmc.
+type heldBMC struct{ opens chan *agentv1.ConsoleOpen }
+
+func (h *heldBMC) OpenConsole(_ context.Context, _ string, open *agentv1.ConsoleOpen) error {
+	h.opens <- open
+	return nil
+}
+
+// TestAttachOnlyForItsAgent: a session is joined only by the metal-bmc it
+// was opened on, of its partition, once.
+func TestAttachOnlyForItsAgent(t *testing.T) {
+	f := setup(t)
+	held := &heldBMC{opens: make(chan *agentv1.ConsoleOpen, 1)}
+	f.b.opener = held
+	p, cancel, _ := f.serve(&apiv1.MachineServiceConsoleRequest{Id: f.machine})
+	defer cancel()
+	var open *agentv1.ConsoleOpen
+	select {
+	case open = <-held.opens:
+	case <-time.After(10 * time.Second):
+		t.Fatal("metal-bmc was not asked")
+	}
+	if open.GetMachineId() != f.machine || open.GetAddress() != "https://192.0.2.1" || open.GetProtocol() != agentv1.BmcProtocol_BMC_PROTOCOL_REDFISH {
+		t.Errorf("open %v, want the machine's BMC", open)
+	}
+	attach := func(agent, part string) (*pipe[*agentv1.ConsoleFrame, *agentv1.ConsoleFrame], context.CancelFunc, error) {
+		ctx, cancel := context.WithCancel(context.Background())
+		a := newPipe[*agentv1.ConsoleFrame, *agentv1.ConsoleFrame](ctx)
+		a.in <- &agentv1.ConsoleFrame{SessionId: open.GetSessionId()}
+		errc := make(chan error, 1)
+		go func() { errc <- f.b.Attach(a, agent, part) }()
+		select {
+		case err := <-errc:
+			return a, cancel, err
+		case <-time.After(500 * time.Millisecond):
+			return a, cancel, nil // joined: Attach runs until the session ends
+		}
+	}
+	for _, tc := range []struct{ name, agent, part string }{
+		{"another agent", uuid.NewString(), "p1"},
+		{"another partition", f.bmc.agent, "p2"},
+	} {
+		_, cancel, err := attach(tc.agent, tc.part)
+		cancel()
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "session_id") {
+			t.Errorf("%s: %v, want PermissionDenied naming session_id", tc.name, err)
+		}
+	}
+	a, cancelJoined, err := attach(f.bmc.agent, "p1")
+	defer cancelJoined()
+	if err != nil {
+		t.Fatalf("the session's own metal-bmc: %v", err)
+	}
+	if next(t, p).GetStarted() == nil {
+		t.Fatal("not started after the join")
+	}
+	_, cancel2, err := attach(f.bmc.agent, "p1")
+	cancel2()
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("a second join: %v, want FailedPrecondition", err)
+	}
+	// metal-bmc's output reaches the person.
+	a.in <- &agentv1.ConsoleFrame{Data: []byte("boot log")}
+	if got := string(next(t, p).GetData()); got != "boot log" {
+		t.Errorf("data %q, want boot log", got)
+	}
+}
