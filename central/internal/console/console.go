@@ -154,7 +154,8 @@ func (b *Broker) lookup(ctx context.Context, id string) (target, error) {
 		return t, status.Errorf(codes.NotFound, "id: machine %s not found", auth.Quote(id))
 	}
 	if err != nil {
-		return t, fmt.Errorf("read machine: %w", err)
+		b.log.Error("console: read machine", "machine", id, "err", err)
+		return t, status.Error(codes.Unavailable, "cannot read the machine now")
 	}
 	var raw []byte
 	err = b.store.Pool().QueryRow(ctx, `SELECT agent_id, fact FROM machine_bmcs WHERE machine_uuid = $1`, strings.ToLower(id)).Scan(&t.agentID, &raw)
@@ -162,11 +163,13 @@ func (b *Broker) lookup(ctx context.Context, id string) (target, error) {
 		return t, status.Errorf(codes.FailedPrecondition, "id: machine %s has no BMC known to central (no metal-bmc has reported one for it)", auth.Quote(id))
 	}
 	if err != nil {
-		return t, fmt.Errorf("read machine's bmc: %w", err)
+		b.log.Error("console: read machine's bmc", "machine", id, "err", err)
+		return t, status.Error(codes.Unavailable, "cannot read the machine's BMC now")
 	}
 	var f agentv1.BmcFact
 	if err := protojson.Unmarshal(raw, &f); err != nil {
-		return t, fmt.Errorf("decode machine's bmc: %w", err)
+		b.log.Error("console: decode machine's bmc", "machine", id, "err", err)
+		return t, status.Errorf(codes.Internal, "machine %s's BMC record cannot be read", auth.Quote(id))
 	}
 	t.address, t.protocol = f.GetAddress(), f.GetProtocol()
 	if t.address == "" {
@@ -224,7 +227,9 @@ func (b *Broker) Serve(stream PeopleStream, first *apiv1.MachineServiceConsoleRe
 		}
 		return store.Audit(ctx, tx, "machine/"+id, t.project)
 	}); err != nil {
-		return err
+		// The database's words stay in the log.
+		b.log.Error("console: record session", "machine", id, "request_id", call.RequestID, "err", err)
+		return status.Errorf(codes.Unavailable, "cannot record the console session now (request id %s)", call.RequestID)
 	}
 	log := b.log.With("session", s.id, "machine", id, "subject", call.Principal.TokenID)
 	start := time.Now()
