@@ -117,7 +117,8 @@ func readUntil(t *testing.T, what string, read func([]byte) (int, error), want s
 // its SSH serial console attached to a serial socket of the test's. It
 // checks bytes both ways and window changes, the refusals (a viewer,
 // another project, a second console, hostile input), the end when the
-// allocation is freed, and the audit record.
+// allocation is freed, and the audit record; then the same over IPMI
+// serial-over-LAN (ipmi_sim), ended by a reinstall.
 func TestConsoleThroughMetalBMC(t *testing.T) {
 	f := startFleetCentral(t, "")
 	ctx := t.Context()
@@ -398,13 +399,14 @@ func TestConsoleThroughMetalBMC(t *testing.T) {
 		pending = pending[n:]
 		return n, nil
 	}, "sol-output")
-	_, err = mc.Delete(ctx, &apiv1.MachineServiceDeleteRequest{Id: ipmiID})
+	// A reinstall (a new allocation id) ends it too.
+	_, err = mc.Reinstall(ctx, &apiv1.MachineServiceReinstallRequest{Id: ipmiID})
 	must(err)
 	end = nil
 	for end == nil {
 		resp, err := s.Recv()
 		if err != nil {
-			t.Fatalf("IPMI console after free: %v, want an end message first", err)
+			t.Fatalf("IPMI console after reinstall: %v, want an end message first", err)
 		}
 		end = resp.GetEnd()
 	}
