@@ -91,7 +91,16 @@ type Config struct {
 	SessionRefresh time.Duration
 	// DialOptions are added to the agent's own.
 	DialOptions []grpc.DialOption
+	// Console, when set, serves central's ConsoleOpen messages (metal-bmc):
+	// it is called in a goroutine of its own with the stream's context and
+	// a dial of AgentService.Console on the stream's connection, with the
+	// agent's credential. It ends with the stream at the latest.
+	Console func(ctx context.Context, open *agentv1.ConsoleOpen, dial ConsoleDial)
 }
+
+// ConsoleDial opens an AgentService.Console stream to the central that
+// sent a ConsoleOpen, on the connection of the agent's stream.
+type ConsoleDial func(ctx context.Context) (agentv1.AgentService_ConsoleClient, error)
 
 // Agent is a running agent; see Run.
 type Agent struct {

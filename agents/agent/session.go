@@ -10,7 +10,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -115,6 +117,9 @@ func (a *Agent) session(ctx context.Context) (established bool, err error) {
 			}
 			if ack := m.GetAck(); ack != nil {
 				a.outbox.ack(ack)
+			}
+			if open := m.GetConsoleOpen(); open != nil && a.cfg.Console != nil {
+				go a.cfg.Console(ctx, open, a.consoleDial(cc))
 			}
 			if d := m.GetDesired(); d != nil {
 				a.cfg.Metrics.document()
@@ -314,4 +319,13 @@ func (a *Agent) updateLag() {
 	lag := int64(a.received.Load()) - int64(a.applied.Load())
 	lag = max(lag, 0)
 	a.cfg.Metrics.addLag(lag - a.lag.Swap(lag))
+}
+
+// consoleDial dials console streams on cc, the connection of the agent's
+// stream: the same central replica, which holds the session.
+func (a *Agent) consoleDial(cc *grpc.ClientConn) ConsoleDial {
+	return func(ctx context.Context) (agentv1.AgentService_ConsoleClient, error) {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+a.Credential())
+		return agentv1.NewAgentServiceClient(cc).Console(ctx)
+	}
 }

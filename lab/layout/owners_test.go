@@ -36,6 +36,8 @@ var owners = map[string]string{
 	"partition_bmc": "central/internal/bmc",
 	"machine_bmcs":  "central/internal/bmc",
 	"bmc_intents":   "central/internal/bmc",
+	// The serial console's session record.
+	"console_sessions": "central/internal/console",
 	// The network aggregate.
 	"networks": "central/internal/network",
 	"prefixes": "central/internal/network",

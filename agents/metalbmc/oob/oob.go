@@ -220,6 +220,10 @@ func (s *Service) Close() error { return s.journal.Close() }
 // ReportNow reports the facts now, changed or not (a report_facts intent).
 func (s *Service) ReportNow() { s.maybeReport(true) }
 
+// Credentials are the partition's BMC credentials of the document in
+// effect (the console uses them).
+func (s *Service) Credentials() driver.Creds { return s.currentDoc().creds }
+
 // currentDoc returns the document in effect or an empty one.
 func (s *Service) currentDoc() *document {
 	s.mu.Lock()

@@ -104,16 +104,18 @@ func (a *Authorizer) Unary() grpc.UnaryServerInterceptor {
 	}
 }
 
-// Stream is the stream server interceptor; streams are authorised on open
-// (their rule may not name a request field).
+// Stream is the stream server interceptor; streams are authorised on open,
+// or on their first request when their rule names a request field.
 func (a *Authorizer) Stream() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		if a.isPublic(info.FullMethod) {
 			return handler(srv, ss)
 		}
-		if info.IsServerStream && !info.IsClientStream {
+		if info.IsServerStream && !info.IsClientStream || a.rules[info.FullMethod].GetField() != "" {
 			// A server stream's one request names what it is about (a
 			// project, a machine): authorise against it when it arrives.
+			// So does the first request of a bidirectional stream whose
+			// rule names a field (the console: its machine).
 			return handler(srv, &requestStream{ServerStream: ss, a: a, method: info.FullMethod, ctx: ss.Context()})
 		}
 		ctx, err := a.Authorize(ss.Context(), info.FullMethod, nil)

@@ -111,7 +111,9 @@ type Hub struct {
 	domain    Domain
 	reporters map[agentv1.Kind]Reporter
 	// enrolled derive the first document of a new agent of a kind (AttachEnrol).
-	enrolled   map[agentv1.Kind]EnrolHook
+	enrolled map[agentv1.Kind]EnrolHook
+	// console serves metal-bmc's console streams (AttachConsole).
+	console    ConsoleHandler
 	store      *store.Store
 	log        *slog.Logger
 	hints      Hints

@@ -35,6 +35,7 @@ import (
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
 	"github.com/metalfleet/metalfleet/central/internal/bmc"
+	"github.com/metalfleet/metalfleet/central/internal/console"
 	"github.com/metalfleet/metalfleet/central/internal/fabric"
 	"github.com/metalfleet/metalfleet/central/internal/file"
 	"github.com/metalfleet/metalfleet/central/internal/fleet"
@@ -87,6 +88,9 @@ type Config struct {
 	// (zero: fleet.NewTLSGate's defaults).
 	TLSHandshakeSlots int
 	TLSHandshakeWait  time.Duration
+	// ConsoleWatch is how often a console session re-reads its machine's
+	// allocation (zero: console.DefaultConfig).
+	ConsoleWatch time.Duration
 }
 
 // Transport is what grpc-go offers to size its HTTP/2 transport; the
@@ -157,6 +161,7 @@ type Server struct {
 	pg       *pgembed.Server
 	store    *store.Store
 	hub      *fleet.Hub
+	consoles *console.Broker
 	grpc     *grpc.Server
 	health   *health.Server
 	lis      net.Listener
@@ -263,7 +268,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if scfg.AliveWithin == 0 {
 		scfg.AliveWithin = fcfg.Liveliness.Alive
 	}
-	api, err := service.New(ctx, s.store, log, scfg, service.WithFleet(s.hub))
+	// The console broker joins people's console streams with metal-bmc's,
+	// which the hub authenticates.
+	consoles := console.New(s.store, s.hub, log, console.Config{Watch: cfg.ConsoleWatch})
+	s.hub.AttachConsole(consoles)
+	s.consoles = consoles
+	api, err := service.New(ctx, s.store, log, scfg, service.WithFleet(s.hub), service.WithConsole(consoles))
 	if err != nil {
 		return nil, err
 	}
@@ -288,7 +298,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	}
 	metrics := newMetrics()
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), metrics, s.hub.Collector())
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), metrics, s.hub.Collector(), consoles.Collector())
 	if gate != nil {
 		reg.MustRegister(gate)
 	}
@@ -376,6 +386,10 @@ func (s *Server) Stop(ctx context.Context) {
 	if s.stopSweep != nil {
 		s.stopSweep()
 		s.sweeps.Wait()
+	}
+	if s.consoles != nil {
+		// Console streams never end by themselves either.
+		s.consoles.EndAll(console.ReasonShutdown)
 	}
 	if s.hub != nil {
 		// Agent streams never end by themselves; close them so that the

@@ -7,6 +7,7 @@ package service
 import (
 	"context"
 	"fmt"
+	"github.com/metalfleet/metalfleet/central/internal/console"
 	"github.com/metalfleet/metalfleet/central/internal/network"
 	"log/slog"
 	"time"
@@ -46,6 +47,8 @@ type API struct {
 	log   *slog.Logger
 	cfg   Config
 	fleet Fleet
+	// console joins people's console streams with metal-bmc's.
+	console *console.Broker
 	// machines is the machine aggregate, the writer of the machine tables.
 	machines *machine.Machines
 	// networks is the network aggregate, the writer of the network tables.
@@ -57,6 +60,9 @@ type Option func(*API)
 
 // WithFleet serves the agent and boot token services on the fleet f.
 func WithFleet(f Fleet) Option { return func(a *API) { a.fleet = f } }
+
+// WithConsole serves MachineService.Console through b.
+func WithConsole(b *console.Broker) Option { return func(a *API) { a.console = b } }
 
 // New builds the API and makes the start-up pools (VRF ids) exist.
 func New(ctx context.Context, st *store.Store, log *slog.Logger, cfg Config, opts ...Option) (*API, error) {

@@ -103,6 +103,7 @@ is forced off and the BMC exits.`,
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "TLS certificate (PEM); made self-signed for --listen's address with --tls-key when both are missing (default <dir>/bmc.crt)")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "TLS key (PEM, mode 0600 when made) (default <dir>/bmc.key)")
 	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "Prometheus /metrics address over HTTP (empty: none)")
+	f.StringVar(&cfg.SSHListen, "ssh-listen", "", "serve the machine's serial console over SSH at this address with the BMC's user and password, as real BMCs do (empty: none)")
 	f.BoolVar(&cfg.PowerOn, "power-on", false, "power the machine on at start")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")

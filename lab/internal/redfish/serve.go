@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,8 +27,11 @@ type ServeConfig struct {
 	Listen          string // Redfish HTTPS address, e.g. 172.30.0.101:443
 	TLSCert, TLSKey string // made self-signed for Listen's host when both are missing
 	MetricsListen   string // Prometheus /metrics over HTTP; "" for none
-	PowerOn         bool   // power the machine on once serving
-	Log             *slog.Logger
+	// SSHListen serves the machine's serial console over SSH with the
+	// BMC's user and password (as real BMCs do); "" for none.
+	SSHListen string
+	PowerOn   bool // power the machine on once serving
+	Log       *slog.Logger
 	// Ready, when not nil, is called with the Redfish and metrics (nil
 	// when none) addresses once the BMC serves (tests listen on port 0).
 	Ready func(redfish, metrics net.Addr)
@@ -101,7 +105,7 @@ func Serve(ctx context.Context, cfg ServeConfig) (err error) {
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}}
 	servers := []*http.Server{hs}
 	var metricsAddr net.Addr
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- hs.ServeTLS(ln, "", "") }()
 
 	if cfg.MetricsListen != "" {
@@ -117,6 +121,26 @@ func Serve(ctx context.Context, cfg ServeConfig) (err error) {
 		go func() { errc <- ms.Serve(mln) }()
 		metricsAddr = mln.Addr()
 		log.Info("metrics", "addr", metricsAddr.String())
+	}
+	if cfg.SSHListen != "" {
+		sc, err := NewSerialConsole(SerialConfig{User: bmc.User, Password: bmc.Password, Socket: filepath.Join(cfg.Machine.Dir, "serial.sock"), Log: log})
+		if err != nil {
+			hs.Close()
+			return err
+		}
+		sln, err := net.Listen("tcp", cfg.SSHListen)
+		if err != nil {
+			hs.Close()
+			return fmt.Errorf("serial console: %w", err)
+		}
+		sctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go func() {
+			if err := sc.Serve(sctx, sln); err != nil {
+				errc <- err
+			}
+		}()
+		log.Info("BMC serving the serial console over SSH", "addr", sln.Addr().String())
 	}
 	log.Info("BMC serving Redfish", "addr", "https://"+ln.Addr().String(), "system", srv.systemPath())
 

@@ -114,6 +114,7 @@ brackets, the issues central found (crash-loop, stuck, no-size, ...).`
 		a.machineLogsCommand(), a.machineIssuesCommand())
 	cmd.AddCommand(a.machineStateCommands(r)...)
 	cmd.AddCommand(a.machineBMCCommands(r)...)
+	cmd.AddCommand(a.machineConsoleCommand())
 	return cmd
 }
 

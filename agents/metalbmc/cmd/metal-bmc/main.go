@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/metalfleet/metalfleet/agents/agent"
+	"github.com/metalfleet/metalfleet/agents/metalbmc/internal/console"
 	"github.com/metalfleet/metalfleet/agents/metalbmc/oob"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 )
@@ -41,6 +42,7 @@ func run() error {
 		name, centrals, caFile, token, tokenFile string
 		metricsListen, logLevel, logFormat       string
 		insecure                                 bool
+		sshPort                                  int
 	)
 	fs := flag.NewFlagSet("metal-bmc", flag.ExitOnError)
 	fs.StringVar(&name, "name", "", "agent `identity`, as enrolled with metalctl agent enroll --kind bmc --identity <name> (required)")
@@ -60,6 +62,7 @@ func run() error {
 	fs.BoolVar(&cfg.RedfishSessions, "redfish-sessions", false, "log in to Redfish with sessions instead of HTTP Basic")
 	fs.StringVar(&cfg.IpmitoolPath, "ipmitool", "ipmitool", "ipmitool binary for IPMI BMCs")
 	fs.StringVar(&cfg.IpmiCipherSuite, "ipmi-cipher-suite", "", "pin IPMI's cipher suite (default: bmclib tries 3, then 17)")
+	fs.IntVar(&sshPort, "console-ssh-port", 22, "port of Redfish BMCs' SSH serial console (IPMI BMCs: serial-over-LAN)")
 	fs.StringVar(&metricsListen, "metrics-listen", ":2113", "Prometheus /metrics listen address (empty: off)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
@@ -128,6 +131,13 @@ func run() error {
 	}
 	defer svc.Close()
 	acfg.Reconciler = svc
+	cipher := cfg.IpmiCipherSuite
+	cons, err := console.New(console.Config{Creds: svc.Credentials, SSHPort: sshPort, Ipmitool: cfg.IpmitoolPath, CipherSuite: cipher,
+		Timeout: cfg.Timeout, Log: log.With("part", "console"), Metrics: reg})
+	if err != nil {
+		return err
+	}
+	acfg.Console = cons.Serve
 	acfg.Metrics = agent.NewMetrics(reg)
 	acfg.Facts = func(ctx context.Context) (*agentv1.Facts, error) {
 		f, err := hostFacts(ctx)

@@ -357,6 +357,7 @@ type SyncResponse struct {
 	//	*SyncResponse_Welcome
 	//	*SyncResponse_Desired
 	//	*SyncResponse_Ack
+	//	*SyncResponse_ConsoleOpen
 	Msg           isSyncResponse_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -426,6 +427,15 @@ func (x *SyncResponse) GetAck() *Ack {
 	return nil
 }
 
+func (x *SyncResponse) GetConsoleOpen() *ConsoleOpen {
+	if x != nil {
+		if x, ok := x.Msg.(*SyncResponse_ConsoleOpen); ok {
+			return x.ConsoleOpen
+		}
+	}
+	return nil
+}
+
 type isSyncResponse_Msg interface {
 	isSyncResponse_Msg()
 }
@@ -442,11 +452,20 @@ type SyncResponse_Ack struct {
 	Ack *Ack `protobuf:"bytes,3,opt,name=ack,proto3,oneof"`
 }
 
+type SyncResponse_ConsoleOpen struct {
+	// console_open: open a console session (metal-bmc only); not part of
+	// the desired document, since a session lives only as long as the
+	// person's stream on this replica.
+	ConsoleOpen *ConsoleOpen `protobuf:"bytes,4,opt,name=console_open,json=consoleOpen,proto3,oneof"`
+}
+
 func (*SyncResponse_Welcome) isSyncResponse_Msg() {}
 
 func (*SyncResponse_Desired) isSyncResponse_Msg() {}
 
 func (*SyncResponse_Ack) isSyncResponse_Msg() {}
+
+func (*SyncResponse_ConsoleOpen) isSyncResponse_Msg() {}
 
 // Ack answers a report that carries a seq, in the order the reports came.
 // A report that central could not store now (its database is away) gets no
@@ -1905,11 +1924,12 @@ const file_metalfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\x05hello\x18\x01 \x01(\v2\x1a.metalfleet.agent.v1.HelloH\x00R\x05hello\x125\n" +
 	"\x06report\x18\x02 \x01(\v2\x1b.metalfleet.agent.v1.ReportH\x00R\x06report\x12>\n" +
 	"\theartbeat\x18\x03 \x01(\v2\x1e.metalfleet.agent.v1.HeartbeatH\x00R\theartbeatB\x05\n" +
-	"\x03msg\"\xb7\x01\n" +
+	"\x03msg\"\xfe\x01\n" +
 	"\fSyncResponse\x128\n" +
 	"\awelcome\x18\x01 \x01(\v2\x1c.metalfleet.agent.v1.WelcomeH\x00R\awelcome\x128\n" +
 	"\adesired\x18\x02 \x01(\v2\x1c.metalfleet.agent.v1.DesiredH\x00R\adesired\x12,\n" +
-	"\x03ack\x18\x03 \x01(\v2\x18.metalfleet.agent.v1.AckH\x00R\x03ackB\x05\n" +
+	"\x03ack\x18\x03 \x01(\v2\x18.metalfleet.agent.v1.AckH\x00R\x03ack\x12E\n" +
+	"\fconsole_open\x18\x04 \x01(\v2 .metalfleet.agent.v1.ConsoleOpenH\x00R\vconsoleOpenB\x05\n" +
 	"\x03msg\"i\n" +
 	"\x03Ack\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x126\n" +
@@ -2063,10 +2083,11 @@ const file_metalfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\x12HEALTH_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tHEALTH_OK\x10\x01\x12\x13\n" +
 	"\x0fHEALTH_DEGRADED\x10\x02\x12\x10\n" +
-	"\fHEALTH_ERROR\x10\x032\xac\x01\n" +
+	"\fHEALTH_ERROR\x10\x032\x81\x02\n" +
 	"\fAgentService\x12O\n" +
 	"\x04Sync\x12 .metalfleet.agent.v1.SyncRequest\x1a!.metalfleet.agent.v1.SyncResponse(\x010\x01\x12K\n" +
-	"\x04Boot\x12 .metalfleet.agent.v1.BootRequest\x1a!.metalfleet.agent.v1.BootResponseBDZBgithub.com/metalfleet/metalfleet/proto/metalfleet/agent/v1;agentv1b\x06proto3"
+	"\x04Boot\x12 .metalfleet.agent.v1.BootRequest\x1a!.metalfleet.agent.v1.BootResponse\x12S\n" +
+	"\aConsole\x12!.metalfleet.agent.v1.ConsoleFrame\x1a!.metalfleet.agent.v1.ConsoleFrame(\x010\x01BDZBgithub.com/metalfleet/metalfleet/proto/metalfleet/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_metalfleet_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -2108,14 +2129,16 @@ var file_metalfleet_agent_v1_agent_proto_goTypes = []any{
 	(*Heartbeat)(nil),             // 22: metalfleet.agent.v1.Heartbeat
 	nil,                           // 23: metalfleet.agent.v1.Facts.LabelsEntry
 	nil,                           // 24: metalfleet.agent.v1.Settings.LabelsEntry
-	(*MachineFacts)(nil),          // 25: metalfleet.agent.v1.MachineFacts
-	(*SwitchFacts)(nil),           // 26: metalfleet.agent.v1.SwitchFacts
-	(*BmcFacts)(nil),              // 27: metalfleet.agent.v1.BmcFacts
-	(*durationpb.Duration)(nil),   // 28: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
-	(*SwitchDocument)(nil),        // 30: metalfleet.agent.v1.SwitchDocument
-	(*BmcDocument)(nil),           // 31: metalfleet.agent.v1.BmcDocument
-	(*Layout)(nil),                // 32: metalfleet.agent.v1.Layout
+	(*ConsoleOpen)(nil),           // 25: metalfleet.agent.v1.ConsoleOpen
+	(*MachineFacts)(nil),          // 26: metalfleet.agent.v1.MachineFacts
+	(*SwitchFacts)(nil),           // 27: metalfleet.agent.v1.SwitchFacts
+	(*BmcFacts)(nil),              // 28: metalfleet.agent.v1.BmcFacts
+	(*durationpb.Duration)(nil),   // 29: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 30: google.protobuf.Timestamp
+	(*SwitchDocument)(nil),        // 31: metalfleet.agent.v1.SwitchDocument
+	(*BmcDocument)(nil),           // 32: metalfleet.agent.v1.BmcDocument
+	(*Layout)(nil),                // 33: metalfleet.agent.v1.Layout
+	(*ConsoleFrame)(nil),          // 34: metalfleet.agent.v1.ConsoleFrame
 }
 var file_metalfleet_agent_v1_agent_proto_depIdxs = []int32{
 	7,  // 0: metalfleet.agent.v1.SyncRequest.hello:type_name -> metalfleet.agent.v1.Hello
@@ -2124,42 +2147,45 @@ var file_metalfleet_agent_v1_agent_proto_depIdxs = []int32{
 	10, // 3: metalfleet.agent.v1.SyncResponse.welcome:type_name -> metalfleet.agent.v1.Welcome
 	11, // 4: metalfleet.agent.v1.SyncResponse.desired:type_name -> metalfleet.agent.v1.Desired
 	6,  // 5: metalfleet.agent.v1.SyncResponse.ack:type_name -> metalfleet.agent.v1.Ack
-	1,  // 6: metalfleet.agent.v1.Ack.result:type_name -> metalfleet.agent.v1.AckResult
-	0,  // 7: metalfleet.agent.v1.Hello.kind:type_name -> metalfleet.agent.v1.Kind
-	8,  // 8: metalfleet.agent.v1.Hello.credential:type_name -> metalfleet.agent.v1.Credential
-	9,  // 9: metalfleet.agent.v1.Hello.facts:type_name -> metalfleet.agent.v1.Facts
-	23, // 10: metalfleet.agent.v1.Facts.labels:type_name -> metalfleet.agent.v1.Facts.LabelsEntry
-	25, // 11: metalfleet.agent.v1.Facts.machine:type_name -> metalfleet.agent.v1.MachineFacts
-	26, // 12: metalfleet.agent.v1.Facts.switch:type_name -> metalfleet.agent.v1.SwitchFacts
-	27, // 13: metalfleet.agent.v1.Facts.bmc:type_name -> metalfleet.agent.v1.BmcFacts
-	28, // 14: metalfleet.agent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	29, // 15: metalfleet.agent.v1.Desired.changed_at:type_name -> google.protobuf.Timestamp
-	19, // 16: metalfleet.agent.v1.Desired.settings:type_name -> metalfleet.agent.v1.Settings
-	12, // 17: metalfleet.agent.v1.Desired.machine:type_name -> metalfleet.agent.v1.MachineDocument
-	16, // 18: metalfleet.agent.v1.Desired.pixie:type_name -> metalfleet.agent.v1.PixieDocument
-	30, // 19: metalfleet.agent.v1.Desired.switch:type_name -> metalfleet.agent.v1.SwitchDocument
-	31, // 20: metalfleet.agent.v1.Desired.bmc:type_name -> metalfleet.agent.v1.BmcDocument
-	13, // 21: metalfleet.agent.v1.MachineDocument.allocation:type_name -> metalfleet.agent.v1.MachineAllocation
-	14, // 22: metalfleet.agent.v1.MachineAllocation.image:type_name -> metalfleet.agent.v1.ImageRef
-	32, // 23: metalfleet.agent.v1.MachineAllocation.layout:type_name -> metalfleet.agent.v1.Layout
-	15, // 24: metalfleet.agent.v1.MachineAllocation.networks:type_name -> metalfleet.agent.v1.MachineNetwork
-	29, // 25: metalfleet.agent.v1.MachineAllocation.created_at:type_name -> google.protobuf.Timestamp
-	2,  // 26: metalfleet.agent.v1.BootResponse.action:type_name -> metalfleet.agent.v1.BootAction
-	29, // 27: metalfleet.agent.v1.BootResponse.boot_token_expires_at:type_name -> google.protobuf.Timestamp
-	24, // 28: metalfleet.agent.v1.Settings.labels:type_name -> metalfleet.agent.v1.Settings.LabelsEntry
-	3,  // 29: metalfleet.agent.v1.Report.health:type_name -> metalfleet.agent.v1.Health
-	9,  // 30: metalfleet.agent.v1.Report.facts:type_name -> metalfleet.agent.v1.Facts
-	21, // 31: metalfleet.agent.v1.Report.events:type_name -> metalfleet.agent.v1.Event
-	29, // 32: metalfleet.agent.v1.Event.time:type_name -> google.protobuf.Timestamp
-	4,  // 33: metalfleet.agent.v1.AgentService.Sync:input_type -> metalfleet.agent.v1.SyncRequest
-	17, // 34: metalfleet.agent.v1.AgentService.Boot:input_type -> metalfleet.agent.v1.BootRequest
-	5,  // 35: metalfleet.agent.v1.AgentService.Sync:output_type -> metalfleet.agent.v1.SyncResponse
-	18, // 36: metalfleet.agent.v1.AgentService.Boot:output_type -> metalfleet.agent.v1.BootResponse
-	35, // [35:37] is the sub-list for method output_type
-	33, // [33:35] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	25, // 6: metalfleet.agent.v1.SyncResponse.console_open:type_name -> metalfleet.agent.v1.ConsoleOpen
+	1,  // 7: metalfleet.agent.v1.Ack.result:type_name -> metalfleet.agent.v1.AckResult
+	0,  // 8: metalfleet.agent.v1.Hello.kind:type_name -> metalfleet.agent.v1.Kind
+	8,  // 9: metalfleet.agent.v1.Hello.credential:type_name -> metalfleet.agent.v1.Credential
+	9,  // 10: metalfleet.agent.v1.Hello.facts:type_name -> metalfleet.agent.v1.Facts
+	23, // 11: metalfleet.agent.v1.Facts.labels:type_name -> metalfleet.agent.v1.Facts.LabelsEntry
+	26, // 12: metalfleet.agent.v1.Facts.machine:type_name -> metalfleet.agent.v1.MachineFacts
+	27, // 13: metalfleet.agent.v1.Facts.switch:type_name -> metalfleet.agent.v1.SwitchFacts
+	28, // 14: metalfleet.agent.v1.Facts.bmc:type_name -> metalfleet.agent.v1.BmcFacts
+	29, // 15: metalfleet.agent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	30, // 16: metalfleet.agent.v1.Desired.changed_at:type_name -> google.protobuf.Timestamp
+	19, // 17: metalfleet.agent.v1.Desired.settings:type_name -> metalfleet.agent.v1.Settings
+	12, // 18: metalfleet.agent.v1.Desired.machine:type_name -> metalfleet.agent.v1.MachineDocument
+	16, // 19: metalfleet.agent.v1.Desired.pixie:type_name -> metalfleet.agent.v1.PixieDocument
+	31, // 20: metalfleet.agent.v1.Desired.switch:type_name -> metalfleet.agent.v1.SwitchDocument
+	32, // 21: metalfleet.agent.v1.Desired.bmc:type_name -> metalfleet.agent.v1.BmcDocument
+	13, // 22: metalfleet.agent.v1.MachineDocument.allocation:type_name -> metalfleet.agent.v1.MachineAllocation
+	14, // 23: metalfleet.agent.v1.MachineAllocation.image:type_name -> metalfleet.agent.v1.ImageRef
+	33, // 24: metalfleet.agent.v1.MachineAllocation.layout:type_name -> metalfleet.agent.v1.Layout
+	15, // 25: metalfleet.agent.v1.MachineAllocation.networks:type_name -> metalfleet.agent.v1.MachineNetwork
+	30, // 26: metalfleet.agent.v1.MachineAllocation.created_at:type_name -> google.protobuf.Timestamp
+	2,  // 27: metalfleet.agent.v1.BootResponse.action:type_name -> metalfleet.agent.v1.BootAction
+	30, // 28: metalfleet.agent.v1.BootResponse.boot_token_expires_at:type_name -> google.protobuf.Timestamp
+	24, // 29: metalfleet.agent.v1.Settings.labels:type_name -> metalfleet.agent.v1.Settings.LabelsEntry
+	3,  // 30: metalfleet.agent.v1.Report.health:type_name -> metalfleet.agent.v1.Health
+	9,  // 31: metalfleet.agent.v1.Report.facts:type_name -> metalfleet.agent.v1.Facts
+	21, // 32: metalfleet.agent.v1.Report.events:type_name -> metalfleet.agent.v1.Event
+	30, // 33: metalfleet.agent.v1.Event.time:type_name -> google.protobuf.Timestamp
+	4,  // 34: metalfleet.agent.v1.AgentService.Sync:input_type -> metalfleet.agent.v1.SyncRequest
+	17, // 35: metalfleet.agent.v1.AgentService.Boot:input_type -> metalfleet.agent.v1.BootRequest
+	34, // 36: metalfleet.agent.v1.AgentService.Console:input_type -> metalfleet.agent.v1.ConsoleFrame
+	5,  // 37: metalfleet.agent.v1.AgentService.Sync:output_type -> metalfleet.agent.v1.SyncResponse
+	18, // 38: metalfleet.agent.v1.AgentService.Boot:output_type -> metalfleet.agent.v1.BootResponse
+	34, // 39: metalfleet.agent.v1.AgentService.Console:output_type -> metalfleet.agent.v1.ConsoleFrame
+	37, // [37:40] is the sub-list for method output_type
+	34, // [34:37] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_metalfleet_agent_v1_agent_proto_init() }
@@ -2179,6 +2205,7 @@ func file_metalfleet_agent_v1_agent_proto_init() {
 		(*SyncResponse_Welcome)(nil),
 		(*SyncResponse_Desired)(nil),
 		(*SyncResponse_Ack)(nil),
+		(*SyncResponse_ConsoleOpen)(nil),
 	}
 	file_metalfleet_agent_v1_agent_proto_msgTypes[4].OneofWrappers = []any{
 		(*Credential_Token)(nil),

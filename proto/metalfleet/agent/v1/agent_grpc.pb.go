@@ -19,8 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AgentService_Sync_FullMethodName = "/metalfleet.agent.v1.AgentService/Sync"
-	AgentService_Boot_FullMethodName = "/metalfleet.agent.v1.AgentService/Boot"
+	AgentService_Sync_FullMethodName    = "/metalfleet.agent.v1.AgentService/Sync"
+	AgentService_Boot_FullMethodName    = "/metalfleet.agent.v1.AgentService/Boot"
+	AgentService_Console_FullMethodName = "/metalfleet.agent.v1.AgentService/Console"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -40,6 +41,13 @@ type AgentServiceClient interface {
 	// "authorization: Bearer <token>" metadata, and only for its partition.
 	// An installer answer carries a fresh one-time boot token.
 	Boot(ctx context.Context, in *BootRequest, opts ...grpc.CallOption) (*BootResponse, error)
+	// Console carries one console session between metal-bmc and central
+	// (docs/bmc.md, "The console path"). metal-bmc dials it on the
+	// connection of its Sync stream after a ConsoleOpen, with its own
+	// credential as "authorization: Bearer <token>" metadata; its first
+	// frame names the session. Central accepts it only for a session it
+	// opened for that agent's partition.
+	Console(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConsoleFrame, ConsoleFrame], error)
 }
 
 type agentServiceClient struct {
@@ -73,6 +81,19 @@ func (c *agentServiceClient) Boot(ctx context.Context, in *BootRequest, opts ...
 	return out, nil
 }
 
+func (c *agentServiceClient) Console(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConsoleFrame, ConsoleFrame], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AgentService_ServiceDesc.Streams[1], AgentService_Console_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ConsoleFrame, ConsoleFrame]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_ConsoleClient = grpc.BidiStreamingClient[ConsoleFrame, ConsoleFrame]
+
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
@@ -90,6 +111,13 @@ type AgentServiceServer interface {
 	// "authorization: Bearer <token>" metadata, and only for its partition.
 	// An installer answer carries a fresh one-time boot token.
 	Boot(context.Context, *BootRequest) (*BootResponse, error)
+	// Console carries one console session between metal-bmc and central
+	// (docs/bmc.md, "The console path"). metal-bmc dials it on the
+	// connection of its Sync stream after a ConsoleOpen, with its own
+	// credential as "authorization: Bearer <token>" metadata; its first
+	// frame names the session. Central accepts it only for a session it
+	// opened for that agent's partition.
+	Console(grpc.BidiStreamingServer[ConsoleFrame, ConsoleFrame]) error
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -105,6 +133,9 @@ func (UnimplementedAgentServiceServer) Sync(grpc.BidiStreamingServer[SyncRequest
 }
 func (UnimplementedAgentServiceServer) Boot(context.Context, *BootRequest) (*BootResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Boot not implemented")
+}
+func (UnimplementedAgentServiceServer) Console(grpc.BidiStreamingServer[ConsoleFrame, ConsoleFrame]) error {
+	return status.Error(codes.Unimplemented, "method Console not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -152,6 +183,13 @@ func _AgentService_Boot_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentService_Console_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(AgentServiceServer).Console(&grpc.GenericServerStream[ConsoleFrame, ConsoleFrame]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_ConsoleServer = grpc.BidiStreamingServer[ConsoleFrame, ConsoleFrame]
+
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -168,6 +206,12 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Sync",
 			Handler:       _AgentService_Sync_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Console",
+			Handler:       _AgentService_Console_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},

@@ -1437,6 +1437,211 @@ func (x *BmcIntentResult) GetFinishedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+// ConsoleWindow is a terminal's size in characters.
+type ConsoleWindow struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rows          uint32                 `protobuf:"varint,1,opt,name=rows,proto3" json:"rows,omitempty"`
+	Cols          uint32                 `protobuf:"varint,2,opt,name=cols,proto3" json:"cols,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsoleWindow) Reset() {
+	*x = ConsoleWindow{}
+	mi := &file_metalfleet_agent_v1_bmc_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsoleWindow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsoleWindow) ProtoMessage() {}
+
+func (x *ConsoleWindow) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_agent_v1_bmc_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsoleWindow.ProtoReflect.Descriptor instead.
+func (*ConsoleWindow) Descriptor() ([]byte, []int) {
+	return file_metalfleet_agent_v1_bmc_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ConsoleWindow) GetRows() uint32 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *ConsoleWindow) GetCols() uint32 {
+	if x != nil {
+		return x.Cols
+	}
+	return 0
+}
+
+// ConsoleOpen asks metal-bmc to open a console session of a machine: it
+// connects to the machine's BMC and dials AgentService.Console back to
+// central on the connection of its agent stream, naming session_id.
+type ConsoleOpen struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	MachineId string                 `protobuf:"bytes,2,opt,name=machine_id,json=machineId,proto3" json:"machine_id,omitempty"`
+	// address and protocol of the machine's BMC, as metal-bmc reported it.
+	Address       string         `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	Protocol      BmcProtocol    `protobuf:"varint,4,opt,name=protocol,proto3,enum=metalfleet.agent.v1.BmcProtocol" json:"protocol,omitempty"`
+	Window        *ConsoleWindow `protobuf:"bytes,5,opt,name=window,proto3" json:"window,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsoleOpen) Reset() {
+	*x = ConsoleOpen{}
+	mi := &file_metalfleet_agent_v1_bmc_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsoleOpen) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsoleOpen) ProtoMessage() {}
+
+func (x *ConsoleOpen) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_agent_v1_bmc_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsoleOpen.ProtoReflect.Descriptor instead.
+func (*ConsoleOpen) Descriptor() ([]byte, []int) {
+	return file_metalfleet_agent_v1_bmc_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ConsoleOpen) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *ConsoleOpen) GetMachineId() string {
+	if x != nil {
+		return x.MachineId
+	}
+	return ""
+}
+
+func (x *ConsoleOpen) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *ConsoleOpen) GetProtocol() BmcProtocol {
+	if x != nil {
+		return x.Protocol
+	}
+	return BmcProtocol_BMC_PROTOCOL_UNSPECIFIED
+}
+
+func (x *ConsoleOpen) GetWindow() *ConsoleWindow {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+// ConsoleFrame is one message of AgentService.Console, in both directions.
+type ConsoleFrame struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// session_id: metal-bmc's first message names the session it serves.
+	SessionId string `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Data      []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// window: central to metal-bmc, the user's terminal changed size.
+	Window *ConsoleWindow `protobuf:"bytes,3,opt,name=window,proto3" json:"window,omitempty"`
+	// end: the sender ends the session, saying why.
+	End           string `protobuf:"bytes,4,opt,name=end,proto3" json:"end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsoleFrame) Reset() {
+	*x = ConsoleFrame{}
+	mi := &file_metalfleet_agent_v1_bmc_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsoleFrame) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsoleFrame) ProtoMessage() {}
+
+func (x *ConsoleFrame) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_agent_v1_bmc_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsoleFrame.ProtoReflect.Descriptor instead.
+func (*ConsoleFrame) Descriptor() ([]byte, []int) {
+	return file_metalfleet_agent_v1_bmc_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ConsoleFrame) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *ConsoleFrame) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *ConsoleFrame) GetWindow() *ConsoleWindow {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+func (x *ConsoleFrame) GetEnd() string {
+	if x != nil {
+		return x.End
+	}
+	return ""
+}
+
 var File_metalfleet_agent_v1_bmc_proto protoreflect.FileDescriptor
 
 const file_metalfleet_agent_v1_bmc_proto_rawDesc = "" +
@@ -1532,7 +1737,24 @@ const file_metalfleet_agent_v1_bmc_proto_rawDesc = "" +
 	"\aoutcome\x18\x03 \x01(\x0e2%.metalfleet.agent.v1.BmcIntentOutcomeR\aoutcome\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x12;\n" +
 	"\vfinished_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"finishedAt*\\\n" +
+	"finishedAt\"7\n" +
+	"\rConsoleWindow\x12\x12\n" +
+	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
+	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xdf\x01\n" +
+	"\vConsoleOpen\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x1d\n" +
+	"\n" +
+	"machine_id\x18\x02 \x01(\tR\tmachineId\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\x12<\n" +
+	"\bprotocol\x18\x04 \x01(\x0e2 .metalfleet.agent.v1.BmcProtocolR\bprotocol\x12:\n" +
+	"\x06window\x18\x05 \x01(\v2\".metalfleet.agent.v1.ConsoleWindowR\x06window\"\x8f\x01\n" +
+	"\fConsoleFrame\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12:\n" +
+	"\x06window\x18\x03 \x01(\v2\".metalfleet.agent.v1.ConsoleWindowR\x06window\x12\x10\n" +
+	"\x03end\x18\x04 \x01(\tR\x03end*\\\n" +
 	"\vBmcProtocol\x12\x1c\n" +
 	"\x18BMC_PROTOCOL_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14BMC_PROTOCOL_REDFISH\x10\x01\x12\x15\n" +
@@ -1587,7 +1809,7 @@ func file_metalfleet_agent_v1_bmc_proto_rawDescGZIP() []byte {
 }
 
 var file_metalfleet_agent_v1_bmc_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_metalfleet_agent_v1_bmc_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_metalfleet_agent_v1_bmc_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_metalfleet_agent_v1_bmc_proto_goTypes = []any{
 	(BmcProtocol)(0),              // 0: metalfleet.agent.v1.BmcProtocol
 	(BmcPowerAction)(0),           // 1: metalfleet.agent.v1.BmcPowerAction
@@ -1610,14 +1832,17 @@ var file_metalfleet_agent_v1_bmc_proto_goTypes = []any{
 	(*BmcPowerSupply)(nil),        // 18: metalfleet.agent.v1.BmcPowerSupply
 	(*BmcMachineResults)(nil),     // 19: metalfleet.agent.v1.BmcMachineResults
 	(*BmcIntentResult)(nil),       // 20: metalfleet.agent.v1.BmcIntentResult
-	(*durationpb.Duration)(nil),   // 21: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
+	(*ConsoleWindow)(nil),         // 21: metalfleet.agent.v1.ConsoleWindow
+	(*ConsoleOpen)(nil),           // 22: metalfleet.agent.v1.ConsoleOpen
+	(*ConsoleFrame)(nil),          // 23: metalfleet.agent.v1.ConsoleFrame
+	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
 }
 var file_metalfleet_agent_v1_bmc_proto_depIdxs = []int32{
 	9,  // 0: metalfleet.agent.v1.BmcDocument.credentials:type_name -> metalfleet.agent.v1.BmcCredentials
 	10, // 1: metalfleet.agent.v1.BmcDocument.static_bmcs:type_name -> metalfleet.agent.v1.BmcEndpoint
 	11, // 2: metalfleet.agent.v1.BmcDocument.machines:type_name -> metalfleet.agent.v1.BmcMachine
-	21, // 3: metalfleet.agent.v1.BmcDocument.poll_interval:type_name -> google.protobuf.Duration
+	24, // 3: metalfleet.agent.v1.BmcDocument.poll_interval:type_name -> google.protobuf.Duration
 	0,  // 4: metalfleet.agent.v1.BmcEndpoint.protocol:type_name -> metalfleet.agent.v1.BmcProtocol
 	10, // 5: metalfleet.agent.v1.BmcMachine.bmc:type_name -> metalfleet.agent.v1.BmcEndpoint
 	12, // 6: metalfleet.agent.v1.BmcMachine.power:type_name -> metalfleet.agent.v1.BmcPowerIntent
@@ -1633,17 +1858,20 @@ var file_metalfleet_agent_v1_bmc_proto_depIdxs = []int32{
 	4,  // 16: metalfleet.agent.v1.BmcFact.power_state:type_name -> metalfleet.agent.v1.BmcPowerState
 	18, // 17: metalfleet.agent.v1.BmcFact.power_supplies:type_name -> metalfleet.agent.v1.BmcPowerSupply
 	5,  // 18: metalfleet.agent.v1.BmcFact.identify_led:type_name -> metalfleet.agent.v1.BmcLed
-	22, // 19: metalfleet.agent.v1.BmcFact.last_seen:type_name -> google.protobuf.Timestamp
-	22, // 20: metalfleet.agent.v1.BmcFact.next_poll:type_name -> google.protobuf.Timestamp
+	25, // 19: metalfleet.agent.v1.BmcFact.last_seen:type_name -> google.protobuf.Timestamp
+	25, // 20: metalfleet.agent.v1.BmcFact.next_poll:type_name -> google.protobuf.Timestamp
 	20, // 21: metalfleet.agent.v1.BmcMachineResults.results:type_name -> metalfleet.agent.v1.BmcIntentResult
 	6,  // 22: metalfleet.agent.v1.BmcIntentResult.kind:type_name -> metalfleet.agent.v1.BmcIntentKind
 	7,  // 23: metalfleet.agent.v1.BmcIntentResult.outcome:type_name -> metalfleet.agent.v1.BmcIntentOutcome
-	22, // 24: metalfleet.agent.v1.BmcIntentResult.finished_at:type_name -> google.protobuf.Timestamp
-	25, // [25:25] is the sub-list for method output_type
-	25, // [25:25] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	25, // 24: metalfleet.agent.v1.BmcIntentResult.finished_at:type_name -> google.protobuf.Timestamp
+	0,  // 25: metalfleet.agent.v1.ConsoleOpen.protocol:type_name -> metalfleet.agent.v1.BmcProtocol
+	21, // 26: metalfleet.agent.v1.ConsoleOpen.window:type_name -> metalfleet.agent.v1.ConsoleWindow
+	21, // 27: metalfleet.agent.v1.ConsoleFrame.window:type_name -> metalfleet.agent.v1.ConsoleWindow
+	28, // [28:28] is the sub-list for method output_type
+	28, // [28:28] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_metalfleet_agent_v1_bmc_proto_init() }
@@ -1657,7 +1885,7 @@ func file_metalfleet_agent_v1_bmc_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metalfleet_agent_v1_bmc_proto_rawDesc), len(file_metalfleet_agent_v1_bmc_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   13,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

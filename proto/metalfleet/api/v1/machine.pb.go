@@ -2839,6 +2839,269 @@ func (x *SwitchServiceListResponse) GetSwitches() []*Switch {
 	return nil
 }
 
+// MachineServiceConsoleRequest is one message of the console's client
+// side. id is read from the first message only.
+type MachineServiceConsoleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// data: bytes typed into the console (at most 64 KiB per message).
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// window: the terminal's size, on the first message and on every change.
+	Window        *v1.ConsoleWindow `protobuf:"bytes,3,opt,name=window,proto3" json:"window,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineServiceConsoleRequest) Reset() {
+	*x = MachineServiceConsoleRequest{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServiceConsoleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServiceConsoleRequest) ProtoMessage() {}
+
+func (x *MachineServiceConsoleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServiceConsoleRequest.ProtoReflect.Descriptor instead.
+func (*MachineServiceConsoleRequest) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *MachineServiceConsoleRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *MachineServiceConsoleRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *MachineServiceConsoleRequest) GetWindow() *v1.ConsoleWindow {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+type MachineServiceConsoleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*MachineServiceConsoleResponse_Started
+	//	*MachineServiceConsoleResponse_Data
+	//	*MachineServiceConsoleResponse_End
+	Msg           isMachineServiceConsoleResponse_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MachineServiceConsoleResponse) Reset() {
+	*x = MachineServiceConsoleResponse{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MachineServiceConsoleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MachineServiceConsoleResponse) ProtoMessage() {}
+
+func (x *MachineServiceConsoleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MachineServiceConsoleResponse.ProtoReflect.Descriptor instead.
+func (*MachineServiceConsoleResponse) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *MachineServiceConsoleResponse) GetMsg() isMachineServiceConsoleResponse_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *MachineServiceConsoleResponse) GetStarted() *ConsoleStarted {
+	if x != nil {
+		if x, ok := x.Msg.(*MachineServiceConsoleResponse_Started); ok {
+			return x.Started
+		}
+	}
+	return nil
+}
+
+func (x *MachineServiceConsoleResponse) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*MachineServiceConsoleResponse_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+func (x *MachineServiceConsoleResponse) GetEnd() *ConsoleEnd {
+	if x != nil {
+		if x, ok := x.Msg.(*MachineServiceConsoleResponse_End); ok {
+			return x.End
+		}
+	}
+	return nil
+}
+
+type isMachineServiceConsoleResponse_Msg interface {
+	isMachineServiceConsoleResponse_Msg()
+}
+
+type MachineServiceConsoleResponse_Started struct {
+	// started: the session is joined to the machine's console.
+	Started *ConsoleStarted `protobuf:"bytes,1,opt,name=started,proto3,oneof"`
+}
+
+type MachineServiceConsoleResponse_Data struct {
+	// data: the machine's console output.
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3,oneof"`
+}
+
+type MachineServiceConsoleResponse_End struct {
+	// end: the session is over; the stream ends after it.
+	End *ConsoleEnd `protobuf:"bytes,3,opt,name=end,proto3,oneof"`
+}
+
+func (*MachineServiceConsoleResponse_Started) isMachineServiceConsoleResponse_Msg() {}
+
+func (*MachineServiceConsoleResponse_Data) isMachineServiceConsoleResponse_Msg() {}
+
+func (*MachineServiceConsoleResponse_End) isMachineServiceConsoleResponse_Msg() {}
+
+type ConsoleStarted struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// protocol: how metal-bmc reaches the console (IPMI SOL, Redfish BMC's SSH serial).
+	Protocol      v1.BmcProtocol `protobuf:"varint,2,opt,name=protocol,proto3,enum=metalfleet.agent.v1.BmcProtocol" json:"protocol,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsoleStarted) Reset() {
+	*x = ConsoleStarted{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsoleStarted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsoleStarted) ProtoMessage() {}
+
+func (x *ConsoleStarted) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsoleStarted.ProtoReflect.Descriptor instead.
+func (*ConsoleStarted) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *ConsoleStarted) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *ConsoleStarted) GetProtocol() v1.BmcProtocol {
+	if x != nil {
+		return x.Protocol
+	}
+	return v1.BmcProtocol(0)
+}
+
+type ConsoleEnd struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// reason says why, in words for the user.
+	Reason        string `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsoleEnd) Reset() {
+	*x = ConsoleEnd{}
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsoleEnd) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsoleEnd) ProtoMessage() {}
+
+func (x *ConsoleEnd) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_api_v1_machine_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsoleEnd.ProtoReflect.Descriptor instead.
+func (*ConsoleEnd) Descriptor() ([]byte, []int) {
+	return file_metalfleet_api_v1_machine_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *ConsoleEnd) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_metalfleet_api_v1_machine_proto protoreflect.FileDescriptor
 
 const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
@@ -3068,7 +3331,23 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"\x18SwitchServiceListRequest\x12!\n" +
 	"\fpartition_id\x18\x01 \x01(\tR\vpartitionId\"R\n" +
 	"\x19SwitchServiceListResponse\x125\n" +
-	"\bswitches\x18\x01 \x03(\v2\x19.metalfleet.api.v1.SwitchR\bswitches*\x80\x01\n" +
+	"\bswitches\x18\x01 \x03(\v2\x19.metalfleet.api.v1.SwitchR\bswitches\"~\n" +
+	"\x1cMachineServiceConsoleRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12:\n" +
+	"\x06window\x18\x03 \x01(\v2\".metalfleet.agent.v1.ConsoleWindowR\x06window\"\xae\x01\n" +
+	"\x1dMachineServiceConsoleResponse\x12=\n" +
+	"\astarted\x18\x01 \x01(\v2!.metalfleet.api.v1.ConsoleStartedH\x00R\astarted\x12\x14\n" +
+	"\x04data\x18\x02 \x01(\fH\x00R\x04data\x121\n" +
+	"\x03end\x18\x03 \x01(\v2\x1d.metalfleet.api.v1.ConsoleEndH\x00R\x03endB\x05\n" +
+	"\x03msg\"m\n" +
+	"\x0eConsoleStarted\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12<\n" +
+	"\bprotocol\x18\x02 \x01(\x0e2 .metalfleet.agent.v1.BmcProtocolR\bprotocol\"$\n" +
+	"\n" +
+	"ConsoleEnd\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason*\x80\x01\n" +
 	"\fMachineState\x12\x1d\n" +
 	"\x19MACHINE_STATE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17MACHINE_STATE_AVAILABLE\x10\x01\x12\x1a\n" +
@@ -3093,7 +3372,7 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"\"PROVISIONING_STATE_MACHINE_RECLAIM\x10\t\x12\x1e\n" +
 	"\x1aPROVISIONING_STATE_CRASHED\x10\n" +
 	"\x12%\n" +
-	"!PROVISIONING_STATE_KNOWN_FROM_BMC\x10\v2\xa5\r\n" +
+	"!PROVISIONING_STATE_KNOWN_FROM_BMC\x10\v2\xaf\x0e\n" +
 	"\x0eMachineService\x12w\n" +
 	"\x03Get\x12+.metalfleet.api.v1.MachineServiceGetRequest\x1a,.metalfleet.api.v1.MachineServiceGetResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x01\x1a\x02id\"\amachine\x12k\n" +
 	"\x04List\x12,.metalfleet.api.v1.MachineServiceListRequest\x1a-.metalfleet.api.v1.MachineServiceListResponse\"\x06\xca\xf3\x18\x02\b\x01\x12\x88\x01\n" +
@@ -3104,7 +3383,8 @@ const file_metalfleet_api_v1_machine_proto_rawDesc = "" +
 	"\x05Power\x12-.metalfleet.api.v1.MachineServicePowerRequest\x1a..metalfleet.api.v1.MachineServicePowerResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x02\x1a\x02id\"\amachine\x12z\n" +
 	"\x04Boot\x12,.metalfleet.api.v1.MachineServiceBootRequest\x1a-.metalfleet.api.v1.MachineServiceBootResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x02\x1a\x02id\"\amachine\x12\x86\x01\n" +
 	"\bIdentify\x120.metalfleet.api.v1.MachineServiceIdentifyRequest\x1a1.metalfleet.api.v1.MachineServiceIdentifyResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x02\x1a\x02id\"\amachine\x12\x98\x01\n" +
-	"\x0eUpdateFirmware\x126.metalfleet.api.v1.MachineServiceUpdateFirmwareRequest\x1a7.metalfleet.api.v1.MachineServiceUpdateFirmwareResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x02\x1a\x02id\"\amachine\x12y\n" +
+	"\x0eUpdateFirmware\x126.metalfleet.api.v1.MachineServiceUpdateFirmwareRequest\x1a7.metalfleet.api.v1.MachineServiceUpdateFirmwareResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x02\x1a\x02id\"\amachine\x12\x87\x01\n" +
+	"\aConsole\x12/.metalfleet.api.v1.MachineServiceConsoleRequest\x1a0.metalfleet.api.v1.MachineServiceConsoleResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x02\x1a\x02id\"\amachine(\x010\x01\x12y\n" +
 	"\bSetState\x120.metalfleet.api.v1.MachineServiceSetStateRequest\x1a1.metalfleet.api.v1.MachineServiceSetStateResponse\"\b\xca\xf3\x18\x04\b\x02\x10\x02\x12\x82\x01\n" +
 	"\x06Events\x12..metalfleet.api.v1.MachineServiceEventsRequest\x1a/.metalfleet.api.v1.MachineServiceEventsResponse\"\x15\xca\xf3\x18\x11\b\x03\x10\x01\x1a\x02id\"\amachine0\x01\x12s\n" +
 	"\x06Issues\x12..metalfleet.api.v1.MachineServiceIssuesRequest\x1a/.metalfleet.api.v1.MachineServiceIssuesResponse\"\b\xca\xf3\x18\x04\b\x02\x10\x01\x12\x7f\n" +
@@ -3128,7 +3408,7 @@ func file_metalfleet_api_v1_machine_proto_rawDescGZIP() []byte {
 }
 
 var file_metalfleet_api_v1_machine_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_metalfleet_api_v1_machine_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_metalfleet_api_v1_machine_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_metalfleet_api_v1_machine_proto_goTypes = []any{
 	(MachineState)(0),                            // 0: metalfleet.api.v1.MachineState
 	(Liveliness)(0),                              // 1: metalfleet.api.v1.Liveliness
@@ -3173,46 +3453,52 @@ var file_metalfleet_api_v1_machine_proto_goTypes = []any{
 	(*SwitchServiceGetResponse)(nil),             // 40: metalfleet.api.v1.SwitchServiceGetResponse
 	(*SwitchServiceListRequest)(nil),             // 41: metalfleet.api.v1.SwitchServiceListRequest
 	(*SwitchServiceListResponse)(nil),            // 42: metalfleet.api.v1.SwitchServiceListResponse
-	nil,                                          // 43: metalfleet.api.v1.Machine.LabelsEntry
-	nil,                                          // 44: metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
-	(*v1.MachineFacts)(nil),                      // 45: metalfleet.agent.v1.MachineFacts
-	(*timestamppb.Timestamp)(nil),                // 46: google.protobuf.Timestamp
-	(*Meta)(nil),                                 // 47: metalfleet.api.v1.Meta
-	(*v1.BmcFact)(nil),                           // 48: metalfleet.agent.v1.BmcFact
-	(*v1.BmcIntentResult)(nil),                   // 49: metalfleet.agent.v1.BmcIntentResult
-	(v1.BmcPowerAction)(0),                       // 50: metalfleet.agent.v1.BmcPowerAction
-	(v1.BmcBootDevice)(0),                        // 51: metalfleet.agent.v1.BmcBootDevice
-	(v1.BmcFirmwareComponent)(0),                 // 52: metalfleet.agent.v1.BmcFirmwareComponent
-	(*v1.BgpAddressFamilyFact)(nil),              // 53: metalfleet.agent.v1.BgpAddressFamilyFact
+	(*MachineServiceConsoleRequest)(nil),         // 43: metalfleet.api.v1.MachineServiceConsoleRequest
+	(*MachineServiceConsoleResponse)(nil),        // 44: metalfleet.api.v1.MachineServiceConsoleResponse
+	(*ConsoleStarted)(nil),                       // 45: metalfleet.api.v1.ConsoleStarted
+	(*ConsoleEnd)(nil),                           // 46: metalfleet.api.v1.ConsoleEnd
+	nil,                                          // 47: metalfleet.api.v1.Machine.LabelsEntry
+	nil,                                          // 48: metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
+	(*v1.MachineFacts)(nil),                      // 49: metalfleet.agent.v1.MachineFacts
+	(*timestamppb.Timestamp)(nil),                // 50: google.protobuf.Timestamp
+	(*Meta)(nil),                                 // 51: metalfleet.api.v1.Meta
+	(*v1.BmcFact)(nil),                           // 52: metalfleet.agent.v1.BmcFact
+	(*v1.BmcIntentResult)(nil),                   // 53: metalfleet.agent.v1.BmcIntentResult
+	(v1.BmcPowerAction)(0),                       // 54: metalfleet.agent.v1.BmcPowerAction
+	(v1.BmcBootDevice)(0),                        // 55: metalfleet.agent.v1.BmcBootDevice
+	(v1.BmcFirmwareComponent)(0),                 // 56: metalfleet.agent.v1.BmcFirmwareComponent
+	(*v1.BgpAddressFamilyFact)(nil),              // 57: metalfleet.agent.v1.BgpAddressFamilyFact
+	(*v1.ConsoleWindow)(nil),                     // 58: metalfleet.agent.v1.ConsoleWindow
+	(v1.BmcProtocol)(0),                          // 59: metalfleet.agent.v1.BmcProtocol
 }
 var file_metalfleet_api_v1_machine_proto_depIdxs = []int32{
 	0,  // 0: metalfleet.api.v1.Machine.state:type_name -> metalfleet.api.v1.MachineState
 	1,  // 1: metalfleet.api.v1.Machine.liveliness:type_name -> metalfleet.api.v1.Liveliness
 	5,  // 2: metalfleet.api.v1.Machine.allocation:type_name -> metalfleet.api.v1.MachineAllocation
-	45, // 3: metalfleet.api.v1.Machine.hardware:type_name -> metalfleet.agent.v1.MachineFacts
-	46, // 4: metalfleet.api.v1.Machine.last_event_at:type_name -> google.protobuf.Timestamp
-	43, // 5: metalfleet.api.v1.Machine.labels:type_name -> metalfleet.api.v1.Machine.LabelsEntry
+	49, // 3: metalfleet.api.v1.Machine.hardware:type_name -> metalfleet.agent.v1.MachineFacts
+	50, // 4: metalfleet.api.v1.Machine.last_event_at:type_name -> google.protobuf.Timestamp
+	47, // 5: metalfleet.api.v1.Machine.labels:type_name -> metalfleet.api.v1.Machine.LabelsEntry
 	2,  // 6: metalfleet.api.v1.Machine.provisioning:type_name -> metalfleet.api.v1.ProvisioningState
 	4,  // 7: metalfleet.api.v1.Machine.issues:type_name -> metalfleet.api.v1.MachineIssue
-	47, // 8: metalfleet.api.v1.Machine.meta:type_name -> metalfleet.api.v1.Meta
-	48, // 9: metalfleet.api.v1.Machine.bmc:type_name -> metalfleet.agent.v1.BmcFact
-	49, // 10: metalfleet.api.v1.Machine.bmc_results:type_name -> metalfleet.agent.v1.BmcIntentResult
-	46, // 11: metalfleet.api.v1.MachineAllocation.created_at:type_name -> google.protobuf.Timestamp
-	46, // 12: metalfleet.api.v1.MachineAllocation.phoned_home_at:type_name -> google.protobuf.Timestamp
-	46, // 13: metalfleet.api.v1.MachineEvent.time:type_name -> google.protobuf.Timestamp
+	51, // 8: metalfleet.api.v1.Machine.meta:type_name -> metalfleet.api.v1.Meta
+	52, // 9: metalfleet.api.v1.Machine.bmc:type_name -> metalfleet.agent.v1.BmcFact
+	53, // 10: metalfleet.api.v1.Machine.bmc_results:type_name -> metalfleet.agent.v1.BmcIntentResult
+	50, // 11: metalfleet.api.v1.MachineAllocation.created_at:type_name -> google.protobuf.Timestamp
+	50, // 12: metalfleet.api.v1.MachineAllocation.phoned_home_at:type_name -> google.protobuf.Timestamp
+	50, // 13: metalfleet.api.v1.MachineEvent.time:type_name -> google.protobuf.Timestamp
 	2,  // 14: metalfleet.api.v1.MachineEvent.state:type_name -> metalfleet.api.v1.ProvisioningState
 	3,  // 15: metalfleet.api.v1.MachineServiceGetResponse.machine:type_name -> metalfleet.api.v1.Machine
 	3,  // 16: metalfleet.api.v1.MachineServiceListResponse.machines:type_name -> metalfleet.api.v1.Machine
-	44, // 17: metalfleet.api.v1.MachineServiceCreateRequest.labels:type_name -> metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
+	48, // 17: metalfleet.api.v1.MachineServiceCreateRequest.labels:type_name -> metalfleet.api.v1.MachineServiceCreateRequest.LabelsEntry
 	3,  // 18: metalfleet.api.v1.MachineServiceCreateResponse.machine:type_name -> metalfleet.api.v1.Machine
 	3,  // 19: metalfleet.api.v1.MachineServiceDeleteResponse.machine:type_name -> metalfleet.api.v1.Machine
 	3,  // 20: metalfleet.api.v1.MachineServiceReinstallResponse.machine:type_name -> metalfleet.api.v1.Machine
-	50, // 21: metalfleet.api.v1.MachineServicePowerRequest.action:type_name -> metalfleet.agent.v1.BmcPowerAction
+	54, // 21: metalfleet.api.v1.MachineServicePowerRequest.action:type_name -> metalfleet.agent.v1.BmcPowerAction
 	3,  // 22: metalfleet.api.v1.MachineServicePowerResponse.machine:type_name -> metalfleet.api.v1.Machine
-	51, // 23: metalfleet.api.v1.MachineServiceBootRequest.device:type_name -> metalfleet.agent.v1.BmcBootDevice
+	55, // 23: metalfleet.api.v1.MachineServiceBootRequest.device:type_name -> metalfleet.agent.v1.BmcBootDevice
 	3,  // 24: metalfleet.api.v1.MachineServiceBootResponse.machine:type_name -> metalfleet.api.v1.Machine
 	3,  // 25: metalfleet.api.v1.MachineServiceIdentifyResponse.machine:type_name -> metalfleet.api.v1.Machine
-	52, // 26: metalfleet.api.v1.MachineServiceUpdateFirmwareRequest.component:type_name -> metalfleet.agent.v1.BmcFirmwareComponent
+	56, // 26: metalfleet.api.v1.MachineServiceUpdateFirmwareRequest.component:type_name -> metalfleet.agent.v1.BmcFirmwareComponent
 	3,  // 27: metalfleet.api.v1.MachineServiceUpdateFirmwareResponse.machine:type_name -> metalfleet.api.v1.Machine
 	0,  // 28: metalfleet.api.v1.MachineServiceSetStateRequest.state:type_name -> metalfleet.api.v1.MachineState
 	3,  // 29: metalfleet.api.v1.MachineServiceSetStateResponse.machine:type_name -> metalfleet.api.v1.Machine
@@ -3221,53 +3507,59 @@ var file_metalfleet_api_v1_machine_proto_depIdxs = []int32{
 	3,  // 32: metalfleet.api.v1.MachineServiceResolveMacResponse.machine:type_name -> metalfleet.api.v1.Machine
 	4,  // 33: metalfleet.api.v1.MachineServiceIssuesResponse.issues:type_name -> metalfleet.api.v1.MachineIssue
 	34, // 34: metalfleet.api.v1.Switch.ports:type_name -> metalfleet.api.v1.SwitchPort
-	46, // 35: metalfleet.api.v1.Switch.last_sync:type_name -> google.protobuf.Timestamp
+	50, // 35: metalfleet.api.v1.Switch.last_sync:type_name -> google.protobuf.Timestamp
 	35, // 36: metalfleet.api.v1.Switch.bgp_sessions:type_name -> metalfleet.api.v1.SwitchBgpSession
 	36, // 37: metalfleet.api.v1.Switch.sync:type_name -> metalfleet.api.v1.SwitchSync
-	47, // 38: metalfleet.api.v1.Switch.meta:type_name -> metalfleet.api.v1.Meta
-	46, // 39: metalfleet.api.v1.SwitchBgpSession.established_since:type_name -> google.protobuf.Timestamp
-	53, // 40: metalfleet.api.v1.SwitchBgpSession.address_families:type_name -> metalfleet.agent.v1.BgpAddressFamilyFact
-	46, // 41: metalfleet.api.v1.SwitchSync.reported_at:type_name -> google.protobuf.Timestamp
+	51, // 38: metalfleet.api.v1.Switch.meta:type_name -> metalfleet.api.v1.Meta
+	50, // 39: metalfleet.api.v1.SwitchBgpSession.established_since:type_name -> google.protobuf.Timestamp
+	57, // 40: metalfleet.api.v1.SwitchBgpSession.address_families:type_name -> metalfleet.agent.v1.BgpAddressFamilyFact
+	50, // 41: metalfleet.api.v1.SwitchSync.reported_at:type_name -> google.protobuf.Timestamp
 	33, // 42: metalfleet.api.v1.SwitchServiceSetPortResponse.switch:type_name -> metalfleet.api.v1.Switch
 	33, // 43: metalfleet.api.v1.SwitchServiceGetResponse.switch:type_name -> metalfleet.api.v1.Switch
 	33, // 44: metalfleet.api.v1.SwitchServiceListResponse.switches:type_name -> metalfleet.api.v1.Switch
-	7,  // 45: metalfleet.api.v1.MachineService.Get:input_type -> metalfleet.api.v1.MachineServiceGetRequest
-	9,  // 46: metalfleet.api.v1.MachineService.List:input_type -> metalfleet.api.v1.MachineServiceListRequest
-	11, // 47: metalfleet.api.v1.MachineService.Create:input_type -> metalfleet.api.v1.MachineServiceCreateRequest
-	13, // 48: metalfleet.api.v1.MachineService.Delete:input_type -> metalfleet.api.v1.MachineServiceDeleteRequest
-	15, // 49: metalfleet.api.v1.MachineService.Reinstall:input_type -> metalfleet.api.v1.MachineServiceReinstallRequest
-	17, // 50: metalfleet.api.v1.MachineService.Power:input_type -> metalfleet.api.v1.MachineServicePowerRequest
-	19, // 51: metalfleet.api.v1.MachineService.Boot:input_type -> metalfleet.api.v1.MachineServiceBootRequest
-	21, // 52: metalfleet.api.v1.MachineService.Identify:input_type -> metalfleet.api.v1.MachineServiceIdentifyRequest
-	23, // 53: metalfleet.api.v1.MachineService.UpdateFirmware:input_type -> metalfleet.api.v1.MachineServiceUpdateFirmwareRequest
-	25, // 54: metalfleet.api.v1.MachineService.SetState:input_type -> metalfleet.api.v1.MachineServiceSetStateRequest
-	27, // 55: metalfleet.api.v1.MachineService.Events:input_type -> metalfleet.api.v1.MachineServiceEventsRequest
-	31, // 56: metalfleet.api.v1.MachineService.Issues:input_type -> metalfleet.api.v1.MachineServiceIssuesRequest
-	29, // 57: metalfleet.api.v1.MachineService.ResolveMac:input_type -> metalfleet.api.v1.MachineServiceResolveMacRequest
-	39, // 58: metalfleet.api.v1.SwitchService.Get:input_type -> metalfleet.api.v1.SwitchServiceGetRequest
-	41, // 59: metalfleet.api.v1.SwitchService.List:input_type -> metalfleet.api.v1.SwitchServiceListRequest
-	37, // 60: metalfleet.api.v1.SwitchService.SetPort:input_type -> metalfleet.api.v1.SwitchServiceSetPortRequest
-	8,  // 61: metalfleet.api.v1.MachineService.Get:output_type -> metalfleet.api.v1.MachineServiceGetResponse
-	10, // 62: metalfleet.api.v1.MachineService.List:output_type -> metalfleet.api.v1.MachineServiceListResponse
-	12, // 63: metalfleet.api.v1.MachineService.Create:output_type -> metalfleet.api.v1.MachineServiceCreateResponse
-	14, // 64: metalfleet.api.v1.MachineService.Delete:output_type -> metalfleet.api.v1.MachineServiceDeleteResponse
-	16, // 65: metalfleet.api.v1.MachineService.Reinstall:output_type -> metalfleet.api.v1.MachineServiceReinstallResponse
-	18, // 66: metalfleet.api.v1.MachineService.Power:output_type -> metalfleet.api.v1.MachineServicePowerResponse
-	20, // 67: metalfleet.api.v1.MachineService.Boot:output_type -> metalfleet.api.v1.MachineServiceBootResponse
-	22, // 68: metalfleet.api.v1.MachineService.Identify:output_type -> metalfleet.api.v1.MachineServiceIdentifyResponse
-	24, // 69: metalfleet.api.v1.MachineService.UpdateFirmware:output_type -> metalfleet.api.v1.MachineServiceUpdateFirmwareResponse
-	26, // 70: metalfleet.api.v1.MachineService.SetState:output_type -> metalfleet.api.v1.MachineServiceSetStateResponse
-	28, // 71: metalfleet.api.v1.MachineService.Events:output_type -> metalfleet.api.v1.MachineServiceEventsResponse
-	32, // 72: metalfleet.api.v1.MachineService.Issues:output_type -> metalfleet.api.v1.MachineServiceIssuesResponse
-	30, // 73: metalfleet.api.v1.MachineService.ResolveMac:output_type -> metalfleet.api.v1.MachineServiceResolveMacResponse
-	40, // 74: metalfleet.api.v1.SwitchService.Get:output_type -> metalfleet.api.v1.SwitchServiceGetResponse
-	42, // 75: metalfleet.api.v1.SwitchService.List:output_type -> metalfleet.api.v1.SwitchServiceListResponse
-	38, // 76: metalfleet.api.v1.SwitchService.SetPort:output_type -> metalfleet.api.v1.SwitchServiceSetPortResponse
-	61, // [61:77] is the sub-list for method output_type
-	45, // [45:61] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	58, // 45: metalfleet.api.v1.MachineServiceConsoleRequest.window:type_name -> metalfleet.agent.v1.ConsoleWindow
+	45, // 46: metalfleet.api.v1.MachineServiceConsoleResponse.started:type_name -> metalfleet.api.v1.ConsoleStarted
+	46, // 47: metalfleet.api.v1.MachineServiceConsoleResponse.end:type_name -> metalfleet.api.v1.ConsoleEnd
+	59, // 48: metalfleet.api.v1.ConsoleStarted.protocol:type_name -> metalfleet.agent.v1.BmcProtocol
+	7,  // 49: metalfleet.api.v1.MachineService.Get:input_type -> metalfleet.api.v1.MachineServiceGetRequest
+	9,  // 50: metalfleet.api.v1.MachineService.List:input_type -> metalfleet.api.v1.MachineServiceListRequest
+	11, // 51: metalfleet.api.v1.MachineService.Create:input_type -> metalfleet.api.v1.MachineServiceCreateRequest
+	13, // 52: metalfleet.api.v1.MachineService.Delete:input_type -> metalfleet.api.v1.MachineServiceDeleteRequest
+	15, // 53: metalfleet.api.v1.MachineService.Reinstall:input_type -> metalfleet.api.v1.MachineServiceReinstallRequest
+	17, // 54: metalfleet.api.v1.MachineService.Power:input_type -> metalfleet.api.v1.MachineServicePowerRequest
+	19, // 55: metalfleet.api.v1.MachineService.Boot:input_type -> metalfleet.api.v1.MachineServiceBootRequest
+	21, // 56: metalfleet.api.v1.MachineService.Identify:input_type -> metalfleet.api.v1.MachineServiceIdentifyRequest
+	23, // 57: metalfleet.api.v1.MachineService.UpdateFirmware:input_type -> metalfleet.api.v1.MachineServiceUpdateFirmwareRequest
+	43, // 58: metalfleet.api.v1.MachineService.Console:input_type -> metalfleet.api.v1.MachineServiceConsoleRequest
+	25, // 59: metalfleet.api.v1.MachineService.SetState:input_type -> metalfleet.api.v1.MachineServiceSetStateRequest
+	27, // 60: metalfleet.api.v1.MachineService.Events:input_type -> metalfleet.api.v1.MachineServiceEventsRequest
+	31, // 61: metalfleet.api.v1.MachineService.Issues:input_type -> metalfleet.api.v1.MachineServiceIssuesRequest
+	29, // 62: metalfleet.api.v1.MachineService.ResolveMac:input_type -> metalfleet.api.v1.MachineServiceResolveMacRequest
+	39, // 63: metalfleet.api.v1.SwitchService.Get:input_type -> metalfleet.api.v1.SwitchServiceGetRequest
+	41, // 64: metalfleet.api.v1.SwitchService.List:input_type -> metalfleet.api.v1.SwitchServiceListRequest
+	37, // 65: metalfleet.api.v1.SwitchService.SetPort:input_type -> metalfleet.api.v1.SwitchServiceSetPortRequest
+	8,  // 66: metalfleet.api.v1.MachineService.Get:output_type -> metalfleet.api.v1.MachineServiceGetResponse
+	10, // 67: metalfleet.api.v1.MachineService.List:output_type -> metalfleet.api.v1.MachineServiceListResponse
+	12, // 68: metalfleet.api.v1.MachineService.Create:output_type -> metalfleet.api.v1.MachineServiceCreateResponse
+	14, // 69: metalfleet.api.v1.MachineService.Delete:output_type -> metalfleet.api.v1.MachineServiceDeleteResponse
+	16, // 70: metalfleet.api.v1.MachineService.Reinstall:output_type -> metalfleet.api.v1.MachineServiceReinstallResponse
+	18, // 71: metalfleet.api.v1.MachineService.Power:output_type -> metalfleet.api.v1.MachineServicePowerResponse
+	20, // 72: metalfleet.api.v1.MachineService.Boot:output_type -> metalfleet.api.v1.MachineServiceBootResponse
+	22, // 73: metalfleet.api.v1.MachineService.Identify:output_type -> metalfleet.api.v1.MachineServiceIdentifyResponse
+	24, // 74: metalfleet.api.v1.MachineService.UpdateFirmware:output_type -> metalfleet.api.v1.MachineServiceUpdateFirmwareResponse
+	44, // 75: metalfleet.api.v1.MachineService.Console:output_type -> metalfleet.api.v1.MachineServiceConsoleResponse
+	26, // 76: metalfleet.api.v1.MachineService.SetState:output_type -> metalfleet.api.v1.MachineServiceSetStateResponse
+	28, // 77: metalfleet.api.v1.MachineService.Events:output_type -> metalfleet.api.v1.MachineServiceEventsResponse
+	32, // 78: metalfleet.api.v1.MachineService.Issues:output_type -> metalfleet.api.v1.MachineServiceIssuesResponse
+	30, // 79: metalfleet.api.v1.MachineService.ResolveMac:output_type -> metalfleet.api.v1.MachineServiceResolveMacResponse
+	40, // 80: metalfleet.api.v1.SwitchService.Get:output_type -> metalfleet.api.v1.SwitchServiceGetResponse
+	42, // 81: metalfleet.api.v1.SwitchService.List:output_type -> metalfleet.api.v1.SwitchServiceListResponse
+	38, // 82: metalfleet.api.v1.SwitchService.SetPort:output_type -> metalfleet.api.v1.SwitchServiceSetPortResponse
+	66, // [66:83] is the sub-list for method output_type
+	49, // [49:66] is the sub-list for method input_type
+	49, // [49:49] is the sub-list for extension type_name
+	49, // [49:49] is the sub-list for extension extendee
+	0,  // [0:49] is the sub-list for field type_name
 }
 
 func init() { file_metalfleet_api_v1_machine_proto_init() }
@@ -3276,13 +3568,18 @@ func file_metalfleet_api_v1_machine_proto_init() {
 		return
 	}
 	file_metalfleet_api_v1_common_proto_init()
+	file_metalfleet_api_v1_machine_proto_msgTypes[41].OneofWrappers = []any{
+		(*MachineServiceConsoleResponse_Started)(nil),
+		(*MachineServiceConsoleResponse_Data)(nil),
+		(*MachineServiceConsoleResponse_End)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metalfleet_api_v1_machine_proto_rawDesc), len(file_metalfleet_api_v1_machine_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   42,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -28,6 +28,7 @@ const (
 	MachineService_Boot_FullMethodName           = "/metalfleet.api.v1.MachineService/Boot"
 	MachineService_Identify_FullMethodName       = "/metalfleet.api.v1.MachineService/Identify"
 	MachineService_UpdateFirmware_FullMethodName = "/metalfleet.api.v1.MachineService/UpdateFirmware"
+	MachineService_Console_FullMethodName        = "/metalfleet.api.v1.MachineService/Console"
 	MachineService_SetState_FullMethodName       = "/metalfleet.api.v1.MachineService/SetState"
 	MachineService_Events_FullMethodName         = "/metalfleet.api.v1.MachineService/Events"
 	MachineService_Issues_FullMethodName         = "/metalfleet.api.v1.MachineService/Issues"
@@ -62,6 +63,13 @@ type MachineServiceClient interface {
 	// UpdateFirmware installs BIOS or BMC firmware from a URL through the
 	// machine's BMC, where its provider supports it.
 	UpdateFirmware(ctx context.Context, in *MachineServiceUpdateFirmwareRequest, opts ...grpc.CallOption) (*MachineServiceUpdateFirmwareResponse, error)
+	// Console is an interactive serial console of the machine, streamed
+	// through central and the partition's metal-bmc (docs/bmc.md, "The
+	// console path"). The first request names the machine (id) and may carry
+	// the window size; later requests carry keystrokes and window changes.
+	// Central ends the stream with an end message saying why (the allocation
+	// changed, another console took over, metal-bmc or the BMC ended it).
+	Console(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[MachineServiceConsoleRequest, MachineServiceConsoleResponse], error)
 	// SetState locks, reserves or releases a machine (admin).
 	SetState(ctx context.Context, in *MachineServiceSetStateRequest, opts ...grpc.CallOption) (*MachineServiceSetStateResponse, error)
 	// Events lists the provisioning event log; with follow it streams new
@@ -174,6 +182,19 @@ func (c *machineServiceClient) UpdateFirmware(ctx context.Context, in *MachineSe
 	return out, nil
 }
 
+func (c *machineServiceClient) Console(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[MachineServiceConsoleRequest, MachineServiceConsoleResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &MachineService_ServiceDesc.Streams[0], MachineService_Console_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[MachineServiceConsoleRequest, MachineServiceConsoleResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type MachineService_ConsoleClient = grpc.BidiStreamingClient[MachineServiceConsoleRequest, MachineServiceConsoleResponse]
+
 func (c *machineServiceClient) SetState(ctx context.Context, in *MachineServiceSetStateRequest, opts ...grpc.CallOption) (*MachineServiceSetStateResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(MachineServiceSetStateResponse)
@@ -186,7 +207,7 @@ func (c *machineServiceClient) SetState(ctx context.Context, in *MachineServiceS
 
 func (c *machineServiceClient) Events(ctx context.Context, in *MachineServiceEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[MachineServiceEventsResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &MachineService_ServiceDesc.Streams[0], MachineService_Events_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &MachineService_ServiceDesc.Streams[1], MachineService_Events_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -251,6 +272,13 @@ type MachineServiceServer interface {
 	// UpdateFirmware installs BIOS or BMC firmware from a URL through the
 	// machine's BMC, where its provider supports it.
 	UpdateFirmware(context.Context, *MachineServiceUpdateFirmwareRequest) (*MachineServiceUpdateFirmwareResponse, error)
+	// Console is an interactive serial console of the machine, streamed
+	// through central and the partition's metal-bmc (docs/bmc.md, "The
+	// console path"). The first request names the machine (id) and may carry
+	// the window size; later requests carry keystrokes and window changes.
+	// Central ends the stream with an end message saying why (the allocation
+	// changed, another console took over, metal-bmc or the BMC ended it).
+	Console(grpc.BidiStreamingServer[MachineServiceConsoleRequest, MachineServiceConsoleResponse]) error
 	// SetState locks, reserves or releases a machine (admin).
 	SetState(context.Context, *MachineServiceSetStateRequest) (*MachineServiceSetStateResponse, error)
 	// Events lists the provisioning event log; with follow it streams new
@@ -299,6 +327,9 @@ func (UnimplementedMachineServiceServer) Identify(context.Context, *MachineServi
 }
 func (UnimplementedMachineServiceServer) UpdateFirmware(context.Context, *MachineServiceUpdateFirmwareRequest) (*MachineServiceUpdateFirmwareResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method UpdateFirmware not implemented")
+}
+func (UnimplementedMachineServiceServer) Console(grpc.BidiStreamingServer[MachineServiceConsoleRequest, MachineServiceConsoleResponse]) error {
+	return status.Error(codes.Unimplemented, "method Console not implemented")
 }
 func (UnimplementedMachineServiceServer) SetState(context.Context, *MachineServiceSetStateRequest) (*MachineServiceSetStateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetState not implemented")
@@ -495,6 +526,13 @@ func _MachineService_UpdateFirmware_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MachineService_Console_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(MachineServiceServer).Console(&grpc.GenericServerStream[MachineServiceConsoleRequest, MachineServiceConsoleResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type MachineService_ConsoleServer = grpc.BidiStreamingServer[MachineServiceConsoleRequest, MachineServiceConsoleResponse]
+
 func _MachineService_SetState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(MachineServiceSetStateRequest)
 	if err := dec(in); err != nil {
@@ -617,6 +655,12 @@ var MachineService_ServiceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Console",
+			Handler:       _MachineService_Console_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
 		{
 			StreamName:    "Events",
 			Handler:       _MachineService_Events_Handler,
