@@ -15,7 +15,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 # service's boot files; redis-server, frr and frr-pythontools for metal-core's
 # tests (a real CONFIG_DB, FRR's own check of frr.conf, frr-reload.py);
 # ipmitool and openipmi (ipmi_sim) for metal-bmc's IPMI provider and its test.
-APT_PKGS := postgresql ca-certificates git ipxe cpio e2fsprogs dosfstools fdisk zstd xz-utils redis-server frr frr-pythontools ipmitool openipmi
+APT_PKGS := postgresql ca-certificates git ipxe cpio e2fsprogs dosfstools fdisk zstd xz-utils redis-server frr frr-pythontools ipmitool openipmi lldpd isc-dhcp-relay isc-dhcp-client
 # What booting the installer and the lab image under QEMU needs besides
 # (mdadm, lvm2, dmsetup and xfsprogs are packed into the installer when
 # installed on the build host).
@@ -253,6 +253,11 @@ lab-down: ## Stop the lab and remove its namespaces, disks and database (logs st
 lab-e2e: deps build installer-image lab-image qemu-deps ## The end-to-end test on the lab: PXE, Waiting, allocate, disk boot, reinstall, free (prints timings).
 	@mkdir -p build
 	$(BIN)/metal-lab e2e --topology $(LAB_TOPOLOGY) --json build/lab-e2e.json
+
+.PHONY: lab-fabric-e2e
+lab-fabric-e2e: deps build installer-image lab-image lab-router-image qemu-deps ## The fabric's end-to-end test: leaves, spine and exit as router guests with metal-core, BGP unnumbered + EVPN, PXE through the leaves' DHCP relays, a machine in a tenant VRF phoning home through the agent relay, isolation, leaf failover, free.
+	@mkdir -p build
+	$(BIN)/metal-lab e2e --topology lab/topologies/fabric.yaml --json build/lab-fabric-e2e.json
 
 .PHONY: clean
 clean: ## Remove build output (not the data directory or the kernel download cache).
