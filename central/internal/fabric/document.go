@@ -62,8 +62,16 @@ func Derive(ctx context.Context, tx pgx.Tx, docs Docs, ids []string) error {
 
 // DeriveForMachines is Derive for the switches machine ids are linked to.
 func DeriveForMachines(ctx context.Context, tx pgx.Tx, docs Docs, machines []string) error {
-	rows, err := tx.Query(ctx, `SELECT DISTINCT s.id FROM switches s, jsonb_array_elements(s.spec->'ports') AS p
-		WHERE p->>'mac' IN (SELECT mac FROM machine_nics WHERE machine_id = ANY($1)) ORDER BY s.id`, machines)
+	// The switches that see the machines' NICs, and those the machines'
+	// NICs see (portsSeenByMachines).
+	rows, err := tx.Query(ctx, `SELECT id FROM (
+			SELECT s.id FROM switches s, jsonb_array_elements(s.spec->'ports') AS p
+			WHERE p->>'mac' IN (SELECT mac FROM machine_nics WHERE machine_id = ANY($1))
+			UNION
+			SELECT s.id FROM switches s JOIN machines m ON m.id = ANY($1) AND s.partition_id = m.partition_id,
+				jsonb_array_elements(COALESCE(m.spec->'hardware'->'nics', '[]'::jsonb)) AS nic,
+				jsonb_array_elements(COALESCE(nic->'neighbours', '[]'::jsonb)) AS nb
+			WHERE nb->>'systemName' = s.id) x ORDER BY id`, machines)
 	if err != nil {
 		return fmt.Errorf("switches of machines: %w", err)
 	}

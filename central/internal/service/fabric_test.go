@@ -261,9 +261,8 @@ func TestSwitchPortsFromTheMachinesLLDP(t *testing.T) {
 			}
 		}
 	}
-	// The switches report again (they do on every change and poll).
-	report("leaf01")
-	report("leaf02")
+	// The machine's registration derived the switches it names: no switch
+	// report needed.
 	roles("waiting", agentv1.SwitchPortRole_SWITCH_PORT_ROLE_UNPROVISIONED)
 	sw, err := (&switchService{API: l.a}).Get(l.ctx, &apiv1.SwitchServiceGetRequest{Id: "leaf02"})
 	if err != nil {
