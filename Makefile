@@ -223,16 +223,25 @@ ROUTER_IMAGE_SRCS := installer/build/lib.sh lab/image/build-router.sh $(shell fi
 .PHONY: lab-router-image
 lab-router-image: $(ROUTER_IMAGE) ## The lab's router guest: build/router-image/{vmlinuz,router.cpio.gz} (redis, FRR, sonic-emu, metal-core), when its sources changed; reproducible.
 
-$(ROUTER_IMAGE) &: $(ROUTER_IMAGE_SRCS) $(BIN)/sonic-emu $(BIN)/metal-core | apt-deps
+# The router guest's packages besides APT_PKGS' (build-router.sh copies
+# their files and finds their libraries on the build host).
+ROUTER_APT_PKGS := lldpd isc-dhcp-relay python3-minimal gcc
+
+.PHONY: router-deps
+router-deps: apt-deps
+	@$(MAKE) --no-print-directory apt-install PKGS="$(ROUTER_APT_PKGS)"
+
+$(ROUTER_IMAGE) &: $(ROUTER_IMAGE_SRCS) $(BIN)/sonic-emu $(BIN)/metal-core | router-deps
 	OUT=$(abspath $(ROUTER_IMAGE_DIR)) SONIC_EMU=$(BIN)/sonic-emu METAL_CORE=$(BIN)/metal-core bash lab/image/build-router.sh
 
 .PHONY: lab-router-test
-lab-router-test: $(BIN)/sonic-emu $(BIN)/metal-core qemu-deps | apt-deps ## Boot the router guest with the SONiC emulation's tests inside (real VRF, VXLAN, vlan filtering), then measure the plain guest (boot, idle CPU, memory).
+lab-router-test: $(BIN)/sonic-emu $(BIN)/metal-core qemu-deps | router-deps ## Boot the router guest with the SONiC emulation's tests inside (real VRF, VXLAN, vlan filtering, dhcrelay, lldpd, APPL_DB, FRR reload), check the lab disk, then measure the plain guest (boot, idle CPU, memory).
 	@mkdir -p build
 	CGO_ENABLED=0 $(GO) test -c -o build/sonicemu.test ./lab/internal/sonicemu
 	OUT=$(abspath build/router-image-test) TEST_BIN=$(abspath build/sonicemu.test) SONIC_EMU=$(BIN)/sonic-emu METAL_CORE=$(BIN)/metal-core bash lab/image/build-router.sh
-	TEST=1 MEM=384 IMG=$(abspath build/router-image-test) bash lab/image/router-boot-test.sh
+	TEST=1 TIMEOUT=1500 MEM=384 IMG=$(abspath build/router-image-test) bash lab/image/router-boot-test.sh
 	$(MAKE) lab-router-image
+	DISK=1 bash lab/image/router-boot-test.sh
 	bash lab/image/router-boot-test.sh
 
 LAB_TOPOLOGY ?= lab/topologies/mini.yaml

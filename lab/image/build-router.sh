@@ -155,6 +155,46 @@ fi
 # DHCP relay, as SONiC's dhcp_relay container: sonic-emu runs it per VLAN.
 take isc-dhcp-relay /usr/sbin/dhcrelay
 
+# FRR's own reload, frr-reload.py (metal-core's default --frr-reload), with
+# Debian's python3.11 and the part of its standard library the script
+# imports: found by running it on the build host (-X importtime, --test
+# against two files; isolated, so nothing of the host's site-packages),
+# each module copied out of its package and compiled (unchecked-hash .pyc:
+# no mtimes, reproducible). FRR_RELOAD_PY=0 leaves Python out (docs/lab.md
+# has what it costs).
+if [[ "${FRR_RELOAD_PY:-1}" == 1 ]]; then
+	PY=/usr/bin/python3.11
+	[[ -x "$PY" ]] || die "$PY missing on the build host (make deps: python3-minimal)"
+	take python3.11-minimal /usr/bin/python3.11
+	ln -sf python3.11 "$R/usr/bin/python3"
+	take frr-pythontools /usr/lib/frr/frr-reload.py
+	chmod 0755 "$R/usr/lib/frr/frr-reload.py"
+	mkdir -p "$WORK/frr-reload" "$R/usr/lib/python3.11/lib-dynload"
+	printf 'frr defaults datacenter\n!\nrouter bgp 65000\n!\nrouter bgp 65000 vrf Vrf1\n!\n' >"$WORK/frr-reload/running.conf"
+	printf 'frr defaults datacenter\n!\nrouter bgp 65000\n!\nrouter bgp 65000 vrf Vrf2\n!\n' >"$WORK/frr-reload/new.conf"
+	(cd "$WORK/frr-reload" && "$PY" -I -X importtime /usr/lib/frr/frr-reload.py --test --input running.conf new.conf >/dev/null 2>imports.txt) ||
+		die "frr-reload.py --test failed on the build host: $(tail -3 "$WORK/frr-reload/imports.txt")"
+	# os.py is Python's landmark of its library (frozen, but looked for).
+	n=0
+	while IFS= read -r f; do
+		take "$(libpkg "$f")" "$f"
+		n=$((n + 1))
+	done < <(awk -F'|' '/^import time:/ && !/self \[us\]/ {gsub(/ /, "", $3); print $3}' "$WORK/frr-reload/imports.txt" |
+		"$PY" -I -c '
+import sys, importlib.util
+out = {"/usr/lib/python3.11/os.py"}
+for name in sys.stdin.read().split():
+    try:
+        spec = importlib.util.find_spec(name)
+    except Exception:
+        continue
+    if spec and spec.origin and spec.origin.startswith("/usr/lib/python3.11/"):
+        out.add(spec.origin)
+print("\n".join(sorted(out)))')
+	PYTHONHASHSEED=0 "$PY" -I -m compileall -q --invalidation-mode unchecked-hash -s "$R" -p / "$R/usr/lib/python3.11" >/dev/null
+	say "frr-reload.py with python3.11 and $n of its modules"
+fi
+
 install -m 0755 "$SONIC_EMU" "$R/usr/local/bin/sonic-emu"
 install -m 0755 "$METAL_CORE" "$R/usr/local/bin/metal-core"
 # Symbols and debug info are two thirds of it and the guest never needs it.

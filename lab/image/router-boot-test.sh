@@ -15,15 +15,17 @@
 # port names, CONFIG_DB rows and frr.conf from it, writes what it rendered
 # back and powers off; the host reads that back with debugfs.
 #
-# Environment: IMG (default build/router-image), MEM (MiB, default 256),
+# Environment: IMG (default build/router-image), MEM (MiB, default 384:
+# at 256 the 91 MB rootfs leaves the guest too little while it unpacks),
 # CONSOLE (copy the console log there), IDLE (seconds, default 30), NICS (virtio NICs, default 2), ACCEL (default
 # tcg; tcg,tb-size=64 bounds TCG's translation cache), APPEND (more kernel
 # command line: metal.bare starts no daemons, for comparison), TEST, DISK
-# (1, or an existing lab disk image to boot with).
+# (1, or an existing lab disk image to boot with), TEST_RUN (a go test -run
+# regexp for TEST=1), TIMEOUT (seconds until the marker, default 300).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 IMG=${IMG:-$ROOT/build/router-image}
-MEM=${MEM:-256}
+MEM=${MEM:-384}
 IDLE=${IDLE:-30}
 NICS=${NICS:-2}
 ACCEL=${ACCEL:-tcg}
@@ -48,7 +50,7 @@ for ((i = 0; i < NICS; i++)); do
 	nics+=(-netdev "hubport,id=n$i,hubid=$i" -device "virtio-net-pci,netdev=n$i,mac=52:54:00:12:00:$(printf %02x "$i")")
 done
 append="console=ttyS0 quiet panic=-1 metal.hostname=leaf01 $APPEND"
-[[ -n "$TEST" ]] && append+=" metal.router_test"
+[[ -n "$TEST" ]] && append+=" metal.router_test${TEST_RUN:+ metal.test_run=$TEST_RUN}"
 disk=()
 if [[ "$DISK" == 1 ]]; then
 	# The lab disk as the lab makes one: every setting a file, and ones that
@@ -84,7 +86,7 @@ pattern="metal-router: $HOST up"
 [[ -n "$TEST" ]] && pattern='metal-router: test exit'
 until grep -q "$pattern" "$WORK/console" 2>/dev/null; do
 	kill -0 "$QPID" 2>/dev/null || { cat "$WORK/console"; echo "QEMU exited before $pattern" >&2; exit 1; }
-	if (($(echo "$(date +%s.%N) - $start > 300" | bc))); then cat "$WORK/console"; echo "timeout" >&2; exit 1; fi
+	if (($(echo "$(date +%s.%N) - $start > ${TIMEOUT:-300}" | bc))); then cat "$WORK/console"; echo "timeout" >&2; exit 1; fi
 	sleep 0.05
 done
 up=$(echo "$(date +%s.%N) - $start" | bc)

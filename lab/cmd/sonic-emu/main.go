@@ -39,7 +39,7 @@ func run(ctx context.Context, args []string) error {
 	observe := fs.Bool("appl-db", true, "write the ports' oper state (and LLDP neighbours) into APPL_DB")
 	lldp := fs.Bool("lldp", true, "read lldpd's neighbours (lldpcli) into APPL_DB LLDP_ENTRY_TABLE")
 	lldpSocket := fs.String("lldp-socket", "", "lldpd's control socket (default lldpd's own)")
-	poll := fs.Duration("appl-poll", 10*time.Second, "how often APPL_DB is written in full (besides link and LLDP events)")
+	poll := fs.Duration("appl-poll", 30*time.Second, "how often APPL_DB is written in full (besides link and LLDP events)")
 	dhcrelay := fs.String("dhcrelay", "dhcrelay", "ISC's dhcrelay, run per VLAN with dhcp_servers@/dhcpv6_servers@ (empty: no DHCP relay)")
 	logDir := fs.String("log-dir", "", "directory of the relays' logs (dhcrelay-Vlan<id>-v4.log; default: discarded)")
 	_ = fs.Parse(args)

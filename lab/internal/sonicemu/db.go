@@ -9,7 +9,10 @@
 // CONFIG_DB into a State, Plan turns the previous and the desired State
 // into an ordered list of idempotent commands, Executor runs them, and
 // Watch drives the three from keyspace notifications and a periodic
-// resync.
+// resync. Beside that, as SONiC's other daemons: Relays runs a dhcrelay
+// per VLAN with DHCP servers (the dhcp_relay container), and Observer
+// writes the ports' oper state and LLDP neighbours back into APPL_DB
+// (portsyncd/orchagent, lldp_syncd), which metal-core reports.
 package sonicemu
 
 import (

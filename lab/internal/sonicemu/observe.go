@@ -46,8 +46,9 @@ type Observer struct {
 	Links LinkSource
 	// LLDP is nil when the switch runs no lldpd.
 	LLDP NeighbourSource
-	// Poll is the period of the full write (0: 10 s); it also picks up
-	// PORT rows added to CONFIG_DB.
+	// Poll is the period of the full write (0: 30 s); it also picks up
+	// PORT rows added to CONFIG_DB. Each one runs lldpcli, which is most
+	// of an idle guest's sonic-emu CPU under TCG: events carry the rest.
 	Poll time.Duration
 	// Settle is how long a burst of events may last (0: 20 ms).
 	Settle time.Duration
@@ -108,7 +109,7 @@ func (o *Observer) Sync(ctx context.Context) error {
 func (o *Observer) Run(ctx context.Context) error {
 	poll, settle := o.Poll, o.Settle
 	if poll <= 0 {
-		poll = 10 * time.Second
+		poll = 30 * time.Second
 	}
 	if settle <= 0 {
 		settle = 20 * time.Millisecond
