@@ -154,13 +154,12 @@ func (l *Lab) routerDisk(dir, name, secret string) error {
 			}
 		}
 		flags := []string{"--name", name, "--central", l.centralAddr(), "--ca", "/lab/ca.pem", "--token-file", "/lab/token",
-			"--naming-schema", "name", "--uplinks", strings.Join(uplinks, ","), "--frr-reload=/lab/frr-reload", "--frr-template", "/lab/frr.tmpl",
+			"--naming-schema", "name", "--uplinks", strings.Join(uplinks, ","), "--frr-template", "/lab/frr.tmpl",
 			"--metrics-listen", net.JoinHostPort(n.MgmtIPv4, "2112")}
 		if n.Rack != "" {
 			flags = append(flags, "--rack", n.Rack)
 		}
 		files["metal-core.flags"] = strings.Join(flags, " ") + "\n"
-		files["frr-reload"] = "#!/bin/sh\n# Written by metal-lab: FRR takes the live frr.conf.\nexec vtysh -f /etc/sonic/frr/frr.conf\n"
 	case topo.KindSpine, topo.KindExit:
 		frr, err := l.staticFRR(name)
 		if err != nil {
@@ -181,7 +180,7 @@ func (l *Lab) routerDisk(dir, name, secret string) error {
 	files["rc.local"] = rc.String()
 	for f, content := range files {
 		mode := os.FileMode(0o644)
-		if f == "rc.local" || f == "frr-reload" {
+		if f == "rc.local" {
 			mode = 0o755
 		}
 		if f == "token" {

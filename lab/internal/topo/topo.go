@@ -119,7 +119,7 @@ type Node struct {
 	DHCP6Range string   `json:"dhcp6-range,omitempty"`
 	Gateways   []string `json:"gateways,omitempty"`
 
-	// machine; Memory also for router guests (default 256)
+	// machine; Memory also for router guests (default 384)
 	UUID     string `json:"uuid,omitempty"`
 	Memory   int    `json:"memory,omitempty"` // MiB
 	CPUs     int    `json:"cpus,omitempty"`
@@ -284,7 +284,9 @@ func (t *Topology) fillNode(name string, n *Node) error {
 			}
 		}
 		if n.Memory == 0 {
-			n.Memory = 256
+			// The router image unpacks to ~90 MB in RAM (Python for
+			// frr-reload.py included): at 256 MiB it boots 3× slower.
+			n.Memory = 384
 		}
 	case KindSpine, KindExit:
 		for i, e := range n.External {
@@ -293,7 +295,9 @@ func (t *Topology) fillNode(name string, n *Node) error {
 			}
 		}
 		if n.Memory == 0 {
-			n.Memory = 256
+			// The router image unpacks to ~90 MB in RAM (Python for
+			// frr-reload.py included): at 256 MiB it boots 3× slower.
+			n.Memory = 384
 		}
 	case KindMachine:
 		if n.UUID == "" {
