@@ -114,7 +114,7 @@ type session struct {
 	joinMu  sync.Mutex
 	agent   bool
 	toUser  chan []byte
-	toAgent chan *agentv1.ConsoleFrame
+	toAgent chan *agentv1.ConsoleResponse
 
 	once   sync.Once
 	done   chan struct{}
@@ -214,7 +214,7 @@ func (b *Broker) Serve(stream PeopleStream, first *apiv1.MachineServiceConsoleRe
 	}
 	s := &session{id: uuid.NewString(), machine: id, partition: t.partition, agentID: t.agentID, project: t.project,
 		allocation: t.allocation, protocol: t.protocol, joined: make(chan struct{}),
-		toUser: make(chan []byte, b.cfg.Buffer), toAgent: make(chan *agentv1.ConsoleFrame, b.cfg.Buffer), done: make(chan struct{})}
+		toUser: make(chan []byte, b.cfg.Buffer), toAgent: make(chan *agentv1.ConsoleResponse, b.cfg.Buffer), done: make(chan struct{})}
 	if err := b.claim(s); err != nil {
 		b.metrics.sessions.WithLabelValues("busy").Inc()
 		return err
@@ -251,7 +251,7 @@ func (b *Broker) Serve(stream PeopleStream, first *apiv1.MachineServiceConsoleRe
 	}()
 
 	if len(first.GetData()) > 0 {
-		s.toAgent <- &agentv1.ConsoleFrame{Data: first.GetData()}
+		s.toAgent <- &agentv1.ConsoleResponse{Data: first.GetData()}
 	}
 	if err := b.opener.OpenConsole(ctx, t.agentID, &agentv1.ConsoleOpen{SessionId: s.id, MachineId: id, Address: t.address,
 		Protocol: t.protocol, Window: first.GetWindow()}); err != nil {
@@ -319,7 +319,7 @@ func (b *Broker) readPerson(stream PeopleStream, s *session) {
 		}
 		s.bytesIn.Add(int64(len(req.GetData())))
 		select {
-		case s.toAgent <- &agentv1.ConsoleFrame{Data: req.GetData(), Window: req.GetWindow()}:
+		case s.toAgent <- &agentv1.ConsoleResponse{Data: req.GetData(), Window: req.GetWindow()}:
 		case <-s.done:
 			return
 		}
@@ -445,7 +445,7 @@ func (b *Broker) Attach(stream fleet.ConsoleStream, agentID, partition string) e
 				return nil
 			}
 		case <-s.done:
-			_ = stream.Send(&agentv1.ConsoleFrame{End: s.reason})
+			_ = stream.Send(&agentv1.ConsoleResponse{End: s.reason})
 			return nil
 		case <-ctx.Done():
 			s.end("metal-bmc's console stream ended")

@@ -80,8 +80,8 @@ func (e *echoBMC) OpenConsole(ctx context.Context, agentID string, open *agentv1
 	}
 	e.opens.Add(1)
 	actx, cancel := context.WithCancel(context.Background())
-	a := newPipe[*agentv1.ConsoleFrame, *agentv1.ConsoleFrame](actx)
-	a.in <- &agentv1.ConsoleFrame{SessionId: open.GetSessionId()}
+	a := newPipe[*agentv1.ConsoleRequest, *agentv1.ConsoleResponse](actx)
+	a.in <- &agentv1.ConsoleRequest{SessionId: open.GetSessionId()}
 	go func() {
 		defer cancel()
 		_ = e.b.Attach(a, e.agent, e.part)
@@ -97,7 +97,7 @@ func (e *echoBMC) OpenConsole(ctx context.Context, agentID string, open *agentv1
 					e.windows <- w
 				}
 				if len(f.GetData()) > 0 {
-					a.in <- &agentv1.ConsoleFrame{Data: append([]byte("echo:"), f.GetData()...)}
+					a.in <- &agentv1.ConsoleRequest{Data: append([]byte("echo:"), f.GetData()...)}
 				}
 			case <-actx.Done():
 				return
@@ -321,8 +321,8 @@ func TestConsoleRefusals(t *testing.T) {
 		{"unknown session", uuid.NewString(), f.bmc.agent, "p1"},
 	} {
 		ctx, cancel := context.WithCancel(context.Background())
-		a := newPipe[*agentv1.ConsoleFrame, *agentv1.ConsoleFrame](ctx)
-		a.in <- &agentv1.ConsoleFrame{SessionId: tc.session}
+		a := newPipe[*agentv1.ConsoleRequest, *agentv1.ConsoleResponse](ctx)
+		a.in <- &agentv1.ConsoleRequest{SessionId: tc.session}
 		if err := f.b.Attach(a, tc.agent, tc.part); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "session_id") {
 			t.Errorf("%s: %v, want PermissionDenied naming session_id", tc.name, err)
 		}
@@ -355,10 +355,10 @@ func TestAttachOnlyForItsAgent(t *testing.T) {
 	if open.GetMachineId() != f.machine || open.GetAddress() != "https://192.0.2.1" || open.GetProtocol() != agentv1.BmcProtocol_BMC_PROTOCOL_REDFISH {
 		t.Errorf("open %v, want the machine's BMC", open)
 	}
-	attach := func(agent, part string) (*pipe[*agentv1.ConsoleFrame, *agentv1.ConsoleFrame], context.CancelFunc, error) {
+	attach := func(agent, part string) (*pipe[*agentv1.ConsoleRequest, *agentv1.ConsoleResponse], context.CancelFunc, error) {
 		ctx, cancel := context.WithCancel(context.Background())
-		a := newPipe[*agentv1.ConsoleFrame, *agentv1.ConsoleFrame](ctx)
-		a.in <- &agentv1.ConsoleFrame{SessionId: open.GetSessionId()}
+		a := newPipe[*agentv1.ConsoleRequest, *agentv1.ConsoleResponse](ctx)
+		a.in <- &agentv1.ConsoleRequest{SessionId: open.GetSessionId()}
 		errc := make(chan error, 1)
 		go func() { errc <- f.b.Attach(a, agent, part) }()
 		select {
@@ -392,7 +392,7 @@ func TestAttachOnlyForItsAgent(t *testing.T) {
 		t.Errorf("a second join: %v, want FailedPrecondition", err)
 	}
 	// metal-bmc's output reaches the person.
-	a.in <- &agentv1.ConsoleFrame{Data: []byte("boot log")}
+	a.in <- &agentv1.ConsoleRequest{Data: []byte("boot log")}
 	if got := string(next(t, p).GetData()); got != "boot log" {
 		t.Errorf("data %q, want boot log", got)
 	}

@@ -24,8 +24,8 @@ type ConsoleHandler interface {
 // ConsoleStream is metal-bmc's side of a console session.
 type ConsoleStream interface {
 	Context() context.Context
-	Send(*agentv1.ConsoleFrame) error
-	Recv() (*agentv1.ConsoleFrame, error)
+	Send(*agentv1.ConsoleResponse) error
+	Recv() (*agentv1.ConsoleRequest, error)
 }
 
 // AttachConsole makes h serve AgentService.Console.

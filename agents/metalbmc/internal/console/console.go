@@ -110,13 +110,13 @@ func (s *Server) Serve(ctx context.Context, open *agentv1.ConsoleOpen, dial agen
 	if err != nil {
 		log.Warn("console: connect to the BMC", "err", err)
 		s.m.sessions.WithLabelValues("bmc_failed").Inc()
-		_ = stream.Send(&agentv1.ConsoleFrame{SessionId: open.GetSessionId(), End: "cannot open the BMC's console: " + err.Error()})
+		_ = stream.Send(&agentv1.ConsoleRequest{SessionId: open.GetSessionId(), End: "cannot open the BMC's console: " + err.Error()})
 		// Wait for central to take the end, so it is not lost with the stream.
 		_, _ = stream.Recv()
 		return
 	}
 	defer c.Close()
-	if err := stream.Send(&agentv1.ConsoleFrame{SessionId: open.GetSessionId()}); err != nil {
+	if err := stream.Send(&agentv1.ConsoleRequest{SessionId: open.GetSessionId()}); err != nil {
 		log.Warn("console: join", "err", err)
 		return
 	}
@@ -141,7 +141,7 @@ func (s *Server) Serve(ctx context.Context, open *agentv1.ConsoleOpen, dial agen
 			n, err := c.Read(buf)
 			if n > 0 {
 				s.m.bytes.WithLabelValues("out").Add(float64(n))
-				if serr := stream.Send(&agentv1.ConsoleFrame{Data: append([]byte(nil), buf[:n]...)}); serr != nil {
+				if serr := stream.Send(&agentv1.ConsoleRequest{Data: append([]byte(nil), buf[:n]...)}); serr != nil {
 					stop("central's stream ended")
 					return
 				}
@@ -149,7 +149,7 @@ func (s *Server) Serve(ctx context.Context, open *agentv1.ConsoleOpen, dial agen
 			if err != nil {
 				if ctx.Err() == nil {
 					stop("the BMC ended the console")
-					_ = stream.Send(&agentv1.ConsoleFrame{End: "the BMC ended the console"})
+					_ = stream.Send(&agentv1.ConsoleRequest{End: "the BMC ended the console"})
 				}
 				return
 			}
@@ -175,7 +175,7 @@ func (s *Server) Serve(ctx context.Context, open *agentv1.ConsoleOpen, dial agen
 			s.m.bytes.WithLabelValues("in").Add(float64(len(d)))
 			if _, err := c.Write(d); err != nil {
 				stop("the BMC's console stopped taking input")
-				_ = stream.Send(&agentv1.ConsoleFrame{End: "the BMC's console stopped taking input"})
+				_ = stream.Send(&agentv1.ConsoleRequest{End: "the BMC's console stopped taking input"})
 				break
 			}
 		}

@@ -26,11 +26,11 @@ import (
 type centralSide struct {
 	grpc.ClientStream
 	ctx  context.Context
-	sent chan *agentv1.ConsoleFrame
-	recv chan *agentv1.ConsoleFrame
+	sent chan *agentv1.ConsoleRequest
+	recv chan *agentv1.ConsoleResponse
 }
 
-func (c *centralSide) Send(f *agentv1.ConsoleFrame) error {
+func (c *centralSide) Send(f *agentv1.ConsoleRequest) error {
 	select {
 	case c.sent <- f:
 		return nil
@@ -39,7 +39,7 @@ func (c *centralSide) Send(f *agentv1.ConsoleFrame) error {
 	}
 }
 
-func (c *centralSide) Recv() (*agentv1.ConsoleFrame, error) {
+func (c *centralSide) Recv() (*agentv1.ConsoleResponse, error) {
 	select {
 	case f, ok := <-c.recv:
 		if !ok {
@@ -122,7 +122,7 @@ func TestSOLBothWays(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
 	defer cancel()
-	side := &centralSide{ctx: ctx, sent: make(chan *agentv1.ConsoleFrame, 64), recv: make(chan *agentv1.ConsoleFrame, 8)}
+	side := &centralSide{ctx: ctx, sent: make(chan *agentv1.ConsoleRequest, 64), recv: make(chan *agentv1.ConsoleResponse, 8)}
 	var dial agent.ConsoleDial = func(context.Context) (agentv1.AgentService_ConsoleClient, error) { return side, nil }
 	done := make(chan struct{})
 	go func() {
@@ -163,7 +163,7 @@ func TestSOLBothWays(t *testing.T) {
 		}
 		got <- string(all)
 	}()
-	side.recv <- &agentv1.ConsoleFrame{Data: []byte("typed-over-sol\r")}
+	side.recv <- &agentv1.ConsoleResponse{Data: []byte("typed-over-sol\r")}
 	select {
 	case g := <-got:
 		if !strings.Contains(g, "typed-over-sol") {
@@ -189,9 +189,9 @@ func TestSOLBothWays(t *testing.T) {
 		}
 	}
 	// A window change is taken (the pty's size).
-	side.recv <- &agentv1.ConsoleFrame{Window: &agentv1.ConsoleWindow{Rows: 50, Cols: 132}}
+	side.recv <- &agentv1.ConsoleResponse{Window: &agentv1.ConsoleWindow{Rows: 50, Cols: 132}}
 	// Central ends the session: Serve returns and ipmitool is gone.
-	side.recv <- &agentv1.ConsoleFrame{End: "the machine's allocation changed"}
+	side.recv <- &agentv1.ConsoleResponse{End: "the machine's allocation changed"}
 	select {
 	case <-done:
 	case <-ctx.Done():
@@ -208,7 +208,7 @@ func TestConnectFailure(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	side := &centralSide{ctx: ctx, sent: make(chan *agentv1.ConsoleFrame, 4), recv: make(chan *agentv1.ConsoleFrame)}
+	side := &centralSide{ctx: ctx, sent: make(chan *agentv1.ConsoleRequest, 4), recv: make(chan *agentv1.ConsoleResponse)}
 	close(side.recv)
 	s.Serve(ctx, &agentv1.ConsoleOpen{SessionId: "s2", Address: "https://127.0.0.1", Protocol: agentv1.BmcProtocol_BMC_PROTOCOL_REDFISH},
 		func(context.Context) (agentv1.AgentService_ConsoleClient, error) { return side, nil })

@@ -2083,11 +2083,11 @@ const file_metalfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\x12HEALTH_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tHEALTH_OK\x10\x01\x12\x13\n" +
 	"\x0fHEALTH_DEGRADED\x10\x02\x12\x10\n" +
-	"\fHEALTH_ERROR\x10\x032\x81\x02\n" +
+	"\fHEALTH_ERROR\x10\x032\x86\x02\n" +
 	"\fAgentService\x12O\n" +
 	"\x04Sync\x12 .metalfleet.agent.v1.SyncRequest\x1a!.metalfleet.agent.v1.SyncResponse(\x010\x01\x12K\n" +
-	"\x04Boot\x12 .metalfleet.agent.v1.BootRequest\x1a!.metalfleet.agent.v1.BootResponse\x12S\n" +
-	"\aConsole\x12!.metalfleet.agent.v1.ConsoleFrame\x1a!.metalfleet.agent.v1.ConsoleFrame(\x010\x01BDZBgithub.com/metalfleet/metalfleet/proto/metalfleet/agent/v1;agentv1b\x06proto3"
+	"\x04Boot\x12 .metalfleet.agent.v1.BootRequest\x1a!.metalfleet.agent.v1.BootResponse\x12X\n" +
+	"\aConsole\x12#.metalfleet.agent.v1.ConsoleRequest\x1a$.metalfleet.agent.v1.ConsoleResponse(\x010\x01BDZBgithub.com/metalfleet/metalfleet/proto/metalfleet/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_metalfleet_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -2138,7 +2138,8 @@ var file_metalfleet_agent_v1_agent_proto_goTypes = []any{
 	(*SwitchDocument)(nil),        // 31: metalfleet.agent.v1.SwitchDocument
 	(*BmcDocument)(nil),           // 32: metalfleet.agent.v1.BmcDocument
 	(*Layout)(nil),                // 33: metalfleet.agent.v1.Layout
-	(*ConsoleFrame)(nil),          // 34: metalfleet.agent.v1.ConsoleFrame
+	(*ConsoleRequest)(nil),        // 34: metalfleet.agent.v1.ConsoleRequest
+	(*ConsoleResponse)(nil),       // 35: metalfleet.agent.v1.ConsoleResponse
 }
 var file_metalfleet_agent_v1_agent_proto_depIdxs = []int32{
 	7,  // 0: metalfleet.agent.v1.SyncRequest.hello:type_name -> metalfleet.agent.v1.Hello
@@ -2177,10 +2178,10 @@ var file_metalfleet_agent_v1_agent_proto_depIdxs = []int32{
 	30, // 33: metalfleet.agent.v1.Event.time:type_name -> google.protobuf.Timestamp
 	4,  // 34: metalfleet.agent.v1.AgentService.Sync:input_type -> metalfleet.agent.v1.SyncRequest
 	17, // 35: metalfleet.agent.v1.AgentService.Boot:input_type -> metalfleet.agent.v1.BootRequest
-	34, // 36: metalfleet.agent.v1.AgentService.Console:input_type -> metalfleet.agent.v1.ConsoleFrame
+	34, // 36: metalfleet.agent.v1.AgentService.Console:input_type -> metalfleet.agent.v1.ConsoleRequest
 	5,  // 37: metalfleet.agent.v1.AgentService.Sync:output_type -> metalfleet.agent.v1.SyncResponse
 	18, // 38: metalfleet.agent.v1.AgentService.Boot:output_type -> metalfleet.agent.v1.BootResponse
-	34, // 39: metalfleet.agent.v1.AgentService.Console:output_type -> metalfleet.agent.v1.ConsoleFrame
+	35, // 39: metalfleet.agent.v1.AgentService.Console:output_type -> metalfleet.agent.v1.ConsoleResponse
 	37, // [37:40] is the sub-list for method output_type
 	34, // [34:37] is the sub-list for method input_type
 	34, // [34:34] is the sub-list for extension type_name

@@ -47,7 +47,7 @@ type AgentServiceClient interface {
 	// credential as "authorization: Bearer <token>" metadata; its first
 	// frame names the session. Central accepts it only for a session it
 	// opened for that agent's partition.
-	Console(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConsoleFrame, ConsoleFrame], error)
+	Console(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConsoleRequest, ConsoleResponse], error)
 }
 
 type agentServiceClient struct {
@@ -81,18 +81,18 @@ func (c *agentServiceClient) Boot(ctx context.Context, in *BootRequest, opts ...
 	return out, nil
 }
 
-func (c *agentServiceClient) Console(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConsoleFrame, ConsoleFrame], error) {
+func (c *agentServiceClient) Console(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConsoleRequest, ConsoleResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &AgentService_ServiceDesc.Streams[1], AgentService_Console_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
-	x := &grpc.GenericClientStream[ConsoleFrame, ConsoleFrame]{ClientStream: stream}
+	x := &grpc.GenericClientStream[ConsoleRequest, ConsoleResponse]{ClientStream: stream}
 	return x, nil
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type AgentService_ConsoleClient = grpc.BidiStreamingClient[ConsoleFrame, ConsoleFrame]
+type AgentService_ConsoleClient = grpc.BidiStreamingClient[ConsoleRequest, ConsoleResponse]
 
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
@@ -117,7 +117,7 @@ type AgentServiceServer interface {
 	// credential as "authorization: Bearer <token>" metadata; its first
 	// frame names the session. Central accepts it only for a session it
 	// opened for that agent's partition.
-	Console(grpc.BidiStreamingServer[ConsoleFrame, ConsoleFrame]) error
+	Console(grpc.BidiStreamingServer[ConsoleRequest, ConsoleResponse]) error
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -134,7 +134,7 @@ func (UnimplementedAgentServiceServer) Sync(grpc.BidiStreamingServer[SyncRequest
 func (UnimplementedAgentServiceServer) Boot(context.Context, *BootRequest) (*BootResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Boot not implemented")
 }
-func (UnimplementedAgentServiceServer) Console(grpc.BidiStreamingServer[ConsoleFrame, ConsoleFrame]) error {
+func (UnimplementedAgentServiceServer) Console(grpc.BidiStreamingServer[ConsoleRequest, ConsoleResponse]) error {
 	return status.Error(codes.Unimplemented, "method Console not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
@@ -184,11 +184,11 @@ func _AgentService_Boot_Handler(srv interface{}, ctx context.Context, dec func(i
 }
 
 func _AgentService_Console_Handler(srv interface{}, stream grpc.ServerStream) error {
-	return srv.(AgentServiceServer).Console(&grpc.GenericServerStream[ConsoleFrame, ConsoleFrame]{ServerStream: stream})
+	return srv.(AgentServiceServer).Console(&grpc.GenericServerStream[ConsoleRequest, ConsoleResponse]{ServerStream: stream})
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type AgentService_ConsoleServer = grpc.BidiStreamingServer[ConsoleFrame, ConsoleFrame]
+type AgentService_ConsoleServer = grpc.BidiStreamingServer[ConsoleRequest, ConsoleResponse]
 
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,

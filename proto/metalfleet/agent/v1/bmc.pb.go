@@ -1570,34 +1570,34 @@ func (x *ConsoleOpen) GetWindow() *ConsoleWindow {
 	return nil
 }
 
-// ConsoleFrame is one message of AgentService.Console, in both directions.
-type ConsoleFrame struct {
+// ConsoleRequest is what metal-bmc sends on AgentService.Console.
+type ConsoleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// session_id: metal-bmc's first message names the session it serves.
 	SessionId string `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
-	Data      []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
-	// window: central to metal-bmc, the user's terminal changed size.
-	Window *ConsoleWindow `protobuf:"bytes,3,opt,name=window,proto3" json:"window,omitempty"`
-	// end: the sender ends the session, saying why.
+	// data: bytes the machine's console printed.
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// end: metal-bmc ends the session, saying why (the BMC ended it, it
+	// stopped taking input, it could not be opened).
 	End           string `protobuf:"bytes,4,opt,name=end,proto3" json:"end,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *ConsoleFrame) Reset() {
-	*x = ConsoleFrame{}
+func (x *ConsoleRequest) Reset() {
+	*x = ConsoleRequest{}
 	mi := &file_metalfleet_agent_v1_bmc_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *ConsoleFrame) String() string {
+func (x *ConsoleRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*ConsoleFrame) ProtoMessage() {}
+func (*ConsoleRequest) ProtoMessage() {}
 
-func (x *ConsoleFrame) ProtoReflect() protoreflect.Message {
+func (x *ConsoleRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_metalfleet_agent_v1_bmc_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1609,33 +1609,91 @@ func (x *ConsoleFrame) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use ConsoleFrame.ProtoReflect.Descriptor instead.
-func (*ConsoleFrame) Descriptor() ([]byte, []int) {
+// Deprecated: Use ConsoleRequest.ProtoReflect.Descriptor instead.
+func (*ConsoleRequest) Descriptor() ([]byte, []int) {
 	return file_metalfleet_agent_v1_bmc_proto_rawDescGZIP(), []int{15}
 }
 
-func (x *ConsoleFrame) GetSessionId() string {
+func (x *ConsoleRequest) GetSessionId() string {
 	if x != nil {
 		return x.SessionId
 	}
 	return ""
 }
 
-func (x *ConsoleFrame) GetData() []byte {
+func (x *ConsoleRequest) GetData() []byte {
 	if x != nil {
 		return x.Data
 	}
 	return nil
 }
 
-func (x *ConsoleFrame) GetWindow() *ConsoleWindow {
+func (x *ConsoleRequest) GetEnd() string {
+	if x != nil {
+		return x.End
+	}
+	return ""
+}
+
+// ConsoleResponse is what central sends on AgentService.Console.
+type ConsoleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// data: bytes the user typed, for the machine's console.
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// window: the user's terminal changed size.
+	Window *ConsoleWindow `protobuf:"bytes,3,opt,name=window,proto3" json:"window,omitempty"`
+	// end: central ends the session, saying why (the user left, the
+	// machine's allocation changed).
+	End           string `protobuf:"bytes,4,opt,name=end,proto3" json:"end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsoleResponse) Reset() {
+	*x = ConsoleResponse{}
+	mi := &file_metalfleet_agent_v1_bmc_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsoleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsoleResponse) ProtoMessage() {}
+
+func (x *ConsoleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_metalfleet_agent_v1_bmc_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsoleResponse.ProtoReflect.Descriptor instead.
+func (*ConsoleResponse) Descriptor() ([]byte, []int) {
+	return file_metalfleet_agent_v1_bmc_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ConsoleResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *ConsoleResponse) GetWindow() *ConsoleWindow {
 	if x != nil {
 		return x.Window
 	}
 	return nil
 }
 
-func (x *ConsoleFrame) GetEnd() string {
+func (x *ConsoleResponse) GetEnd() string {
 	if x != nil {
 		return x.End
 	}
@@ -1748,10 +1806,13 @@ const file_metalfleet_agent_v1_bmc_proto_rawDesc = "" +
 	"machine_id\x18\x02 \x01(\tR\tmachineId\x12\x18\n" +
 	"\aaddress\x18\x03 \x01(\tR\aaddress\x12<\n" +
 	"\bprotocol\x18\x04 \x01(\x0e2 .metalfleet.agent.v1.BmcProtocolR\bprotocol\x12:\n" +
-	"\x06window\x18\x05 \x01(\v2\".metalfleet.agent.v1.ConsoleWindowR\x06window\"\x8f\x01\n" +
-	"\fConsoleFrame\x12\x1d\n" +
+	"\x06window\x18\x05 \x01(\v2\".metalfleet.agent.v1.ConsoleWindowR\x06window\"U\n" +
+	"\x0eConsoleRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x10\n" +
+	"\x03end\x18\x04 \x01(\tR\x03end\"s\n" +
+	"\x0fConsoleResponse\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12:\n" +
 	"\x06window\x18\x03 \x01(\v2\".metalfleet.agent.v1.ConsoleWindowR\x06window\x12\x10\n" +
 	"\x03end\x18\x04 \x01(\tR\x03end*\\\n" +
@@ -1809,7 +1870,7 @@ func file_metalfleet_agent_v1_bmc_proto_rawDescGZIP() []byte {
 }
 
 var file_metalfleet_agent_v1_bmc_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_metalfleet_agent_v1_bmc_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_metalfleet_agent_v1_bmc_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_metalfleet_agent_v1_bmc_proto_goTypes = []any{
 	(BmcProtocol)(0),              // 0: metalfleet.agent.v1.BmcProtocol
 	(BmcPowerAction)(0),           // 1: metalfleet.agent.v1.BmcPowerAction
@@ -1834,15 +1895,16 @@ var file_metalfleet_agent_v1_bmc_proto_goTypes = []any{
 	(*BmcIntentResult)(nil),       // 20: metalfleet.agent.v1.BmcIntentResult
 	(*ConsoleWindow)(nil),         // 21: metalfleet.agent.v1.ConsoleWindow
 	(*ConsoleOpen)(nil),           // 22: metalfleet.agent.v1.ConsoleOpen
-	(*ConsoleFrame)(nil),          // 23: metalfleet.agent.v1.ConsoleFrame
-	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
+	(*ConsoleRequest)(nil),        // 23: metalfleet.agent.v1.ConsoleRequest
+	(*ConsoleResponse)(nil),       // 24: metalfleet.agent.v1.ConsoleResponse
+	(*durationpb.Duration)(nil),   // 25: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 26: google.protobuf.Timestamp
 }
 var file_metalfleet_agent_v1_bmc_proto_depIdxs = []int32{
 	9,  // 0: metalfleet.agent.v1.BmcDocument.credentials:type_name -> metalfleet.agent.v1.BmcCredentials
 	10, // 1: metalfleet.agent.v1.BmcDocument.static_bmcs:type_name -> metalfleet.agent.v1.BmcEndpoint
 	11, // 2: metalfleet.agent.v1.BmcDocument.machines:type_name -> metalfleet.agent.v1.BmcMachine
-	24, // 3: metalfleet.agent.v1.BmcDocument.poll_interval:type_name -> google.protobuf.Duration
+	25, // 3: metalfleet.agent.v1.BmcDocument.poll_interval:type_name -> google.protobuf.Duration
 	0,  // 4: metalfleet.agent.v1.BmcEndpoint.protocol:type_name -> metalfleet.agent.v1.BmcProtocol
 	10, // 5: metalfleet.agent.v1.BmcMachine.bmc:type_name -> metalfleet.agent.v1.BmcEndpoint
 	12, // 6: metalfleet.agent.v1.BmcMachine.power:type_name -> metalfleet.agent.v1.BmcPowerIntent
@@ -1858,15 +1920,15 @@ var file_metalfleet_agent_v1_bmc_proto_depIdxs = []int32{
 	4,  // 16: metalfleet.agent.v1.BmcFact.power_state:type_name -> metalfleet.agent.v1.BmcPowerState
 	18, // 17: metalfleet.agent.v1.BmcFact.power_supplies:type_name -> metalfleet.agent.v1.BmcPowerSupply
 	5,  // 18: metalfleet.agent.v1.BmcFact.identify_led:type_name -> metalfleet.agent.v1.BmcLed
-	25, // 19: metalfleet.agent.v1.BmcFact.last_seen:type_name -> google.protobuf.Timestamp
-	25, // 20: metalfleet.agent.v1.BmcFact.next_poll:type_name -> google.protobuf.Timestamp
+	26, // 19: metalfleet.agent.v1.BmcFact.last_seen:type_name -> google.protobuf.Timestamp
+	26, // 20: metalfleet.agent.v1.BmcFact.next_poll:type_name -> google.protobuf.Timestamp
 	20, // 21: metalfleet.agent.v1.BmcMachineResults.results:type_name -> metalfleet.agent.v1.BmcIntentResult
 	6,  // 22: metalfleet.agent.v1.BmcIntentResult.kind:type_name -> metalfleet.agent.v1.BmcIntentKind
 	7,  // 23: metalfleet.agent.v1.BmcIntentResult.outcome:type_name -> metalfleet.agent.v1.BmcIntentOutcome
-	25, // 24: metalfleet.agent.v1.BmcIntentResult.finished_at:type_name -> google.protobuf.Timestamp
+	26, // 24: metalfleet.agent.v1.BmcIntentResult.finished_at:type_name -> google.protobuf.Timestamp
 	0,  // 25: metalfleet.agent.v1.ConsoleOpen.protocol:type_name -> metalfleet.agent.v1.BmcProtocol
 	21, // 26: metalfleet.agent.v1.ConsoleOpen.window:type_name -> metalfleet.agent.v1.ConsoleWindow
-	21, // 27: metalfleet.agent.v1.ConsoleFrame.window:type_name -> metalfleet.agent.v1.ConsoleWindow
+	21, // 27: metalfleet.agent.v1.ConsoleResponse.window:type_name -> metalfleet.agent.v1.ConsoleWindow
 	28, // [28:28] is the sub-list for method output_type
 	28, // [28:28] is the sub-list for method input_type
 	28, // [28:28] is the sub-list for extension type_name
@@ -1885,7 +1947,7 @@ func file_metalfleet_agent_v1_bmc_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metalfleet_agent_v1_bmc_proto_rawDesc), len(file_metalfleet_agent_v1_bmc_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
