@@ -14,6 +14,7 @@ import (
 
 	"github.com/metalfleet/metalfleet/lab/internal/client"
 	"github.com/metalfleet/metalfleet/lab/internal/topo"
+	"github.com/metalfleet/metalfleet/lab/internal/vm"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
@@ -44,11 +45,7 @@ type Result struct {
 func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 	start := time.Now()
 	res.Waiting = map[string]time.Duration{}
-	res.Accel = "tcg"
-	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
-		f.Close()
-		res.Accel = "kvm"
-	}
+	res.Accel = vm.DefaultAccel("")
 	defer func() {
 		res.Total = time.Since(start)
 		if keep {

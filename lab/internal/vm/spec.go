@@ -4,8 +4,10 @@
 package vm
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -20,6 +22,32 @@ const (
 	DefaultOVMFCombined = "/usr/share/ovmf/OVMF.fd"
 )
 
+// DefaultAccel is "kvm" when qemu can start a machine with KVM here, else
+// "tcg". A /dev/kvm that opens is not enough: a nested hypervisor may
+// offer one whose vCPUs QEMU cannot set up ("failed to set MSR",
+// an abort at the first CPU reset). So QEMU starts the machine paused,
+// which sets the vCPUs up, and quits through QMP; only a clean exit
+// counts (about 0.1 s).
+func DefaultAccel(qemu string) string {
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return "tcg"
+	}
+	f.Close()
+	if qemu == "" {
+		qemu = "qemu-system-x86_64"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, qemu, "-nodefaults", "-no-user-config", "-accel", "kvm", "-cpu", "host",
+		"-machine", "q35", "-m", "64", "-display", "none", "-S", "-qmp", "stdio")
+	cmd.Stdin = strings.NewReader(`{"execute":"qmp_capabilities"}` + "\n" + `{"execute":"quit"}` + "\n")
+	if cmd.Run() != nil {
+		return "tcg"
+	}
+	return "kvm"
+}
+
 // Spec describes one machine.
 type Spec struct {
 	Name      string // for logs and QEMU's -name
@@ -32,7 +60,7 @@ type Spec struct {
 	NICs      []NIC
 	Dir       string // state: qmp.sock, serial.sock, serial.log, qemu.log, OVMF_VARS.fd
 	QEMU      string // binary, default "qemu-system-x86_64" from PATH
-	Accel     string // "" = "kvm" when /dev/kvm can be opened read-write, else "tcg"
+	Accel     string // "" = DefaultAccel: "kvm" when KVM works here, else "tcg"
 	Extra     []string
 
 	// OVMFCode and OVMFVars are the UEFI firmware and its variable
@@ -111,11 +139,7 @@ func (s Spec) withDefaults() Spec {
 		s.QEMU = "qemu-system-x86_64"
 	}
 	if s.Accel == "" {
-		s.Accel = "tcg"
-		if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
-			f.Close()
-			s.Accel = "kvm"
-		}
+		s.Accel = DefaultAccel(s.QEMU)
 	}
 	if s.OVMFCode == "" {
 		s.OVMFCode = DefaultOVMFCode
@@ -176,7 +200,7 @@ func (s Spec) splitOVMF() bool {
 
 // Args returns QEMU's arguments (without the binary) for a start that
 // boots boot first. Unset fields take their defaults; with Accel unset
-// the result depends on /dev/kvm, and with UEFI on which OVMF files exist.
+// the result depends on DefaultAccel, and with UEFI on which OVMF files exist.
 func (s Spec) Args(boot BootDevice) []string {
 	s = s.withDefaults()
 	a := []string{"-nodefaults", "-no-user-config"}

@@ -120,3 +120,11 @@ func TestParseNIC(t *testing.T) {
 		}
 	}
 }
+
+// A QEMU that cannot start a KVM machine means TCG, whatever /dev/kvm
+// says (a nested hypervisor's KVM may open and still abort QEMU).
+func TestDefaultAccelFallsBackToTCG(t *testing.T) {
+	if got := DefaultAccel("/bin/false"); got != "tcg" {
+		t.Fatalf("DefaultAccel(/bin/false) = %q, want tcg", got)
+	}
+}

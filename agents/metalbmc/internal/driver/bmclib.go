@@ -47,7 +47,7 @@ func (b *Bmclib) open(ctx context.Context, ep Endpoint, c Creds) (*bmclib.Client
 
 // with opens a client, runs f and closes the client again.
 func (b *Bmclib) with(ctx context.Context, ep Endpoint, c Creds, f func(ctx context.Context, cl *bmclib.Client) error) error {
-	ctx, cancel := context.WithTimeout(ctx, b.timeout())
+	ctx, cancel := b.call(ctx)
 	defer cancel()
 	cl, err := b.open(ctx, ep, c)
 	if err != nil {

@@ -102,6 +102,16 @@ func (b *Bmclib) timeout() time.Duration {
 	return 30 * time.Second
 }
 
+// call is the context of one call to a BMC: bounded by the timeout but
+// not ended when ctx is (metal-bmc stopping). gofish and bmclib keep the
+// context they connected with for every request, the logout included, so
+// a cancelled one would leave the session open on the BMC, which holds
+// only a few; a call in flight at shutdown finishes (or times out) and
+// logs out instead.
+func (b *Bmclib) call(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), b.timeout())
+}
+
 // ipmitool is the binary's path: bmclib wants a path it can stat, not a
 // name to look up.
 func (b *Bmclib) ipmitool() string {

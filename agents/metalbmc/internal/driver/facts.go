@@ -24,7 +24,7 @@ import (
 // Inventory knows only some vendors' resource ids and reads every CPU,
 // DIMM and drive, but not the UUID, the LED or the power draw).
 func (b *Bmclib) Facts(ctx context.Context, ep Endpoint, c Creds) (Facts, error) {
-	ctx, cancel := context.WithTimeout(ctx, b.timeout())
+	ctx, cancel := b.call(ctx)
 	defer cancel()
 	if ep.ipmi() {
 		return b.ipmiFacts(ctx, ep, c)
@@ -36,7 +36,7 @@ func (b *Bmclib) Facts(ctx context.Context, ep Endpoint, c Creds) (Facts, error)
 // gofish, IPMI's chassis identify through ipmitool (bmclib v2.3.5 has no
 // LED call).
 func (b *Bmclib) Identify(ctx context.Context, ep Endpoint, c Creds, on bool) error {
-	ctx, cancel := context.WithTimeout(ctx, b.timeout())
+	ctx, cancel := b.call(ctx)
 	defer cancel()
 	if ep.ipmi() {
 		arg := "0"
