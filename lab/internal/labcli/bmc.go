@@ -95,7 +95,7 @@ is forced off and the BMC exits.`,
 	f.StringArrayVar(&nics, "nic", nil, "NIC on an existing tap device: tap=<tap>,mac=<mac>[,boot] (repeatable; boot marks the PXE NIC)")
 	f.StringVar(&cfg.Machine.Dir, "dir", "", "state directory: qmp.sock, serial.sock, serial.log, qemu.log, UEFI variables (required)")
 	f.StringVar(&cfg.Machine.QEMU, "qemu", "qemu-system-x86_64", "QEMU binary")
-	f.StringVar(&cfg.Machine.Accel, "accel", "", "kvm or tcg (default: kvm when /dev/kvm is usable)")
+	f.StringVar(&cfg.Machine.Accel, "accel", "", "kvm or tcg (default: kvm when QEMU can start a KVM machine here)")
 	f.StringVar(&cfg.Listen, "listen", "", "Redfish HTTPS address, e.g. 172.30.0.101:443 (required)")
 	f.StringVar(&cfg.BMC.User, "user", "admin", "BMC user name")
 	f.StringVar(&passwordFile, "password-file", "", "file holding the BMC password (required)")
