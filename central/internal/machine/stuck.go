@@ -110,10 +110,12 @@ func timeouts() ([]string, []int64) {
 
 // stuckWhere is the stuck rule on machine m joined with t (state,
 // timeout): in a state with a timeout, nothing heard and nothing cycled
-// for longer, a BMC known, not given up on in this state, and a
-// partition that does not refuse cycling (a partition without settings
-// cycles: bmc.DefaultStuckMaxCycles and on).
-const stuckWhere = `m.partition_id IS NOT NULL AND m.last_event_at IS NOT NULL
+// for longer, a BMC known, not given up on in this state, not locked (an
+// operator's lock means hands off: a machine under maintenance is not
+// rebooted behind the operator's back), and a partition that does not
+// refuse cycling (a partition without settings cycles:
+// bmc.DefaultStuckMaxCycles and on).
+const stuckWhere = `m.partition_id IS NOT NULL AND m.last_event_at IS NOT NULL AND m.state <> 'locked'
 	AND GREATEST(m.last_event_at, COALESCE(m.stuck_cycled_at, m.last_event_at)) < now() - t.secs * INTERVAL '1 second'
 	AND NOT (m.stuck_exhausted AND m.stuck_state = m.provisioning)
 	AND EXISTS (SELECT 1 FROM machine_bmcs b WHERE b.machine_uuid = m.id)

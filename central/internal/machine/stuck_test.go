@@ -183,6 +183,13 @@ func TestStuckRule(t *testing.T) {
 			l.event(id, "PXE Booting", "Preparing")
 			l.age(id, 11)
 		}, nothing, false},
+		{"locked by an operator", func(l *stuckLab, id string) {
+			l.event(id, "PXE Booting", "Preparing")
+			if err := l.ms.SetState(l.ctx, id, apiv1.MachineState_MACHINE_STATE_LOCKED, "maintenance"); err != nil {
+				l.t.Fatal(err)
+			}
+			l.age(id, 11)
+		}, nothing, false},
 		{"cycled recently", func(l *stuckLab, id string) {
 			l.event(id, "PXE Booting", "Preparing")
 			l.exec(`UPDATE machines SET stuck_state = 'Preparing', stuck_cycles = 1, stuck_cycled_at = now() - INTERVAL '5 minutes',
