@@ -61,6 +61,7 @@ func run() error {
 	fs.UintVar(&headerTable, "grpc-header-table", 0, "HPACK dynamic header table size in bytes (0: 4096)")
 	fs.DurationVar(&tr.KeepaliveTime, "grpc-keepalive-time", tr.KeepaliveTime, "ping an agent connection idle this long")
 	fs.DurationVar(&tr.KeepaliveTimeout, "grpc-keepalive-timeout", tr.KeepaliveTimeout, "close a connection whose ping is not answered within this")
+	fs.DurationVar(&cfg.StuckInterval, "stuck-interval", server.DefaultStuckInterval, "how often machines stuck past their state's timeout are looked for and power-cycled through their BMC (per partition: metalctl partition bmc set --stuck-max-cycles / --no-stuck-cycle)")
 	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve Go's /debug/pprof/ on the metrics listener (profiling; keep that listener private)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")

@@ -1,6 +1,6 @@
 // Package bmc is central's side of out-of-band control (docs/bmc.md): the
-// only writer of partition_bmc, the partitions' BMC credentials and static
-// BMCs, and the author of the desired document of every metal-bmc agent
+// only writer of partition_bmc, the partitions' BMC credentials, static
+// BMCs and stuck-machine policy, and the author of the desired document of every metal-bmc agent
 // (kind bmc), derived in the transaction of the change that causes it.
 // The callers validate requests and map errors.
 package bmc
@@ -43,18 +43,50 @@ type settings struct {
 	leaseCIDRs                []string
 	pollSeconds               int32
 	updated                   time.Time
+	stuck                     StuckPolicy
+}
+
+// DefaultStuckMaxCycles is how many power cycles a stuck episode gets
+// when the partition says nothing else: enough to ride out a BMC or a
+// boot that failed once or twice, few enough that a broken machine is
+// handed to a person within an hour or so.
+const DefaultStuckMaxCycles = 3
+
+// StuckPolicy is what a partition says about its stuck machines
+// (docs/bmc.md, "Stuck machines").
+type StuckPolicy struct {
+	// Cycle: central power-cycles machines stuck past their state's
+	// timeout through their BMC.
+	Cycle bool
+	// MaxCycles is how many cycles one stuck episode gets.
+	MaxCycles int
+}
+
+// defaultStuck is the policy of a partition without settings, as the
+// columns' defaults in partition_bmc are.
+func defaultStuck() StuckPolicy { return StuckPolicy{Cycle: true, MaxCycles: DefaultStuckMaxCycles} }
+
+// Stuck reads partition's stuck policy in q.
+func Stuck(ctx context.Context, q store.Querier, partition string) (StuckPolicy, error) {
+	s, err := read(ctx, q, partition, false)
+	if err != nil {
+		return StuckPolicy{}, err
+	}
+	return s.stuck, nil
 }
 
 // read reads partition's settings; a partition without a row has the
 // zero settings (no credentials, leases only).
 func read(ctx context.Context, q store.Querier, partition string, lock bool) (settings, error) {
-	s := settings{partition: partition}
-	sql := `SELECT bmc_user, bmc_password, static_bmcs, lease_cidrs, poll_interval, updated_at FROM partition_bmc WHERE partition_id = $1`
+	s := settings{partition: partition, stuck: defaultStuck()}
+	sql := `SELECT bmc_user, bmc_password, static_bmcs, lease_cidrs, poll_interval, updated_at, stuck_cycle, stuck_max_cycles
+		FROM partition_bmc WHERE partition_id = $1`
 	if lock {
 		sql += ` FOR UPDATE`
 	}
 	var static []byte
-	err := q.QueryRow(ctx, sql, partition).Scan(&s.user, &s.password, &static, &s.leaseCIDRs, &s.pollSeconds, &s.updated)
+	err := q.QueryRow(ctx, sql, partition).Scan(&s.user, &s.password, &static, &s.leaseCIDRs, &s.pollSeconds, &s.updated,
+		&s.stuck.Cycle, &s.stuck.MaxCycles)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return s, nil
 	}
@@ -72,6 +104,7 @@ func (s settings) api() *apiv1.PartitionBMC {
 	out := &apiv1.PartitionBMC{
 		PartitionId: s.partition, User: s.user, PasswordSet: s.password != "",
 		LeaseCidrs: s.leaseCIDRs, PollIntervalSeconds: uint32(s.pollSeconds),
+		StuckCycleDisabled: !s.stuck.Cycle, StuckMaxCycles: uint32(s.stuck.MaxCycles),
 	}
 	for _, e := range s.static {
 		out.StaticBmcs = append(out.StaticBmcs, &apiv1.PartitionBMCEndpoint{Address: e.Address, Ipmi: e.IPMI})
@@ -126,12 +159,17 @@ func Set(ctx context.Context, st *store.Store, docs Docs, in *apiv1.PartitionBMC
 		if cidrs == nil {
 			cidrs = []string{}
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO partition_bmc (partition_id, bmc_user, bmc_password, static_bmcs, lease_cidrs, poll_interval, updated_at)
-			VALUES ($1, $2, $3, $4, $5, $6, now())
+		maxCycles := int32(in.GetStuckMaxCycles())
+		if maxCycles == 0 {
+			maxCycles = DefaultStuckMaxCycles
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO partition_bmc (partition_id, bmc_user, bmc_password, static_bmcs, lease_cidrs, poll_interval,
+				stuck_cycle, stuck_max_cycles, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
 			ON CONFLICT (partition_id) DO UPDATE SET bmc_user = excluded.bmc_user, bmc_password = excluded.bmc_password,
 				static_bmcs = excluded.static_bmcs, lease_cidrs = excluded.lease_cidrs, poll_interval = excluded.poll_interval,
-				updated_at = excluded.updated_at`,
-			partition, in.GetUser(), password, js, cidrs, int32(in.GetPollIntervalSeconds())); err != nil {
+				stuck_cycle = excluded.stuck_cycle, stuck_max_cycles = excluded.stuck_max_cycles, updated_at = excluded.updated_at`,
+			partition, in.GetUser(), password, js, cidrs, int32(in.GetPollIntervalSeconds()), !in.GetStuckCycleDisabled(), maxCycles); err != nil {
 			return fmt.Errorf("store bmc settings of partition %s: %w", partition, err)
 		}
 		if err := Derive(ctx, tx, docs, partition); err != nil {

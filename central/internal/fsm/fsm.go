@@ -107,6 +107,27 @@ func Timeout(s State) time.Duration {
 	return 0
 }
 
+// PXEWhenStuck says whether a machine stuck in s is power-cycled into PXE
+// (the BMC's next boot set to the network) rather than into its own boot
+// order. The states before the installed system runs (PXE Booting,
+// Preparing, Registering, Installing, Machine Reclaim) are the installer's,
+// which only ever runs PXE-booted: a cycle that lands on a half-written
+// disk instead would not help. Waiting has no timeout. After the install
+// (Booting New Kernel) and for an installed machine (Planned Reboot,
+// Crashed) the system on the disk is what should come up, so the cycle
+// keeps the machine's boot order (the PXE service sends an installed
+// machine to its disk anyway). A machine that crashed before it was ever
+// installed crashed in the installer: PXE.
+func PXEWhenStuck(s State, installed bool) bool {
+	switch s {
+	case PXEBooting, Preparing, Registering, Installing, MachineReclaim:
+		return true
+	case Crashed:
+		return !installed
+	}
+	return false
+}
+
 // CrashLoop is how many crashes without reaching a stable state make a
 // crash loop.
 const CrashLoop = 3
@@ -130,12 +151,15 @@ type Issue struct {
 
 // Issue ids.
 const (
-	IssueCrashLoop   = "crash-loop"
-	IssueStuck       = "stuck"
-	IssueNoSize      = "no-size"
-	IssueFailedEvent = "failed-event"
-	IssueDead        = "dead"
-	IssueUnknown     = "liveliness-unknown"
+	IssueCrashLoop = "crash-loop"
+	IssueStuck     = "stuck"
+	// IssueStuckCyclesExhausted: central power-cycled the stuck machine as
+	// often as its partition allows and gives up (docs/bmc.md).
+	IssueStuckCyclesExhausted = "stuck-cycles-exhausted"
+	IssueNoSize               = "no-size"
+	IssueFailedEvent          = "failed-event"
+	IssueDead                 = "dead"
+	IssueUnknown              = "liveliness-unknown"
 )
 
 // View is what Issues needs to know of a machine.
@@ -150,6 +174,11 @@ type View struct {
 	Dead, Unknown bool
 	// Registered: the machine reported its hardware at least once.
 	Registered bool
+	// StuckCycles is how many power cycles central raised while the
+	// machine was stuck in StuckState; StuckExhausted says it gave up.
+	StuckState     State
+	StuckCycles    int
+	StuckExhausted bool
 }
 
 // Issues lists the machine's issues at now.
@@ -160,6 +189,11 @@ func Issues(v View, now time.Time) []Issue {
 	}
 	if t := Timeout(v.State); t > 0 && !v.LastEventAt.IsZero() && now.Sub(v.LastEventAt) > t {
 		out = append(out, Issue{IssueStuck, fmt.Sprintf("%s for %s (longer than %s)", v.State, now.Sub(v.LastEventAt).Round(time.Second), t)})
+	}
+	// Only while the machine is still in the state central gave up on: a
+	// machine that moved on is a new episode.
+	if v.StuckExhausted && v.StuckState == v.State && v.State != None {
+		out = append(out, Issue{IssueStuckCyclesExhausted, fmt.Sprintf("stuck in %s after %d power cycles through its BMC; no more cycles: look at the machine", v.State, v.StuckCycles)})
 	}
 	if v.Registered && v.SizeID == "" {
 		out = append(out, Issue{IssueNoSize, "the hardware matches no size: the machine cannot be allocated"})

@@ -117,6 +117,10 @@ func TestIssues(t *testing.T) {
 		{"failed event", View{State: Waiting, LastEventAt: now, SizeID: "s1", Registered: true, LastError: "bad"}, []string{IssueFailedEvent}},
 		{"dead", View{State: PhonedHome, LastEventAt: now, SizeID: "s1", Registered: true, Dead: true, Unknown: true}, []string{IssueDead}},
 		{"unknown", View{State: PhonedHome, LastEventAt: now, SizeID: "s1", Registered: true, Unknown: true}, []string{IssueUnknown}},
+		{"stuck cycles exhausted", View{State: Preparing, LastEventAt: now, StuckState: Preparing, StuckCycles: 3, StuckExhausted: true}, []string{IssueStuckCyclesExhausted}},
+		{"exhausted and still stuck", View{State: Preparing, LastEventAt: now.Add(-11 * time.Minute), StuckState: Preparing, StuckCycles: 3, StuckExhausted: true}, []string{IssueStuck, IssueStuckCyclesExhausted}},
+		{"exhausted in another state", View{State: Registering, LastEventAt: now, StuckState: Preparing, StuckCycles: 3, StuckExhausted: true}, nil},
+		{"cycled, not exhausted", View{State: Preparing, LastEventAt: now, StuckState: Preparing, StuckCycles: 2}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -124,5 +128,29 @@ func TestIssues(t *testing.T) {
 				t.Fatalf("issues %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestPXEWhenStuck(t *testing.T) {
+	tests := []struct {
+		s         State
+		installed bool
+		want      bool
+	}{
+		{PXEBooting, false, true},
+		{Preparing, false, true},
+		{Registering, true, true},
+		{Installing, false, true},
+		{MachineReclaim, true, true},
+		{BootingNewKernel, false, false},
+		{PlannedReboot, true, false},
+		{Crashed, true, false},
+		{Crashed, false, true},
+		{Waiting, false, false},
+	}
+	for _, tt := range tests {
+		if got := PXEWhenStuck(tt.s, tt.installed); got != tt.want {
+			t.Errorf("PXEWhenStuck(%q, installed %v) = %v, want %v", tt.s, tt.installed, got, tt.want)
+		}
 	}
 }

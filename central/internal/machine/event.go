@@ -141,6 +141,14 @@ func transition(ctx context.Context, tx pgx.Tx, e Event) error {
 		event_seq = $5, installed = $6, updated_at = now() WHERE id = $1`, e.Machine, string(next), e.Type, crashes, seq, installed); err != nil {
 		return fmt.Errorf("update machine state: %w", err)
 	}
+	if fsm.Stable(next) && errText == "" {
+		// A stable state ends the stuck episode, as it ends a crash loop
+		// (stuck.go counts the cycles of one episode).
+		if _, err := tx.Exec(ctx, `UPDATE machines SET stuck_state = '', stuck_cycles = 0, stuck_cycled_at = NULL, stuck_exhausted = FALSE
+			WHERE id = $1 AND (stuck_state <> '' OR stuck_cycles <> 0)`, e.Machine); err != nil {
+			return fmt.Errorf("end stuck episode of machine %s: %w", e.Machine, err)
+		}
+	}
 	return nil
 }
 

@@ -26,7 +26,8 @@ const selectMachine = `SELECT m.spec, m.generation, m.created_at, m.updated_at, 
 	COALESCE((SELECT e.error FROM machine_events e WHERE e.machine_id = m.id AND e.seq = m.event_seq), ''),
 	ARRAY(SELECT c.mac || ' ' || c.machine_id || ' ' || c.owner_id FROM machine_mac_conflicts c WHERE c.machine_id = m.id
 		UNION ALL SELECT c.mac || ' ' || c.machine_id || ' ' || c.owner_id FROM machine_mac_conflicts c WHERE c.owner_id = m.id),
-	b.fact, (SELECT i.results FROM bmc_intents i WHERE i.machine_uuid = m.id)
+	b.fact, (SELECT i.results FROM bmc_intents i WHERE i.machine_uuid = m.id),
+	m.stuck_state, m.stuck_cycles, m.stuck_exhausted
 	FROM machines m LEFT JOIN agents a ON a.id = m.agent_id LEFT JOIN machine_bmcs b ON b.machine_uuid = m.id`
 
 // selectBMCOnly reads the machines known only from their BMCs (metal-bmc
@@ -67,9 +68,12 @@ func (ms *Machines) scan(row pgx.Row, now time.Time) (*apiv1.Machine, error) {
 		lastErr          string
 		conflicts        []string
 		fact, results    []byte
+		stuckState       string
+		stuckCycles      int
+		stuckExhausted   bool
 	)
 	if err := row.Scan(&spec, &gen, &created, &updated, &sizeID, &rack, &state, &prov, &ev, &evAt, &crashes, &contact, &allocated, &lastErr, &conflicts,
-		&fact, &results); err != nil {
+		&fact, &results, &stuckState, &stuckCycles, &stuckExhausted); err != nil {
 		return nil, err
 	}
 	m := &apiv1.Machine{}
@@ -91,7 +95,8 @@ func (ms *Machines) scan(row pgx.Row, now time.Time) (*apiv1.Machine, error) {
 		m.Liveliness = ms.docs.Liveliness(contact)
 	}
 	v := fsm.View{State: fsm.State(prov), Crashes: crashes, SizeID: sizeID, LastError: lastErr, Registered: m.GetHardware() != nil,
-		Dead: m.Liveliness == apiv1.Liveliness_LIVELINESS_DEAD, Unknown: m.Liveliness == apiv1.Liveliness_LIVELINESS_UNKNOWN && contact != nil}
+		Dead: m.Liveliness == apiv1.Liveliness_LIVELINESS_DEAD, Unknown: m.Liveliness == apiv1.Liveliness_LIVELINESS_UNKNOWN && contact != nil,
+		StuckState: fsm.State(stuckState), StuckCycles: stuckCycles, StuckExhausted: stuckExhausted}
 	if evAt != nil {
 		v.LastEventAt = *evAt
 	}

@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
@@ -69,8 +70,13 @@ func TestBMCSettings(t *testing.T) {
 	if read.GetPassword() != "" || !read.GetPasswordSet() || read.GetLeaseCidrs()[0] != "10.1.0.0/24" {
 		t.Fatalf("GetSettings %v", read)
 	}
-	if other := ok(e.api.BMC.GetSettings(admin, &apiv1.BMCServiceGetSettingsRequest{PartitionId: "ams1"}))(t).GetSettings(); other.GetPasswordSet() || other.GetUser() != "" {
+	if other := ok(e.api.BMC.GetSettings(admin, &apiv1.BMCServiceGetSettingsRequest{PartitionId: "ams1"}))(t).GetSettings(); other.GetPasswordSet() || other.GetUser() != "" ||
+		other.GetStuckCycleDisabled() || other.GetStuckMaxCycles() != 3 {
 		t.Fatalf("another partition's settings: %v", other)
+	}
+	// Stuck machines are cycled by default, three times.
+	if read.GetStuckCycleDisabled() || read.GetStuckMaxCycles() != 3 {
+		t.Fatalf("stuck policy by default: %v", read)
 	}
 
 	doc, rev := storedBMCDoc(t, e, "bmc-fra1")
@@ -127,6 +133,17 @@ func TestBMCSettings(t *testing.T) {
 		t.Errorf("%d audit rows, want 2", n)
 	}
 
+	// The stuck policy is kept as set and shown as in effect.
+	stuck := proto.Clone(again).(*apiv1.PartitionBMC)
+	stuck.StuckCycleDisabled, stuck.StuckMaxCycles = true, 5
+	if got := ok(e.api.BMC.SetSettings(admin, &apiv1.BMCServiceSetSettingsRequest{Settings: stuck}))(t).GetSettings(); !got.GetStuckCycleDisabled() || got.GetStuckMaxCycles() != 5 {
+		t.Fatalf("stuck policy set: %v", got)
+	}
+	ok(e.api.BMC.SetSettings(admin, &apiv1.BMCServiceSetSettingsRequest{Settings: again}))(t)
+	if got := ok(e.api.BMC.GetSettings(admin, &apiv1.BMCServiceGetSettingsRequest{PartitionId: "fra1"}))(t).GetSettings(); got.GetStuckCycleDisabled() || got.GetStuckMaxCycles() != 3 {
+		t.Fatalf("stuck policy back to the defaults: %v", got)
+	}
+
 	// Hostile input: the field is named, a credential never echoed.
 	long := strings.Repeat("x", 300)
 	for _, tc := range []struct {
@@ -149,6 +166,7 @@ func TestBMCSettings(t *testing.T) {
 		{"twice", &apiv1.PartitionBMC{PartitionId: "fra1", StaticBmcs: []*apiv1.PartitionBMCEndpoint{{Address: "h"}, {Address: "h"}}}, "settings.static_bmcs[1].address", codes.InvalidArgument},
 		{"bad cidr", &apiv1.PartitionBMC{PartitionId: "fra1", LeaseCidrs: []string{"10.0.0.1/24"}}, "settings.lease_cidrs[0]", codes.InvalidArgument},
 		{"poll too long", &apiv1.PartitionBMC{PartitionId: "fra1", PollIntervalSeconds: 3601}, "settings.poll_interval_seconds", codes.InvalidArgument},
+		{"too many stuck cycles", &apiv1.PartitionBMC{PartitionId: "fra1", StuckMaxCycles: 101}, "settings.stuck_max_cycles", codes.InvalidArgument},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := e.api.BMC.SetSettings(admin, &apiv1.BMCServiceSetSettingsRequest{Settings: tc.in})

@@ -91,6 +91,9 @@ type Config struct {
 	// ConsoleWatch is how often a console session re-reads its machine's
 	// allocation (zero: console.DefaultConfig).
 	ConsoleWatch time.Duration
+	// StuckInterval is how often machines stuck past their state's timeout
+	// are looked for and power-cycled (zero: machine.DefaultStuckInterval).
+	StuckInterval time.Duration
 }
 
 // Transport is what grpc-go offers to size its HTTP/2 transport; the
@@ -169,10 +172,15 @@ type Server struct {
 	mlis     net.Listener
 	caFile   string
 	serveErr chan error
-	// stopSweep ends the housekeeping loop; sweeps waits for it.
+	// stopSweep ends the background loops (housekeeping, stuck machines);
+	// sweeps waits for them.
 	stopSweep context.CancelFunc
 	sweeps    sync.WaitGroup
 }
+
+// DefaultStuckInterval is how often a replica looks for stuck machines
+// unless Config.StuckInterval says otherwise.
+const DefaultStuckInterval = machine.DefaultStuckInterval
 
 // Housekeeping: expired boot tokens are kept for a day (for an operator
 // reading why a boot failed), then deleted, checked every sweepEvery.
@@ -296,9 +304,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if err != nil {
 		return nil, err
 	}
+	// Machines stuck past their state's timeout are power-cycled through
+	// their BMC; every replica looks, row locks keep it once per episode.
+	stuck := machine.NewStuck(s.store, s.hub, log, cfg.StuckInterval)
 	metrics := newMetrics()
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), metrics, s.hub.Collector(), consoles.Collector())
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), metrics, s.hub.Collector(), consoles.Collector(),
+		stuck.Collector())
 	if gate != nil {
 		reg.MustRegister(gate)
 	}
@@ -319,6 +331,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	sweepCtx, stopSweep := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopSweep = stopSweep
 	s.sweeps.Go(func() { s.sweepLoop(sweepCtx) })
+	s.sweeps.Go(func() { stuck.Run(sweepCtx) })
 	go func() { s.serveErr <- s.grpc.Serve(s.lis) }()
 	if cfg.MetricsListen != "" {
 		if s.mlis, err = net.Listen("tcp", cfg.MetricsListen); err != nil {

@@ -31,6 +31,9 @@ const (
 	maxBMCAddress    = 256
 	maxLeaseCIDRs    = 256
 	maxPollSeconds   = 3600
+	// maxStuckCycles bounds the cycles of one stuck episode: more than a
+	// hundred reboots of one machine is no policy but a loop.
+	maxStuckCycles = 100
 )
 
 func (s *bmcService) GetSettings(ctx context.Context, req *apiv1.BMCServiceGetSettingsRequest) (*apiv1.BMCServiceGetSettingsResponse, error) {
@@ -119,6 +122,9 @@ func checkBMCSettings(v *violations, in *apiv1.PartitionBMC) {
 	}
 	if p := in.GetPollIntervalSeconds(); p > maxPollSeconds {
 		v.add("settings.poll_interval_seconds", "%d is more than %d (an hour)", p, maxPollSeconds)
+	}
+	if n := in.GetStuckMaxCycles(); n > maxStuckCycles {
+		v.add("settings.stuck_max_cycles", "%d is more than %d", n, maxStuckCycles)
 	}
 }
 

@@ -583,3 +583,30 @@ func TestPartitionBMC(t *testing.T) {
 		t.Errorf("show:\n%s", r.stdout)
 	}
 }
+
+// TestPartitionBMCStuck: the stuck-machine flags reach the request, and
+// the table says what is in effect.
+func TestPartitionBMCStuck(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		args []string
+		want *apiv1.PartitionBMC
+		out  string
+	}{
+		{"default", nil, &apiv1.PartitionBMC{PartitionId: "fra1"}, "up to 0"},
+		{"max", []string{"--stuck-max-cycles", "5"}, &apiv1.PartitionBMC{PartitionId: "fra1", StuckMaxCycles: 5}, "up to 5"},
+		{"off", []string{"--no-stuck-cycle"}, &apiv1.PartitionBMC{PartitionId: "fra1", StuckCycleDisabled: true}, "off"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f, addr := startFake(t)
+			r := runAt(t, addr, append([]string{"partition", "bmc", "set", "fra1"}, tt.args...)...)
+			mustSucceed(t, r)
+			checkRequest(t, onlyCall(t, f, "BMCService/SetSettings"), &apiv1.BMCServiceSetSettingsRequest{Settings: tt.want})
+			if !strings.Contains(r.stdout, tt.out) {
+				t.Errorf("output lacks %q:\n%s", tt.out, r.stdout)
+			}
+		})
+	}
+}

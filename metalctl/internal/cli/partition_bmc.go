@@ -44,12 +44,18 @@ var partitionBMCCols = []column[*apiv1.PartitionBMC]{
 		}
 		return (time.Duration(s.GetPollIntervalSeconds()) * time.Second).String()
 	}},
+	{header: "STUCK CYCLES", value: func(s *apiv1.PartitionBMC) string {
+		if s.GetStuckCycleDisabled() {
+			return "off"
+		}
+		return fmt.Sprintf("up to %d", s.GetStuckMaxCycles())
+	}},
 }
 
 // newPartitionBMCCommand is "partition bmc show|set": how the partition's
 // metal-bmc reaches its BMCs (docs/bmc.md).
 func (a *app) newPartitionBMCCommand() *cobra.Command {
-	cmd := &cobra.Command{Use: "bmc", Short: "Show or set the BMC credentials, static BMCs and lease prefixes of a partition (admin)"}
+	cmd := &cobra.Command{Use: "bmc", Short: "Show or set the BMC credentials, static BMCs, lease prefixes and stuck-machine cycles of a partition (admin)"}
 	show := &cobra.Command{
 		Use:   "show PARTITION",
 		Short: "Show a partition's BMC settings (never the password)",
@@ -65,6 +71,8 @@ func (a *app) newPartitionBMCCommand() *cobra.Command {
 		user, passwordFile string
 		static, ipmi, cidr []string
 		poll               time.Duration
+		noStuckCycle       bool
+		stuckMax           uint32
 	)
 	set := &cobra.Command{
 		Use:   "set PARTITION",
@@ -75,7 +83,7 @@ The password is read from --password-file ("-" for stdin), never from a flag,
 so that it stays out of shell histories and process lists; without it the
 stored password is kept.`,
 		Example: `  metalctl partition bmc set fra1 --user metal --password-file /run/secrets/bmc \
-    --static 10.1.0.5 --static-ipmi 10.1.0.6:623 --lease-cidr 10.1.0.0/24 --poll-interval 60s`,
+    --static 10.1.0.5 --static-ipmi 10.1.0.6:623 --lease-cidr 10.1.0.0/24 --poll-interval 60s --stuck-max-cycles 5`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			in := &apiv1.PartitionBMC{PartitionId: args[0], User: user, LeaseCidrs: cidr}
@@ -83,6 +91,7 @@ stored password is kept.`,
 				return errors.New("--poll-interval: whole seconds, e.g. 60s")
 			}
 			in.PollIntervalSeconds = uint32(poll / time.Second)
+			in.StuckCycleDisabled, in.StuckMaxCycles = noStuckCycle, stuckMax
 			for _, s := range static {
 				in.StaticBmcs = append(in.StaticBmcs, &apiv1.PartitionBMCEndpoint{Address: s})
 			}
@@ -120,6 +129,8 @@ stored password is kept.`,
 	f.StringArrayVar(&ipmi, "static-ipmi", nil, "an IPMI BMC at a fixed address (host or host:port); repeatable")
 	f.StringArrayVar(&cidr, "lease-cidr", nil, "a prefix of the BMC network: which DHCP leases are BMCs; repeatable (none: every lease)")
 	f.DurationVar(&poll, "poll-interval", 0, "how often metal-bmc reads each BMC (1s-1h; 0: its default)")
+	f.BoolVar(&noStuckCycle, "no-stuck-cycle", false, "do not power-cycle machines stuck past their state's timeout (default: cycle them)")
+	f.Uint32Var(&stuckMax, "stuck-max-cycles", 0, "power cycles per stuck episode before central gives up and shows stuck-cycles-exhausted (1-100; 0: 3)")
 	cmd.AddCommand(show, set)
 	return cmd
 }

@@ -47,8 +47,17 @@ type PartitionBMC struct {
 	// 0: metal-bmc's default, 60).
 	PollIntervalSeconds uint32                 `protobuf:"varint,7,opt,name=poll_interval_seconds,json=pollIntervalSeconds,proto3" json:"poll_interval_seconds,omitempty"`
 	UpdatedAt           *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// stuck_cycle_disabled: central does not power-cycle the partition's
+	// machines that are stuck past their state's timeout (default: it
+	// does, through their BMC; docs/bmc.md, "Stuck machines").
+	StuckCycleDisabled bool `protobuf:"varint,9,opt,name=stuck_cycle_disabled,json=stuckCycleDisabled,proto3" json:"stuck_cycle_disabled,omitempty"`
+	// stuck_max_cycles: how many power cycles one stuck episode gets
+	// before central gives up and shows the issue stuck-cycles-exhausted
+	// (1-100; 0 in an update: the default, 3). Reads return the value in
+	// effect.
+	StuckMaxCycles uint32 `protobuf:"varint,10,opt,name=stuck_max_cycles,json=stuckMaxCycles,proto3" json:"stuck_max_cycles,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *PartitionBMC) Reset() {
@@ -135,6 +144,20 @@ func (x *PartitionBMC) GetUpdatedAt() *timestamppb.Timestamp {
 		return x.UpdatedAt
 	}
 	return nil
+}
+
+func (x *PartitionBMC) GetStuckCycleDisabled() bool {
+	if x != nil {
+		return x.StuckCycleDisabled
+	}
+	return false
+}
+
+func (x *PartitionBMC) GetStuckMaxCycles() uint32 {
+	if x != nil {
+		return x.StuckMaxCycles
+	}
+	return 0
 }
 
 // PartitionBMCEndpoint is one BMC at a fixed address.
@@ -372,7 +395,7 @@ var File_metalfleet_api_v1_bmc_proto protoreflect.FileDescriptor
 
 const file_metalfleet_api_v1_bmc_proto_rawDesc = "" +
 	"\n" +
-	"\x1bmetalfleet/api/v1/bmc.proto\x12\x11metalfleet.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emetalfleet/api/v1/common.proto\"\xde\x02\n" +
+	"\x1bmetalfleet/api/v1/bmc.proto\x12\x11metalfleet.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emetalfleet/api/v1/common.proto\"\xba\x03\n" +
 	"\fPartitionBMC\x12!\n" +
 	"\fpartition_id\x18\x01 \x01(\tR\vpartitionId\x12\x12\n" +
 	"\x04user\x18\x02 \x01(\tR\x04user\x12\x1a\n" +
@@ -384,7 +407,10 @@ const file_metalfleet_api_v1_bmc_proto_rawDesc = "" +
 	"leaseCidrs\x122\n" +
 	"\x15poll_interval_seconds\x18\a \x01(\rR\x13pollIntervalSeconds\x129\n" +
 	"\n" +
-	"updated_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"D\n" +
+	"updated_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x120\n" +
+	"\x14stuck_cycle_disabled\x18\t \x01(\bR\x12stuckCycleDisabled\x12(\n" +
+	"\x10stuck_max_cycles\x18\n" +
+	" \x01(\rR\x0estuckMaxCycles\"D\n" +
 	"\x14PartitionBMCEndpoint\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x12\n" +
 	"\x04ipmi\x18\x02 \x01(\bR\x04ipmi\"A\n" +
