@@ -66,3 +66,43 @@ func TestFillNetworkModes(t *testing.T) {
 		})
 	}
 }
+
+// TestFillFromPrefixes: an interface holding several networks of a family
+// (the lab's PXE bridge also holds the external network's gateways) yields
+// the network that holds the DHCP range, whatever order the kernel lists
+// the addresses in.
+func TestFillFromPrefixes(t *testing.T) {
+	r4, _ := lease.ParseRange("10.1.0.100-10.1.0.199")
+	r6, _ := lease.ParseRange("fd00:10:1::100-fd00:10:1::1ff")
+	p := netip.MustParsePrefix
+	pxe4, ext4, pxe6, ext6, ll := p("10.1.0.1/24"), p("10.2.0.1/24"), p("fd00:10:1::1/64"), p("fd00:10:2::1/64"), p("fe80::1/64")
+	for _, tc := range []struct {
+		name         string
+		pfxs         []netip.Prefix
+		ra           bool
+		wantIP4      string
+		wantSubnet4  string
+		wantIP6      string
+		wantSubnet6  string
+		wantRAPrefix string
+	}{
+		{"PXE first", []netip.Prefix{pxe4, ext4, ll, pxe6, ext6}, true, "10.1.0.1", "10.1.0.0/24", "fd00:10:1::1", "fd00:10:1::/64", "fd00:10:1::/64"},
+		{"external first", []netip.Prefix{ext4, pxe4, ext6, ll, pxe6}, true, "10.1.0.1", "10.1.0.0/24", "fd00:10:1::1", "fd00:10:1::/64", "fd00:10:1::/64"},
+		{"link-local only for v6", []netip.Prefix{pxe4, ll}, false, "10.1.0.1", "10.1.0.0/24", "invalid IP", "invalid Prefix", ""},
+		{"no network holds the range: the first", []netip.Prefix{ext4, ext6}, false, "10.2.0.1", "10.2.0.0/24", "fd00:10:2::1", "fd00:10:2::/64", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := Config{Range4: r4, Range6: r6, RA: tc.ra}
+			fillFromPrefixes(&cfg, tc.pfxs, true, true)
+			var ra string
+			if len(cfg.RAPrefixes) > 0 {
+				ra = cfg.RAPrefixes[0].String()
+			}
+			got := []string{cfg.ServerIP.String(), cfg.Subnet.String(), cfg.ServerIP6.String(), cfg.Subnet6.String(), ra}
+			want := []string{tc.wantIP4, tc.wantSubnet4, tc.wantIP6, tc.wantSubnet6, tc.wantRAPrefix}
+			if strings.Join(got, " ") != strings.Join(want, " ") {
+				t.Fatalf("got %q, want %q", got, want)
+			}
+		})
+	}
+}

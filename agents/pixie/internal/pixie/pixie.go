@@ -273,31 +273,8 @@ func fillNetwork(cfg *Config) error {
 	if err != nil {
 		return err
 	}
-	need4 := serves4 && (!cfg.ServerIP.IsValid() || !cfg.Subnet.IsValid())
-	need6 := (serves6 || cfg.RA) && (!cfg.ServerIP6.IsValid() || cfg.RA && len(cfg.RAPrefixes) == 0 || serves6 && !cfg.Subnet6.IsValid())
-	for _, p := range pfxs {
-		ip, pfx := p.Addr(), p.Masked()
-		switch {
-		case ip.Is4() && need4:
-			if !cfg.ServerIP.IsValid() {
-				cfg.ServerIP = ip
-			}
-			if !cfg.Subnet.IsValid() && pfx.Contains(cfg.ServerIP) {
-				cfg.Subnet = pfx
-			}
-		case ip.Is6() && !ip.IsLinkLocalUnicast() && need6:
-			if !cfg.ServerIP6.IsValid() {
-				cfg.ServerIP6 = ip
-			}
-			if cfg.RA && len(cfg.RAPrefixes) == 0 && pfx.Contains(cfg.ServerIP6) {
-				cfg.RAPrefixes = []netip.Prefix{pfx}
-			}
-			if serves6 && !cfg.Subnet6.IsValid() && pfx.Contains(cfg.ServerIP6) {
-				cfg.Subnet6 = pfx
-			}
-		}
-	}
-	if need4 && (!cfg.ServerIP.IsValid() || !cfg.Subnet.IsValid()) {
+	fillFromPrefixes(cfg, pfxs, serves4, serves6)
+	if serves4 && (!cfg.ServerIP.IsValid() || !cfg.Subnet.IsValid()) {
 		return fmt.Errorf("pixie: no IPv4 address on %s for DHCPv4: give --server-ip and --subnet", cfg.Interface)
 	}
 	if serves6 && !cfg.ServerIP6.IsValid() {
@@ -319,6 +296,58 @@ func fillNetwork(cfg *Config) error {
 		}
 	}
 	return nil
+}
+
+// fillFromPrefixes takes the server addresses and subnets that were not
+// configured from the interface's addresses. An interface may hold several
+// networks of one family (the lab's PXE bridge also holds the external
+// network's gateways), and the kernel lists them in no promised order: the
+// address that counts is the one whose network holds the DHCP range (or the
+// configured server address), never simply the first one listed.
+func fillFromPrefixes(cfg *Config, pfxs []netip.Prefix, serves4, serves6 bool) {
+	pick := func(v4 bool, anchors ...netip.Addr) (netip.Prefix, bool) {
+		var first netip.Prefix
+		for _, p := range pfxs {
+			ip := p.Addr()
+			if ip.Is4() != v4 || !v4 && ip.IsLinkLocalUnicast() {
+				continue
+			}
+			if !first.IsValid() {
+				first = p
+			}
+			for _, a := range anchors {
+				if a.IsValid() && p.Masked().Contains(a) {
+					return p, true
+				}
+			}
+		}
+		return first, first.IsValid()
+	}
+	if serves4 && (!cfg.ServerIP.IsValid() || !cfg.Subnet.IsValid()) {
+		if p, ok := pick(true, cfg.ServerIP, cfg.Range4.First); ok {
+			if !cfg.ServerIP.IsValid() {
+				cfg.ServerIP = p.Addr()
+			}
+			if !cfg.Subnet.IsValid() && p.Masked().Contains(cfg.ServerIP) {
+				cfg.Subnet = p.Masked()
+			}
+		}
+	}
+	need6 := (serves6 || cfg.RA) && (!cfg.ServerIP6.IsValid() || cfg.RA && len(cfg.RAPrefixes) == 0 || serves6 && !cfg.Subnet6.IsValid())
+	if !need6 {
+		return
+	}
+	if p, ok := pick(false, cfg.ServerIP6, cfg.Range6.First); ok {
+		if !cfg.ServerIP6.IsValid() {
+			cfg.ServerIP6 = p.Addr()
+		}
+		if cfg.RA && len(cfg.RAPrefixes) == 0 && p.Masked().Contains(cfg.ServerIP6) {
+			cfg.RAPrefixes = []netip.Prefix{p.Masked()}
+		}
+		if serves6 && !cfg.Subnet6.IsValid() && p.Masked().Contains(cfg.ServerIP6) {
+			cfg.Subnet6 = p.Masked()
+		}
+	}
 }
 
 // holds reports whether one of addrs lies in pfx.
