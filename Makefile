@@ -225,7 +225,7 @@ lab-router-image: $(ROUTER_IMAGE) ## The lab's router guest: build/router-image/
 
 # The router guest's packages besides APT_PKGS' (build-router.sh copies
 # their files and finds their libraries on the build host).
-ROUTER_APT_PKGS := lldpd isc-dhcp-relay python3-minimal gcc
+ROUTER_APT_PKGS := lldpd isc-dhcp-relay python3-minimal gcc libsnmp40
 
 .PHONY: router-deps
 router-deps: apt-deps

@@ -123,7 +123,7 @@ take() {
 		f=$(find "$ldir" -name "$lib" \( -type f -o -type l \) | head -1)
 		[[ -n "$f" ]] || die "$lpkg has no $lib"
 		install -D -m 0755 "$(readlink -f "$f")" "$R/usr/lib/x86_64-linux-gnu/$lib"
-	done < <(LD_LIBRARY_PATH=$dir/usr/lib/x86_64-linux-gnu ldd "$R$dst" 2>/dev/null | awk '/=>/{print $1, $3} /ld-linux/{print "ld-linux-x86-64.so.2", $1}')
+	done < <(LD_LIBRARY_PATH=$dir/usr/lib/x86_64-linux-gnu:$dir/usr/lib/x86_64-linux-gnu/frr ldd "$R$dst" 2>/dev/null | awk '/=>/{print $1, $3} /ld-linux/{print "ld-linux-x86-64.so.2", $1}')
 }
 # The dynamic loader: libc6's, where every binary looks for it.
 LIBC=$(unpack libc6)
@@ -137,6 +137,10 @@ cp -a "$(unpack iproute2)/etc/iproute2/." "$R/etc/iproute2/" 2>/dev/null || cp -
 take redis-tools /usr/bin/redis-check-rdb /usr/bin/redis-server
 take redis-tools /usr/bin/redis-cli
 for d in zebra bgpd staticd; do take frr /usr/lib/frr/$d; done
+# SONiC runs zebra and bgpd with FRR's SNMP module (-M snmp), and its
+# frr.conf (metal-core's) says `agentx`: a daemon without the module
+# refuses that line and every frr-reload.py fails.
+for d in zebra bgpd; do take frr-snmp /usr/lib/x86_64-linux-gnu/frr/modules/${d}_snmp.so; done
 take frr /usr/bin/vtysh
 # LLDP as SONiC's lldp container: lldpd, and lldpcli, which configures it
 # and which sonic-emu reads the neighbours from.
