@@ -23,40 +23,14 @@ func TestMetalBMCAgainstCentral(t *testing.T) {
 	f := startFleetCentral(t, "")
 	ctx := t.Context()
 	agents := apiv1.NewAgentServiceClient(f.cc)
-	enr, err := agents.Enroll(ctx, &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_BMC, Identity: "bmc-p1", PartitionId: "p1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "metal-bmc")
-	if b, err := exec.Command("go", "build", "-o", bin, "../../agents/metalbmc/cmd/metal-bmc").CombinedOutput(); err != nil {
-		t.Fatalf("go build metal-bmc: %v\n%s", err, b)
-	}
-	leases := filepath.Join(dir, "leases.json")
+	leases := filepath.Join(t.TempDir(), "leases.json")
 	// A BMC address nothing listens on (port 443 of a loopback address).
 	lease := fmt.Sprintf(`{"version":1,"leases":[{"key":"v4:01","mac":"aa:bb:cc:00:00:01","addr":"127.0.0.9","expires":%q}]}`,
 		time.Now().Add(time.Hour).UTC().Format(time.RFC3339))
 	if err := os.WriteFile(leases, []byte(lease), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	tokenFile := filepath.Join(dir, "token")
-	if err := os.WriteFile(tokenFile, []byte(enr.GetSecret()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "--name", "bmc-p1", "--central", f.listen, "--ca", filepath.Join(f.dir, "ca.crt"), "--token-file", tokenFile,
-		"--state-dir", filepath.Join(dir, "state"), "--lease-file", leases, "--metrics-listen", "", "--min-backoff", "1s", "--bmc-timeout", "5s")
-	var logs strings.Builder
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("metal-bmc:\n%s", logs.String())
-		}
-	})
+	bmc := startMetalBMC(t, f, "bmc-p1", "--lease-file", leases, "--min-backoff", "1s", "--bmc-timeout", "5s")
 	var fact *agentv1.BmcFact
 	waitFor(t, "the BMC's fact at central", func() bool {
 		got, err := agents.Get(ctx, &apiv1.AgentServiceGetRequest{Id: "bmc/bmc-p1"})
@@ -86,7 +60,50 @@ func TestMetalBMCAgainstCentral(t *testing.T) {
 		return ag.GetDesired().GetBmc().GetCredentials().GetUser() == "metal" && ag.GetAppliedRevision() == ag.GetDesiredRevision() &&
 			ag.GetHealth() != agentv1.Health_HEALTH_ERROR
 	})
-	if strings.Contains(logs.String(), "e2e-secret") {
+	if strings.Contains(bmc.logs.String(), "e2e-secret") {
 		t.Error("metal-bmc logged the BMC password")
 	}
+}
+
+// metalBMC is a running metal-bmc binary, an enrolled agent of kind bmc
+// in partition p1.
+type metalBMC struct {
+	cmd  *exec.Cmd
+	logs *syncBuffer
+}
+
+// startMetalBMC builds metal-bmc, enrols it as identity and runs it
+// against f with a fresh state directory; extra flags come last, so they
+// override the defaults here. It is killed when the test ends, and its
+// log shown when the test failed.
+func startMetalBMC(t testing.TB, f *fleetCentral, identity string, extra ...string) *metalBMC {
+	t.Helper()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "metal-bmc")
+	if b, err := exec.Command("go", "build", "-o", bin, "../../agents/metalbmc/cmd/metal-bmc").CombinedOutput(); err != nil {
+		t.Fatalf("go build metal-bmc: %v\n%s", err, b)
+	}
+	enr, err := apiv1.NewAgentServiceClient(f.cc).Enroll(t.Context(), &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_BMC, Identity: identity, PartitionId: "p1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(enr.GetSecret()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"--name", identity, "--central", f.listen, "--ca", filepath.Join(f.dir, "ca.crt"), "--token-file", tokenFile,
+		"--state-dir", filepath.Join(dir, "state"), "--metrics-listen", ""}, extra...)
+	m := &metalBMC{cmd: exec.Command(bin, args...), logs: &syncBuffer{}}
+	m.cmd.Stdout, m.cmd.Stderr = m.logs, m.logs
+	if err := m.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = m.cmd.Process.Kill()
+		_ = m.cmd.Wait()
+		if t.Failed() {
+			t.Logf("metal-bmc:\n%s", m.logs.String())
+		}
+	})
+	return m
 }

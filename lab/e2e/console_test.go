@@ -129,10 +129,6 @@ func TestConsoleThroughMetalBMC(t *testing.T) {
 		}
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "metal-bmc")
-	if b, err := exec.Command("go", "build", "-o", bin, "../../agents/metalbmc/cmd/metal-bmc").CombinedOutput(); err != nil {
-		t.Fatalf("go build metal-bmc: %v\n%s", err, b)
-	}
 
 	// A project with a network, and a second project.
 	_, err := apiv1.NewSizeServiceClient(f.cc).Create(ctx, &apiv1.SizeServiceCreateRequest{Size: &apiv1.Size{Id: "s1", Constraints: []*apiv1.SizeConstraint{
@@ -210,24 +206,9 @@ func TestConsoleThroughMetalBMC(t *testing.T) {
 		StaticBmcs: []*apiv1.PartitionBMCEndpoint{{Address: hs.URL}}}})
 	must(err)
 
-	// metal-bmc, enrolled, with the SSH console's port.
-	enr, err := apiv1.NewAgentServiceClient(f.cc).Enroll(ctx, &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_BMC, Identity: "bmc-p1", PartitionId: "p1"})
-	must(err)
-	tokenFile := filepath.Join(dir, "token")
-	must(os.WriteFile(tokenFile, []byte(enr.GetSecret()), 0o600))
-	cmd := exec.Command(bin, "--name", "bmc-p1", "--central", f.listen, "--ca", filepath.Join(f.dir, "ca.crt"), "--token-file", tokenFile,
-		"--state-dir", filepath.Join(dir, "state"), "--metrics-listen", "", "--min-backoff", "1s", "--bmc-timeout", "10s",
+	// metal-bmc, with the SSH console's port.
+	bmc := startMetalBMC(t, f, "bmc-p1", "--min-backoff", "1s", "--bmc-timeout", "10s",
 		"--console-ssh-port", sshPort, "--ipmi-cipher-suite", "3", "--log-level", "debug")
-	var logs syncBuffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	must(cmd.Start())
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("metal-bmc:\n%s", logs.String())
-		}
-	})
 	waitFor(t, "the machine's BMC reported to central", func() bool {
 		got, err := mc.Get(ctx, &apiv1.MachineServiceGetRequest{Id: id})
 		return err == nil && got.GetMachine().GetBmc().GetReachable()
@@ -413,7 +394,7 @@ func TestConsoleThroughMetalBMC(t *testing.T) {
 	if !strings.Contains(end.GetReason(), "allocation changed") {
 		t.Errorf("IPMI end reason %q, want the allocation change", end.GetReason())
 	}
-	if strings.Contains(logs.String(), password) {
+	if strings.Contains(bmc.logs.String(), password) {
 		t.Error("metal-bmc logged the BMC password")
 	}
 }

@@ -28,7 +28,7 @@ func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]strin
 }
 func (bearer) RequireTransportSecurity() bool { return true }
 
-func adminConn(t *testing.T, dir, addr string) *grpc.ClientConn {
+func adminConn(t testing.TB, dir, addr string) *grpc.ClientConn {
 	t.Helper()
 	tlsCfg, err := agent.PinnedTLS(filepath.Join(dir, "ca.crt"))
 	if err != nil {
@@ -58,7 +58,7 @@ type fleetCentral struct {
 
 // startFleetCentral builds and starts central on listen ("" picks a free
 // IPv4 loopback port) with the extra flags and creates partition p1.
-func startFleetCentral(t *testing.T, listen string, extra ...string) *fleetCentral {
+func startFleetCentral(t testing.TB, listen string, extra ...string) *fleetCentral {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds and runs the binaries")
@@ -108,7 +108,7 @@ func (r *recorder) label() (uint64, string) {
 	return d.GetRevision(), d.GetSettings().GetLabels()["v"]
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for !cond() {

@@ -19,7 +19,7 @@ import (
 )
 
 // build compiles the project's binaries into dir once per test run.
-func build(t *testing.T, dir string) (central, ctl string) {
+func build(t testing.TB, dir string) (central, ctl string) {
 	t.Helper()
 	central, ctl = filepath.Join(dir, "metal-central"), filepath.Join(dir, "metalctl")
 	for out, pkg := range map[string]string{central: "../../central/cmd/metal-central", ctl: "../../metalctl/cmd/metalctl"} {
@@ -31,7 +31,7 @@ func build(t *testing.T, dir string) (central, ctl string) {
 	return central, ctl
 }
 
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -43,7 +43,7 @@ func freePort(t *testing.T) string {
 
 // startCentral runs metal-central and waits for its "serving" line; extra
 // flags come last, so they override the defaults here.
-func startCentral(t *testing.T, bin, dataDir, listen string, extra ...string) *exec.Cmd {
+func startCentral(t testing.TB, bin, dataDir, listen string, extra ...string) *exec.Cmd {
 	t.Helper()
 	args := append([]string{"--data-dir", dataDir, "--listen", listen, "--metrics-listen", "", "--durable=false"}, extra...)
 	cmd := exec.Command(bin, args...)
@@ -78,7 +78,7 @@ func startCentral(t *testing.T, bin, dataDir, listen string, extra ...string) *e
 	return cmd
 }
 
-func stopCentral(t *testing.T, cmd *exec.Cmd) {
+func stopCentral(t testing.TB, cmd *exec.Cmd) {
 	t.Helper()
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan error, 1)
@@ -95,7 +95,7 @@ func stopCentral(t *testing.T, cmd *exec.Cmd) {
 }
 
 // dataDir returns a directory the postgres user can reach when we are root.
-func dataDir(t *testing.T) string {
+func dataDir(t testing.TB) string {
 	t.Helper()
 	d, err := os.MkdirTemp("", "metalfleet-e2e-")
 	if err != nil {

@@ -39,7 +39,7 @@ type Config struct {
 	// leases.json); empty: static BMCs only.
 	LeaseFile string
 	// Parallel bounds the BMCs polled at once, and separately the intents
-	// executed at once; default 64.
+	// executed at once; default DefaultParallel.
 	Parallel int
 	// PollInterval is how often a reachable BMC is read when the document
 	// does not say; default 60 s.
@@ -117,6 +117,11 @@ type pendingIntent struct {
 // JournalFile is the intent journal's name in StateDir.
 const JournalFile = "intents.journal"
 
+// DefaultParallel is Config.Parallel when not set and metal-bmc's
+// --parallel default, named so that the poll benchmark measures the
+// bound metal-bmc really runs with.
+const DefaultParallel = 64
+
 // New checks cfg and opens the journal.
 func New(cfg Config) (*Service, error) {
 	if cfg.StateDir == "" {
@@ -126,7 +131,7 @@ func New(cfg Config) (*Service, error) {
 		return nil, errors.New("oob: Report is required")
 	}
 	if cfg.Parallel <= 0 {
-		cfg.Parallel = 64
+		cfg.Parallel = DefaultParallel
 	}
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = time.Minute

@@ -53,7 +53,7 @@ func run() error {
 	fs.StringVar(&tokenFile, "token-file", "", "file holding the agent credential (keeps it out of the process list)")
 	fs.StringVar(&cfg.StateDir, "state-dir", "/var/lib/metal-bmc", "the credential, the last desired document and the intent journal")
 	fs.StringVar(&cfg.LeaseFile, "lease-file", "", "the BMC network's DHCP leases (metal-pixie's leases.json); empty: static BMCs only")
-	fs.IntVar(&cfg.Parallel, "parallel", 64, "BMCs polled at once (and, separately, intents executed at once)")
+	fs.IntVar(&cfg.Parallel, "parallel", oob.DefaultParallel, "BMCs polled at once (and, separately, intents executed at once)")
 	fs.DurationVar(&cfg.PollInterval, "poll-interval", time.Minute, "how often a reachable BMC is read, unless the document says")
 	fs.DurationVar(&cfg.ReportInterval, "report-interval", 5*time.Minute, "facts are reported on change, and at least this often")
 	fs.DurationVar(&cfg.MinBackoff, "min-backoff", 10*time.Second, "first wait before polling an unreachable BMC again (doubling)")
