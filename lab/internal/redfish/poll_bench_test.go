@@ -23,7 +23,7 @@ import (
 
 // BenchmarkPollRedfish measures how many BMCs one metal-bmc reads in its
 // report interval (BENCHMARKS.md, "Out-of-band control"): metal-bmc's
-// library with its real driver (HTTP Basic, a new TLS connection per
+// library with its real driver (HTTP Basic, one TLS connection per
 // poll, the system, manager and chassis power read, logout) and its poll
 // bound, against N of the lab's Redfish BMCs served in this process, each
 // with its own listener, certificate and fake system. One op is one round:
@@ -64,7 +64,7 @@ type benchBMCs struct {
 
 // startBMCs serves n lab BMCs on loopback with a certificate made the
 // way the lab's BMCs make theirs; delay is added to every answer.
-func startBMCs(b *testing.B, n int, delay time.Duration) *benchBMCs {
+func startBMCs(b testing.TB, n int, delay time.Duration) *benchBMCs {
 	b.Helper()
 	dir := b.TempDir()
 	cert, err := LoadOrCreateCert(filepath.Join(dir, "bmc.crt"), filepath.Join(dir, "bmc.key"), []string{"127.0.0.1"})
@@ -153,7 +153,7 @@ func benchPoll(b *testing.B, bs *benchBMCs, parallel int) {
 }
 
 // awaitPolls waits until metal-bmc counted n finished polls.
-func awaitPolls(b *testing.B, reg *prometheus.Registry, n int) (ok, failed int) {
+func awaitPolls(b testing.TB, reg *prometheus.Registry, n int) (ok, failed int) {
 	deadline := time.Now().Add(10 * time.Minute)
 	for {
 		mfs, err := reg.Gather()
@@ -196,4 +196,33 @@ func firstError(f *agentv1.BmcFacts) string {
 		}
 	}
 	return "no error reported"
+}
+
+// TestPollKeepsItsConnection: a poll reads a BMC over one TLS connection
+// (gofish would close it after every request), and logs out of it.
+func TestPollKeepsItsConnection(t *testing.T) {
+	bs := startBMCs(t, 1, 0)
+	reg := prometheus.NewRegistry()
+	svc, err := oob.New(oob.Config{StateDir: t.TempDir(), Metrics: reg, Report: func(*agentv1.Facts, ...*agentv1.Event) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	if err := svc.Apply(t.Context(), &agentv1.Desired{Revision: 1, Bmc: bs.doc}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	ok, failed := awaitPolls(t, reg, 1)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if ok != 1 || failed != 0 {
+		t.Fatalf("%d polls ok, %d failed: %s", ok, failed, firstError(svc.Facts()))
+	}
+	if reqs, conns := bs.requests.Load(), bs.conns.Load(); reqs < 4 || conns != 1 {
+		t.Fatalf("%d requests over %d connections, want at least 4 over one", reqs, conns)
+	}
 }

@@ -30,9 +30,7 @@ func (b *Bmclib) open(ctx context.Context, ep Endpoint, c Creds) (*bmclib.Client
 	} else {
 		host = scheme + "://" + bracket(host)
 		opts = append(opts, bmclib.WithRedfishPort(port), bmclib.WithRedfishUseBasicAuth(!b.RedfishSessions))
-		if b.HTTPClient != nil {
-			opts = append(opts, bmclib.WithRedfishHTTPClient(b.HTTPClient))
-		}
+		opts = append(opts, bmclib.WithRedfishHTTPClient(b.httpClient()))
 	}
 	cl := bmclib.NewClient(host, c.User, c.Password, opts...)
 	cl.Registry.Drivers = cl.Registry.For(provider)

@@ -61,19 +61,43 @@ func (b *Bmclib) Identify(ctx context.Context, ep Endpoint, c Creds, on bool) er
 	return nil
 }
 
+// httpClient is the Redfish client of one connection to one BMC (a poll
+// or an intent): its connections are kept alive across that connection's
+// requests and closed at its logout.
 func (b *Bmclib) httpClient() *http.Client {
 	if b.HTTPClient != nil {
 		return b.HTTPClient
 	}
 	return &http.Client{
 		Timeout: b.timeout(),
-		Transport: &http.Transport{
+		Transport: keepAlive{&http.Transport{
 			// BMCs carry self-signed certificates (docs/bmc.md).
-			TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // see above
-			Proxy:           nil,
-		},
+			TLSClientConfig:     &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // see above
+			Proxy:               nil,
+			MaxIdleConnsPerHost: 4,
+		}},
 	}
 }
+
+// keepAlive undoes gofish's Connection: close. gofish v0.20 marks every
+// request Close unless it built the HTTP client itself, so each of a
+// poll's requests paid a TCP and TLS handshake of its own (8 per poll, the
+// bulk of metal-bmc's CPU: BENCHMARKS.md). Its own client would take proxy
+// settings from the environment, which BMC traffic must never follow.
+type keepAlive struct{ t *http.Transport }
+
+func (k keepAlive) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Close || r.Header.Get("Connection") != "" {
+		r = r.Clone(r.Context())
+		r.Close = false
+		r.Header.Del("Connection")
+	}
+	return k.t.RoundTrip(r)
+}
+
+// CloseIdleConnections lets http.Client.CloseIdleConnections (gofish's
+// logout) close the kept connections.
+func (k keepAlive) CloseIdleConnections() { k.t.CloseIdleConnections() }
 
 // redfishSystem connects and returns the one computer system of the BMC.
 func (b *Bmclib) redfishSystem(ctx context.Context, ep Endpoint, c Creds) (*gofish.APIClient, *redfish.ComputerSystem, error) {
