@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -139,7 +140,13 @@ func (l *Lab) routerDisk(dir, name, secret string) error {
 		if pixie.PXEIPv6 != "" {
 			ra += fmt.Sprintf(" ipv6 nd prefix %s no-autoconfig\n", netip.MustParsePrefix(pixie.PXEIPv6).Masked())
 		}
-		files["frr.tmpl"] = string(tmpl) + ra + "!\n"
+		// Before `line vty`, closed with `exit`: after it, frr-reload.py
+		// would read the stanza as part of the vty context, never find
+		// it in the running configuration and reload again each resync.
+		if !strings.Contains(string(tmpl), "\nline vty\n") {
+			return errors.New("metal-core's frr.conf template has no `line vty` to put the PXE VLAN's stanza before")
+		}
+		files["frr.tmpl"] = strings.Replace(string(tmpl), "\nline vty\n", ra+"exit\n!\nline vty\n", 1)
 		ca, err := os.ReadFile(filepath.Join(l.centralDir(), "ca.crt"))
 		if err != nil {
 			return err

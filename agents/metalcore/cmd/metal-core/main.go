@@ -54,7 +54,7 @@ func run() error {
 	fs.StringVar(&cfg.FRRFile, "frr-conf", "/etc/sonic/frr/frr.conf", "the live frr.conf")
 	fs.StringVar(&cfg.FRRTemplate, "frr-template", "", "a frr.conf template replacing the built-in one (Go text/template)")
 	fs.StringVar(&validate, "frr-validate", strings.Join(frr.DefaultValidate(), " "), "command that checks a candidate frr.conf ({file} is the file)")
-	fs.StringVar(&reload, "frr-reload", strings.Join(frr.DefaultReload(), " "), "command that makes FRR take the live frr.conf ({file} is the file)")
+	fs.StringVar(&reload, "frr-reload", strings.Join(frr.DefaultReload(), " "), "command that makes FRR take the live frr.conf ({file} is the file, {dir} its directory)")
 	fs.StringVar(&cfg.Vtysh, "vtysh", "vtysh", "FRR's vtysh, asked for the BGP sessions")
 	fs.StringVar(&cfg.SONiCVersionFile, "sonic-version-file", "/etc/sonic/sonic_version.yml", "SONiC's version file (build_version)")
 	fs.StringVar(&cfg.ManagementInterface, "management-interface", "eth0", "interface whose address is reported when CONFIG_DB's MGMT_INTERFACE has none")

@@ -37,11 +37,18 @@ const FilePlaceholder = "{file}"
 // DefaultValidate is FRR's own parser as the check of a candidate file.
 func DefaultValidate() []string { return []string{"vtysh", "--dryrun", "--inputfile", FilePlaceholder} }
 
-// DefaultReload is frr-reload.py, which SONiC's frr-reload service runs
-// too: it applies the difference between the file and the running
-// configuration.
+// DirPlaceholder in a command's arguments stands for the directory of the
+// file it works on.
+const DirPlaceholder = "{dir}"
+
+// DefaultReload is frr-reload.py as SONiC's frr-reload service runs it:
+// it applies the difference between the file and the running
+// configuration. --confdir is the file's own directory: for a file
+// outside --confdir (default /etc/frr) frr-reload.py ends with vtysh's
+// `write`, which overwrites the file with FRR's rendering of it, so the
+// next comparison with the rendered document always differs.
 func DefaultReload() []string {
-	return []string{"/usr/lib/frr/frr-reload.py", "--reload", FilePlaceholder}
+	return []string{"/usr/lib/frr/frr-reload.py", "--reload", "--confdir", DirPlaceholder, FilePlaceholder}
 }
 
 // Config of an Applier.
@@ -89,6 +96,7 @@ func command(cmd []string, file string) (string, []string) {
 		if strings.Contains(a, FilePlaceholder) {
 			a, found = strings.ReplaceAll(a, FilePlaceholder, file), true
 		}
+		a = strings.ReplaceAll(a, DirPlaceholder, filepath.Dir(file))
 		args = append(args, a)
 	}
 	if !found {

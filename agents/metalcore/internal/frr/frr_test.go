@@ -194,9 +194,13 @@ func TestCommand(t *testing.T) {
 		{[]string{"/usr/lib/frr/frr-reload.py", "--reload", "{file}"}, "/usr/lib/frr/frr-reload.py --reload /x"},
 		{[]string{"systemctl", "start", "frr-reload"}, "systemctl start frr-reload /x"},
 		{[]string{"sh", "-c", "frr-reload.py {file} --reload --confdir /etc/sonic/frr"}, "sh -c frr-reload.py /x --reload --confdir /etc/sonic/frr"},
+		// frr-reload.py must get the file's own directory as --confdir,
+		// or it overwrites the file with vtysh's `write`.
+		{DefaultReload(), "/usr/lib/frr/frr-reload.py --reload --confdir /etc/sonic/frr /etc/sonic/frr/frr.conf"},
 	}
 	for _, tt := range tests {
-		name, args := command(tt.cmd, "/x")
+		name, args := command(tt.cmd, "/etc/sonic/frr/frr.conf")
+		tt.want = strings.ReplaceAll(tt.want, "/x", "/etc/sonic/frr/frr.conf")
 		if got := name + " " + strings.Join(args, " "); got != tt.want {
 			t.Errorf("%v: %q, want %q", tt.cmd, got, tt.want)
 		}
