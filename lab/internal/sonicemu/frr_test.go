@@ -13,7 +13,9 @@ import (
 // instance, then one that removes it (and adds another), as metal-core
 // applies a document: validated with `vtysh --dryrun -f`, then the reload
 // command with {file}. FRR_RELOAD overrides the command (default
-// metal-core's, frr-reload.py --reload {file}). It needs a running FRR
+// metal-core's, frr-reload.py --reload --confdir {dir} {file}). The file
+// stays as written: FRR writing its own rendering into it would make
+// metal-core see a change at every resync. It needs a running FRR
 // (the guest's, which rcS started); elsewhere it is skipped.
 func TestFRRReload(t *testing.T) {
 	if out, err := exec.Command("vtysh", "-c", "show running-config").CombinedOutput(); err != nil {
@@ -21,7 +23,7 @@ func TestFRRReload(t *testing.T) {
 	}
 	reload := os.Getenv("FRR_RELOAD")
 	if reload == "" {
-		reload = "/usr/lib/frr/frr-reload.py --reload {file}"
+		reload = "/usr/lib/frr/frr-reload.py --reload --confdir {dir} {file}"
 	}
 	running := func() string {
 		t.Helper()
@@ -49,9 +51,12 @@ func TestFRRReload(t *testing.T) {
 		if out, err := exec.Command("vtysh", "--dryrun", "-f", f).CombinedOutput(); err != nil {
 			t.Fatalf("vtysh --dryrun -f %s: %v: %s", name, err, out)
 		}
-		args := strings.Fields(strings.ReplaceAll(reload, "{file}", f))
+		args := strings.Fields(strings.NewReplacer("{file}", f, "{dir}", dir).Replace(reload))
 		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
 			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		if b, err := os.ReadFile(f); err != nil || string(b) != content {
+			t.Fatalf("%s after the reload: %v, rewritten:\n%s", name, err, b)
 		}
 	}
 	has := func(cfg, line string) bool {
