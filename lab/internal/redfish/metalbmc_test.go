@@ -531,7 +531,7 @@ func TestMetalBMCSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != "metalfleet_bmc_requests_total" {
+		if mf.GetName() != "metalfleet_lab_bmc_requests_total" {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
