@@ -41,6 +41,9 @@ type Result struct {
 	// and reset intents, which metal-bmc carries out as a power-on, the
 	// PXE boot, the installer's wipe.
 	Free time.Duration
+	// Console: the freed machine's installer read through `metalctl
+	// machine console` (central, metal-bmc, the BMC's SSH serial console).
+	Console ConsoleResult `json:",omitzero"`
 	// Fabric: what a fabric's run measured (topologies with a spine).
 	Fabric FabricResult `json:",omitzero"`
 	Total  time.Duration
@@ -165,7 +168,8 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 	//    metal-phonehome cannot reboot a machine that is off, central's
 	//    "next boot PXE, reset" reaches metal-bmc, which powers it on
 	//    (a reset of a machine that is off is a power-on); it PXE-boots,
-	//    is wiped and waits again.
+	//    is wiped and waits again. Meanwhile a person watches the
+	//    installer on its serial console with metalctl.
 	if err := l.bmcIntent(ctx, e.api, uuid, powerKind, "power", "off"); err != nil {
 		return res, e.failure(ctx, uuid, err)
 	}
@@ -179,6 +183,19 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 	if _, err := l.metalctl(ctx, "machine", "delete", uuid); err != nil {
 		return res, e.failure(ctx, uuid, err)
 	}
+	// The console is opened after the delete: a change of the allocation
+	// ends a console session.
+	type consoleRead struct {
+		res ConsoleResult
+		err error
+	}
+	console := make(chan consoleRead, 1)
+	cctx, stopConsole := context.WithCancel(ctx)
+	defer stopConsole()
+	go func() {
+		r, err := l.readConsole(cctx, uuid, []string{"type=Waiting", "waiting for an allocation", "uuid=" + uuid}, 8*time.Minute)
+		console <- consoleRead{r, err}
+	}()
 	if err := e.waitState(ctx, uuid, apiv1.ProvisioningState_PROVISIONING_STATE_WAITING, 6*time.Minute, func(m *apiv1.Machine) bool {
 		return m.GetAllocation() == nil
 	}); err != nil {
@@ -186,6 +203,13 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 	}
 	res.Free = time.Since(freeStart)
 	l.progress("e2e: deleted while off; central's PXE and reset intents made metal-bmc power it on, and %s is Waiting again after %.1f s", e.byUUID[uuid], res.Free.Seconds())
+	cr := <-console
+	res.Console = cr.res
+	if cr.err != nil {
+		return res, e.failure(ctx, uuid, cr.err)
+	}
+	l.progress("e2e: metalctl machine console showed %s's installer (%d bytes, first %.1f s after delete, %d sessions): %s",
+		e.byUUID[uuid], cr.res.Bytes, cr.res.FirstByte.Seconds(), cr.res.Sessions, strings.TrimSpace(ansiEscape.ReplaceAllString(cr.res.Line, "")))
 	return res, nil
 }
 

@@ -152,7 +152,7 @@ func e2eCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "e2e",
-		Short: "The end-to-end test: up, machines wait, allocate, boot from disk, reinstall, free, down",
+		Short: "The end-to-end test: up, machines wait, allocate, boot from disk, reinstall, free (the installer on metalctl machine console), down",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l, err := f.open(cmd)
@@ -205,6 +205,9 @@ func printE2E(cmd *cobra.Command, r lab.Result) {
 	fmt.Fprintf(w, "  power reset (metalctl, metal-bmc) → OS up from disk: %s\n", s(r.DiskBoot))
 	fmt.Fprintf(w, "  reinstall → Phoned Home: %s\n", s(r.Reinstall))
 	fmt.Fprintf(w, "  delete (machine off) → Waiting: %s\n", s(r.Free))
+	if r.Console.Bytes > 0 {
+		fmt.Fprintf(w, "  delete → installer's first byte on metalctl machine console: %s (%d bytes, %d sessions)\n", s(r.Console.FirstByte), r.Console.Bytes, r.Console.Sessions)
+	}
 	fmt.Fprintf(w, "  total: %s\n", s(r.Total))
 }
 
