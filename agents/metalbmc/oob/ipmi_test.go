@@ -192,6 +192,16 @@ func TestIPMIProvider(t *testing.T) {
 			m.Power = &agentv1.BmcPowerIntent{Generation: 3, Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_OFF}
 		},
 			agentv1.BmcIntentKind_BMC_INTENT_KIND_POWER, 3, func() bool { return readFile(sim, "power") == "0" }},
+		// IPMI's chassis reset does nothing to a machine that is off:
+		// metal-bmc powers it on instead.
+		{"reset while off", func() {
+			m.Power = &agentv1.BmcPowerIntent{Generation: 4, Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_RESET}
+		},
+			agentv1.BmcIntentKind_BMC_INTENT_KIND_POWER, 4, func() bool { return readFile(sim, "power") == "1" }},
+		{"power off again", func() {
+			m.Power = &agentv1.BmcPowerIntent{Generation: 5, Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_OFF}
+		},
+			agentv1.BmcIntentKind_BMC_INTENT_KIND_POWER, 5, func() bool { return readFile(sim, "power") == "0" }},
 	} {
 		st.change()
 		if err := s.Apply(ctx, doc("s3cret", m)); err != nil {

@@ -2,13 +2,9 @@ package lab
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,20 +12,20 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/stmcginnis/gofish"
-	"github.com/stmcginnis/gofish/redfish"
-
 	"github.com/metalfleet/metalfleet/lab/internal/netlab"
 	"github.com/metalfleet/metalfleet/lab/internal/topo"
+	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
-// Down stops every daemon of the lab (BMCs first, so QEMU goes down with
-// its BMC; central last), deletes its namespaces and the host's link, and
-// removes the disks and central's database. Logs and serial consoles
+// Down stops every daemon of the lab (metal-bmc first, then the BMCs, so
+// QEMU goes down with its BMC; central last), deletes its namespaces and
+// the host's link, and removes the disks, central's database and the
+// agents' state and credentials. Logs and serial consoles
 // stay for a post-mortem until the next Up.
 func (l *Lab) Down(ctx context.Context) error {
 	procs := slices.Clone(l.state.Procs)
-	// Reverse start order: machines, pixie, image server, central.
+	// Reverse start order: metal-bmc, machines, pixie, image server,
+	// central.
 	slices.Reverse(procs)
 	var errs []error
 	for _, p := range procs {
@@ -43,7 +39,8 @@ func (l *Lab) Down(ctx context.Context) error {
 	for _, m := range l.top.Nodes(topo.KindMachine) {
 		_ = os.Remove(filepath.Join(l.machineDir(m), "disk.raw"))
 	}
-	for _, d := range []string{l.centralDir(), filepath.Join(l.dir, "pixie"), filepath.Join(l.dir, "pixie.token"), l.EnvFile()} {
+	for _, d := range []string{l.centralDir(), filepath.Join(l.dir, "pixie"), filepath.Join(l.dir, "pixie.token"),
+		l.metalBMCStateDir(), l.metalBMCTokenFile(), l.bmcPasswordFile(), l.EnvFile()} {
 		if err := os.RemoveAll(d); err != nil {
 			errs = append(errs, err)
 		}
@@ -82,13 +79,24 @@ func (l *Lab) Status(ctx context.Context, w io.Writer) error {
 		fmt.Fprintln(w, "\nthe lab is down (make lab starts it)")
 		return nil
 	}
+	// The power as metal-bmc last read it from the BMC and reported it to
+	// central (what `metalctl machine describe` shows), not the BMC asked
+	// behind metal-bmc's back.
+	api, closeAPI, err := l.machineAPI()
+	if err != nil {
+		return err
+	}
+	defer closeAPI()
 	for _, m := range l.top.Nodes(topo.KindMachine) {
-		ps, err := l.PowerState(ctx, m)
+		ps := "unknown"
+		resp, err := api.Get(ctx, &apiv1.MachineServiceGetRequest{Id: l.top.Node(m).UUID})
 		if err != nil {
-			ps = "unknown: " + err.Error()
+			ps += ": " + err.Error()
+		} else {
+			ps = powerState(resp.GetMachine())
 		}
-		fmt.Fprintf(w, "machine %s (uuid %s): power %s, BMC https://%s, console %s\n", m, l.top.Node(m).UUID, ps,
-			l.top.Node(m).BMCIPv4, filepath.Join(l.machineDir(m), "serial.log"))
+		fmt.Fprintf(w, "machine %s (uuid %s): power %s, BMC %s, console %s\n", m, l.top.Node(m).UUID, ps,
+			l.bmcEndpoint(m), filepath.Join(l.machineDir(m), "serial.log"))
 	}
 	out, err := l.metalctl(ctx, "machine", "list")
 	if err != nil {
@@ -96,62 +104,4 @@ func (l *Lab) Status(ctx context.Context, w io.Writer) error {
 	}
 	fmt.Fprintf(w, "\n%s\n", out)
 	return nil
-}
-
-// bmc logs in to a machine's Redfish BMC, trusting exactly the
-// certificate that BMC made for itself.
-func (l *Lab) bmc(ctx context.Context, machine string) (*gofish.APIClient, *redfish.ComputerSystem, error) {
-	n, ok := l.top.Topology.Nodes[machine]
-	if !ok || n.Kind != topo.KindMachine {
-		return nil, nil, fmt.Errorf("no machine %q in the topology (machines: %s)", machine, strings.Join(l.top.Nodes(topo.KindMachine), ", "))
-	}
-	dir := l.machineDir(machine)
-	pem, err := os.ReadFile(filepath.Join(dir, "bmc.crt"))
-	if err != nil {
-		return nil, nil, fmt.Errorf("BMC of %s: %w", machine, err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, nil, fmt.Errorf("BMC of %s: no certificate in bmc.crt", machine)
-	}
-	pw, err := os.ReadFile(filepath.Join(dir, "bmc.password"))
-	if err != nil {
-		return nil, nil, fmt.Errorf("BMC of %s: %w", machine, err)
-	}
-	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
-	c, err := gofish.ConnectContext(ctx, gofish.ClientConfig{Endpoint: "https://" + net.JoinHostPort(n.BMCIPv4, "443"),
-		Username: n.BMCUser, Password: strings.TrimSpace(string(pw)), HTTPClient: hc})
-	if err != nil {
-		return nil, nil, fmt.Errorf("BMC of %s: log in: %w", machine, err)
-	}
-	systems, err := c.Service.Systems()
-	if err != nil || len(systems) != 1 {
-		c.Logout()
-		return nil, nil, fmt.Errorf("BMC of %s: want one system, have %d (%v)", machine, len(systems), err)
-	}
-	return c, systems[0], nil
-}
-
-// Power sends a Redfish reset (On, ForceOff, GracefulShutdown,
-// ForceRestart, PowerCycle) to a machine's BMC.
-func (l *Lab) Power(ctx context.Context, machine, action string) error {
-	c, sys, err := l.bmc(ctx, machine)
-	if err != nil {
-		return err
-	}
-	defer c.Logout()
-	if err := sys.Reset(redfish.ResetType(action)); err != nil {
-		return fmt.Errorf("BMC of %s: %s: %w", machine, action, err)
-	}
-	return nil
-}
-
-// PowerState asks a machine's BMC.
-func (l *Lab) PowerState(ctx context.Context, machine string) (string, error) {
-	c, sys, err := l.bmc(ctx, machine)
-	if err != nil {
-		return "", err
-	}
-	defer c.Logout()
-	return string(sys.PowerState), nil
 }

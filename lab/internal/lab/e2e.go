@@ -18,22 +18,32 @@ import (
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
 
-// Result is what an end-to-end run measured.
+// Result is what an end-to-end run measured. Every power and boot change
+// is an intent in central that the partition's metal-bmc executes.
 type Result struct {
-	Up      Timings
-	Accel   string                   // kvm or tcg
-	Waiting map[string]time.Duration // power-on → Waiting, per machine
+	Up    Timings
+	Accel string // kvm or tcg
+	// Waiting: the power-on intents raised (`metalctl machine power on`)
+	// until the machine is Waiting, per machine.
+	Waiting map[string]time.Duration
 	// Allocate is `metalctl machine create --wait` until Phoned Home.
 	Allocate time.Duration
-	// DiskBoot is a BMC ForceRestart of the allocated machine until its
-	// OS is up again, booted by the firmware from its disk.
+	// DiskBoot is `metalctl machine power reset` of the allocated machine
+	// (metal-bmc: a Redfish ForceRestart) until its OS is up again, booted
+	// by the firmware from its disk.
 	DiskBoot time.Duration
-	// Reinstall is the reinstall call until Phoned Home again.
+	// Reinstall is the reinstall call until Phoned Home again (central
+	// asks metal-bmc for PXE and a power cycle, metal-phonehome reboots
+	// too; whichever comes first).
 	Reinstall time.Duration
-	// Free is `metalctl machine delete` of the machine switched off until
-	// it waits again: the BMC driver's grace period, a PXE boot through the
-	// BMC, the installer's wipe.
+	// Free is `metalctl machine delete` of the machine switched off
+	// (`metalctl machine power off`) until it waits again: central's PXE
+	// and reset intents, which metal-bmc carries out as a power-on, the
+	// PXE boot, the installer's wipe.
 	Free time.Duration
+	// Console: the freed machine's installer read through `metalctl
+	// machine console` (central, metal-bmc, the BMC's SSH serial console).
+	Console ConsoleResult `json:",omitzero"`
 	// Fabric: what a fabric's run measured (topologies with a spine).
 	Fabric FabricResult `json:",omitzero"`
 	Total  time.Duration
@@ -105,10 +115,11 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 		return res, e.failure(ctx, uuid, err)
 	}
 
-	// 3. The BMC restarts it: PXE asks pixie, pixie says "boot the disk",
-	//    the firmware boots the installed system.
+	// 3. An operator resets it through its BMC (metal-bmc: Redfish
+	//    ForceRestart): PXE asks pixie, pixie says "boot the disk", the
+	//    firmware boots the installed system.
 	rebootStart := time.Now()
-	if err := l.Power(ctx, e.byUUID[uuid], "ForceRestart"); err != nil {
+	if err := l.bmcIntent(ctx, e.api, uuid, powerKind, "power", "reset"); err != nil {
 		return res, e.failure(ctx, uuid, err)
 	}
 	if err := e.waitConsole(ctx, uuid, "metal-lab: web-1 ready:", first+1, 3*time.Minute); err != nil {
@@ -118,7 +129,7 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 	if err := e.checkDiskBoot(ctx, uuid, rebootStart); err != nil {
 		return res, e.failure(ctx, uuid, err)
 	}
-	l.progress("e2e: after a BMC restart web-1 booted from its disk in %.1f s", res.DiskBoot.Seconds())
+	l.progress("e2e: after metalctl machine power reset (metal-bmc, Redfish) web-1 booted from its disk in %.1f s", res.DiskBoot.Seconds())
 
 	// 4. Reinstall: a new allocation id, installed and phoned home again.
 	m, err := e.get(ctx, uuid)
@@ -153,15 +164,18 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 	}
 	l.progress("e2e: reinstalled and Phoned Home again in %.1f s", res.Reinstall.Seconds())
 
-	// 5. The tenant switches it off, then deletes it: metal-phonehome cannot
-	//    reboot a machine that is off, so the lab's BMC driver PXE-boots it
-	//    through its BMC; it is wiped and waits again.
-	if err := l.Power(ctx, e.byUUID[uuid], "ForceOff"); err != nil {
+	// 5. The tenant switches it off through its BMC, then deletes it:
+	//    metal-phonehome cannot reboot a machine that is off, central's
+	//    "next boot PXE, reset" reaches metal-bmc, which powers it on
+	//    (a reset of a machine that is off is a power-on); it PXE-boots,
+	//    is wiped and waits again. Meanwhile a person watches the
+	//    installer on its serial console with metalctl.
+	if err := l.bmcIntent(ctx, e.api, uuid, powerKind, "power", "off"); err != nil {
 		return res, e.failure(ctx, uuid, err)
 	}
-	if err := waitFor(ctx, 30*time.Second, "power off of "+e.byUUID[uuid], func() (bool, error) {
-		st, err := l.PowerState(ctx, e.byUUID[uuid])
-		return st == "Off", err
+	if err := waitFor(ctx, 30*time.Second, "metal-bmc reporting "+e.byUUID[uuid]+" off", func() (bool, error) {
+		m, err := e.get(ctx, uuid)
+		return powerState(m) == "off", err
 	}); err != nil {
 		return res, e.failure(ctx, uuid, err)
 	}
@@ -169,13 +183,33 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 	if _, err := l.metalctl(ctx, "machine", "delete", uuid); err != nil {
 		return res, e.failure(ctx, uuid, err)
 	}
+	// The console is opened after the delete: a change of the allocation
+	// ends a console session.
+	type consoleRead struct {
+		res ConsoleResult
+		err error
+	}
+	console := make(chan consoleRead, 1)
+	cctx, stopConsole := context.WithCancel(ctx)
+	defer stopConsole()
+	go func() {
+		r, err := l.readConsole(cctx, uuid, []string{"type=Waiting", "waiting for an allocation", "uuid=" + uuid}, 8*time.Minute)
+		console <- consoleRead{r, err}
+	}()
 	if err := e.waitState(ctx, uuid, apiv1.ProvisioningState_PROVISIONING_STATE_WAITING, 6*time.Minute, func(m *apiv1.Machine) bool {
 		return m.GetAllocation() == nil
 	}); err != nil {
 		return res, e.failure(ctx, uuid, err)
 	}
 	res.Free = time.Since(freeStart)
-	l.progress("e2e: deleted while off; the BMC driver PXE-booted it and %s is Waiting again after %.1f s", e.byUUID[uuid], res.Free.Seconds())
+	l.progress("e2e: deleted while off; central's PXE and reset intents made metal-bmc power it on, and %s is Waiting again after %.1f s", e.byUUID[uuid], res.Free.Seconds())
+	cr := <-console
+	res.Console = cr.res
+	if cr.err != nil {
+		return res, e.failure(ctx, uuid, cr.err)
+	}
+	l.progress("e2e: metalctl machine console showed %s's installer (%d bytes, first %.1f s after delete, %d sessions): %s",
+		e.byUUID[uuid], cr.res.Bytes, cr.res.FirstByte.Seconds(), cr.res.Sessions, strings.TrimSpace(ansiEscape.ReplaceAllString(cr.res.Line, "")))
 	return res, nil
 }
 
@@ -366,6 +400,10 @@ func consoleLines(path, prefix string) []string {
 	return out
 }
 
+// ansiEscape matches terminal control sequences: firmware menus are drawn
+// with them, which makes a console log unreadable as text.
+var ansiEscape = regexp.MustCompile(`\x1b(\[[0-9;=?]*[A-Za-z]|[()][A-Z0-9])`)
+
 // failure wraps err with what a person needs to see why: the machine's
 // serial console and central's events for it.
 func (e *e2e) failure(ctx context.Context, uuid string, err error) error {
@@ -373,9 +411,6 @@ func (e *e2e) failure(ctx context.Context, uuid string, err error) error {
 		return err
 	}
 	var b strings.Builder
-	// Firmware menus are drawn with terminal control sequences, which
-	// make a console log unreadable as text.
-	ansiEscape := regexp.MustCompile(`\x1b(\[[0-9;=?]*[A-Za-z]|[()][A-Z0-9])`)
 	console := ansiEscape.ReplaceAllString(tail(e.serialLog(uuid), 16<<10), "")
 	if len(console) > 8<<10 {
 		console = console[len(console)-8<<10:]

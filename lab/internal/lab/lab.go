@@ -30,7 +30,7 @@ type Config struct {
 	// Root is the repository: the image files of the topology are
 	// relative to it, and build/installer holds the installer.
 	Root string
-	// Bin holds metal-central, metalctl, metal-pixie and metal-lab.
+	// Bin holds metal-central, metalctl, metal-pixie, metal-bmc and metal-lab.
 	Bin string
 	// StateDir holds one directory per lab (named after the topology).
 	StateDir string
@@ -89,15 +89,24 @@ func (l *Lab) Env() ([]string, error) {
 	}, nil
 }
 
-// metalctl runs metalctl against the lab's central and returns its output.
-func (l *Lab) metalctl(ctx context.Context, args ...string) (string, error) {
+// metalctlCmd is metalctl against the lab's central, not started.
+func (l *Lab) metalctlCmd(ctx context.Context, args ...string) (*exec.Cmd, error) {
 	env, err := l.Env()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	cmd := exec.CommandContext(ctx, l.bin("metalctl"), args...)
 	// Its own config file: a person's contexts must not redirect the lab.
 	cmd.Env = append(append(os.Environ(), env...), "METALCTL_CONFIG="+filepath.Join(l.dir, "metalctl.yaml"))
+	return cmd, nil
+}
+
+// metalctl runs metalctl against the lab's central and returns its output.
+func (l *Lab) metalctl(ctx context.Context, args ...string) (string, error) {
+	cmd, err := l.metalctlCmd(ctx, args...)
+	if err != nil {
+		return "", err
+	}
 	out, err := cmd.CombinedOutput()
 	s := strings.TrimSpace(string(out))
 	if err != nil {
@@ -116,7 +125,7 @@ func (l *Lab) checkPrerequisites() error {
 		return errors.New("the lab needs root: network namespaces, bridges and taps")
 	}
 	var missing []string
-	for _, b := range []string{"metal-central", "metalctl", "metal-pixie", "metal-lab"} {
+	for _, b := range []string{"metal-central", "metalctl", "metal-pixie", "metal-bmc", "metal-lab"} {
 		if _, err := os.Stat(l.bin(b)); err != nil {
 			missing = append(missing, l.bin(b)+" (make build)")
 		}

@@ -21,9 +21,14 @@ import (
 // Timings are how long the phases of Up took.
 type Timings struct {
 	Network, Central, Setup, Pixie, BMCs time.Duration
+	// MetalBMC: the partition's BMC settings set, metal-bmc enrolled and
+	// started, until central knew every machine's BMC from it.
+	MetalBMC time.Duration
 	// Routers: a fabric's router guests booted, the leaves registered
 	// and provisioned (from their boot on, alongside pixie's start).
-	Routers   time.Duration
+	Routers time.Duration
+	// PoweredOn: when the power-on intents were raised in central
+	// (metal-bmc executes them within a second or two; Up waits for that).
 	PoweredOn time.Time
 }
 
@@ -136,15 +141,14 @@ func (l *Lab) Up(ctx context.Context, recreate bool) (Timings, error) {
 	}
 	tm.BMCs = time.Since(start)
 
-	if _, err := l.spawn("driver", "", []string{l.bin("metal-lab"), "drive", "--topology", l.cfg.TopologyFile,
-		"--root", l.cfg.Root, "--bin", l.cfg.Bin, "--state-dir", l.cfg.StateDir}); err != nil {
+	start = time.Now()
+	if err := l.startMetalBMC(ctx); err != nil {
 		return tm, err
 	}
-	tm.PoweredOn = time.Now()
-	for _, m := range l.top.Nodes(topo.KindMachine) {
-		if err := l.Power(ctx, m, "On"); err != nil {
-			return tm, err
-		}
+	tm.MetalBMC = time.Since(start)
+
+	if tm.PoweredOn, err = l.powerOn(ctx); err != nil {
+		return tm, err
 	}
 	l.state.Up = true
 	if err := l.state.save(l.statePath()); err != nil {
@@ -336,27 +340,25 @@ func getJSON(ctx context.Context, url string, v any) error {
 }
 
 // startBMCs starts one `metal-lab bmc` per machine in the machine's
-// namespace; each owns its QEMU and answers Redfish on mgmt.
+// namespace; each owns its QEMU and answers Redfish on mgmt, and SSH with
+// the machine's serial console, as real BMCs do.
 func (l *Lab) startBMCs(ctx context.Context) error {
 	t := l.top
+	if err := l.writeBMCPassword(); err != nil {
+		return err
+	}
 	for _, name := range t.Nodes(topo.KindMachine) {
 		n := t.Node(name)
 		dir := l.machineDir(name)
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return err
 		}
-		pw, err := randomSecret()
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(filepath.Join(dir, "bmc.password"), []byte(pw), 0o600); err != nil {
-			return err
-		}
 		disk, _ := topo.ParseBytes(n.DiskSize)
 		args := []string{l.bin("metal-lab"), "bmc", "--name", name, "--uuid", n.UUID,
 			"--memory", strconv.Itoa(n.Memory), "--cpus", strconv.Itoa(n.CPUs), "--firmware", n.Firmware,
 			"--disk", filepath.Join(dir, "disk.raw"), "--disk-size", strconv.FormatInt(disk, 10), "--dir", dir,
-			"--listen", net.JoinHostPort(n.BMCIPv4, "443"), "--user", n.BMCUser, "--password-file", filepath.Join(dir, "bmc.password"),
+			"--listen", net.JoinHostPort(n.BMCIPv4, "443"), "--user", n.BMCUser, "--password-file", l.bmcPasswordFile(),
+			"--ssh-listen", net.JoinHostPort(n.BMCIPv4, "22"),
 			"--tls-cert", filepath.Join(dir, "bmc.crt"), "--tls-key", filepath.Join(dir, "bmc.key"),
 			"--metrics-listen", net.JoinHostPort(n.BMCIPv4, "9100")}
 		for i, iface := range t.Ifaces(name) {
@@ -366,7 +368,7 @@ func (l *Lab) startBMCs(ctx context.Context) error {
 			}
 			args = append(args, "--nic", nic)
 		}
-		l.progress("machine %s: QEMU (%s, %d MiB, %s disk) behind a Redfish BMC on https://%s", name, n.Firmware, n.Memory, n.DiskSize, n.BMCIPv4)
+		l.progress("machine %s: QEMU (%s, %d MiB, %s disk) behind a Redfish BMC on https://%s (serial console: ssh %s)", name, n.Firmware, n.Memory, n.DiskSize, n.BMCIPv4, n.BMCIPv4)
 		if _, err := l.spawn("bmc-"+name, t.Namespace(name), args); err != nil {
 			return err
 		}
@@ -419,6 +421,8 @@ func (l *Lab) Instructions() string {
 	fmt.Fprintf(&b, "  %s machine create --project %s --partition %s --size %s --image %s --networks %s --hostname web-1 --wait\n",
 		bin, l.state.Project, p.ID, p.Sizes[0].ID, p.Images[0].ID, p.Networks[0].ID)
 	fmt.Fprintf(&b, "  %s machine logs -f <machine id>      # its event log, live\n", bin)
+	fmt.Fprintf(&b, "  %s machine console <machine id>     # its serial console through metal-bmc (~. ends it)\n", bin)
+	fmt.Fprintf(&b, "  %s machine power reset <machine id> # through metal-bmc and its BMC (on, off, reset, cycle)\n", bin)
 	fmt.Fprintf(&b, "  %s machine delete <machine id>       # frees it: wiped, back to Waiting\n\n", bin)
 	// The lab's own flags, so the commands reach this lab also when it
 	// was started with another topology or state directory.

@@ -29,7 +29,7 @@ func (f *labFlags) add(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.StringVarP(&f.topology, "topology", "t", "lab/topologies/mini.yaml", "topology file")
 	fl.StringVar(&f.root, "root", ".", "the repository (build/ artifacts and the topology's image files are relative to it)")
-	fl.StringVar(&f.bin, "bin", "", "directory of metal-central, metalctl, metal-pixie, metal-lab (default: next to metal-lab)")
+	fl.StringVar(&f.bin, "bin", "", "directory of metal-central, metalctl, metal-pixie, metal-bmc, metal-lab (default: next to metal-lab)")
 	fl.StringVar(&f.stateDir, "state-dir", "/var/lib/metalfleet/lab", "where labs keep their state, logs, disks and database")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 }
@@ -71,8 +71,11 @@ func upCmd() *cobra.Command {
 		Short: "Build the lab's partition and power its machines on; it keeps running",
 		Long: `up builds the topology's network namespaces, veth pairs and bridges,
 starts metal-central (embedded PostgreSQL), sets up the partition with
-metalctl, starts metal-pixie and one Redfish BMC per machine, and powers the
-machines on through their BMCs. They PXE-boot into the installer and wait.
+metalctl, starts metal-pixie and one Redfish BMC per machine (with its SSH
+serial console), gives central the partition's BMC settings, starts the
+partition's metal-bmc, and powers the machines on with metalctl machine
+power on, which metal-bmc carries out. They PXE-boot into the installer and
+wait.
 
 A lab of the same name that is up stays as it is: up says so and prints how
 to use it. --recreate tears it down and builds it anew. What a failed or
@@ -92,10 +95,10 @@ crashed run left behind is always torn down first.`,
 			if err != nil {
 				return fmt.Errorf("%w\n(the lab is left as it is for a look; `metal-lab down` removes it)", err)
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "up in %s: network %s, central %s, setup %s, pixie %s, BMCs %s\n",
-				(tm.Network + tm.Central + tm.Setup + tm.Pixie + tm.BMCs).Round(time.Second),
+			fmt.Fprintf(cmd.ErrOrStderr(), "up in %s: network %s, central %s, setup %s, pixie %s, BMCs %s, metal-bmc %s\n",
+				(tm.Network + tm.Central + tm.Setup + tm.Pixie + tm.BMCs + tm.MetalBMC).Round(time.Second),
 				tm.Network.Round(time.Millisecond), tm.Central.Round(time.Millisecond), tm.Setup.Round(time.Millisecond),
-				tm.Pixie.Round(time.Millisecond), tm.BMCs.Round(time.Millisecond))
+				tm.Pixie.Round(time.Millisecond), tm.BMCs.Round(time.Millisecond), tm.MetalBMC.Round(time.Millisecond))
 			fmt.Fprint(cmd.OutOrStdout(), l.Instructions())
 			return nil
 		},
@@ -149,7 +152,7 @@ func e2eCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "e2e",
-		Short: "The end-to-end test: up, machines wait, allocate, boot from disk, reinstall, free, down",
+		Short: "The end-to-end test: up, machines wait, allocate, boot from disk, reinstall, free (the installer on metalctl machine console), down",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l, err := f.open(cmd)
@@ -190,72 +193,22 @@ func printE2E(cmd *cobra.Command, r lab.Result) {
 		return fmt.Sprintf("%.1f s", d.Seconds())
 	}
 	fmt.Fprintf(w, "lab timings (accel %s):\n", r.Accel)
-	fmt.Fprintf(w, "  up: network %s, central %s, setup %s, pixie %s, BMCs %s\n", s(r.Up.Network), s(r.Up.Central), s(r.Up.Setup), s(r.Up.Pixie), s(r.Up.BMCs))
+	fmt.Fprintf(w, "  up: network %s, central %s, setup %s, pixie %s, BMCs %s, metal-bmc %s\n", s(r.Up.Network), s(r.Up.Central), s(r.Up.Setup), s(r.Up.Pixie), s(r.Up.BMCs), s(r.Up.MetalBMC))
 	if r.Up.Routers > 0 {
 		fmt.Fprintf(w, "  router guests booted, leaves registered and provisioned: %s\n", s(r.Up.Routers))
 		fmt.Fprintf(w, "  leaves registered → BGP Established with EVPN routes: %s\n", s(r.Fabric.Fabric))
 	}
 	for _, m := range slices.Sorted(maps.Keys(r.Waiting)) {
-		fmt.Fprintf(w, "  power-on → Waiting %s: %s\n", m, s(r.Waiting[m]))
+		fmt.Fprintf(w, "  power on (metalctl, metal-bmc) → Waiting %s: %s\n", m, s(r.Waiting[m]))
 	}
 	fmt.Fprintf(w, "  allocate → Phoned Home: %s\n", s(r.Allocate))
-	fmt.Fprintf(w, "  BMC restart → OS up from disk: %s\n", s(r.DiskBoot))
+	fmt.Fprintf(w, "  power reset (metalctl, metal-bmc) → OS up from disk: %s\n", s(r.DiskBoot))
 	fmt.Fprintf(w, "  reinstall → Phoned Home: %s\n", s(r.Reinstall))
-	fmt.Fprintf(w, "  delete → Waiting: %s\n", s(r.Free))
+	fmt.Fprintf(w, "  delete (machine off) → Waiting: %s\n", s(r.Free))
+	if r.Console.Bytes > 0 {
+		fmt.Fprintf(w, "  delete → installer's first byte on metalctl machine console: %s (%d bytes, %d sessions)\n", s(r.Console.FirstByte), r.Console.Bytes, r.Console.Sessions)
+	}
 	fmt.Fprintf(w, "  total: %s\n", s(r.Total))
-}
-
-func powerCmd() *cobra.Command {
-	var f labFlags
-	cmd := &cobra.Command{
-		Use:   "power MACHINE [On|ForceOff|GracefulShutdown|ForceRestart|GracefulRestart|PowerCycle]",
-		Short: "Show a lab machine's power state, or send its BMC a Redfish reset",
-		Example: `  metal-lab power machine01
-  metal-lab power machine01 ForceRestart`,
-		Args: cobra.RangeArgs(1, 2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := f.open(cmd)
-			if err != nil {
-				return err
-			}
-			if len(args) == 2 {
-				if err := l.Power(cmd.Context(), args[0], args[1]); err != nil {
-					return err
-				}
-			}
-			st, err := l.PowerState(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), st)
-			return nil
-		},
-	}
-	f.add(cmd)
-	return cmd
-}
-
-func driveCmd() *cobra.Command {
-	var (
-		f     labFlags
-		grace time.Duration
-	)
-	cmd := &cobra.Command{
-		Use:    "drive",
-		Short:  "Follow central's machine events and PXE-boot freed or reinstalled machines through their BMCs when they do not reboot by themselves (metal-lab up runs it)",
-		Hidden: true,
-		Args:   cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			l, err := f.open(cmd)
-			if err != nil {
-				return err
-			}
-			return l.Drive(cmd.Context(), grace)
-		},
-	}
-	f.add(cmd)
-	cmd.Flags().DurationVar(&grace, "grace", 10*time.Second, "how long a freed or reinstalled machine has to reboot by itself")
-	return cmd
 }
 
 // serveCmd serves files over HTTP: the lab's stand-in for wherever an

@@ -223,6 +223,15 @@ func TestMetalBMCIntents(t *testing.T) {
 			func() bool { _, _, _, c := f.snapshot(); return c[len(c)-1] == "PowerCycle" }, ""},
 		{"power off", func() { power(4, agentv1.BmcPowerAction_BMC_POWER_ACTION_OFF) }, agentv1.BmcIntentKind_BMC_INTENT_KIND_POWER, 4, ok,
 			func() bool { st, _, _, _ := f.snapshot(); return st == vm.Off }, ""},
+		// A reset or cycle of a machine that is off powers it on: what a
+		// free of a switched-off machine needs (the BMC refuses a reset
+		// while off).
+		{"reset while off", func() { power(5, agentv1.BmcPowerAction_BMC_POWER_ACTION_RESET) }, agentv1.BmcIntentKind_BMC_INTENT_KIND_POWER, 5, ok,
+			func() bool { st, _, _, c := f.snapshot(); return st == vm.On && c[len(c)-1] == "PowerOn" }, ""},
+		{"power off again", func() { power(6, agentv1.BmcPowerAction_BMC_POWER_ACTION_OFF) }, agentv1.BmcIntentKind_BMC_INTENT_KIND_POWER, 6, ok,
+			func() bool { st, _, _, _ := f.snapshot(); return st == vm.Off }, ""},
+		{"cycle while off", func() { power(7, agentv1.BmcPowerAction_BMC_POWER_ACTION_CYCLE) }, agentv1.BmcIntentKind_BMC_INTENT_KIND_POWER, 7, ok,
+			func() bool { st, _, _, c := f.snapshot(); return st == vm.On && c[len(c)-1] == "PowerOn" }, ""},
 		// The lab's machines boot only from network or disk: the BMC
 		// refuses BiosSetup, and the result says so.
 		{"boot bios", func() {
@@ -264,7 +273,7 @@ func TestMetalBMCIntents(t *testing.T) {
 	r2 := startBMC(t, dir, bmcDoc(addr, pass, m), nil)
 	eventually(t, "results after the restart", func() bool {
 		facts, _ := r2.col.snapshot()
-		return result(facts, agentv1.BmcIntentKind_BMC_INTENT_KIND_POWER).GetGeneration() == 4 && len(facts.GetBmcs()) == 1 && facts.GetBmcs()[0].GetReachable()
+		return result(facts, agentv1.BmcIntentKind_BMC_INTENT_KIND_POWER).GetGeneration() == 7 && len(facts.GetBmcs()) == 1 && facts.GetBmcs()[0].GetReachable()
 	})
 	time.Sleep(300 * time.Millisecond)
 	if _, _, _, again := f.snapshot(); len(again) != len(calls) {
@@ -522,7 +531,7 @@ func TestMetalBMCSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != "metalfleet_bmc_requests_total" {
+		if mf.GetName() != "metalfleet_lab_bmc_requests_total" {
 			continue
 		}
 		for _, m := range mf.GetMetric() {

@@ -7,7 +7,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// metrics of one BMC; a nil *metrics counts nothing.
+// metrics of one BMC; a nil *metrics counts nothing. They are the lab's
+// emulator's, named metalfleet_lab_bmc_*: metal-bmc, the product's agent
+// that talks to these BMCs, exports metalfleet_bmc_*, and one scrape
+// config may well collect both.
 type metrics struct {
 	requests *prometheus.CounterVec
 	actions  *prometheus.CounterVec
@@ -18,10 +21,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return nil, nil
 	}
 	m := &metrics{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "metalfleet", Subsystem: "bmc", Name: "requests_total",
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "metalfleet", Subsystem: "lab_bmc", Name: "requests_total",
 			Help: "Redfish requests, by method, resource (service_root, system, reset, session, ..., unknown) and HTTP status code."},
 			[]string{"method", "resource", "code"}),
-		actions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "metalfleet", Subsystem: "bmc", Name: "power_actions_total",
+		actions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "metalfleet", Subsystem: "lab_bmc", Name: "power_actions_total",
 			Help: "Power actions run on the machine, by Redfish ResetType and result (ok, error)."},
 			[]string{"action", "result"}),
 	}

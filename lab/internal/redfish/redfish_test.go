@@ -409,10 +409,10 @@ func TestSessions(t *testing.T) {
 		}
 	}
 
-	if n := counter(t, reg, "metalfleet_bmc_requests_total", map[string]string{"method": "GET", "resource": "system", "code": "200"}); n != 2 {
+	if n := counter(t, reg, "metalfleet_lab_bmc_requests_total", map[string]string{"method": "GET", "resource": "system", "code": "200"}); n != 2 {
 		t.Errorf("requests_total{GET,system,200} = %v, want 2", n)
 	}
-	if n := counter(t, reg, "metalfleet_bmc_requests_total", map[string]string{"method": "GET", "resource": "system", "code": "401"}); n != 3 {
+	if n := counter(t, reg, "metalfleet_lab_bmc_requests_total", map[string]string{"method": "GET", "resource": "system", "code": "401"}); n != 3 {
 		t.Errorf("requests_total{GET,system,401} = %v, want 3", n)
 	}
 }
@@ -432,7 +432,7 @@ func TestMetricsPowerActions(t *testing.T) {
 		action, result string
 		want           float64
 	}{{"On", "ok", 1}, {"GracefulShutdown", "ok", 1}, {"PowerCycle", "error", 1}, {"Nmi", "ok", 0}} {
-		if n := counter(t, reg, "metalfleet_bmc_power_actions_total", map[string]string{"action": tc.action, "result": tc.result}); n != tc.want {
+		if n := counter(t, reg, "metalfleet_lab_bmc_power_actions_total", map[string]string{"action": tc.action, "result": tc.result}); n != tc.want {
 			t.Errorf("power_actions_total{%s,%s} = %v, want %v", tc.action, tc.result, n, tc.want)
 		}
 	}

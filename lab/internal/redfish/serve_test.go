@@ -145,7 +145,7 @@ func TestServeQEMU(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{`metalfleet_bmc_power_actions_total{action="ForceRestart",result="ok"} 1`, `metalfleet_bmc_requests_total{code="201",method="POST",resource="sessions"} 1`, "go_goroutines"} {
+	for _, want := range []string{`metalfleet_lab_bmc_power_actions_total{action="ForceRestart",result="ok"} 1`, `metalfleet_lab_bmc_requests_total{code="201",method="POST",resource="sessions"} 1`, "go_goroutines"} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %s", want)
 		}

@@ -198,6 +198,9 @@ func Parse(b []byte) (*Topology, error) {
 	if count[KindCentral] != 1 || count[KindPixie] != 1 {
 		return nil, fmt.Errorf("topology.nodes: want exactly one central and one pixie, have %d and %d", count[KindCentral], count[KindPixie])
 	}
+	if err := t.checkBMCUser(); err != nil {
+		return nil, err
+	}
 	if err := t.checkLinks(); err != nil {
 		return nil, err
 	}
@@ -302,8 +305,12 @@ func (t *Topology) fillNode(name string, n *Node) error {
 	case KindMachine:
 		if n.UUID == "" {
 			n.UUID = uuid.NewSHA1(uuid.NameSpaceOID, []byte("metal-lab/"+t.Name+"/"+name)).String()
-		} else if _, err := uuid.Parse(n.UUID); err != nil {
+		} else if u, err := uuid.Parse(n.UUID); err != nil {
 			return fmt.Errorf("uuid %q: %w", n.UUID, err)
+		} else {
+			// Lower case, as BMCs and the installer report it and as
+			// central's BMC intents take it.
+			n.UUID = u.String()
 		}
 		if n.Memory == 0 {
 			n.Memory = 1024
@@ -342,6 +349,24 @@ func (t *Topology) fillNode(name string, n *Node) error {
 		}
 	default:
 		return fmt.Errorf("kind %q: want central, pixie, leaf, spine, exit or machine", n.Kind)
+	}
+	return nil
+}
+
+// checkBMCUser refuses machines with different BMC users: the
+// partition's metal-bmc logs in to every BMC with the one user and
+// password central holds for the partition.
+func (t *Topology) checkBMCUser() error {
+	var first string
+	for _, name := range t.Nodes(KindMachine) {
+		u := t.Node(name).BMCUser
+		if first == "" {
+			first = u
+			continue
+		}
+		if u != first {
+			return fmt.Errorf("topology.nodes.%s: bmc-user %q: every machine's BMC has the partition's one user (%q); metal-bmc logs in to all of them with it", name, u, first)
+		}
 	}
 	return nil
 }

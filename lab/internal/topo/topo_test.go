@@ -83,6 +83,7 @@ func TestParseRefusesBadTopologies(t *testing.T) {
 		{"bad endpoint", `"m1:eth0", "leaf01:swp1"`, `"m1", "leaf01:swp1"`, "want node:iface"},
 		{"bad firmware", " EXTRA", ", firmware: coreboot", `firmware "coreboot"`},
 		{"bad uuid", " EXTRA", ", uuid: nope", `uuid "nope"`},
+		{"two BMC users", "leaf01: {kind: leaf}", "leaf01: {kind: leaf}\n    m2: {kind: machine, bmc-ipv4: 172.30.0.102, bmc-user: root}", `bmc-user "root"`},
 		{"bad mac", " EXTRA", ", macs: {eth0: zz}", `macs.eth0 "zz"`},
 		{"small memory", " EXTRA", ", memory: 128", "at least 512 MiB"},
 		{"bad disk size", " EXTRA", ", disk-size: lots", "disk-size"},
@@ -192,5 +193,18 @@ func TestFabricRules(t *testing.T) {
 				t.Fatalf("err = %v, want one containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestUUIDLowerCase: a machine's UUID is kept in lower case, as its BMC
+// and installer report it and as central's BMC intents take it.
+func TestUUIDLowerCase(t *testing.T) {
+	src := strings.Replace(base, " EXTRA", ", uuid: 5C1F7A52-3F9E-4BB1-9D55-0D7C2C1A0001", 1)
+	top, err := Parse([]byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := top.Node("m1").UUID; got != "5c1f7a52-3f9e-4bb1-9d55-0d7c2c1a0001" {
+		t.Fatalf("uuid %q", got)
 	}
 }

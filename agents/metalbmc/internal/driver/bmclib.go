@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	bmclib "github.com/bmc-toolbox/bmclib/v2"
 	bmclibErrs "github.com/bmc-toolbox/bmclib/v2/errors"
@@ -59,6 +60,14 @@ func (b *Bmclib) with(ctx context.Context, ep Endpoint, c Creds, f func(ctx cont
 // a running machine and cycle is off then on, on both protocols; bmclib's
 // own words mean the opposite on Redfish (its "reset" sends PowerCycle,
 // its "cycle" ForceRestart), so they are swapped there.
+//
+// A reset or cycle of a machine that is off powers it on. Both ask for a
+// fresh boot (central raises them with "next boot PXE" when a machine is
+// freed, reinstalled or stuck), and a machine that is off needs just the
+// power-on for that; BMCs refuse the reset instead (bmclib's Redfish
+// provider: "not supported in present state: Off") or ignore it (IPMI's
+// chassis reset and cycle do nothing in S5), which would leave a freed
+// machine off until someone powers it on by hand.
 func (b *Bmclib) Power(ctx context.Context, ep Endpoint, c Creds, a agentv1.BmcPowerAction) error {
 	state, ok := map[agentv1.BmcPowerAction]string{
 		agentv1.BmcPowerAction_BMC_POWER_ACTION_ON:    "on",
@@ -77,7 +86,16 @@ func (b *Bmclib) Power(ctx context.Context, ep Endpoint, c Creds, a agentv1.BmcP
 			state = "reset"
 		}
 	}
+	restart := a == agentv1.BmcPowerAction_BMC_POWER_ACTION_RESET || a == agentv1.BmcPowerAction_BMC_POWER_ACTION_CYCLE
 	return b.with(ctx, ep, c, func(ctx context.Context, cl *bmclib.Client) error {
+		state := state
+		if restart {
+			// A state that cannot be read leaves the action as asked: the
+			// BMC's own answer to it is the better error.
+			if st, err := cl.GetPowerState(ctx); err == nil && isOff(st) {
+				state = "on"
+			}
+		}
 		done, err := cl.SetPowerState(ctx, state)
 		if err != nil {
 			return fmt.Errorf("power %s: %w", state, errors.New(clean(err.Error())))
@@ -134,4 +152,11 @@ func (b *Bmclib) Firmware(ctx context.Context, ep Endpoint, c Creds, comp agentv
 		}
 		return nil
 	})
+}
+
+// isOff reads the power state bmclib returns: Redfish's PowerState
+// ("Off") or ipmitool's "Chassis Power is off".
+func isOff(state string) bool {
+	s := strings.ToLower(strings.TrimSpace(state))
+	return s == "off" || strings.HasSuffix(s, " is off")
 }

@@ -64,3 +64,21 @@ func TestSplitAddress(t *testing.T) {
 		}
 	}
 }
+
+func TestIsOff(t *testing.T) {
+	for s, want := range map[string]bool{
+		"Off":                    true, // Redfish
+		"off":                    true,
+		"Chassis Power is off":   true, // ipmitool
+		"Chassis Power is off\n": true,
+		"On":                     false,
+		"PoweringOn":             false,
+		"PoweringOff":            false,
+		"Chassis Power is on":    false,
+		"":                       false,
+	} {
+		if got := isOff(s); got != want {
+			t.Errorf("isOff(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
