@@ -213,7 +213,7 @@ func (l *Lab) staticFRR(name string) (string, error) {
 		asn, rid = exitASNBase+idx, fmt.Sprintf("10.254.1.%d", idx)
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "frr defaults datacenter\nhostname %s\n!\n", name)
+	fmt.Fprintf(&b, "frr defaults datacenter\nhostname %s\nlog syslog informational\n!\n", name)
 	var ports []string
 	for _, iface := range l.routerNICs(name)[1:] {
 		p, _ := topo.SONiCPort(iface)
