@@ -18,6 +18,10 @@ const (
 	bmcIface   = "bmc0" // in a machine's namespace: the BMC's port on mgmt
 )
 
+// wireMTU is the MTU of a fabric's wires (veths, taps and the bridges
+// between them): frames of SONiC's largest port MTU pass.
+const wireMTU = 9216
+
 // tapOf and bridgeOf name what joins a machine NIC's veth to QEMU.
 func tapOf(iface string) string    { return "tap-" + iface }
 func bridgeOf(iface string) string { return "br-" + iface }
@@ -95,6 +99,19 @@ func buildNetwork(t *topo.Topology) error {
 		if err := netlab.Veth(netlab.End{NS: t.Namespace(a.Node), Name: a.Iface}, netlab.End{NS: t.Namespace(b.Node), Name: b.Iface}); err != nil {
 			return fmt.Errorf("link %s ↔ %s: %w", a, b, err)
 		}
+		if !t.Fabric() {
+			continue
+		}
+		// A fabric's wires carry what its ports send: the leaves' and
+		// spine's ports have MTU 9216 (9000 towards machines), and a host
+		// bridge drops every frame longer than the MTU of the link it
+		// leaves by — a BGP UPDATE longer than 1,500 bytes stalled the
+		// session behind it until the spine's hold timer expired.
+		for _, e := range l {
+			if err := netlab.MTU(t.Namespace(e.Node), e.Iface, wireMTU); err != nil {
+				return err
+			}
+		}
 	}
 	routers := t.Routers()
 	for _, name := range nodes {
@@ -115,6 +132,11 @@ func buildNetwork(t *topo.Topology) error {
 				}
 				if err := netlab.Tap(ns, tapOf(iface), bridgeOf(iface)); err != nil {
 					return err
+				}
+				if t.Fabric() && iface != routerMgmt {
+					if err := netlab.MTU(ns, tapOf(iface), wireMTU); err != nil {
+						return err
+					}
 				}
 			}
 		case n.Kind == topo.KindPixie && t.Fabric():

@@ -363,6 +363,20 @@ func Tap(ns, name, bridge string) error {
 	})
 }
 
+// MTU sets a link's MTU.
+func MTU(ns, name string, mtu int) error {
+	return withHandle(ns, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("%s in %s: %w", name, nsName(ns), err)
+		}
+		if err := h.LinkSetMTU(l, mtu); err != nil {
+			return fmt.Errorf("mtu %d on %s in %s: %w", mtu, name, nsName(ns), err)
+		}
+		return nil
+	})
+}
+
 // Addr assigns addresses (address/prefix) to a link; IPv6 ones skip
 // duplicate address detection, so they work at once.
 func Addr(ns, link string, cidrs ...string) error {
