@@ -489,3 +489,37 @@ func (l *Lab) restartRouter(ctx context.Context, name string) error {
 	}
 	return l.bootRouter(name)
 }
+
+// waitPXEStretched waits until every leaf's PXE VNI has each other leaf as
+// a remote VTEP. Pixie's route to the PXE network spreads its flows over
+// all leaves; a leaf whose EVPN is not up yet blackholes the answers to a
+// machine behind another leaf, and a machine powered on then fails its
+// PXE boot (iPXE's "Connection timed out") and sits in the firmware's shell.
+// An operator boots servers once the fabric is up, too.
+func (l *Lab) waitPXEStretched(ctx context.Context) error {
+	leaves := l.top.Nodes(topo.KindLeaf)
+	for _, leaf := range leaves {
+		var last string
+		err := waitFor(ctx, 4*time.Minute, fmt.Sprintf("%s's PXE VNI %d reaching the other leaves", leaf, pxeVNI), func() (bool, error) {
+			out, err := l.RouterExec(ctx, leaf, fmt.Sprintf("vtysh -c 'show evpn vni %d json'", pxeVNI))
+			if err != nil {
+				last = err.Error()
+				return false, nil
+			}
+			var v struct {
+				RemoteVTEPs []string `json:"numRemoteVteps"`
+			}
+			if err := json.Unmarshal([]byte(out), &v); err != nil {
+				last = fmt.Sprintf("%.200s", out)
+				return false, nil
+			}
+			last = fmt.Sprintf("remote VTEPs %v", v.RemoteVTEPs)
+			return len(v.RemoteVTEPs) >= len(leaves)-1, nil
+		})
+		if err != nil {
+			return fmt.Errorf("%w: %s", err, last)
+		}
+	}
+	l.progress("fabric: the PXE VLAN (VNI %d) reaches every leaf over EVPN", pxeVNI)
+	return nil
+}

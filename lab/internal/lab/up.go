@@ -132,6 +132,9 @@ func (l *Lab) Up(ctx context.Context, recreate bool) (Timings, error) {
 		if err := l.provisionLeaves(ctx); err != nil {
 			return tm, err
 		}
+		if err := l.waitPXEStretched(ctx); err != nil {
+			return tm, err
+		}
 		tm.Routers = time.Since(start)
 	}
 
