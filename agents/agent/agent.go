@@ -49,6 +49,12 @@ type Config struct {
 	// Centrals are central's addresses, host:port, IPv4 or [IPv6]; the agent
 	// starts at a random one and moves on when one fails.
 	Centrals []string
+	// Endpoints, when set, is asked before every connection attempt for
+	// the addresses to try; an empty answer falls back to Centrals. The
+	// addresses an agent can reach may change while it runs: an installed
+	// machine learns its leaves' agent relays from router advertisements
+	// only after it started.
+	Endpoints func() []string
 	// TLS pins central's CA (see PinnedTLS). Nil means plaintext, which
 	// only a central started with --insecure-plaintext accepts.
 	TLS *tls.Config
@@ -317,7 +323,13 @@ func retryDelay(err error) time.Duration {
 // dial makes a fresh connection per session: the reconnect backoff is
 // ours alone, not stacked on gRPC's own (which grows to two minutes).
 func (a *Agent) dial() (*grpc.ClientConn, string, error) {
-	addr := a.cfg.Centrals[a.next%len(a.cfg.Centrals)]
+	addrs := a.cfg.Centrals
+	if a.cfg.Endpoints != nil {
+		if e := a.cfg.Endpoints(); len(e) > 0 {
+			addrs = e
+		}
+	}
+	addr := addrs[a.next%len(addrs)]
 	a.next++
 	creds := insecure.NewCredentials()
 	if a.cfg.TLS != nil {

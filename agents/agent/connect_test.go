@@ -337,3 +337,55 @@ func TestSessionRefresh(t *testing.T) {
 		})
 	}
 }
+
+// TestEndpointsAskedPerAttempt: the addresses come from Endpoints before
+// every attempt, so an agent started before its way to central existed (an
+// installed machine before its leaves' router advertisements) connects
+// once it appears, without a restart.
+func TestEndpointsAskedPerAttempt(t *testing.T) {
+	srvTLS, cliTLS := testTLS(t)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsCollector(t, lis, srvTLS)
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	var mu sync.Mutex
+	var live []string
+	var asked int
+	a, err := New(Config{
+		Kind: agentv1.Kind_KIND_PHONEHOME, Identity: "m", Centrals: []string{deadAddr}, Token: "mfa_x", TLS: cliTLS,
+		Endpoints: func() []string {
+			mu.Lock()
+			defer mu.Unlock()
+			asked++
+			return live
+		},
+		Reconciler: ReconcilerFunc(func(context.Context, *agentv1.Desired) error { return nil }),
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	waitFor(t, "attempts at the fallback", func() bool { mu.Lock(); defer mu.Unlock(); return asked >= 3 })
+	if a.Connected() {
+		t.Fatal("connected through a closed port")
+	}
+	mu.Lock()
+	live = []string{lis.Addr().String()}
+	mu.Unlock()
+	waitFor(t, "connection once the endpoint appeared", func() bool { return a.Connected() })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -158,9 +158,13 @@ func New(opts Options) (*Phonehome, error) {
 	}
 	p.opts.Metrics.setGeneration(p.st.RebootGeneration)
 	a, err := agent.New(agent.Config{
-		Kind:        agentv1.Kind_KIND_PHONEHOME,
-		Identity:    opts.File.MachineID,
-		Centrals:    opts.File.Endpoints(opts.RoutesFile),
+		Kind:     agentv1.Kind_KIND_PHONEHOME,
+		Identity: opts.File.MachineID,
+		Centrals: opts.File.Centrals,
+		// Read again before every attempt: the leaves' router
+		// advertisements (and so their relays) may come after the start,
+		// and a restarted leaf comes back with its relay.
+		Endpoints:   func() []string { return opts.File.Endpoints(opts.RoutesFile) },
 		TLS:         opts.File.TLS(),
 		Token:       opts.File.Token,
 		StateDir:    opts.StateDir,
