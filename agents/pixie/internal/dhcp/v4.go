@@ -238,7 +238,13 @@ func (s *Server4) handle(req *dhcpv4.DHCPv4, from netip.Addr) (*dhcpv4.DHCPv4, *
 			log.Error("dhcp4: build offer", "err", err)
 			return nil, nil, "error"
 		}
-		log.Info("dhcp4: offer", "address", l.Addr, "boot", resp.BootFileNameOption(), "arch", c.arch, "vendor", req.ClassIdentifier())
+		// Without option 93 the zero arch would read "Intel x86PC": a
+		// BMC's offer would claim a PXE client's architecture.
+		arch := ""
+		if c.hasArch {
+			arch = c.arch.String()
+		}
+		log.Info("dhcp4: offer", "address", l.Addr, "boot", resp.BootFileNameOption(), "arch", arch, "vendor", req.ClassIdentifier())
 		return resp, s.dest(req, resp), "offer"
 
 	case dhcpv4.MessageTypeRequest:
