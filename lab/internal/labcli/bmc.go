@@ -30,6 +30,12 @@ the boot override (Pxe or Hdd, once or continuous), with session or Basic
 auth. QEMU running is "powered on"; it PXE-boots from the --nic marked boot
 unless the BMC was told to boot the disk.
 
+With --dhcp IFACE the BMC has no fixed address: it asks the BMC network's
+DHCP server for one on IFACE (renewing it while it runs), makes its
+certificate for it and serves there; --listen, --ssh-listen and
+--metrics-listen then give ports only (:443), and the lease is written to
+<dir>/bmc-lease.json.
+
 The serial console is <dir>/serial.log, and live on
   socat - UNIX-CONNECT:<dir>/serial.sock
 QEMU's own output goes to <dir>/qemu.log. On SIGTERM or SIGINT the machine
@@ -74,6 +80,9 @@ is forced off and the BMC exits.`,
 			if cfg.TLSCert == "" {
 				cfg.TLSCert = filepath.Join(m.Dir, "bmc.crt")
 			}
+			if cfg.DHCP != "" && cfg.LeaseFile == "" {
+				cfg.LeaseFile = filepath.Join(m.Dir, "bmc-lease.json")
+			}
 			if cfg.TLSKey == "" {
 				cfg.TLSKey = filepath.Join(m.Dir, "bmc.key")
 			}
@@ -96,7 +105,9 @@ is forced off and the BMC exits.`,
 	f.StringVar(&cfg.Machine.Dir, "dir", "", "state directory: qmp.sock, serial.sock, serial.log, qemu.log, UEFI variables (required)")
 	f.StringVar(&cfg.Machine.QEMU, "qemu", "qemu-system-x86_64", "QEMU binary")
 	f.StringVar(&cfg.Machine.Accel, "accel", "", "kvm or tcg (default: kvm when QEMU can start a KVM machine here)")
-	f.StringVar(&cfg.Listen, "listen", "", "Redfish HTTPS address, e.g. 172.30.0.101:443 (required)")
+	f.StringVar(&cfg.Listen, "listen", "", "Redfish HTTPS address, e.g. 172.30.0.101:443, or :443 with --dhcp (required)")
+	f.StringVar(&cfg.DHCP, "dhcp", "", "get the BMC's IPv4 address by DHCP on this interface and keep it renewed (the listen flags then give ports only)")
+	f.StringVar(&cfg.LeaseFile, "lease-file", "", "with --dhcp: where the lease in effect is written (default <dir>/bmc-lease.json)")
 	f.StringVar(&cfg.BMC.User, "user", "admin", "BMC user name")
 	f.StringVar(&passwordFile, "password-file", "", "file holding the BMC password (required)")
 	f.StringVar(&bmcSerial, "serial-number", "", "serial number the BMC reports (default --name)")
