@@ -88,15 +88,19 @@ func (l *Lab) Status(ctx context.Context, w io.Writer) error {
 	}
 	defer closeAPI()
 	for _, m := range l.top.Nodes(topo.KindMachine) {
-		ps := "unknown"
+		ps, bmc := "unknown", l.bmcEndpoint(m)
 		resp, err := api.Get(ctx, &apiv1.MachineServiceGetRequest{Id: l.top.Node(m).UUID})
 		if err != nil {
 			ps += ": " + err.Error()
 		} else {
 			ps = powerState(resp.GetMachine())
+			// Where metal-bmc found it: the static list or a lease.
+			if b := resp.GetMachine().GetBmc(); b.GetAddress() != "" {
+				bmc = b.GetAddress() + " (" + b.GetSource() + ")"
+			}
 		}
 		fmt.Fprintf(w, "machine %s (uuid %s): power %s, BMC %s, console %s\n", m, l.top.Node(m).UUID, ps,
-			l.bmcEndpoint(m), filepath.Join(l.machineDir(m), "serial.log"))
+			bmc, filepath.Join(l.machineDir(m), "serial.log"))
 	}
 	out, err := l.metalctl(ctx, "machine", "list")
 	if err != nil {

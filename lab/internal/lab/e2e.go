@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -76,6 +78,9 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 	e := &e2e{Lab: l, api: apiv1.NewMachineServiceClient(cc), switches: apiv1.NewSwitchServiceClient(cc), byUUID: map[string]string{}}
 	for _, m := range l.top.Nodes(topo.KindMachine) {
 		e.byUUID[l.top.Node(m).UUID] = m
+	}
+	if err := l.checkKnownFromBMC(res.Up.KnownFromBMC); err != nil {
+		return res, err
 	}
 	if l.top.Fabric() {
 		return res, l.e2eFabric(ctx, e, &res)
@@ -422,4 +427,40 @@ func (e *e2e) failure(ctx context.Context, uuid string, err error) error {
 	}
 	fmt.Fprintf(&b, "\n--- central's events of %s ---\n%s\n", uuid, out)
 	return errors.New(b.String())
+}
+
+// checkKnownFromBMC: before its first PXE boot central knew every machine
+// from its BMC alone (known-from-bmc), and metal-bmc found each BMC where
+// the topology puts it — a BMC without a fixed address in pixie's leases,
+// at an address of the BMC pool; the others in the static list.
+func (l *Lab) checkKnownFromBMC(known map[string]KnownBMC) error {
+	first, last, _ := l.top.BMCRange()
+	for _, m := range l.top.Nodes(topo.KindMachine) {
+		k, ok := known[m]
+		if !ok {
+			return fmt.Errorf("%s: central did not know it from its BMC before the power-on", m)
+		}
+		if k.Provisioning != "known-from-bmc" {
+			return fmt.Errorf("%s: %s before its first PXE boot, want known-from-bmc", m, k.Provisioning)
+		}
+		want := "static"
+		if l.top.LeasedBMC(m) {
+			want = "lease"
+		}
+		if k.Source != want {
+			return fmt.Errorf("%s: its BMC %s came from the %s, want the %s", m, k.Address, k.Source, want)
+		}
+		if want != "lease" {
+			continue
+		}
+		host := k.Address
+		if h, _, err := net.SplitHostPort(k.Address); err == nil {
+			host = h
+		}
+		a, err := netip.ParseAddr(host)
+		if err != nil || a.Less(first) || last.Less(a) {
+			return fmt.Errorf("%s: its leased BMC is at %s, not in pixie's BMC pool %s-%s", m, k.Address, first, last)
+		}
+	}
+	return nil
 }
