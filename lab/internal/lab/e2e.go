@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/metalfleet/metalfleet/lab/internal/client"
+	"github.com/metalfleet/metalfleet/lab/internal/redfish"
 	"github.com/metalfleet/metalfleet/lab/internal/topo"
 	"github.com/metalfleet/metalfleet/lab/internal/vm"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
@@ -43,6 +45,9 @@ type Result struct {
 	// and reset intents, which metal-bmc carries out as a power-on, the
 	// PXE boot, the installer's wipe.
 	Free time.Duration
+	// BMCLeases: each leased BMC at the end, its address kept through
+	// the renewals of the run.
+	BMCLeases map[string]string `json:",omitempty"`
 	// Console: the freed machine's installer read through `metalctl
 	// machine console` (central, metal-bmc, the BMC's SSH serial console).
 	Console ConsoleResult `json:",omitzero"`
@@ -83,7 +88,11 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 		return res, err
 	}
 	if l.top.Fabric() {
-		return res, l.e2eFabric(ctx, e, &res)
+		if err := l.e2eFabric(ctx, e, &res); err != nil {
+			return res, err
+		}
+		res.BMCLeases, err = l.checkBMCLeases(res.Up.KnownFromBMC)
+		return res, err
 	}
 
 	// 1. Every machine PXE-boots the installer, registers with correct
@@ -215,7 +224,10 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 	}
 	l.progress("e2e: metalctl machine console showed %s's installer (%d bytes, first %.1f s after delete, %d sessions): %s",
 		e.byUUID[uuid], cr.res.Bytes, cr.res.FirstByte.Seconds(), cr.res.Sessions, strings.TrimSpace(ansiEscape.ReplaceAllString(cr.res.Line, "")))
-	return res, nil
+
+	// 6. The leased BMCs kept their addresses all along.
+	res.BMCLeases, err = l.checkBMCLeases(res.Up.KnownFromBMC)
+	return res, err
 }
 
 type e2e struct {
@@ -463,4 +475,34 @@ func (l *Lab) checkKnownFromBMC(known map[string]KnownBMC) error {
 		}
 	}
 	return nil
+}
+
+// checkBMCLeases: every leased BMC still holds the address central knew
+// it by before the power-on, renewed meanwhile (the lab's leases last
+// bmcLeaseTime, the run longer). It returns what each held.
+func (l *Lab) checkBMCLeases(known map[string]KnownBMC) (map[string]string, error) {
+	out := map[string]string{}
+	for _, m := range l.top.Nodes(topo.KindMachine) {
+		if !l.top.LeasedBMC(m) {
+			continue
+		}
+		b, err := os.ReadFile(l.bmcLeaseFile(m))
+		if err != nil {
+			return out, err
+		}
+		var info redfish.LeaseInfo
+		if err := json.Unmarshal(b, &info); err != nil {
+			return out, fmt.Errorf("%s: %w", l.bmcLeaseFile(m), err)
+		}
+		p, err := netip.ParsePrefix(info.Address)
+		if err != nil || p.Addr().String() != known[m].Address {
+			return out, fmt.Errorf("%s's BMC holds %q at the end, not %s as before the power-on", m, info.Address, known[m].Address)
+		}
+		if info.Renewals == 0 {
+			return out, fmt.Errorf("%s's BMC never renewed its lease of %s (bound %s)", m, info.Address, info.Bound.Format(time.TimeOnly))
+		}
+		out[m] = fmt.Sprintf("%s from %s, renewed %d times", info.Address, info.Server, info.Renewals)
+		l.progress("e2e: %s's BMC kept %s through %d renewals", m, info.Address, info.Renewals)
+	}
+	return out, nil
 }

@@ -198,6 +198,10 @@ func printE2E(cmd *cobra.Command, r lab.Result) {
 		fmt.Fprintf(w, "  router guests booted, leaves registered and provisioned: %s\n", s(r.Up.Routers))
 		fmt.Fprintf(w, "  leaves registered → BGP Established with EVPN routes: %s\n", s(r.Fabric.Fabric))
 	}
+	for _, m := range slices.Sorted(maps.Keys(r.Up.KnownFromBMC)) {
+		k := r.Up.KnownFromBMC[m]
+		fmt.Fprintf(w, "  before power-on: %s %s from its BMC %s (%s)\n", m, k.Provisioning, k.Address, k.Source)
+	}
 	for _, m := range slices.Sorted(maps.Keys(r.Waiting)) {
 		fmt.Fprintf(w, "  power on (metalctl, metal-bmc) → Waiting %s: %s\n", m, s(r.Waiting[m]))
 	}
@@ -207,6 +211,9 @@ func printE2E(cmd *cobra.Command, r lab.Result) {
 	fmt.Fprintf(w, "  delete (machine off) → Waiting: %s\n", s(r.Free))
 	if r.Console.Bytes > 0 {
 		fmt.Fprintf(w, "  delete → installer's first byte on metalctl machine console: %s (%d bytes, %d sessions)\n", s(r.Console.FirstByte), r.Console.Bytes, r.Console.Sessions)
+	}
+	for _, m := range slices.Sorted(maps.Keys(r.BMCLeases)) {
+		fmt.Fprintf(w, "  %s's BMC lease at the end: %s\n", m, r.BMCLeases[m])
 	}
 	fmt.Fprintf(w, "  total: %s\n", s(r.Total))
 }

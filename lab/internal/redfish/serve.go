@@ -57,6 +57,8 @@ type LeaseInfo struct {
 	Server    string    `json:"server,omitempty"`
 	Bound     time.Time `json:"bound,omitzero"`
 	Expires   time.Time `json:"expires,omitzero"`
+	// Renewals of this address since it was bound.
+	Renewals int `json:"renewals"`
 }
 
 // leaseAddress starts the BMC's DHCP client on cfg.DHCP (it runs until
@@ -68,13 +70,22 @@ func leaseAddress(ctx context.Context, cfg ServeConfig, log *slog.Logger) (netip
 			return netip.Addr{}, fmt.Errorf("%s %q with DHCP: give the port only (e.g. :443); the address is the lease's", l.flag, l.addr)
 		}
 	}
+	// OnLease runs on the client's goroutine only: no lock for these.
+	var prev netip.Prefix
+	renewals := 0
 	write := func(l dhcpc.Lease) {
+		if l.Addr.IsValid() && l.Addr == prev {
+			renewals++
+		} else {
+			renewals = 0
+		}
+		prev = l.Addr
 		if cfg.LeaseFile == "" {
 			return
 		}
 		info := LeaseInfo{Interface: cfg.DHCP}
 		if l.Addr.IsValid() {
-			info.Address, info.Server, info.Bound, info.Expires = l.Addr.String(), l.Server.String(), l.Bound.UTC(), l.Expires.UTC()
+			info.Address, info.Server, info.Bound, info.Expires, info.Renewals = l.Addr.String(), l.Server.String(), l.Bound.UTC(), l.Expires.UTC(), renewals
 		}
 		b, _ := json.MarshalIndent(info, "", "  ")
 		if err := file.WriteAtomic(cfg.LeaseFile, append(b, '\n'), 0o644); err != nil {
