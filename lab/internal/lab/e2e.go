@@ -33,7 +33,7 @@ type Result struct {
 	// Allocate is `metalctl machine create --wait` until Phoned Home.
 	Allocate time.Duration
 	// DiskBoot is `metalctl machine power reset` of the allocated machine
-	// (metal-bmc: a Redfish ForceRestart) until its OS is up again, booted
+	// (metal-bmc: a Redfish ForceRestart or IPMI chassis reset) until its OS is up again, booted
 	// by the firmware from its disk.
 	DiskBoot time.Duration
 	// Reinstall is the reinstall call until Phoned Home again (central
@@ -109,12 +109,20 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 		}
 	}
 
-	// 2. A tenant allocates one with metalctl and waits for it.
+	// 2. A tenant allocates one with metalctl and waits for it. With an
+	//    IPMI machine in the topology it is that one: its life is what
+	//    the e2e runs through metal-bmc (Redfish has its own tests and
+	//    the other machines' power-on here).
 	p := l.top.Partition
 	allocStart := time.Now()
-	out, err := l.metalctl(ctx, "machine", "create", "--project", l.state.Project, "--partition", p.ID,
+	create := []string{"machine", "create", "--project", l.state.Project, "--partition", p.ID,
 		"--size", p.Sizes[0].ID, "--image", p.Images[0].ID, "--networks", p.Networks[0].ID,
-		"--hostname", "web-1", "--wait", "--wait-timeout", "8m")
+		"--hostname", "web-1", "--wait", "--wait-timeout", "8m"}
+	if m := l.ipmiMachine(); m != "" {
+		create = append(create, "--id", l.top.Node(m).UUID)
+		l.progress("e2e: allocating %s, the machine behind an IPMI BMC", m)
+	}
+	out, err := l.metalctl(ctx, create...)
 	res.Allocate = time.Since(allocStart)
 	if err != nil {
 		return res, e.failure(ctx, e.allocated(ctx, "web-1"), err)
@@ -130,7 +138,7 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 	}
 
 	// 3. An operator resets it through its BMC (metal-bmc: Redfish
-	//    ForceRestart): PXE asks pixie, pixie says "boot the disk", the
+	//    ForceRestart, IPMI chassis reset): PXE asks pixie, pixie says "boot the disk", the
 	//    firmware boots the installed system.
 	rebootStart := time.Now()
 	if err := l.bmcIntent(ctx, e.api, uuid, powerKind, "power", "reset"); err != nil {
@@ -143,7 +151,7 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 	if err := e.checkDiskBoot(ctx, uuid, rebootStart); err != nil {
 		return res, e.failure(ctx, uuid, err)
 	}
-	l.progress("e2e: after metalctl machine power reset (metal-bmc, Redfish) web-1 booted from its disk in %.1f s", res.DiskBoot.Seconds())
+	l.progress("e2e: after metalctl machine power reset (metal-bmc, %s) web-1 booted from its disk in %.1f s", l.top.Node(e.byUUID[uuid]).BMC, res.DiskBoot.Seconds())
 
 	// 4. Reinstall: a new allocation id, installed and phoned home again.
 	m, err := e.get(ctx, uuid)
@@ -505,4 +513,15 @@ func (l *Lab) checkBMCLeases(known map[string]KnownBMC) (map[string]string, erro
 		l.progress("e2e: %s's BMC kept %s through %d renewals", m, info.Address, info.Renewals)
 	}
 	return out, nil
+}
+
+// ipmiMachine is the topology's first machine behind an IPMI BMC ("" when
+// none).
+func (l *Lab) ipmiMachine() string {
+	for _, m := range l.top.Nodes(topo.KindMachine) {
+		if l.top.Node(m).BMC == topo.BMCIPMI {
+			return m
+		}
+	}
+	return ""
 }

@@ -80,12 +80,15 @@ func (l *Lab) bmcHost(machine string) (string, error) {
 	return p.Addr().String(), nil
 }
 
-// bmcEndpoint is a machine's BMC as metal-bmc reaches it: Redfish over
-// HTTPS on the management network.
+// bmcEndpoint is a machine's BMC as metal-bmc reaches it on the
+// management network: Redfish over HTTPS, or IPMI over LAN (host:623).
 func (l *Lab) bmcEndpoint(machine string) string {
 	host, err := l.bmcHost(machine)
 	if err != nil {
 		return "(address by DHCP, not known: " + err.Error() + ")"
+	}
+	if l.top.Node(machine).BMC == topo.BMCIPMI {
+		return net.JoinHostPort(host, "623")
 	}
 	return "https://" + net.JoinHostPort(host, "443")
 }
@@ -101,13 +104,18 @@ func (l *Lab) startMetalBMC(ctx context.Context) (map[string]KnownBMC, error) {
 	set := []string{"partition", "bmc", "set", p.ID, "--user", t.Node(machines[0]).BMCUser,
 		"--password-file", l.bmcPasswordFile(), "--poll-interval", bmcPollInterval}
 	var static, leased []string
+	ipmi := false
 	for _, m := range machines {
-		if t.LeasedBMC(m) {
+		switch {
+		case t.LeasedBMC(m):
 			leased = append(leased, m)
-			continue
+		case t.Node(m).BMC == topo.BMCIPMI:
+			static, ipmi = append(static, m+" (IPMI)"), true
+			set = append(set, "--static-ipmi", l.bmcEndpoint(m))
+		default:
+			static = append(static, m)
+			set = append(set, "--static", l.bmcEndpoint(m))
 		}
-		static = append(static, m)
-		set = append(set, "--static", l.bmcEndpoint(m))
 	}
 	pixieDir := filepath.Join(l.dir, "pixie")
 	metalBMC := []string{l.bin("metal-bmc"), "--name", l.metalBMCName(),
@@ -115,6 +123,11 @@ func (l *Lab) startMetalBMC(ctx context.Context) (map[string]KnownBMC, error) {
 		"--state-dir", l.metalBMCStateDir(), "--metrics-listen", net.JoinHostPort(t.Node(t.Pixie()).MgmtIPv4, "2113"),
 		// The lab's BMCs serve their serial console on SSH's own port.
 		"--console-ssh-port", "22"}
+	if ipmi {
+		// ipmi_sim speaks cipher suite 3 only (as mini-lab's ipmitool
+		// -C 3): pinned, no attempt with 17 first.
+		metalBMC = append(metalBMC, "--ipmi-cipher-suite", "3")
+	}
 	if _, _, ok := t.BMCRange(); ok {
 		// The BMC network's leases are pixie's: metal-bmc reads its
 		// lease file (it shares pixie's namespace, the management
@@ -135,7 +148,7 @@ func (l *Lab) startMetalBMC(ctx context.Context) (map[string]KnownBMC, error) {
 		return nil, err
 	}
 	n := t.Node(t.Pixie())
-	l.progress("metal-bmc: the partition's BMC agent on %s (pixie's namespace): static %s, leased %s; Redfish with SSH serial consoles",
+	l.progress("metal-bmc: the partition's BMC agent on %s (pixie's namespace): static %s, leased %s",
 		n.MgmtIPv4, orNone(static), orNone(leased))
 	proc, err := l.spawn("metal-bmc", t.Namespace(t.Pixie()), metalBMC)
 	if err != nil {

@@ -364,21 +364,30 @@ func (l *Lab) startBMCs(ctx context.Context) error {
 			return err
 		}
 		disk, _ := topo.ParseBytes(n.DiskSize)
-		// A BMC without a fixed address listens on the ports of the
-		// address it leases.
-		host, where := n.BMCIPv4, "on https://"+n.BMCIPv4+" (serial console: ssh "+n.BMCIPv4+")"
-		if t.LeasedBMC(name) {
-			host, where = "", "whose address comes by DHCP from pixie"
-		}
 		args := []string{l.bin("metal-lab"), "bmc", "--name", name, "--uuid", n.UUID,
 			"--memory", strconv.Itoa(n.Memory), "--cpus", strconv.Itoa(n.CPUs), "--firmware", n.Firmware,
 			"--disk", filepath.Join(dir, "disk.raw"), "--disk-size", strconv.FormatInt(disk, 10), "--dir", dir,
-			"--listen", net.JoinHostPort(host, "443"), "--user", n.BMCUser, "--password-file", l.bmcPasswordFile(),
-			"--ssh-listen", net.JoinHostPort(host, "22"),
-			"--tls-cert", filepath.Join(dir, "bmc.crt"), "--tls-key", filepath.Join(dir, "bmc.key"),
-			"--metrics-listen", net.JoinHostPort(host, "9100")}
-		if t.LeasedBMC(name) {
-			args = append(args, "--dhcp", bmcIface, "--lease-file", l.bmcLeaseFile(name))
+			"--user", n.BMCUser, "--password-file", l.bmcPasswordFile()}
+		var kind, where string
+		switch {
+		case n.BMC == topo.BMCIPMI:
+			// ipmi_sim on IPMI's port; its console is serial-over-LAN.
+			kind, where = "an IPMI BMC (ipmi_sim)", "on "+net.JoinHostPort(n.BMCIPv4, "623")+" (serial-over-LAN)"
+			args = append(args, "--protocol", "ipmi", "--listen", net.JoinHostPort(n.BMCIPv4, "623"))
+		default:
+			// A BMC without a fixed address listens on the ports of the
+			// address it leases.
+			host := n.BMCIPv4
+			kind, where = "a Redfish BMC", "on https://"+host+" (serial console: ssh "+host+")"
+			if t.LeasedBMC(name) {
+				host, where = "", "whose address comes by DHCP from pixie"
+			}
+			args = append(args, "--listen", net.JoinHostPort(host, "443"), "--ssh-listen", net.JoinHostPort(host, "22"),
+				"--tls-cert", filepath.Join(dir, "bmc.crt"), "--tls-key", filepath.Join(dir, "bmc.key"),
+				"--metrics-listen", net.JoinHostPort(host, "9100"))
+			if t.LeasedBMC(name) {
+				args = append(args, "--dhcp", bmcIface, "--lease-file", l.bmcLeaseFile(name))
+			}
 		}
 		for i, iface := range t.Ifaces(name) {
 			nic := "tap=" + tapOf(iface) + ",mac=" + t.MAC(name, iface)
@@ -387,7 +396,7 @@ func (l *Lab) startBMCs(ctx context.Context) error {
 			}
 			args = append(args, "--nic", nic)
 		}
-		l.progress("machine %s: QEMU (%s, %d MiB, %s disk) behind a Redfish BMC %s", name, n.Firmware, n.Memory, n.DiskSize, where)
+		l.progress("machine %s: QEMU (%s, %d MiB, %s disk) behind %s %s", name, n.Firmware, n.Memory, n.DiskSize, kind, where)
 		if _, err := l.spawn("bmc-"+name, t.Namespace(name), args); err != nil {
 			return err
 		}
@@ -396,6 +405,16 @@ func (l *Lab) startBMCs(ctx context.Context) error {
 		what := "BMC of " + name + " on " + t.Node(name).BMCIPv4
 		if t.LeasedBMC(name) {
 			what = "BMC of " + name + " with an address by DHCP (" + l.bmcLeaseFile(name) + ", pixie's log " + filepath.Join(l.dir, "logs", "pixie.log") + ")"
+		}
+		if t.Node(name).BMC == topo.BMCIPMI {
+			// UDP: the BMC says when ipmi_sim answers IPMI over LAN.
+			if err := waitFor(ctx, time.Minute, "IPMI BMC of "+name+" answering (log: "+filepath.Join(l.dir, "logs", "bmc-"+name+".log")+")", func() (bool, error) {
+				_, err := os.Stat(filepath.Join(l.machineDir(name), "bmc-ready"))
+				return err == nil, nil
+			}); err != nil {
+				return err
+			}
+			continue
 		}
 		if err := waitFor(ctx, time.Minute, what, func() (bool, error) {
 			host, err := l.bmcHost(name)

@@ -21,6 +21,12 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
+// BMC protocols of a machine.
+const (
+	BMCRedfish = "redfish"
+	BMCIPMI    = "ipmi"
+)
+
 // Node kinds.
 const (
 	KindCentral = "central" // metal-central with its embedded PostgreSQL
@@ -134,6 +140,9 @@ type Node struct {
 	// bmc-dhcp4-range and metal-bmc finds it in pixie's leases.
 	BMCIPv4 string `json:"bmc-ipv4,omitempty"`
 	BMCIPv6 string `json:"bmc-ipv6,omitempty"`
+	// BMC is the BMC's protocol: redfish (the lab's Redfish server, the
+	// default) or ipmi (OpenIPMI's ipmi_sim wired to QEMU's external BMC).
+	BMC     string `json:"bmc,omitempty"`
 	BMCUser string `json:"bmc-user,omitempty"`
 	// MACs by interface name; missing ones are derived from the lab,
 	// node and interface names, so they stay the same across runs.
@@ -263,6 +272,9 @@ func (n Node) withDefaults(d Node) Node {
 	if n.BMCUser == "" {
 		n.BMCUser = d.BMCUser
 	}
+	if n.BMC == "" {
+		n.BMC = d.BMC
+	}
 	return n
 }
 
@@ -357,6 +369,19 @@ func (t *Topology) fillNode(name string, n *Node) error {
 			if err := needAddr("bmc-ipv4", n.BMCIPv4, t.Mgmt.IPv4Subnet); err != nil {
 				return err
 			}
+		}
+		switch n.BMC {
+		case "":
+			n.BMC = BMCRedfish
+		case BMCRedfish:
+		case BMCIPMI:
+			if n.BMCIPv4 == "" {
+				// metal-bmc takes every lease as a Redfish BMC; an IPMI
+				// BMC belongs in its static list.
+				return errors.New("bmc ipmi: needs a bmc-ipv4 (IPMI BMCs are metal-bmc's static list, not found in leases)")
+			}
+		default:
+			return fmt.Errorf("bmc %q: want redfish or ipmi", n.BMC)
 		}
 		if n.BMCUser == "" {
 			n.BMCUser = "admin"

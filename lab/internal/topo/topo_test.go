@@ -25,6 +25,10 @@ func TestLoadDefaultTopology(t *testing.T) {
 	if !top.LeasedBMC("machine01") || top.LeasedBMC("machine02") {
 		t.Fatalf("machine01's BMC leased %v, machine02's %v; want leased and fixed", top.LeasedBMC("machine01"), top.LeasedBMC("machine02"))
 	}
+	// Both kinds of BMC: Redfish (the default) and IPMI.
+	if b1, b2 := top.Node("machine01").BMC, top.Node("machine02").BMC; b1 != BMCRedfish || b2 != BMCIPMI {
+		t.Fatalf("BMCs %s and %s, want redfish and ipmi", b1, b2)
+	}
 	if top.Mgmt.HostIPv4 != "172.30.0.1" || top.Mgmt.HostIPv6 != "fd00:172:30::1" {
 		t.Fatalf("host addresses = %s %s", top.Mgmt.HostIPv4, top.Mgmt.HostIPv6)
 	}
@@ -95,6 +99,8 @@ func TestParseRefusesBadTopologies(t *testing.T) {
 		{"long name", "name: t", "name: toolongname", "name \"toolongname\""},
 		{"no pixie", "    pixie: {kind: pixie", "    pixie: {kind: central", "exactly one central and one pixie"},
 		{"bad prefix", "[10.2.0.0/24]", "[10.2.0.0/99]", "prefixes[0]"},
+		{"unknown BMC protocol", " EXTRA", ", bmc: amt", `bmc "amt": want redfish or ipmi`},
+		{"IPMI BMC", " EXTRA", ", bmc: ipmi", ""},
 		{"leased BMC without a pool", "bmc-ipv4: 172.30.0.101 EXTRA", "bmc-user: admin", "bmc-ipv4: required unless pixie serves the BMC network"},
 	}
 	for _, tc := range tests {
@@ -235,6 +241,7 @@ func TestLeasedBMCs(t *testing.T) {
 		{"pool upside down", "172.30.0.150-172.30.0.199", "172.30.0.199-172.30.0.150", "first not after last"},
 		{"pool not a range", "172.30.0.150-172.30.0.199", "172.30.0.150", "want first-last"},
 		{"fixed address in the pool", "mgmt-ipv4: 172.30.0.10}", "mgmt-ipv4: 172.30.0.160}", "lies in pixie's bmc-dhcp4-range"},
+		{"IPMI BMC by DHCP", "bmc-user: admin", "bmc-user: admin, bmc: ipmi", "bmc ipmi: needs a bmc-ipv4"},
 		{"the host's address in the pool", "172.30.0.150-172.30.0.199", "172.30.0.1-172.30.0.9", "holds the host's address"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
