@@ -161,6 +161,10 @@ func (l *Lab) checkPrerequisites() error {
 	return nil
 }
 
+// permanent is an error of waitFor's ok that ends the wait at once (a
+// daemon that exited will not come).
+type permanent struct{ error }
+
 // waitFor polls ok until it returns true, an error, or the deadline.
 func waitFor(ctx context.Context, timeout time.Duration, what string, ok func() (bool, error)) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -170,6 +174,10 @@ func waitFor(ctx context.Context, timeout time.Duration, what string, ok func() 
 		done, err := ok()
 		if done {
 			return nil
+		}
+		var p permanent
+		if errors.As(err, &p) {
+			return fmt.Errorf("%s: %w", what, p.error)
 		}
 		if err != nil {
 			last = err

@@ -2,6 +2,8 @@ package lab
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -42,13 +44,15 @@ func (l *Lab) metalBMCTokenFile() string { return filepath.Join(l.dir, "metal-bm
 func (l *Lab) metalBMCStateDir() string  { return filepath.Join(l.dir, "metal-bmc") }
 
 // writeBMCPassword makes the lab's BMC password: one for all BMCs of the
-// partition, as central holds one user and password per partition.
+// partition, as central holds one user and password per partition. 20
+// hex digits (80 bits): IPMI 2.0 takes passwords of at most 20 bytes, and
+// the one password serves the IPMI BMCs too.
 func (l *Lab) writeBMCPassword() error {
-	pw, err := randomSecret()
-	if err != nil {
+	b := make([]byte, 10)
+	if _, err := rand.Read(b); err != nil {
 		return err
 	}
-	return os.WriteFile(l.bmcPasswordFile(), []byte(pw), 0o600)
+	return os.WriteFile(l.bmcPasswordFile(), []byte(hex.EncodeToString(b)), 0o600)
 }
 
 // bmcLeaseTime is the lease pixie gives the lab's BMCs: short, so that

@@ -357,6 +357,7 @@ func (l *Lab) startBMCs(ctx context.Context) error {
 	if err := l.writeBMCPassword(); err != nil {
 		return err
 	}
+	procs := map[string]Proc{}
 	for _, name := range t.Nodes(topo.KindMachine) {
 		n := t.Node(name)
 		dir := l.machineDir(name)
@@ -397,9 +398,11 @@ func (l *Lab) startBMCs(ctx context.Context) error {
 			args = append(args, "--nic", nic)
 		}
 		l.progress("machine %s: QEMU (%s, %d MiB, %s disk) behind %s %s", name, n.Firmware, n.Memory, n.DiskSize, kind, where)
-		if _, err := l.spawn("bmc-"+name, t.Namespace(name), args); err != nil {
+		p, err := l.spawn("bmc-"+name, t.Namespace(name), args)
+		if err != nil {
 			return err
 		}
+		procs[name] = p
 	}
 	for _, name := range t.Nodes(topo.KindMachine) {
 		what := "BMC of " + name + " on " + t.Node(name).BMCIPv4
@@ -408,7 +411,10 @@ func (l *Lab) startBMCs(ctx context.Context) error {
 		}
 		if t.Node(name).BMC == topo.BMCIPMI {
 			// UDP: the BMC says when ipmi_sim answers IPMI over LAN.
-			if err := waitFor(ctx, time.Minute, "IPMI BMC of "+name+" answering (log: "+filepath.Join(l.dir, "logs", "bmc-"+name+".log")+")", func() (bool, error) {
+			if err := waitFor(ctx, time.Minute, "IPMI BMC of "+name+" answering (log: "+procs[name].Log+")", func() (bool, error) {
+				if !procs[name].Alive() {
+					return false, permanent{fmt.Errorf("the BMC exited: %s", tail(procs[name].Log, 2000))}
+				}
 				_, err := os.Stat(filepath.Join(l.machineDir(name), "bmc-ready"))
 				return err == nil, nil
 			}); err != nil {
@@ -417,6 +423,9 @@ func (l *Lab) startBMCs(ctx context.Context) error {
 			continue
 		}
 		if err := waitFor(ctx, time.Minute, what, func() (bool, error) {
+			if !procs[name].Alive() {
+				return false, permanent{fmt.Errorf("the BMC exited: %s", tail(procs[name].Log, 2000))}
+			}
 			host, err := l.bmcHost(name)
 			if err != nil {
 				return false, err
