@@ -100,11 +100,15 @@ func Serve(ctx context.Context, cfg Config) error {
 	if cfg.Machine == nil || cfg.Dir == "" || cfg.User == "" || cfg.Password == "" || len(cfg.Chassis) == 0 {
 		return errors.New("ipmi: machine, dir, user, password and chassis command are required")
 	}
-	for _, s := range []string{cfg.User, cfg.Password} {
-		// The config file quotes them; ipmi_sim limits both to 16 and
-		// 20 bytes (IPMI's own limits).
-		if strings.ContainsAny(s, "\"\\\n\r") || len(s) > 20 {
-			return errors.New("ipmi: user and password must be at most 20 bytes without quotes, backslashes or line breaks")
+	// The config file quotes them, and ipmi_sim keeps 15 bytes of a user
+	// name and 19 of a password (IPMI's 16 and 20 with a NUL): a longer
+	// one would silently be another.
+	for _, c := range []struct {
+		what, s string
+		max     int
+	}{{"user", cfg.User, 15}, {"password", cfg.Password, 19}} {
+		if strings.ContainsAny(c.s, "\"\\\n\r") || len(c.s) > c.max {
+			return fmt.Errorf("ipmi: the %s must be at most %d bytes without quotes, backslashes or line breaks (ipmi_sim keeps no more)", c.what, c.max)
 		}
 	}
 	host, port, err := net.SplitHostPort(cfg.Listen)

@@ -362,3 +362,20 @@ func TestSerialBridge(t *testing.T) {
 		t.Fatalf("the bridge listens on %s, want loopback only", b.Addr())
 	}
 }
+
+// TestServeRefusesWhatIPMISimWouldCut: ipmi_sim keeps 19 bytes of a
+// password (15 of a user); a longer one would be another password, and
+// every login would fail with an HMAC error that names nothing.
+func TestServeRefusesWhatIPMISimWouldCut(t *testing.T) {
+	for _, c := range []struct{ user, pass, want string }{
+		{"admin", "01234567890123456789", "password must be at most 19 bytes"},
+		{"administrator-1234", "pw", "user must be at most 15 bytes"},
+		{"admin", `pa"ss`, "without quotes"},
+	} {
+		err := Serve(context.Background(), Config{Machine: &fakeMachine{}, UUID: machineUUID, Listen: "127.0.0.1:623",
+			User: c.user, Password: c.pass, Dir: t.TempDir(), Chassis: []string{"true"}})
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("user %q password %q: %v, want %q", c.user, c.pass, err, c.want)
+		}
+	}
+}

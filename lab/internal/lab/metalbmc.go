@@ -44,11 +44,11 @@ func (l *Lab) metalBMCTokenFile() string { return filepath.Join(l.dir, "metal-bm
 func (l *Lab) metalBMCStateDir() string  { return filepath.Join(l.dir, "metal-bmc") }
 
 // writeBMCPassword makes the lab's BMC password: one for all BMCs of the
-// partition, as central holds one user and password per partition. 20
-// hex digits (80 bits): IPMI 2.0 takes passwords of at most 20 bytes, and
-// the one password serves the IPMI BMCs too.
+// partition, as central holds one user and password per partition. 16
+// hex digits (64 bits): the one password serves the IPMI BMCs too, and
+// IPMI 1.5 passwords are 16 bytes (2.0's 20; ipmi_sim keeps 19).
 func (l *Lab) writeBMCPassword() error {
-	b := make([]byte, 10)
+	b := make([]byte, 8)
 	if _, err := rand.Read(b); err != nil {
 		return err
 	}
