@@ -37,7 +37,11 @@ func (l *Lab) Down(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	for _, m := range l.top.Nodes(topo.KindMachine) {
-		_ = os.Remove(filepath.Join(l.machineDir(m), "disk.raw"))
+		// The disk, and an IPMI BMC's configuration and state: they hold
+		// the BMC password, which goes with bmc.password.
+		for _, f := range []string{"disk.raw", "lan.conf", "sim.emu", "ipmi-state", "bmc-ready", "chassis.sock"} {
+			_ = os.RemoveAll(filepath.Join(l.machineDir(m), f))
+		}
 	}
 	for _, d := range []string{l.centralDir(), filepath.Join(l.dir, "pixie"), filepath.Join(l.dir, "pixie.token"),
 		l.metalBMCStateDir(), l.metalBMCTokenFile(), l.bmcPasswordFile(), l.EnvFile()} {
