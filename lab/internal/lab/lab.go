@@ -145,6 +145,19 @@ func (l *Lab) checkPrerequisites() error {
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		missing = append(missing, "qemu-system-x86_64 (apt-get install qemu-system-x86)")
 	}
+	for _, m := range l.top.Nodes(topo.KindMachine) {
+		if l.top.Node(m).BMC != topo.BMCIPMI {
+			continue
+		}
+		// The IPMI BMC is ipmi_sim; metal-bmc and its readiness check
+		// speak to it with ipmitool.
+		for _, b := range []string{"ipmi_sim", "ipmitool"} {
+			if _, err := exec.LookPath(b); err != nil {
+				missing = append(missing, b+" (apt-get install openipmi ipmitool, or make deps)")
+			}
+		}
+		break
+	}
 	if l.top.Fabric() {
 		for _, f := range []string{"build/router-image/vmlinuz", "build/router-image/router.cpio.gz"} {
 			if _, err := os.Stat(filepath.Join(l.cfg.Root, f)); err != nil {
