@@ -71,9 +71,11 @@ func upCmd() *cobra.Command {
 		Short: "Build the lab's partition and power its machines on; it keeps running",
 		Long: `up builds the topology's network namespaces, veth pairs and bridges,
 starts metal-central (embedded PostgreSQL), sets up the partition with
-metalctl, starts metal-pixie and one Redfish BMC per machine (with its SSH
-serial console), gives central the partition's BMC settings, starts the
-partition's metal-bmc, and powers the machines on with metalctl machine
+metalctl, starts metal-pixie (also the BMC network's DHCP server) and one BMC
+per machine (Redfish with its SSH serial console, at a fixed address or one
+leased from pixie; or ipmi_sim with serial-over-LAN), gives central the
+partition's BMC settings, starts the partition's metal-bmc (the static list
+plus pixie's leases), and powers the machines on with metalctl machine
 power on, which metal-bmc carries out. They PXE-boot into the installer and
 wait.
 
