@@ -14,7 +14,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 # Debian packages the build, the tests and `make run` need: ipxe for the PXE
 # service's boot files; redis-server, frr and frr-pythontools for metal-core's
 # tests (a real CONFIG_DB, FRR's own check of frr.conf, frr-reload.py);
-# ipmitool and openipmi (ipmi_sim) for metal-bmc's IPMI provider and its test.
+# ipmitool and openipmi (ipmi_sim) for metal-bmc's IPMI provider, its test and the lab's IPMI BMC.
 APT_PKGS := postgresql ca-certificates git ipxe cpio e2fsprogs dosfstools fdisk zstd xz-utils redis-server frr frr-pythontools ipmitool openipmi lldpd isc-dhcp-relay isc-dhcp-client
 # What booting the installer and the lab image under QEMU needs besides
 # (mdadm, lvm2, dmsetup and xfsprogs are packed into the installer when

@@ -37,7 +37,11 @@ func (l *Lab) Down(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	for _, m := range l.top.Nodes(topo.KindMachine) {
-		_ = os.Remove(filepath.Join(l.machineDir(m), "disk.raw"))
+		// The disk, and an IPMI BMC's configuration and state: they hold
+		// the BMC password, which goes with bmc.password.
+		for _, f := range []string{"disk.raw", "lan.conf", "sim.emu", "ipmi-state", "bmc-ready", "chassis.sock"} {
+			_ = os.RemoveAll(filepath.Join(l.machineDir(m), f))
+		}
 	}
 	for _, d := range []string{l.centralDir(), filepath.Join(l.dir, "pixie"), filepath.Join(l.dir, "pixie.token"),
 		l.metalBMCStateDir(), l.metalBMCTokenFile(), l.bmcPasswordFile(), l.EnvFile()} {
@@ -88,15 +92,19 @@ func (l *Lab) Status(ctx context.Context, w io.Writer) error {
 	}
 	defer closeAPI()
 	for _, m := range l.top.Nodes(topo.KindMachine) {
-		ps := "unknown"
+		ps, bmc := "unknown", l.bmcEndpoint(m)
 		resp, err := api.Get(ctx, &apiv1.MachineServiceGetRequest{Id: l.top.Node(m).UUID})
 		if err != nil {
 			ps += ": " + err.Error()
 		} else {
 			ps = powerState(resp.GetMachine())
+			// Where metal-bmc found it: the static list or a lease.
+			if b := resp.GetMachine().GetBmc(); b.GetAddress() != "" {
+				bmc = b.GetAddress() + " (" + b.GetSource() + ")"
+			}
 		}
 		fmt.Fprintf(w, "machine %s (uuid %s): power %s, BMC %s, console %s\n", m, l.top.Node(m).UUID, ps,
-			l.bmcEndpoint(m), filepath.Join(l.machineDir(m), "serial.log"))
+			bmc, filepath.Join(l.machineDir(m), "serial.log"))
 	}
 	out, err := l.metalctl(ctx, "machine", "list")
 	if err != nil {

@@ -2,9 +2,12 @@ package lab
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -13,6 +16,7 @@ import (
 	"time"
 
 	"github.com/metalfleet/metalfleet/lab/internal/client"
+	"github.com/metalfleet/metalfleet/lab/internal/redfish"
 	"github.com/metalfleet/metalfleet/lab/internal/topo"
 	"github.com/metalfleet/metalfleet/lab/internal/vm"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
@@ -29,7 +33,7 @@ type Result struct {
 	// Allocate is `metalctl machine create --wait` until Phoned Home.
 	Allocate time.Duration
 	// DiskBoot is `metalctl machine power reset` of the allocated machine
-	// (metal-bmc: a Redfish ForceRestart) until its OS is up again, booted
+	// (metal-bmc: a Redfish ForceRestart or IPMI chassis reset) until its OS is up again, booted
 	// by the firmware from its disk.
 	DiskBoot time.Duration
 	// Reinstall is the reinstall call until Phoned Home again (central
@@ -41,6 +45,9 @@ type Result struct {
 	// and reset intents, which metal-bmc carries out as a power-on, the
 	// PXE boot, the installer's wipe.
 	Free time.Duration
+	// BMCLeases: each leased BMC at the end, its address kept through
+	// the renewals of the run.
+	BMCLeases map[string]string `json:",omitempty"`
 	// Console: the freed machine's installer read through `metalctl
 	// machine console` (central, metal-bmc, the BMC's SSH serial console).
 	Console ConsoleResult `json:",omitzero"`
@@ -77,8 +84,15 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 	for _, m := range l.top.Nodes(topo.KindMachine) {
 		e.byUUID[l.top.Node(m).UUID] = m
 	}
+	if err := l.checkKnownFromBMC(res.Up.KnownFromBMC); err != nil {
+		return res, err
+	}
 	if l.top.Fabric() {
-		return res, l.e2eFabric(ctx, e, &res)
+		if err := l.e2eFabric(ctx, e, &res); err != nil {
+			return res, err
+		}
+		res.BMCLeases, err = l.checkBMCLeases(res.Up.KnownFromBMC)
+		return res, err
 	}
 
 	// 1. Every machine PXE-boots the installer, registers with correct
@@ -95,12 +109,20 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 		}
 	}
 
-	// 2. A tenant allocates one with metalctl and waits for it.
+	// 2. A tenant allocates one with metalctl and waits for it. With an
+	//    IPMI machine in the topology it is that one: its life is what
+	//    the e2e runs through metal-bmc (Redfish has its own tests and
+	//    the other machines' power-on here).
 	p := l.top.Partition
 	allocStart := time.Now()
-	out, err := l.metalctl(ctx, "machine", "create", "--project", l.state.Project, "--partition", p.ID,
+	create := []string{"machine", "create", "--project", l.state.Project, "--partition", p.ID,
 		"--size", p.Sizes[0].ID, "--image", p.Images[0].ID, "--networks", p.Networks[0].ID,
-		"--hostname", "web-1", "--wait", "--wait-timeout", "8m")
+		"--hostname", "web-1", "--wait", "--wait-timeout", "8m"}
+	if m := l.ipmiMachine(); m != "" {
+		create = append(create, "--id", l.top.Node(m).UUID)
+		l.progress("e2e: allocating %s, the machine behind an IPMI BMC", m)
+	}
+	out, err := l.metalctl(ctx, create...)
 	res.Allocate = time.Since(allocStart)
 	if err != nil {
 		return res, e.failure(ctx, e.allocated(ctx, "web-1"), err)
@@ -116,7 +138,7 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 	}
 
 	// 3. An operator resets it through its BMC (metal-bmc: Redfish
-	//    ForceRestart): PXE asks pixie, pixie says "boot the disk", the
+	//    ForceRestart, IPMI chassis reset): PXE asks pixie, pixie says "boot the disk", the
 	//    firmware boots the installed system.
 	rebootStart := time.Now()
 	if err := l.bmcIntent(ctx, e.api, uuid, powerKind, "power", "reset"); err != nil {
@@ -129,7 +151,7 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 	if err := e.checkDiskBoot(ctx, uuid, rebootStart); err != nil {
 		return res, e.failure(ctx, uuid, err)
 	}
-	l.progress("e2e: after metalctl machine power reset (metal-bmc, Redfish) web-1 booted from its disk in %.1f s", res.DiskBoot.Seconds())
+	l.progress("e2e: after metalctl machine power reset (metal-bmc, %s) web-1 booted from its disk in %.1f s", l.top.Node(e.byUUID[uuid]).BMC, res.DiskBoot.Seconds())
 
 	// 4. Reinstall: a new allocation id, installed and phoned home again.
 	m, err := e.get(ctx, uuid)
@@ -210,7 +232,10 @@ func (l *Lab) E2E(ctx context.Context, keep bool) (res Result, err error) {
 	}
 	l.progress("e2e: metalctl machine console showed %s's installer (%d bytes, first %.1f s after delete, %d sessions): %s",
 		e.byUUID[uuid], cr.res.Bytes, cr.res.FirstByte.Seconds(), cr.res.Sessions, strings.TrimSpace(ansiEscape.ReplaceAllString(cr.res.Line, "")))
-	return res, nil
+
+	// 6. The leased BMCs kept their addresses all along.
+	res.BMCLeases, err = l.checkBMCLeases(res.Up.KnownFromBMC)
+	return res, err
 }
 
 type e2e struct {
@@ -422,4 +447,81 @@ func (e *e2e) failure(ctx context.Context, uuid string, err error) error {
 	}
 	fmt.Fprintf(&b, "\n--- central's events of %s ---\n%s\n", uuid, out)
 	return errors.New(b.String())
+}
+
+// checkKnownFromBMC: before its first PXE boot central knew every machine
+// from its BMC alone (known-from-bmc), and metal-bmc found each BMC where
+// the topology puts it — a BMC without a fixed address in pixie's leases,
+// at an address of the BMC pool; the others in the static list.
+func (l *Lab) checkKnownFromBMC(known map[string]KnownBMC) error {
+	first, last, _ := l.top.BMCRange()
+	for _, m := range l.top.Nodes(topo.KindMachine) {
+		k, ok := known[m]
+		if !ok {
+			return fmt.Errorf("%s: central did not know it from its BMC before the power-on", m)
+		}
+		if k.Provisioning != "known-from-bmc" {
+			return fmt.Errorf("%s: %s before its first PXE boot, want known-from-bmc", m, k.Provisioning)
+		}
+		want := "static"
+		if l.top.LeasedBMC(m) {
+			want = "lease"
+		}
+		if k.Source != want {
+			return fmt.Errorf("%s: its BMC %s came from the %s, want the %s", m, k.Address, k.Source, want)
+		}
+		if want != "lease" {
+			continue
+		}
+		host := k.Address
+		if h, _, err := net.SplitHostPort(k.Address); err == nil {
+			host = h
+		}
+		a, err := netip.ParseAddr(host)
+		if err != nil || a.Less(first) || last.Less(a) {
+			return fmt.Errorf("%s: its leased BMC is at %s, not in pixie's BMC pool %s-%s", m, k.Address, first, last)
+		}
+	}
+	return nil
+}
+
+// checkBMCLeases: every leased BMC still holds the address central knew
+// it by before the power-on, renewed meanwhile (the lab's leases last
+// bmcLeaseTime, the run longer). It returns what each held.
+func (l *Lab) checkBMCLeases(known map[string]KnownBMC) (map[string]string, error) {
+	out := map[string]string{}
+	for _, m := range l.top.Nodes(topo.KindMachine) {
+		if !l.top.LeasedBMC(m) {
+			continue
+		}
+		b, err := os.ReadFile(l.bmcLeaseFile(m))
+		if err != nil {
+			return out, err
+		}
+		var info redfish.LeaseInfo
+		if err := json.Unmarshal(b, &info); err != nil {
+			return out, fmt.Errorf("%s: %w", l.bmcLeaseFile(m), err)
+		}
+		p, err := netip.ParsePrefix(info.Address)
+		if err != nil || p.Addr().String() != known[m].Address {
+			return out, fmt.Errorf("%s's BMC holds %q at the end, not %s as before the power-on", m, info.Address, known[m].Address)
+		}
+		if info.Renewals == 0 {
+			return out, fmt.Errorf("%s's BMC never renewed its lease of %s (bound %s)", m, info.Address, info.Bound.Format(time.TimeOnly))
+		}
+		out[m] = fmt.Sprintf("%s from %s, renewed %d times", info.Address, info.Server, info.Renewals)
+		l.progress("e2e: %s's BMC kept %s through %d renewals", m, info.Address, info.Renewals)
+	}
+	return out, nil
+}
+
+// ipmiMachine is the topology's first machine behind an IPMI BMC ("" when
+// none).
+func (l *Lab) ipmiMachine() string {
+	for _, m := range l.top.Nodes(topo.KindMachine) {
+		if l.top.Node(m).BMC == topo.BMCIPMI {
+			return m
+		}
+	}
+	return ""
 }

@@ -145,6 +145,19 @@ func (l *Lab) checkPrerequisites() error {
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		missing = append(missing, "qemu-system-x86_64 (apt-get install qemu-system-x86)")
 	}
+	for _, m := range l.top.Nodes(topo.KindMachine) {
+		if l.top.Node(m).BMC != topo.BMCIPMI {
+			continue
+		}
+		// The IPMI BMC is ipmi_sim; metal-bmc and its readiness check
+		// speak to it with ipmitool.
+		for _, b := range []string{"ipmi_sim", "ipmitool"} {
+			if _, err := exec.LookPath(b); err != nil {
+				missing = append(missing, b+" (apt-get install openipmi ipmitool, or make deps)")
+			}
+		}
+		break
+	}
 	if l.top.Fabric() {
 		for _, f := range []string{"build/router-image/vmlinuz", "build/router-image/router.cpio.gz"} {
 			if _, err := os.Stat(filepath.Join(l.cfg.Root, f)); err != nil {
@@ -161,6 +174,10 @@ func (l *Lab) checkPrerequisites() error {
 	return nil
 }
 
+// permanent is an error of waitFor's ok that ends the wait at once (a
+// daemon that exited will not come).
+type permanent struct{ error }
+
 // waitFor polls ok until it returns true, an error, or the deadline.
 func waitFor(ctx context.Context, timeout time.Duration, what string, ok func() (bool, error)) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -170,6 +187,10 @@ func waitFor(ctx context.Context, timeout time.Duration, what string, ok func() 
 		done, err := ok()
 		if done {
 			return nil
+		}
+		var p permanent
+		if errors.As(err, &p) {
+			return fmt.Errorf("%s: %w", what, p.error)
 		}
 		if err != nil {
 			last = err

@@ -2,14 +2,19 @@ package lab
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/metalfleet/metalfleet/lab/internal/client"
+	"github.com/metalfleet/metalfleet/lab/internal/redfish"
 	"github.com/metalfleet/metalfleet/lab/internal/topo"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
@@ -39,62 +44,133 @@ func (l *Lab) metalBMCTokenFile() string { return filepath.Join(l.dir, "metal-bm
 func (l *Lab) metalBMCStateDir() string  { return filepath.Join(l.dir, "metal-bmc") }
 
 // writeBMCPassword makes the lab's BMC password: one for all BMCs of the
-// partition, as central holds one user and password per partition.
+// partition, as central holds one user and password per partition. 16
+// hex digits (64 bits): the one password serves the IPMI BMCs too, and
+// IPMI 1.5 passwords are 16 bytes (2.0's 20; ipmi_sim keeps 19).
 func (l *Lab) writeBMCPassword() error {
-	pw, err := randomSecret()
-	if err != nil {
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
 		return err
 	}
-	return os.WriteFile(l.bmcPasswordFile(), []byte(pw), 0o600)
+	return os.WriteFile(l.bmcPasswordFile(), []byte(hex.EncodeToString(b)), 0o600)
 }
 
-// bmcEndpoint is a machine's BMC as metal-bmc reaches it: Redfish over
-// HTTPS on the management network.
+// bmcLeaseTime is the lease pixie gives the lab's BMCs: short, so that
+// every run renews them a few times (a BMC network leases for hours).
+const bmcLeaseTime = "2m"
+
+func (l *Lab) bmcLeaseFile(machine string) string {
+	return filepath.Join(l.machineDir(machine), "bmc-lease.json")
+}
+
+// bmcHost is the address of a machine's BMC: its fixed one, or the one it
+// leased, from the lease file it writes.
+func (l *Lab) bmcHost(machine string) (string, error) {
+	if !l.top.LeasedBMC(machine) {
+		return l.top.Node(machine).BMCIPv4, nil
+	}
+	b, err := os.ReadFile(l.bmcLeaseFile(machine))
+	if err != nil {
+		return "", err
+	}
+	var info redfish.LeaseInfo
+	if err := json.Unmarshal(b, &info); err != nil {
+		return "", fmt.Errorf("%s: %w", l.bmcLeaseFile(machine), err)
+	}
+	p, err := netip.ParsePrefix(info.Address)
+	if err != nil {
+		return "", fmt.Errorf("%s: no address leased (yet)", l.bmcLeaseFile(machine))
+	}
+	return p.Addr().String(), nil
+}
+
+// bmcEndpoint is a machine's BMC as metal-bmc reaches it on the
+// management network: Redfish over HTTPS, or IPMI over LAN (host:623).
 func (l *Lab) bmcEndpoint(machine string) string {
-	return "https://" + net.JoinHostPort(l.top.Node(machine).BMCIPv4, "443")
+	host, err := l.bmcHost(machine)
+	if err != nil {
+		return "(address by DHCP, not known: " + err.Error() + ")"
+	}
+	if l.top.Node(machine).BMC == topo.BMCIPMI {
+		return net.JoinHostPort(host, "623")
+	}
+	return "https://" + net.JoinHostPort(host, "443")
 }
 
 // startMetalBMC gives central the partition's BMC settings, enrols
 // metal-bmc, starts it and waits until central knows every machine's BMC
-// from it and can reach it.
-func (l *Lab) startMetalBMC(ctx context.Context) error {
+// from it and can reach it — found where the topology says: a fixed
+// address in the static list, or a lease of pixie's. It returns how
+// central knew each machine then, before its first PXE boot.
+func (l *Lab) startMetalBMC(ctx context.Context) (map[string]KnownBMC, error) {
 	t, p := l.top, l.top.Partition
 	machines := t.Nodes(topo.KindMachine)
 	set := []string{"partition", "bmc", "set", p.ID, "--user", t.Node(machines[0]).BMCUser,
 		"--password-file", l.bmcPasswordFile(), "--poll-interval", bmcPollInterval}
+	var static, leased []string
+	ipmi := false
 	for _, m := range machines {
-		set = append(set, "--static", l.bmcEndpoint(m))
+		switch {
+		case t.LeasedBMC(m):
+			leased = append(leased, m)
+		case t.Node(m).BMC == topo.BMCIPMI:
+			static, ipmi = append(static, m+" (IPMI)"), true
+			set = append(set, "--static-ipmi", l.bmcEndpoint(m))
+		default:
+			static = append(static, m)
+			set = append(set, "--static", l.bmcEndpoint(m))
+		}
+	}
+	pixieDir := filepath.Join(l.dir, "pixie")
+	metalBMC := []string{l.bin("metal-bmc"), "--name", l.metalBMCName(),
+		"--central", l.centralAddr(), "--ca", filepath.Join(l.centralDir(), "ca.crt"), "--token-file", l.metalBMCTokenFile(),
+		"--state-dir", l.metalBMCStateDir(), "--metrics-listen", net.JoinHostPort(t.Node(t.Pixie()).MgmtIPv4, "2113"),
+		// The lab's BMCs serve their serial console on SSH's own port.
+		"--console-ssh-port", "22"}
+	if ipmi {
+		// ipmi_sim speaks cipher suite 3 only (as mini-lab's ipmitool
+		// -C 3): pinned, no attempt with 17 first.
+		metalBMC = append(metalBMC, "--ipmi-cipher-suite", "3")
+	}
+	if _, _, ok := t.BMCRange(); ok {
+		// The BMC network's leases are pixie's: metal-bmc reads its
+		// lease file (it shares pixie's namespace, the management
+		// server), and only the BMC network's prefix counts — the same
+		// file holds the machines' PXE leases.
+		set = append(set, "--lease-cidr", netip.MustParsePrefix(t.Mgmt.IPv4Subnet).Masked().String())
+		metalBMC = append(metalBMC, "--lease-file", filepath.Join(pixieDir, "leases.json"))
 	}
 	if _, err := l.metalctl(ctx, set...); err != nil {
-		return err
+		return nil, err
 	}
 	secret, err := l.metalctl(ctx, "agent", "enroll", "--kind", "bmc", "--identity", l.metalBMCName(), "--partition", p.ID,
 		"-o", "template", "--template", "{{.secret}}")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := os.WriteFile(l.metalBMCTokenFile(), []byte(secret), 0o600); err != nil {
-		return err
+		return nil, err
 	}
 	n := t.Node(t.Pixie())
-	l.progress("metal-bmc: the partition's BMC agent on %s (pixie's namespace), %d Redfish BMCs with their SSH serial consoles", n.MgmtIPv4, len(machines))
-	proc, err := l.spawn("metal-bmc", t.Namespace(t.Pixie()), []string{l.bin("metal-bmc"), "--name", l.metalBMCName(),
-		"--central", l.centralAddr(), "--ca", filepath.Join(l.centralDir(), "ca.crt"), "--token-file", l.metalBMCTokenFile(),
-		"--state-dir", l.metalBMCStateDir(), "--metrics-listen", net.JoinHostPort(n.MgmtIPv4, "2113"),
-		// The lab's BMCs serve their serial console on SSH's own port.
-		"--console-ssh-port", "22"})
+	l.progress("metal-bmc: the partition's BMC agent on %s (pixie's namespace): static %s, leased %s",
+		n.MgmtIPv4, orNone(static), orNone(leased))
+	proc, err := l.spawn("metal-bmc", t.Namespace(t.Pixie()), metalBMC)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	api, closeAPI, err := l.machineAPI()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer closeAPI()
+	known := map[string]KnownBMC{}
 	for _, m := range machines {
-		uuid := t.Node(m).UUID
+		uuid, want := t.Node(m).UUID, "static"
+		if t.LeasedBMC(m) {
+			want = "lease"
+		}
 		var last string
-		if err := waitFor(ctx, 2*time.Minute, fmt.Sprintf("central knowing %s's BMC %s from metal-bmc (log: %s)", m, l.bmcEndpoint(m), proc.Log), func() (bool, error) {
+		if err := waitFor(ctx, 2*time.Minute, fmt.Sprintf("central knowing %s's BMC %s from metal-bmc by its %s (log: %s)", m, l.bmcEndpoint(m), want, proc.Log), func() (bool, error) {
 			if !proc.Alive() {
 				return false, fmt.Errorf("metal-bmc exited: %s", tail(proc.Log, 2000))
 			}
@@ -104,15 +180,42 @@ func (l *Lab) startMetalBMC(ctx context.Context) error {
 			}
 			b := resp.GetMachine().GetBmc()
 			last = b.GetLastError()
-			return b.GetReachable(), nil
+			if !b.GetReachable() || b.GetSource() != want {
+				return false, nil
+			}
+			known[m] = KnownBMC{Address: b.GetAddress(), Source: b.GetSource(), Provisioning: provisioning(resp.GetMachine())}
+			return true, nil
 		}); err != nil {
 			if last != "" {
 				err = fmt.Errorf("%w (metal-bmc: %s)", err, last)
 			}
-			return err
+			return nil, err
 		}
+		l.progress("metal-bmc: central knows %s from its BMC at %s (%s), %s", m, known[m].Address, known[m].Source, known[m].Provisioning)
 	}
-	return nil
+	return known, nil
+}
+
+// KnownBMC is how central knew a machine from metal-bmc before the lab
+// powered it on.
+type KnownBMC struct {
+	Address string // the BMC's, as metal-bmc polled it
+	Source  string // static or lease
+	// Provisioning is the machine's state in central then: known-from-bmc
+	// for a machine that never PXE-booted.
+	Provisioning string
+}
+
+// provisioning is a machine's provisioning state as metalctl names it.
+func provisioning(m *apiv1.Machine) string {
+	return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(m.GetProvisioning().String(), "PROVISIONING_STATE_")), "_", "-")
+}
+
+func orNone(s []string) string {
+	if len(s) == 0 {
+		return "none"
+	}
+	return strings.Join(s, ", ")
 }
 
 // machineAPI dials central's machine API as the admin.

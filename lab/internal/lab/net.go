@@ -49,7 +49,10 @@ func buildNetwork(t *topo.Topology) error {
 	mgmt := t.MgmtNamespace()
 	v4 := netip.MustParsePrefix(t.Mgmt.IPv4Subnet).Bits()
 	cidrs := func(a4, a6 string) []string {
-		out := []string{fmt.Sprintf("%s/%d", a4, v4)}
+		var out []string
+		if a4 != "" {
+			out = append(out, fmt.Sprintf("%s/%d", a4, v4))
+		}
 		if a6 != "" && t.Mgmt.IPv6Subnet != "" {
 			out = append(out, fmt.Sprintf("%s/%d", a6, netip.MustParsePrefix(t.Mgmt.IPv6Subnet).Bits()))
 		}
@@ -66,12 +69,15 @@ func buildNetwork(t *topo.Topology) error {
 		n := t.Node(name)
 		ns := t.Namespace(name)
 		var addrs []string
-		inside := mgmtIface
+		inside, mac := mgmtIface, ""
 		switch n.Kind {
 		case topo.KindCentral, topo.KindPixie:
 			addrs = cidrs(n.MgmtIPv4, n.MgmtIPv6)
 		case topo.KindMachine:
-			inside, addrs = bmcIface, cidrs(n.BMCIPv4, n.BMCIPv6)
+			// A BMC without a fixed IPv4 address gets it by DHCP (its
+			// `metal-lab bmc --dhcp`); its MAC is the lab's own, stable
+			// across runs like the machines' NICs', as a BMC's is.
+			inside, mac, addrs = bmcIface, t.MAC(name, bmcIface), cidrs(n.BMCIPv4, n.BMCIPv6)
 		case topo.KindLeaf, topo.KindSpine, topo.KindExit:
 			if !t.Fabric() {
 				continue
@@ -82,7 +88,7 @@ func buildNetwork(t *topo.Topology) error {
 		default:
 			continue
 		}
-		if err := netlab.Veth(netlab.End{NS: ns, Name: inside}, netlab.End{NS: mgmt, Name: name}); err != nil {
+		if err := netlab.Veth(netlab.End{NS: ns, Name: inside, MAC: mac}, netlab.End{NS: mgmt, Name: name}); err != nil {
 			return err
 		}
 		if err := netlab.Addr(ns, inside, addrs...); err != nil {

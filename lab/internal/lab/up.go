@@ -24,6 +24,9 @@ type Timings struct {
 	// MetalBMC: the partition's BMC settings set, metal-bmc enrolled and
 	// started, until central knew every machine's BMC from it.
 	MetalBMC time.Duration
+	// KnownFromBMC: how central knew each machine from metal-bmc before
+	// it was powered on (its BMC's address and source, its state).
+	KnownFromBMC map[string]KnownBMC `json:",omitempty"`
 	// Routers: a fabric's router guests booted, the leaves registered
 	// and provisioned (from their boot on, alongside pixie's start).
 	Routers time.Duration
@@ -145,7 +148,7 @@ func (l *Lab) Up(ctx context.Context, recreate bool) (Timings, error) {
 	tm.BMCs = time.Since(start)
 
 	start = time.Now()
-	if err := l.startMetalBMC(ctx); err != nil {
+	if tm.KnownFromBMC, err = l.startMetalBMC(ctx); err != nil {
 		return tm, err
 	}
 	tm.MetalBMC = time.Since(start)
@@ -308,6 +311,13 @@ func (l *Lab) startPixie(ctx context.Context, secret string) error {
 	if n.DHCP6Range != "" {
 		args = append(args, "--dhcp6-range", n.DHCP6Range)
 	}
+	if n.BMCDHCP4Range != "" {
+		// The BMC network is mgmt here: pixie serves it on its port
+		// there, as the management server's one DHCP server serves both
+		// networks (docs/pixie.md, "The BMC network").
+		args = append(args, "--bmc-interface", mgmtIface, "--bmc-dhcp4-range", n.BMCDHCP4Range, "--bmc-lease-time", bmcLeaseTime)
+		l.progress("pixie: serving the BMC network (mgmt) by DHCP from %s, leases of %s", n.BMCDHCP4Range, bmcLeaseTime)
+	}
 	l.progress("pixie: metal-pixie on %s (DHCP %s), routing the PXE network to mgmt", n.PXEIPv4, n.DHCP4Range)
 	p, err := l.spawn("pixie", t.Namespace(t.Pixie()), args)
 	if err != nil {
@@ -350,6 +360,7 @@ func (l *Lab) startBMCs(ctx context.Context) error {
 	if err := l.writeBMCPassword(); err != nil {
 		return err
 	}
+	procs := map[string]Proc{}
 	for _, name := range t.Nodes(topo.KindMachine) {
 		n := t.Node(name)
 		dir := l.machineDir(name)
@@ -360,10 +371,28 @@ func (l *Lab) startBMCs(ctx context.Context) error {
 		args := []string{l.bin("metal-lab"), "bmc", "--name", name, "--uuid", n.UUID,
 			"--memory", strconv.Itoa(n.Memory), "--cpus", strconv.Itoa(n.CPUs), "--firmware", n.Firmware,
 			"--disk", filepath.Join(dir, "disk.raw"), "--disk-size", strconv.FormatInt(disk, 10), "--dir", dir,
-			"--listen", net.JoinHostPort(n.BMCIPv4, "443"), "--user", n.BMCUser, "--password-file", l.bmcPasswordFile(),
-			"--ssh-listen", net.JoinHostPort(n.BMCIPv4, "22"),
-			"--tls-cert", filepath.Join(dir, "bmc.crt"), "--tls-key", filepath.Join(dir, "bmc.key"),
-			"--metrics-listen", net.JoinHostPort(n.BMCIPv4, "9100")}
+			"--user", n.BMCUser, "--password-file", l.bmcPasswordFile()}
+		var kind, where string
+		switch {
+		case n.BMC == topo.BMCIPMI:
+			// ipmi_sim on IPMI's port; its console is serial-over-LAN.
+			kind, where = "an IPMI BMC (ipmi_sim)", "on "+net.JoinHostPort(n.BMCIPv4, "623")+" (serial-over-LAN)"
+			args = append(args, "--protocol", "ipmi", "--listen", net.JoinHostPort(n.BMCIPv4, "623"))
+		default:
+			// A BMC without a fixed address listens on the ports of the
+			// address it leases.
+			host := n.BMCIPv4
+			kind, where = "a Redfish BMC", "on https://"+host+" (serial console: ssh "+host+")"
+			if t.LeasedBMC(name) {
+				host, where = "", "whose address comes by DHCP from pixie"
+			}
+			args = append(args, "--listen", net.JoinHostPort(host, "443"), "--ssh-listen", net.JoinHostPort(host, "22"),
+				"--tls-cert", filepath.Join(dir, "bmc.crt"), "--tls-key", filepath.Join(dir, "bmc.key"),
+				"--metrics-listen", net.JoinHostPort(host, "9100"))
+			if t.LeasedBMC(name) {
+				args = append(args, "--dhcp", bmcIface, "--lease-file", l.bmcLeaseFile(name))
+			}
+		}
 		for i, iface := range t.Ifaces(name) {
 			nic := "tap=" + tapOf(iface) + ",mac=" + t.MAC(name, iface)
 			if i == 0 {
@@ -371,15 +400,40 @@ func (l *Lab) startBMCs(ctx context.Context) error {
 			}
 			args = append(args, "--nic", nic)
 		}
-		l.progress("machine %s: QEMU (%s, %d MiB, %s disk) behind a Redfish BMC on https://%s (serial console: ssh %s)", name, n.Firmware, n.Memory, n.DiskSize, n.BMCIPv4, n.BMCIPv4)
-		if _, err := l.spawn("bmc-"+name, t.Namespace(name), args); err != nil {
+		l.progress("machine %s: QEMU (%s, %d MiB, %s disk) behind %s %s", name, n.Firmware, n.Memory, n.DiskSize, kind, where)
+		p, err := l.spawn("bmc-"+name, t.Namespace(name), args)
+		if err != nil {
 			return err
 		}
+		procs[name] = p
 	}
 	for _, name := range t.Nodes(topo.KindMachine) {
-		addr := net.JoinHostPort(t.Node(name).BMCIPv4, "443")
-		if err := waitFor(ctx, 30*time.Second, "BMC of "+name+" on "+addr, func() (bool, error) {
-			c, err := net.DialTimeout("tcp", addr, time.Second)
+		what := "BMC of " + name + " on " + t.Node(name).BMCIPv4
+		if t.LeasedBMC(name) {
+			what = "BMC of " + name + " with an address by DHCP (" + l.bmcLeaseFile(name) + ", pixie's log " + filepath.Join(l.dir, "logs", "pixie.log") + ")"
+		}
+		if t.Node(name).BMC == topo.BMCIPMI {
+			// UDP: the BMC says when ipmi_sim answers IPMI over LAN.
+			if err := waitFor(ctx, time.Minute, "IPMI BMC of "+name+" answering (log: "+procs[name].Log+")", func() (bool, error) {
+				if !procs[name].Alive() {
+					return false, permanent{fmt.Errorf("the BMC exited: %s", tail(procs[name].Log, 2000))}
+				}
+				_, err := os.Stat(filepath.Join(l.machineDir(name), "bmc-ready"))
+				return err == nil, nil
+			}); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := waitFor(ctx, time.Minute, what, func() (bool, error) {
+			if !procs[name].Alive() {
+				return false, permanent{fmt.Errorf("the BMC exited: %s", tail(procs[name].Log, 2000))}
+			}
+			host, err := l.bmcHost(name)
+			if err != nil {
+				return false, err
+			}
+			c, err := net.DialTimeout("tcp", net.JoinHostPort(host, "443"), time.Second)
 			if err != nil {
 				return false, err
 			}

@@ -71,9 +71,11 @@ func upCmd() *cobra.Command {
 		Short: "Build the lab's partition and power its machines on; it keeps running",
 		Long: `up builds the topology's network namespaces, veth pairs and bridges,
 starts metal-central (embedded PostgreSQL), sets up the partition with
-metalctl, starts metal-pixie and one Redfish BMC per machine (with its SSH
-serial console), gives central the partition's BMC settings, starts the
-partition's metal-bmc, and powers the machines on with metalctl machine
+metalctl, starts metal-pixie (also the BMC network's DHCP server) and one BMC
+per machine (Redfish with its SSH serial console, at a fixed address or one
+leased from pixie; or ipmi_sim with serial-over-LAN), gives central the
+partition's BMC settings, starts the partition's metal-bmc (the static list
+plus pixie's leases), and powers the machines on with metalctl machine
 power on, which metal-bmc carries out. They PXE-boot into the installer and
 wait.
 
@@ -198,6 +200,10 @@ func printE2E(cmd *cobra.Command, r lab.Result) {
 		fmt.Fprintf(w, "  router guests booted, leaves registered and provisioned: %s\n", s(r.Up.Routers))
 		fmt.Fprintf(w, "  leaves registered → BGP Established with EVPN routes: %s\n", s(r.Fabric.Fabric))
 	}
+	for _, m := range slices.Sorted(maps.Keys(r.Up.KnownFromBMC)) {
+		k := r.Up.KnownFromBMC[m]
+		fmt.Fprintf(w, "  before power-on: %s %s from its BMC %s (%s)\n", m, k.Provisioning, k.Address, k.Source)
+	}
 	for _, m := range slices.Sorted(maps.Keys(r.Waiting)) {
 		fmt.Fprintf(w, "  power on (metalctl, metal-bmc) → Waiting %s: %s\n", m, s(r.Waiting[m]))
 	}
@@ -207,6 +213,9 @@ func printE2E(cmd *cobra.Command, r lab.Result) {
 	fmt.Fprintf(w, "  delete (machine off) → Waiting: %s\n", s(r.Free))
 	if r.Console.Bytes > 0 {
 		fmt.Fprintf(w, "  delete → installer's first byte on metalctl machine console: %s (%d bytes, %d sessions)\n", s(r.Console.FirstByte), r.Console.Bytes, r.Console.Sessions)
+	}
+	for _, m := range slices.Sorted(maps.Keys(r.BMCLeases)) {
+		fmt.Fprintf(w, "  %s's BMC lease at the end: %s\n", m, r.BMCLeases[m])
 	}
 	fmt.Fprintf(w, "  total: %s\n", s(r.Total))
 }

@@ -23,7 +23,7 @@ import (
 // New returns the root command.
 func New() *cobra.Command {
 	root := &cobra.Command{Use: "metal-lab", Short: "Metalfleet on one Linux box", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(fleetCmd(), upCmd(), downCmd(), statusCmd(), e2eCmd(), serveCmd(), bmcCmd(), execCmd())
+	root.AddCommand(fleetCmd(), upCmd(), downCmd(), statusCmd(), e2eCmd(), serveCmd(), bmcCmd(), bmcChassisCmd(), execCmd())
 	return root
 }
 

@@ -3,11 +3,13 @@ package redfish
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"time"
 
@@ -15,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/metalfleet/metalfleet/agents/agent/file"
+	"github.com/metalfleet/metalfleet/lab/internal/dhcpc"
 	"github.com/metalfleet/metalfleet/lab/internal/vm"
 )
 
@@ -31,10 +35,74 @@ type ServeConfig struct {
 	// BMC's user and password (as real BMCs do); "" for none.
 	SSHListen string
 	PowerOn   bool // power the machine on once serving
+	// DHCP, when set, is the interface whose IPv4 address the BMC gets
+	// by DHCP and keeps renewed, as a BMC on a BMC network does; Listen,
+	// SSHListen and MetricsListen then give ports only (":443").
+	DHCP string
+	// LeaseFile, when set with DHCP, gets the lease in effect (JSON, see
+	// LeaseInfo) after every change: where a BMC shows its network
+	// settings, here for the lab and a person.
+	LeaseFile string
 	Log       *slog.Logger
 	// Ready, when not nil, is called with the Redfish and metrics (nil
 	// when none) addresses once the BMC serves (tests listen on port 0).
 	Ready func(redfish, metrics net.Addr)
+}
+
+// LeaseInfo is what ServeConfig.LeaseFile holds: the BMC's DHCP lease,
+// Address empty while it has none.
+type LeaseInfo struct {
+	Interface string    `json:"interface"`
+	Address   string    `json:"address"` // address/prefix
+	Server    string    `json:"server,omitempty"`
+	Bound     time.Time `json:"bound,omitzero"`
+	Expires   time.Time `json:"expires,omitzero"`
+	// Renewals of this address since it was bound.
+	Renewals int `json:"renewals"`
+}
+
+// leaseAddress starts the BMC's DHCP client on cfg.DHCP (it runs until
+// ctx ends) and waits for its first address: an invalid one when ctx
+// ended first.
+func leaseAddress(ctx context.Context, cfg ServeConfig, log *slog.Logger) (netip.Addr, error) {
+	for _, l := range []struct{ flag, addr string }{{"listen", cfg.Listen}, {"ssh-listen", cfg.SSHListen}, {"metrics-listen", cfg.MetricsListen}} {
+		if h, _, err := net.SplitHostPort(l.addr); l.addr != "" && (err != nil || h != "") {
+			return netip.Addr{}, fmt.Errorf("%s %q with DHCP: give the port only (e.g. :443); the address is the lease's", l.flag, l.addr)
+		}
+	}
+	// OnLease runs on the client's goroutine only: no lock for these.
+	var prev netip.Prefix
+	renewals := 0
+	write := func(l dhcpc.Lease) {
+		if l.Addr.IsValid() && l.Addr == prev {
+			renewals++
+		} else {
+			renewals = 0
+		}
+		prev = l.Addr
+		if cfg.LeaseFile == "" {
+			return
+		}
+		info := LeaseInfo{Interface: cfg.DHCP}
+		if l.Addr.IsValid() {
+			info.Address, info.Server, info.Bound, info.Expires, info.Renewals = l.Addr.String(), l.Server.String(), l.Bound.UTC(), l.Expires.UTC(), renewals
+		}
+		b, _ := json.MarshalIndent(info, "", "  ")
+		if err := file.WriteAtomic(cfg.LeaseFile, append(b, '\n'), 0o644); err != nil {
+			log.Warn("lease file", "err", err)
+		}
+	}
+	c, err := dhcpc.New(dhcpc.Config{Interface: cfg.DHCP, Hostname: cfg.Machine.Name + "-bmc", OnLease: write, Log: log})
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	go func() { _ = c.Run(ctx) }()
+	log.Info("BMC asking for its address by DHCP", "interface", cfg.DHCP)
+	l, err := c.Wait(ctx)
+	if err != nil {
+		return netip.Addr{}, nil
+	}
+	return l.Addr.Addr(), nil
 }
 
 // shutdownTimeout bounds the HTTP shutdown and the machine's forced
@@ -91,6 +159,20 @@ func Serve(ctx context.Context, cfg ServeConfig) (err error) {
 	hosts := []string{host}
 	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
 		hosts = []string{"localhost", "127.0.0.1", "::1"}
+	}
+	if cfg.DHCP != "" {
+		addr, err := leaseAddress(ctx, cfg, log)
+		if err != nil {
+			return err
+		}
+		if !addr.IsValid() {
+			return nil // ctx ended first
+		}
+		// The certificate names the leased address, as a BMC makes its
+		// certificate for the address it got. The listeners take the
+		// wildcard: a lease lost and got again may bring another
+		// address, and the BMC's namespace holds no other.
+		hosts = []string{addr.String()}
 	}
 	cert, err := LoadOrCreateCert(cfg.TLSCert, cfg.TLSKey, hosts)
 	if err != nil {

@@ -21,6 +21,12 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
+// BMC protocols of a machine.
+const (
+	BMCRedfish = "redfish"
+	BMCIPMI    = "ipmi"
+)
+
 // Node kinds.
 const (
 	KindCentral = "central" // metal-central with its embedded PostgreSQL
@@ -118,6 +124,10 @@ type Node struct {
 	DHCP4Range string   `json:"dhcp4-range,omitempty"`
 	DHCP6Range string   `json:"dhcp6-range,omitempty"`
 	Gateways   []string `json:"gateways,omitempty"`
+	// BMCDHCP4Range: pixie also serves the BMC network (the management
+	// network here) with this DHCPv4 pool; machines without a bmc-ipv4
+	// get their BMC's address from it.
+	BMCDHCP4Range string `json:"bmc-dhcp4-range,omitempty"`
 
 	// machine; Memory also for router guests (default 384)
 	UUID     string `json:"uuid,omitempty"`
@@ -125,9 +135,15 @@ type Node struct {
 	CPUs     int    `json:"cpus,omitempty"`
 	Firmware string `json:"firmware,omitempty"` // uefi or bios
 	DiskSize string `json:"disk-size,omitempty"`
-	BMCIPv4  string `json:"bmc-ipv4,omitempty"`
-	BMCIPv6  string `json:"bmc-ipv6,omitempty"`
-	BMCUser  string `json:"bmc-user,omitempty"`
+	// BMCIPv4 is the BMC's fixed address (metal-bmc's static list);
+	// without one the BMC gets its address by DHCP from pixie's
+	// bmc-dhcp4-range and metal-bmc finds it in pixie's leases.
+	BMCIPv4 string `json:"bmc-ipv4,omitempty"`
+	BMCIPv6 string `json:"bmc-ipv6,omitempty"`
+	// BMC is the BMC's protocol: redfish (the lab's Redfish server, the
+	// default) or ipmi (OpenIPMI's ipmi_sim wired to QEMU's external BMC).
+	BMC     string `json:"bmc,omitempty"`
+	BMCUser string `json:"bmc-user,omitempty"`
 	// MACs by interface name; missing ones are derived from the lab,
 	// node and interface names, so they stay the same across runs.
 	MACs map[string]string `json:"macs,omitempty"`
@@ -201,6 +217,9 @@ func Parse(b []byte) (*Topology, error) {
 	if err := t.checkBMCUser(); err != nil {
 		return nil, err
 	}
+	if err := t.checkBMCAddresses(); err != nil {
+		return nil, err
+	}
 	if err := t.checkLinks(); err != nil {
 		return nil, err
 	}
@@ -253,6 +272,9 @@ func (n Node) withDefaults(d Node) Node {
 	if n.BMCUser == "" {
 		n.BMCUser = d.BMCUser
 	}
+	if n.BMC == "" {
+		n.BMC = d.BMC
+	}
 	return n
 }
 
@@ -278,6 +300,15 @@ func (t *Topology) fillNode(name string, n *Node) error {
 		for i, g := range n.Gateways {
 			if _, err := netip.ParsePrefix(g); err != nil {
 				return fmt.Errorf("gateways[%d] %q: want address/prefix", i, g)
+			}
+		}
+		if n.BMCDHCP4Range != "" {
+			first, last, err := ParseRange(n.BMCDHCP4Range)
+			if err != nil {
+				return fmt.Errorf("bmc-dhcp4-range: %w", err)
+			}
+			if p := netip.MustParsePrefix(t.Mgmt.IPv4Subnet); !first.Is4() || !p.Contains(first) || !p.Contains(last) {
+				return fmt.Errorf("bmc-dhcp4-range %s: not inside the management subnet %s (the lab's BMC network)", n.BMCDHCP4Range, p)
 			}
 		}
 	case KindLeaf:
@@ -334,8 +365,23 @@ func (t *Topology) fillNode(name string, n *Node) error {
 		if _, err := ParseBytes(n.DiskSize); err != nil {
 			return fmt.Errorf("disk-size: %w", err)
 		}
-		if err := needAddr("bmc-ipv4", n.BMCIPv4, t.Mgmt.IPv4Subnet); err != nil {
-			return err
+		if n.BMCIPv4 != "" {
+			if err := needAddr("bmc-ipv4", n.BMCIPv4, t.Mgmt.IPv4Subnet); err != nil {
+				return err
+			}
+		}
+		switch n.BMC {
+		case "":
+			n.BMC = BMCRedfish
+		case BMCRedfish:
+		case BMCIPMI:
+			if n.BMCIPv4 == "" {
+				// metal-bmc takes every lease as a Redfish BMC; an IPMI
+				// BMC belongs in its static list.
+				return errors.New("bmc ipmi: needs a bmc-ipv4 (IPMI BMCs are metal-bmc's static list, not found in leases)")
+			}
+		default:
+			return fmt.Errorf("bmc %q: want redfish or ipmi", n.BMC)
 		}
 		if n.BMCUser == "" {
 			n.BMCUser = "admin"
@@ -369,6 +415,67 @@ func (t *Topology) checkBMCUser() error {
 		}
 	}
 	return nil
+}
+
+// checkBMCAddresses: a machine without a fixed BMC address needs pixie
+// to serve the BMC network, and no fixed address on it may lie in the
+// pool (pixie would hand it out a second time).
+func (t *Topology) checkBMCAddresses() error {
+	first, last, pool := t.BMCRange()
+	for _, name := range t.Nodes(KindMachine) {
+		if t.Node(name).BMCIPv4 == "" && !pool {
+			return fmt.Errorf("topology.nodes.%s: bmc-ipv4: required unless pixie serves the BMC network (its bmc-dhcp4-range)", name)
+		}
+	}
+	if !pool {
+		return nil
+	}
+	in := func(a string) bool {
+		ip, err := netip.ParseAddr(a)
+		return err == nil && !ip.Less(first) && !last.Less(ip)
+	}
+	if in(t.Mgmt.HostIPv4) {
+		return fmt.Errorf("topology.nodes.%s: bmc-dhcp4-range %s holds the host's address %s", t.Pixie(), t.Node(t.Pixie()).BMCDHCP4Range, t.Mgmt.HostIPv4)
+	}
+	for _, name := range t.NodeNames() {
+		n := t.Node(name)
+		for _, a := range []string{n.MgmtIPv4, n.BMCIPv4} {
+			if in(a) {
+				return fmt.Errorf("topology.nodes.%s: address %s lies in pixie's bmc-dhcp4-range %s: fixed addresses go outside the pool", name, a, t.Node(t.Pixie()).BMCDHCP4Range)
+			}
+		}
+	}
+	return nil
+}
+
+// BMCRange is pixie's BMC pool (ok false when it serves none).
+func (t *Topology) BMCRange() (first, last netip.Addr, ok bool) {
+	first, last, err := ParseRange(t.Node(t.Pixie()).BMCDHCP4Range)
+	return first, last, err == nil
+}
+
+// LeasedBMC tells whether the machine's BMC gets its address by DHCP.
+func (t *Topology) LeasedBMC(machine string) bool {
+	n := t.Node(machine)
+	return n.Kind == KindMachine && n.BMCIPv4 == ""
+}
+
+// ParseRange reads "first-last": two addresses of one family, in order.
+func ParseRange(s string) (first, last netip.Addr, err error) {
+	a, b, ok := strings.Cut(s, "-")
+	if !ok {
+		return first, last, fmt.Errorf("%q: want first-last", s)
+	}
+	if first, err = netip.ParseAddr(strings.TrimSpace(a)); err != nil {
+		return first, last, fmt.Errorf("%q: %w", s, err)
+	}
+	if last, err = netip.ParseAddr(strings.TrimSpace(b)); err != nil {
+		return first, last, fmt.Errorf("%q: %w", s, err)
+	}
+	if first.Is4() != last.Is4() || last.Less(first) {
+		return first, last, fmt.Errorf("%q: want first-last of one family, first not after last", s)
+	}
+	return first, last, nil
 }
 
 func needAddr(field, addr, subnet string) error {

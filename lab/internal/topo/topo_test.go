@@ -20,6 +20,15 @@ func TestLoadDefaultTopology(t *testing.T) {
 	if m.Firmware != "uefi" || m.Memory != 1024 || m.UUID == "" || m.BMCUser != "admin" {
 		t.Fatalf("machine01 defaults not applied: %+v", m)
 	}
+	// One BMC by DHCP, one at a fixed address: metal-bmc's union of
+	// leases and its static list.
+	if !top.LeasedBMC("machine01") || top.LeasedBMC("machine02") {
+		t.Fatalf("machine01's BMC leased %v, machine02's %v; want leased and fixed", top.LeasedBMC("machine01"), top.LeasedBMC("machine02"))
+	}
+	// Both kinds of BMC: Redfish (the default) and IPMI.
+	if b1, b2 := top.Node("machine01").BMC, top.Node("machine02").BMC; b1 != BMCRedfish || b2 != BMCIPMI {
+		t.Fatalf("BMCs %s and %s, want redfish and ipmi", b1, b2)
+	}
 	if top.Mgmt.HostIPv4 != "172.30.0.1" || top.Mgmt.HostIPv6 != "fd00:172:30::1" {
 		t.Fatalf("host addresses = %s %s", top.Mgmt.HostIPv4, top.Mgmt.HostIPv6)
 	}
@@ -90,6 +99,9 @@ func TestParseRefusesBadTopologies(t *testing.T) {
 		{"long name", "name: t", "name: toolongname", "name \"toolongname\""},
 		{"no pixie", "    pixie: {kind: pixie", "    pixie: {kind: central", "exactly one central and one pixie"},
 		{"bad prefix", "[10.2.0.0/24]", "[10.2.0.0/99]", "prefixes[0]"},
+		{"unknown BMC protocol", " EXTRA", ", bmc: amt", `bmc "amt": want redfish or ipmi`},
+		{"IPMI BMC", " EXTRA", ", bmc: ipmi", ""},
+		{"leased BMC without a pool", "bmc-ipv4: 172.30.0.101 EXTRA", "bmc-user: admin", "bmc-ipv4: required unless pixie serves the BMC network"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -206,5 +218,37 @@ func TestUUIDLowerCase(t *testing.T) {
 	}
 	if got := top.Node("m1").UUID; got != "5c1f7a52-3f9e-4bb1-9d55-0d7c2c1a0001" {
 		t.Fatalf("uuid %q", got)
+	}
+}
+
+// TestLeasedBMCs: a machine without bmc-ipv4 gets its BMC's address from
+// pixie's BMC pool, which lies in the management subnet and holds no
+// fixed address.
+func TestLeasedBMCs(t *testing.T) {
+	const pool = "dhcp4-range: 10.1.0.100-10.1.0.199}"
+	leased := strings.Replace(strings.Replace(base, "bmc-ipv4: 172.30.0.101 EXTRA", "bmc-user: admin", 1),
+		pool, "dhcp4-range: 10.1.0.100-10.1.0.199, bmc-dhcp4-range: 172.30.0.150-172.30.0.199}", 1)
+	top, err := Parse([]byte(leased))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, last, ok := top.BMCRange()
+	if !ok || first.String() != "172.30.0.150" || last.String() != "172.30.0.199" || !top.LeasedBMC("m1") || top.LeasedBMC("pixie") {
+		t.Fatalf("pool %s-%s (%v), m1 leased %v", first, last, ok, top.LeasedBMC("m1"))
+	}
+	for _, tc := range []struct{ name, from, to, want string }{
+		{"pool outside mgmt", "172.30.0.150-172.30.0.199", "10.9.0.1-10.9.0.9", "not inside the management subnet"},
+		{"pool upside down", "172.30.0.150-172.30.0.199", "172.30.0.199-172.30.0.150", "first not after last"},
+		{"pool not a range", "172.30.0.150-172.30.0.199", "172.30.0.150", "want first-last"},
+		{"fixed address in the pool", "mgmt-ipv4: 172.30.0.10}", "mgmt-ipv4: 172.30.0.160}", "lies in pixie's bmc-dhcp4-range"},
+		{"IPMI BMC by DHCP", "bmc-user: admin", "bmc-user: admin, bmc: ipmi", "bmc ipmi: needs a bmc-ipv4"},
+		{"the host's address in the pool", "172.30.0.150-172.30.0.199", "172.30.0.1-172.30.0.9", "holds the host's address"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(strings.Replace(leased, tc.from, tc.to, 1)))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want one containing %q", err, tc.want)
+			}
+		})
 	}
 }

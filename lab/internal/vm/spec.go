@@ -6,6 +6,7 @@ package vm
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -62,6 +63,11 @@ type Spec struct {
 	QEMU      string // binary, default "qemu-system-x86_64" from PATH
 	Accel     string // "" = DefaultAccel: "kvm" when KVM works here, else "tcg"
 	Extra     []string
+	// IPMI is host:port of an external BMC's VM interface (ipmi_sim's
+	// `serial kcs … codec VM`): QEMU connects to it with an
+	// ipmi-bmc-extern device behind an ISA KCS interface, so the guest
+	// has a BMC in band as a server does. Empty: none.
+	IPMI string
 
 	// OVMFCode and OVMFVars are the UEFI firmware and its variable
 	// store template (copied to Dir once); defaults DefaultOVMFCode and
@@ -161,6 +167,8 @@ func (s Spec) validate() error {
 		return fmt.Errorf("vm %s: firmware %q: want uefi or bios", s.Name, s.Firmware)
 	case s.Accel != "kvm" && s.Accel != "tcg":
 		return fmt.Errorf("vm %s: accel %q: want kvm or tcg", s.Name, s.Accel)
+	case s.IPMI != "" && !hostPort(s.IPMI):
+		return fmt.Errorf("vm %s: IPMI %q: want host:port", s.Name, s.IPMI)
 	case strings.Contains(s.Dir, ","):
 		// QEMU's -qmp and -chardev take the path inside a comma list.
 		return fmt.Errorf("vm %s: Dir %q must not hold a comma", s.Name, s.Dir)
@@ -263,7 +271,22 @@ func (s Spec) Args(boot BootDevice) []string {
 		"-chardev", "socket,id=ser0,path="+s.serialSock()+",server=on,wait=off,logfile="+s.serialLog()+",logappend=on",
 		"-serial", "chardev:ser0",
 		"-qmp", "unix:"+s.qmpPath()+",server=on,wait=off")
+	if s.IPMI != "" {
+		host, port, _ := net.SplitHostPort(s.IPMI)
+		// reconnect: QEMU keeps trying while the BMC is not listening
+		// (yet, or again after a BMC restart), as mini-lab's machines do.
+		a = append(a,
+			"-chardev", "socket,id=ipmi0,host="+host+",port="+port+",reconnect=10",
+			"-device", "ipmi-bmc-extern,chardev=ipmi0,id=bmc0",
+			"-device", "isa-ipmi-kcs,bmc=bmc0")
+	}
 	return append(a, s.Extra...)
+}
+
+// hostPort reports whether s is a plain host:port, fit for a comma list.
+func hostPort(s string) bool {
+	h, p, err := net.SplitHostPort(s)
+	return err == nil && h != "" && p != "" && !strings.ContainsAny(s, ", ")
 }
 
 // qemuEscape doubles commas, QEMU's escape inside option values.

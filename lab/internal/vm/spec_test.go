@@ -52,6 +52,9 @@ func TestArgs(t *testing.T) {
 		{name: "no disk, no nic", spec: with(func(s *Spec) { s.Disk, s.NICs = "", nil }),
 			notWant: []string{"-netdev", "virtio-blk-pci,drive=disk0,id=vda,bootindex=2"}},
 		{name: "name with a comma is escaped", spec: with(func(s *Spec) { s.Name = "a,b" }), want: []string{"-name a,,b"}},
+		{name: "external IPMI BMC", spec: with(func(s *Spec) { s.IPMI = "127.0.0.1:9002" }), want: []string{
+			"-chardev socket,id=ipmi0,host=127.0.0.1,port=9002,reconnect=10 -device ipmi-bmc-extern,chardev=ipmi0,id=bmc0 -device isa-ipmi-kcs,bmc=bmc0"}},
+		{name: "no IPMI BMC by default", spec: base, notWant: []string{"isa-ipmi-kcs,bmc=bmc0"}},
 		{name: "extra last", spec: with(func(s *Spec) { s.Extra = []string{"-S"} }), want: []string{"-qmp unix:/s/qmp.sock,server=on,wait=off -S"}},
 	}
 	for _, tc := range tests {
@@ -88,6 +91,9 @@ func TestSpecValidate(t *testing.T) {
 			s.NICs = []NIC{{Tap: "a", MAC: "m", Boot: true}, {Tap: "b", MAC: "n", Boot: true}}
 		}, "boot NICs"},
 		{"nic without mac", func(s *Spec) { s.NICs = []NIC{{Tap: "a"}} }, "required"},
+		{"ipmi without port", func(s *Spec) { s.IPMI = "127.0.0.1" }, "want host:port"},
+		{"ipmi with a comma", func(s *Spec) { s.IPMI = "127.0.0.1:9002,server=on" }, "want host:port"},
+		{"ipmi", func(s *Spec) { s.IPMI = "127.0.0.1:9002" }, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

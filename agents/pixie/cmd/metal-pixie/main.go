@@ -37,6 +37,7 @@ func run() error {
 		raPrefixes                          string
 		imagePrefixes, logLevel, logFormat  string
 		kernel, initramfs                   string
+		bmcRange, bmcRouters                string
 	)
 	fs := flag.NewFlagSet("metal-pixie", flag.ExitOnError)
 	fs.StringVar(&cfg.Name, "name", "", "agent `identity`, as enrolled with metalctl agent enroll --kind pixie --identity <name> --partition <p> (required)")
@@ -61,6 +62,10 @@ func run() error {
 	fs.StringVar(&range6, "dhcp6-range", "", "DHCPv6 pool, first-last (empty: no DHCPv6)")
 	fs.StringVar(&serverIP6, "server-ip6", "", "pixie's IPv6 address on the PXE network (default: the interface's first global one)")
 	fs.StringVar(&dns6, "dns6", "", "DHCPv6 DNS servers, comma-separated")
+	fs.StringVar(&cfg.BMC.Interface, "bmc-interface", "", "the BMC network's interface: pixie serves it DHCPv4 addresses only, no boot answers (metal-bmc finds the BMCs in pixie's lease file)")
+	fs.StringVar(&bmcRange, "bmc-dhcp4-range", "", "the BMC network's DHCPv4 pool, first-last (empty: the BMC network is not served); pixie's address and the prefix are the interface's")
+	fs.StringVar(&bmcRouters, "bmc-router", "", "DHCPv4 routers (option 3) for the BMC network, comma-separated")
+	fs.DurationVar(&cfg.BMC.LeaseTime, "bmc-lease-time", 0, "DHCP lease time on the BMC network (default --lease-time)")
 	fs.BoolVar(&cfg.RA, "ra", false, "send IPv6 router advertisements on --interface (iPXE waits ~16 s for one otherwise)")
 	fs.StringVar(&raPrefixes, "ra-prefix", "", "prefixes to advertise on-link, comma-separated CIDR (default: the prefix of --server-ip6)")
 	fs.DurationVar(&cfg.RAInterval, "ra-interval", 10*time.Second, "interval of unsolicited router advertisements")
@@ -118,6 +123,14 @@ func run() error {
 		if cfg.Range6, err = lease.ParseRange(range6); err != nil || !cfg.Range6.First.Is6() {
 			return fmt.Errorf("--dhcp6-range: want an IPv6 range: %v", err)
 		}
+	}
+	if bmcRange != "" {
+		if cfg.BMC.Range, err = lease.ParseRange(bmcRange); err != nil || !cfg.BMC.Range.First.Is4() {
+			return fmt.Errorf("--bmc-dhcp4-range: want an IPv4 range: %v", err)
+		}
+	}
+	if cfg.BMC.Routers, err = pixie.ParseAddrs(bmcRouters); err != nil {
+		return fmt.Errorf("--bmc-router: %w", err)
 	}
 	if serverIP != "" {
 		if cfg.ServerIP, err = netip.ParseAddr(serverIP); err != nil || !cfg.ServerIP.Is4() {

@@ -300,3 +300,39 @@ func FuzzHandle6(f *testing.F) {
 		}
 	})
 }
+
+// TestPlain4: the BMC network's server hands out addresses and never a
+// boot answer, whatever the client says it is.
+func TestPlain4(t *testing.T) {
+	s := newServer4(t)
+	s.cfg.Plain = true
+	for _, tc := range []struct {
+		name string
+		mods []dhcpv4.Modifier
+	}{
+		{"plain", nil},
+		{"uefi pxe", []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00007:UNDI:003016")), dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64))}},
+		{"ipxe", []dhcpv4.Modifier{dhcpv4.WithUserClass("iPXE", false), dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64))}},
+		{"uefi http", []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("HTTPClient:Arch:00016:UNDI:003001")), dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64_HTTP))}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			offer, _ := s.Handle(discover(t, "52:54:00:00:00:0b", tc.mods...), netip.Addr{})
+			if offer == nil || offer.MessageType() != dhcpv4.MessageTypeOffer {
+				t.Fatalf("offer %v", offer)
+			}
+			req, err := dhcpv4.NewRequestFromOffer(offer, tc.mods...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ack, _ := s.Handle(req, netip.Addr{})
+			if ack == nil || ack.MessageType() != dhcpv4.MessageTypeAck || !ack.YourIPAddr.Equal(offer.YourIPAddr) {
+				t.Fatalf("ack %v", ack)
+			}
+			for _, m := range []*dhcpv4.DHCPv4{offer, ack} {
+				if m.BootFileNameOption() != "" || m.BootFileName != "" || m.ClassIdentifier() != "" || m.TFTPServerName() != "" {
+					t.Fatalf("%s carries a boot answer: %s", m.MessageType(), m.Summary())
+				}
+			}
+		})
+	}
+}

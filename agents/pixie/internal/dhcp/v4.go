@@ -48,6 +48,20 @@ type Config4 struct {
 	Leases      *lease.Store
 	Log         *slog.Logger
 	Metrics     *metric.Metrics
+
+	// Plain hands out addresses only, never a boot answer: the BMC
+	// network, where nothing network-boots, and where a server's NIC
+	// plugged in by mistake must not start an installer.
+	Plain bool
+}
+
+// kind is the server's label in pixie's request metrics: the BMC
+// network's requests are counted apart from the PXE network's.
+func (s *Server4) kind() string {
+	if s.cfg.Plain {
+		return "dhcp4_bmc"
+	}
+	return "dhcp4"
 }
 
 // Server4 answers DHCPv4.
@@ -132,7 +146,7 @@ func (s *Server4) Serve(ctx context.Context, conn net.PacketConn) error {
 		}
 		req, err := dhcpv4.FromBytes(buf[:n])
 		if err != nil {
-			s.cfg.Metrics.Request("dhcp4", "malformed")
+			s.cfg.Metrics.Request(s.kind(), "malformed")
 			s.cfg.Log.Debug("dhcp4: malformed packet dropped", "peer", peer, "bytes", n, "err", bounded([]byte(err.Error()), maxLogBytes))
 			continue
 		}
@@ -155,7 +169,7 @@ func (s *Server4) Serve(ctx context.Context, conn net.PacketConn) error {
 // answer.
 func (s *Server4) Handle(req *dhcpv4.DHCPv4, from netip.Addr) (*dhcpv4.DHCPv4, *net.UDPAddr) {
 	resp, dst, result := s.handle(req, from)
-	s.cfg.Metrics.Request("dhcp4", result)
+	s.cfg.Metrics.Request(s.kind(), result)
 	return resp, dst
 }
 
@@ -224,7 +238,13 @@ func (s *Server4) handle(req *dhcpv4.DHCPv4, from netip.Addr) (*dhcpv4.DHCPv4, *
 			log.Error("dhcp4: build offer", "err", err)
 			return nil, nil, "error"
 		}
-		log.Info("dhcp4: offer", "address", l.Addr, "boot", resp.BootFileNameOption(), "arch", c.arch, "vendor", req.ClassIdentifier())
+		// Without option 93 the zero arch would read "Intel x86PC": a
+		// BMC's offer would claim a PXE client's architecture.
+		arch := ""
+		if c.hasArch {
+			arch = c.arch.String()
+		}
+		log.Info("dhcp4: offer", "address", l.Addr, "boot", resp.BootFileNameOption(), "arch", arch, "vendor", req.ClassIdentifier())
 		return resp, s.dest(req, resp), "offer"
 
 	case dhcpv4.MessageTypeRequest:
@@ -335,7 +355,7 @@ func (s *Server4) reply(req *dhcpv4.DHCPv4, c client, mt dhcpv4.MessageType, yia
 	if cfg.Domain != "" {
 		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptDomainName(cfg.Domain)))
 	}
-	if a, ok := cfg.Boot.decide(c, false); ok {
+	if a, ok := cfg.Boot.decide(c, false); ok && !cfg.Plain {
 		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptBootFileName(a.file)))
 		if len(a.file) < 128 {
 			// Old PXE ROMs read only the header field.

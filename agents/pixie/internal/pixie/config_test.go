@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/metalfleet/metalfleet/agents/pixie/internal/lease"
 )
@@ -102,6 +103,49 @@ func TestFillFromPrefixes(t *testing.T) {
 			want := []string{tc.wantIP4, tc.wantSubnet4, tc.wantIP6, tc.wantSubnet6, tc.wantRAPrefix}
 			if strings.Join(got, " ") != strings.Join(want, " ") {
 				t.Fatalf("got %q, want %q", got, want)
+			}
+		})
+	}
+}
+
+// TestFillBMC: the BMC network takes pixie's address and prefix from its
+// interface (lo: 127.0.0.1/8) and may not share addresses with the PXE
+// pool, whose leases are in the same store.
+func TestFillBMC(t *testing.T) {
+	rng := func(s string) lease.Range { r, _ := lease.ParseRange(s); return r }
+	a := netip.MustParseAddr
+	for _, tc := range []struct {
+		name   string
+		cfg    Config
+		want   string // "" = valid
+		server string
+	}{
+		{"off", Config{}, "", "invalid IP"},
+		{"from the interface", Config{BMC: BMCNetwork{Interface: "lo", Range: rng("127.0.0.100-127.0.0.199")}}, "", "127.0.0.1 127.0.0.0/8"},
+		{"given", Config{BMC: BMCNetwork{Interface: "lo", Range: rng("10.9.0.10-10.9.0.20"), ServerIP: a("10.9.0.1"), Subnet: netip.MustParsePrefix("10.9.0.0/24")}}, "", "10.9.0.1 10.9.0.0/24"},
+		{"interface without --range", Config{BMC: BMCNetwork{Interface: "lo"}}, "--bmc-interface without --bmc-dhcp4-range", ""},
+		{"range without interface", Config{BMC: BMCNetwork{Range: rng("127.0.0.100-127.0.0.199")}}, "needs --bmc-interface", ""},
+		{"IPv6", Config{BMC: BMCNetwork{Interface: "lo", Range: rng("fd00::1-fd00::9")}}, "want an IPv4 range", ""},
+		{"not on the interface", Config{BMC: BMCNetwork{Interface: "lo", Range: rng("10.9.0.10-10.9.0.20")}}, "holds no IPv4 address in the network of --bmc-dhcp4-range", ""},
+		{"no such interface", Config{BMC: BMCNetwork{Interface: "nope0", Range: rng("10.9.0.10-10.9.0.20")}}, "--bmc-interface", ""},
+		{"overlaps the PXE pool", Config{Range4: rng("127.0.0.150-127.0.0.250"), BMC: BMCNetwork{Interface: "lo", Range: rng("127.0.0.100-127.0.0.199")}}, "overlaps --dhcp4-range", ""},
+		{"router elsewhere", Config{BMC: BMCNetwork{Interface: "lo", Range: rng("127.0.0.100-127.0.0.199"), Routers: []netip.Addr{a("10.0.0.1")}}}, "--bmc-router 10.0.0.1 is not inside", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := tc.cfg
+			cfg.LeaseTime = time.Hour
+			err := fillBMC(&cfg)
+			if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+				t.Fatalf("err %v, want %q", err, tc.want)
+			}
+			if err != nil {
+				return
+			}
+			if got := cfg.BMC.ServerIP.String() + " " + cfg.BMC.Subnet.String(); tc.server != "invalid IP" && got != tc.server {
+				t.Fatalf("server %q, want %q", got, tc.server)
+			}
+			if cfg.BMC.Range.First.IsValid() && cfg.BMC.LeaseTime != time.Hour {
+				t.Fatalf("lease time %v, want --lease-time's", cfg.BMC.LeaseTime)
 			}
 		})
 	}

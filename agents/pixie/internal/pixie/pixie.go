@@ -80,6 +80,9 @@ type Config struct {
 	Domain          string
 	LeaseTime       time.Duration
 
+	// BMC is the BMC network, when pixie serves it too.
+	BMC BMCNetwork
+
 	// RA sends router advertisements on Interface for RAPrefixes (default:
 	// the prefix holding ServerIP6).
 	RA         bool
@@ -110,6 +113,31 @@ type Config struct {
 	Registry *prometheus.Registry
 	// AgentBackoff bounds the agent's reconnect delay (tests).
 	AgentBackoff time.Duration
+}
+
+// BMCNetwork is the partition's BMC network, served with DHCPv4
+// addresses only (no boot answers), as the management server's dhcpd
+// serves it in metal-stack next to the PXE network. The leases go into
+// pixie's one lease file, where metal-bmc finds the BMCs (its --lease-file,
+// the document's lease_cidrs telling the BMC network's leases from the PXE
+// network's). A second pixie agent for it would hold a credential that
+// can ask central for installer boot tokens, on a network where nothing
+// boots; one DHCP server for both networks is what the management server
+// runs anyway.
+type BMCNetwork struct {
+	// Interface is where the BMCs' broadcasts arrive (the BMC network
+	// itself; relayed BMC networks are not served).
+	Interface string
+	// Range enables it when set.
+	Range lease.Range
+	// ServerIP and Subnet: pixie's address on the BMC network and its
+	// prefix; both default to the interface's address whose network
+	// holds Range.
+	ServerIP netip.Addr
+	Subnet   netip.Prefix
+	Routers  []netip.Addr
+	// LeaseTime defaults to Config.LeaseTime.
+	LeaseTime time.Duration
 }
 
 // Pixie is a running metal-pixie.
@@ -172,6 +200,9 @@ func New(cfg Config) (*Pixie, error) {
 		}
 	}
 	if err := fillNetwork(&cfg); err != nil {
+		return nil, err
+	}
+	if err := fillBMC(&cfg); err != nil {
 		return nil, err
 	}
 	if cfg.Registry == nil {
@@ -348,6 +379,60 @@ func fillFromPrefixes(cfg *Config, pfxs []netip.Prefix, serves4, serves6 bool) {
 			cfg.Subnet6 = p.Masked()
 		}
 	}
+}
+
+// fillBMC takes the BMC network's server address and subnet from its
+// interface and checks that it cannot hand out the PXE network's
+// addresses (both pools share the lease store).
+func fillBMC(cfg *Config) error {
+	b := &cfg.BMC
+	if !b.Range.First.IsValid() {
+		if b.Interface != "" {
+			return errors.New("pixie: --bmc-interface without --bmc-dhcp4-range")
+		}
+		return nil
+	}
+	if !b.Range.First.Is4() {
+		return fmt.Errorf("pixie: --bmc-dhcp4-range %s: want an IPv4 range", b.Range)
+	}
+	if b.Interface == "" {
+		return errors.New("pixie: --bmc-dhcp4-range needs --bmc-interface")
+	}
+	if b.LeaseTime <= 0 {
+		b.LeaseTime = cfg.LeaseTime
+	}
+	if !b.ServerIP.IsValid() || !b.Subnet.IsValid() {
+		pfxs, err := ifacePrefixes(b.Interface)
+		if err != nil {
+			return fmt.Errorf("pixie: --bmc-interface: %w", err)
+		}
+		for _, p := range pfxs {
+			if p.Addr().Is4() && p.Masked().Contains(b.Range.First) {
+				if !b.ServerIP.IsValid() {
+					b.ServerIP = p.Addr()
+				}
+				if !b.Subnet.IsValid() {
+					b.Subnet = p.Masked()
+				}
+				break
+			}
+		}
+		if !b.ServerIP.IsValid() || !b.Subnet.IsValid() {
+			return fmt.Errorf("pixie: --bmc-interface %s holds no IPv4 address in the network of --bmc-dhcp4-range %s", b.Interface, b.Range)
+		}
+	}
+	if !b.Subnet.Contains(b.Range.First) || !b.Subnet.Contains(b.Range.Last) {
+		return fmt.Errorf("pixie: --bmc-dhcp4-range %s is not inside the BMC network %s", b.Range, b.Subnet)
+	}
+	if r := cfg.Range4; r.First.IsValid() && !b.Range.Last.Less(r.First) && !r.Last.Less(b.Range.First) {
+		return fmt.Errorf("pixie: --bmc-dhcp4-range %s overlaps --dhcp4-range %s: both networks' leases are in one store", b.Range, r)
+	}
+	for _, r := range b.Routers {
+		if !b.Subnet.Contains(r) {
+			return fmt.Errorf("pixie: --bmc-router %s is not inside the BMC network %s", r, b.Subnet)
+		}
+	}
+	return nil
 }
 
 // holds reports whether one of addrs lies in pfx.
@@ -569,6 +654,21 @@ func (p *Pixie) Start(ctx context.Context) error {
 		closers = append(closers, func() { conn.Close() })
 		servers = append(servers, server{"dhcp4", func(ctx context.Context) error { return s4.Serve(ctx, conn) }})
 	}
+	if b := cfg.BMC; b.Range.First.IsValid() {
+		sb, err := dhcp.NewServer4(dhcp.Config4{
+			Interface: b.Interface, ServerIP: b.ServerIP, Prefix: b.Subnet, Plain: true, Pool: lease.Pool{Range: b.Range},
+			Routers: b.Routers, LeaseTime: b.LeaseTime, Leases: p.leases, Log: p.log.With("part", "dhcp4-bmc"), Metrics: p.metrics,
+		})
+		if err != nil {
+			return fail(fmt.Errorf("bmc network: %w", err))
+		}
+		conn, err := sb.Listen()
+		if err != nil {
+			return fail(fmt.Errorf("bmc network: %w", err))
+		}
+		closers = append(closers, func() { conn.Close() })
+		servers = append(servers, server{"dhcp4-bmc", func(ctx context.Context) error { return sb.Serve(ctx, conn) }})
+	}
 	if cfg.Range6.First.IsValid() {
 		ifi, err := net.InterfaceByName(cfg.Interface)
 		if err != nil {
@@ -693,6 +793,7 @@ func (p *Pixie) Start(ctx context.Context) error {
 		}()
 	}
 	p.log.Info("metal-pixie serving", "name", cfg.Name, "http", p.httpAddrs, "relayed_only", cfg.RelayedOnly, "dhcp4", rangeOrOff(cfg.Range4), "dhcp6", rangeOrOff(cfg.Range6),
+		"dhcp4_bmc", rangeOrOff(cfg.BMC.Range),
 		"tftp", cfg.TFTPListen, "ra", cfg.RA, "boot_url", boot4.BaseURL, "boot_url6", boot6.BaseURL)
 	return nil
 }
