@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -350,7 +351,10 @@ func (a *Agent) dial() (*grpc.ClientConn, string, error) {
 		// before the session's timer does.
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: grpcbackoff.DefaultConfig, MinConnectTimeout: a.cfg.ConnectTimeout + a.hsTimeout}),
 	}, a.cfg.DialOptions...)
-	cc, err := grpc.NewClient(addr, opts...)
+	// gRPC parses its target as a URL: the zone of a link-local address
+	// (an agent relay on a leaf, "[fe80::1%eth0]:4443") must be escaped,
+	// or every attempt fails before a packet leaves ("invalid URL escape").
+	cc, err := grpc.NewClient(strings.ReplaceAll(addr, "%", "%25"), opts...)
 	if err != nil {
 		return nil, addr, fmt.Errorf("dial %s: %w", addr, err)
 	}

@@ -389,3 +389,49 @@ func TestEndpointsAskedPerAttempt(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestZonedLinkLocalEndpoint: a leaf's agent relay is a link-local address
+// with its zone; gRPC reads targets as URLs, where a bare "%" is an error,
+// so the attempt must still reach the dialer with the zone intact.
+func TestZonedLinkLocalEndpoint(t *testing.T) {
+	srvTLS, cliTLS := testTLS(t)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsCollector(t, lis, srvTLS)
+	cliTLS = cliTLS.Clone()
+	cliTLS.ServerName = "127.0.0.1" // as metal-phonehome names central through a relay
+	const relay = "[fe80::5054:ff:fefa:101%eth0]:4443"
+	var mu sync.Mutex
+	var dialled []string
+	a, err := New(Config{
+		Kind: agentv1.Kind_KIND_PHONEHOME, Identity: "m", Centrals: []string{relay}, Token: "mfa_x", TLS: cliTLS,
+		Reconciler: ReconcilerFunc(func(context.Context, *agentv1.Desired) error { return nil }),
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
+		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			mu.Lock()
+			dialled = append(dialled, addr)
+			mu.Unlock()
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", lis.Addr().String())
+		})},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	waitFor(t, "a connection through the zoned address", func() bool { return a.Connected() })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(dialled) == 0 || dialled[0] != relay {
+		t.Fatalf("dialled %q, want %q", dialled, relay)
+	}
+}
