@@ -90,7 +90,7 @@ func (l *Lab) probeTenant(ctx context.Context, machine, iface string, prefixes [
 	if src4.IsValid() {
 		// IPv4 over the IPv6 link-local next hop (RFC 5549), as a machine
 		// with BGP unnumbered routes.
-		if out, err := exec.CommandContext(ctx, "ip", "-n", ns, "route", "add", "default", "via", "inet6", res.Router, "dev", "p0").CombinedOutput(); err != nil {
+		if out, err := exec.CommandContext(ctx, "ip", "-n", ns, "-4", "route", "replace", "default", "via", "inet6", res.Router, "dev", "p0").CombinedOutput(); err != nil {
 			return res, fmt.Errorf("probe IPv4 route: %w: %s", err, out)
 		}
 	}
