@@ -78,9 +78,9 @@ type step struct {
 func (s *Service) steps(m *machine) []step {
 	var out []step
 	if b := m.boot; b != nil {
-		out = append(out, step{kind: kindBoot, gen: b.GetGeneration(), repeatable: true, what: "boot " + b.GetDevice().String(),
+		out = append(out, step{kind: kindBoot, gen: b.GetGeneration(), repeatable: true, what: bootWhat(b),
 			run: func(ctx context.Context, ep driver.Endpoint, c driver.Creds) error {
-				return s.drv.Boot(ctx, ep, c, b.GetDevice())
+				return s.drv.Boot(ctx, ep, c, b.GetDevice(), b.GetPersistent())
 			}})
 	}
 	if l := m.identify; l != nil {
@@ -350,4 +350,12 @@ func (s *Service) firmware(ctx context.Context, ep driver.Endpoint, c driver.Cre
 		return fmt.Errorf("firmware image: %w", err)
 	}
 	return s.drv.Firmware(ctx, ep, c, f.GetComponent(), tmp)
+}
+
+// bootWhat names a boot intent in logs and events.
+func bootWhat(b *agentv1.BmcBootIntent) string {
+	if b.GetPersistent() {
+		return "boot " + b.GetDevice().String() + " (persistent)"
+	}
+	return "boot " + b.GetDevice().String()
 }

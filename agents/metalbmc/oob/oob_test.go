@@ -132,7 +132,7 @@ func (d *countingDriver) act(s string) error {
 func (d *countingDriver) Power(_ context.Context, ep driver.Endpoint, _ driver.Creds, a agentv1.BmcPowerAction) error {
 	return d.act(ep.Address + " " + a.String())
 }
-func (d *countingDriver) Boot(_ context.Context, ep driver.Endpoint, _ driver.Creds, b agentv1.BmcBootDevice) error {
+func (d *countingDriver) Boot(_ context.Context, ep driver.Endpoint, _ driver.Creds, b agentv1.BmcBootDevice, _ bool) error {
 	return d.act(ep.Address + " " + b.String())
 }
 func (d *countingDriver) Identify(_ context.Context, ep driver.Endpoint, _ driver.Creds, on bool) error {

@@ -55,7 +55,7 @@ func Raise(ctx context.Context, tx pgx.Tx, docs Docs, id, partition string, in I
 		m.Power = &agentv1.BmcPowerIntent{Generation: m.GetPower().GetGeneration() + 1, Action: p.GetAction()}
 	}
 	if b := in.Boot; b != nil {
-		m.Boot = &agentv1.BmcBootIntent{Generation: m.GetBoot().GetGeneration() + 1, Device: b.GetDevice()}
+		m.Boot = &agentv1.BmcBootIntent{Generation: m.GetBoot().GetGeneration() + 1, Device: b.GetDevice(), Persistent: b.GetPersistent()}
 	}
 	if l := in.Identify; l != nil {
 		m.Identify = &agentv1.BmcIdentifyIntent{Generation: m.GetIdentify().GetGeneration() + 1, On: l.GetOn()}

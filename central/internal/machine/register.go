@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
+	"github.com/metalfleet/metalfleet/central/internal/bmc"
 	"github.com/metalfleet/metalfleet/central/internal/catalog"
 	"github.com/metalfleet/metalfleet/central/internal/fabric"
 	"github.com/metalfleet/metalfleet/central/internal/field"
@@ -36,6 +37,9 @@ func (ms *Machines) Report(ctx context.Context, tx pgx.Tx, a fleet.Agent, r *age
 			}
 		}
 		if err := reportEvents(ctx, tx, a, r.GetEvents(), nil); err != nil {
+			return err
+		}
+		if err := ms.bootDiskWhenInstalled(ctx, tx, a, r.GetEvents()); err != nil {
 			return err
 		}
 		return ms.portsFollow(ctx, tx, a, r.GetEvents())
@@ -63,6 +67,35 @@ func (ms *Machines) portsFollow(ctx context.Context, tx pgx.Tx, a fleet.Agent, e
 		}
 	}
 	return nil
+}
+
+// bootDiskWhenInstalled sets an allocated machine's boot device to its
+// disk for good when its installer reports the install done (Booting New
+// Kernel), in the transaction that records it: from then on its ports are
+// in the tenant VRF where PXE does not reach, so a restart must boot the
+// disk rather than wait for PXE to give up (metal-stack sets the boot
+// order to disk through the BMC after the install). Free, reinstall and
+// the stuck reconciler set PXE again.
+func (ms *Machines) bootDiskWhenInstalled(ctx context.Context, tx pgx.Tx, a fleet.Agent, events []*agentv1.Event) error {
+	done := slices.ContainsFunc(events, func(e *agentv1.Event) bool {
+		ev, _ := fsm.Parse(e.GetType())
+		return ev == fsm.BootingNewKernel
+	})
+	if !done {
+		return nil
+	}
+	id := strings.ToLower(a.Identity)
+	var partition string
+	err := tx.QueryRow(ctx, `SELECT COALESCE(partition_id, '') FROM machines WHERE id = $1 AND allocation_id IS NOT NULL`, id).Scan(&partition)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil // not allocated: nothing was installed
+	}
+	if err != nil {
+		return fmt.Errorf("machine %s: %w", id, err)
+	}
+	return ms.raiseBMC(ctx, tx, id, partition, bmc.Intent{
+		Boot: &agentv1.BmcBootIntent{Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_DISK, Persistent: true},
+	})
 }
 
 // validateFacts checks an installer's hardware report. Everything here

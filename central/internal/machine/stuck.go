@@ -224,7 +224,7 @@ func (s *Stuck) one(ctx context.Context, id string, states []string, secs []int6
 		in := bmc.Intent{Power: &agentv1.BmcPowerIntent{Action: agentv1.BmcPowerAction_BMC_POWER_ACTION_CYCLE}}
 		boot := "its own boot order"
 		if fsm.PXEWhenStuck(st, installed) {
-			in.Boot = &agentv1.BmcBootIntent{Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_PXE}
+			in.Boot = &agentv1.BmcBootIntent{Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_PXE, Persistent: true}
 			boot = "PXE"
 		}
 		m, err := bmc.Raise(ctx, tx, s.docs, id, partition, in)

@@ -363,24 +363,25 @@ func TestBMCIntents(t *testing.T) {
 		Url: "https://fw.example/bmc.bin", Sha256: strings.Repeat("ab", 32)}))(t)
 	m := intent()
 	if p.GetGeneration() != 2 || m.GetPower().GetGeneration() != 2 || m.GetPower().GetAction() != agentv1.BmcPowerAction_BMC_POWER_ACTION_ON ||
-		m.GetBoot().GetGeneration() != 1 || m.GetBoot().GetDevice() != agentv1.BmcBootDevice_BMC_BOOT_DEVICE_DISK ||
+		m.GetBoot().GetGeneration() != 1 || m.GetBoot().GetDevice() != agentv1.BmcBootDevice_BMC_BOOT_DEVICE_DISK || m.GetBoot().GetPersistent() ||
 		m.GetIdentify().GetGeneration() != 1 || !m.GetIdentify().GetOn() ||
 		m.GetFirmware().GetGeneration() != 1 || m.GetFirmware().GetUrl() != "https://fw.example/bmc.bin" {
 		t.Fatalf("intents %v", m)
 	}
 
-	// Reinstall: PXE and a power cycle, in the reinstall's transaction.
+	// Reinstall: PXE (for good: it undoes the disk set at the last install)
+	// and a power cycle, in the reinstall's transaction.
 	ok(e.api.Machine.Reinstall(owner, &apiv1.MachineServiceReinstallRequest{Id: id}))(t)
 	m = intent()
 	if m.GetPower().GetGeneration() != 3 || m.GetPower().GetAction() != agentv1.BmcPowerAction_BMC_POWER_ACTION_CYCLE ||
-		m.GetBoot().GetGeneration() != 2 || m.GetBoot().GetDevice() != agentv1.BmcBootDevice_BMC_BOOT_DEVICE_PXE {
+		m.GetBoot().GetGeneration() != 2 || m.GetBoot().GetDevice() != agentv1.BmcBootDevice_BMC_BOOT_DEVICE_PXE || !m.GetBoot().GetPersistent() {
 		t.Fatalf("after reinstall: %v", m)
 	}
 	// Free: PXE and a reset.
 	ok(e.api.Machine.Delete(owner, &apiv1.MachineServiceDeleteRequest{Id: id}))(t)
 	m = intent()
 	if m.GetPower().GetGeneration() != 4 || m.GetPower().GetAction() != agentv1.BmcPowerAction_BMC_POWER_ACTION_RESET ||
-		m.GetBoot().GetGeneration() != 3 || m.GetBoot().GetDevice() != agentv1.BmcBootDevice_BMC_BOOT_DEVICE_PXE || m.GetIdentify().GetGeneration() != 1 {
+		m.GetBoot().GetGeneration() != 3 || m.GetBoot().GetDevice() != agentv1.BmcBootDevice_BMC_BOOT_DEVICE_PXE || !m.GetBoot().GetPersistent() || m.GetIdentify().GetGeneration() != 1 {
 		t.Fatalf("after free: %v", m)
 	}
 

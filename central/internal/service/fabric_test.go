@@ -1,6 +1,7 @@
 package service
 
 import (
+	"errors"
 	"slices"
 	"testing"
 
@@ -8,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/metalfleet/metalfleet/central/internal/fabric"
 	"github.com/metalfleet/metalfleet/central/internal/fleet"
@@ -106,6 +108,27 @@ func TestSwitchPortsFollowTheMachine(t *testing.T) {
 	pxe := port{role: agentv1.SwitchPortRole_SWITCH_PORT_ROLE_UNPROVISIONED}
 	tenant := port{role: agentv1.SwitchPortRole_SWITCH_PORT_ROLE_TENANT, vni: child.GetVrf()}
 	check("waiting", pxe)
+	// boot checks the machine's boot intent for metal-bmc: the disk for
+	// good once installed (PXE no longer reaches its ports), PXE for good
+	// again on reinstall and free.
+	boot := func(when string, want agentv1.BmcBootDevice, gen uint64) {
+		t.Helper()
+		var raw []byte
+		err := l.a.store.Pool().QueryRow(l.ctx, `SELECT intent FROM bmc_intents WHERE machine_uuid = $1`, id).Scan(&raw)
+		if errors.Is(err, pgx.ErrNoRows) && want == agentv1.BmcBootDevice_BMC_BOOT_DEVICE_UNSPECIFIED {
+			return
+		}
+		if err != nil {
+			t.Fatalf("%s: bmc intents: %v", when, err)
+		}
+		m := &agentv1.BmcMachine{}
+		if err := protojson.Unmarshal(raw, m); err != nil {
+			t.Fatal(err)
+		}
+		if b := m.GetBoot(); b.GetDevice() != want || b.GetGeneration() != gen || (want != agentv1.BmcBootDevice_BMC_BOOT_DEVICE_UNSPECIFIED && !b.GetPersistent()) {
+			t.Fatalf("%s: boot intent %v, want %v (persistent) generation %d", when, b, want, gen)
+		}
+	}
 
 	if _, err := l.create(&apiv1.MachineServiceCreateRequest{Id: id, Networks: []string{child.GetId()}}); err != nil {
 		t.Fatalf("allocate the dual-attached machine: %v", err)
@@ -115,10 +138,12 @@ func TestSwitchPortsFollowTheMachine(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("installing", pxe)
+	boot("installing", agentv1.BmcBootDevice_BMC_BOOT_DEVICE_UNSPECIFIED, 0)
 	if err := l.report(ag, nil, "Booting New Kernel"); err != nil {
 		t.Fatal(err)
 	}
 	check("install done", tenant)
+	boot("install done", agentv1.BmcBootDevice_BMC_BOOT_DEVICE_DISK, 1)
 	rev := l.doc(leaves["leaf01"].ID).GetRevision()
 	ph := fleet.Agent{ID: ag.ID, Kind: agentv1.Kind_KIND_PHONEHOME, Identity: id, Partition: "p1"}
 	if err := l.report(ph, nil, "Phoned Home"); err != nil {
@@ -184,6 +209,7 @@ func TestSwitchPortsFollowTheMachine(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("reinstall", pxe)
+	boot("reinstall", agentv1.BmcBootDevice_BMC_BOOT_DEVICE_PXE, 2)
 	if err := l.report(ph, nil, "Planned Reboot"); err != nil {
 		t.Fatal(err)
 	}
@@ -195,10 +221,12 @@ func TestSwitchPortsFollowTheMachine(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("reinstalled", tenant)
+	boot("reinstalled", agentv1.BmcBootDevice_BMC_BOOT_DEVICE_DISK, 3)
 	if _, err := svc.Delete(l.ctx, &apiv1.MachineServiceDeleteRequest{Id: id}); err != nil {
 		t.Fatal(err)
 	}
 	check("freed", pxe)
+	boot("freed", agentv1.BmcBootDevice_BMC_BOOT_DEVICE_PXE, 4)
 }
 
 // TestSwitchPortsFromTheMachinesLLDP: nothing on a machine sends LLDP

@@ -277,8 +277,13 @@ func TestMetalBMCOverIPMI(t *testing.T) {
 		{"off", power(4, agentv1.BmcPowerAction_BMC_POWER_ACTION_OFF), pk, 4, ok, last("PowerOff(graceful=false)")},
 		// A reset of a machine that is off: metal-bmc powers it on.
 		{"reset while off", power(5, agentv1.BmcPowerAction_BMC_POWER_ACTION_RESET), pk, 5, ok, last("PowerOn")},
+		// The persistent bit (ipmitool's options=persistent) is taken, but
+		// ipmi_sim hands the lab only the device: the next boot.
+		{"boot disk persistent", func() {
+			m.Boot = &agentv1.BmcBootIntent{Generation: 3, Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_DISK, Persistent: true}
+		}, bk, 3, ok, last(`SetBootDevice("disk",false)`)},
 		// The lab's machines boot the network or the disk only.
-		{"boot bios", boot(3, agentv1.BmcBootDevice_BMC_BOOT_DEVICE_BIOS), bk, 3, failed, nil},
+		{"boot bios", boot(4, agentv1.BmcBootDevice_BMC_BOOT_DEVICE_BIOS), bk, 4, failed, nil},
 	} {
 		st.change()
 		if err := svc.Apply(context.Background(), doc()); err != nil {

@@ -212,6 +212,11 @@ func TestMetalBMCIntents(t *testing.T) {
 			m.Boot = &agentv1.BmcBootIntent{Generation: 2, Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_DISK}
 		}, agentv1.BmcIntentKind_BMC_INTENT_KIND_BOOT, 2, ok,
 			func() bool { _, d, _, _ := f.snapshot(); return d == vm.BootDisk }, ""},
+		// For good, as central sets the disk after an install.
+		{"boot disk persistent", func() {
+			m.Boot = &agentv1.BmcBootIntent{Generation: 3, Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_DISK, Persistent: true}
+		}, agentv1.BmcIntentKind_BMC_INTENT_KIND_BOOT, 3, ok,
+			func() bool { _, d, p, _ := f.snapshot(); return d == vm.BootDisk && p }, ""},
 		{"identify on", func() { m.Identify = &agentv1.BmcIdentifyIntent{Generation: 1, On: true} }, agentv1.BmcIntentKind_BMC_INTENT_KIND_IDENTIFY, 1, ok,
 			func() bool { return s.indicatorLED() == "Lit" }, ""},
 		{"identify off", func() { m.Identify = &agentv1.BmcIdentifyIntent{Generation: 2} }, agentv1.BmcIntentKind_BMC_INTENT_KIND_IDENTIFY, 2, ok,
@@ -235,8 +240,8 @@ func TestMetalBMCIntents(t *testing.T) {
 		// The lab's machines boot only from network or disk: the BMC
 		// refuses BiosSetup, and the result says so.
 		{"boot bios", func() {
-			m.Boot = &agentv1.BmcBootIntent{Generation: 3, Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_BIOS}
-		}, agentv1.BmcIntentKind_BMC_INTENT_KIND_BOOT, 3,
+			m.Boot = &agentv1.BmcBootIntent{Generation: 4, Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_BIOS}
+		}, agentv1.BmcIntentKind_BMC_INTENT_KIND_BOOT, 4,
 			agentv1.BmcIntentOutcome_BMC_INTENT_OUTCOME_FAILED, nil, "boot bios"},
 		// bmclib v2.3.5's Redfish provider installs no firmware.
 		{"firmware", func() {

@@ -107,10 +107,10 @@ func (b *Bmclib) Power(ctx context.Context, ep Endpoint, c Creds, a agentv1.BmcP
 	})
 }
 
-// Boot sets the next boot device, once (not persistent), for UEFI first;
-// bmclib's Redfish provider retries without the mode when the BMC
-// refuses it.
-func (b *Bmclib) Boot(ctx context.Context, ep Endpoint, c Creds, d agentv1.BmcBootDevice) error {
+// Boot sets the boot device, for the next boot only or (persistent)
+// from now on, for UEFI first; bmclib's Redfish provider retries without
+// the mode when the BMC refuses it.
+func (b *Bmclib) Boot(ctx context.Context, ep Endpoint, c Creds, d agentv1.BmcBootDevice, persistent bool) error {
 	dev, ok := map[agentv1.BmcBootDevice]string{
 		agentv1.BmcBootDevice_BMC_BOOT_DEVICE_PXE:  "pxe",
 		agentv1.BmcBootDevice_BMC_BOOT_DEVICE_DISK: "disk",
@@ -120,7 +120,7 @@ func (b *Bmclib) Boot(ctx context.Context, ep Endpoint, c Creds, d agentv1.BmcBo
 		return fmt.Errorf("boot device %v: unknown", d)
 	}
 	return b.with(ctx, ep, c, func(ctx context.Context, cl *bmclib.Client) error {
-		done, err := cl.SetBootDevice(ctx, dev, false, true)
+		done, err := cl.SetBootDevice(ctx, dev, persistent, true)
 		if err != nil {
 			return fmt.Errorf("boot %s: %w", dev, errors.New(clean(err.Error())))
 		}

@@ -72,7 +72,7 @@ type Facts struct {
 type Driver interface {
 	Facts(ctx context.Context, ep Endpoint, c Creds) (Facts, error)
 	Power(ctx context.Context, ep Endpoint, c Creds, a agentv1.BmcPowerAction) error
-	Boot(ctx context.Context, ep Endpoint, c Creds, d agentv1.BmcBootDevice) error
+	Boot(ctx context.Context, ep Endpoint, c Creds, d agentv1.BmcBootDevice, persistent bool) error
 	Identify(ctx context.Context, ep Endpoint, c Creds, on bool) error
 	Firmware(ctx context.Context, ep Endpoint, c Creds, comp agentv1.BmcFirmwareComponent, image io.ReadSeeker) error
 }

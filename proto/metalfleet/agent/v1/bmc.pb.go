@@ -810,12 +810,14 @@ func (x *BmcPowerIntent) GetAction() BmcPowerAction {
 	return BmcPowerAction_BMC_POWER_ACTION_UNSPECIFIED
 }
 
-// BmcBootIntent sets the device of the machine's next boot (once, not
-// persistent) once per generation.
+// BmcBootIntent sets the device the machine boots, once per generation:
+// for its next boot only, or from now on when persistent (the firmware's
+// boot order, as metal-stack sets the disk after an install).
 type BmcBootIntent struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Generation    uint64                 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
 	Device        BmcBootDevice          `protobuf:"varint,2,opt,name=device,proto3,enum=metalfleet.agent.v1.BmcBootDevice" json:"device,omitempty"`
+	Persistent    bool                   `protobuf:"varint,3,opt,name=persistent,proto3" json:"persistent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -862,6 +864,13 @@ func (x *BmcBootIntent) GetDevice() BmcBootDevice {
 		return x.Device
 	}
 	return BmcBootDevice_BMC_BOOT_DEVICE_UNSPECIFIED
+}
+
+func (x *BmcBootIntent) GetPersistent() bool {
+	if x != nil {
+		return x.Persistent
+	}
+	return false
 }
 
 // BmcIdentifyIntent switches the identify LED once per generation.
@@ -1733,12 +1742,15 @@ const file_metalfleet_agent_v1_bmc_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
 	"generation\x12;\n" +
-	"\x06action\x18\x02 \x01(\x0e2#.metalfleet.agent.v1.BmcPowerActionR\x06action\"k\n" +
+	"\x06action\x18\x02 \x01(\x0e2#.metalfleet.agent.v1.BmcPowerActionR\x06action\"\x8b\x01\n" +
 	"\rBmcBootIntent\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
 	"generation\x12:\n" +
-	"\x06device\x18\x02 \x01(\x0e2\".metalfleet.agent.v1.BmcBootDeviceR\x06device\"C\n" +
+	"\x06device\x18\x02 \x01(\x0e2\".metalfleet.agent.v1.BmcBootDeviceR\x06device\x12\x1e\n" +
+	"\n" +
+	"persistent\x18\x03 \x01(\bR\n" +
+	"persistent\"C\n" +
 	"\x11BmcIdentifyIntent\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
