@@ -259,7 +259,10 @@ lab-down: ## Stop the lab and remove its namespaces, disks and database (logs st
 	$(BIN)/metal-lab down --topology $(LAB_TOPOLOGY)
 
 .PHONY: lab-e2e
-lab-e2e: deps build installer-image lab-image qemu-deps ## The end-to-end test on the lab: PXE, Waiting, allocate, disk boot, reinstall, free (prints timings).
+lab-e2e: lab-mini-e2e lab-fabric-e2e ## The end-to-end tests on both labs, one after the other: the mini lab's machine life, then the fabric's (prints timings).
+
+.PHONY: lab-mini-e2e
+lab-mini-e2e: deps build installer-image lab-image qemu-deps ## The end-to-end test on the mini lab: PXE, Waiting, allocate, disk boot, reinstall, free, the console, an IPMI machine (prints timings).
 	@mkdir -p build
 	$(BIN)/metal-lab e2e --topology $(LAB_TOPOLOGY) --json build/lab-e2e.json
 
