@@ -240,11 +240,34 @@ func (l *Lab) e2eFabric(ctx context.Context, e *e2e, res *Result) error {
 	l.progress("e2e: from %s's tenant port: %d management endpoints refused (%s); the relay %s answered with central's certificate",
 		dual, len(pr.Refused), strings.Join(pr.Refused, " "), pr.Relay)
 
-	// One leaf restarts: the installed system reaches central through the
-	// other leaf's relay.
-	leaf := e.leafPorts(dual)[0][0]
-	other := e.leafPorts(dual)[1][0]
-	before, err := e.relayConnections(ctx, other)
+	// The leaf whose relay carries the installed system's stream now
+	// restarts: the system reaches central through the other leaf's relay.
+	// (Which one it is depends on which router metal-phonehome tried
+	// first; restarting the idle one would prove nothing.)
+	// Exactly one relay must hold it (the probe's connection just now
+	// may take a moment to close).
+	var leaf, other string
+	if err := waitFor(ctx, time.Minute, "exactly one leaf relay carrying "+dual+"'s stream", func() (bool, error) {
+		lps := e.leafPorts(dual)
+		var carrying []int
+		for i, lp := range lps {
+			n, err := e.relayMetric(ctx, lp[0], "metalfleet_metalcore_relay_open_connections")
+			if err != nil {
+				return false, err
+			}
+			if n > 0 {
+				carrying = append(carrying, i)
+			}
+		}
+		if len(carrying) != 1 || len(lps) != 2 {
+			return false, nil
+		}
+		leaf, other = lps[carrying[0]][0], lps[1-carrying[0]][0]
+		return true, nil
+	}); err != nil {
+		return e.failure(ctx, uuid, err)
+	}
+	before, err := e.relayMetric(ctx, other, "metalfleet_metalcore_relay_connections_total")
 	if err != nil {
 		return err
 	}
@@ -253,7 +276,7 @@ func (l *Lab) e2eFabric(ctx context.Context, e *e2e, res *Result) error {
 		return err
 	}
 	if err := waitFor(ctx, 3*time.Minute, fmt.Sprintf("%s phoning home through %s's relay while %s restarts", dual, other, leaf), func() (bool, error) {
-		n, err := e.relayConnections(ctx, other)
+		n, err := e.relayMetric(ctx, other, "metalfleet_metalcore_relay_connections_total")
 		return n > before, err
 	}); err != nil {
 		return e.failure(ctx, uuid, err)
@@ -290,9 +313,9 @@ func (l *Lab) e2eFabric(ctx context.Context, e *e2e, res *Result) error {
 	return nil
 }
 
-// relayConnections is how many connections a leaf's agent relay has
-// carried (metal-core's metric on its management address).
-func (e *e2e) relayConnections(ctx context.Context, leaf string) (float64, error) {
+// relayMetric is the sum of a metric of a leaf's agent relay over its
+// ports (metal-core's metrics on the leaf's management address).
+func (e *e2e) relayMetric(ctx context.Context, leaf, metric string) (float64, error) {
 	url := "http://" + net.JoinHostPort(e.top.Node(leaf).MgmtIPv4, "2112") + "/metrics"
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
@@ -309,7 +332,7 @@ func (e *e2e) relayConnections(ctx context.Context, leaf string) (float64, error
 	}
 	var sum float64
 	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "metalfleet_metalcore_relay_connections_total") {
+		if name, _, _ := strings.Cut(line, " "); name == metric || strings.HasPrefix(name, metric+"{") {
 			f := strings.Fields(line)
 			v, err := strconv.ParseFloat(f[len(f)-1], 64)
 			if err == nil {
