@@ -62,8 +62,16 @@ func Derive(ctx context.Context, tx pgx.Tx, docs Docs, ids []string) error {
 
 // DeriveForMachines is Derive for the switches machine ids are linked to.
 func DeriveForMachines(ctx context.Context, tx pgx.Tx, docs Docs, machines []string) error {
-	// The switches that see the machines' NICs, and those the machines'
-	// NICs see (portsSeenByMachines).
+	ids, err := switchesOf(ctx, tx, machines)
+	if err != nil {
+		return err
+	}
+	return Derive(ctx, tx, docs, ids)
+}
+
+// switchesOf are the switches that see the machines' NICs, and those the
+// machines' NICs see (portsSeenByMachines), sorted.
+func switchesOf(ctx context.Context, tx pgx.Tx, machines []string) ([]string, error) {
 	rows, err := tx.Query(ctx, `SELECT id FROM (
 			SELECT s.id FROM switches s, jsonb_array_elements(s.spec->'ports') AS p
 			WHERE p->>'mac' IN (SELECT mac FROM machine_nics WHERE machine_id = ANY($1))
@@ -73,13 +81,13 @@ func DeriveForMachines(ctx context.Context, tx pgx.Tx, docs Docs, machines []str
 				jsonb_array_elements(COALESCE(nic->'neighbours', '[]'::jsonb)) AS nb
 			WHERE nb->>'systemName' = s.id) x ORDER BY id`, machines)
 	if err != nil {
-		return fmt.Errorf("switches of machines: %w", err)
+		return nil, fmt.Errorf("switches of machines: %w", err)
 	}
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return fmt.Errorf("switches of machines: %w", err)
+		return nil, fmt.Errorf("switches of machines: %w", err)
 	}
-	return Derive(ctx, tx, docs, ids)
+	return ids, nil
 }
 
 func derive(ctx context.Context, tx pgx.Tx, docs Docs, id string) error {

@@ -12,7 +12,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/metalfleet/metalfleet/central/internal/auth"
-	"github.com/metalfleet/metalfleet/central/internal/bmc"
 	"github.com/metalfleet/metalfleet/central/internal/catalog"
 	"github.com/metalfleet/metalfleet/central/internal/fabric"
 	"github.com/metalfleet/metalfleet/central/internal/fsm"
@@ -134,35 +133,6 @@ func (ms *Machines) Reinstall(ctx context.Context, id, imageID string) error {
 		}
 		return store.Audit(ctx, tx, "machine/"+m.GetId(), alloc.GetProjectId())
 	})
-}
-
-// bmcReboot raises the machine's BMC intents "boot PXE" (persistent: it
-// undoes the disk set after the last install) and power, in tx
-// (bmc.Raise: the partition's metal-bmc document changes with the free
-// or reinstall).
-func (ms *Machines) bmcReboot(ctx context.Context, tx pgx.Tx, m *apiv1.Machine, power agentv1.BmcPowerAction) error {
-	return ms.raiseBMC(ctx, tx, m.GetId(), m.GetPartitionId(), bmc.Intent{
-		Boot:  &agentv1.BmcBootIntent{Device: agentv1.BmcBootDevice_BMC_BOOT_DEVICE_PXE, Persistent: true},
-		Power: &agentv1.BmcPowerIntent{Action: power},
-	})
-}
-
-// raiseBMC raises in for machine id in tx. A machine without a partition
-// has no metal-bmc, and one whose id is not a UUID has no BMC that could
-// report it: neither gets an intent.
-func (ms *Machines) raiseBMC(ctx context.Context, tx pgx.Tx, id, partition string, in bmc.Intent) error {
-	if partition == "" {
-		return nil
-	}
-	var docs bmc.Docs
-	if ms.docs != nil {
-		docs = ms.docs
-	}
-	_, err := bmc.Raise(ctx, tx, docs, id, partition, in)
-	if errors.Is(err, bmc.ErrNotAddressable) {
-		return nil
-	}
-	return err
 }
 
 // SetState locks, reserves or releases a machine (state is one of

@@ -332,6 +332,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	s.stopSweep = stopSweep
 	s.sweeps.Go(func() { s.sweepLoop(sweepCtx) })
 	s.sweeps.Go(func() { stuck.Run(sweepCtx) })
+	// A free's reset and a reinstall's cycle wait for the machine's
+	// switches to move its ports back to the PXE VLAN.
+	reboots := machine.NewReboots(s.store, s.hub, log, 0)
+	s.sweeps.Go(func() { reboots.Run(sweepCtx) })
 	go func() { s.serveErr <- s.grpc.Serve(s.lis) }()
 	if cfg.MetricsListen != "" {
 		if s.mlis, err = net.Listen("tcp", cfg.MetricsListen); err != nil {

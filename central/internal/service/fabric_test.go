@@ -3,6 +3,7 @@ package service
 import (
 	"errors"
 	"slices"
+	"sync"
 	"testing"
 
 	"github.com/google/uuid"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/metalfleet/metalfleet/central/internal/fabric"
 	"github.com/metalfleet/metalfleet/central/internal/fleet"
+	"github.com/metalfleet/metalfleet/central/internal/machine"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 	apiv1 "github.com/metalfleet/metalfleet/proto/metalfleet/api/v1"
 )
@@ -111,12 +113,12 @@ func TestSwitchPortsFollowTheMachine(t *testing.T) {
 	// boot checks the machine's boot intent for metal-bmc: the disk for
 	// good once installed (PXE no longer reaches its ports), PXE for good
 	// again on reinstall and free.
-	boot := func(when string, want agentv1.BmcBootDevice, gen uint64) {
+	intents := func(when string) *agentv1.BmcMachine {
 		t.Helper()
 		var raw []byte
 		err := l.a.store.Pool().QueryRow(l.ctx, `SELECT intent FROM bmc_intents WHERE machine_uuid = $1`, id).Scan(&raw)
-		if errors.Is(err, pgx.ErrNoRows) && want == agentv1.BmcBootDevice_BMC_BOOT_DEVICE_UNSPECIFIED {
-			return
+		if errors.Is(err, pgx.ErrNoRows) {
+			return &agentv1.BmcMachine{}
 		}
 		if err != nil {
 			t.Fatalf("%s: bmc intents: %v", when, err)
@@ -125,7 +127,11 @@ func TestSwitchPortsFollowTheMachine(t *testing.T) {
 		if err := protojson.Unmarshal(raw, m); err != nil {
 			t.Fatal(err)
 		}
-		if b := m.GetBoot(); b.GetDevice() != want || b.GetGeneration() != gen || (want != agentv1.BmcBootDevice_BMC_BOOT_DEVICE_UNSPECIFIED && !b.GetPersistent()) {
+		return m
+	}
+	boot := func(when string, want agentv1.BmcBootDevice, gen uint64) {
+		t.Helper()
+		if b := intents(when).GetBoot(); b.GetDevice() != want || b.GetGeneration() != gen || (want != agentv1.BmcBootDevice_BMC_BOOT_DEVICE_UNSPECIFIED && !b.GetPersistent()) {
 			t.Fatalf("%s: boot intent %v, want %v (persistent) generation %d", when, b, want, gen)
 		}
 	}
@@ -210,6 +216,36 @@ func TestSwitchPortsFollowTheMachine(t *testing.T) {
 	}
 	check("reinstall", pxe)
 	boot("reinstall", agentv1.BmcBootDevice_BMC_BOOT_DEVICE_PXE, 2)
+	// The reinstall's power cycle waits until both leaves applied the
+	// document that moves the machine's ports back to the PXE VLAN: a
+	// firmware that PXE-boots before would find no DHCP server.
+	reboots := machine.NewReboots(l.a.store, nil, nil, 0)
+	reconcile := func(when string, want ...string) {
+		t.Helper()
+		got, err := reboots.Reconcile(l.ctx)
+		if err != nil || !slices.Equal(got, want) {
+			t.Fatalf("%s: raised %v (%v), want %v", when, got, err, want)
+		}
+	}
+	applied := func(leaf string) {
+		t.Helper()
+		r := &agentv1.Report{AppliedRevision: uint64(l.doc(leaves[leaf].ID).GetRevision())}
+		if err := l.tx(func(tx pgx.Tx) error { return fabric.Report(l.ctx, tx, l.hub, leaf, "p1", r) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reconcile("reinstall, no leaf applied")
+	if p := intents("reinstall").GetPower(); p != nil {
+		t.Fatalf("reinstall: power %v raised before the leaves applied the ports", p)
+	}
+	applied("leaf01")
+	reconcile("reinstall, leaf01 applied")
+	applied("leaf02")
+	reconcile("reinstall, both applied", id)
+	if p := intents("reinstall").GetPower(); p.GetAction() != agentv1.BmcPowerAction_BMC_POWER_ACTION_CYCLE || p.GetGeneration() != 1 {
+		t.Fatalf("reinstall: power %v, want the cycle", p)
+	}
+	reconcile("reinstall, raised once")
 	if err := l.report(ph, nil, "Planned Reboot"); err != nil {
 		t.Fatal(err)
 	}
@@ -227,6 +263,34 @@ func TestSwitchPortsFollowTheMachine(t *testing.T) {
 	}
 	check("freed", pxe)
 	boot("freed", agentv1.BmcBootDevice_BMC_BOOT_DEVICE_PXE, 4)
+	// A leaf that does not apply in time holds the free's reset no longer
+	// than machine.SwitchWait.
+	reconcile("freed, no leaf applied")
+	if _, err := l.a.store.Pool().Exec(l.ctx, `UPDATE machines SET reboot_deadline = now() - INTERVAL '1 second' WHERE id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	// Replicas racing for it raise it once.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var all []string
+	for range 8 {
+		wg.Go(func() {
+			got, err := machine.NewReboots(l.a.store, nil, nil, 0).Reconcile(l.ctx)
+			if err != nil {
+				t.Error(err)
+			}
+			mu.Lock()
+			all = append(all, got...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if !slices.Equal(all, []string{id}) {
+		t.Fatalf("freed, past the deadline: 8 replicas raised %v, want %s once", all, id)
+	}
+	if p := intents("freed").GetPower(); p.GetAction() != agentv1.BmcPowerAction_BMC_POWER_ACTION_RESET || p.GetGeneration() != 2 {
+		t.Fatalf("freed: power %v, want the reset", p)
+	}
 }
 
 // TestSwitchPortsFromTheMachinesLLDP: nothing on a machine sends LLDP

@@ -122,6 +122,12 @@ func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
 	return int(*v), nil
 }
 
+// SQLSTATE codes of a concurrent CREATE TABLE IF NOT EXISTS that lost.
+const (
+	codeDuplicateTable  = "42P07"
+	codeDuplicateObject = "42710"
+)
+
 func (s *Store) bootstrapMigrationTables(ctx context.Context) error {
 	stmts := []string{
 		`CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -135,11 +141,12 @@ func (s *Store) bootstrapMigrationTables(ctx context.Context) error {
 	}
 	for _, stmt := range stmts {
 		// Two replicas creating the same table at once can collide in
-		// PostgreSQL's catalog (unique violation on pg_type) even with IF NOT
-		// EXISTS; the loser just tries again and then finds the table.
+		// PostgreSQL's catalog even with IF NOT EXISTS (a unique violation
+		// on pg_type, or the table or its row type "already exists"); the
+		// loser just tries again and then finds the table.
 		var err error
 		for attempt := 0; attempt < 5; attempt++ {
-			if _, err = s.pool.Exec(ctx, stmt); err == nil || !IsCode(err, CodeUniqueViolation) {
+			if _, err = s.pool.Exec(ctx, stmt); err == nil || !IsCode(err, CodeUniqueViolation, codeDuplicateTable, codeDuplicateObject) {
 				break
 			}
 			time.Sleep(50 * time.Millisecond)

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/cockroachdb/cockroach-go/v2/crdb/crdbpgxv5"
@@ -128,10 +129,10 @@ const (
 	CodeNumericOutOfRange    = "22003"
 )
 
-// IsCode reports whether err is a PostgreSQL error with the given SQLSTATE.
-func IsCode(err error, code string) bool {
+// IsCode reports whether err is a PostgreSQL error with one of the given SQLSTATEs.
+func IsCode(err error, codes ...string) bool {
 	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == code
+	return errors.As(err, &pgErr) && slices.Contains(codes, pgErr.Code)
 }
 
 // IsNotFound reports whether err says that a read of one row found none
