@@ -19,10 +19,11 @@ import (
 
 // SwitchWait bounds how long a free's reset or a reinstall's cycle waits
 // for the machine's switches to apply the move of its ports back to the
-// PXE VLAN. A leaf applies in well under a second; one that does not
-// apply in time (down, or failing on another port) must not keep the
-// machine from being reclaimed.
-const SwitchWait = 30 * time.Second
+// PXE VLAN. A leaf applies in seconds (FRR's reload included; 20–25 s
+// on the lab's TCG router guests); one that does not apply in time (down,
+// or failing on another port) must not keep the machine from being
+// reclaimed.
+const SwitchWait = time.Minute
 
 // DefaultRebootInterval is how often Reboots looks for held power
 // actions whose switches are done.
