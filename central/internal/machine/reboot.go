@@ -111,18 +111,10 @@ func NewReboots(st *store.Store, docs bmc.Docs, log *slog.Logger, interval time.
 
 // Run reconciles every interval until ctx ends.
 func (r *Reboots) Run(ctx context.Context) {
-	t := time.NewTicker(r.interval)
-	defer t.Stop()
-	for {
-		if _, err := r.Reconcile(ctx); err != nil && ctx.Err() == nil {
-			r.log.Error("held reboots", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	every(ctx, r.interval, r.log, "held reboots", func(ctx context.Context) error {
+		_, err := r.Reconcile(ctx)
+		return err
+	})
 }
 
 // rebootBatch bounds the held actions one pass looks at.

@@ -72,11 +72,20 @@ func (s *Stuck) Collector() prometheus.Collector { return s.metrics }
 
 // Run reconciles every interval until ctx ends.
 func (s *Stuck) Run(ctx context.Context) {
-	t := time.NewTicker(s.interval)
+	every(ctx, s.interval, s.log, "stuck machines", func(ctx context.Context) error {
+		_, err := s.Reconcile(ctx)
+		return err
+	})
+}
+
+// every runs pass at once and then every interval until ctx ends,
+// logging its errors as what.
+func every(ctx context.Context, interval time.Duration, log *slog.Logger, what string, pass func(context.Context) error) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		if _, err := s.Reconcile(ctx); err != nil && ctx.Err() == nil {
-			s.log.Error("stuck machines", "err", err)
+		if err := pass(ctx); err != nil && ctx.Err() == nil {
+			log.Error(what, "err", err)
 		}
 		select {
 		case <-ctx.Done():
