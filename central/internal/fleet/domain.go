@@ -157,6 +157,11 @@ func writeEvents(ctx context.Context, tx pgx.Tx, agentID string, r *agentv1.Repo
 		batch.Queue(`INSERT INTO agent_events (id, agent_id, at, type, message) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING`,
 			eventID(agentID, r, i), agentID, at, e.GetType(), msg)
 	}
+	// A stored report is contact, written with it: the batched observer
+	// writes contact up to a flush interval later, and a machine that just
+	// reported Waiting must be alive to an allocation that reads it next.
+	// (The observer never moves last_contact backwards.)
+	batch.Queue(`UPDATE agents SET last_contact = $2 WHERE id = $1 AND (last_contact IS NULL OR last_contact < $2)`, agentID, now)
 	br := tx.SendBatch(ctx, batch)
 	for i := range r.GetEvents() {
 		tag, err := br.Exec()
@@ -167,6 +172,10 @@ func writeEvents(ctx context.Context, tx pgx.Tx, agentID string, r *agentv1.Repo
 		if i == 0 && tag.RowsAffected() == 0 {
 			dup = true
 		}
+	}
+	if _, err := br.Exec(); err != nil {
+		_ = br.Close()
+		return false, fmt.Errorf("store contact: %w", err)
 	}
 	if err := br.Close(); err != nil {
 		return false, fmt.Errorf("store events: %w", err)

@@ -3,6 +3,7 @@ package fleet_test
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -121,5 +122,31 @@ func TestBadReportIsRejectedAndTheStreamGoesOn(t *testing.T) {
 	var n int
 	if err := r.st.Pool().QueryRow(t.Context(), `SELECT count(*) FROM agent_events WHERE agent_id = $1`, id).Scan(&n); err != nil || n != 1 {
 		t.Fatalf("%d events stored (%v), want only the good report's", n, err)
+	}
+}
+
+// TestStoredReportIsContact: a report's events and the agent's contact
+// are written together. Contact from heartbeats is batched (here: never
+// flushed), but a machine that just reported Waiting must be alive to an
+// allocation that reads it right after (the fabric lab's refusal check
+// once met "machine … is not alive" that way).
+func TestStoredReportIsContact(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig("r1")
+	cfg.Flush = time.Hour
+	r := startReplica(t, newDB(t), cfg, nil)
+	_, secret := r.enroll(t, kSwitch, "leaf01", "p1")
+	s, _, _ := connect(t, r.addr, hello(kSwitch, "leaf01", secret, 0))
+	if row, _ := r.row(t, "switch", "leaf01"); row.contact {
+		t.Fatal("contact written before any report: the handshake must write nothing")
+	}
+	if err := s.Send(seqReport(1, &agentv1.Report{Events: []*agentv1.Event{{Type: "Waiting", Message: "m"}}})); err != nil {
+		t.Fatal(err)
+	}
+	if a := s.ack(t); a.GetResult() != agentv1.AckResult_ACK_RESULT_STORED {
+		t.Fatalf("ack %v, want stored", a)
+	}
+	if row, _ := r.row(t, "switch", "leaf01"); !row.contact || row.events != 1 {
+		t.Fatalf("after the stored report: contact %v, %d events; want contact and 1 event", row.contact, row.events)
 	}
 }

@@ -448,6 +448,8 @@ func (e *e2e) failure(ctx context.Context, uuid string, err error) error {
 		out = lerr.Error()
 	}
 	fmt.Fprintf(&b, "\n--- central's events of %s ---\n%s\n", uuid, out)
+	// Again at the end: CI keeps the tail of a log.
+	fmt.Fprintf(&b, "\n--- the failure ---\n%v\n", err)
 	return errors.New(b.String())
 }
 
