@@ -31,7 +31,8 @@ func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("sonic-emu", flag.ExitOnError)
 	dbConfig := fs.String("db-config", sonicemu.DefaultDBConfig, "SONiC's database_config.json")
 	netns := fs.String("netns", "", "run the commands in this network namespace (default: the current one)")
-	resync := fs.Duration("resync", 30*time.Second, "how often everything is rendered again (heals drift and lost notifications)")
+	resync := fs.Duration("resync", 30*time.Second, "how often CONFIG_DB is read again and what changed rendered (lost notifications)")
+	rerender := fs.Duration("rerender", 10*time.Minute, "how often everything is rendered again (heals drift on Linux; negative: never)")
 	rename := fs.String("rename", "", "netdevs to rename to CONFIG_DB's port names first, comma-separated from=to (eth1=Ethernet0)")
 	once := fs.Bool("once", false, "render once and exit")
 	dryRun := fs.Bool("dry-run", false, "print the full plan and exit, running nothing")
@@ -76,7 +77,7 @@ func run(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	e := &sonicemu.Emulator{Client: c, Sep: sep, Apply: x, Resync: *resync, Log: log}
+	e := &sonicemu.Emulator{Client: c, Sep: sep, Apply: x, Resync: *resync, Rerender: *rerender, Log: log}
 	if *dhcrelay != "" && !*once {
 		e.Relays = &sonicemu.Relays{
 			Starter:   &sonicemu.ExecStarter{Path: *dhcrelay, Netns: *netns, LogDir: *logDir},

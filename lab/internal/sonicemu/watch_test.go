@@ -141,3 +141,52 @@ func TestResyncAndRetry(t *testing.T) {
 		t.Fatalf("after success ran %q", Format(p))
 	}
 }
+
+// TestRunResyncRendersOnlyWhatChanged: a write whose notification never
+// came (notifications off) is rendered by the periodic re-read, and that
+// re-read renders only the change, never everything again; the full
+// render comes every Rerender.
+func TestRunResyncRendersOnlyWhatChanged(t *testing.T) {
+	c, sep := startRedis(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	load(t, c, rows{"PORT|Ethernet0": {"mtu": "9216", "admin_status": "up"}})
+	rec := &recorder{}
+	e := &Emulator{Client: c, Sep: sep, Apply: rec, Resync: 100 * time.Millisecond, Rerender: -1}
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	rec.waitFor(t, 0, "ip link set dev Ethernet0 mtu 9216")
+	// Run turned notifications on; turn them off, as if they were lost.
+	if err := c.ConfigSet(ctx, "notify-keyspace-events", "").Err(); err != nil {
+		t.Fatal(err)
+	}
+	n := rec.count()
+	if err := c.HSet(ctx, "VRF|Vrf104001", "vni", "104001", "fallback", "false").Err(); err != nil {
+		t.Fatal(err)
+	}
+	rec.waitFor(t, n, "ip link add Vrf104001 type vrf table 104001")
+	time.Sleep(500 * time.Millisecond) // five more re-reads
+	rec.mu.Lock()
+	for _, p := range rec.plans[n:] {
+		if slices.ContainsFunc(p, func(c Cmd) bool { return strings.Contains(c.String(), "Ethernet0 mtu") }) {
+			t.Errorf("a re-read rendered the unchanged port again: %s", Format(p))
+		}
+	}
+	rec.mu.Unlock()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	// With a Rerender, everything is rendered again.
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	rec = &recorder{}
+	e = &Emulator{Client: c, Sep: sep, Apply: rec, Resync: time.Hour, Rerender: 100 * time.Millisecond}
+	go func() { done <- e.Run(ctx) }()
+	rec.waitFor(t, 1, "ip link set dev Ethernet0 mtu 9216")
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -55,7 +55,8 @@ func run() error {
 	fs.StringVar(&cfg.FRRTemplate, "frr-template", "", "a frr.conf template replacing the built-in one (Go text/template)")
 	fs.StringVar(&validate, "frr-validate", strings.Join(frr.DefaultValidate(), " "), "command that checks a candidate frr.conf ({file} is the file)")
 	fs.StringVar(&reload, "frr-reload", strings.Join(frr.DefaultReload(), " "), "command that makes FRR take the live frr.conf ({file} is the file, {dir} its directory)")
-	fs.StringVar(&cfg.Vtysh, "vtysh", "vtysh", "FRR's vtysh, asked for the BGP sessions")
+	fs.StringVar(&cfg.VTYDir, "frr-vty-dir", frr.DefaultVTYDir, "FRR's vty sockets: bgpd is asked there for the BGP sessions, as vtysh asks it (empty: through vtysh)")
+	fs.StringVar(&cfg.Vtysh, "vtysh", "vtysh", "FRR's vtysh, asked for the BGP sessions when bgpd's vty socket cannot be reached")
 	fs.StringVar(&cfg.SONiCVersionFile, "sonic-version-file", "/etc/sonic/sonic_version.yml", "SONiC's version file (build_version)")
 	fs.StringVar(&cfg.ManagementInterface, "management-interface", "eth0", "interface whose address is reported when CONFIG_DB's MGMT_INTERFACE has none")
 	fs.Func("uplinks", "comma-separated ports to the spines, e.g. Ethernet120,Ethernet124 (metal-stack's SPINE_UPLINKS)", func(v string) error {

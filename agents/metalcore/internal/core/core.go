@@ -62,7 +62,11 @@ type Config struct {
 	// FRRValidate and FRRReload are the check and reload commands
 	// (frr.DefaultValidate, frr.DefaultReload); "{file}" is the file.
 	FRRValidate, FRRReload []string
-	// Vtysh is FRR's shell, for the BGP sessions.
+	// VTYDir holds FRR's vty sockets, where bgpd is asked for the BGP
+	// sessions ("" : through Vtysh only).
+	VTYDir string
+	// Vtysh is FRR's shell, for the BGP sessions when bgpd's socket cannot
+	// be reached.
 	Vtysh string
 	// Runner runs vtysh and the reload (default: real processes).
 	Runner frr.Runner

@@ -131,8 +131,14 @@ func (c *Core) factsLoop(ctx context.Context) {
 // when they changed.
 func (c *Core) bgpLoop(ctx context.Context) {
 	failing := false
+	bgp := frr.BGP{VTY: frr.VTY{Dir: c.cfg.VTYDir}, Vtysh: c.cfg.Vtysh, Runner: c.runner}
+	lastVia := ""
 	for {
-		s, err := frr.Sessions(ctx, c.runner, c.cfg.Vtysh)
+		s, via, err := bgp.Sessions(ctx)
+		if err == nil && via != lastVia {
+			c.log.Info("reading BGP sessions", "via", via, "vty_dir", c.cfg.VTYDir)
+			lastVia = via
+		}
 		switch {
 		case err != nil && ctx.Err() == nil:
 			c.metrics.fail(opBGP)

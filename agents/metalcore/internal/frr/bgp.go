@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -25,16 +26,37 @@ const neighborsCommand = "show bgp vrf all neighbors json"
 // sessions at most, each a few KiB.
 const maxNeighborsJSON = 64 << 20
 
-// Sessions reads the BGP sessions from FRR now, through vtysh.
-func Sessions(ctx context.Context, r Runner, vtysh string) ([]*agentv1.BgpSessionFact, error) {
-	if vtysh == "" {
-		vtysh = "vtysh"
+// BGP reads bgpd's sessions live: over bgpd's vty socket, as vtysh
+// itself asks, and through vtysh when the socket cannot be reached (FRR
+// in another container or namespace, VTY.Dir "").
+type BGP struct {
+	VTY    VTY
+	Vtysh  string // default "vtysh"
+	Runner Runner
+}
+
+// Sessions reads the BGP sessions from FRR now; via says how ("vty" or
+// "vtysh").
+func (b BGP) Sessions(ctx context.Context) (sessions []*agentv1.BgpSessionFact, via string, err error) {
+	var unreachable error
+	if b.VTY.Dir != "" {
+		out, err := b.VTY.Query(ctx, "bgpd", neighborsCommand, maxNeighborsJSON)
+		if err == nil {
+			s, err := ParseNeighbors(out)
+			return s, "vty", err
+		}
+		if !errors.Is(err, ErrVTYUnavailable) || b.Runner == nil {
+			return nil, "vty", fmt.Errorf("bgp sessions: %w", err)
+		}
+		unreachable = err
 	}
-	out, err := r.Run(ctx, vtysh, "-c", neighborsCommand)
+	vtysh := cmp.Or(b.Vtysh, "vtysh")
+	out, err := b.Runner.Run(ctx, vtysh, "-c", neighborsCommand)
 	if err != nil {
-		return nil, fmt.Errorf("bgp sessions: %w", err)
+		return nil, "vtysh", fmt.Errorf("bgp sessions: %w", errors.Join(unreachable, err))
 	}
-	return ParseNeighbors(out)
+	s, err := ParseNeighbors(out)
+	return s, "vtysh", err
 }
 
 // neighbor is what is read of one neighbour of FRR's JSON.

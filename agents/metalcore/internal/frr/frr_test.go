@@ -215,9 +215,9 @@ func TestSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := &runner{out: b}
-	got, err := Sessions(context.Background(), r, "")
-	if err != nil {
-		t.Fatal(err)
+	got, via, err := BGP{Runner: r}.Sessions(context.Background())
+	if err != nil || via != "vtysh" {
+		t.Fatal(via, err)
 	}
 	if len(r.calls) != 1 || r.calls[0] != "vtysh -c show bgp vrf all neighbors json" {
 		t.Errorf("calls %v", r.calls)
@@ -265,7 +265,7 @@ func TestSessions(t *testing.T) {
 	}
 
 	r = &runner{err: errors.New("exit status 1: bgpd is not running")}
-	if _, err := Sessions(context.Background(), r, "/usr/bin/vtysh"); err == nil || !strings.Contains(err.Error(), "bgpd is not running") {
+	if _, _, err := (BGP{Vtysh: "/usr/bin/vtysh", Runner: r}).Sessions(context.Background()); err == nil || !strings.Contains(err.Error(), "bgpd is not running") {
 		t.Errorf("err %v", err)
 	}
 	for _, bad := range []string{`[1]`, `{"default": 5}`, `{"default":{"Ethernet0":{"remoteAs":"x"}}}`} {
