@@ -60,6 +60,10 @@ type Config struct {
 	// plus "--socket <Dir>/chassis.sock get power" etc. must reach
 	// ServeChassis (`metal-lab bmc-chassis`).
 	Chassis []string
+	// FRU is the machine's inventory in the BMC's FRU device 0 (what
+	// "ipmitool fru print 0" shows, metal-bmc's vendor, model and
+	// serial); the zero FRU: the BMC has none.
+	FRU FRU
 	// IPMISim and Ipmitool are the binaries (default from PATH).
 	IPMISim, Ipmitool string
 	Log               *slog.Logger
@@ -118,6 +122,14 @@ func Serve(ctx context.Context, cfg Config) error {
 	guid, err := GUID(cfg.UUID)
 	if err != nil {
 		return err
+	}
+	fru := ""
+	if cfg.FRU != (FRU{}) {
+		img, err := cfg.FRU.Encode()
+		if err != nil {
+			return err
+		}
+		fru = fruEmuCommand(img)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -178,8 +190,10 @@ endlan
 user 2 true "%s" "%s" admin 10 none md2 md5 straight
 `, cfg.UUID, "bmc-"+guid[:8], host, port, guid, vmIface, sol, control, cfg.User, cfg.Password)
 	// An MC with the chassis device (bit 7 of the support byte, 0x9f):
-	// chassis control, boot options, SOL.
-	emu := "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nsel_enable 0x20 1000 0x0a\nmc_enable 0x20\n"
+	// chassis control, boot options, SOL; and the FRU inventory device
+	// (bit 3), whose device 0 holds the FRU image when there is one.
+	emu := "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nsel_enable 0x20 1000 0x0a\n" +
+		fru + "mc_enable 0x20\n"
 	lanConf, emuFile := filepath.Join(cfg.Dir, "lan.conf"), filepath.Join(cfg.Dir, "sim.emu")
 	if err := os.WriteFile(lanConf, []byte(lan), 0o600); err != nil {
 		return err

@@ -134,8 +134,8 @@ func freeUDP(t *testing.T) string {
 }
 
 // startBMC runs the IPMI BMC for f with the test binary as its chassis
-// program, and a serial socket when serial is set.
-func startBMC(t *testing.T, f Machine, serial string) string {
+// program, a serial socket when serial is set, and the FRU.
+func startBMC(t *testing.T, f Machine, serial string, fru FRU) string {
 	t.Helper()
 	needTools(t)
 	t.Setenv(helperEnv, "1")
@@ -145,7 +145,7 @@ func startBMC(t *testing.T, f Machine, serial string) string {
 	done := make(chan error, 1)
 	go func() {
 		done <- Serve(ctx, Config{Machine: f, UUID: machineUUID, Listen: addr, User: user, Password: pass,
-			Dir: t.TempDir(), Serial: serial, Chassis: []string{os.Args[0]},
+			Dir: t.TempDir(), Serial: serial, Chassis: []string{os.Args[0]}, FRU: fru,
 			Log:   slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
 			Ready: func() { close(ready) }})
 	}()
@@ -201,10 +201,12 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // (bmclib v2.3.5's ipmitool provider, cipher suite 3, as the lab runs
 // metal-bmc): the facts name the machine by its UUID (the GUID as
 // ipmitool decodes it) and its power; every power and boot intent reaches
-// the machine through ipmi_sim's chassis control.
+// the machine through ipmi_sim's chassis control. The machine's vendor,
+// model and serial come from the BMC's FRU.
 func TestMetalBMCOverIPMI(t *testing.T) {
 	f := &fakeMachine{state: vm.Off}
-	addr := startBMC(t, f, "")
+	fru := FRU{Manufacturer: "Metalfleet", Product: "QEMU lab machine", Serial: "machine01"}
+	addr := startBMC(t, f, "", fru)
 	col := &collector{facts: &agentv1.BmcFacts{}}
 	svc, err := oob.New(oob.Config{StateDir: t.TempDir(), Tick: 20 * time.Millisecond, PollInterval: 200 * time.Millisecond,
 		MinBackoff: 200 * time.Millisecond, MaxBackoff: time.Second, Timeout: 20 * time.Second, IpmiCipherSuite: "3", Report: col.report})
@@ -226,14 +228,20 @@ func TestMetalBMCOverIPMI(t *testing.T) {
 	go func() { defer close(done); _ = svc.Run(ctx) }()
 	defer func() { cancel(); <-done; svc.Close() }()
 
+	var facts *agentv1.BmcFact
 	eventually(t, "the BMC's facts", func() bool {
 		for _, b := range col.snapshot().GetBmcs() {
 			if b.GetMachineUuid() == machineUUID && b.GetReachable() && b.GetPowerState() == agentv1.BmcPowerState_BMC_POWER_STATE_OFF {
+				facts = b
 				return true
 			}
 		}
 		return false
 	})
+	if facts.GetVendor() != fru.Manufacturer || facts.GetModel() != fru.Product || facts.GetSerial() != fru.Serial {
+		t.Fatalf("metal-bmc reports vendor %q, model %q, serial %q; want the FRU's %q, %q, %q",
+			facts.GetVendor(), facts.GetModel(), facts.GetSerial(), fru.Manufacturer, fru.Product, fru.Serial)
+	}
 
 	result := func(kind agentv1.BmcIntentKind) *agentv1.BmcIntentResult {
 		for _, mm := range col.snapshot().GetMachines() {
@@ -308,6 +316,42 @@ func TestMetalBMCOverIPMI(t *testing.T) {
 	}
 }
 
+// TestFRUOverLAN: ipmitool reads the configured FRU from ipmi_sim's FRU
+// device 0 as metal-bmc asks for it (lanplus, cipher suite 3), in both the
+// board and the product area.
+func TestFRUOverLAN(t *testing.T) {
+	fru := FRU{Manufacturer: "Metalfleet", Product: "QEMU lab machine", Serial: "machine01",
+		PartNumber: "MF-QEMU-1", Version: "2", AssetTag: "rack 1 slot 3", FileID: "metal-lab"}
+	addr := startBMC(t, &fakeMachine{state: vm.Off}, "", fru)
+	host, port, _ := net.SplitHostPort(addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := exec.CommandContext(ctx, "ipmitool", "-I", "lanplus", "-C", "3", "-H", host, "-p", port, "-U", user, "-E", "fru", "print", "0")
+	c.Env = append(os.Environ(), "IPMITOOL_PASSWORD="+pass)
+	out, err := c.CombinedOutput()
+	if err != nil {
+		t.Fatalf("ipmitool fru print 0: %v\n%s", err, out)
+	}
+	got := map[string]string{}
+	for _, l := range strings.Split(string(out), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok {
+			got[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+	}
+	for k, want := range map[string]string{
+		"Product Manufacturer": fru.Manufacturer, "Product Name": fru.Product, "Product Serial": fru.Serial,
+		"Product Part Number": fru.PartNumber, "Product Version": fru.Version, "Product Asset Tag": fru.AssetTag,
+		"Board Mfg": fru.Manufacturer, "Board Product": fru.Product, "Board Serial": fru.Serial, "Board Part Number": fru.PartNumber,
+	} {
+		if got[k] != want {
+			t.Errorf("%s: %q, want %q", k, got[k], want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("ipmitool fru print 0:\n%s", out)
+	}
+}
+
 // TestSerialBridge: ipmi_sim's SOL connection outlives the machine's
 // serial socket, which goes with QEMU and comes back with the next one;
 // bytes flow both ways whenever it is there.
@@ -370,15 +414,21 @@ func TestSerialBridge(t *testing.T) {
 
 // TestServeRefusesWhatIPMISimWouldCut: ipmi_sim keeps 19 bytes of a
 // password (15 of a user); a longer one would be another password, and
-// every login would fail with an HMAC error that names nothing.
+// every login would fail with an HMAC error that names nothing. A FRU
+// field the image cannot hold is refused as well.
 func TestServeRefusesWhatIPMISimWouldCut(t *testing.T) {
-	for _, c := range []struct{ user, pass, want string }{
-		{"admin", "01234567890123456789", "password must be at most 19 bytes"},
-		{"administrator-1234", "pw", "user must be at most 15 bytes"},
-		{"admin", `pa"ss`, "without quotes"},
+	for _, c := range []struct {
+		user, pass string
+		fru        FRU
+		want       string
+	}{
+		{"admin", "01234567890123456789", FRU{}, "password must be at most 19 bytes"},
+		{"administrator-1234", "pw", FRU{}, "user must be at most 15 bytes"},
+		{"admin", `pa"ss`, FRU{}, "without quotes"},
+		{"admin", "pw", FRU{Serial: strings.Repeat("9", 64)}, "a FRU field holds at most 63"},
 	} {
 		err := Serve(context.Background(), Config{Machine: &fakeMachine{}, UUID: machineUUID, Listen: "127.0.0.1:623",
-			User: c.user, Password: c.pass, Dir: t.TempDir(), Chassis: []string{"true"}})
+			User: c.user, Password: c.pass, Dir: t.TempDir(), Chassis: []string{"true"}, FRU: c.fru})
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("user %q password %q: %v, want %q", c.user, c.pass, err, c.want)
 		}

@@ -44,11 +44,12 @@ certificate for it and serves there; --listen, --ssh-listen and
 With --protocol ipmi the BMC is OpenIPMI's ipmi_sim instead, on --listen
 (host:623): IPMI over LAN (lanplus, cipher suite 3) with the user and
 password, its GUID made from --uuid so that ipmitool's "mc guid" prints it,
-chassis power, reset and boot device reaching the machine (ipmi_sim's
-chassis_control runs "metal-lab bmc-chassis"), the machine's QEMU wired to it
-as an in-band BMC (ipmi-bmc-extern behind ISA KCS, on 127.0.0.1:9002), and
-serial-over-LAN to the machine's serial port. <dir>/bmc-ready appears when it
-answers.
+a FRU with the manufacturer, model and --serial-number the Redfish BMC
+reports (ipmitool's "fru print 0"), chassis power, reset and boot device
+reaching the machine (ipmi_sim's chassis_control runs "metal-lab
+bmc-chassis"), the machine's QEMU wired to it as an in-band BMC
+(ipmi-bmc-extern behind ISA KCS, on 127.0.0.1:9002), and serial-over-LAN
+to the machine's serial port. <dir>/bmc-ready appears when it answers.
 
 The serial console is <dir>/serial.log, and live on
   socat - UNIX-CONNECT:<dir>/serial.sock
@@ -176,6 +177,10 @@ func serveIPMI(ctx context.Context, cfg redfish.ServeConfig) (err error) {
 	return ipmi.Serve(ctx, ipmi.Config{Machine: m, UUID: spec.UUID, Listen: cfg.Listen, User: cfg.BMC.User, Password: cfg.BMC.Password,
 		Dir: spec.Dir, VMListen: ipmiVMInterface, Serial: filepath.Join(spec.Dir, "serial.sock"),
 		Chassis: []string{self, "bmc-chassis"}, Log: log,
+		// What the Redfish BMC's ComputerSystem says (lab/internal/redfish),
+		// so that metal-bmc reports the same vendor, model and serial
+		// whichever protocol a lab machine's BMC speaks.
+		FRU: ipmi.FRU{Manufacturer: "Metalfleet", Product: "QEMU lab machine", Serial: cfg.BMC.SerialNumber},
 		Ready: func() {
 			if err := os.WriteFile(ready, nil, 0o644); err != nil {
 				log.Warn("ready file", "err", err)
