@@ -4,8 +4,11 @@
 package vm
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -23,12 +26,15 @@ const (
 	DefaultOVMFCombined = "/usr/share/ovmf/OVMF.fd"
 )
 
-// DefaultAccel is "kvm" when qemu can start a machine with KVM here, else
+// DefaultAccel is "kvm" when qemu can run a machine with KVM here, else
 // "tcg". A /dev/kvm that opens is not enough: a nested hypervisor may
-// offer one whose vCPUs QEMU cannot set up ("failed to set MSR",
-// an abort at the first CPU reset). So QEMU starts the machine paused,
-// which sets the vCPUs up, and quits through QMP; only a clean exit
-// counts (about 0.1 s).
+// offer one whose vCPUs QEMU cannot set up ("failed to set MSR", an abort
+// at the first CPU reset), or one that starts and then stops the guest in
+// its firmware's first instructions ("KVM internal error ... emulation
+// failure": OVMF under some nested KVMs, seen here). So the probe runs the
+// firmware the lab's machines run (OVMF when its files exist, else
+// SeaBIOS) for kvmProbeRun and counts only a guest still running then
+// (about 1 s; once per machine, when its BMC starts).
 func DefaultAccel(qemu string) string {
 	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 	if err != nil {
@@ -38,15 +44,100 @@ func DefaultAccel(qemu string) string {
 	if qemu == "" {
 		qemu = "qemu-system-x86_64"
 	}
+	var firmware []string
+	if _, err := os.Stat(DefaultOVMFCode); err == nil {
+		if _, err := os.Stat(DefaultOVMFVars); err == nil {
+			// snapshot=on: the guest's writes to its variables go to a
+			// temporary overlay, not to Debian's template.
+			firmware = []string{"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=" + qemuEscape(DefaultOVMFCode),
+				"-drive", "if=pflash,format=raw,unit=1,snapshot=on,file=" + qemuEscape(DefaultOVMFVars)}
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, qemu, "-nodefaults", "-no-user-config", "-accel", "kvm", "-cpu", "host",
-		"-machine", "q35", "-m", "64", "-display", "none", "-S", "-qmp", "stdio")
-	cmd.Stdin = strings.NewReader(`{"execute":"qmp_capabilities"}` + "\n" + `{"execute":"quit"}` + "\n")
-	if cmd.Run() != nil {
+	if !kvmRuns(ctx, qemu, firmware) {
 		return "tcg"
 	}
 	return "kvm"
+}
+
+// kvmProbeRun is how long the probe's guest must keep running: the
+// failures seen stop it within 200 ms.
+const kvmProbeRun = time.Second
+
+// kvmRuns starts a small KVM guest with firmware (QEMU's arguments; none:
+// SeaBIOS) and asks QEMU over QMP (stdio) for its status until
+// kvmProbeRun has passed: true when it was "running" every time.
+func kvmRuns(ctx context.Context, qemu string, firmware []string) bool {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	args := append([]string{"-nodefaults", "-no-user-config", "-accel", "kvm", "-cpu", "host",
+		"-machine", "q35", "-m", "64", "-display", "none", "-qmp", "stdio"}, firmware...)
+	cmd := exec.CommandContext(ctx, qemu, args...)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return false
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return false
+	}
+	if err := cmd.Start(); err != nil {
+		return false
+	}
+	defer func() {
+		_, _ = io.WriteString(in, `{"execute":"quit"}`+"\n")
+		in.Close()
+		// A QEMU that does not take quit is killed (CommandContext).
+		kill := time.AfterFunc(2*time.Second, cancel)
+		_ = cmd.Wait()
+		kill.Stop()
+	}()
+	sc := bufio.NewScanner(out)
+	// ask sends a command and returns its answer, skipping QMP's events;
+	// ok is false when QEMU ended or answered an error.
+	ask := func(command string) (json.RawMessage, bool) {
+		if _, err := io.WriteString(in, `{"execute":"`+command+`"}`+"\n"); err != nil {
+			return nil, false
+		}
+		for sc.Scan() {
+			var m struct {
+				Return json.RawMessage `json:"return"`
+				Error  json.RawMessage `json:"error"`
+			}
+			if json.Unmarshal(sc.Bytes(), &m) != nil {
+				continue
+			}
+			switch {
+			case m.Error != nil:
+				return nil, false
+			case m.Return != nil:
+				return m.Return, true
+			}
+		}
+		return nil, false
+	}
+	if _, ok := ask("qmp_capabilities"); !ok {
+		return false
+	}
+	deadline := time.Now().Add(kvmProbeRun)
+	for {
+		r, ok := ask("query-status")
+		var st struct {
+			Status string `json:"status"`
+		}
+		if !ok || json.Unmarshal(r, &st) != nil || st.Status != "running" {
+			return false
+		}
+		if time.Now().After(deadline) {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // Spec describes one machine.

@@ -134,3 +134,48 @@ func TestDefaultAccelFallsBackToTCG(t *testing.T) {
 		t.Fatalf("DefaultAccel(/bin/false) = %q, want tcg", got)
 	}
 }
+
+// kvmRuns counts only a guest that keeps running: one that KVM stops in
+// its firmware ("internal-error", as OVMF under some nested KVMs) or a
+// QEMU that ends or answers errors means TCG. The stand-in QEMU speaks
+// QMP on stdio the way QEMU does: a greeting, events between answers.
+func TestKVMRunsOnlyWhenTheGuestKeepsRunning(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// script answers each query-status after the first with this
+		// status (the first is "running", as QEMU's is at start).
+		later string
+		exit  bool // QEMU ends right after the greeting
+		want  bool
+	}{
+		{name: "running throughout", later: "running", want: true},
+		{name: "stopped by a KVM internal error", later: "internal-error"},
+		{name: "guest panicked", later: "guest-panicked"},
+		{name: "QEMU ends", exit: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			qemu := filepath.Join(t.TempDir(), "qemu")
+			script := `#!/bin/sh
+echo '{"QMP": {"version": {}, "capabilities": ["oob"]}}'
+` + map[bool]string{true: "exit 1\n", false: ""}[tc.exit] + `n=0
+while read -r line; do
+  case "$line" in
+  *qmp_capabilities*) echo '{"return": {}}' ;;
+  *query-status*)
+    n=$((n+1))
+    s=running; [ $n -gt 1 ] && s=` + tc.later + `
+    echo '{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}'
+    echo "{\"return\": {\"status\": \"$s\", \"running\": false}}" ;;
+  *quit*) echo '{"return": {}}'; exit 0 ;;
+  esac
+done
+`
+			if err := os.WriteFile(qemu, []byte(script), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if got := kvmRuns(t.Context(), qemu, nil); got != tc.want {
+				t.Fatalf("kvmRuns = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
