@@ -244,10 +244,12 @@ lab-router-test: $(BIN)/sonic-emu $(BIN)/metal-core qemu-deps | router-deps ## B
 	DISK=1 bash lab/image/router-boot-test.sh
 	bash lab/image/router-boot-test.sh
 
-LAB_TOPOLOGY ?= lab/topologies/mini.yaml
+# The lab `make lab` runs: the routed fabric (leaves as router guests with
+# metal-core); LAB_TOPOLOGY=lab/topologies/mini.yaml runs the small one.
+LAB_TOPOLOGY ?= lab/topologies/fabric.yaml
 
 .PHONY: lab
-lab: deps build installer-image lab-image qemu-deps ## Run the lab: a partition with central, pixie, two leaves and two QEMU machines (stays up; prints how to use metalctl). A lab that is up stays as it is; LAB_RECREATE=1 builds it anew.
+lab: deps build installer-image lab-image lab-router-image qemu-deps ## Run the lab: a partition with central, pixie, a spine, an exit, two leaves running metal-core and three QEMU machines (stays up; prints how to use metalctl). A lab that is up stays as it is; LAB_RECREATE=1 builds it anew; LAB_TOPOLOGY=lab/topologies/mini.yaml the small lab.
 	$(BIN)/metal-lab up --topology $(LAB_TOPOLOGY) $(if $(LAB_RECREATE),--recreate)
 
 .PHONY: lab-status
@@ -264,7 +266,7 @@ lab-e2e: lab-mini-e2e lab-fabric-e2e ## The end-to-end tests on both labs, one a
 .PHONY: lab-mini-e2e
 lab-mini-e2e: deps build installer-image lab-image qemu-deps ## The end-to-end test on the mini lab: PXE, Waiting, allocate, disk boot, reinstall, free, the console, an IPMI machine (prints timings).
 	@mkdir -p build
-	$(BIN)/metal-lab e2e --topology $(LAB_TOPOLOGY) --json build/lab-e2e.json
+	$(BIN)/metal-lab e2e --topology lab/topologies/mini.yaml --json build/lab-e2e.json
 
 .PHONY: lab-fabric-e2e
 lab-fabric-e2e: deps build installer-image lab-image lab-router-image qemu-deps ## The fabric's end-to-end test: leaves, spine and exit as router guests with metal-core, BGP unnumbered + EVPN, PXE through the leaves' DHCP relays, a machine in a tenant VRF phoning home through the agent relay, isolation, leaf failover, free.

@@ -475,8 +475,20 @@ func (l *Lab) Instructions() string {
 	fmt.Fprintf(&b, "  source %s        # metalctl's URL, CA and admin token\n", l.EnvFile())
 	bin := l.bin("metalctl")
 	fmt.Fprintf(&b, "  %s machine list                     # the machines reach Waiting\n", bin)
+	network := p.Networks[0].ID
+	if t.Fabric() {
+		// A fabric's machines go into a tenant network: a child of the
+		// partition's super network, its own VRF on the leaves.
+		fmt.Fprintf(&b, "  %s machine issues                   # a machine on one leaf only is not allocatable\n", bin)
+		fmt.Fprintf(&b, "  N=$(%s network allocate --project %s --partition %s --name n1 -o template --template '{{.id}}')\n",
+			bin, l.state.Project, p.ID)
+		network = "$N"
+	}
 	fmt.Fprintf(&b, "  %s machine create --project %s --partition %s --size %s --image %s --networks %s --hostname web-1 --wait\n",
-		bin, l.state.Project, p.ID, p.Sizes[0].ID, p.Images[0].ID, p.Networks[0].ID)
+		bin, l.state.Project, p.ID, p.Sizes[0].ID, p.Images[0].ID, network)
+	if t.Fabric() {
+		fmt.Fprintf(&b, "  %s switch list                      # the leaves: sync status; switch describe <id>: ports, BGP\n", bin)
+	}
 	fmt.Fprintf(&b, "  %s machine logs -f <machine id>      # its event log, live\n", bin)
 	fmt.Fprintf(&b, "  %s machine console <machine id>     # its serial console through metal-bmc (~. ends it)\n", bin)
 	fmt.Fprintf(&b, "  %s machine power reset <machine id> # through metal-bmc and its BMC (on, off, reset, cycle)\n", bin)

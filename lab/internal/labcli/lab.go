@@ -27,7 +27,7 @@ type labFlags struct {
 
 func (f *labFlags) add(cmd *cobra.Command) {
 	fl := cmd.Flags()
-	fl.StringVarP(&f.topology, "topology", "t", "lab/topologies/mini.yaml", "topology file")
+	fl.StringVarP(&f.topology, "topology", "t", "lab/topologies/fabric.yaml", "topology file")
 	fl.StringVar(&f.root, "root", ".", "the repository (build/ artifacts and the topology's image files are relative to it)")
 	fl.StringVar(&f.bin, "bin", "", "directory of metal-central, metalctl, metal-pixie, metal-bmc, metal-lab (default: next to metal-lab)")
 	fl.StringVar(&f.stateDir, "state-dir", "/var/lib/metalfleet/lab", "where labs keep their state, logs, disks and database")

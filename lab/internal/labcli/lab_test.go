@@ -15,8 +15,32 @@ import (
 // that `up` prints for people parses as this CLI's command with valid
 // flags and arguments: what a person copies must run.
 func TestInstructionsAreCommands(t *testing.T) {
+	for _, tc := range []struct {
+		topology string
+		// want are words the instructions must hold for this topology.
+		want []string
+	}{
+		{topology: "mini.yaml", want: []string{"--networks internet"}},
+		// A fabric's machine goes into a tenant network of its own.
+		{topology: "fabric.yaml", want: []string{"network allocate --project", "--networks $N", "switch list"}},
+	} {
+		t.Run(tc.topology, func(t *testing.T) {
+			l := instructionsOf(t, tc.topology)
+			for _, w := range tc.want {
+				if !strings.Contains(l, w) {
+					t.Errorf("instructions lack %q:\n%s", w, l)
+				}
+			}
+		})
+	}
+}
+
+// instructionsOf returns what `up` prints for a topology of
+// lab/topologies after checking its metal-lab command lines.
+func instructionsOf(t *testing.T, topology string) string {
+	t.Helper()
 	bin := t.TempDir()
-	l, err := lab.Open(lab.Config{TopologyFile: "../../topologies/mini.yaml", Root: "../../..", Bin: bin, StateDir: t.TempDir()})
+	l, err := lab.Open(lab.Config{TopologyFile: filepath.Join("../../topologies", topology), Root: "../../..", Bin: bin, StateDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,6 +66,7 @@ func TestInstructionsAreCommands(t *testing.T) {
 	if seen < 2 {
 		t.Fatalf("want the status and down commands, found %d metal-lab lines in:\n%s", seen, l.Instructions())
 	}
+	return l.Instructions()
 }
 
 func TestFleetGuard(t *testing.T) {
