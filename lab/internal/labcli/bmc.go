@@ -177,10 +177,9 @@ func serveIPMI(ctx context.Context, cfg redfish.ServeConfig) (err error) {
 	return ipmi.Serve(ctx, ipmi.Config{Machine: m, UUID: spec.UUID, Listen: cfg.Listen, User: cfg.BMC.User, Password: cfg.BMC.Password,
 		Dir: spec.Dir, VMListen: ipmiVMInterface, Serial: filepath.Join(spec.Dir, "serial.sock"),
 		Chassis: []string{self, "bmc-chassis"}, Log: log,
-		// What the Redfish BMC's ComputerSystem says (lab/internal/redfish),
-		// so that metal-bmc reports the same vendor, model and serial
-		// whichever protocol a lab machine's BMC speaks.
-		FRU: ipmi.FRU{Manufacturer: "Metalfleet", Product: "QEMU lab machine", Serial: cfg.BMC.SerialNumber},
+		// What the Redfish BMC's ComputerSystem says, so that metal-bmc
+		// reports the same vendor, model and serial either way.
+		FRU: ipmi.FRU{Manufacturer: redfish.Manufacturer, Product: redfish.Model, Serial: cfg.BMC.SerialNumber},
 		Ready: func() {
 			if err := os.WriteFile(ready, nil, 0o644); err != nil {
 				log.Warn("ready file", "err", err)

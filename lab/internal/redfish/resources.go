@@ -8,6 +8,14 @@ import (
 	"github.com/metalfleet/metalfleet/lab/internal/vm"
 )
 
+// What the lab's BMCs say a machine is: the Redfish system and chassis,
+// and the IPMI BMC's FRU (lab/internal/ipmi), so that metal-bmc reports
+// the same facts whichever protocol a machine's BMC speaks.
+const (
+	Manufacturer = "Metalfleet"
+	Model        = "QEMU lab machine"
+)
+
 type odataID struct {
 	ID string `json:"@odata.id"`
 }
@@ -103,8 +111,8 @@ func (s *Server) systemDoc(ps vm.PowerState) map[string]any {
 		"Name":                                 s.cfg.Name,
 		"SystemType":                           "Physical",
 		"UUID":                                 s.cfg.UUID,
-		"Manufacturer":                         "Metalfleet",
-		"Model":                                "QEMU lab machine",
+		"Manufacturer":                         Manufacturer,
+		"Model":                                Model,
 		"SerialNumber":                         s.cfg.SerialNumber,
 		"PowerState":                           string(ps),
 		"Status":                               okStatus(),
@@ -182,8 +190,8 @@ func (s *Server) getChassis(w http.ResponseWriter, r *http.Request) {
 		"Id":           s.cfg.ID,
 		"Name":         s.cfg.Name,
 		"ChassisType":  "RackMount",
-		"Manufacturer": "Metalfleet",
-		"Model":        "QEMU lab machine",
+		"Manufacturer": Manufacturer,
+		"Model":        Model,
 		"SerialNumber": s.cfg.SerialNumber,
 		"PowerState":   string(ps),
 		"Status":       okStatus(),
