@@ -29,8 +29,9 @@ const nsDir = "/var/run/netns"
 // in nsDir that is mounted.
 const nsfsMagic = 0x6e736673
 
-// CreateNS makes a named namespace with its loopback up. An existing one
-// is an error: a stale lab must be torn down first.
+// CreateNS makes a named namespace with its loopback up and without IPv6
+// duplicate address detection. An existing one is an error: a stale lab
+// must be torn down first.
 func CreateNS(name string) error {
 	if _, err := os.Stat(filepath.Join(nsDir, name)); err == nil {
 		return fmt.Errorf("namespace %s exists already", name)
@@ -48,6 +49,16 @@ func CreateNS(name string) error {
 		return h.Close()
 	}); err != nil {
 		return err
+	}
+	// No duplicate address detection in the lab's namespaces: every
+	// address there is the lab's own. While a link-local address is
+	// still tentative (1–2 s after its link comes up) the kernel sends no
+	// neighbour solicitation from that link at all, so a router forwarding
+	// its first packets could fail them with "no route to host".
+	for _, scope := range []string{"all", "default"} {
+		if err := Sysctl(name, "net/ipv6/conf/"+scope+"/accept_dad", "0"); err != nil {
+			return err
+		}
 	}
 	return withHandle(name, func(h *netlink.Handle) error {
 		lo, err := h.LinkByName("lo")

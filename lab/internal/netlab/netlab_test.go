@@ -3,6 +3,7 @@ package netlab
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -11,6 +12,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 func needRoot(t *testing.T) string {
@@ -59,6 +63,23 @@ func TestRoutedThroughBridgeAndRouter(t *testing.T) {
 		if err != nil {
 			t.Fatalf("step %d: %v", i, err)
 		}
+	}
+	// The router's link-local addresses are usable at once: while one is
+	// tentative, the kernel sends no neighbour solicitation on its link
+	// and forwarded packets fail with "no route to host".
+	if err := Do(ns("r"), func() error {
+		addrs, err := netlink.AddrList(nil, netlink.FAMILY_V6)
+		if err != nil {
+			return err
+		}
+		for _, a := range addrs {
+			if a.IP.IsLinkLocalUnicast() && a.Flags&unix.IFA_F_TENTATIVE != 0 {
+				return fmt.Errorf("%s is tentative", a.IPNet)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("addresses of r: %v", err)
 	}
 	links, err := Links(ns("b"))
 	if err != nil || !slices.Contains(links, "tap0") || !slices.Contains(links, "br0") {
