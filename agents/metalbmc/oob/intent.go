@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"sort"
 	"time"
 
@@ -125,6 +126,12 @@ func (s *Service) scheduleIntents(ctx context.Context) {
 	doc := s.currentDoc()
 	byUUID := map[string]*target{}
 	s.mu.Lock()
+	// A BMC's reported UUID wins over another BMC's alias of the same.
+	for _, t := range s.targets {
+		for _, u := range t.fact.GetMachineUuidAliases() {
+			byUUID[u] = t
+		}
+	}
 	for _, t := range s.targets {
 		if u := t.fact.GetMachineUuid(); u != "" {
 			byUUID[u] = t
@@ -157,7 +164,7 @@ func (s *Service) scheduleIntents(ctx context.Context) {
 			why = "the machine's BMC was not polled yet"
 		case !t.fact.GetReachable():
 			why = "the machine's BMC is unreachable (" + t.fact.GetLastError() + "); waiting for it to answer a poll"
-		case m.bmc != nil && t.fact.GetMachineUuid() != m.id:
+		case m.bmc != nil && !slices.Contains(machineNames(t.fact), m.id):
 			why = fmt.Sprintf("the BMC at %s reports machine %s, not %s", t.Address, t.fact.GetMachineUuid(), m.id)
 		}
 		busy := s.running[m.id]
@@ -358,4 +365,14 @@ func bootWhat(b *agentv1.BmcBootIntent) string {
 		return "boot " + b.GetDevice().String() + " (persistent)"
 	}
 	return "boot " + b.GetDevice().String()
+}
+
+// machineNames are the UUIDs a BMC's machine goes by: the one it reports
+// and, for IPMI, the same GUID in the other byte orders (central names
+// the machine by whichever the installer reported).
+func machineNames(f *agentv1.BmcFact) []string {
+	if f.GetMachineUuid() == "" {
+		return nil
+	}
+	return append([]string{f.GetMachineUuid()}, f.GetMachineUuidAliases()...)
 }

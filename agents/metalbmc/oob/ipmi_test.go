@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -162,7 +163,16 @@ func TestIPMIProvider(t *testing.T) {
 	if len(fact.GetMachineUuid()) != 36 || fact.GetPowerState() != agentv1.BmcPowerState_BMC_POWER_STATE_OFF || fact.GetBmcVersion() == "" || fact.GetProtocol() != agentv1.BmcProtocol_BMC_PROTOCOL_IPMI {
 		t.Errorf("fact %v", fact)
 	}
-	id := fact.GetMachineUuid()
+	// ipmi_sim sends its GUID as configured; ipmitool's default decoding
+	// (IPMI's, the only one with a valid version here) comes first, the
+	// SMBIOS and RFC 4122 decodings follow.
+	if fact.GetMachineUuid() != "02001a2c-7c0d-559d-b14b-9e3f527a1f5c" ||
+		!slices.Equal(fact.GetMachineUuidAliases(), []string{"527a1f5c-9e3f-b14b-9d55-0d7c2c1a0002", "5c1f7a52-3f9e-4bb1-9d55-0d7c2c1a0002"}) {
+		t.Errorf("machine UUID %s, aliases %v", fact.GetMachineUuid(), fact.GetMachineUuidAliases())
+	}
+	// Intents for the machine under an alias (the name central gives it
+	// when its SMBIOS UUID is in that byte order) reach the BMC.
+	id := "5c1f7a52-3f9e-4bb1-9d55-0d7c2c1a0002"
 
 	m := &agentv1.BmcMachine{MachineId: id}
 	for _, st := range []struct {

@@ -155,6 +155,13 @@ func (s *Service) poll(ctx context.Context, doc *document, t *target, tg discove
 		t.failures = 0
 		t.next = now.Add(interval)
 		nf.MachineUuid, nf.Vendor, nf.Model, nf.Serial = text(f.UUID, maxText), text(f.Vendor, maxText), text(f.Model, maxText), text(f.Serial, maxText)
+		nf.MachineUuidAliases = nil
+		for i, a := range f.UUIDAliases {
+			if i == maxAliases {
+				break
+			}
+			nf.MachineUuidAliases = append(nf.MachineUuidAliases, text(a, maxText))
+		}
 		nf.BmcVersion, nf.BiosVersion, nf.PowerState, nf.PowerWatts = text(f.BMCVersion, maxText), text(f.BIOSVersion, maxText), f.Power, f.Watts
 		nf.PowerSupplies, nf.IdentifyLed = nil, f.LED
 		for i, p := range f.PSUs {
@@ -179,6 +186,8 @@ const (
 	maxText  = 256
 	maxError = 1024
 	maxPSUs  = 16
+	// maxAliases: a GUID has three byte orders, two besides the reported.
+	maxAliases = 2
 )
 
 // text makes a string a BMC returned fit for a report: valid UTF-8 (proto

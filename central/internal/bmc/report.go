@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/metalfleet/metalfleet/central/internal/field"
+	"github.com/metalfleet/metalfleet/central/internal/store"
 	agentv1 "github.com/metalfleet/metalfleet/proto/metalfleet/agent/v1"
 )
 
@@ -23,6 +24,8 @@ const (
 	maxFacts   = 10000
 	maxText    = 256
 	maxMessage = 4096
+	// maxAliases: a GUID has three byte orders, two besides the reported.
+	maxAliases = 2
 )
 
 // Events records machine events (machine.Record), in the caller's
@@ -56,9 +59,19 @@ func Report(ctx context.Context, tx pgx.Tx, docs Docs, events Events, agentID, p
 	// One row per machine UUID: two BMCs answering for one machine (a
 	// BMC reached twice, at a static and a leased address) keep the one
 	// that answers.
+	// Aliases are stored lower case: Adopt finds them in the JSON.
+	for _, b := range f.GetBmcs() {
+		for i, a := range b.GetMachineUuidAliases() {
+			b.MachineUuidAliases[i] = strings.ToLower(a)
+		}
+	}
+	key, err := keys(ctx, tx, f.GetBmcs())
+	if err != nil {
+		return err
+	}
 	facts := map[string]*agentv1.BmcFact{}
 	for _, b := range f.GetBmcs() {
-		id := strings.ToLower(b.GetMachineUuid())
+		id := key(b)
 		if id == "" {
 			continue
 		}
@@ -101,6 +114,61 @@ func Report(ctx context.Context, tx pgx.Tx, docs Docs, events Events, agentID, p
 		return nil
 	}
 	return Derive(ctx, tx, docs, partition)
+}
+
+// keys returns what names each BMC's row: the UUID it reports, unless
+// that names no registered machine and one of its aliases (the same IPMI
+// GUID in another byte order) does. Until the machine registers, its BMC
+// goes by the UUID it reports; Adopt renames the row then.
+func keys(ctx context.Context, q store.Querier, bmcs []*agentv1.BmcFact) (func(*agentv1.BmcFact) string, error) {
+	var names []string
+	for _, b := range bmcs {
+		if len(b.GetMachineUuidAliases()) > 0 && b.GetMachineUuid() != "" {
+			names = append(names, strings.ToLower(b.GetMachineUuid()))
+			names = append(names, b.GetMachineUuidAliases()...)
+		}
+	}
+	known := map[string]bool{}
+	if len(names) > 0 {
+		rows, err := q.Query(ctx, `SELECT id FROM machines WHERE id = ANY($1)`, names)
+		if err != nil {
+			return nil, fmt.Errorf("machines of bmc aliases: %w", err)
+		}
+		ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return nil, fmt.Errorf("machines of bmc aliases: %w", err)
+		}
+		for _, id := range ids {
+			known[id] = true
+		}
+	}
+	return func(b *agentv1.BmcFact) string {
+		id := strings.ToLower(b.GetMachineUuid())
+		if id == "" || known[id] {
+			return id
+		}
+		for _, a := range b.GetMachineUuidAliases() {
+			if known[a] {
+				return a
+			}
+		}
+		return id
+	}, nil
+}
+
+// Adopt names the BMC row of machine id by id when the row goes by another
+// byte order of the same GUID (keys): called in the transaction that
+// registers the machine, so that the machine and its BMC are one at once,
+// not only after metal-bmc's next report. Intents raised under the old
+// name stay there (metal-bmc finds the BMC by either): moving them would
+// run them again under the new name.
+func Adopt(ctx context.Context, tx pgx.Tx, partition, id string) error {
+	if _, err := tx.Exec(ctx, `UPDATE machine_bmcs SET machine_uuid = $2
+		WHERE partition_id = $1 AND machine_uuid <> $2 AND fact->'machineUuidAliases' ? $2
+		AND NOT EXISTS (SELECT 1 FROM machine_bmcs WHERE machine_uuid = $2)`, partition, id); err != nil {
+		return fmt.Errorf("adopt the bmc of machine %s: %w", id, err)
+	}
+	return nil
 }
 
 // saveResults stores machine id's intent results with its intents and
@@ -218,6 +286,16 @@ func validate(f *agentv1.BmcFacts) error {
 		if id := b.GetMachineUuid(); id != "" {
 			if _, err := uuid.Parse(id); err != nil || len(id) != 36 {
 				v.Add(fi+".machine_uuid", "not a UUID")
+			}
+		}
+		if len(b.GetMachineUuidAliases()) > maxAliases {
+			v.Add(fi+".machine_uuid_aliases", "at most %d", maxAliases)
+		}
+		for j, a := range b.GetMachineUuidAliases() {
+			if _, err := uuid.Parse(a); err != nil || len(a) != 36 {
+				v.Add(field.Index(fi+".machine_uuid_aliases", j), "not a UUID")
+			} else if b.GetMachineUuid() == "" {
+				v.Add(field.Index(fi+".machine_uuid_aliases", j), "an alias of no machine_uuid")
 			}
 		}
 		for _, t := range []struct{ f, s string }{{"address", b.GetAddress()}, {"source", b.GetSource()}, {"mac", b.GetMac()},

@@ -186,6 +186,10 @@ func (ms *Machines) register(ctx context.Context, tx pgx.Tx, a fleet.Agent, f *a
 	if err := storeNICs(ctx, tx, id, f.GetNics()); err != nil {
 		return err
 	}
+	// A BMC that reported the machine's GUID in another byte order is its.
+	if err := bmc.Adopt(ctx, tx, m.GetPartitionId(), id); err != nil {
+		return err
+	}
 	// The switches that see its NICs know which machine is on their port.
 	if err := fabric.DeriveForMachines(ctx, tx, ms.docs, []string{id}); err != nil {
 		return err

@@ -7,7 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -471,5 +473,99 @@ func TestBMCIntents(t *testing.T) {
 				t.Errorf("error %v does not name %s", err, tc.field)
 			}
 		})
+	}
+}
+
+// TestBMCGUIDByteOrder: an IPMI BMC whose GUID metal-bmc decoded in
+// another byte order than the machine's SMBIOS UUID is still the
+// machine's. A registered machine's BMC is stored under the alias that
+// names it; a machine known only from its BMC goes by the reported UUID
+// until its installer registers, when the registration adopts the row;
+// later reports keep it there. Bad aliases are refused naming the field.
+func TestBMCGUIDByteOrder(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	admin := e.as(t, e.admin)
+	ok(e.api.Partition.Create(admin, &apiv1.PartitionServiceCreateRequest{Partition: &apiv1.Partition{Id: "fra1", AllowSingleAttach: true}}))(t)
+	ok(e.api.Size.Create(admin, &apiv1.SizeServiceCreateRequest{Size: &apiv1.Size{Id: "s1", Constraints: []*apiv1.SizeConstraint{cores(1, 8)}}}))(t)
+	enrolled := ok(e.api.Agent.Enroll(admin, &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_BMC, Identity: "bmc-fra1", PartitionId: "fra1"}))(t)
+	const (
+		registered = "0b5a1c7e-0000-4000-8000-000000000003"
+		// What the registered machine's BMC reports: its GUID decoded in
+		// the wrong byte order.
+		registeredAsBMC = "03000000-0000-0080-0040-00007e1c5a0b"
+	)
+	installer := uuid.NewString()
+	installerAsBMC := uuid.NewString()
+	e.exec(t, `INSERT INTO machines (id, partition_id, spec) VALUES ($1, 'fra1', $2)`, registered, `{"id":"`+registered+`","partitionId":"fra1"}`)
+	a := openAgent(t, e, &agentv1.Hello{Kind: agentv1.Kind_KIND_BMC, Identity: "bmc-fra1",
+		Credential: &agentv1.Credential{Secret: &agentv1.Credential_Token{Token: enrolled.GetSecret()}}})
+	send := func(f *agentv1.BmcFacts) {
+		t.Helper()
+		if err := a.stream.Send(&agentv1.SyncRequest{Msg: &agentv1.SyncRequest_Report{Report: &agentv1.Report{
+			AppliedRevision: 1, Health: agentv1.Health_HEALTH_OK, Facts: &agentv1.Facts{Bmc: f}}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	facts := &agentv1.BmcFacts{Bmcs: []*agentv1.BmcFact{
+		{MachineUuid: registeredAsBMC, MachineUuidAliases: []string{strings.ToUpper(registered)}, Address: "10.1.0.11:623",
+			Protocol: agentv1.BmcProtocol_BMC_PROTOCOL_IPMI, PowerState: agentv1.BmcPowerState_BMC_POWER_STATE_ON, Reachable: true},
+		{MachineUuid: installerAsBMC, MachineUuidAliases: []string{installer}, Address: "10.1.0.12:623",
+			Protocol: agentv1.BmcProtocol_BMC_PROTOCOL_IPMI, PowerState: agentv1.BmcPowerState_BMC_POWER_STATE_OFF, Reachable: true},
+	}}
+	send(facts)
+	waitMachines(t, e, admin, func(ms []*apiv1.Machine) bool {
+		return len(ms) == 2 && slices.ContainsFunc(ms, func(m *apiv1.Machine) bool { return m.GetId() == registered && m.GetBmc() != nil }) &&
+			slices.ContainsFunc(ms, func(m *apiv1.Machine) bool {
+				return m.GetId() == installerAsBMC && m.GetProvisioning() == apiv1.ProvisioningState_PROVISIONING_STATE_KNOWN_FROM_BMC
+			})
+	})
+	if n := e.count(t, `SELECT count(*) FROM machine_bmcs WHERE machine_uuid = $1`, registeredAsBMC); n != 0 {
+		t.Errorf("the registered machine's BMC is also stored under the UUID it reported (%d rows)", n)
+	}
+
+	// The machine known from its BMC boots the installer and registers
+	// under its SMBIOS UUID: the BMC's row is its from then on.
+	pix := ok(e.api.Agent.Enroll(admin, &apiv1.AgentServiceEnrollRequest{Kind: agentv1.Kind_KIND_PIXIE, Identity: "pixie-fra1", PartitionId: "fra1"}))(t)
+	const mac = "52:54:00:aa:00:02"
+	boot := ok(agentv1.NewAgentServiceClient(e.conn).Boot(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+pix.GetSecret()),
+		&agentv1.BootRequest{Mac: mac, Arch: "efi"}))(t)
+	inst := openAgent(t, e, &agentv1.Hello{Kind: agentv1.Kind_KIND_INSTALLER, Identity: installer,
+		Credential: &agentv1.Credential{Secret: &agentv1.Credential_BootToken{BootToken: boot.GetBootToken()}},
+		Facts:      &agentv1.Facts{Machine: &agentv1.MachineFacts{Uuid: installer, Nics: []*agentv1.NICFact{{Name: "eth0", Mac: mac}}}}})
+	inst.report(nil, "Preparing")
+	inst.report(&agentv1.MachineFacts{Uuid: installer, Cores: 2, MemoryBytes: 2 << 30, Nics: []*agentv1.NICFact{{Name: "eth0", Mac: mac}}}, "Registering")
+	inst.await("machine id", func(d *agentv1.Desired) bool { return d.GetMachine().GetMachineId() == installer })
+	one := func(ms []*apiv1.Machine) bool {
+		return len(ms) == 2 && slices.ContainsFunc(ms, func(m *apiv1.Machine) bool {
+			return m.GetId() == installer && m.GetBmc().GetPowerState() == agentv1.BmcPowerState_BMC_POWER_STATE_OFF &&
+				m.GetProvisioning() != apiv1.ProvisioningState_PROVISIONING_STATE_KNOWN_FROM_BMC
+		})
+	}
+	waitMachines(t, e, admin, one)
+	facts.Bmcs[1].PowerState = agentv1.BmcPowerState_BMC_POWER_STATE_ON
+	send(facts)
+	waitMachines(t, e, admin, func(ms []*apiv1.Machine) bool {
+		return len(ms) == 2 && slices.ContainsFunc(ms, func(m *apiv1.Machine) bool {
+			return m.GetId() == installer && m.GetBmc().GetPowerState() == agentv1.BmcPowerState_BMC_POWER_STATE_ON
+		})
+	})
+	if n := e.count(t, `SELECT count(*) FROM machine_bmcs WHERE machine_uuid = $1`, installerAsBMC); n != 0 {
+		t.Errorf("the adopted BMC is stored again under the UUID it reported (%d rows)", n)
+	}
+
+	// An alias that is no UUID ends the stream naming the field.
+	send(&agentv1.BmcFacts{Bmcs: []*agentv1.BmcFact{{MachineUuid: installerAsBMC, MachineUuidAliases: []string{"'; DROP TABLE machines"}, Reachable: true}}})
+	select {
+	case err := <-a.errs:
+		wantCode(t, err, codes.InvalidArgument)
+		if !strings.Contains(err.Error(), "report.facts.bmc.bmcs[0].machine_uuid_aliases[0]") {
+			t.Errorf("error %v does not name the field", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a bad alias did not end the stream")
+	}
+	if n := e.count(t, `SELECT count(*) FROM machine_bmcs`); n != 2 {
+		t.Errorf("%d BMC rows after refused facts, want 2", n)
 	}
 }

@@ -61,11 +61,14 @@ func (e Endpoint) ipmi() bool { return e.Protocol == agentv1.BmcProtocol_BMC_PRO
 // Facts are what one poll of a BMC read.
 type Facts struct {
 	UUID, Vendor, Model, Serial string
-	BMCVersion, BIOSVersion     string
-	Power                       agentv1.BmcPowerState
-	Watts                       float64
-	PSUs                        []*agentv1.BmcPowerSupply
-	LED                         agentv1.BmcLed
+	// UUIDAliases: the same GUID in the other byte orders BMCs use (IPMI
+	// only; see GUIDNames).
+	UUIDAliases             []string
+	BMCVersion, BIOSVersion string
+	Power                   agentv1.BmcPowerState
+	Watts                   float64
+	PSUs                    []*agentv1.BmcPowerSupply
+	LED                     agentv1.BmcLed
 }
 
 // Driver reads and drives BMCs. *Bmclib is the real one.

@@ -11,7 +11,9 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"time"
 
+	"github.com/google/uuid"
 	"github.com/stmcginnis/gofish"
 	"github.com/stmcginnis/gofish/common"
 	"github.com/stmcginnis/gofish/redfish"
@@ -239,6 +241,28 @@ func ipmiError(stderr string) string {
 	return strings.Join(keep, "; ")
 }
 
+// ipmiGUID reads the BMC's system GUID raw and decodes it in every byte
+// order BMCs use (GUIDNames). An ipmitool older than 1.8.19 has no "dump":
+// then its one decoding is all there is.
+func (b *Bmclib) ipmiGUID(ctx context.Context, ep Endpoint, c Creds) ([]string, error) {
+	out, err := b.runIpmitool(ctx, ep, c, "mc", "guid", "dump")
+	if err != nil {
+		return nil, err
+	}
+	if raw, err := parseGUIDDump(out); err == nil {
+		return GUIDNames(raw, time.Now()), nil
+	}
+	out, err = b.runIpmitool(ctx, ep, c, "mc", "guid")
+	if err != nil {
+		return nil, err
+	}
+	u, err := uuid.Parse(ipmiFields(out)["System GUID"])
+	if err != nil {
+		return nil, errors.New("the BMC reports no system GUID")
+	}
+	return []string{u.String()}, nil
+}
+
 // ipmiFields parses ipmitool's "Key : value" lines.
 func ipmiFields(out string) map[string]string {
 	m := map[string]string{}
@@ -257,15 +281,12 @@ func ipmiFields(out string) map[string]string {
 }
 
 func (b *Bmclib) ipmiFacts(ctx context.Context, ep Endpoint, c Creds) (Facts, error) {
-	guid, err := b.runIpmitool(ctx, ep, c, "mc", "guid")
+	var f Facts
+	names, err := b.ipmiGUID(ctx, ep, c)
 	if err != nil {
 		return Facts{}, err
 	}
-	var f Facts
-	f.UUID = strings.ToLower(ipmiFields(guid)["System GUID"])
-	if f.UUID == "" {
-		return Facts{}, errors.New("the BMC reports no system GUID")
-	}
+	f.UUID, f.UUIDAliases = names[0], names[1:]
 	status, err := b.runIpmitool(ctx, ep, c, "chassis", "power", "status")
 	if err != nil {
 		return Facts{}, err

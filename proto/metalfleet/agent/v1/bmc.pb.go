@@ -1055,7 +1055,8 @@ func (x *BmcFacts) GetMachines() []*BmcMachineResults {
 	return nil
 }
 
-// BmcFact is one BMC, keyed by the machine UUID it reports.
+// BmcFact is one BMC, keyed by the machine UUID it reports (or an alias
+// of it).
 type BmcFact struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// machine_uuid is the UUID the BMC returns for its machine (lower
@@ -1084,11 +1085,16 @@ type BmcFact struct {
 	LastError string `protobuf:"bytes,16,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	// failures counts the polls that failed in a row; the next one waits
 	// exponentially longer (next_poll).
-	Failures      uint32                 `protobuf:"varint,17,opt,name=failures,proto3" json:"failures,omitempty"`
-	LastSeen      *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
-	NextPoll      *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=next_poll,json=nextPoll,proto3" json:"next_poll,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Failures uint32                 `protobuf:"varint,17,opt,name=failures,proto3" json:"failures,omitempty"`
+	LastSeen *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	NextPoll *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=next_poll,json=nextPoll,proto3" json:"next_poll,omitempty"`
+	// machine_uuid_aliases: the same IPMI GUID decoded in the other byte
+	// orders BMCs use (IPMI's, SMBIOS', RFC 4122's; lower case). Central
+	// keys the BMC by machine_uuid or by the alias that names a registered
+	// machine. Empty for Redfish, whose UUID is a string.
+	MachineUuidAliases []string `protobuf:"bytes,20,rep,name=machine_uuid_aliases,json=machineUuidAliases,proto3" json:"machine_uuid_aliases,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *BmcFact) Reset() {
@@ -1250,6 +1256,13 @@ func (x *BmcFact) GetLastSeen() *timestamppb.Timestamp {
 func (x *BmcFact) GetNextPoll() *timestamppb.Timestamp {
 	if x != nil {
 		return x.NextPoll
+	}
+	return nil
+}
+
+func (x *BmcFact) GetMachineUuidAliases() []string {
+	if x != nil {
+		return x.MachineUuidAliases
 	}
 	return nil
 }
@@ -1765,7 +1778,7 @@ const file_metalfleet_agent_v1_bmc_proto_rawDesc = "" +
 	"\x06sha256\x18\x04 \x01(\tR\x06sha256\"\x80\x01\n" +
 	"\bBmcFacts\x120\n" +
 	"\x04bmcs\x18\x01 \x03(\v2\x1c.metalfleet.agent.v1.BmcFactR\x04bmcs\x12B\n" +
-	"\bmachines\x18\x02 \x03(\v2&.metalfleet.agent.v1.BmcMachineResultsR\bmachines\"\xf5\x05\n" +
+	"\bmachines\x18\x02 \x03(\v2&.metalfleet.agent.v1.BmcMachineResultsR\bmachines\"\xa7\x06\n" +
 	"\aBmcFact\x12!\n" +
 	"\fmachine_uuid\x18\x01 \x01(\tR\vmachineUuid\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12<\n" +
@@ -1790,7 +1803,8 @@ const file_metalfleet_agent_v1_bmc_proto_rawDesc = "" +
 	"last_error\x18\x10 \x01(\tR\tlastError\x12\x1a\n" +
 	"\bfailures\x18\x11 \x01(\rR\bfailures\x127\n" +
 	"\tlast_seen\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x127\n" +
-	"\tnext_poll\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\bnextPoll\"_\n" +
+	"\tnext_poll\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\bnextPoll\x120\n" +
+	"\x14machine_uuid_aliases\x18\x14 \x03(\tR\x12machineUuidAliases\"_\n" +
 	"\x0eBmcPowerSupply\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06health\x18\x02 \x01(\tR\x06health\x12%\n" +
