@@ -56,9 +56,6 @@ func Report(ctx context.Context, tx pgx.Tx, docs Docs, events Events, agentID, p
 	if err := validate(f); err != nil {
 		return err
 	}
-	// One row per machine UUID: two BMCs answering for one machine (a
-	// BMC reached twice, at a static and a leased address) keep the one
-	// that answers.
 	// Aliases are stored lower case: Adopt finds them in the JSON.
 	for _, b := range f.GetBmcs() {
 		for i, a := range b.GetMachineUuidAliases() {
@@ -69,6 +66,9 @@ func Report(ctx context.Context, tx pgx.Tx, docs Docs, events Events, agentID, p
 	if err != nil {
 		return err
 	}
+	// One row per machine: two BMCs answering for one machine (a BMC
+	// reached twice, at a static and a leased address) keep the one that
+	// answers.
 	facts := map[string]*agentv1.BmcFact{}
 	for _, b := range f.GetBmcs() {
 		id := key(b)
