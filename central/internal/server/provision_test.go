@@ -71,8 +71,29 @@ func (a *rawAgent) report(facts *agentv1.MachineFacts, events ...string) {
 	for _, e := range events {
 		r.Events = append(r.Events, &agentv1.Event{Type: e, Time: timestamppb.Now()})
 	}
+	a.send(r)
+}
+
+// send sends a report as it is.
+func (a *rawAgent) send(r *agentv1.Report) {
+	a.t.Helper()
 	if err := a.stream.Send(&agentv1.SyncRequest{Msg: &agentv1.SyncRequest_Report{Report: r}}); err != nil {
 		a.t.Fatal(err)
+	}
+}
+
+// refused waits for central to end the stream with InvalidArgument naming
+// field (empty: any).
+func (a *rawAgent) refused(field string) {
+	a.t.Helper()
+	select {
+	case err := <-a.errs:
+		wantCode(a.t, err, codes.InvalidArgument)
+		if !strings.Contains(err.Error(), field) {
+			a.t.Errorf("error %v does not name %s", err, field)
+		}
+	case <-time.After(10 * time.Second):
+		a.t.Fatalf("central kept the stream after a report it should refuse (%s)", field)
 	}
 }
 
@@ -223,10 +244,5 @@ func TestProvisioningOverStreams(t *testing.T) {
 	}
 	// A phonehome may not pretend to be an installer.
 	ph.report(nil, "Installing")
-	select {
-	case err := <-ph.errs:
-		wantCode(t, err, codes.InvalidArgument)
-	case <-time.After(10 * time.Second):
-		t.Fatal("a phonehome reporting Installing kept its stream")
-	}
+	ph.refused("")
 }
