@@ -97,8 +97,26 @@ func Report(ctx context.Context, tx pgx.Tx, docs Docs, events Events, agentID, p
 			return fmt.Errorf("store bmc %s: %w", id, err)
 		}
 	}
-	if _, err := tx.Exec(ctx, `DELETE FROM machine_bmcs WHERE agent_id = $1 AND NOT (machine_uuid = ANY($2))`, agentID, ids); err != nil {
+	// A BMC no longer reported is forgotten. A row under an alias of a
+	// reported BMC is not: a registration that adopted it (Adopt) may
+	// have committed after keys read the machines, and this report just
+	// stored the BMC under its reported UUID once more; that row, not the
+	// adopted one, goes (below, or on the next report).
+	aliases := []string{} // not nil: ANY(NULL) would keep every row
+	for _, id := range ids {
+		aliases = append(aliases, facts[id].GetMachineUuidAliases()...)
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM machine_bmcs WHERE agent_id = $1 AND NOT (machine_uuid = ANY($2)) AND NOT (machine_uuid = ANY($3))`,
+		agentID, ids, aliases); err != nil {
 		return fmt.Errorf("forget bmcs: %w", err)
+	}
+	if len(aliases) > 0 {
+		if _, err := tx.Exec(ctx, `DELETE FROM machine_bmcs b WHERE b.agent_id = $1 AND b.machine_uuid = ANY($2)
+			AND EXISTS (SELECT 1 FROM machine_bmcs x WHERE x.agent_id = $1 AND x.machine_uuid <> b.machine_uuid
+				AND b.fact->'machineUuidAliases' ? x.machine_uuid
+				AND EXISTS (SELECT 1 FROM machines m WHERE m.id = x.machine_uuid))`, agentID, ids); err != nil {
+			return fmt.Errorf("forget bmcs stored twice: %w", err)
+		}
 	}
 	machines := slices.Clone(f.GetMachines())
 	slices.SortFunc(machines, func(a, b *agentv1.BmcMachineResults) int { return strings.Compare(a.GetMachineId(), b.GetMachineId()) })
