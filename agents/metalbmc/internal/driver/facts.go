@@ -13,7 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/stmcginnis/gofish"
 	"github.com/stmcginnis/gofish/common"
 	"github.com/stmcginnis/gofish/redfish"
@@ -242,25 +241,19 @@ func ipmiError(stderr string) string {
 }
 
 // ipmiGUID reads the BMC's system GUID raw and decodes it in every byte
-// order BMCs use (GUIDNames). An ipmitool older than 1.8.19 has no "dump":
-// then its one decoding is all there is.
+// order BMCs use (GUIDNames). An ipmitool without "dump" prints its own
+// decoding instead, labelled: those bytes are read alike, so what it
+// printed is still among the names.
 func (b *Bmclib) ipmiGUID(ctx context.Context, ep Endpoint, c Creds) ([]string, error) {
 	out, err := b.runIpmitool(ctx, ep, c, "mc", "guid", "dump")
 	if err != nil {
 		return nil, err
 	}
-	if raw, err := parseGUIDDump(out); err == nil {
-		return GUIDNames(raw, time.Now()), nil
-	}
-	out, err = b.runIpmitool(ctx, ep, c, "mc", "guid")
+	raw, err := parseGUIDDump(out)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("the BMC's system GUID: %w", err)
 	}
-	u, err := uuid.Parse(ipmiFields(out)["System GUID"])
-	if err != nil {
-		return nil, errors.New("the BMC reports no system GUID")
-	}
-	return []string{u.String()}, nil
+	return GUIDNames(raw, time.Now()), nil
 }
 
 // ipmiFields parses ipmitool's "Key : value" lines.
