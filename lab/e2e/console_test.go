@@ -182,14 +182,9 @@ func TestConsoleThroughMetalBMC(t *testing.T) {
 	must(err)
 	inst.await("allocation", func(d *agentv1.Desired) bool { return d.GetMachine().GetAllocation() != nil })
 
-	// The machine's BMC: Redfish over HTTPS, its serial console over SSH.
+	// The machine's BMC: Redfish over HTTPS, its serial console over SSH
+	// at the port its Redfish NetworkProtocol names.
 	const user, password = "console-admin", "console-secret-9"
-	rf, err := redfish.New(redfish.Config{UUID: id, Name: "m1", User: user, Password: password}, &consoleSystem{power: vm.On})
-	must(err)
-	hs := httptest.NewUnstartedServer(rf)
-	hs.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
-	hs.StartTLS()
-	t.Cleanup(hs.Close)
 	serial := newSerialPort(t, filepath.Join(dir, "serial.sock"))
 	sc, err := redfish.NewSerialConsole(redfish.SerialConfig{User: user, Password: password, Socket: filepath.Join(dir, "serial.sock")})
 	must(err)
@@ -199,16 +194,22 @@ func TestConsoleThroughMetalBMC(t *testing.T) {
 	scDone := make(chan struct{})
 	go func() { _ = sc.Serve(sctx, sln); close(scDone) }()
 	t.Cleanup(func() { scancel(); <-scDone })
-	sshPort := strconv.Itoa(sln.Addr().(*net.TCPAddr).Port)
+	rf, err := redfish.New(redfish.Config{UUID: id, Name: "m1", User: user, Password: password, SSHPort: sln.Addr().(*net.TCPAddr).Port}, &consoleSystem{power: vm.On})
+	must(err)
+	hs := httptest.NewUnstartedServer(rf)
+	hs.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
+	hs.StartTLS()
+	t.Cleanup(hs.Close)
 
 	_, err = apiv1.NewBMCServiceClient(f.cc).SetSettings(ctx, &apiv1.BMCServiceSetSettingsRequest{Settings: &apiv1.PartitionBMC{
 		PartitionId: "p1", User: user, Password: password, PollIntervalSeconds: 2,
 		StaticBmcs: []*apiv1.PartitionBMCEndpoint{{Address: hs.URL}}}})
 	must(err)
 
-	// metal-bmc, with the SSH console's port.
+	// metal-bmc, its default SSH port wrong on purpose: the console's
+	// port comes from the BMC.
 	bmc := startMetalBMC(t, f, "bmc-p1", "--min-backoff", "1s", "--bmc-timeout", "10s",
-		"--console-ssh-port", sshPort, "--ipmi-cipher-suite", "3", "--log-level", "debug")
+		"--console-ssh-port", "1", "--ipmi-cipher-suite", "3", "--log-level", "debug")
 	waitFor(t, "the machine's BMC reported to central", func() bool {
 		got, err := mc.Get(ctx, &apiv1.MachineServiceGetRequest{Id: id})
 		return err == nil && got.GetMachine().GetBmc().GetReachable()

@@ -229,6 +229,19 @@ func (s *Service) ReportNow() { s.maybeReport(true) }
 // effect (the console uses them).
 func (s *Service) Credentials() driver.Creds { return s.currentDoc().creds }
 
+// SSHPort is the port of the SSH serial console of the Redfish BMC at
+// address, as the BMC says (driver.Bmclib.SSHPort): 0 when it does not
+// say or the driver cannot ask.
+func (s *Service) SSHPort(ctx context.Context, address string) (int, error) {
+	d, ok := s.drv.(interface {
+		SSHPort(context.Context, driver.Endpoint, driver.Creds) (int, error)
+	})
+	if !ok {
+		return 0, nil
+	}
+	return d.SSHPort(ctx, driver.Endpoint{Address: address, Protocol: agentv1.BmcProtocol_BMC_PROTOCOL_REDFISH}, s.Credentials())
+}
+
 // currentDoc returns the document in effect or an empty one.
 func (s *Service) currentDoc() *document {
 	s.mu.Lock()

@@ -556,3 +556,33 @@ func TestMetalBMCSessions(t *testing.T) {
 		t.Errorf("%v logins, %v logouts", logins, logouts)
 	}
 }
+
+// TestMetalBMCSSHPort: metal-bmc reads the port of a Redfish BMC's SSH
+// serial console from the BMC's NetworkProtocol, as real BMCs name it;
+// a BMC without SSH says nothing, and metal-bmc's default holds; a BMC
+// that cannot be reached is an error.
+func TestMetalBMCSSHPort(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		port int
+	}{{"an SSH console on 2222", 2222}, {"no SSH console", 0}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := New(Config{ID: "1", UUID: machineUUID, Name: "m1", User: user, Password: pass, SSHPort: tc.port}, newFake())
+			if err != nil {
+				t.Fatal(err)
+			}
+			ts := httptest.NewTLSServer(s)
+			t.Cleanup(ts.Close)
+			addr := strings.TrimPrefix(ts.URL, "https://")
+			r := startBMC(t, t.TempDir(), bmcDoc(addr, pass), nil)
+			got, err := r.svc.SSHPort(context.Background(), addr)
+			if err != nil || got != tc.port {
+				t.Fatalf("SSHPort = %d, %v; want %d", got, err, tc.port)
+			}
+		})
+	}
+	r := startBMC(t, t.TempDir(), bmcDoc("127.0.0.1:1", pass), func(c *oob.Config) { c.Timeout = 2 * time.Second })
+	if _, err := r.svc.SSHPort(context.Background(), "127.0.0.1:1"); err == nil {
+		t.Fatal("SSHPort of a BMC nobody serves: no error")
+	}
+}

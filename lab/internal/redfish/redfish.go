@@ -53,6 +53,10 @@ type Config struct {
 	// (System.BiosVersion, Manager.FirmwareVersion); defaults
 	// "metal-lab-bios 1.0" and "metal-lab".
 	BIOSVersion, BMCVersion string
+	// SSHPort is the port of the BMC's SSH serial console, as its
+	// manager's NetworkProtocol says (where metal-bmc looks); 0: the BMC
+	// serves no SSH.
+	SSHPort int
 	// SessionTimeout ends idle sessions; default 30 minutes.
 	SessionTimeout time.Duration
 	Log            *slog.Logger
@@ -167,6 +171,9 @@ func (s *Server) chassisPath() string { return chassisPath + "/" + s.cfg.ID }
 func (s *Server) biosPath() string    { return s.systemPath() + "/Bios" }
 func (s *Server) powerPath() string   { return s.chassisPath() + "/Power" }
 func (s *Server) managerPath() string { return managersPath + "/" + managerID }
+func (s *Server) networkProtocolPath() string {
+	return s.managerPath() + "/NetworkProtocol"
+}
 
 type handler func(http.ResponseWriter, *http.Request)
 
@@ -190,6 +197,8 @@ func (s *Server) route(path string) (string, map[string]handler) {
 		return "managers", map[string]handler{http.MethodGet: s.getManagers}
 	case s.managerPath():
 		return "manager", map[string]handler{http.MethodGet: s.getManager}
+	case s.networkProtocolPath():
+		return "network_protocol", map[string]handler{http.MethodGet: s.getNetworkProtocol}
 	case chassisPath:
 		return "chassis_collection", map[string]handler{http.MethodGet: s.getChassisCollection}
 	case s.chassisPath():

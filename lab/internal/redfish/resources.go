@@ -167,10 +167,26 @@ func (s *Server) getManager(w http.ResponseWriter, _ *http.Request) {
 		"UUID":            s.serviceUUID,
 		"PowerState":      "On",
 		"Status":          okStatus(),
+		"NetworkProtocol": link(s.networkProtocolPath()),
 		"Links": map[string]any{
 			"ManagerForServers": []odataID{link(s.systemPath())},
 			"ManagerForChassis": []odataID{link(s.chassisPath())},
 		},
+	})
+}
+
+// getNetworkProtocol says which services the BMC offers: HTTPS (this
+// Redfish) and, when it has one, the SSH serial console with its port.
+func (s *Server) getNetworkProtocol(w http.ResponseWriter, _ *http.Request) {
+	s.writeJSON(w, http.StatusOK, map[string]any{
+		"@odata.id":   s.networkProtocolPath(),
+		"@odata.type": "#ManagerNetworkProtocol.v1_5_0.ManagerNetworkProtocol",
+		"Id":          "NetworkProtocol",
+		"Name":        "Manager Network Protocol",
+		"Status":      okStatus(),
+		"HTTPS":       map[string]any{"ProtocolEnabled": true},
+		"SSH":         map[string]any{"ProtocolEnabled": s.cfg.SSHPort > 0, "Port": s.cfg.SSHPort},
+		"IPMI":        map[string]any{"ProtocolEnabled": false},
 	})
 }
 

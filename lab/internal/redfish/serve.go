@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -147,6 +148,15 @@ func Serve(ctx context.Context, cfg ServeConfig) (err error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	bmc.Metrics = reg
+	if cfg.SSHListen != "" && bmc.SSHPort == 0 {
+		// The port the BMC's NetworkProtocol names; an ephemeral one
+		// (":0") is known only once listening, and is not named.
+		_, p, err := net.SplitHostPort(cfg.SSHListen)
+		if err != nil {
+			return fmt.Errorf("ssh-listen %q: %w", cfg.SSHListen, err)
+		}
+		bmc.SSHPort, _ = strconv.Atoi(p)
+	}
 	srv, err := New(bmc, m)
 	if err != nil {
 		return err

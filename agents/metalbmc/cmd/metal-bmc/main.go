@@ -62,7 +62,7 @@ func run() error {
 	fs.BoolVar(&cfg.RedfishSessions, "redfish-sessions", false, "log in to Redfish with sessions instead of HTTP Basic")
 	fs.StringVar(&cfg.IpmitoolPath, "ipmitool", "ipmitool", "ipmitool binary for IPMI BMCs")
 	fs.StringVar(&cfg.IpmiCipherSuite, "ipmi-cipher-suite", "", "pin IPMI's cipher suite (default: bmclib tries 3, then 17)")
-	fs.IntVar(&sshPort, "console-ssh-port", 22, "port of Redfish BMCs' SSH serial console (IPMI BMCs: serial-over-LAN)")
+	fs.IntVar(&sshPort, "console-ssh-port", 22, "port of Redfish BMCs' SSH serial console when the BMC's Redfish NetworkProtocol names none (IPMI BMCs: serial-over-LAN)")
 	fs.StringVar(&metricsListen, "metrics-listen", ":2113", "Prometheus /metrics listen address (empty: off)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "text", "text or json")
@@ -132,7 +132,7 @@ func run() error {
 	defer svc.Close()
 	acfg.Reconciler = svc
 	cipher := cfg.IpmiCipherSuite
-	cons, err := console.New(console.Config{Creds: svc.Credentials, SSHPort: sshPort, Ipmitool: cfg.IpmitoolPath, CipherSuite: cipher,
+	cons, err := console.New(console.Config{Creds: svc.Credentials, SSHPort: sshPort, SSHPortOf: svc.SSHPort, Ipmitool: cfg.IpmitoolPath, CipherSuite: cipher,
 		Timeout: cfg.Timeout, Log: log.With("part", "console"), Metrics: reg})
 	if err != nil {
 		return err

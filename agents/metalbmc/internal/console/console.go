@@ -29,8 +29,12 @@ import (
 type Config struct {
 	// Creds returns the partition's BMC credentials in effect.
 	Creds func() driver.Creds
-	// SSHPort is the port of a Redfish BMC's SSH serial console (22).
+	// SSHPort is the port of a Redfish BMC's SSH serial console (22)
+	// when the BMC does not name its own.
 	SSHPort int
+	// SSHPortOf asks the Redfish BMC at an address for its SSH port
+	// (oob.Service.SSHPort): 0 when it does not say. nil: SSHPort.
+	SSHPortOf func(ctx context.Context, address string) (int, error)
 	// Ipmitool is the ipmitool binary ("ipmitool").
 	Ipmitool string
 	// CipherSuite is ipmitool's -C ("3").
@@ -203,8 +207,32 @@ func (s *Server) connect(ctx context.Context, open *agentv1.ConsoleOpen) (conn, 
 		}
 		return s.sol(cctx, ctx, host, port, creds, open.GetWindow())
 	default:
-		return s.ssh(cctx, host, fmt.Sprint(s.cfg.SSHPort), creds, open.GetWindow())
+		sp, err := s.sshPort(cctx, open.GetAddress())
+		if err != nil {
+			return nil, err
+		}
+		return s.ssh(cctx, host, fmt.Sprint(sp), creds, open.GetWindow())
 	}
+}
+
+// sshPort is the SSH port of the Redfish BMC at address: the one its
+// NetworkProtocol names, else the configured one. A BMC that cannot be
+// asked still gets its console tried at the configured port; one that
+// says its SSH is off is an error the person sees.
+func (s *Server) sshPort(ctx context.Context, address string) (int, error) {
+	if s.cfg.SSHPortOf == nil {
+		return s.cfg.SSHPort, nil
+	}
+	p, err := s.cfg.SSHPortOf(ctx, address)
+	switch {
+	case errors.Is(err, driver.ErrSSHDisabled):
+		return 0, err
+	case err != nil:
+		s.log.Debug("console: the BMC's SSH port, from its Redfish", "bmc", address, "err", err)
+	case p > 0:
+		return p, nil
+	}
+	return s.cfg.SSHPort, nil
 }
 
 // splitAddress takes the host (and port, if any) of a BMC address as

@@ -100,8 +100,8 @@ func (k keepAlive) RoundTrip(r *http.Request) (*http.Response, error) {
 // logout) close the kept connections.
 func (k keepAlive) CloseIdleConnections() { k.t.CloseIdleConnections() }
 
-// redfishSystem connects and returns the one computer system of the BMC.
-func (b *Bmclib) redfishSystem(ctx context.Context, ep Endpoint, c Creds) (*gofish.APIClient, *redfish.ComputerSystem, error) {
+// redfishConnect connects to a Redfish BMC; the caller logs out.
+func (b *Bmclib) redfishConnect(ctx context.Context, ep Endpoint, c Creds) (*gofish.APIClient, error) {
 	scheme, host, port := splitAddress(ep)
 	api, err := gofish.ConnectContext(ctx, gofish.ClientConfig{
 		Endpoint:   scheme + "://" + bracket(host) + ":" + port,
@@ -111,7 +111,16 @@ func (b *Bmclib) redfishSystem(ctx context.Context, ep Endpoint, c Creds) (*gofi
 		HTTPClient: b.httpClient(),
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect: %w", authError(err))
+		return nil, fmt.Errorf("connect: %w", authError(err))
+	}
+	return api, nil
+}
+
+// redfishSystem connects and returns the one computer system of the BMC.
+func (b *Bmclib) redfishSystem(ctx context.Context, ep Endpoint, c Creds) (*gofish.APIClient, *redfish.ComputerSystem, error) {
+	api, err := b.redfishConnect(ctx, ep, c)
+	if err != nil {
+		return nil, nil, err
 	}
 	systems, err := api.Service.Systems()
 	if err != nil {
@@ -174,6 +183,46 @@ func (b *Bmclib) redfishFacts(ctx context.Context, ep Endpoint, c Creds) (Facts,
 		break
 	}
 	return f, nil
+}
+
+// ErrSSHDisabled: the BMC says its SSH service is off.
+var ErrSSHDisabled = errors.New("the BMC's SSH service is disabled (its Redfish NetworkProtocol says so)")
+
+// SSHPort reads the port of a Redfish BMC's SSH service (its serial
+// console) from its BMC manager's NetworkProtocol. 0 and no error: the
+// BMC does not say (no such resource, or no port), the caller's default
+// holds; ErrSSHDisabled when it says SSH is off.
+func (b *Bmclib) SSHPort(ctx context.Context, ep Endpoint, c Creds) (int, error) {
+	ctx, cancel := b.call(ctx)
+	defer cancel()
+	api, err := b.redfishConnect(ctx, ep, c)
+	if err != nil {
+		return 0, err
+	}
+	defer api.Logout()
+	managers, err := api.Service.Managers()
+	if err != nil {
+		return 0, fmt.Errorf("managers: %w", authError(err))
+	}
+	for _, m := range managers {
+		if m.ManagerType != redfish.BMCManagerType {
+			continue
+		}
+		np, err := m.NetworkProtocol()
+		if err != nil || np == nil {
+			return 0, nil
+		}
+		switch {
+		case !np.SSH.ProtocolEnabled && np.SSH.Port == 0:
+			return 0, nil // says nothing of SSH
+		case !np.SSH.ProtocolEnabled:
+			return 0, ErrSSHDisabled
+		case np.SSH.Port < 1 || np.SSH.Port > 65535:
+			return 0, nil
+		}
+		return int(np.SSH.Port), nil
+	}
+	return 0, nil
 }
 
 func powerState(s string) agentv1.BmcPowerState {
