@@ -217,20 +217,39 @@ func (s *Server) connect(ctx context.Context, open *agentv1.ConsoleOpen) (conn, 
 
 // sshPort is the SSH port of the Redfish BMC at address: the one its
 // NetworkProtocol names, else the configured one. A BMC that cannot be
-// asked still gets its console tried at the configured port; one that
+// asked, or does not answer within a third of the console's timeout,
+// still gets its console tried at the configured port (the question runs
+// on to its own end: the driver logs out of what it opened); one that
 // says its SSH is off is an error the person sees.
 func (s *Server) sshPort(ctx context.Context, address string) (int, error) {
 	if s.cfg.SSHPortOf == nil {
 		return s.cfg.SSHPort, nil
 	}
-	p, err := s.cfg.SSHPortOf(ctx, address)
-	switch {
-	case errors.Is(err, driver.ErrSSHDisabled):
-		return 0, err
-	case err != nil:
-		s.log.Debug("console: the BMC's SSH port, from its Redfish", "bmc", address, "err", err)
-	case p > 0:
-		return p, nil
+	type answer struct {
+		port int
+		err  error
+	}
+	ch := make(chan answer, 1)
+	go func() {
+		p, err := s.cfg.SSHPortOf(ctx, address)
+		ch <- answer{p, err}
+	}()
+	wait := time.NewTimer(s.cfg.Timeout / 3)
+	defer wait.Stop()
+	select {
+	case a := <-ch:
+		switch {
+		case errors.Is(a.err, driver.ErrSSHDisabled):
+			return 0, a.err
+		case a.err != nil:
+			s.log.Debug("console: the BMC's SSH port, from its Redfish", "bmc", address, "err", a.err)
+		case a.port > 0:
+			return a.port, nil
+		}
+	case <-wait.C:
+		s.log.Debug("console: the BMC's Redfish did not name its SSH port in time", "bmc", address)
+	case <-ctx.Done():
+		return 0, ctx.Err()
 	}
 	return s.cfg.SSHPort, nil
 }
