@@ -72,8 +72,9 @@ type Config struct {
 }
 
 // GUID is the hex GUID ipmi_sim is configured with for a machine UUID:
-// its bytes reversed, as ipmitool prints "mc guid" (the byte order
-// central matches against the installer's SMBIOS UUID).
+// its bytes reversed, the IPMI specification's order, which ipmitool's
+// "mc guid" and metal-bmc decode back to the UUID (the other orders
+// BMCs use are metal-bmc's aliases, docs/bmc.md).
 func GUID(machineUUID string) (string, error) {
 	u, err := uuid.Parse(machineUUID)
 	if err != nil {
